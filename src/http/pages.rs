@@ -1,0 +1,205 @@
+//! The pages burrow answers with itself: landing, 400, 404, 502, 504.
+//!
+//! Each page is small self-contained HTML for browsers (no external assets:
+//! the server may have no internet) and plain text for everything else,
+//! with the same safety headers on both.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{HeaderValue, ACCEPT};
+use hyper::{HeaderMap, Response, StatusCode};
+
+use super::Body;
+
+/// One block of a page.
+pub enum Block {
+    Text(String),
+    /// A command the reader may copy.
+    Code(String),
+}
+
+/// A generated page before it is rendered for the client.
+pub struct Page {
+    pub status: StatusCode,
+    pub title: String,
+    pub blocks: Vec<Block>,
+}
+
+impl Page {
+    pub fn new(status: StatusCode, title: impl Into<String>) -> Self {
+        Page {
+            status,
+            title: title.into(),
+            blocks: Vec::new(),
+        }
+    }
+
+    pub fn text(mut self, text: impl Into<String>) -> Self {
+        self.blocks.push(Block::Text(text.into()));
+        self
+    }
+
+    pub fn code(mut self, code: impl Into<String>) -> Self {
+        self.blocks.push(Block::Code(code.into()));
+        self
+    }
+
+    /// Renders as HTML when the client accepts it, else as plain text.
+    pub fn render(self, request_headers: &HeaderMap) -> Response<Body> {
+        let html = request_headers
+            .get(ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|accept| accept.contains("text/html"));
+        let (content_type, body) = if html {
+            ("text/html; charset=utf-8", self.html())
+        } else {
+            ("text/plain; charset=utf-8", self.plain())
+        };
+        let mut response = Response::new(full(body));
+        *response.status_mut() = self.status;
+        let headers = response.headers_mut();
+        headers.insert("content-type", HeaderValue::from_static(content_type));
+        set_page_headers(headers);
+        response
+    }
+
+    fn plain(&self) -> String {
+        let mut out = format!("{} {}\n\n", self.status.as_u16(), self.title);
+        for block in &self.blocks {
+            match block {
+                Block::Text(text) => out.push_str(&format!("{text}\n\n")),
+                Block::Code(code) => out.push_str(&format!("    {code}\n\n")),
+            }
+        }
+        out
+    }
+
+    fn html(&self) -> String {
+        let mut body = String::new();
+        for block in &self.blocks {
+            match block {
+                Block::Text(text) => body.push_str(&format!("<p>{}</p>\n", escape(text))),
+                Block::Code(code) => body.push_str(&format!("<pre>{}</pre>\n", escape(code))),
+            }
+        }
+        format!(
+            "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+             <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+             <title>{status} {title}</title><style>{STYLE}</style></head>\n\
+             <body><main><h1>{title}</h1>\n{body}<footer>burrow</footer></main></body></html>\n",
+            status = self.status.as_u16(),
+            title = escape(&self.title),
+        )
+    }
+}
+
+const STYLE: &str =
+    "body{font:16px/1.5 system-ui,sans-serif;margin:0;background:#f6f7f9;color:#1d2330}\
+main{max-width:40rem;margin:10vh auto;padding:2rem;background:#fff;border-radius:8px;\
+box-shadow:0 1px 4px #0002}h1{font-size:1.4rem;margin-top:0}\
+pre{background:#1d2330;color:#e8eaf0;padding:.75rem 1rem;border-radius:6px;overflow-x:auto}\
+footer{margin-top:2rem;color:#8a90a0;font-size:.85rem}";
+
+/// Headers every generated page carries.
+pub fn set_page_headers(headers: &mut HeaderMap) {
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    headers.insert(
+        "referrer-policy",
+        HeaderValue::from_static("strict-origin-when-cross-origin"),
+    );
+    headers.insert("cache-control", HeaderValue::from_static("no-store"));
+}
+
+pub fn full(body: impl Into<Bytes>) -> Body {
+    Full::new(body.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Minimal HTML escaping for text we put into pages (host names, paths).
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The bare domain: what this server is and how to use it.
+pub fn landing(domain: &str, connect: &str) -> Page {
+    Page::new(StatusCode::OK, format!("burrow tunnels at {domain}"))
+        .text("This server gives the app on your computer a public HTTPS URL, with nothing to install: just SSH.")
+        .text("Start your app (say on port 3000), then run:")
+        .code(connect)
+        .text("The URL appears in your terminal. Press Ctrl+C there to close the tunnel.")
+}
+
+pub fn not_found(host: &str) -> Page {
+    Page::new(StatusCode::NOT_FOUND, "No tunnel here")
+        .text(format!("There is no live tunnel at {host}."))
+        .text("Tunnels exist only while their SSH connection is open: if you own it, reconnect and use the new URL.")
+}
+
+pub fn foreign_host(domain: &str) -> Page {
+    Page::new(StatusCode::BAD_REQUEST, "Unknown host").text(format!(
+        "This server only answers for {domain} and its subdomains."
+    ))
+}
+
+pub fn bad_request(why: &str) -> Page {
+    Page::new(StatusCode::BAD_REQUEST, "Bad request").text(why.to_string())
+}
+
+pub fn local_app_down(host: &str, port_hint: &str) -> Page {
+    Page::new(StatusCode::BAD_GATEWAY, "Nothing answers on the local port")
+        .text(format!("The tunnel {host} is up, but nothing answers on the local port it forwards to ({port_hint})."))
+        .text("If this is your tunnel: start your app, or check the port you gave after -R.")
+}
+
+pub fn local_app_failed(host: &str) -> Page {
+    Page::new(StatusCode::BAD_GATEWAY, "The local app did not answer")
+        .text(format!("The tunnel {host} is up, but the app behind it closed the connection without a valid HTTP response."))
+}
+
+pub fn channel_timeout(host: &str) -> Page {
+    Page::new(StatusCode::GATEWAY_TIMEOUT, "The tunnel did not answer")
+        .text(format!("The SSH client behind {host} did not open a connection to its local app within 10 seconds."))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_is_escaped_and_headers_set() {
+        let mut req = HeaderMap::new();
+        req.insert(ACCEPT, HeaderValue::from_static("text/html,*/*"));
+        let page = not_found("<script>x</script>.example").render(&req);
+        assert_eq!(page.status(), StatusCode::NOT_FOUND);
+        assert_eq!(page.headers()["x-content-type-options"], "nosniff");
+        assert_eq!(page.headers()["x-frame-options"], "DENY");
+        assert!(page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"));
+    }
+
+    #[test]
+    fn plain_text_for_non_browsers() {
+        let page = landing("t.example", "ssh -R 80:localhost:3000 t.example");
+        let text = page.plain();
+        assert!(text.contains("    ssh -R 80:localhost:3000 t.example"));
+        assert!(escape("<a href='x'>&</a>").find('<').is_none());
+    }
+}

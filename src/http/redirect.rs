@@ -1,0 +1,68 @@
+//! The plain-HTTP listener: every request for the domain or one of its
+//! subdomains is sent to the same host and URI on HTTPS with a 301. Hosts
+//! outside the domain get 400, so the redirector can never be used as an
+//! open redirect.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, HOST, LOCATION};
+use hyper::{Request, Response, StatusCode};
+use tokio::net::TcpListener;
+
+use crate::http::{pages, Body};
+use crate::shutdown::Shutdown;
+use crate::subdomain::{self, Route};
+use crate::App;
+
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: Shutdown) {
+    crate::http::serve_plain(listener, shutdown, move |req, _peer| {
+        let app = Arc::clone(&app);
+        async move { Ok::<_, Infallible>(handle(&app, &req)) }
+    })
+    .await;
+}
+
+fn handle(app: &App, req: &Request<Incoming>) -> Response<Body> {
+    match location(app, req) {
+        Some(location) => {
+            let text = format!("Moved to {}\n", location.to_str().unwrap_or_default());
+            let mut response = Response::new(pages::full(text));
+            *response.status_mut() = StatusCode::MOVED_PERMANENTLY;
+            response.headers_mut().insert(LOCATION, location);
+            pages::set_page_headers(response.headers_mut());
+            response
+        }
+        None => pages::foreign_host(&app.config.domain).render(req.headers()),
+    }
+}
+
+/// The HTTPS URL for this request, or `None` when the host is not ours.
+fn location(app: &App, req: &Request<Incoming>) -> Option<HeaderValue> {
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())?;
+    let name = subdomain::strip_port(host)
+        .trim_end_matches('.')
+        .to_ascii_lowercase();
+    match subdomain::route(&name, &app.config.domain) {
+        Route::Apex | Route::Tunnel(_) => {}
+        Route::Malformed | Route::Foreign => return None,
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    // Only an origin-form path may follow the host: "//evil" or an
+    // absolute URI must not turn into a redirect elsewhere.
+    let path = if path.starts_with('/') && !path.starts_with("//") {
+        path
+    } else {
+        "/"
+    };
+    HeaderValue::from_str(&format!("https://{name}{}{path}", app.port_suffix())).ok()
+}

@@ -1,0 +1,186 @@
+//! burrow: a single-binary SSH tunnel server.
+//!
+//! `ssh -R 80:localhost:3000 DOMAIN` registers a tunnel in the shared
+//! [`registry`]; visitors of `https://NAME.DOMAIN` reach the [`http::proxy`],
+//! which opens a `forwarded-tcpip` channel through that tunnel's SSH handle
+//! and speaks HTTP/1.1 to the user's local app over it.
+//!
+//! [`run`] binds every listener first (so a bad flag fails before anything
+//! starts), then serves until the shutdown signal resolves.
+
+pub mod config;
+pub mod http;
+pub mod registry;
+pub mod shutdown;
+pub mod ssh;
+pub mod stats;
+pub mod subdomain;
+pub mod tls;
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::registry::Registry;
+use crate::shutdown::Shutdown;
+use crate::stats::Stats;
+
+/// How long in-flight work gets to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// State shared by every listener and connection.
+pub struct App {
+    pub config: Config,
+    pub registry: Arc<Registry>,
+    pub stats: Stats,
+    pub ssh_config: Arc<russh::server::Config>,
+    pub public: PublicPorts,
+}
+
+/// The ports users are told about (URLs, connect commands).
+pub struct PublicPorts {
+    pub https_port: u16,
+    pub ssh_port: u16,
+}
+
+impl App {
+    /// `:PORT` when the public HTTPS port is not 443, else empty.
+    pub fn port_suffix(&self) -> String {
+        match self.public.https_port {
+            443 => String::new(),
+            port => format!(":{port}"),
+        }
+    }
+
+    /// The public URL of tunnel `name`.
+    pub fn url(&self, name: &str) -> String {
+        format!(
+            "https://{name}.{}{}",
+            self.config.domain,
+            self.port_suffix()
+        )
+    }
+
+    /// The command a user runs to open a tunnel to their port 3000.
+    pub fn connect_command(&self) -> String {
+        let port = match self.public.ssh_port {
+            22 => String::new(),
+            port => format!("-p {port} "),
+        };
+        format!("ssh {port}-R 80:localhost:3000 {}", self.config.domain)
+    }
+}
+
+/// Every listener, bound before anything is served.
+struct Listeners {
+    ssh: TcpListener,
+    http: TcpListener,
+    https: TcpListener,
+    stats: TcpListener,
+}
+
+impl Listeners {
+    async fn bind(config: &Config) -> Result<Listeners> {
+        Ok(Listeners {
+            ssh: bind("--ssh-addr", config.ssh_addr).await?,
+            http: bind("--http-addr", config.http_addr).await?,
+            https: bind("--https-addr", config.https_addr).await?,
+            stats: bind("--stats-addr", config.stats_addr).await?,
+        })
+    }
+}
+
+async fn bind(flag: &str, addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{flag} {addr}: cannot listen"))
+}
+
+/// Runs the server until `signal` resolves, then shuts down gracefully.
+pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()> {
+    let host_key = ssh::load_or_create_host_key(&config.host_key)?;
+    let tls = tls::server_config(&config)?;
+    let listeners = Listeners::bind(&config).await?;
+    let local = |l: &TcpListener| l.local_addr().expect("bound socket has an address");
+    let (ssh_addr, http_addr, https_addr, stats_addr) = (
+        local(&listeners.ssh),
+        local(&listeners.http),
+        local(&listeners.https),
+        local(&listeners.stats),
+    );
+
+    let app = Arc::new(App {
+        public: PublicPorts {
+            https_port: config.public_https_port.unwrap_or(https_addr.port()),
+            ssh_port: ssh_addr.port(),
+        },
+        config,
+        registry: Arc::new(Registry::default()),
+        stats: Stats::default(),
+        ssh_config: ssh::russh_config(host_key),
+    });
+
+    // One machine-readable line for scripts and tests (ports may be 0 in
+    // the flags), then the command a user would type.
+    println!(
+        "burrow ready: ssh={ssh_addr} http={http_addr} https={https_addr} stats={stats_addr} domain={}",
+        app.config.domain
+    );
+    println!("connect with: {}", app.connect_command());
+    let _ = std::io::stdout().flush();
+
+    let shutdown = Shutdown::new();
+    shutdown.spawn(ssh::serve(
+        listeners.ssh,
+        Arc::clone(&app),
+        shutdown.clone(),
+    ));
+    shutdown.spawn(http::redirect::serve(
+        listeners.http,
+        Arc::clone(&app),
+        shutdown.clone(),
+    ));
+    let proxy_app = Arc::clone(&app);
+    shutdown.spawn(http::serve_tls(
+        listeners.https,
+        tls,
+        shutdown.clone(),
+        move |req, peer| http::proxy::handle(Arc::clone(&proxy_app), req, peer),
+    ));
+    shutdown.spawn(stats::serve(
+        listeners.stats,
+        Arc::clone(&app),
+        shutdown.clone(),
+    ));
+
+    signal.await;
+    tracing::info!("shutdown requested: no new connections, finishing open ones");
+    shutdown.trigger();
+    if !shutdown.drain(SHUTDOWN_GRACE).await {
+        tracing::warn!(grace = ?SHUTDOWN_GRACE, "some connections were still open at the end of the grace period");
+    }
+    Ok(())
+}
+
+/// Writes a secret file atomically with mode 0600: a temporary file next to
+/// it, flushed to disk, then renamed over the target.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}

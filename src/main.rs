@@ -1,0 +1,47 @@
+//! The `burrow` binary: parse the configuration, set up logging and the TLS
+//! crypto provider, and hand over to [`burrow::run`].
+
+use std::io::IsTerminal;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use burrow::config::Config;
+
+fn main() -> ExitCode {
+    let config = Config::from_args();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+
+    // One provider for the whole process, chosen explicitly: with several
+    // compiled in, rustls would refuse to guess.
+    if rustls::crypto::aws_lc_rs::default_provider()
+        .install_default()
+        .is_err()
+    {
+        eprintln!("burrow: error: a rustls crypto provider was already installed");
+        return ExitCode::FAILURE;
+    }
+
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("burrow: error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(burrow::run(config, burrow::shutdown::signal()));
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("burrow: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

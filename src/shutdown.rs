@@ -1,0 +1,69 @@
+//! Shutdown plumbing: one token every listener and connection watches, a
+//! tracker of the tasks that must finish before the process exits, and the
+//! OS signals that start it all.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// Cloned into every accept loop and connection task.
+#[derive(Clone, Default)]
+pub struct Shutdown {
+    token: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Shutdown {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Resolves once shutdown has begun.
+    pub async fn requested(&self) {
+        self.token.cancelled().await
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    /// Begins shutdown: accept loops stop, connections are asked to finish.
+    pub fn trigger(&self) {
+        self.token.cancel();
+    }
+
+    /// Spawns a task that shutdown waits for (up to its grace period).
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task);
+    }
+
+    /// Waits for tracked tasks to finish, at most `grace`. Returns whether
+    /// they all did.
+    pub async fn drain(&self, grace: Duration) -> bool {
+        self.tasks.close();
+        tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
+    }
+}
+
+/// Resolves on the first SIGINT or SIGTERM.
+pub async fn signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

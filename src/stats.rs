@@ -1,0 +1,123 @@
+//! Counters and the loopback-only JSON stats endpoint.
+//!
+//! Counters are plain atomics bumped on the hot path; gauges are held by RAII
+//! guards so that an early return or a dropped future can never leave them
+//! skewed. The JSON field names are a contract: add fields, never rename.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+use crate::http::{pages, Body};
+use crate::shutdown::Shutdown;
+use crate::App;
+
+/// Process-wide counters.
+#[derive(Default)]
+pub struct Stats {
+    pub total_connections: AtomicU64,
+    pub total_requests: AtomicU64,
+    pub active_websockets: AtomicU64,
+    pub active_requests: AtomicU64,
+    pub total_blocked: AtomicU64,
+    pub total_rate_limited: AtomicU64,
+}
+
+/// Holds a gauge up for as long as it lives (a request, a WebSocket).
+pub struct OwnedGauge {
+    app: Arc<App>,
+    pick: fn(&Stats) -> &AtomicU64,
+}
+
+impl OwnedGauge {
+    pub fn new(app: &Arc<App>, pick: fn(&Stats) -> &AtomicU64) -> Self {
+        pick(&app.stats).fetch_add(1, Ordering::Relaxed);
+        OwnedGauge {
+            app: Arc::clone(app),
+            pick,
+        }
+    }
+}
+
+impl Drop for OwnedGauge {
+    fn drop(&mut self) {
+        (self.pick)(&self.app.stats).fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The JSON document served at `GET /`.
+#[derive(Serialize)]
+struct Snapshot {
+    active_tunnels: u64,
+    unique_ips: u64,
+    total_connections: u64,
+    total_requests: u64,
+    active_websockets: u64,
+    active_requests: u64,
+    blocked_ips: u64,
+    total_blocked: u64,
+    total_rate_limited: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subdomains: Option<Vec<String>>,
+}
+
+fn snapshot(app: &App, with_subdomains: bool) -> Snapshot {
+    let s = &app.stats;
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    Snapshot {
+        active_tunnels: app.registry.len() as u64,
+        unique_ips: app.registry.unique_ips() as u64,
+        total_connections: load(&s.total_connections),
+        total_requests: load(&s.total_requests),
+        active_websockets: load(&s.active_websockets),
+        active_requests: load(&s.active_requests),
+        blocked_ips: 0,
+        total_blocked: load(&s.total_blocked),
+        total_rate_limited: load(&s.total_rate_limited),
+        subdomains: with_subdomains.then(|| app.registry.names()),
+    }
+}
+
+/// Serves the stats endpoint until shutdown.
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: Shutdown) {
+    crate::http::serve_plain(listener, shutdown, move |req, peer| {
+        let app = Arc::clone(&app);
+        async move { Ok::<_, Infallible>(handle(&app, req, peer)) }
+    })
+    .await;
+}
+
+fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+    // Bound wider by mistake or not, strangers never see the numbers.
+    if !peer.ip().is_loopback() && !peer.ip().to_canonical().is_loopback() {
+        return json(
+            StatusCode::FORBIDDEN,
+            r#"{"error":"stats are served to loopback peers only"}"#.into(),
+        );
+    }
+    if req.uri().path() != "/" {
+        return json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.into());
+    }
+    let with_subdomains = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "subdomains=true"));
+    let body =
+        serde_json::to_string(&snapshot(app, with_subdomains)).expect("stats snapshot serializes");
+    json(StatusCode::OK, body)
+}
+
+fn json(status: StatusCode, body: String) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("cache-control", "no-store")
+        .body(pages::full(body))
+        .expect("static response parts are valid")
+}

@@ -1,0 +1,191 @@
+//! Tunnel names: generating random `adjective-noun-xxxxxxxx` labels,
+//! validating names, and mapping a request's Host to a route.
+//!
+//! Everything that turns untrusted text (a Host header, a domain flag) into
+//! a name the registry is asked about goes through here, so the rules for
+//! what a name may look like live in one place.
+
+use rand::seq::IndexedRandom;
+use rand::RngExt;
+
+const ADJECTIVES: &[&str] = &[
+    "able", "amber", "ancient", "autumn", "bold", "brave", "breezy", "bright", "brisk", "calm",
+    "clever", "cosmic", "cozy", "crimson", "crisp", "curious", "dapper", "daring", "dusty",
+    "eager", "early", "electric", "fancy", "fierce", "fluffy", "frosty", "gentle", "giant",
+    "golden", "grand", "happy", "hidden", "honest", "humble", "icy", "jolly", "kind", "lively",
+    "lucky", "lunar", "merry", "mighty", "misty", "modest", "noble", "odd", "patient", "plucky",
+    "polite", "proud", "quick", "quiet", "rapid", "rosy", "rustic", "shiny", "silent", "silver",
+    "sleepy", "smooth", "snowy", "solar", "steady", "sunny", "swift", "tidy", "tiny", "vivid",
+    "warm", "wild", "wise", "witty", "young", "zesty",
+];
+
+const NOUNS: &[&str] = &[
+    "badger", "bear", "beaver", "bison", "cactus", "canyon", "cedar", "cloud", "comet", "coral",
+    "crane", "creek", "dolphin", "dragon", "eagle", "falcon", "fern", "finch", "fox", "gecko",
+    "glacier", "harbor", "hawk", "heron", "island", "jaguar", "koala", "lagoon", "lemur",
+    "leopard", "lion", "lynx", "maple", "meadow", "meteor", "moose", "moth", "nebula", "ocean",
+    "orca", "otter", "owl", "panda", "parrot", "pebble", "penguin", "pine", "planet", "puffin",
+    "quokka", "rabbit", "raven", "reef", "river", "robin", "salmon", "seal", "sparrow", "spruce",
+    "squid", "summit", "tiger", "tortoise", "tulip", "valley", "walrus", "whale", "willow", "wolf",
+    "wombat", "yak", "zebra",
+];
+
+/// A fresh random name such as `happy-tiger-1a2b3c4d`.
+///
+/// 74 adjectives × 72 nouns × 2^32 suffixes: guessing a live name is not a
+/// practical way to find someone's tunnel.
+pub fn random_name() -> String {
+    let mut rng = rand::rng();
+    let adjective = ADJECTIVES.choose(&mut rng).expect("word list is not empty");
+    let noun = NOUNS.choose(&mut rng).expect("word list is not empty");
+    let suffix: u32 = rng.random();
+    format!("{adjective}-{noun}-{suffix:08x}")
+}
+
+/// Whether `name` has exactly the shape [`random_name`] produces, with words
+/// from the lists (a strict whitelist, not just "looks similar").
+pub fn is_random_name(name: &str) -> bool {
+    let mut parts = name.splitn(3, '-');
+    let (Some(adjective), Some(noun), Some(suffix)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    ADJECTIVES.contains(&adjective)
+        && NOUNS.contains(&noun)
+        && suffix.len() == 8
+        && suffix
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// A DNS label as tunnel names use them: 1–63 of `[a-z0-9-]`, no hyphen at
+/// either end. Callers lowercase first.
+pub fn is_valid_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= 63
+        && !label.starts_with('-')
+        && !label.ends_with('-')
+        && label
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A lowercase DNS name made of valid labels (used for `--domain`).
+pub fn is_valid_domain(domain: &str) -> bool {
+    !domain.is_empty() && domain.len() <= 253 && domain.split('.').all(is_valid_label)
+}
+
+/// Where a request's Host points, relative to the server's domain.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// The bare domain: the landing page.
+    Apex,
+    /// One label under the domain: a (possibly unknown) tunnel name.
+    Tunnel(String),
+    /// Under the domain but not a usable name (nested labels, bad characters).
+    Malformed,
+    /// Not this server's domain at all.
+    Foreign,
+}
+
+/// Maps a Host header or `:authority` value to a [`Route`]: case-insensitive,
+/// port and trailing dot stripped.
+pub fn route(host: &str, domain: &str) -> Route {
+    let host = strip_port(host).trim_end_matches('.').to_ascii_lowercase();
+    if host == domain {
+        return Route::Apex;
+    }
+    let Some(label) = host
+        .strip_suffix(domain)
+        .and_then(|rest| rest.strip_suffix('.'))
+    else {
+        return Route::Foreign;
+    };
+    if is_valid_label(label) {
+        Route::Tunnel(label.to_string())
+    } else {
+        Route::Malformed
+    }
+}
+
+/// `host:port` → `host`, leaving IPv6 literals (`[::1]:443`) intact.
+pub fn strip_port(host: &str) -> &str {
+    if let Some(end) = host.strip_prefix('[').and_then(|h| h.find(']')) {
+        return &host[..end + 2];
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_names_have_the_promised_shape() {
+        for _ in 0..1000 {
+            let name = random_name();
+            assert!(is_random_name(&name), "{name}");
+            assert!(is_valid_label(&name), "{name}");
+        }
+        assert!(ADJECTIVES.len() >= 64 && NOUNS.len() >= 64);
+    }
+
+    #[test]
+    fn random_name_whitelist_is_strict() {
+        assert!(is_random_name("happy-tiger-1a2b3c4d"));
+        for bad in [
+            "happy-tiger-1a2b3c4",
+            "happy-tiger-1a2b3c4dd",
+            "happy-tiger-1A2B3C4D",
+            "hapy-tiger-1a2b3c4d",
+            "happy-tigers-1a2b3c4d",
+            "happy-tiger-1a2b-c4d",
+            "happy-tiger",
+            "",
+        ] {
+            assert!(!is_random_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn labels() {
+        assert!(is_valid_label("a"));
+        assert!(is_valid_label("api-2"));
+        assert!(!is_valid_label("-api"));
+        assert!(!is_valid_label("api-"));
+        assert!(!is_valid_label("API"));
+        assert!(!is_valid_label("a_b"));
+        assert!(!is_valid_label(&"a".repeat(64)));
+        assert!(is_valid_label(&"a".repeat(63)));
+    }
+
+    #[test]
+    fn routes() {
+        let d = "tunnel.example";
+        assert_eq!(route("tunnel.example", d), Route::Apex);
+        assert_eq!(route("Tunnel.Example:443", d), Route::Apex);
+        assert_eq!(route("tunnel.example.", d), Route::Apex);
+        assert_eq!(
+            route("Happy-Tiger-1a2b3c4d.tunnel.example:8443", d),
+            Route::Tunnel("happy-tiger-1a2b3c4d".into())
+        );
+        assert_eq!(route("a.b.tunnel.example", d), Route::Malformed);
+        assert_eq!(route("a_b.tunnel.example", d), Route::Malformed);
+        assert_eq!(route(".tunnel.example", d), Route::Malformed);
+        assert_eq!(route("eviltunnel.example", d), Route::Foreign);
+        assert_eq!(route("example.org", d), Route::Foreign);
+        assert_eq!(route("[::1]:443", d), Route::Foreign);
+        assert_eq!(route("", d), Route::Foreign);
+    }
+
+    #[test]
+    fn ports_are_stripped() {
+        assert_eq!(strip_port("a.b:80"), "a.b");
+        assert_eq!(strip_port("a.b"), "a.b");
+        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port("[::1]"), "[::1]");
+    }
+}
