@@ -6,9 +6,11 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{bail, Result};
 use clap::Parser;
+use ipnet::IpNet;
 
 /// The validated server configuration.
 #[derive(Parser, Debug, Clone)]
@@ -61,6 +63,201 @@ pub struct Config {
     /// firewall or load balancer maps another public port.
     #[arg(long, env = "PUBLIC_HTTPS_PORT")]
     pub public_https_port: Option<u16>,
+
+    #[command(flatten)]
+    pub limits: LimitArgs,
+}
+
+/// Abuse limits. Strict defaults; `0` means unlimited (or disabled, for
+/// timeouts) where the help says so. Durations: `90s`, `2m`, `1h30m`; sizes:
+/// `64KiB`, `128MiB`, `1GiB`; rates: `25/s`, `600/m`.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Limits (0 = unlimited/disabled where noted)")]
+pub struct LimitArgs {
+    /// New SSH connections per source IP per sliding minute; each one over is
+    /// a violation and is refused. 0 = unlimited.
+    #[arg(long, env = "MAX_CONNS_PER_MINUTE", default_value_t = 10)]
+    pub max_conns_per_minute: u32,
+
+    /// Violations (connection floods, handshake floods) after which an IP is
+    /// blocked. 0 = never block.
+    #[arg(long, env = "VIOLATIONS_BEFORE_BLOCK", default_value_t = 10)]
+    pub violations_before_block: u32,
+
+    /// How long a block lasts. A block closes all the IP's SSH connections
+    /// and tunnels.
+    #[arg(long, env = "BLOCK_DURATION", default_value = "1h", value_parser = parse_duration)]
+    pub block_duration: Duration,
+
+    /// Concurrent unauthenticated SSH handshakes per IP. 0 = unlimited.
+    #[arg(long, env = "MAX_HANDSHAKES_PER_IP", default_value_t = 3)]
+    pub max_handshakes_per_ip: u32,
+
+    /// Concurrent unauthenticated SSH handshakes in total. 0 = unlimited.
+    #[arg(long, env = "MAX_HANDSHAKES", default_value_t = 100)]
+    pub max_handshakes: u32,
+
+    /// Time from TCP connect to successful SSH authentication.
+    #[arg(long, env = "HANDSHAKE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+
+    /// Concurrent tunnels per client IP. 0 = unlimited.
+    #[arg(long, env = "MAX_TUNNELS_PER_IP", default_value_t = 3)]
+    pub max_tunnels_per_ip: u32,
+
+    /// Concurrent tunnels in total. 0 = unlimited.
+    #[arg(long, env = "MAX_TUNNELS", default_value_t = 1000)]
+    pub max_tunnels: u32,
+
+    /// Requests per visitor per tunnel (token bucket refill; IPv6 visitors
+    /// are grouped by /64). 0 = unlimited.
+    #[arg(long, env = "VISITOR_RATE", default_value = "25/s", value_parser = parse_rate)]
+    pub visitor_rate: Rate,
+
+    /// Token bucket size per visitor per tunnel.
+    #[arg(long, env = "VISITOR_BURST", default_value_t = 200)]
+    pub visitor_burst: u32,
+
+    /// Requests per tunnel, all visitors together. 0 = unlimited.
+    #[arg(long, env = "TUNNEL_RATE", default_value = "50/s", value_parser = parse_rate)]
+    pub tunnel_rate: Rate,
+
+    /// Token bucket size per tunnel.
+    #[arg(long, env = "TUNNEL_BURST", default_value_t = 400)]
+    pub tunnel_burst: u32,
+
+    /// Concurrent requests per visitor per tunnel (over → 429). 0 = unlimited.
+    #[arg(long, env = "MAX_INFLIGHT_PER_VISITOR", default_value_t = 256)]
+    pub max_inflight_per_visitor: u32,
+
+    /// Concurrent requests per tunnel (over → 503). 0 = unlimited.
+    #[arg(long, env = "MAX_INFLIGHT_PER_TUNNEL", default_value_t = 512)]
+    pub max_inflight_per_tunnel: u32,
+
+    /// Open WebSockets per visitor per tunnel (over → 429). 0 = unlimited.
+    #[arg(long, env = "MAX_WEBSOCKETS_PER_VISITOR", default_value_t = 20)]
+    pub max_websockets_per_visitor: u32,
+
+    /// Open WebSockets per tunnel (over → 429). 0 = unlimited.
+    #[arg(long, env = "MAX_WEBSOCKETS_PER_TUNNEL", default_value_t = 100)]
+    pub max_websockets_per_tunnel: u32,
+
+    /// Largest request body (over → 413) and response body (over → cut off,
+    /// or 502 before the headers). 0 = unlimited.
+    #[arg(long, env = "MAX_BODY_SIZE", default_value = "128MiB", value_parser = parse_size)]
+    pub max_body_size: u64,
+
+    /// Bytes per direction over one WebSocket before it is closed. 0 = unlimited.
+    #[arg(long, env = "WEBSOCKET_MAX_BYTES", default_value = "1GiB", value_parser = parse_size)]
+    pub websocket_max_bytes: u64,
+
+    /// A WebSocket with no bytes either way for this long is closed. 0 = never.
+    #[arg(long, env = "WEBSOCKET_IDLE_TIMEOUT", default_value = "2h", value_parser = parse_duration)]
+    pub websocket_idle_timeout: Duration,
+
+    /// A proxied request with no bytes moving either way for this long is
+    /// cancelled (504 before the response starts). Streams that keep moving
+    /// are never cut. 0 = never.
+    #[arg(long, env = "REQUEST_IDLE_TIMEOUT", default_value = "2m", value_parser = parse_duration)]
+    pub request_idle_timeout: Duration,
+
+    /// Time a visitor gets to send a request's headers, from its first byte
+    /// (or from connecting). Slow-loris protection on :80 and :443.
+    #[arg(long, env = "HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+
+    /// Largest request head (request line and headers) on :80 and :443.
+    #[arg(long, env = "MAX_HEADER_SIZE", default_value = "64KiB", value_parser = parse_size)]
+    pub max_header_size: u64,
+
+    /// Idle visitor keep-alive connections are closed after this long.
+    #[arg(long, env = "KEEPALIVE_TIMEOUT", default_value = "120s", value_parser = parse_duration)]
+    pub keepalive_timeout: Duration,
+
+    /// A tunnel with no traffic for this long is closed (never while a
+    /// request or WebSocket is open). 0 = never.
+    #[arg(long, env = "TUNNEL_IDLE_TIMEOUT", default_value = "2h", value_parser = parse_duration)]
+    pub tunnel_idle_timeout: Duration,
+
+    /// A tunnel is closed this long after it opened, whatever it does; a
+    /// notice comes 10 minutes before. 0 = never.
+    #[arg(long, env = "TUNNEL_MAX_LIFETIME", default_value = "24h", value_parser = parse_duration)]
+    pub tunnel_max_lifetime: Duration,
+
+    /// Comma-separated CIDRs of load balancers in front of burrow whose
+    /// X-Forwarded-For header is believed for the visitor's IP. Empty = trust
+    /// nobody.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
+    pub trusted_proxies: Vec<IpNet>,
+
+    /// Do not show the browser warning page before a tunnel's first visit.
+    #[arg(long, env = "NO_BROWSER_WARNING")]
+    pub no_browser_warning: bool,
+}
+
+/// A refill rate for a token bucket: `per_second == 0.0` means unlimited.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+}
+
+impl Rate {
+    pub fn is_unlimited(&self) -> bool {
+        self.per_second <= 0.0
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/s", self.per_second)
+    }
+}
+
+/// `25/s`, `600/m`, `1000/h`, or a bare number per second.
+pub fn parse_rate(text: &str) -> Result<Rate, String> {
+    let (count, unit) = text.trim().split_once('/').unwrap_or((text.trim(), "s"));
+    let count: f64 = count
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a rate like 25/s or 600/m"))?;
+    let seconds = match unit.trim() {
+        "s" | "sec" | "second" => 1.0,
+        "m" | "min" | "minute" => 60.0,
+        "h" | "hour" => 3600.0,
+        other => return Err(format!("unknown rate unit {other:?}: use /s, /m or /h")),
+    };
+    if !count.is_finite() || count < 0.0 {
+        return Err(format!("{text:?} must be zero or positive"));
+    }
+    Ok(Rate {
+        per_second: count / seconds,
+    })
+}
+
+/// `90s`, `2m`, `1h30m`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like 90s or 2h: {e}"))
+}
+
+/// `64KiB`, `128MiB`, `1GiB`, `500kB`; a bare number is bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    text.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|e| format!("{text:?} is not a size like 64KiB or 128MiB: {e}"))
+}
+
+/// `203.0.113.0/24`, `2001:db8::/32`, or a single address.
+pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is not an IP address or CIDR"))
 }
 
 impl Config {
@@ -119,5 +316,56 @@ impl Config {
         }
         self.domain = domain;
         Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("25/s").unwrap().per_second, 25.0);
+        assert_eq!(parse_rate("600/m").unwrap().per_second, 10.0);
+        assert_eq!(parse_rate("7").unwrap().per_second, 7.0);
+        assert!(parse_rate("0").unwrap().is_unlimited());
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("5/fortnight").is_err());
+        assert!(parse_rate("-1/s").is_err());
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("90s").unwrap(), Duration::from_secs(90));
+        assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
+        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
+        assert!(parse_duration("soon").is_err());
+        assert_eq!(parse_size("64KiB").unwrap(), 65536);
+        assert_eq!(parse_size("128MiB").unwrap(), 128 << 20);
+        assert_eq!(parse_size("1GiB").unwrap(), 1 << 30);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert!(parse_size("big").is_err());
+    }
+
+    #[test]
+    fn cidrs() {
+        assert!(parse_cidr("203.0.113.0/24").is_ok());
+        assert!(parse_cidr("2001:db8::/32").is_ok());
+        assert_eq!(parse_cidr("10.1.2.3").unwrap().prefix_len(), 32);
+        assert!(parse_cidr("10.1.2.3/33").is_err());
+    }
+
+    #[test]
+    fn defaults_parse() {
+        let config = Config::try_parse_from(["burrow"])
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(config.limits.max_conns_per_minute, 10);
+        assert_eq!(config.limits.block_duration, Duration::from_secs(3600));
+        assert_eq!(config.limits.visitor_rate.per_second, 25.0);
+        assert_eq!(config.limits.max_body_size, 128 << 20);
+        assert_eq!(config.limits.max_header_size, 64 << 10);
+        assert!(config.limits.trusted_proxies.is_empty());
     }
 }

@@ -10,6 +10,7 @@
 
 pub mod config;
 pub mod http;
+pub mod limits;
 pub mod registry;
 pub mod shutdown;
 pub mod ssh;
@@ -28,6 +29,8 @@ use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::limits::ssh::{Block, IpGuard};
+use crate::limits::LogOnce;
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
@@ -42,6 +45,8 @@ pub struct App {
     pub stats: Stats,
     pub ssh_config: Arc<russh::server::Config>,
     pub public: PublicPorts,
+    pub ip_guard: Arc<IpGuard>,
+    pub refusal_log: LogOnce,
 }
 
 /// The ports users are told about (URLs, connect commands).
@@ -66,6 +71,23 @@ impl App {
             self.config.domain,
             self.port_suffix()
         )
+    }
+
+    /// Applies a fresh block: every SSH connection and tunnel of the IP is
+    /// closed, with a line saying until when.
+    pub fn block_ip(&self, ip: std::net::IpAddr, block: &Block) {
+        self.stats
+            .total_blocked
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(%ip, until = %block.until_utc(), reason = %block.reason, "ip blocked");
+        let text = ssh::banner::blocked(&block.until_utc(), &block.reason);
+        for conn in self.registry.conns_of_ip(ip) {
+            self.registry.remove_conn(conn.id);
+            conn.close(
+                text.clone(),
+                format!("blocked until {}: {}", block.until_utc(), block.reason),
+            );
+        }
     }
 
     /// The command a user runs to open a tunnel to their port 3000.
@@ -117,6 +139,8 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     );
 
     let app = Arc::new(App {
+        ip_guard: Arc::new(IpGuard::new(&config.limits)),
+        refusal_log: LogOnce::default(),
         public: PublicPorts {
             https_port: config.public_https_port.unwrap_or(https_addr.port()),
             ssh_port: ssh_addr.port(),
@@ -151,6 +175,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     shutdown.spawn(http::serve_tls(
         listeners.https,
         tls,
+        http::ConnLimits::from_config(&app.config.limits),
         shutdown.clone(),
         move |req, peer| http::proxy::handle(Arc::clone(&proxy_app), req, peer),
     ));

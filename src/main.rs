@@ -35,7 +35,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(burrow::run(config, burrow::shutdown::signal()));
+    let result = runtime.block_on(async {
+        let signal = burrow::shutdown::signal()
+            .map_err(|e| anyhow::anyhow!("cannot install signal handlers: {e}"))?;
+        burrow::run(config, signal).await
+    });
     runtime.shutdown_timeout(Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -5,18 +5,24 @@
 //! for it; the proxy opens `forwarded-tcpip` channels straight through that
 //! handle, so there is no per-tunnel loopback listener anywhere.
 //!
+//! It also keeps the table of SSH connections ([`Conn`]), so that limits and
+//! lifetimes can write to a user's terminal or close their connection from
+//! outside the connection's own handler.
+//!
 //! Names can also be *reserved* before they become tunnels: the SSH handler
 //! reserves the name of a connection's first forward while authentication is
 //! still running, so it can show the URL in the authentication banner.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use dashmap::{DashMap, DashSet};
 use russh::server::{Handle, Msg};
-use russh::Channel;
+use russh::{Channel, ChannelId};
 
+use crate::limits::http::TunnelGate;
+use crate::limits::ip_key;
 use crate::subdomain;
 
 /// Identifies one SSH connection for the lifetime of the process.
@@ -38,6 +44,10 @@ pub struct Tunnel {
     pub bind_address: String,
     pub bind_port: u32,
     pub created: Instant,
+    /// Visitor limits and activity of this tunnel.
+    pub gate: Arc<TunnelGate>,
+    /// Set once the "closing soon" notice went out.
+    pub lifetime_warned: std::sync::atomic::AtomicBool,
     handle: Handle,
 }
 
@@ -61,6 +71,7 @@ impl Tunnel {
         bind_address: String,
         bind_port: u32,
         handle: Handle,
+        gate: TunnelGate,
     ) -> Tunnel {
         Tunnel {
             subdomain,
@@ -69,6 +80,8 @@ impl Tunnel {
             bind_address,
             bind_port,
             created: Instant::now(),
+            gate: Arc::new(gate),
+            lifetime_warned: Default::default(),
             handle,
         }
     }
@@ -93,12 +106,95 @@ impl Tunnel {
     }
 }
 
-/// All live tunnels and reserved names.
+/// One SSH connection, as the rest of the server sees it.
+pub struct Conn {
+    pub id: ConnId,
+    pub ip: IpAddr,
+    authenticated: std::sync::atomic::AtomicBool,
+    handle: OnceLock<Handle>,
+    session: Mutex<Option<ChannelId>>,
+}
+
+impl Conn {
+    pub fn new(id: ConnId, ip: IpAddr) -> Self {
+        Conn {
+            id,
+            ip,
+            authenticated: Default::default(),
+            handle: OnceLock::new(),
+            session: Mutex::new(None),
+        }
+    }
+
+    pub fn set_authenticated(&self) {
+        self.authenticated
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn is_authenticated(&self) -> bool {
+        self.authenticated
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn set_handle(&self, handle: Handle) {
+        let _ = self.handle.set(handle);
+    }
+
+    /// Records the session channel (or its end) so notices can reach it.
+    pub fn set_session(&self, channel: Option<ChannelId>) {
+        *self.session.lock().expect("session lock") = channel;
+    }
+
+    fn target(&self) -> Option<(Handle, ChannelId)> {
+        let channel = (*self.session.lock().expect("session lock"))?;
+        Some((self.handle.get()?.clone(), channel))
+    }
+
+    /// Writes `text` to the user's terminal, if they have a session. Never
+    /// waits: the write happens in its own task.
+    pub fn notify(&self, text: String) {
+        if let Some((handle, channel)) = self.target() {
+            tokio::spawn(async move {
+                let _ = handle.data(channel, text.into_bytes()).await;
+            });
+        }
+    }
+
+    /// Says `text` (if there is a session), then ends the connection with
+    /// `reason` as the SSH disconnect message.
+    pub fn close(&self, text: String, reason: String) {
+        let target = self.target();
+        let Some(handle) = self.handle.get().cloned() else {
+            return;
+        };
+        tokio::spawn(async move {
+            if let Some((_, channel)) = target {
+                let _ = handle.data(channel, text.into_bytes()).await;
+                let _ = handle.exit_status_request(channel, 1).await;
+                let _ = handle.eof(channel).await;
+                let _ = handle.close(channel).await;
+            }
+            let _ = handle
+                .disconnect(russh::Disconnect::ByApplication, reason, "en".into())
+                .await;
+        });
+    }
+}
+
+/// All live tunnels, reserved names and SSH connections.
 #[derive(Default)]
 pub struct Registry {
     tunnels: DashMap<String, Arc<Tunnel>>,
     reserved: DashSet<String>,
+    conns: DashMap<ConnId, Arc<Conn>>,
+    /// Woken whenever a tunnel is inserted.
+    inserted: tokio::sync::Notify,
 }
+
+/// How long a request for a reserved (announced, not yet forwarded) name
+/// waits for its tunnel: `-N` users see the URL in the authentication
+/// banner a moment before their `tcpip-forward` arrives.
+pub const RESERVED_WAIT: Duration = Duration::from_secs(5);
 
 /// A name held for a connection that has not asked for its forward yet.
 /// Dropping it releases the name.
@@ -143,7 +239,28 @@ impl Registry {
         self.tunnels
             .insert(tunnel.subdomain.clone(), Arc::clone(&tunnel));
         drop(reservation);
+        self.inserted.notify_waiters();
         tunnel
+    }
+
+    /// The live tunnel `subdomain`; if the name is only reserved so far,
+    /// waits up to [`RESERVED_WAIT`] for it to go live.
+    pub async fn get_or_wait(&self, subdomain: &str) -> Option<Arc<Tunnel>> {
+        let deadline = tokio::time::Instant::now() + RESERVED_WAIT;
+        loop {
+            let inserted = self.inserted.notified();
+            tokio::pin!(inserted);
+            inserted.as_mut().enable();
+            if let Some(tunnel) = self.get(subdomain) {
+                return Some(tunnel);
+            }
+            if !self.reserved.contains(subdomain) {
+                return None;
+            }
+            if tokio::time::timeout_at(deadline, inserted).await.is_err() {
+                return None;
+            }
+        }
     }
 
     pub fn get(&self, subdomain: &str) -> Option<Arc<Tunnel>> {
@@ -178,6 +295,47 @@ impl Registry {
         let ips: std::collections::HashSet<IpAddr> =
             self.tunnels.iter().map(|t| t.client_ip).collect();
         ips.len()
+    }
+
+    /// Tunnels owned by clients in the same limit group as `ip`.
+    pub fn count_for_ip(&self, ip: IpAddr) -> usize {
+        let key = ip_key(ip);
+        self.tunnels
+            .iter()
+            .filter(|t| ip_key(t.client_ip) == key)
+            .count()
+    }
+
+    /// A snapshot of every live tunnel.
+    pub fn tunnels(&self) -> Vec<Arc<Tunnel>> {
+        self.tunnels.iter().map(|t| Arc::clone(t.value())).collect()
+    }
+
+    /// Whether connection `conn` still owns any tunnel.
+    pub fn conn_has_tunnels(&self, conn: ConnId) -> bool {
+        self.tunnels.iter().any(|t| t.conn == conn)
+    }
+
+    pub fn add_conn(&self, conn: Arc<Conn>) {
+        self.conns.insert(conn.id, conn);
+    }
+
+    pub fn remove_conn_entry(&self, conn: ConnId) {
+        self.conns.remove(&conn);
+    }
+
+    pub fn conn(&self, conn: ConnId) -> Option<Arc<Conn>> {
+        self.conns.get(&conn).map(|c| Arc::clone(c.value()))
+    }
+
+    /// Connections from the same limit group as `ip`.
+    pub fn conns_of_ip(&self, ip: IpAddr) -> Vec<Arc<Conn>> {
+        let key = ip_key(ip);
+        self.conns
+            .iter()
+            .filter(|c| ip_key(c.ip) == key)
+            .map(|c| Arc::clone(c.value()))
+            .collect()
     }
 
     /// Sorted names of all live tunnels.

@@ -77,7 +77,7 @@ fn snapshot(app: &App, with_subdomains: bool) -> Snapshot {
         total_requests: load(&s.total_requests),
         active_websockets: load(&s.active_websockets),
         active_requests: load(&s.active_requests),
-        blocked_ips: 0,
+        blocked_ips: app.ip_guard.blocked_count() as u64,
         total_blocked: load(&s.total_blocked),
         total_rate_limited: load(&s.total_rate_limited),
         subdomains: with_subdomains.then(|| app.registry.names()),
@@ -86,7 +86,8 @@ fn snapshot(app: &App, with_subdomains: bool) -> Snapshot {
 
 /// Serves the stats endpoint until shutdown.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: Shutdown) {
-    crate::http::serve_plain(listener, shutdown, move |req, peer| {
+    let limits = crate::http::ConnLimits::from_config(&app.config.limits);
+    crate::http::serve_plain(listener, limits, shutdown, move |req, peer| {
         let app = Arc::clone(&app);
         async move { Ok::<_, Infallible>(handle(&app, req, peer)) }
     })

@@ -6,9 +6,13 @@
 //! - [`proxy`]: HTTPS requests → the tunnel's SSH client → the local app.
 //! - [`pages`]: the small pages burrow answers with itself.
 
+pub mod interstitial;
+pub mod metered;
 pub mod pages;
 pub mod proxy;
 pub mod redirect;
+pub mod upgrade;
+pub mod watchdog;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -18,6 +22,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -34,10 +39,32 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body every handler answers with: a generated page or a proxied stream.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
-/// Time a client gets to send a complete request head (slow-loris guard).
-const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client gets to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// hyper refuses read buffers smaller than this.
+const MIN_HEADER_BUFFER: usize = 8192;
+
+/// The connection-level limits of a visitor listener.
+#[derive(Clone, Copy)]
+pub struct ConnLimits {
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub max_header_size: usize,
+}
+
+impl ConnLimits {
+    pub fn from_config(limits: &crate::config::LimitArgs) -> Self {
+        ConnLimits {
+            header_timeout: limits.header_timeout,
+            keepalive_timeout: limits.keepalive_timeout,
+            max_header_size: usize::try_from(limits.max_header_size).unwrap_or(usize::MAX),
+        }
+    }
+
+    fn read_buffer(&self) -> usize {
+        self.max_header_size.max(MIN_HEADER_BUFFER)
+    }
+}
 
 /// Accepts connections until shutdown, hands each one to `serve`, then lets
 /// open connections finish gracefully (the caller bounds how long).
@@ -74,9 +101,14 @@ where
 /// Lets a connection task register itself for graceful shutdown.
 pub struct GracefulShutdownWatcher(hyper_util::server::graceful::Watcher);
 
-/// Serves plain HTTP/1.1 (the redirector and the stats endpoint).
-pub async fn serve_plain<H, Fut>(listener: TcpListener, shutdown: Shutdown, handler: H)
-where
+/// Serves plain HTTP/1.1 (the redirector and the stats endpoint). Idle
+/// keep-alive connections here are bounded by the header timeout.
+pub async fn serve_plain<H, Fut>(
+    listener: TcpListener,
+    limits: ConnLimits,
+    shutdown: Shutdown,
+    handler: H,
+) where
     H: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
@@ -86,7 +118,8 @@ where
             let service = service_fn(move |req| handler(req, peer));
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT)
+                .header_read_timeout(limits.header_timeout)
+                .max_buf_size(limits.read_buffer())
                 .serve_connection(TokioIo::new(stream), service);
             if let Err(err) = watcher.0.watch(conn).await {
                 tracing::debug!(%peer, error = %err, "http connection error");
@@ -96,10 +129,13 @@ where
     .await;
 }
 
-/// Serves HTTPS (HTTP/1.1 with upgrades, and HTTP/2) with `handler`.
+/// Serves HTTPS (HTTP/1.1 with upgrades, and HTTP/2) with `handler`. Each
+/// connection runs next to a [`watchdog::ConnWatch`] that enforces the
+/// header and keep-alive timeouts.
 pub async fn serve_tls<H, Fut>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
+    limits: ConnLimits,
     shutdown: Shutdown,
     handler: H,
 ) where
@@ -108,32 +144,54 @@ pub async fn serve_tls<H, Fut>(
 {
     let acceptor = TlsAcceptor::from(tls);
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().max_buf_size(limits.read_buffer());
     builder
-        .http1()
+        .http2()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT);
-    builder.http2().timer(TokioTimer::new());
+        .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
     accept_loop(listener, shutdown, "https", move |stream, peer, watcher| {
         let handler = handler.clone();
         let acceptor = acceptor.clone();
         let builder = builder.clone();
         async move {
-            let tls =
-                match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(tls)) => tls,
-                    Ok(Err(err)) => {
-                        tracing::debug!(%peer, error = %err, "tls handshake failed");
-                        return;
+            let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+            let tls = match handshake.await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, error = %err, "tls handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "tls handshake timed out");
+                    return;
+                }
+            };
+            let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+            let watch =
+                watchdog::ConnWatch::new(limits.header_timeout, limits.keepalive_timeout, http2);
+            let io = watchdog::WatchedIo::new(tls, Arc::clone(&watch));
+            let marks = Arc::clone(&watch);
+            let service = service_fn(move |req| {
+                let mark = marks.begin();
+                let response = handler(req, peer);
+                async move {
+                    let response = response.await?;
+                    Ok::<_, Infallible>(
+                        response
+                            .map(|body| metered::MeteredBody::new(body).guard(mark).boxed_unsync()),
+                    )
+                }
+            });
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+            tokio::select! {
+                served = watcher.0.watch(conn.into_owned()) => {
+                    if let Err(err) = served {
+                        tracing::debug!(%peer, error = %err, "https connection error");
                     }
-                    Err(_) => {
-                        tracing::debug!(%peer, "tls handshake timed out");
-                        return;
-                    }
-                };
-            let service = service_fn(move |req| handler(req, peer));
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            if let Err(err) = watcher.0.watch(conn.into_owned()).await {
-                tracing::debug!(%peer, error = %err, "https connection error");
+                }
+                why = watch.expired() => {
+                    tracing::debug!(%peer, reason = ?why, "closing visitor connection");
+                }
             }
         }
     })

@@ -177,6 +177,39 @@ pub fn channel_timeout(host: &str) -> Page {
         .text(format!("The SSH client behind {host} did not open a connection to its local app within 10 seconds."))
 }
 
+pub fn too_large(limit: u64) -> Page {
+    Page::new(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large").text(format!(
+        "This server accepts request bodies up to {limit} bytes (max-body-size)."
+    ))
+}
+
+pub fn response_too_large(host: &str, limit: u64) -> Page {
+    Page::new(StatusCode::BAD_GATEWAY, "Response too large")
+        .text(format!("The app behind {host} sent a response larger than this server relays ({limit} bytes, max-body-size)."))
+}
+
+pub fn request_idle(host: &str, idle: std::time::Duration) -> Page {
+    Page::new(StatusCode::GATEWAY_TIMEOUT, "The local app stopped answering")
+        .text(format!(
+            "No bytes moved between you and the app behind {host} for {} (request-idle-timeout), so the request was cancelled.",
+            crate::limits::human(idle)
+        ))
+}
+
+/// A visitor limit refused the request.
+pub fn limited(status: StatusCode, refusal: &crate::limits::Refusal) -> Page {
+    let title = if status == StatusCode::SERVICE_UNAVAILABLE {
+        "Tunnel busy"
+    } else {
+        "Too many requests"
+    };
+    let mut page = Page::new(status, title).text(refusal.message.clone());
+    if let Some(secs) = refusal.retry_secs() {
+        page = page.text(format!("Try again in {secs} s. (limit: {})", refusal.limit));
+    }
+    page
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

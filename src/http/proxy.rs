@@ -7,20 +7,22 @@
 //! between the visitor and the channel once the app answers 101.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::pin::Pin;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::time::Duration;
 
-use bytes::Bytes;
 use http_body_util::BodyExt;
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
-use super::pages;
-use super::{Body, BoxError};
+use super::interstitial::{self, Gate};
+use super::metered::MeteredBody;
+use super::{pages, upgrade, Body};
+use crate::limits::http::Slot;
+use crate::limits::{Activity, Refusal};
 use crate::registry::{OpenError, Tunnel};
 use crate::stats::OwnedGauge;
 use crate::subdomain::{self, Route};
@@ -53,12 +55,21 @@ pub async fn handle(
     };
     let response = match subdomain::route(&host, &app.config.domain) {
         Route::Apex => {
-            pages::landing(&app.config.domain, &app.connect_command()).render(req.headers())
+            let mut page =
+                pages::landing(&app.config.domain, &app.connect_command()).render(req.headers());
+            page.headers_mut().insert(
+                header::STRICT_TRANSPORT_SECURITY,
+                HeaderValue::from_static("max-age=31536000"),
+            );
+            page
         }
         Route::Foreign => pages::foreign_host(&app.config.domain).render(req.headers()),
         Route::Malformed => pages::not_found(&host).render(req.headers()),
-        Route::Tunnel(name) => match app.registry.get(&name) {
-            Some(tunnel) => proxy(&app, &tunnel, req, peer, &host).await,
+        Route::Tunnel(name) => match app.registry.get_or_wait(&name).await {
+            Some(tunnel) => {
+                let visitor = visitor_addr(&app, &req, peer);
+                tunnel_request(&app, &tunnel, req, visitor, &host).await
+            }
             None => pages::not_found(&host).render(req.headers()),
         },
     };
@@ -76,23 +87,127 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
         .map(str::to_string)
 }
 
+/// The visitor's address: the TCP peer, unless the peer is a trusted proxy,
+/// in which case the rightmost untrusted `X-Forwarded-For` entry.
+fn visitor_addr(app: &App, req: &Request<Incoming>, peer: SocketAddr) -> SocketAddr {
+    let trusted = &app.config.limits.trusted_proxies;
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(&ip.to_canonical()));
+    if !is_trusted(peer.ip()) {
+        return peer;
+    }
+    let chain: Vec<IpAddr> = req
+        .headers()
+        .get_all(X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map_while(|ip| ip.trim().parse().ok())
+        .collect();
+    chain
+        .iter()
+        .rev()
+        .find(|ip| !is_trusted(**ip))
+        .or(chain.first())
+        .map_or(peer, |ip| SocketAddr::new(*ip, 0))
+}
+
+/// A request for a live tunnel: warning page, limits, then the proxy.
+async fn tunnel_request(
+    app: &Arc<App>,
+    tunnel: &Tunnel,
+    req: Request<Incoming>,
+    visitor: SocketAddr,
+    host: &str,
+) -> Response<Body> {
+    let req = if app.config.limits.no_browser_warning {
+        req
+    } else {
+        match interstitial::gate(req, &tunnel.subdomain, host).await {
+            Gate::Answer(response) => return response,
+            Gate::Pass(req) => req,
+        }
+    };
+    let slot = match tunnel.gate.admit_request(visitor.ip()) {
+        Ok(slot) => slot,
+        Err(refusal) => return refused(app, tunnel, visitor, &refusal, req.headers()),
+    };
+    let max_body = app.config.limits.max_body_size;
+    if max_body > 0 && content_length(req.headers()).is_some_and(|len| len > max_body) {
+        return pages::too_large(max_body).render(req.headers());
+    }
+    let ws_slot = if wants_upgrade(&req) {
+        match tunnel.gate.admit_websocket(visitor.ip()) {
+            Ok(slot) => Some(slot),
+            Err(refusal) => return refused(app, tunnel, visitor, &refusal, req.headers()),
+        }
+    } else {
+        None
+    };
+    proxy(app, tunnel, req, visitor, host, slot, ws_slot).await
+}
+
+/// A limit said no: 429 (or 503 when the whole tunnel is busy) with
+/// `Retry-After`, logged once per visitor and limit.
+fn refused(
+    app: &App,
+    tunnel: &Tunnel,
+    visitor: SocketAddr,
+    refusal: &Refusal,
+    request_headers: &HeaderMap,
+) -> Response<Body> {
+    app.stats
+        .total_rate_limited
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    if app.refusal_log.first(visitor.ip(), refusal.limit) {
+        tracing::info!(subdomain = %tunnel.subdomain, visitor = %visitor.ip(), limit = refusal.limit, reason = %refusal.message, "request refused");
+    }
+    let status = if refusal.limit == "max-inflight-per-tunnel" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::TOO_MANY_REQUESTS
+    };
+    let mut response = pages::limited(status, refusal).render(request_headers);
+    if let Some(secs) = refusal.retry_secs() {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
 async fn proxy(
     app: &Arc<App>,
     tunnel: &Tunnel,
     mut req: Request<Incoming>,
-    peer: SocketAddr,
+    visitor: SocketAddr,
     host: &str,
+    slot: Slot,
+    ws_slot: Option<Slot>,
 ) -> Response<Body> {
     app.stats
         .total_requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let in_flight = OwnedGauge::new(app, |s| &s.active_requests);
     let visitor_headers = req.headers().clone();
+    let limits = &app.config.limits;
+    let activity = Arc::new(Activity::default());
+    let too_large = Arc::new(AtomicBool::new(false));
 
-    let upgrade = wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-    let req = to_origin_request(req, peer, host, upgrade.is_some());
+    let upgrade = ws_slot.is_some().then(|| hyper::upgrade::on(&mut req));
+    let req = to_origin_request(req, visitor, host, upgrade.is_some()).map(|body| {
+        MeteredBody::new(body)
+            .limit(limits.max_body_size, Some(Arc::clone(&too_large)))
+            .activity(Arc::clone(&activity), Duration::ZERO)
+    });
 
-    let channel = match tunnel.open_channel(peer).await {
+    let channel = match tunnel.open_channel(visitor).await {
         Ok(channel) => channel,
         Err(OpenError::Timeout) => return pages::channel_timeout(host).render(&visitor_headers),
         Err(err) => {
@@ -104,7 +219,7 @@ async fn proxy(
 
     let io = TokioIo::new(channel.into_stream());
     let (mut sender, conn) = match hyper::client::conn::http1::Builder::new()
-        .handshake::<_, Incoming>(io)
+        .handshake(io)
         .await
     {
         Ok(pair) => pair,
@@ -116,26 +231,64 @@ async fn proxy(
         }
     });
 
-    let mut response = match sender.send_request(req).await {
+    let idle = limits.request_idle_timeout;
+    let sent = tokio::select! {
+        sent = sender.send_request(req) => sent,
+        _ = upgrade::idle_expired(&activity, idle) => {
+            tracing::debug!(subdomain = %tunnel.subdomain, "request idle timeout before the response");
+            return pages::request_idle(host, idle).render(&visitor_headers);
+        }
+    };
+    let mut response = match sent {
         Ok(response) => response,
+        Err(_) if too_large.load(std::sync::atomic::Ordering::Relaxed) => {
+            return pages::too_large(limits.max_body_size).render(&visitor_headers);
+        }
         Err(err) => {
             tracing::debug!(subdomain = %tunnel.subdomain, error = %err, "local app gave no response");
             return pages::local_app_failed(host).render(&visitor_headers);
         }
     };
+    if limits.max_body_size > 0
+        && content_length(response.headers()).is_some_and(|len| len > limits.max_body_size)
+    {
+        return pages::response_too_large(host, limits.max_body_size).render(&visitor_headers);
+    }
 
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-    if let (true, Some(visitor)) = (switching, upgrade) {
-        relay_upgrade(app, visitor, hyper::upgrade::on(&mut response));
+    if let (true, Some(visitor_upgrade), Some(ws_slot)) = (switching, upgrade, ws_slot) {
+        relay_upgrade(
+            app,
+            visitor_upgrade,
+            hyper::upgrade::on(&mut response),
+            ws_slot,
+        );
     }
     strip_hop_by_hop(response.headers_mut(), switching);
+    add_safety_headers(response.headers_mut());
     response.map(|body| {
-        TrackedBody {
-            inner: body.map_err(BoxError::from).boxed_unsync(),
-            _in_flight: in_flight,
-        }
-        .boxed_unsync()
+        MeteredBody::new(body)
+            .limit(limits.max_body_size, None)
+            .activity(activity, idle)
+            .guard(slot)
+            .guard(in_flight)
+            .boxed_unsync()
     })
+}
+
+/// Proxied responses: `nosniff` and a Referrer-Policy unless the app chose
+/// its own; never indexed by search engines. Framing is left to the app.
+fn add_safety_headers(headers: &mut HeaderMap) {
+    headers
+        .entry("x-content-type-options")
+        .or_insert(HeaderValue::from_static("nosniff"));
+    headers
+        .entry(header::REFERRER_POLICY)
+        .or_insert(HeaderValue::from_static("strict-origin-when-cross-origin"));
+    headers.insert(
+        "x-robots-tag",
+        HeaderValue::from_static("noindex, nofollow"),
+    );
 }
 
 /// Whether the visitor asks for an HTTP/1.1 protocol upgrade (WebSocket).
@@ -175,12 +328,12 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 }
 
 /// Turns the visitor's request into the HTTP/1.1 request the local app gets.
-fn to_origin_request(
-    mut req: Request<Incoming>,
-    peer: SocketAddr,
+fn to_origin_request<B>(
+    mut req: Request<B>,
+    visitor: SocketAddr,
     host: &str,
     upgrade: bool,
-) -> Request<Incoming> {
+) -> Request<B> {
     let path = req
         .uri()
         .path_and_query()
@@ -204,7 +357,7 @@ fn to_origin_request(
     for name in spoofable {
         headers.remove(name);
     }
-    if let Ok(ip) = HeaderValue::from_str(&peer.ip().to_canonical().to_string()) {
+    if let Ok(ip) = HeaderValue::from_str(&visitor.ip().to_canonical().to_string()) {
         headers.insert(X_FORWARDED_FOR, ip);
     }
     if let Ok(public_host) = HeaderValue::from_str(host) {
@@ -213,18 +366,54 @@ fn to_origin_request(
         headers.entry(header::HOST).or_insert(public_host);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    strip_burrow_cookies(headers);
     req
 }
 
-/// After a 101, relays raw bytes between the visitor and the local app.
+/// Removes burrow's own cookies (warning page) from what the app sees.
+fn strip_burrow_cookies(headers: &mut HeaderMap) {
+    let values: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .map(str::to_string)
+        .collect();
+    if !values
+        .iter()
+        .any(|v| v.contains("burrow_warned_") || v.contains("burrow_csrf_"))
+    {
+        return;
+    }
+    let kept: Vec<&str> = values
+        .iter()
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| {
+            let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
+            !pair.is_empty() && !interstitial::is_burrow_cookie(name)
+        })
+        .collect();
+    headers.remove(header::COOKIE);
+    if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
+        if !kept.is_empty() {
+            headers.insert(header::COOKIE, value);
+        }
+    }
+}
+
+/// After a 101, relays raw bytes between the visitor and the local app,
+/// holding the WebSocket slot and gauge until the relay ends.
 fn relay_upgrade(
     app: &Arc<App>,
     visitor: hyper::upgrade::OnUpgrade,
     origin: hyper::upgrade::OnUpgrade,
+    slot: Slot,
 ) {
     let gauge = OwnedGauge::new(app, |s| &s.active_websockets);
+    let max_bytes = app.config.limits.websocket_max_bytes;
+    let idle = app.config.limits.websocket_idle_timeout;
     tokio::spawn(async move {
-        let _gauge = gauge;
+        let _held = (gauge, slot);
         let (visitor, origin) = match tokio::try_join!(visitor, origin) {
             Ok(pair) => pair,
             Err(err) => {
@@ -232,39 +421,10 @@ fn relay_upgrade(
                 return;
             }
         };
-        let mut visitor = TokioIo::new(visitor);
-        let mut origin = TokioIo::new(origin);
-        if let Err(err) = tokio::io::copy_bidirectional(&mut visitor, &mut origin).await {
-            tracing::debug!(error = %err, "upgraded connection ended with an error");
-        }
+        let end =
+            upgrade::relay(TokioIo::new(visitor), TokioIo::new(origin), max_bytes, idle).await;
+        tracing::debug!(end = %end.describe(max_bytes, idle), "upgraded connection ended");
     });
-}
-
-/// A response body that keeps the in-flight gauge up until it is finished
-/// or dropped.
-struct TrackedBody {
-    inner: Body,
-    _in_flight: OwnedGauge,
-}
-
-impl hyper::body::Body for TrackedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
 }
 
 #[cfg(test)]

@@ -17,7 +17,8 @@ use crate::subdomain::{self, Route};
 use crate::App;
 
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: Shutdown) {
-    crate::http::serve_plain(listener, shutdown, move |req, _peer| {
+    let limits = crate::http::ConnLimits::from_config(&app.config.limits);
+    crate::http::serve_plain(listener, limits, shutdown, move |req, _peer| {
         let app = Arc::clone(&app);
         async move { Ok::<_, Infallible>(handle(&app, &req)) }
     })

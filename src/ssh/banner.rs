@@ -4,6 +4,10 @@
 //! Session text goes to a terminal that may be in raw mode (a pty), so every
 //! line ends in `\r\n`.
 
+use std::time::{Duration, SystemTime};
+
+use crate::limits::{human, Refusal};
+
 /// A line in the session; appends the `\r\n` a raw terminal needs.
 pub fn line(text: &str) -> String {
     format!("{text}\r\n")
@@ -23,8 +27,9 @@ pub fn tunnel_line(url: &str, spec: &str) -> String {
     line(&format!("  {url}   ({spec})"))
 }
 
-/// The banner shown once when the session starts.
-pub fn session_banner(tunnel_lines: &[String]) -> String {
+/// The banner shown once when the session starts. `expiry` says how long
+/// the tunnels last.
+pub fn session_banner(tunnel_lines: &[String], expiry: &str) -> String {
     let mut out = String::new();
     out.push_str(&line(""));
     if tunnel_lines.is_empty() {
@@ -48,7 +53,7 @@ pub fn session_banner(tunnel_lines: &[String]) -> String {
             "  Each URL forwards to the local address you gave after its -R.",
         ));
     }
-    out.push_str(&line("  Lasts as long as this SSH connection stays open."));
+    out.push_str(&line(&format!("  {expiry}")));
     out.push_str(&line("  Press Ctrl+C to stop."));
     out.push_str(&line(""));
     out
@@ -91,5 +96,51 @@ pub fn exec_refused(command: &str, domain: &str) -> String {
     line(&format!(
         "ERROR: burrow runs no commands (got {command:?}). \
          Connect with: ssh -R 80:localhost:3000 {domain}"
+    ))
+}
+
+/// How long tunnels last, for the banner.
+pub fn expiry(idle: Duration, lifetime: Duration) -> String {
+    let idle_part = (!idle.is_zero()).then(|| format!("after {} without traffic", human(idle)));
+    let life_part = (!lifetime.is_zero()).then(|| {
+        let at = humantime::format_rfc3339_seconds(SystemTime::now() + lifetime).to_string();
+        format!(
+            "{} after it opened ({} UTC)",
+            human(lifetime),
+            at.trim_end_matches('Z').replace('T', " ")
+        )
+    });
+    match (idle_part, life_part) {
+        (None, None) => "Lasts as long as this SSH connection stays open.".into(),
+        (Some(i), None) => format!("Closes {i}."),
+        (None, Some(l)) => format!("Closes {l}."),
+        (Some(i), Some(l)) => format!("Closes {i}, and at the latest {l}."),
+    }
+}
+
+/// A limit refused something the user asked for.
+pub fn limit_error(refusal: &Refusal) -> String {
+    line(&format!("ERROR: {}: {}", refusal.limit, refusal.message))
+}
+
+/// Sent before the maximum lifetime ends.
+pub fn lifetime_notice(url: &str, left: Duration) -> String {
+    line(&format!(
+        "NOTICE: {url} closes in {} (maximum tunnel lifetime). Reconnect afterwards to get a new tunnel.",
+        human(left)
+    ))
+}
+
+/// Sent when the server closed a tunnel.
+pub fn tunnel_expired(url: &str, reason: &str, connect: &str) -> String {
+    line(&format!(
+        "Tunnel {url} closed: {reason}. Reconnect with: {connect}"
+    ))
+}
+
+/// Sent to every connection of an IP that just got blocked.
+pub fn blocked(until_utc: &str, reason: &str) -> String {
+    line(&format!(
+        "ERROR: your IP is blocked until {until_utc} ({reason}); all its tunnels are closed."
     ))
 }

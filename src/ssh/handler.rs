@@ -17,7 +17,10 @@ use russh::server::{Auth, ChannelOpenHandle, Handler, Msg, Session};
 use russh::{Channel, ChannelId, ChannelOpenFailure, Pty};
 
 use super::banner;
-use crate::registry::{ConnId, Reservation, Tunnel};
+use crate::limits::http::TunnelGate;
+use crate::limits::ssh::HandshakePermit;
+use crate::limits::Refusal;
+use crate::registry::{Conn, Reservation, Tunnel};
 use crate::App;
 
 /// Ports that make an HTTPS tunnel. `0` asks the server to pick a port and
@@ -39,8 +42,12 @@ struct Forward {
 
 pub struct ClientHandler {
     app: Arc<App>,
-    conn: ConnId,
+    conn: Arc<Conn>,
     peer: SocketAddr,
+    /// Holds a handshake slot until authentication succeeds.
+    permit: Option<HandshakePermit>,
+    /// Over a limit: authentication fails while the disconnect is on its way.
+    refused: bool,
     /// The name shown in the authentication banner, waiting for the first
     /// HTTP forward to claim it.
     first_name: Option<Reservation>,
@@ -52,11 +59,19 @@ pub struct ClientHandler {
 }
 
 impl ClientHandler {
-    pub fn new(app: Arc<App>, conn: ConnId, peer: SocketAddr) -> Self {
+    pub fn new(
+        app: Arc<App>,
+        conn: Arc<Conn>,
+        peer: SocketAddr,
+        permit: Option<HandshakePermit>,
+        refused: bool,
+    ) -> Self {
         ClientHandler {
             app,
             conn,
             peer,
+            permit,
+            refused,
             first_name: None,
             forwards: Vec::new(),
             session: None,
@@ -78,7 +93,9 @@ impl ClientHandler {
 
     fn show_banner(&mut self, channel: ChannelId, session: &mut Session) {
         let lines: Vec<String> = self.forwards.iter().map(|f| self.tunnel_line(f)).collect();
-        let mut text = banner::session_banner(&lines);
+        let limits = &self.app.config.limits;
+        let expiry = banner::expiry(limits.tunnel_idle_timeout, limits.tunnel_max_lifetime);
+        let mut text = banner::session_banner(&lines, &expiry);
         text.push_str(&std::mem::take(&mut self.pending));
         self.banner_shown = true;
         let _ = session.data(channel, text.into_bytes());
@@ -106,11 +123,45 @@ impl ClientHandler {
             .unwrap_or(0)
     }
 
+    fn open_door(&self) -> Auth {
+        if self.refused {
+            Auth::reject()
+        } else {
+            Auth::Accept
+        }
+    }
+
+    /// The tunnel limits, checked before a forward is granted.
+    fn check_tunnel_limits(&self) -> Result<(), Refusal> {
+        let limits = &self.app.config.limits;
+        let registry = &self.app.registry;
+        if limits.max_tunnels > 0 && registry.len() >= limits.max_tunnels as usize {
+            return Err(Refusal::new(
+                "max-tunnels",
+                format!(
+                    "the server is at its limit of {} tunnels; try again later",
+                    limits.max_tunnels
+                ),
+            ));
+        }
+        let mine = registry.count_for_ip(self.peer.ip());
+        if limits.max_tunnels_per_ip > 0 && mine >= limits.max_tunnels_per_ip as usize {
+            return Err(Refusal::new(
+                "max-tunnels-per-ip",
+                format!(
+                    "your IP already has {mine} tunnels open (limit {}); close one first",
+                    limits.max_tunnels_per_ip
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Closes every tunnel of this connection.
     fn close_tunnels(&mut self, why: &str) -> usize {
-        let closed = self.app.registry.remove_conn(self.conn);
+        let closed = self.app.registry.remove_conn(self.conn.id);
         for forward in self.forwards.drain(..) {
-            tracing::info!(conn = self.conn, ip = %self.peer.ip(), subdomain = %forward.subdomain, reason = why, "tunnel closed");
+            tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), subdomain = %forward.subdomain, reason = why, "tunnel closed");
         }
         closed
     }
@@ -136,20 +187,23 @@ impl Handler for ClientHandler {
     type Error = russh::Error;
 
     async fn authentication_banner(&mut self) -> Result<Option<String>, Self::Error> {
+        if self.refused {
+            return Ok(None);
+        }
         let reservation = self.app.registry.reserve_random();
         let text = banner::auth_banner(&self.app.url(reservation.name()));
         self.first_name = Some(reservation);
         Ok(Some(text))
     }
 
-    // Anonymous service: every method succeeds. Keys are accepted but do not
-    // change anything yet.
+    // Anonymous service: every method succeeds (unless the connection is
+    // being refused). Keys are accepted but do not change anything yet.
     async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
-        Ok(Auth::Accept)
+        Ok(self.open_door())
     }
 
     async fn auth_password(&mut self, _user: &str, _password: &str) -> Result<Auth, Self::Error> {
-        Ok(Auth::Accept)
+        Ok(self.open_door())
     }
 
     async fn auth_publickey(
@@ -157,7 +211,7 @@ impl Handler for ClientHandler {
         _user: &str,
         _key: russh::server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(Auth::Accept)
+        Ok(self.open_door())
     }
 
     async fn auth_keyboard_interactive<'a>(
@@ -166,7 +220,13 @@ impl Handler for ClientHandler {
         _submethods: &str,
         _response: Option<russh::server::Response<'a>>,
     ) -> Result<Auth, Self::Error> {
-        Ok(Auth::Accept)
+        Ok(self.open_door())
+    }
+
+    async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
+        self.conn.set_authenticated();
+        self.permit = None;
+        Ok(())
     }
 
     async fn tcpip_forward(
@@ -177,7 +237,7 @@ impl Handler for ClientHandler {
     ) -> Result<bool, Self::Error> {
         let requested = *port;
         if !HTTP_PORTS.contains(&requested) {
-            tracing::info!(conn = self.conn, ip = %self.peer.ip(), port = requested, reason = "unsupported port", "forward refused");
+            tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), port = requested, reason = "unsupported port", "forward refused");
             let text = banner::unsupported_port(requested, &self.app.config.domain);
             self.say(session, text);
             return Ok(false);
@@ -192,8 +252,19 @@ impl Handler for ClientHandler {
             .iter()
             .any(|f| f.address == address && f.port == allocated)
         {
-            tracing::info!(conn = self.conn, ip = %self.peer.ip(), port = requested, reason = "duplicate forward", "forward refused");
+            tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), port = requested, reason = "duplicate forward", "forward refused");
             self.say(session, banner::duplicate_forward(address, allocated));
+            return Ok(false);
+        }
+        if let Err(refusal) = self.check_tunnel_limits() {
+            self.app
+                .stats
+                .total_rate_limited
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if self.app.refusal_log.first(self.peer.ip(), refusal.limit) {
+                tracing::warn!(conn = self.conn.id, ip = %self.peer.ip(), limit = refusal.limit, reason = %refusal.message, "forward refused");
+            }
+            self.say(session, banner::limit_error(&refusal));
             return Ok(false);
         }
 
@@ -204,15 +275,16 @@ impl Handler for ClientHandler {
         let subdomain = reservation.name().to_string();
         let tunnel = Tunnel::new(
             subdomain.clone(),
-            self.conn,
+            self.conn.id,
             self.peer.ip(),
             address.to_string(),
             allocated,
             session.handle(),
+            TunnelGate::new(&self.app.config.limits),
         );
         self.app.registry.insert(reservation, tunnel);
         *port = allocated;
-        tracing::info!(conn = self.conn, ip = %self.peer.ip(), subdomain = %subdomain, port = requested, "tunnel opened");
+        tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), subdomain = %subdomain, port = requested, "tunnel opened");
 
         let forward = Forward {
             address: address.to_string(),
@@ -242,8 +314,8 @@ impl Handler for ClientHandler {
             return Ok(false);
         };
         let forward = self.forwards.remove(index);
-        self.app.registry.remove(&forward.subdomain, self.conn);
-        tracing::info!(conn = self.conn, ip = %self.peer.ip(), subdomain = %forward.subdomain, reason = "forward cancelled", "tunnel closed");
+        self.app.registry.remove(&forward.subdomain, self.conn.id);
+        tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), subdomain = %forward.subdomain, reason = "forward cancelled", "tunnel closed");
         Ok(true)
     }
 
@@ -260,6 +332,7 @@ impl Handler for ClientHandler {
         // Keep only the id: input comes through `data`, and an unread
         // `Channel` would eventually block the whole connection.
         self.session = Some(channel.id());
+        self.conn.set_session(Some(channel.id()));
         reply.accept().await;
         Ok(())
     }
@@ -275,7 +348,7 @@ impl Handler for ClientHandler {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         tracing::debug!(
-            conn = self.conn,
+            conn = self.conn.id,
             host = host_to_connect,
             port = port_to_connect,
             "refused direct-tcpip (-L/-D)"
@@ -331,7 +404,7 @@ impl Handler for ClientHandler {
             return self.shell_request(channel, session).await;
         }
         session.channel_success(channel)?;
-        tracing::info!(conn = self.conn, ip = %self.peer.ip(), reason = "exec request", "command refused");
+        tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), reason = "exec request", "command refused");
         let text = banner::exec_refused(command.trim(), &self.app.config.domain);
         session.extended_data(channel, 1, text.into_bytes())?;
         session.exit_status_request(channel, 2)?;
@@ -345,7 +418,7 @@ impl Handler for ClientHandler {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        tracing::debug!(conn = self.conn, subsystem = name, "refused subsystem");
+        tracing::debug!(conn = self.conn.id, subsystem = name, "refused subsystem");
         session.channel_failure(channel)
     }
 
@@ -380,6 +453,7 @@ impl Handler for ClientHandler {
     ) -> Result<(), Self::Error> {
         if Some(channel) == self.session {
             self.session = None;
+            self.conn.set_session(None);
         }
         Ok(())
     }

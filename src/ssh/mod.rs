@@ -5,9 +5,10 @@
 //! [`handler::ClientHandler`]; the handler turns `tcpip-forward` requests into
 //! registry entries and talks to the user through the session channel.
 
-mod banner;
+pub mod banner;
 mod handler;
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -17,8 +18,12 @@ use anyhow::{Context, Result};
 use russh::keys::{Algorithm, PrivateKey};
 use russh::server::Config as RusshConfig;
 use russh::{MethodKind, MethodSet, SshId};
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 
+use crate::limits::ssh::{Admission, HandshakePermit};
+use crate::registry::{Conn, ConnId};
 use crate::shutdown::Shutdown;
 use crate::App;
 
@@ -95,36 +100,141 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: Shutdown) {
         let _ = socket.set_nodelay(true);
         app.stats.total_connections.fetch_add(1, Ordering::Relaxed);
         let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-        let handler = handler::ClientHandler::new(Arc::clone(&app), conn, peer);
-        let config = Arc::clone(&app.ssh_config);
+        let admission = app.ip_guard.admit(peer.ip());
+        let app = Arc::clone(&app);
         let stop = shutdown.clone();
         shutdown.spawn(async move {
-            tracing::debug!(conn, %peer, "ssh connection accepted");
-            let session = match russh::server::run_stream(config, socket, handler).await {
-                Ok(session) => session,
-                Err(err) => {
-                    tracing::debug!(conn, %peer, error = %err, "ssh handshake failed");
-                    return;
+            match admission {
+                Admission::Allowed(permit) => {
+                    serve_connection(app, conn, socket, peer, Some(permit), None, stop).await
                 }
-            };
-            let handle = session.handle();
-            tokio::select! {
-                result = session => {
-                    if let Err(err) = result {
-                        tracing::debug!(conn, %peer, error = %err, "ssh session ended");
+                Admission::Blocked(block) => {
+                    // Cheapest possible refusal: before the version exchange.
+                    // RFC 4253 §4.2 lets the server send text lines first.
+                    let text = format!(
+                        "burrow: your IP is blocked until {} ({})\r\n",
+                        block.until_utc(),
+                        block.reason
+                    );
+                    refuse_before_version(socket, &text).await;
+                }
+                Admission::Refused {
+                    refusal,
+                    newly_blocked,
+                    before_version,
+                } => {
+                    app.stats.total_rate_limited.fetch_add(1, Ordering::Relaxed);
+                    if app.refusal_log.first(peer.ip(), refusal.limit) {
+                        tracing::warn!(ip = %peer.ip(), limit = refusal.limit, reason = %refusal.message, "ssh connection refused");
+                    }
+                    if let Some(block) = newly_blocked {
+                        app.block_ip(peer.ip(), &block);
+                    }
+                    if before_version {
+                        let text = format!("burrow: {}: {}\r\n", refusal.limit, refusal.message);
+                        refuse_before_version(socket, &text).await;
+                    } else {
+                        // Finish the key exchange so OpenSSH prints the
+                        // reason ("Received disconnect ...: too many ...").
+                        let reason = format!("{}: {}", refusal.limit, refusal.message);
+                        serve_connection(app, conn, socket, peer, None, Some(reason), stop).await;
                     }
                 }
-                _ = stop.requested() => {
+            }
+        });
+    }
+}
+
+/// Writes one line and closes, without speaking SSH at all.
+async fn refuse_before_version(mut socket: TcpStream, text: &str) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = socket.write_all(text.as_bytes()).await;
+        let _ = socket.shutdown().await;
+    })
+    .await;
+}
+
+/// Runs one SSH connection to its end. With `refused`, the connection is
+/// disconnected with that reason as soon as the key exchange allows.
+async fn serve_connection(
+    app: Arc<App>,
+    id: ConnId,
+    socket: TcpStream,
+    peer: SocketAddr,
+    permit: Option<HandshakePermit>,
+    refused: Option<String>,
+    stop: Shutdown,
+) {
+    let conn = Arc::new(Conn::new(id, peer.ip()));
+    app.registry.add_conn(Arc::clone(&conn));
+    let deadline = Instant::now() + app.config.limits.handshake_timeout;
+    let handler = handler::ClientHandler::new(
+        Arc::clone(&app),
+        Arc::clone(&conn),
+        peer,
+        permit,
+        refused.is_some(),
+    );
+    let config = Arc::clone(&app.ssh_config);
+    let started =
+        tokio::time::timeout_at(deadline, russh::server::run_stream(config, socket, handler)).await;
+    let session = match started {
+        Ok(Ok(session)) => session,
+        Ok(Err(err)) => {
+            tracing::debug!(conn = id, %peer, error = %err, "ssh handshake failed");
+            app.registry.remove_conn_entry(id);
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(conn = id, %peer, "no ssh version line before the handshake timeout");
+            app.registry.remove_conn_entry(id);
+            return;
+        }
+    };
+    let handle = session.handle();
+    conn.set_handle(handle.clone());
+    if let Some(reason) = refused {
+        let _ = handle
+            .disconnect(russh::Disconnect::TooManyConnections, reason, "en".into())
+            .await;
+    }
+
+    tokio::pin!(session);
+    let mut watch_handshake = true;
+    loop {
+        tokio::select! {
+            result = &mut session => {
+                if let Err(err) = result {
+                    tracing::debug!(conn = id, %peer, error = %err, "ssh session ended");
+                }
+                break;
+            }
+            _ = tokio::time::sleep_until(deadline), if watch_handshake => {
+                watch_handshake = false;
+                if !conn.is_authenticated() {
+                    let limit = app.config.limits.handshake_timeout;
+                    tracing::info!(conn = id, ip = %peer.ip(), limit = "handshake-timeout", "ssh authentication timed out");
+                    let reason = format!(
+                        "handshake-timeout: authentication did not finish within {}",
+                        crate::limits::human(limit)
+                    );
                     let _ = handle
-                        .disconnect(
-                            russh::Disconnect::ByApplication,
-                            "burrow is shutting down".into(),
-                            "en".into(),
-                        )
+                        .disconnect(russh::Disconnect::ByApplication, reason, "en".into())
                         .await;
                 }
             }
-            tracing::debug!(conn, %peer, "ssh connection closed");
-        });
+            _ = stop.requested() => {
+                let _ = handle
+                    .disconnect(
+                        russh::Disconnect::ByApplication,
+                        "burrow is shutting down".into(),
+                        "en".into(),
+                    )
+                    .await;
+                break;
+            }
+        }
     }
+    app.registry.remove_conn_entry(id);
+    tracing::debug!(conn = id, %peer, "ssh connection closed");
 }

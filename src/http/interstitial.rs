@@ -1,0 +1,268 @@
+//! The browser warning page (anti-phishing interstitial).
+//!
+//! A browser's first navigation to a tunnel gets burrow's own page saying
+//! that this is a tunnel to someone's computer, with a Continue button.
+//! Continue posts to [`CONTINUE_PATH`], which sets
+//! `burrow_warned_<subdomain>=1` for that host (HttpOnly, Secure,
+//! SameSite=Lax, 24 h) and redirects back to the original path.
+//!
+//! The Continue form is protected by a double-submit token: the warning page
+//! sets a random `burrow_csrf_<subdomain>` cookie (SameSite=Strict) and puts
+//! the same value in the form; the POST must carry both, and its `Origin`
+//! and `Sec-Fetch-Site` (when sent) must be this tunnel. So another site
+//! cannot click Continue on a visitor's behalf, and a link cannot skip it.
+//! The redirect target is only ever a path on the same host.
+//!
+//! Only browser navigations are warned: non-browser clients (curl, SDKs,
+//! webhooks), `fetch()` calls and requests with a `burrow-skip-warning`
+//! header pass straight through.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use subtle::ConstantTimeEq;
+
+use super::pages::{self, escape};
+use super::Body;
+
+/// Where the Continue button posts. Unlikely to collide with an app route.
+pub const CONTINUE_PATH: &str = "/__burrow/continue";
+const SKIP_HEADER: &str = "burrow-skip-warning";
+/// How long a Continue lasts.
+const WARNED_MAX_AGE: u64 = 24 * 3600;
+const FORM_LIMIT: usize = 8 * 1024;
+
+fn warned_cookie(name: &str) -> String {
+    format!("burrow_warned_{name}")
+}
+
+fn csrf_cookie(name: &str) -> String {
+    format!("burrow_csrf_{name}")
+}
+
+/// Whether `name` is one of burrow's own cookies (kept from the app).
+pub fn is_burrow_cookie(name: &str) -> bool {
+    name.starts_with("burrow_warned_") || name.starts_with("burrow_csrf_")
+}
+
+/// The value of cookie `name` in the request, if any.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> &str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// A browser asking for a page (not an API call, not a script).
+fn is_browser_navigation(req: &Request<Incoming>) -> bool {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return false;
+    }
+    let agent = header_str(req.headers(), header::USER_AGENT);
+    let browser = [
+        "Mozilla", "Chrome", "Safari", "Firefox", "Edg", "Opera", "OPR",
+    ]
+    .iter()
+    .any(|marker| agent.contains(marker));
+    if !browser {
+        return false;
+    }
+    match req.headers().get("sec-fetch-mode") {
+        Some(mode) => mode == "navigate",
+        None => header_str(req.headers(), header::ACCEPT).contains("text/html"),
+    }
+}
+
+/// What to do with a request before it is proxied.
+pub enum Gate {
+    /// Show this response instead of the app (warning page or Continue).
+    Answer(Response<Body>),
+    /// Let the request through.
+    Pass(Request<Incoming>),
+}
+
+/// Applies the interstitial to a request for tunnel `name` at `host`.
+pub async fn gate(req: Request<Incoming>, name: &str, host: &str) -> Gate {
+    if req.uri().path() == CONTINUE_PATH && req.method() == Method::POST {
+        return Gate::Answer(continue_(req, name, host).await);
+    }
+    let warned = cookie(req.headers(), &warned_cookie(name)) == Some("1");
+    if warned || req.headers().contains_key(SKIP_HEADER) || !is_browser_navigation(&req) {
+        return Gate::Pass(req);
+    }
+    Gate::Answer(warning(&req, name, host))
+}
+
+fn warning(req: &Request<Incoming>, name: &str, host: &str) -> Response<Body> {
+    let token = random_token();
+    let next = req
+        .uri()
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .unwrap_or("/");
+    let html = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+<title>Tunnel warning: {host}</title><style>{STYLE}</style></head>\n<body><main>\
+<h1>You are about to visit a tunnel</h1>\
+<p class=\"name\">{name}</p>\
+<p><strong>{host}</strong> is a tunnel to someone's own computer, opened with burrow. \
+Anyone can open one, and this server does not know who is behind it.</p>\
+<p class=\"warn\">Do not enter passwords, payment details or other personal information \
+unless you know and trust the person who sent you this link.</p>\
+<form method=\"post\" action=\"{CONTINUE_PATH}\">\
+<input type=\"hidden\" name=\"next\" value=\"{next}\">\
+<input type=\"hidden\" name=\"token\" value=\"{token}\">\
+<button id=\"continue\" type=\"submit\">Continue to {name}</button></form>\
+<footer>burrow</footer></main></body></html>\n",
+        host = escape(host),
+        name = escape(name),
+        next = escape(next),
+    );
+    let mut response = Response::new(pages::full(html));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    pages::set_page_headers(headers);
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
+        ),
+    );
+    if let Ok(cookie) = HeaderValue::from_str(&format!(
+        "{}={token}; Path=/; Max-Age=3600; HttpOnly; Secure; SameSite=Strict",
+        csrf_cookie(name)
+    )) {
+        headers.append(header::SET_COOKIE, cookie);
+    }
+    response
+}
+
+async fn continue_(req: Request<Incoming>, name: &str, host: &str) -> Response<Body> {
+    let refuse = |why: &str| {
+        let mut page = pages::bad_request(why).render(&HeaderMap::new());
+        *page.status_mut() = StatusCode::FORBIDDEN;
+        page
+    };
+    let (parts, body) = req.into_parts();
+    let origin_ok = parts.headers.get(header::ORIGIN).is_none_or(|o| {
+        o.to_str()
+            .is_ok_and(|o| o.eq_ignore_ascii_case(&format!("https://{host}")))
+    });
+    let site_ok = parts
+        .headers
+        .get("sec-fetch-site")
+        .is_none_or(|s| s == "same-origin");
+    if !origin_ok || !site_ok {
+        return refuse("The Continue button must be clicked on the warning page of this tunnel.");
+    }
+    let Ok(form) = Limited::new(body, FORM_LIMIT).collect().await else {
+        return refuse("The form could not be read.");
+    };
+    let form: Bytes = form.to_bytes();
+    let mut next = String::from("/");
+    let mut token = String::new();
+    for (key, value) in form_urlencoded::parse(&form) {
+        match &*key {
+            "next" => next = value.into_owned(),
+            "token" => token = value.into_owned(),
+            _ => {}
+        }
+    }
+    let expected = cookie(&parts.headers, &csrf_cookie(name)).unwrap_or("");
+    if token.is_empty() || !bool::from(token.as_bytes().ct_eq(expected.as_bytes())) {
+        return refuse("The warning page expired or was not shown by this tunnel. Reload the page and try again.");
+    }
+
+    let mut response = Response::new(pages::full(""));
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    let headers = response.headers_mut();
+    pages::set_page_headers(headers);
+    if let Ok(location) = HeaderValue::from_str(safe_path(&next)) {
+        headers.insert(header::LOCATION, location);
+    }
+    for cookie in [
+        format!(
+            "{}=1; Path=/; Max-Age={WARNED_MAX_AGE}; HttpOnly; Secure; SameSite=Lax",
+            warned_cookie(name)
+        ),
+        format!(
+            "{}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict",
+            csrf_cookie(name)
+        ),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(&cookie) {
+            headers.append(header::SET_COOKIE, value);
+        }
+    }
+    response
+}
+
+/// `next` if it is a path on this host, else `/`.
+fn safe_path(next: &str) -> &str {
+    let on_this_host = next.starts_with('/')
+        && !next.starts_with("//")
+        && !next.starts_with("/\\")
+        && !next.chars().any(|c| c.is_control());
+    if on_this_host {
+        next
+    } else {
+        "/"
+    }
+}
+
+fn random_token() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const STYLE: &str = "body{font:16px/1.5 system-ui,sans-serif;margin:0;background:#fdf6e9;color:#1d2330}\
+main{max-width:36rem;margin:10vh auto;padding:2rem;background:#fff;border-radius:8px;\
+border-top:6px solid #d98b00;box-shadow:0 1px 4px #0002}h1{font-size:1.4rem;margin-top:0}\
+.name{font:600 1.1rem ui-monospace,monospace;background:#f3f4f6;padding:.4rem .6rem;border-radius:4px}\
+.warn{font-weight:600}button{font-size:1rem;padding:.6rem 1.2rem;border:0;border-radius:6px;\
+background:#1d2330;color:#fff;cursor:pointer}footer{margin-top:2rem;color:#8a90a0;font-size:.85rem}";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_same_host_paths_are_redirect_targets() {
+        assert_eq!(safe_path("/a?b=1"), "/a?b=1");
+        assert_eq!(safe_path("//evil.example/"), "/");
+        assert_eq!(safe_path("/\\evil.example"), "/");
+        assert_eq!(safe_path("https://evil.example/"), "/");
+        assert_eq!(safe_path("/a\r\nSet-Cookie: x"), "/");
+    }
+
+    #[test]
+    fn cookies_are_found_by_exact_name() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; burrow_warned_x-y=1; burrow_warned_x=2"),
+        );
+        assert_eq!(cookie(&h, "burrow_warned_x"), Some("2"));
+        assert_eq!(cookie(&h, "burrow_warned_x-y"), Some("1"));
+        assert_eq!(cookie(&h, "b"), None);
+        assert!(is_burrow_cookie("burrow_csrf_x"));
+        assert!(!is_burrow_cookie("session"));
+    }
+}

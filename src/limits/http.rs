@@ -1,0 +1,357 @@
+//! Visitor limits of one tunnel: token buckets per visitor and per tunnel,
+//! concurrent requests and WebSockets per visitor and per tunnel.
+//!
+//! Checks run cheapest-first and the per-visitor bucket before the tunnel's,
+//! so a throttled visitor never spends the tunnel's budget. The number of
+//! visitors tracked is bounded ([`MAX_TRACKED_VISITORS`]); beyond it, new
+//! visitors share one overflow bucket instead of growing memory.
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
+
+use super::{ip_key, Activity, Refusal};
+use crate::config::{LimitArgs, Rate};
+
+/// Visitors with their own bucket per tunnel. Once that many have one,
+/// visitors without a request in flight share one overflow bucket until
+/// pruning frees room.
+pub const MAX_TRACKED_VISITORS: usize = 1024;
+/// The key all untracked visitors share.
+const OVERFLOW: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+
+/// Per-tunnel visitor limits.
+pub struct TunnelGate {
+    visitor_bucket: Option<(DefaultKeyedRateLimiter<IpAddr>, String)>,
+    tunnel_bucket: Option<(DefaultDirectRateLimiter, String)>,
+    max_inflight_per_visitor: u32,
+    max_inflight_per_tunnel: u32,
+    max_websockets_per_visitor: u32,
+    max_websockets_per_tunnel: u32,
+    inflight: Counts,
+    websockets: Counts,
+    /// Last time a request or WebSocket started or ended (tunnel idle timeout).
+    pub activity: Activity,
+}
+
+/// Counts per visitor plus a total.
+#[derive(Default)]
+struct Counts {
+    per_visitor: DashMap<IpAddr, u32>,
+    total: AtomicU32,
+}
+
+impl Counts {
+    /// Takes a slot unless either cap is reached; `None` names which one.
+    fn acquire(&self, key: IpAddr, per_visitor: u32, total: u32) -> Result<(), Cap> {
+        if total > 0 && self.total.load(Ordering::Relaxed) >= total {
+            return Err(Cap::Tunnel);
+        }
+        let mut mine = self.per_visitor.entry(key).or_insert(0);
+        if per_visitor > 0 && *mine >= per_visitor {
+            return Err(Cap::Visitor);
+        }
+        *mine += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn release(&self, key: IpAddr) {
+        self.total.fetch_sub(1, Ordering::Relaxed);
+        if let dashmap::Entry::Occupied(mut entry) = self.per_visitor.entry(key) {
+            *entry.get_mut() -= 1;
+            if *entry.get() == 0 {
+                entry.remove();
+            }
+        }
+    }
+
+    fn total(&self) -> u32 {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+enum Cap {
+    Visitor,
+    Tunnel,
+}
+
+/// What a slot is for; decides which counts it uses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum SlotKind {
+    Request,
+    WebSocket,
+}
+
+/// A held request or WebSocket slot; released on drop.
+pub struct Slot {
+    gate: Arc<TunnelGate>,
+    key: IpAddr,
+    kind: SlotKind,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gate.counts(self.kind).release(self.key);
+        self.gate.activity.touch();
+    }
+}
+
+fn bucket_quota(rate: Rate, burst: u32) -> Option<Quota> {
+    if rate.is_unlimited() {
+        return None;
+    }
+    let period = Duration::from_secs_f64(1.0 / rate.per_second);
+    Some(Quota::with_period(period)?.allow_burst(NonZeroU32::new(burst.max(1))?))
+}
+
+fn describe(rate: Rate, burst: u32) -> String {
+    format!("{} requests/s, burst {burst}", rate.per_second)
+}
+
+impl TunnelGate {
+    pub fn new(limits: &LimitArgs) -> Self {
+        TunnelGate {
+            visitor_bucket: bucket_quota(limits.visitor_rate, limits.visitor_burst).map(|q| {
+                (
+                    DefaultKeyedRateLimiter::keyed(q),
+                    describe(limits.visitor_rate, limits.visitor_burst),
+                )
+            }),
+            tunnel_bucket: bucket_quota(limits.tunnel_rate, limits.tunnel_burst).map(|q| {
+                (
+                    DefaultDirectRateLimiter::direct(q),
+                    describe(limits.tunnel_rate, limits.tunnel_burst),
+                )
+            }),
+            max_inflight_per_visitor: limits.max_inflight_per_visitor,
+            max_inflight_per_tunnel: limits.max_inflight_per_tunnel,
+            max_websockets_per_visitor: limits.max_websockets_per_visitor,
+            max_websockets_per_tunnel: limits.max_websockets_per_tunnel,
+            inflight: Counts::default(),
+            websockets: Counts::default(),
+            activity: Activity::default(),
+        }
+    }
+
+    fn counts(&self, kind: SlotKind) -> &Counts {
+        match kind {
+            SlotKind::Request => &self.inflight,
+            SlotKind::WebSocket => &self.websockets,
+        }
+    }
+
+    /// The bucket key for a visitor: its IP key, or the shared overflow key
+    /// once too many visitors are tracked.
+    fn visitor_key(&self, visitor: IpAddr) -> IpAddr {
+        let key = ip_key(visitor);
+        match &self.visitor_bucket {
+            Some((limiter, _)) if limiter.len() >= MAX_TRACKED_VISITORS => {
+                // Known visitors keep their bucket; new ones share.
+                if self.inflight.per_visitor.contains_key(&key) {
+                    key
+                } else {
+                    OVERFLOW
+                }
+            }
+            _ => key,
+        }
+    }
+
+    /// Admits one request from `visitor`: buckets, then the in-flight caps.
+    pub fn admit_request(self: &Arc<Self>, visitor: IpAddr) -> Result<Slot, Refusal> {
+        let key = self.visitor_key(visitor);
+        let clock = DefaultClock::default();
+        if let Some((limiter, text)) = &self.visitor_bucket {
+            if let Err(not_until) = limiter.check_key(&key) {
+                return Err(Refusal::new(
+                    "visitor-rate",
+                    format!("Rate limit for this visitor: {text}."),
+                )
+                .retry_after(not_until.wait_time_from(clock.now())));
+            }
+        }
+        if let Some((limiter, text)) = &self.tunnel_bucket {
+            if let Err(not_until) = limiter.check() {
+                return Err(Refusal::new(
+                    "tunnel-rate",
+                    format!("Rate limit for this tunnel, all visitors together: {text}."),
+                )
+                .retry_after(not_until.wait_time_from(clock.now())));
+            }
+        }
+        self.slot(key, SlotKind::Request)
+    }
+
+    /// Admits one more WebSocket from `visitor`.
+    pub fn admit_websocket(self: &Arc<Self>, visitor: IpAddr) -> Result<Slot, Refusal> {
+        self.slot(self.visitor_key(visitor), SlotKind::WebSocket)
+    }
+
+    fn slot(self: &Arc<Self>, key: IpAddr, kind: SlotKind) -> Result<Slot, Refusal> {
+        let (per_visitor, total) = match kind {
+            SlotKind::Request => (self.max_inflight_per_visitor, self.max_inflight_per_tunnel),
+            SlotKind::WebSocket => (
+                self.max_websockets_per_visitor,
+                self.max_websockets_per_tunnel,
+            ),
+        };
+        match self.counts(kind).acquire(key, per_visitor, total) {
+            Ok(()) => {
+                self.activity.touch();
+                Ok(Slot {
+                    gate: Arc::clone(self),
+                    key,
+                    kind,
+                })
+            }
+            Err(cap) => Err(refusal(kind, cap, per_visitor, total)),
+        }
+    }
+
+    /// Requests and WebSockets open right now.
+    pub fn busy(&self) -> bool {
+        self.inflight.total() > 0 || self.websockets.total() > 0
+    }
+
+    /// Forgets visitors whose buckets are full again.
+    pub fn prune(&self) {
+        if let Some((limiter, _)) = &self.visitor_bucket {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+}
+
+fn refusal(kind: SlotKind, cap: Cap, per_visitor: u32, total: u32) -> Refusal {
+    let retry = Duration::from_secs(1);
+    match (kind, cap) {
+        (SlotKind::Request, Cap::Visitor) => Refusal::new(
+            "max-inflight-per-visitor",
+            format!("Too many requests in progress from this visitor (limit {per_visitor})."),
+        ),
+        (SlotKind::Request, Cap::Tunnel) => Refusal::new(
+            "max-inflight-per-tunnel",
+            format!("This tunnel is busy: {total} requests in progress."),
+        ),
+        (SlotKind::WebSocket, Cap::Visitor) => Refusal::new(
+            "max-websockets-per-visitor",
+            format!("Too many open WebSockets from this visitor (limit {per_visitor})."),
+        ),
+        (SlotKind::WebSocket, Cap::Tunnel) => Refusal::new(
+            "max-websockets-per-tunnel",
+            format!("Too many open WebSockets on this tunnel (limit {total})."),
+        ),
+    }
+    .retry_after(retry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn gate(args: &[&str]) -> Arc<TunnelGate> {
+        let mut argv = vec!["burrow"];
+        argv.extend_from_slice(args);
+        let config = crate::config::Config::try_parse_from(argv).unwrap();
+        Arc::new(TunnelGate::new(&config.limits))
+    }
+
+    #[test]
+    fn throttled_visitor_does_not_spend_the_tunnel_budget() {
+        let g = gate(&[
+            "--visitor-rate",
+            "1/h",
+            "--visitor-burst",
+            "2",
+            "--tunnel-rate",
+            "1/h",
+            "--tunnel-burst",
+            "3",
+        ]);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        assert!(g.admit_request(a).is_ok());
+        assert!(g.admit_request(a).is_ok());
+        for _ in 0..50 {
+            let refusal = g.admit_request(a).err().unwrap();
+            assert_eq!(refusal.limit, "visitor-rate");
+            assert!(refusal.retry_secs().unwrap() > 0);
+        }
+        // The tunnel bucket still has one token for someone else.
+        assert!(g.admit_request(b).is_ok());
+        assert_eq!(g.admit_request(b).err().unwrap().limit, "tunnel-rate");
+    }
+
+    #[test]
+    fn inflight_caps_release_on_drop() {
+        let g = gate(&[
+            "--max-inflight-per-visitor",
+            "1",
+            "--max-inflight-per-tunnel",
+            "2",
+        ]);
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let c: IpAddr = "192.0.2.3".parse().unwrap();
+        let first = g.admit_request(a).unwrap();
+        assert_eq!(
+            g.admit_request(a).err().unwrap().limit,
+            "max-inflight-per-visitor"
+        );
+        let _second = g.admit_request(b).unwrap();
+        assert_eq!(
+            g.admit_request(c).err().unwrap().limit,
+            "max-inflight-per-tunnel"
+        );
+        assert!(g.busy());
+        drop(first);
+        assert!(g.admit_request(c).is_ok());
+    }
+
+    #[test]
+    fn websocket_caps() {
+        let g = gate(&[
+            "--max-websockets-per-visitor",
+            "1",
+            "--max-websockets-per-tunnel",
+            "5",
+        ]);
+        let a: IpAddr = "2001:db8::1".parse().unwrap();
+        let same_64: IpAddr = "2001:db8::2".parse().unwrap();
+        let _ws = g.admit_websocket(a).unwrap();
+        assert_eq!(
+            g.admit_websocket(same_64).err().unwrap().limit,
+            "max-websockets-per-visitor"
+        );
+    }
+
+    #[test]
+    fn visitors_beyond_the_cap_share_a_bucket() {
+        let g = gate(&[
+            "--visitor-rate",
+            "1/h",
+            "--visitor-burst",
+            "1",
+            "--tunnel-rate",
+            "0",
+        ]);
+        for i in 0..MAX_TRACKED_VISITORS as u32 {
+            let ip = IpAddr::V4(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            assert!(g.admit_request(ip).is_ok());
+        }
+        // Two new visitors now share the overflow bucket (burst 1).
+        assert!(g.admit_request("192.0.2.200".parse().unwrap()).is_ok());
+        assert!(g.admit_request("192.0.2.201".parse().unwrap()).is_err());
+        if let Some((limiter, _)) = &g.visitor_bucket {
+            assert!(limiter.len() <= MAX_TRACKED_VISITORS + 1);
+        }
+    }
+}

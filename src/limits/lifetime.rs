@@ -1,0 +1,120 @@
+//! The housekeeping loop: closes tunnels that sat idle or reached their
+//! maximum lifetime (with a notice before the hard limit), and prunes the
+//! per-IP and per-visitor tracking so it never grows without bound.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::human;
+use crate::registry::Tunnel;
+use crate::shutdown::Shutdown;
+use crate::App;
+
+/// How often tunnels are checked.
+const TICK: Duration = Duration::from_secs(1);
+/// How often limit tracking is pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(30);
+/// The lifetime notice comes this long before the hard limit (or halfway
+/// through a lifetime shorter than twice this).
+const LIFETIME_NOTICE: Duration = Duration::from_secs(600);
+
+/// Why a tunnel is being closed by the server.
+enum Expiry {
+    Idle(Duration),
+    Lifetime(Duration),
+}
+
+impl Expiry {
+    fn describe(&self) -> String {
+        match self {
+            Expiry::Idle(d) => format!("no traffic for {} (tunnel-idle-timeout)", human(*d)),
+            Expiry::Lifetime(d) => {
+                format!(
+                    "it reached the maximum lifetime of {} (tunnel-max-lifetime)",
+                    human(*d)
+                )
+            }
+        }
+    }
+}
+
+/// Runs until shutdown.
+pub async fn run(app: Arc<App>, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_prune = Instant::now();
+    loop {
+        tokio::select! {
+            _ = shutdown.requested() => return,
+            _ = tick.tick() => {}
+        }
+        for tunnel in app.registry.tunnels() {
+            check(&app, &tunnel);
+        }
+        if last_prune.elapsed() >= PRUNE_EVERY {
+            last_prune = Instant::now();
+            prune(&app);
+        }
+    }
+}
+
+fn check(app: &App, tunnel: &Tunnel) {
+    let limits = &app.config.limits;
+    let age = tunnel.created.elapsed();
+    let lifetime = limits.tunnel_max_lifetime;
+    let idle = limits.tunnel_idle_timeout;
+
+    if !lifetime.is_zero() && age >= lifetime {
+        return expire(app, tunnel, Expiry::Lifetime(lifetime));
+    }
+    if !idle.is_zero() && !tunnel.gate.busy() && tunnel.gate.activity.idle_for() >= idle {
+        return expire(app, tunnel, Expiry::Idle(idle));
+    }
+    let notice = LIFETIME_NOTICE.min(lifetime / 2);
+    if !lifetime.is_zero()
+        && age + notice >= lifetime
+        && !tunnel
+            .lifetime_warned
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        if let Some(conn) = app.registry.conn(tunnel.conn) {
+            conn.notify(crate::ssh::banner::lifetime_notice(
+                &app.url(&tunnel.subdomain),
+                lifetime.saturating_sub(age),
+            ));
+        }
+    }
+}
+
+fn expire(app: &App, tunnel: &Tunnel, why: Expiry) {
+    if !app.registry.remove(&tunnel.subdomain, tunnel.conn) {
+        return;
+    }
+    let reason = why.describe();
+    tracing::info!(conn = tunnel.conn, ip = %tunnel.client_ip, subdomain = %tunnel.subdomain, reason = %reason, "tunnel closed");
+    let Some(conn) = app.registry.conn(tunnel.conn) else {
+        return;
+    };
+    let text = crate::ssh::banner::tunnel_expired(
+        &app.url(&tunnel.subdomain),
+        &reason,
+        &app.connect_command(),
+    );
+    if app.registry.conn_has_tunnels(tunnel.conn) {
+        conn.notify(text);
+    } else {
+        // Nothing left to serve: end the connection so the client exits
+        // (and autossh-style supervisors reconnect).
+        conn.close(text, format!("tunnel closed: {reason}"));
+    }
+}
+
+fn prune(app: &App) {
+    for (ip, block) in app.ip_guard.prune() {
+        tracing::info!(%ip, reason = %block.reason, "ip unblocked: block expired");
+    }
+    app.refusal_log.prune();
+    for tunnel in app.registry.tunnels() {
+        tunnel.gate.prune();
+    }
+}

@@ -1,0 +1,175 @@
+//! Abuse limits: who may connect, how fast, and how much.
+//!
+//! - [`ssh`]: per-IP SSH admission (connection rate, handshakes, violations,
+//!   blocks).
+//! - [`http`]: per-tunnel visitor limits (token buckets, in-flight requests,
+//!   WebSockets).
+//! - [`lifetime`]: closing tunnels that sat idle or lived too long.
+//!
+//! Every refusal carries a [`Refusal`] that says which limit was hit and for
+//! how long, so the SSH user or the visitor can be told exactly that.
+
+pub mod http;
+pub mod lifetime;
+pub mod ssh;
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The unit limits count by: an IPv4 address, or the /64 an IPv6 address is
+/// in (one IPv6 host usually controls a whole /64).
+pub fn ip_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => IpAddr::V4(v4),
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+    }
+}
+
+/// When something last moved, cheap to update from any task.
+pub struct Activity(AtomicU64);
+
+impl Default for Activity {
+    fn default() -> Self {
+        Activity(AtomicU64::new(now_ms()))
+    }
+}
+
+impl Activity {
+    pub fn touch(&self) {
+        self.0.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// How long since the last touch.
+    pub fn idle_for(&self) -> Duration {
+        Duration::from_millis(now_ms().saturating_sub(self.0.load(Ordering::Relaxed)))
+    }
+}
+
+/// Milliseconds since the process started, on tokio's clock (so tests with
+/// paused time see it move).
+fn now_ms() -> u64 {
+    static START: OnceLock<tokio::time::Instant> = OnceLock::new();
+    START
+        .get_or_init(tokio::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+}
+
+/// Which limit refused something, in words, and when trying again may work.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    /// The flag name of the limit, e.g. `max-tunnels-per-ip`.
+    pub limit: &'static str,
+    /// A sentence for the person refused.
+    pub message: String,
+    /// When a retry can succeed, if that is known.
+    pub retry_after: Option<Duration>,
+}
+
+impl Refusal {
+    pub fn new(limit: &'static str, message: impl Into<String>) -> Self {
+        Refusal {
+            limit,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn retry_after(mut self, wait: Duration) -> Self {
+        self.retry_after = Some(wait);
+        self
+    }
+
+    /// Whole seconds to wait, rounded up, at least 1.
+    pub fn retry_secs(&self) -> Option<u64> {
+        self.retry_after
+            .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0))
+            .map(|s| s.max(1))
+    }
+}
+
+/// Remembers which (IP, limit) refusals were logged recently, so a flood
+/// produces one log line per minute per class instead of one per request.
+#[derive(Default)]
+pub struct LogOnce {
+    seen: dashmap::DashMap<(IpAddr, &'static str), Instant>,
+}
+
+impl LogOnce {
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    /// True the first time (per window) `limit` refuses `ip`.
+    pub fn first(&self, ip: IpAddr, limit: &'static str) -> bool {
+        let now = Instant::now();
+        let mut fresh = false;
+        self.seen
+            .entry((ip_key(ip), limit))
+            .and_modify(|last| {
+                if now.duration_since(*last) >= Self::WINDOW {
+                    *last = now;
+                    fresh = true;
+                }
+            })
+            .or_insert_with(|| {
+                fresh = true;
+                now
+            });
+        fresh
+    }
+
+    pub fn prune(&self) {
+        let now = Instant::now();
+        self.seen
+            .retain(|_, last| now.duration_since(*last) < Self::WINDOW);
+    }
+}
+
+/// `90 s`, `2 min`, `1 h 5 min`: durations in messages people read.
+pub fn human(duration: Duration) -> String {
+    let secs = duration
+        .as_secs()
+        .max(u64::from(duration.subsec_nanos() > 0));
+    match secs {
+        0..=119 => format!("{secs} s"),
+        120..=7199 => format!("{} min", secs.div_ceil(60)),
+        _ if secs % 3600 == 0 => format!("{} h", secs / 3600),
+        _ => format!("{} h {} min", secs / 3600, (secs % 3600).div_ceil(60)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_is_grouped_by_64() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(ip_key(a), ip_key(b));
+        assert_ne!(ip_key(a), ip_key(c));
+        let mapped: IpAddr = "::ffff:203.0.113.9".parse().unwrap();
+        assert_eq!(ip_key(mapped), "203.0.113.9".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn retry_rounds_up() {
+        let r = Refusal::new("x", "y").retry_after(Duration::from_millis(1200));
+        assert_eq!(r.retry_secs(), Some(2));
+        let r = Refusal::new("x", "y").retry_after(Duration::from_millis(10));
+        assert_eq!(r.retry_secs(), Some(1));
+    }
+
+    #[test]
+    fn human_durations() {
+        assert_eq!(human(Duration::from_secs(42)), "42 s");
+        assert_eq!(human(Duration::from_secs(600)), "10 min");
+        assert_eq!(human(Duration::from_secs(7200)), "2 h");
+        assert_eq!(human(Duration::from_secs(3900 + 3600)), "2 h 5 min");
+    }
+}
