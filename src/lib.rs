@@ -9,6 +9,7 @@
 //! starts), then serves until the shutdown signal resolves.
 
 pub mod config;
+pub mod forwarded;
 pub mod http;
 pub mod limits;
 pub mod registry;
@@ -29,6 +30,7 @@ use anyhow::{Context, Result};
 use tokio::net::TcpListener;
 
 use crate::config::Config;
+use crate::forwarded::TrustedProxies;
 use crate::limits::ssh::{Block, IpGuard};
 use crate::limits::LogOnce;
 use crate::registry::Registry;
@@ -47,6 +49,7 @@ pub struct App {
     pub public: PublicPorts,
     pub ip_guard: Arc<IpGuard>,
     pub refusal_log: LogOnce,
+    pub trusted: TrustedProxies,
 }
 
 /// The ports users are told about (URLs, connect commands).
@@ -141,6 +144,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     let app = Arc::new(App {
         ip_guard: Arc::new(IpGuard::new(&config.limits)),
         refusal_log: LogOnce::default(),
+        trusted: TrustedProxies::new(&config.limits.trusted_proxies),
         public: PublicPorts {
             https_port: config.public_https_port.unwrap_or(https_addr.port()),
             ssh_port: ssh_addr.port(),
@@ -175,7 +179,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     shutdown.spawn(http::serve_tls(
         listeners.https,
         tls,
-        http::ConnLimits::from_config(&app.config.limits),
+        http::ConnLimits::from_app(&app),
         shutdown.clone(),
         move |req, peer| http::proxy::handle(Arc::clone(&proxy_app), req, peer),
     ));

@@ -86,7 +86,11 @@ fn snapshot(app: &App, with_subdomains: bool) -> Snapshot {
 
 /// Serves the stats endpoint until shutdown.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: Shutdown) {
-    let limits = crate::http::ConnLimits::from_config(&app.config.limits);
+    // Stats answer loopback peers only; no proxy is ever trusted here.
+    let limits = crate::http::ConnLimits {
+        trusted: Default::default(),
+        ..crate::http::ConnLimits::from_app(&app)
+    };
     crate::http::serve_plain(listener, limits, shutdown, move |req, peer| {
         let app = Arc::clone(&app);
         async move { Ok::<_, Infallible>(handle(&app, req, peer)) }

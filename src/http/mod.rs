@@ -32,6 +32,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
+use crate::forwarded::TrustedProxies;
 use crate::shutdown::Shutdown;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -45,19 +46,23 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MIN_HEADER_BUFFER: usize = 8192;
 
 /// The connection-level limits of a visitor listener.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub struct ConnLimits {
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub max_header_size: usize,
+    /// Peers whose PROXY protocol header is believed.
+    pub trusted: TrustedProxies,
 }
 
 impl ConnLimits {
-    pub fn from_config(limits: &crate::config::LimitArgs) -> Self {
+    pub fn from_app(app: &crate::App) -> Self {
+        let limits = &app.config.limits;
         ConnLimits {
             header_timeout: limits.header_timeout,
             keepalive_timeout: limits.keepalive_timeout,
             max_header_size: usize::try_from(limits.max_header_size).unwrap_or(usize::MAX),
+            trusted: app.trusted.clone(),
         }
     }
 
@@ -68,9 +73,14 @@ impl ConnLimits {
 
 /// Accepts connections until shutdown, hands each one to `serve`, then lets
 /// open connections finish gracefully (the caller bounds how long).
-async fn accept_loop<F, Fut>(listener: TcpListener, shutdown: Shutdown, name: &str, serve: F)
-where
-    F: Fn(TcpStream, SocketAddr, GracefulShutdownWatcher) -> Fut,
+async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    trusted: (TrustedProxies, Duration),
+    shutdown: Shutdown,
+    name: &str,
+    serve: F,
+) where
+    F: Fn(TcpStream, SocketAddr, GracefulShutdownWatcher) -> Fut + Clone + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let graceful = GracefulShutdown::new();
@@ -88,11 +98,16 @@ where
             },
         };
         let _ = stream.set_nodelay(true);
-        shutdown.spawn(serve(
-            stream,
-            peer,
-            GracefulShutdownWatcher(graceful.watcher()),
-        ));
+        let watcher = GracefulShutdownWatcher(graceful.watcher());
+        let (proxies, timeout) = trusted.clone();
+        let serve = serve.clone();
+        shutdown.spawn(async move {
+            let mut stream = stream;
+            match proxies.resolve(&mut stream, peer, timeout).await {
+                Ok(client) => serve(stream, client, watcher).await,
+                Err(err) => tracing::debug!(%peer, error = %err, "dropped: bad PROXY header"),
+            }
+        });
     }
     drop(listener);
     graceful.shutdown().await;
@@ -112,20 +127,28 @@ pub async fn serve_plain<H, Fut>(
     H: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
-    accept_loop(listener, shutdown, "http", move |stream, peer, watcher| {
-        let handler = handler.clone();
-        async move {
-            let service = service_fn(move |req| handler(req, peer));
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.header_timeout)
-                .max_buf_size(limits.read_buffer())
-                .serve_connection(TokioIo::new(stream), service);
-            if let Err(err) = watcher.0.watch(conn).await {
-                tracing::debug!(%peer, error = %err, "http connection error");
+    let trusted = (limits.trusted.clone(), limits.header_timeout);
+    accept_loop(
+        listener,
+        trusted,
+        shutdown,
+        "http",
+        move |stream, peer, watcher| {
+            let handler = handler.clone();
+            let limits = limits.clone();
+            async move {
+                let service = service_fn(move |req| handler(req, peer));
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(limits.header_timeout)
+                    .max_buf_size(limits.read_buffer())
+                    .serve_connection(TokioIo::new(stream), service);
+                if let Err(err) = watcher.0.watch(conn).await {
+                    tracing::debug!(%peer, error = %err, "http connection error");
+                }
             }
-        }
-    })
+        },
+    )
     .await;
 }
 
@@ -149,51 +172,63 @@ pub async fn serve_tls<H, Fut>(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
-    accept_loop(listener, shutdown, "https", move |stream, peer, watcher| {
-        let handler = handler.clone();
-        let acceptor = acceptor.clone();
-        let builder = builder.clone();
-        async move {
-            let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-            let tls = match handshake.await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(err)) => {
-                    tracing::debug!(%peer, error = %err, "tls handshake failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "tls handshake timed out");
-                    return;
-                }
-            };
-            let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
-            let watch =
-                watchdog::ConnWatch::new(limits.header_timeout, limits.keepalive_timeout, http2);
-            let io = watchdog::WatchedIo::new(tls, Arc::clone(&watch));
-            let marks = Arc::clone(&watch);
-            let service = service_fn(move |req| {
-                let mark = marks.begin();
-                let response = handler(req, peer);
-                async move {
-                    let response = response.await?;
-                    Ok::<_, Infallible>(
-                        response
-                            .map(|body| metered::MeteredBody::new(body).guard(mark).boxed_unsync()),
-                    )
-                }
-            });
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-            tokio::select! {
-                served = watcher.0.watch(conn.into_owned()) => {
-                    if let Err(err) = served {
-                        tracing::debug!(%peer, error = %err, "https connection error");
+    let trusted = (limits.trusted.clone(), limits.header_timeout);
+    accept_loop(
+        listener,
+        trusted,
+        shutdown,
+        "https",
+        move |stream, peer, watcher| {
+            let handler = handler.clone();
+            let acceptor = acceptor.clone();
+            let builder = builder.clone();
+            let limits = limits.clone();
+            async move {
+                let handshake =
+                    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                let tls = match handshake.await {
+                    Ok(Ok(tls)) => tls,
+                    Ok(Err(err)) => {
+                        tracing::debug!(%peer, error = %err, "tls handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "tls handshake timed out");
+                        return;
+                    }
+                };
+                let http2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
+                let watch = watchdog::ConnWatch::new(
+                    limits.header_timeout,
+                    limits.keepalive_timeout,
+                    http2,
+                );
+                let io = watchdog::WatchedIo::new(tls, Arc::clone(&watch));
+                let marks = Arc::clone(&watch);
+                let service =
+                    service_fn(move |req| {
+                        let mark = marks.begin();
+                        let response = handler(req, peer);
+                        async move {
+                            let response = response.await?;
+                            Ok::<_, Infallible>(response.map(|body| {
+                                metered::MeteredBody::new(body).guard(mark).boxed_unsync()
+                            }))
+                        }
+                    });
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                tokio::select! {
+                    served = watcher.0.watch(conn.into_owned()) => {
+                        if let Err(err) = served {
+                            tracing::debug!(%peer, error = %err, "https connection error");
+                        }
+                    }
+                    why = watch.expired() => {
+                        tracing::debug!(%peer, reason = ?why, "closing visitor connection");
                     }
                 }
-                why = watch.expired() => {
-                    tracing::debug!(%peer, reason = ?why, "closing visitor connection");
-                }
             }
-        }
-    })
+        },
+    )
     .await;
 }

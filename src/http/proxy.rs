@@ -7,7 +7,7 @@
 //! between the visitor and the channel once the app answers 101.
 
 use std::convert::Infallible;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -67,7 +67,7 @@ pub async fn handle(
         Route::Malformed => pages::not_found(&host).render(req.headers()),
         Route::Tunnel(name) => match app.registry.get_or_wait(&name).await {
             Some(tunnel) => {
-                let visitor = visitor_addr(&app, &req, peer);
+                let visitor = app.trusted.visitor(req.headers(), peer);
                 tunnel_request(&app, &tunnel, req, visitor, &host).await
             }
             None => pages::not_found(&host).render(req.headers()),
@@ -85,30 +85,6 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .map(str::to_string)
-}
-
-/// The visitor's address: the TCP peer, unless the peer is a trusted proxy,
-/// in which case the rightmost untrusted `X-Forwarded-For` entry.
-fn visitor_addr(app: &App, req: &Request<Incoming>, peer: SocketAddr) -> SocketAddr {
-    let trusted = &app.config.limits.trusted_proxies;
-    let is_trusted = |ip: IpAddr| trusted.iter().any(|net| net.contains(&ip.to_canonical()));
-    if !is_trusted(peer.ip()) {
-        return peer;
-    }
-    let chain: Vec<IpAddr> = req
-        .headers()
-        .get_all(X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map_while(|ip| ip.trim().parse().ok())
-        .collect();
-    chain
-        .iter()
-        .rev()
-        .find(|ip| !is_trusted(**ip))
-        .or(chain.first())
-        .map_or(peer, |ip| SocketAddr::new(*ip, 0))
 }
 
 /// A request for a live tunnel: warning page, limits, then the proxy.

@@ -17,7 +17,7 @@ use crate::subdomain::{self, Route};
 use crate::App;
 
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: Shutdown) {
-    let limits = crate::http::ConnLimits::from_config(&app.config.limits);
+    let limits = crate::http::ConnLimits::from_app(&app);
     crate::http::serve_plain(listener, limits, shutdown, move |req, _peer| {
         let app = Arc::clone(&app);
         async move { Ok::<_, Infallible>(handle(&app, &req)) }

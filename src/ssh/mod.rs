@@ -100,11 +100,19 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: Shutdown) {
         let _ = socket.set_nodelay(true);
         app.stats.total_connections.fetch_add(1, Ordering::Relaxed);
         let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-        let admission = app.ip_guard.admit(peer.ip());
         let app = Arc::clone(&app);
         let stop = shutdown.clone();
         shutdown.spawn(async move {
-            match admission {
+            let mut socket = socket;
+            let timeout = app.config.limits.handshake_timeout;
+            let peer = match app.trusted.resolve(&mut socket, peer, timeout).await {
+                Ok(client) => client,
+                Err(err) => {
+                    tracing::debug!(%peer, error = %err, "dropped: bad PROXY header");
+                    return;
+                }
+            };
+            match app.ip_guard.admit(peer.ip()) {
                 Admission::Allowed(permit) => {
                     serve_connection(app, conn, socket, peer, Some(permit), None, stop).await
                 }
