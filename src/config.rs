@@ -64,8 +64,42 @@ pub struct Config {
     #[arg(long, env = "PUBLIC_HTTPS_PORT")]
     pub public_https_port: Option<u16>,
 
+    /// Directory for state that must survive restarts (the secret that
+    /// derives stable names from SSH keys). Created with mode 0700.
+    #[arg(long, env = "STATE_DIR", default_value = "state")]
+    pub state_dir: PathBuf,
+
+    /// Keys file: one authorized_keys-style line per key, granting it names,
+    /// e.g. `names=api,dashboard ssh-ed25519 AAAA… alice@laptop`. Reloaded
+    /// on SIGHUP and when the file changes.
+    #[arg(long, env = "KEYS_FILE")]
+    pub keys_file: Option<PathBuf>,
+
+    /// `open`: anyone may connect (keys get stable names, no key gets a
+    /// random one). `keys`: only keys listed in --keys-file may connect.
+    #[arg(long, env = "AUTH_MODE", value_enum, default_value_t = AuthMode::Open)]
+    pub auth_mode: AuthMode,
+
+    /// Names nobody may claim unless the keys file grants them to a key.
+    #[arg(
+        long,
+        env = "RESERVED_NAMES",
+        value_delimiter = ',',
+        default_value = "www,mail,admin,status,root,ssh"
+    )]
+    pub reserved_names: Vec<String>,
+
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+/// Who may connect.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    /// Anyone; SSH keys get stable names, everyone else a random one.
+    Open,
+    /// Only keys in --keys-file.
+    Keys,
 }
 
 /// Abuse limits. Strict defaults; `0` means unlimited (or disabled, for
@@ -315,6 +349,21 @@ impl Config {
             );
         }
         self.domain = domain;
+        if self.auth_mode == AuthMode::Keys && self.keys_file.is_none() {
+            bail!("--auth-mode keys needs --keys-file: without it nobody could connect");
+        }
+        let mut reserved = Vec::new();
+        for name in &self.reserved_names {
+            let name = name.trim().to_ascii_lowercase();
+            if name.is_empty() {
+                continue;
+            }
+            if !crate::subdomain::is_valid_label(&name) {
+                bail!("--reserved-names: {name:?} is not a valid DNS label");
+            }
+            reserved.push(name);
+        }
+        self.reserved_names = reserved;
         Ok(self)
     }
 }

@@ -11,10 +11,12 @@
 pub mod config;
 pub mod forwarded;
 pub mod http;
+pub mod keys;
 pub mod limits;
 pub mod registry;
 pub mod shutdown;
 pub mod ssh;
+pub mod state;
 pub mod stats;
 pub mod subdomain;
 pub mod tls;
@@ -50,6 +52,8 @@ pub struct App {
     pub ip_guard: Arc<IpGuard>,
     pub refusal_log: LogOnce,
     pub trusted: TrustedProxies,
+    pub state: state::State,
+    pub keys: keys::Keys,
 }
 
 /// The ports users are told about (URLs, connect commands).
@@ -93,6 +97,47 @@ impl App {
         }
     }
 
+    /// Closes `tunnel` on the server's initiative: the user is told why and
+    /// how to reconnect, and a connection left without tunnels is ended so
+    /// the client exits (and supervisors such as autossh reconnect).
+    pub fn close_tunnel(&self, tunnel: &registry::Tunnel, reason: &str) {
+        if !self.registry.remove(&tunnel.subdomain, tunnel.conn) {
+            return;
+        }
+        tracing::info!(conn = tunnel.conn, ip = %tunnel.client_ip, subdomain = %tunnel.subdomain, reason, "tunnel closed");
+        let Some(conn) = self.registry.conn(tunnel.conn) else {
+            return;
+        };
+        let text = ssh::banner::tunnel_expired(
+            &self.url(&tunnel.subdomain),
+            reason,
+            &self.connect_command(),
+        );
+        if self.registry.conn_has_tunnels(tunnel.conn) {
+            conn.notify(text);
+        } else {
+            conn.close(text, format!("tunnel closed: {reason}"));
+        }
+    }
+
+    /// A newer connection of the same key took `old`'s name: tell the old
+    /// connection, and close it if that was its last tunnel.
+    pub fn take_over(&self, old: &registry::Tunnel) {
+        tracing::info!(conn = old.conn, subdomain = %old.subdomain, "tunnel taken over by a newer connection of the same key");
+        let Some(conn) = self.registry.conn(old.conn) else {
+            return;
+        };
+        let text = ssh::banner::taken_over(&self.url(&old.subdomain));
+        if self.registry.conn_has_tunnels(old.conn) {
+            conn.notify(text);
+        } else {
+            conn.close(
+                text,
+                "tunnel taken over by a newer connection with the same key".into(),
+            );
+        }
+    }
+
     /// The command a user runs to open a tunnel to their port 3000.
     pub fn connect_command(&self) -> String {
         let port = match self.public.ssh_port {
@@ -131,6 +176,9 @@ async fn bind(flag: &str, addr: SocketAddr) -> Result<TcpListener> {
 /// Runs the server until `signal` resolves, then shuts down gracefully.
 pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()> {
     let host_key = ssh::load_or_create_host_key(&config.host_key)?;
+    let state = state::State::open(&config.state_dir)?;
+    let keys = keys::Keys::load(config.keys_file.as_deref())?;
+    let hangup = keys::hangup_signal()?;
     let tls = tls::server_config(&config)?;
     let listeners = Listeners::bind(&config).await?;
     let local = |l: &TcpListener| l.local_addr().expect("bound socket has an address");
@@ -145,6 +193,8 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         ip_guard: Arc::new(IpGuard::new(&config.limits)),
         refusal_log: LogOnce::default(),
         trusted: TrustedProxies::new(&config.limits.trusted_proxies),
+        state,
+        keys,
         public: PublicPorts {
             https_port: config.public_https_port.unwrap_or(https_addr.port()),
             ssh_port: ssh_addr.port(),
@@ -188,6 +238,8 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         Arc::clone(&app),
         shutdown.clone(),
     ));
+    shutdown.spawn(limits::lifetime::run(Arc::clone(&app), shutdown.clone()));
+    shutdown.spawn(keys::watch(Arc::clone(&app), hangup, shutdown.clone()));
 
     signal.await;
     tracing::info!("shutdown requested: no new connections, finishing open ones");

@@ -9,15 +9,16 @@
 //! lifetimes can write to a user's terminal or close their connection from
 //! outside the connection's own handler.
 //!
-//! Names can also be *reserved* before they become tunnels: the SSH handler
-//! reserves the name of a connection's first forward while authentication is
-//! still running, so it can show the URL in the authentication banner.
+//! Names can also be *announced* before they become tunnels: the SSH handler
+//! shows the URL of a connection's first forward while authentication is
+//! still running (so `-N` users see it), and holds the name until the
+//! forward arrives; requests for an announced name wait briefly for it.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use dashmap::{DashMap, DashSet};
+use dashmap::DashMap;
 use russh::server::{Handle, Msg};
 use russh::{Channel, ChannelId};
 
@@ -44,6 +45,8 @@ pub struct Tunnel {
     pub bind_address: String,
     pub bind_port: u32,
     pub created: Instant,
+    /// SHA256 fingerprint of the SSH key that owns the tunnel, if any.
+    pub owner: Option<String>,
     /// Visitor limits and activity of this tunnel.
     pub gate: Arc<TunnelGate>,
     /// Set once the "closing soon" notice went out.
@@ -72,9 +75,11 @@ impl Tunnel {
         bind_port: u32,
         handle: Handle,
         gate: TunnelGate,
+        owner: Option<String>,
     ) -> Tunnel {
         Tunnel {
             subdomain,
+            owner,
             conn,
             client_ip,
             bind_address,
@@ -105,6 +110,10 @@ impl Tunnel {
         }
     }
 }
+
+/// How long a closed session's client gets to leave by itself before the
+/// connection is cut.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
 
 /// One SSH connection, as the rest of the server sees it.
 pub struct Conn {
@@ -173,6 +182,10 @@ impl Conn {
                 let _ = handle.exit_status_request(channel, 1).await;
                 let _ = handle.eof(channel).await;
                 let _ = handle.close(channel).await;
+                // OpenSSH exits by itself once its session closes, after
+                // printing what we sent; a disconnect right now could beat
+                // the text to the terminal. Only a client that stays gets it.
+                tokio::time::sleep(CLOSE_GRACE).await;
             }
             let _ = handle
                 .disconnect(russh::Disconnect::ByApplication, reason, "en".into())
@@ -185,7 +198,8 @@ impl Conn {
 #[derive(Default)]
 pub struct Registry {
     tunnels: DashMap<String, Arc<Tunnel>>,
-    reserved: DashSet<String>,
+    /// Announced names and how many connections announced each.
+    reserved: DashMap<String, u32>,
     conns: DashMap<ConnId, Arc<Conn>>,
     /// Woken whenever a tunnel is inserted.
     inserted: tokio::sync::Notify,
@@ -196,8 +210,8 @@ pub struct Registry {
 /// banner a moment before their `tcpip-forward` arrives.
 pub const RESERVED_WAIT: Duration = Duration::from_secs(5);
 
-/// A name held for a connection that has not asked for its forward yet.
-/// Dropping it releases the name.
+/// A name announced to a connection that has not asked for its forward
+/// yet. Dropping it withdraws the announcement.
 pub struct Reservation {
     name: String,
     registry: Arc<Registry>,
@@ -211,36 +225,90 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.registry.reserved.remove(&self.name);
+        if let dashmap::Entry::Occupied(mut entry) = self.registry.reserved.entry(self.name.clone())
+        {
+            *entry.get_mut() -= 1;
+            if *entry.get() == 0 {
+                entry.remove();
+            }
+        }
     }
 }
 
+/// Why a name could not be claimed.
+#[derive(Debug)]
+pub enum ClaimError {
+    /// Another key's (or an anonymous) connection holds it.
+    Taken,
+}
+
+/// A successful claim; `replaced` is the same key's older tunnel it took
+/// the name from.
+pub struct Claimed {
+    pub tunnel: Arc<Tunnel>,
+    pub replaced: Option<Arc<Tunnel>>,
+}
+
 impl Registry {
-    /// Reserves a fresh random name that no tunnel and no other reservation
+    /// Reserves a fresh random name that no tunnel and no announcement
     /// holds.
     pub fn reserve_random(self: &Arc<Self>) -> Reservation {
         loop {
             let name = subdomain::random_name();
-            // Insert first, then check the tunnels: a concurrent `insert` of
-            // the same name would have had to reserve it first.
-            if !self.tunnels.contains_key(&name) && self.reserved.insert(name.clone()) {
+            // Reserve first, then check the tunnels: a concurrent claim of
+            // the same random name would have had to reserve it first.
+            let fresh = match self.reserved.entry(name.clone()) {
+                dashmap::Entry::Occupied(_) => false,
+                dashmap::Entry::Vacant(slot) => {
+                    slot.insert(1);
+                    true
+                }
+            };
+            if fresh && !self.tunnels.contains_key(&name) {
                 return Reservation {
                     name,
                     registry: Arc::clone(self),
                 };
             }
+            if fresh {
+                drop(Reservation {
+                    name,
+                    registry: Arc::clone(self),
+                });
+            }
         }
     }
 
-    /// Turns a reservation into a live tunnel.
-    pub fn insert(&self, reservation: Reservation, tunnel: Tunnel) -> Arc<Tunnel> {
-        debug_assert_eq!(reservation.name, tunnel.subdomain);
+    /// Announces `name` (a stable or requested name) without checking who
+    /// holds it: requests for it wait for the forward instead of failing.
+    pub fn announce(self: &Arc<Self>, name: &str) -> Reservation {
+        *self.reserved.entry(name.to_string()).or_insert(0) += 1;
+        Reservation {
+            name: name.to_string(),
+            registry: Arc::clone(self),
+        }
+    }
+
+    /// Makes `tunnel` live under its name. A name held by a tunnel of the
+    /// same key is taken over (that tunnel is removed and returned); held by
+    /// anyone else, the claim fails.
+    pub fn claim(&self, tunnel: Tunnel) -> Result<Claimed, ClaimError> {
         let tunnel = Arc::new(tunnel);
-        self.tunnels
-            .insert(tunnel.subdomain.clone(), Arc::clone(&tunnel));
-        drop(reservation);
+        let replaced = match self.tunnels.entry(tunnel.subdomain.clone()) {
+            dashmap::Entry::Occupied(mut held) => {
+                let same_key = tunnel.owner.is_some() && held.get().owner == tunnel.owner;
+                if !same_key {
+                    return Err(ClaimError::Taken);
+                }
+                Some(held.insert(Arc::clone(&tunnel)))
+            }
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(Arc::clone(&tunnel));
+                None
+            }
+        };
         self.inserted.notify_waiters();
-        tunnel
+        Ok(Claimed { tunnel, replaced })
     }
 
     /// The live tunnel `subdomain`; if the name is only reserved so far,
@@ -254,7 +322,7 @@ impl Registry {
             if let Some(tunnel) = self.get(subdomain) {
                 return Some(tunnel);
             }
-            if !self.reserved.contains(subdomain) {
+            if !self.reserved.contains_key(subdomain) {
                 return None;
             }
             if tokio::time::timeout_at(deadline, inserted).await.is_err() {

@@ -42,6 +42,24 @@ pub fn random_name() -> String {
     format!("{adjective}-{noun}-{suffix:08x}")
 }
 
+/// The stable name of an SSH key: `adjective-noun-xxxxxxxx` chosen by
+/// HMAC-SHA256 of the key's wire encoding under the server's secret, so the
+/// same key always gets the same name on this server and nobody without the
+/// secret can predict or enumerate it.
+pub fn stable_name(secret: &[u8], key_blob: &[u8]) -> String {
+    use hmac::{KeyInit, Mac};
+    let mut mac =
+        hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).expect("HMAC takes any key length");
+    mac.update(b"burrow stable name v1\0");
+    mac.update(key_blob);
+    let digest = mac.finalize().into_bytes();
+    let pick = |bytes: &[u8], len: usize| (u16::from_be_bytes([bytes[0], bytes[1]]) as usize) % len;
+    let adjective = ADJECTIVES[pick(&digest[0..2], ADJECTIVES.len())];
+    let noun = NOUNS[pick(&digest[2..4], NOUNS.len())];
+    let suffix = u32::from_be_bytes([digest[4], digest[5], digest[6], digest[7]]);
+    format!("{adjective}-{noun}-{suffix:08x}")
+}
+
 /// Whether `name` has exactly the shape [`random_name`] produces, with words
 /// from the lists (a strict whitelist, not just "looks similar").
 pub fn is_random_name(name: &str) -> bool {
@@ -148,6 +166,15 @@ mod tests {
         ] {
             assert!(!is_random_name(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn stable_names_depend_on_key_and_secret() {
+        let a = stable_name(b"secret-1", b"key-a");
+        assert_eq!(a, stable_name(b"secret-1", b"key-a"));
+        assert_ne!(a, stable_name(b"secret-1", b"key-b"));
+        assert_ne!(a, stable_name(b"secret-2", b"key-a"));
+        assert!(is_random_name(&a), "{a}");
     }
 
     #[test]

@@ -87,26 +87,7 @@ fn check(app: &App, tunnel: &Tunnel) {
 }
 
 fn expire(app: &App, tunnel: &Tunnel, why: Expiry) {
-    if !app.registry.remove(&tunnel.subdomain, tunnel.conn) {
-        return;
-    }
-    let reason = why.describe();
-    tracing::info!(conn = tunnel.conn, ip = %tunnel.client_ip, subdomain = %tunnel.subdomain, reason = %reason, "tunnel closed");
-    let Some(conn) = app.registry.conn(tunnel.conn) else {
-        return;
-    };
-    let text = crate::ssh::banner::tunnel_expired(
-        &app.url(&tunnel.subdomain),
-        &reason,
-        &app.connect_command(),
-    );
-    if app.registry.conn_has_tunnels(tunnel.conn) {
-        conn.notify(text);
-    } else {
-        // Nothing left to serve: end the connection so the client exits
-        // (and autossh-style supervisors reconnect).
-        conn.close(text, format!("tunnel closed: {reason}"));
-    }
+    app.close_tunnel(tunnel, &why.describe());
 }
 
 fn prune(app: &App) {

@@ -6,6 +6,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use super::handler::NameKind;
 use crate::limits::{human, Refusal};
 
 /// A line in the session; appends the `\r\n` a raw terminal needs.
@@ -59,13 +60,79 @@ pub fn session_banner(tunnel_lines: &[String], expiry: &str) -> String {
     out
 }
 
-/// Shown before login completes; OpenSSH prints it on stderr even with `-N`,
-/// where no session channel will ever carry the real banner.
-pub fn auth_banner(url: &str) -> String {
-    format!(
-        "burrow: your tunnel URL is {url}\n\
-         (that is your first -R 80 forward; connect without -N to see every URL)\n"
-    )
+/// Shown during authentication (as keyboard-interactive instructions,
+/// which OpenSSH prints on stderr even with `-N`, where no session channel
+/// will ever carry the real banner).
+pub fn auth_url(url: &str, kind: NameKind, domain: &str) -> String {
+    let how = match kind {
+        NameKind::Stable => "stable: derived from your SSH key".to_string(),
+        NameKind::Random => "random: connect with an SSH key for a stable URL".to_string(),
+        NameKind::Throwaway => {
+            format!("throwaway, as asked; without random@ your key gives a stable URL on {domain}")
+        }
+    };
+    format!("burrow: {url}  ({how}; with several -R, this is the first)")
+}
+
+/// Which kind of name the banner's URLs are, and how to get the other.
+pub fn name_kind(kind: NameKind, fingerprint: Option<&str>, domain: &str) -> String {
+    match kind {
+        NameKind::Stable => line(&format!(
+            "  Stable URL from your SSH key {}; the same every time you connect with it. \
+             For a throwaway one: ssh -R 80:localhost:3000 random@{domain}",
+            fingerprint.unwrap_or("")
+        )),
+        NameKind::Random => line(
+            "  Random URL: it changes on every connection. Connect with an SSH key for a stable one.",
+        ),
+        NameKind::Throwaway => line(&format!(
+            "  Throwaway URL, as asked (random@). Connect as any other user with your key for a stable one on {domain}."
+        )),
+    }
+}
+
+/// Shown to everyone in `--auth-mode keys`.
+pub fn keys_only() -> String {
+    "burrow: this server only accepts SSH keys registered by its operator.\n".to_string()
+}
+
+pub fn name_needs_key(name: &str) -> String {
+    line(&format!(
+        "NOTE: you asked for the name {name:?}, but names are for SSH keys: you got a random name. \
+         Connect with a key (and, on private servers, a key the operator granted {name:?})."
+    ))
+}
+
+pub fn name_not_yours(name: &str) -> String {
+    line(&format!(
+        "ERROR: the name {name:?} belongs to another key on this server; ask its operator, or use -R 80:… for your own stable name"
+    ))
+}
+
+pub fn name_reserved(name: &str) -> String {
+    line(&format!(
+        "ERROR: the name {name:?} is reserved by the operator (reserved-names); only a key the keys file grants it to can use it"
+    ))
+}
+
+pub fn name_in_use(name: &str) -> String {
+    line(&format!(
+        "ERROR: the name {name:?} is in use by another connection (a different key, or an anonymous one)"
+    ))
+}
+
+pub fn invalid_name(address: &str) -> String {
+    line(&format!(
+        "ERROR: {address:?} is not a name this server can give: use a DNS label (a-z, 0-9, '-', at most 63), e.g. -R myapp:80:localhost:3000"
+    ))
+}
+
+/// Sent to a connection whose tunnel a newer connection of the same key
+/// took over.
+pub fn taken_over(url: &str) -> String {
+    line(&format!(
+        "NOTICE: {url} was taken over by a newer connection with the same SSH key; this one no longer serves it."
+    ))
 }
 
 /// Said when the user stops the tunnel with Ctrl+C.

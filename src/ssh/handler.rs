@@ -14,14 +14,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use russh::server::{Auth, ChannelOpenHandle, Handler, Msg, Session};
-use russh::{Channel, ChannelId, ChannelOpenFailure, Pty};
+use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty};
 
 use super::banner;
+use crate::config::AuthMode;
 use crate::limits::http::TunnelGate;
 use crate::limits::ssh::HandshakePermit;
 use crate::limits::Refusal;
-use crate::registry::{Conn, Reservation, Tunnel};
-use crate::App;
+use crate::registry::{ClaimError, Conn, Reservation, Tunnel};
+use crate::{keys, subdomain, App};
 
 /// Ports that make an HTTPS tunnel. `0` asks the server to pick a port and
 /// is treated as HTTP too.
@@ -40,6 +41,24 @@ struct Forward {
     subdomain: String,
 }
 
+/// The SSH key a client proved it holds.
+struct ClientKey {
+    fingerprint: String,
+    /// SHA-256 of the key's wire form: what stable names are derived from.
+    digest: Vec<u8>,
+}
+
+/// What kind of name a connection gets, for the banner.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum NameKind {
+    /// Derived from the client's key: the same every time.
+    Stable,
+    /// Random, because the client has no key (or showed none).
+    Random,
+    /// Random, because the client asked for one (`random@`).
+    Throwaway,
+}
+
 pub struct ClientHandler {
     app: Arc<App>,
     conn: Arc<Conn>,
@@ -48,9 +67,12 @@ pub struct ClientHandler {
     permit: Option<HandshakePermit>,
     /// Over a limit: authentication fails while the disconnect is on its way.
     refused: bool,
-    /// The name shown in the authentication banner, waiting for the first
-    /// HTTP forward to claim it.
+    /// The name shown during authentication, waiting for the first HTTP
+    /// forward to claim it.
     first_name: Option<Reservation>,
+    key: Option<ClientKey>,
+    /// The user asked for a throwaway name (`random@host`).
+    throwaway: bool,
     forwards: Vec<Forward>,
     session: Option<ChannelId>,
     banner_shown: bool,
@@ -73,6 +95,8 @@ impl ClientHandler {
             permit,
             refused,
             first_name: None,
+            key: None,
+            throwaway: false,
             forwards: Vec::new(),
             session: None,
             banner_shown: false,
@@ -96,6 +120,13 @@ impl ClientHandler {
         let limits = &self.app.config.limits;
         let expiry = banner::expiry(limits.tunnel_idle_timeout, limits.tunnel_max_lifetime);
         let mut text = banner::session_banner(&lines, &expiry);
+        if !lines.is_empty() {
+            text.push_str(&banner::name_kind(
+                self.name_kind(),
+                self.key.as_ref().map(|k| k.fingerprint.as_str()),
+                &self.app.config.domain,
+            ));
+        }
         text.push_str(&std::mem::take(&mut self.pending));
         self.banner_shown = true;
         let _ = session.data(channel, text.into_bytes());
@@ -123,11 +154,87 @@ impl ClientHandler {
             .unwrap_or(0)
     }
 
-    fn open_door(&self) -> Auth {
-        if self.refused {
-            Auth::reject()
-        } else {
-            Auth::Accept
+    fn keys_only(&self) -> bool {
+        self.app.config.auth_mode == AuthMode::Keys
+    }
+
+    fn name_kind(&self) -> NameKind {
+        match (&self.key, self.throwaway) {
+            (Some(_), _) => NameKind::Stable,
+            (None, true) => NameKind::Throwaway,
+            (None, false) => NameKind::Random,
+        }
+    }
+
+    /// The stable name of this connection's `index`-th HTTP forward.
+    fn stable_name(&self, key: &ClientKey, index: usize) -> String {
+        let mut blob = key.digest.clone();
+        if index > 0 {
+            blob.extend_from_slice(format!("#{index}").as_bytes());
+        }
+        subdomain::stable_name(&self.app.state.name_secret, &blob)
+    }
+
+    /// Announces the first forward's name so the URL can be shown while
+    /// authentication is still running.
+    fn announce_first_name(&mut self) -> String {
+        if self.first_name.is_none() {
+            let reservation = match &self.key {
+                Some(key) => {
+                    let name = self.stable_name(key, 0);
+                    self.app.registry.announce(&name)
+                }
+                None => self.app.registry.reserve_random(),
+            };
+            self.first_name = Some(reservation);
+        }
+        let name = self
+            .first_name
+            .as_ref()
+            .expect("just set")
+            .name()
+            .to_string();
+        self.app.url(&name)
+    }
+
+    /// Picks the name for a new HTTP forward bound to `address`: the
+    /// requested name if this key may have it, else the stable or random
+    /// default. `Err` is the line to show the user. The second value is a
+    /// note for the user (a request that was ignored).
+    fn choose_name(&mut self, address: &str) -> Result<(Reservation, Option<String>), String> {
+        let requested = requested_name(address, &self.app.config.domain)?;
+        let index = self.forwards.len();
+        let Some(name) = requested else {
+            return Ok((self.default_name(index), None));
+        };
+        let Some(key) = &self.key else {
+            let note = banner::name_needs_key(&name);
+            return Ok((self.default_name(index), Some(note)));
+        };
+        let keys = self.app.keys.current();
+        let owners = keys.owners(&name);
+        if !owners.is_empty() {
+            if !owners.contains(&key.fingerprint) {
+                return Err(banner::name_not_yours(&name));
+            }
+        } else if self.app.config.reserved_names.contains(&name) {
+            return Err(banner::name_reserved(&name));
+        }
+        Ok((self.app.registry.announce(&name), None))
+    }
+
+    fn default_name(&mut self, index: usize) -> Reservation {
+        if index == 0 {
+            if let Some(first) = self.first_name.take() {
+                return first;
+            }
+        }
+        match &self.key {
+            Some(key) => {
+                let name = self.stable_name(key, index);
+                self.app.registry.announce(&name)
+            }
+            None => self.app.registry.reserve_random(),
         }
     }
 
@@ -177,6 +284,35 @@ impl ClientHandler {
     }
 }
 
+/// The name a bind address asks for: `None` for the usual generic
+/// addresses (`localhost`, `0.0.0.0`, empty, …), `Some(label)` for `api` or
+/// `api.DOMAIN`, an error line for anything else.
+fn requested_name(address: &str, domain: &str) -> Result<Option<String>, String> {
+    const GENERIC: [&str; 8] = [
+        "",
+        "localhost",
+        "0.0.0.0",
+        "::",
+        "*",
+        "127.0.0.1",
+        "::1",
+        "[::1]",
+    ];
+    let address = address.trim().trim_end_matches('.').to_ascii_lowercase();
+    if GENERIC.contains(&address.as_str()) {
+        return Ok(None);
+    }
+    let label = address
+        .strip_suffix(domain)
+        .and_then(|rest| rest.strip_suffix('.'))
+        .unwrap_or(&address);
+    if subdomain::is_valid_label(label) {
+        Ok(Some(label.to_string()))
+    } else {
+        Err(banner::invalid_name(&address))
+    }
+}
+
 impl Drop for ClientHandler {
     fn drop(&mut self) {
         self.close_tunnels("ssh connection closed");
@@ -187,40 +323,99 @@ impl Handler for ClientHandler {
     type Error = russh::Error;
 
     async fn authentication_banner(&mut self) -> Result<Option<String>, Self::Error> {
+        Ok((!self.refused && self.keys_only()).then(banner::keys_only))
+    }
+
+    // Authentication is arranged so that keys are seen when a client has
+    // them, and keyless clients are shown their URL before login completes
+    // (as keyboard-interactive instructions, which OpenSSH prints on stderr
+    // even with -N):
+    //   none → refused, offering publickey and keyboard-interactive
+    //          (accepted at once for `random@`, a throwaway name);
+    //   publickey (verified) → accepted: a stable name;
+    //   keyboard-interactive → the URL, zero prompts → accepted.
+    // Keyed clients are accepted without the keyboard-interactive step
+    // because OpenSSH's BatchMode disables it, and scripts that want stable
+    // names are exactly the ones that set BatchMode. For the same reason
+    // `random@` is accepted at `none`: keyless BatchMode clients need it.
+    async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
         if self.refused {
-            return Ok(None);
+            return Ok(Auth::reject());
         }
-        let reservation = self.app.registry.reserve_random();
-        let text = banner::auth_banner(&self.app.url(reservation.name()));
-        self.first_name = Some(reservation);
-        Ok(Some(text))
+        self.throwaway = user.eq_ignore_ascii_case("random") && !self.keys_only();
+        if self.throwaway {
+            return Ok(Auth::Accept);
+        }
+        let methods: &[MethodKind] = if self.keys_only() {
+            &[MethodKind::PublicKey]
+        } else {
+            &[MethodKind::PublicKey, MethodKind::KeyboardInteractive]
+        };
+        Ok(Auth::Reject {
+            proceed_with_methods: Some(MethodSet::from(methods)),
+            partial_success: false,
+        })
     }
 
-    // Anonymous service: every method succeeds (unless the connection is
-    // being refused). Keys are accepted but do not change anything yet.
-    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
-        Ok(self.open_door())
-    }
-
-    async fn auth_password(&mut self, _user: &str, _password: &str) -> Result<Auth, Self::Error> {
-        Ok(self.open_door())
+    async fn auth_publickey_offered(
+        &mut self,
+        _user: &str,
+        offer: russh::server::PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let listed = || {
+            let fingerprint = keys::fingerprint(offer.public_key);
+            self.app.keys.current().grant(&fingerprint).is_some()
+        };
+        if self.refused || self.throwaway || (self.keys_only() && !listed()) {
+            return Ok(Auth::reject());
+        }
+        Ok(Auth::Accept)
     }
 
     async fn auth_publickey(
         &mut self,
         _user: &str,
-        _key: russh::server::VerifiedPublicKey<'_>,
+        key: russh::server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        Ok(self.open_door())
+        if self.refused || self.throwaway {
+            return Ok(Auth::reject());
+        }
+        let fingerprint = keys::fingerprint(key.public_key);
+        if self.keys_only() && self.app.keys.current().grant(&fingerprint).is_none() {
+            tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), %fingerprint, reason = "key not in the keys file", "authentication refused");
+            return Ok(Auth::reject());
+        }
+        let digest = key
+            .public_key
+            .fingerprint(russh::keys::HashAlg::Sha256)
+            .as_bytes()
+            .to_vec();
+        self.key = Some(ClientKey {
+            fingerprint,
+            digest,
+        });
+        Ok(Auth::Accept)
     }
 
     async fn auth_keyboard_interactive<'a>(
         &'a mut self,
         _user: &str,
         _submethods: &str,
-        _response: Option<russh::server::Response<'a>>,
+        response: Option<russh::server::Response<'a>>,
     ) -> Result<Auth, Self::Error> {
-        Ok(self.open_door())
+        if self.refused || (self.keys_only() && self.key.is_none()) {
+            return Ok(Auth::reject());
+        }
+        if response.is_some() {
+            return Ok(Auth::Accept);
+        }
+        let url = self.announce_first_name();
+        let text = banner::auth_url(&url, self.name_kind(), &self.app.config.domain);
+        Ok(Auth::Partial {
+            name: "".into(),
+            instructions: text.into(),
+            prompts: Vec::new().into(),
+        })
     }
 
     async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
@@ -268,10 +463,14 @@ impl Handler for ClientHandler {
             return Ok(false);
         }
 
-        let reservation = self
-            .first_name
-            .take()
-            .unwrap_or_else(|| self.app.registry.reserve_random());
+        let (reservation, note) = match self.choose_name(address) {
+            Ok(chosen) => chosen,
+            Err(line) => {
+                tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), address, reason = "name refused", "forward refused");
+                self.say(session, line);
+                return Ok(false);
+            }
+        };
         let subdomain = reservation.name().to_string();
         let tunnel = Tunnel::new(
             subdomain.clone(),
@@ -281,10 +480,26 @@ impl Handler for ClientHandler {
             allocated,
             session.handle(),
             TunnelGate::new(&self.app.config.limits),
+            self.key.as_ref().map(|k| k.fingerprint.clone()),
         );
-        self.app.registry.insert(reservation, tunnel);
+        let claimed = self.app.registry.claim(tunnel);
+        drop(reservation);
+        let replaced = match claimed {
+            Ok(claimed) => claimed.replaced,
+            Err(ClaimError::Taken) => {
+                tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), subdomain = %subdomain, reason = "name in use", "forward refused");
+                self.say(session, banner::name_in_use(&subdomain));
+                return Ok(false);
+            }
+        };
+        if let Some(old) = replaced {
+            self.app.take_over(&old);
+        }
+        if let Some(note) = note {
+            self.say(session, note);
+        }
         *port = allocated;
-        tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), subdomain = %subdomain, port = requested, "tunnel opened");
+        tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), subdomain = %subdomain, port = requested, fingerprint = self.key.as_ref().map(|k| k.fingerprint.as_str()), "tunnel opened");
 
         let forward = Forward {
             address: address.to_string(),

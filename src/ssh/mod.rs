@@ -6,7 +6,7 @@
 //! registry entries and talks to the user through the session channel.
 
 pub mod banner;
-mod handler;
+pub mod handler;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -44,7 +44,6 @@ pub fn russh_config(host_key: PrivateKey) -> Arc<RusshConfig> {
         &[
             MethodKind::None,
             MethodKind::PublicKey,
-            MethodKind::Password,
             MethodKind::KeyboardInteractive,
         ][..],
     );
