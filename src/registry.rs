@@ -15,7 +15,7 @@
 //! forward arrives; requests for an announced name wait briefly for it.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
@@ -24,6 +24,7 @@ use russh::{Channel, ChannelId};
 
 use crate::limits::http::TunnelGate;
 use crate::limits::ip_key;
+use crate::ssh::options::{Output, TunnelOptions};
 use crate::subdomain;
 
 /// Identifies one SSH connection for the lifetime of the process.
@@ -47,6 +48,11 @@ pub struct Tunnel {
     pub created: Instant,
     /// SHA256 fingerprint of the SSH key that owns the tunnel, if any.
     pub owner: Option<String>,
+    /// The name was granted to the owner's key by the keys file (a known
+    /// operator-approved name: no browser warning).
+    pub granted: bool,
+    /// The owning connection (options, notices).
+    pub client: Arc<Conn>,
     /// Visitor limits and activity of this tunnel.
     pub gate: Arc<TunnelGate>,
     /// Set once the "closing soon" notice went out.
@@ -69,18 +75,20 @@ pub enum OpenError {
 impl Tunnel {
     pub fn new(
         subdomain: String,
-        conn: ConnId,
-        client_ip: IpAddr,
+        client: Arc<Conn>,
         (bind_address, bind_port): (String, u32),
         handle: Handle,
         gate: TunnelGate,
         owner: Option<String>,
+        granted: bool,
     ) -> Tunnel {
         Tunnel {
             subdomain,
             owner,
-            conn,
-            client_ip,
+            granted,
+            conn: client.id,
+            client_ip: client.ip,
+            client,
             bind_address,
             bind_port,
             created: Instant::now(),
@@ -119,6 +127,11 @@ pub struct Conn {
     pub id: ConnId,
     pub ip: IpAddr,
     authenticated: std::sync::atomic::AtomicBool,
+    /// Options given as the SSH command; they apply to every tunnel.
+    options: RwLock<Arc<TunnelOptions>>,
+    /// Becomes true once the options are known (the session's shell or
+    /// exec request arrived, or clearly never will).
+    settled: tokio::sync::watch::Sender<bool>,
     handle: OnceLock<Handle>,
     session: Mutex<Option<ChannelId>>,
 }
@@ -129,8 +142,47 @@ impl Conn {
             id,
             ip,
             authenticated: Default::default(),
+            options: RwLock::new(Arc::new(TunnelOptions::default())),
+            settled: tokio::sync::watch::Sender::new(false),
             handle: OnceLock::new(),
             session: Mutex::new(None),
+        }
+    }
+
+    pub fn options(&self) -> Arc<TunnelOptions> {
+        Arc::clone(&self.options.read().expect("options lock"))
+    }
+
+    /// Sets the connection's options and marks them settled.
+    pub fn set_options(&self, options: TunnelOptions) {
+        *self.options.write().expect("options lock") = Arc::new(options);
+        self.settle();
+    }
+
+    /// Marks the options as final (none will come).
+    pub fn settle(&self) {
+        self.settled.send_replace(true);
+    }
+
+    pub fn has_session(&self) -> bool {
+        self.session.lock().expect("session lock").is_some()
+    }
+
+    /// Waits (at most `limit`) until the options are known, so that a
+    /// request arriving between `tcpip-forward` and the `auth=`/`allow=`
+    /// options never slips past them.
+    pub async fn options_settled(&self, limit: Duration) -> Arc<TunnelOptions> {
+        let mut settled = self.settled.subscribe();
+        let _ = tokio::time::timeout(limit, settled.wait_for(|s| *s)).await;
+        self.options()
+    }
+
+    /// `text` as the user's session shows it: unchanged, or as a JSON line
+    /// with `output=json`.
+    pub fn render(&self, text: &str) -> String {
+        match self.options().output {
+            Output::Text => text.to_string(),
+            Output::Json => crate::ssh::banner::json_lines(text),
         }
     }
 
@@ -161,6 +213,7 @@ impl Conn {
     /// Writes `text` to the user's terminal, if they have a session. Never
     /// waits: the write happens in its own task.
     pub fn notify(&self, text: String) {
+        let text = self.render(&text);
         if let Some((handle, channel)) = self.target() {
             tokio::spawn(async move {
                 let _ = handle.data(channel, text.into_bytes()).await;
@@ -171,6 +224,7 @@ impl Conn {
     /// Says `text` (if there is a session), then ends the connection with
     /// `reason` as the SSH disconnect message.
     pub fn close(&self, text: String, reason: String) {
+        let text = self.render(&text);
         let target = self.target();
         let Some(handle) = self.handle.get().cloned() else {
             return;

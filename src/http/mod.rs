@@ -6,6 +6,7 @@
 //! - [`proxy`]: HTTPS requests → the tunnel's SSH client → the local app.
 //! - [`pages`]: the small pages burrow answers with itself.
 
+pub mod access;
 pub mod interstitial;
 pub mod metered;
 pub mod pages;

@@ -18,12 +18,14 @@ use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
+use super::access::{self, Access};
 use super::interstitial::{self, Gate};
 use super::metered::MeteredBody;
 use super::{pages, upgrade, Body};
 use crate::limits::http::Slot;
 use crate::limits::{Activity, Refusal};
 use crate::registry::{OpenError, Tunnel};
+use crate::ssh::options::TunnelOptions;
 use crate::stats::OwnedGauge;
 use crate::subdomain::{self, Route};
 use crate::App;
@@ -43,6 +45,10 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// How long a request waits for its tunnel's options (`auth=`, `allow=`)
+/// to arrive after the forward did.
+const OPTIONS_WAIT: Duration = Duration::from_secs(5);
 
 /// Entry point for every HTTPS request.
 pub async fn handle(
@@ -95,7 +101,13 @@ async fn tunnel_request(
     visitor: SocketAddr,
     host: &str,
 ) -> Response<Body> {
-    let req = if app.config.limits.no_browser_warning {
+    let options = tunnel.client.options_settled(OPTIONS_WAIT).await;
+    let req = match access::check(tunnel, &options, req, visitor) {
+        Access::Answer(response) => return response,
+        Access::Pass(req) => req,
+    };
+    // Names the operator granted to a known key are trusted: no warning.
+    let req = if app.config.limits.no_browser_warning || tunnel.granted {
         req
     } else {
         match interstitial::gate(req, &tunnel.subdomain, host).await {
@@ -119,7 +131,7 @@ async fn tunnel_request(
     } else {
         None
     };
-    proxy(app, tunnel, req, visitor, host, slot, ws_slot).await
+    proxy(app, tunnel, req, visitor, host, &options, slot, ws_slot).await
 }
 
 /// A limit said no: 429 (or 503 when the whole tunnel is busy) with
@@ -158,12 +170,14 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn proxy(
     app: &Arc<App>,
     tunnel: &Tunnel,
     mut req: Request<Incoming>,
     visitor: SocketAddr,
     host: &str,
+    options: &TunnelOptions,
     slot: Slot,
     ws_slot: Option<Slot>,
 ) -> Response<Body> {
@@ -177,7 +191,15 @@ async fn proxy(
     let too_large = Arc::new(AtomicBool::new(false));
 
     let upgrade = ws_slot.is_some().then(|| hyper::upgrade::on(&mut req));
-    let req = to_origin_request(req, visitor, host, upgrade.is_some()).map(|body| {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let req = to_origin_request(
+        req,
+        visitor,
+        host,
+        options.host.as_deref(),
+        upgrade.is_some(),
+    )
+    .map(|body| {
         MeteredBody::new(body)
             .limit(limits.max_body_size, Some(Arc::clone(&too_large)))
             .activity(Arc::clone(&activity), Duration::ZERO)
@@ -242,6 +264,7 @@ async fn proxy(
     }
     strip_hop_by_hop(response.headers_mut(), switching);
     add_safety_headers(response.headers_mut());
+    access::decorate(options, origin.as_ref(), response.headers_mut());
     response.map(|body| {
         MeteredBody::new(body)
             .limit(limits.max_body_size, None)
@@ -308,6 +331,7 @@ fn to_origin_request<B>(
     mut req: Request<B>,
     visitor: SocketAddr,
     host: &str,
+    rewrite_host: Option<&str>,
     upgrade: bool,
 ) -> Request<B> {
     let path = req
@@ -340,6 +364,10 @@ fn to_origin_request<B>(
         headers.insert(X_FORWARDED_HOST, public_host.clone());
         // HTTP/2 carries the host in :authority; HTTP/1.1 needs Host.
         headers.entry(header::HOST).or_insert(public_host);
+    }
+    // host=: for dev servers that only answer to their own name.
+    if let Some(value) = rewrite_host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        headers.insert(header::HOST, value);
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
     strip_burrow_cookies(headers);

@@ -23,6 +23,11 @@ use crate::config::{LimitArgs, Rate};
 /// visitors without a request in flight share one overflow bucket until
 /// pruning frees room.
 pub const MAX_TRACKED_VISITORS: usize = 1024;
+/// Failed Basic-auth attempts allowed in a row per visitor.
+const AUTH_FAILURE_BURST: NonZeroU32 = NonZeroU32::new(10).expect("non-zero");
+/// After the burst, one more attempt per this period.
+const AUTH_FAILURE_PERIOD: Duration = Duration::from_secs(10);
+
 /// The key all untracked visitors share.
 const OVERFLOW: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
 
@@ -36,6 +41,9 @@ pub struct TunnelGate {
     max_websockets_per_tunnel: u32,
     inflight: Counts,
     websockets: Counts,
+    /// Failed Basic-auth attempts per visitor (`auth=`): burst
+    /// [`AUTH_FAILURE_BURST`], then one per [`AUTH_FAILURE_PERIOD`].
+    auth_failures: DefaultKeyedRateLimiter<IpAddr>,
     /// Last time a request or WebSocket started or ended (tunnel idle timeout).
     pub activity: Activity,
 }
@@ -136,6 +144,11 @@ impl TunnelGate {
             max_websockets_per_tunnel: limits.max_websockets_per_tunnel,
             inflight: Counts::default(),
             websockets: Counts::default(),
+            auth_failures: DefaultKeyedRateLimiter::keyed(
+                Quota::with_period(AUTH_FAILURE_PERIOD)
+                    .expect("non-zero period")
+                    .allow_burst(AUTH_FAILURE_BURST),
+            ),
             activity: Activity::default(),
         }
     }
@@ -215,6 +228,24 @@ impl TunnelGate {
         }
     }
 
+    /// Records a failed Basic-auth attempt; `Err` once the visitor has used
+    /// up its attempts.
+    pub fn auth_failure(&self, visitor: IpAddr) -> Result<(), Refusal> {
+        self.auth_failures
+            .check_key(&ip_key(visitor))
+            .map_err(|not_until| {
+                Refusal::new(
+                    "auth-attempts",
+                    format!(
+                    "Too many wrong passwords from this visitor: {} attempts, then one every {} s.",
+                    AUTH_FAILURE_BURST,
+                    AUTH_FAILURE_PERIOD.as_secs()
+                ),
+                )
+                .retry_after(not_until.wait_time_from(DefaultClock::default().now()))
+            })
+    }
+
     /// Requests and WebSockets open right now.
     pub fn busy(&self) -> bool {
         self.inflight.total() > 0 || self.websockets.total() > 0
@@ -226,6 +257,7 @@ impl TunnelGate {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
+        self.auth_failures.retain_recent();
     }
 }
 

@@ -9,6 +9,38 @@ use std::time::{Duration, SystemTime};
 use super::handler::NameKind;
 use crate::limits::{human, Refusal};
 
+/// Text with `\n` line ends made `\r\n` for a raw terminal.
+pub fn crlf(text: &str) -> String {
+    text.replace("\r\n", "\n").replace('\n', "\r\n")
+}
+
+/// Session text as `output=json` shows it: one JSON object per non-empty
+/// line, with an `event` taken from the line's prefix.
+pub fn json_lines(text: &str) -> String {
+    let mut out = String::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let (event, message) = [
+            ("ERROR: ", "error"),
+            ("NOTICE: ", "notice"),
+            ("NOTE: ", "note"),
+        ]
+        .iter()
+        .find_map(|(prefix, event)| line.strip_prefix(prefix).map(|rest| (*event, rest)))
+        .unwrap_or_else(|| {
+            if line.starts_with("Stopped.") {
+                ("stopped", line)
+            } else if line.starts_with("Tunnel ") && line.contains(" closed: ") {
+                ("closed", line)
+            } else {
+                ("message", line)
+            }
+        });
+        let object = serde_json::json!({ "event": event, "message": message });
+        out.push_str(&format!("{object}\r\n"));
+    }
+    out
+}
+
 /// A line in the session; appends the `\r\n` a raw terminal needs.
 pub fn line(text: &str) -> String {
     format!("{text}\r\n")
@@ -156,13 +188,6 @@ pub fn duplicate_forward(address: &str, port: u32) -> String {
     line(&format!(
         "ERROR: -R {address}:{port} is already forwarded on this connection and OpenSSH could \
          not tell the two apart; use -R 0:localhost:PORT for another tunnel"
-    ))
-}
-
-pub fn exec_refused(command: &str, domain: &str) -> String {
-    line(&format!(
-        "ERROR: burrow runs no commands (got {command:?}). \
-         Connect with: ssh -R 80:localhost:3000 {domain}"
     ))
 }
 

@@ -12,11 +12,13 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use russh::server::{Auth, ChannelOpenHandle, Handler, Msg, Session};
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty};
 
 use super::banner;
+use super::options::{self, Command, Output};
 use crate::config::AuthMode;
 use crate::limits::http::TunnelGate;
 use crate::limits::ssh::HandshakePermit;
@@ -27,6 +29,13 @@ use crate::{keys, subdomain, App};
 /// Ports that make an HTTPS tunnel. `0` asks the server to pick a port and
 /// is treated as HTTP too.
 const HTTP_PORTS: [u32; 3] = [80, 443, 0];
+
+/// Without a session channel this long after the first forward, the client
+/// runs `-N`: no options will come.
+const SETTLE_NO_SESSION: Duration = Duration::from_millis(500);
+/// With a session channel but no shell/exec request after this much more,
+/// stop waiting for options.
+const SETTLE_NO_COMMAND: Duration = Duration::from_secs(3);
 
 /// Ctrl+C and Ctrl+D as a raw terminal sends them.
 const STOP_BYTES: [u8; 2] = [0x03, 0x04];
@@ -109,13 +118,40 @@ impl ClientHandler {
     fn say(&mut self, session: &mut Session, text: String) {
         match self.session {
             Some(channel) if self.banner_shown => {
+                let text = self.conn.render(&text);
                 let _ = session.data(channel, text.into_bytes());
             }
             _ => self.pending.push_str(&text),
         }
     }
 
+    fn json_output(&self) -> bool {
+        self.conn.options().output == Output::Json
+    }
+
+    /// The `tunnel` event of `output=json`.
+    fn tunnel_event(&self, forward: &Forward) -> String {
+        let limits = &self.app.config.limits;
+        let event = serde_json::json!({
+            "event": "tunnel",
+            "url": self.app.url(&forward.subdomain),
+            "subdomain": forward.subdomain,
+            "stable": self.key.is_some(),
+            "forward": banner::forward_spec(forward.requested, forward.port),
+            "idle_timeout_secs": limits.tunnel_idle_timeout.as_secs(),
+            "lifetime_secs": limits.tunnel_max_lifetime.as_secs(),
+        });
+        format!("{event}\r\n")
+    }
+
     fn show_banner(&mut self, channel: ChannelId, session: &mut Session) {
+        self.banner_shown = true;
+        if self.json_output() {
+            let mut text: String = self.forwards.iter().map(|f| self.tunnel_event(f)).collect();
+            text.push_str(&self.conn.render(&std::mem::take(&mut self.pending)));
+            let _ = session.data(channel, text.into_bytes());
+            return;
+        }
         let lines: Vec<String> = self.forwards.iter().map(|f| self.tunnel_line(f)).collect();
         let limits = &self.app.config.limits;
         let expiry = banner::expiry(limits.tunnel_idle_timeout, limits.tunnel_max_lifetime);
@@ -127,8 +163,11 @@ impl ClientHandler {
                 &self.app.config.domain,
             ));
         }
+        let summary = self.conn.options().summary();
+        if !summary.is_empty() {
+            text.push_str(&banner::line(&format!("  Options: {summary}")));
+        }
         text.push_str(&std::mem::take(&mut self.pending));
-        self.banner_shown = true;
         let _ = session.data(channel, text.into_bytes());
     }
 
@@ -201,15 +240,18 @@ impl ClientHandler {
     /// requested name if this key may have it, else the stable or random
     /// default. `Err` is the line to show the user. The second value is a
     /// note for the user (a request that was ignored).
-    fn choose_name(&mut self, address: &str) -> Result<(Reservation, Option<String>), String> {
+    fn choose_name(
+        &mut self,
+        address: &str,
+    ) -> Result<(Reservation, Option<String>, bool), String> {
         let requested = requested_name(address, &self.app.config.domain)?;
         let index = self.forwards.len();
         let Some(name) = requested else {
-            return Ok((self.default_name(index), None));
+            return Ok((self.default_name(index), None, false));
         };
         let Some(key) = &self.key else {
             let note = banner::name_needs_key(&name);
-            return Ok((self.default_name(index), Some(note)));
+            return Ok((self.default_name(index), Some(note), false));
         };
         let keys = self.app.keys.current();
         let owners = keys.owners(&name);
@@ -220,7 +262,8 @@ impl ClientHandler {
         } else if self.app.config.reserved_names.contains(&name) {
             return Err(banner::name_reserved(&name));
         }
-        Ok((self.app.registry.announce(&name), None))
+        let granted = !owners.is_empty();
+        Ok((self.app.registry.announce(&name), None, granted))
     }
 
     fn default_name(&mut self, index: usize) -> Reservation {
@@ -264,6 +307,36 @@ impl ClientHandler {
         Ok(())
     }
 
+    /// Ends the session with `status` (the client exits with it), closing
+    /// the connection's tunnels.
+    fn end_session(
+        &mut self,
+        channel: ChannelId,
+        status: u32,
+        session: &mut Session,
+    ) -> Result<(), russh::Error> {
+        self.close_tunnels("session ended");
+        session.exit_status_request(channel, status)?;
+        session.eof(channel)?;
+        session.close(channel)
+    }
+
+    /// Settles the options if the client shows no sign of sending any: no
+    /// session channel shortly after its first forward (`-N`), or no shell
+    /// or exec request a while after opening one.
+    fn watch_settling(&self) {
+        let conn = Arc::clone(&self.conn);
+        tokio::spawn(async move {
+            tokio::time::sleep(SETTLE_NO_SESSION).await;
+            if !conn.has_session() {
+                conn.settle();
+                return;
+            }
+            tokio::time::sleep(SETTLE_NO_COMMAND).await;
+            conn.settle();
+        });
+    }
+
     /// Closes every tunnel of this connection.
     fn close_tunnels(&mut self, why: &str) -> usize {
         let closed = self.app.registry.remove_conn(self.conn.id);
@@ -277,7 +350,8 @@ impl ClientHandler {
     /// client exits.
     fn stop(&mut self, channel: ChannelId, session: &mut Session) {
         let closed = self.close_tunnels("stopped by the user");
-        let _ = session.data(channel, banner::stopped(closed).into_bytes());
+        let text = self.conn.render(&banner::stopped(closed));
+        let _ = session.data(channel, text.into_bytes());
         let _ = session.exit_status_request(channel, 0);
         let _ = session.eof(channel);
         let _ = session.close(channel);
@@ -463,7 +537,7 @@ impl Handler for ClientHandler {
             return Ok(false);
         }
 
-        let (reservation, note) = match self.choose_name(address) {
+        let (reservation, note, granted) = match self.choose_name(address) {
             Ok(chosen) => chosen,
             Err(line) => {
                 tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), address, reason = "name refused", "forward refused");
@@ -474,12 +548,12 @@ impl Handler for ClientHandler {
         let subdomain = reservation.name().to_string();
         let tunnel = Tunnel::new(
             subdomain.clone(),
-            self.conn.id,
-            self.peer.ip(),
+            Arc::clone(&self.conn),
             (address.to_string(), allocated),
             session.handle(),
             TunnelGate::new(&self.app.config.limits),
             self.key.as_ref().map(|k| k.fingerprint.clone()),
+            granted,
         );
         let claimed = self.app.registry.claim(tunnel);
         drop(reservation);
@@ -507,8 +581,17 @@ impl Handler for ClientHandler {
             subdomain,
         };
         if self.banner_shown {
-            let text = self.tunnel_line(&forward);
-            self.say(session, text);
+            if self.json_output() {
+                if let Some(channel) = self.session {
+                    let _ = session.data(channel, self.tunnel_event(&forward).into_bytes());
+                }
+            } else {
+                let text = self.tunnel_line(&forward);
+                self.say(session, text);
+            }
+        }
+        if self.forwards.is_empty() {
+            self.watch_settling();
         }
         self.forwards.push(forward);
         Ok(true)
@@ -603,6 +686,7 @@ impl Handler for ClientHandler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         session.channel_success(channel)?;
+        self.conn.settle();
         self.show_banner(channel, session);
         Ok(())
     }
@@ -614,16 +698,30 @@ impl Handler for ClientHandler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let command = String::from_utf8_lossy(data);
-        if command.trim().is_empty() {
-            return self.shell_request(channel, session).await;
-        }
         session.channel_success(channel)?;
-        tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), reason = "exec request", "command refused");
-        let text = banner::exec_refused(command.trim(), &self.app.config.domain);
-        session.extended_data(channel, 1, text.into_bytes())?;
-        session.exit_status_request(channel, 2)?;
-        session.eof(channel)?;
-        session.close(channel)
+        match options::parse(&command) {
+            Ok(Command::Options(options)) => {
+                self.conn.set_options(options);
+                self.show_banner(channel, session);
+                Ok(())
+            }
+            Ok(Command::Help) => {
+                self.conn.settle();
+                session.data(channel, banner::crlf(options::USAGE).into_bytes())?;
+                self.end_session(channel, 0, session)
+            }
+            Err(message) => {
+                self.conn.settle();
+                tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), reason = %message, "options refused");
+                let text = format!(
+                    "{}{}",
+                    banner::line(&format!("ERROR: {message}")),
+                    banner::crlf(options::USAGE)
+                );
+                session.extended_data(channel, 1, text.into_bytes())?;
+                self.end_session(channel, 2, session)
+            }
+        }
     }
 
     async fn subsystem_request(

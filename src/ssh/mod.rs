@@ -7,6 +7,7 @@
 
 pub mod banner;
 pub mod handler;
+pub mod options;
 
 use std::net::SocketAddr;
 use std::path::Path;

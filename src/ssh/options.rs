@@ -1,0 +1,306 @@
+//! Per-tunnel options, given as the SSH command:
+//!
+//! ```text
+//! ssh -R 80:localhost:3000 HOST -- host=localhost:5173 auth=user:pass \
+//!     allow=203.0.113.0/24,2001:db8::/32 cors=https://app.example output=json
+//! ```
+//!
+//! They apply to every tunnel of the connection. `help` prints the usage;
+//! anything invalid is an `ERROR:` line plus the usage and a non-zero exit.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+/// Most allow-list entries one tunnel may carry.
+pub const MAX_ALLOW: usize = 64;
+/// Most CORS origins one tunnel may carry.
+const MAX_ORIGINS: usize = 32;
+
+pub const USAGE: &str = "\
+Usage: ssh -R 80:localhost:3000 HOST [-- OPTION...]
+Options (apply to every tunnel of the connection):
+  host=NAME[:PORT]        Host header sent to your app (X-Forwarded-Host keeps the public one)
+  auth=USER:PASS          protect the tunnel with HTTP Basic auth
+  allow=CIDR[,CIDR...]    only these visitor networks (IPv4/IPv6; repeatable; others get 403)
+  cors=ORIGIN[,ORIGIN]|*  answer CORS preflights for these origins
+  output=text|json        session output as text (default) or one JSON object per line
+  help                    print this and exit
+";
+
+/// How the session talks to the user.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Output {
+    #[default]
+    Text,
+    Json,
+}
+
+/// HTTP Basic credentials, kept only as a salted hash.
+#[derive(Debug, Clone)]
+pub struct BasicAuth {
+    pub user: String,
+    salt: [u8; 16],
+    hash: [u8; 32],
+}
+
+impl BasicAuth {
+    fn new(user: &str, password: &str) -> Self {
+        let salt: [u8; 16] = rand::random();
+        BasicAuth {
+            user: user.to_string(),
+            hash: Self::digest(&salt, user, password),
+            salt,
+        }
+    }
+
+    fn digest(salt: &[u8], user: &str, password: &str) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(salt);
+        hasher.update(user.as_bytes());
+        hasher.update(b":");
+        hasher.update(password.as_bytes());
+        hasher.finalize().into()
+    }
+
+    /// Constant-time check of a user and password.
+    pub fn verify(&self, user: &str, password: &str) -> bool {
+        let candidate = Self::digest(&self.salt, user, password);
+        bool::from(candidate.ct_eq(&self.hash))
+    }
+}
+
+/// Which origins CORS preflights are answered for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cors {
+    /// `cors=*`: any origin, never with credentials.
+    Any,
+    Origins(Vec<String>),
+}
+
+impl Cors {
+    /// The `Access-Control-Allow-Origin` value for `origin`, and whether
+    /// credentials may be allowed with it.
+    pub fn allow(&self, origin: &str) -> Option<(String, bool)> {
+        match self {
+            Cors::Any => Some(("*".to_string(), false)),
+            Cors::Origins(list) => list
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(origin))
+                .then(|| (origin.to_string(), true)),
+        }
+    }
+}
+
+/// The options of one connection's tunnels.
+#[derive(Debug, Clone, Default)]
+pub struct TunnelOptions {
+    pub host: Option<String>,
+    pub auth: Option<BasicAuth>,
+    pub allow: Vec<IpNet>,
+    pub cors: Option<Cors>,
+    pub output: Output,
+}
+
+impl TunnelOptions {
+    /// Whether `ip` may visit (an empty allow-list allows everyone).
+    pub fn allows(&self, ip: IpAddr) -> bool {
+        let ip = ip.to_canonical();
+        self.allow.is_empty() || self.allow.iter().any(|net| net.contains(&ip))
+    }
+
+    /// One line for the banner, empty when nothing is set.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(host) = &self.host {
+            parts.push(format!("Host header {host}"));
+        }
+        if let Some(auth) = &self.auth {
+            parts.push(format!("Basic auth as {}", auth.user));
+        }
+        if !self.allow.is_empty() {
+            let nets: Vec<String> = self.allow.iter().map(|n| n.to_string()).collect();
+            parts.push(format!("only from {}", nets.join(", ")));
+        }
+        match &self.cors {
+            Some(Cors::Any) => parts.push("CORS for any origin".into()),
+            Some(Cors::Origins(list)) => parts.push(format!("CORS for {}", list.join(", "))),
+            None => {}
+        }
+        parts.join("; ")
+    }
+}
+
+/// What the SSH command asked for.
+#[derive(Debug)]
+pub enum Command {
+    Options(TunnelOptions),
+    Help,
+}
+
+/// Parses the SSH command. `Err` is the message for the `ERROR:` line.
+pub fn parse(command: &str) -> Result<Command, String> {
+    let mut options = TunnelOptions::default();
+    for word in command.split_whitespace() {
+        if word == "--" {
+            continue;
+        }
+        if matches!(word, "help" | "--help" | "-h") {
+            return Ok(Command::Help);
+        }
+        let (key, value) = word
+            .split_once('=')
+            .ok_or_else(|| format!("{word:?} is not an option (expected key=value, or help)"))?;
+        match key {
+            "host" => options.host = Some(parse_host(value)?),
+            "auth" => {
+                let (user, password) = value
+                    .split_once(':')
+                    .filter(|(u, p)| !u.is_empty() && !p.is_empty())
+                    .ok_or("auth= needs USER:PASS, both non-empty")?;
+                options.auth = Some(BasicAuth::new(user, password));
+            }
+            "allow" => {
+                for net in value.split(',').filter(|n| !n.is_empty()) {
+                    options.allow.push(crate::config::parse_cidr(net)?);
+                }
+                if options.allow.len() > MAX_ALLOW {
+                    return Err(format!("allow= takes at most {MAX_ALLOW} networks"));
+                }
+                if value.is_empty() {
+                    return Err("allow= needs at least one IP or CIDR".into());
+                }
+            }
+            "cors" => options.cors = Some(parse_cors(value)?),
+            "output" => {
+                options.output = match value {
+                    "text" => Output::Text,
+                    "json" => Output::Json,
+                    other => return Err(format!("output={other:?}: use text or json")),
+                }
+            }
+            other => return Err(format!("unknown option {other:?}")),
+        }
+    }
+    Ok(Command::Options(options))
+}
+
+fn parse_host(value: &str) -> Result<String, String> {
+    let (name, port) = match value.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') => (name, Some(port)),
+        _ => (value, None),
+    };
+    let name_ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+    if name_ok && port_ok {
+        Ok(value.to_ascii_lowercase())
+    } else {
+        Err(format!("host={value:?} is not NAME or NAME:PORT"))
+    }
+}
+
+fn parse_cors(value: &str) -> Result<Cors, String> {
+    if value == "*" {
+        return Ok(Cors::Any);
+    }
+    let mut origins = Vec::new();
+    for origin in value.split(',').filter(|o| !o.is_empty()) {
+        let valid = (origin.starts_with("https://") || origin.starts_with("http://"))
+            && !origin.ends_with('/')
+            && origin.len() <= 253
+            && !origin
+                .bytes()
+                .any(|b| b.is_ascii_whitespace() || b.is_ascii_control());
+        if !valid {
+            return Err(format!(
+                "cors: {origin:?} is not an origin like https://app.example (no path, no trailing slash)"
+            ));
+        }
+        origins.push(origin.to_ascii_lowercase());
+    }
+    if origins.is_empty() || origins.len() > MAX_ORIGINS {
+        return Err(format!("cors= takes * or 1 to {MAX_ORIGINS} origins"));
+    }
+    Ok(Cors::Origins(origins))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options(command: &str) -> TunnelOptions {
+        match parse(command).unwrap() {
+            Command::Options(o) => o,
+            Command::Help => panic!("help"),
+        }
+    }
+
+    #[test]
+    fn parses_every_option() {
+        let o = options(
+            "-- host=localhost:5173 auth=ann:s3cret allow=203.0.113.0/24,2001:db8::/32 allow=198.51.100.7 cors=https://app.example output=json",
+        );
+        assert_eq!(o.host.as_deref(), Some("localhost:5173"));
+        let auth = o.auth.as_ref().unwrap();
+        assert!(auth.verify("ann", "s3cret"));
+        assert!(!auth.verify("ann", "wrong"));
+        assert_eq!(o.allow.len(), 3);
+        assert!(o.allows("203.0.113.9".parse().unwrap()));
+        assert!(o.allows("2001:db8::5".parse().unwrap()));
+        assert!(!o.allows("192.0.2.1".parse().unwrap()));
+        assert_eq!(
+            o.cors,
+            Some(Cors::Origins(vec!["https://app.example".into()]))
+        );
+        assert_eq!(o.output, Output::Json);
+        assert!(o.summary().contains("Basic auth as ann"));
+    }
+
+    #[test]
+    fn help_and_errors() {
+        assert!(matches!(parse("help"), Ok(Command::Help)));
+        for bad in [
+            "colour=red",
+            "auth=nopass",
+            "auth=:x",
+            "allow=10.0.0.0/33",
+            "allow=",
+            "cors=app.example",
+            "cors=https://app.example/",
+            "output=xml",
+            "host=bad host",
+            "host=a:99999",
+            "whatever",
+        ] {
+            assert!(parse(bad).is_err(), "{bad}");
+        }
+        let too_many = format!("allow={}", vec!["10.0.0.1"; MAX_ALLOW + 1].join(","));
+        assert!(parse(&too_many).is_err());
+    }
+
+    #[test]
+    fn cors_never_combines_star_with_credentials() {
+        assert_eq!(
+            Cors::Any.allow("https://x.example"),
+            Some(("*".into(), false))
+        );
+        let list = Cors::Origins(vec!["https://app.example".into()]);
+        assert_eq!(
+            list.allow("https://app.example"),
+            Some(("https://app.example".into(), true))
+        );
+        assert_eq!(list.allow("https://evil.example"), None);
+    }
+
+    #[test]
+    fn passwords_are_not_stored() {
+        let o = options("auth=ann:hunter2");
+        assert!(!format!("{:?}", o.auth.unwrap()).contains("hunter2"));
+    }
+}
