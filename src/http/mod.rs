@@ -76,7 +76,7 @@ impl ConnLimits {
 /// open connections finish gracefully (the caller bounds how long).
 async fn accept_loop<F, Fut>(
     listener: TcpListener,
-    trusted: (TrustedProxies, Duration),
+    limits: &ConnLimits,
     shutdown: Shutdown,
     name: &str,
     serve: F,
@@ -100,7 +100,7 @@ async fn accept_loop<F, Fut>(
         };
         let _ = stream.set_nodelay(true);
         let watcher = GracefulShutdownWatcher(graceful.watcher());
-        let (proxies, timeout) = trusted.clone();
+        let (proxies, timeout) = (limits.trusted.clone(), limits.header_timeout);
         let serve = serve.clone();
         shutdown.spawn(async move {
             let mut stream = stream;
@@ -128,10 +128,9 @@ pub async fn serve_plain<H, Fut>(
     H: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
-    let trusted = (limits.trusted.clone(), limits.header_timeout);
     accept_loop(
         listener,
-        trusted,
+        &limits.clone(),
         shutdown,
         "http",
         move |stream, peer, watcher| {
@@ -173,10 +172,9 @@ pub async fn serve_tls<H, Fut>(
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(limits.max_header_size).unwrap_or(u32::MAX));
-    let trusted = (limits.trusted.clone(), limits.header_timeout);
     accept_loop(
         listener,
-        trusted,
+        &limits.clone(),
         shutdown,
         "https",
         move |stream, peer, watcher| {
