@@ -140,11 +140,17 @@ impl App {
 
     /// The command a user runs to open a tunnel to their port 3000.
     pub fn connect_command(&self) -> String {
+        self.connect_command_as(None)
+    }
+
+    /// [`App::connect_command`] logging in as `user`.
+    pub fn connect_command_as(&self, user: Option<&str>) -> String {
         let port = match self.public.ssh_port {
             22 => String::new(),
             port => format!("-p {port} "),
         };
-        format!("ssh {port}-R 80:localhost:3000 {}", self.config.domain)
+        let user = user.map(|u| format!("{u}@")).unwrap_or_default();
+        format!("ssh {port}-R 80:localhost:3000 {user}{}", self.config.domain)
     }
 }
 

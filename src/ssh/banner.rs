@@ -107,19 +107,20 @@ pub fn auth_url(url: &str, kind: NameKind, domain: &str) -> String {
 }
 
 /// Which kind of name the banner's URLs are, and how to get the other.
-pub fn name_kind(kind: NameKind, fingerprint: Option<&str>, domain: &str) -> String {
+/// `throwaway_command` is how to connect for a random name.
+pub fn name_kind(kind: NameKind, fingerprint: Option<&str>, throwaway_command: &str) -> String {
     match kind {
         NameKind::Stable => line(&format!(
             "  Stable URL from your SSH key {}; the same every time you connect with it. \
-             For a throwaway one: ssh -R 80:localhost:3000 random@{domain}",
+             For a throwaway one: {throwaway_command}",
             fingerprint.unwrap_or("")
         )),
         NameKind::Random => line(
             "  Random URL: it changes on every connection. Connect with an SSH key for a stable one.",
         ),
-        NameKind::Throwaway => line(&format!(
-            "  Throwaway URL, as asked (random@). Connect as any other user with your key for a stable one on {domain}."
-        )),
+        NameKind::Throwaway => line(
+            "  Throwaway URL, as asked (random@). Connect as any other user with your key for a stable one.",
+        ),
     }
 }
 

@@ -160,7 +160,7 @@ impl ClientHandler {
             text.push_str(&banner::name_kind(
                 self.name_kind(),
                 self.key.as_ref().map(|k| k.fingerprint.as_str()),
-                &self.app.config.domain,
+                &self.app.connect_command_as(Some("random")),
             ));
         }
         let summary = self.conn.options().summary();
