@@ -150,7 +150,10 @@ impl App {
             port => format!("-p {port} "),
         };
         let user = user.map(|u| format!("{u}@")).unwrap_or_default();
-        format!("ssh {port}-R 80:localhost:3000 {user}{}", self.config.domain)
+        format!(
+            "ssh {port}-R 80:localhost:3000 {user}{}",
+            self.config.domain
+        )
     }
 }
 

@@ -126,6 +126,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(3);
 pub struct Conn {
     pub id: ConnId,
     pub ip: IpAddr,
+    /// Cancelling it cuts the socket (see `ssh::KillableStream`).
+    pub kill: tokio_util::sync::CancellationToken,
     authenticated: std::sync::atomic::AtomicBool,
     /// Options given as the SSH command; they apply to every tunnel.
     options: RwLock<Arc<TunnelOptions>>,
@@ -141,6 +143,7 @@ impl Conn {
         Conn {
             id,
             ip,
+            kill: Default::default(),
             authenticated: Default::default(),
             options: RwLock::new(Arc::new(TunnelOptions::default())),
             settled: tokio::sync::watch::Sender::new(false),
@@ -226,7 +229,9 @@ impl Conn {
     pub fn close(&self, text: String, reason: String) {
         let text = self.render(&text);
         let target = self.target();
+        let kill = self.kill.clone();
         let Some(handle) = self.handle.get().cloned() else {
+            kill.cancel();
             return;
         };
         tokio::spawn(async move {
@@ -240,12 +245,35 @@ impl Conn {
                 // the text to the terminal. Only a client that stays gets it.
                 tokio::time::sleep(CLOSE_GRACE).await;
             }
-            let _ = handle
-                .disconnect(russh::Disconnect::ByApplication, reason, "en".into())
-                .await;
+            disconnect_then_kill(handle, kill, reason).await;
         });
     }
+
+    /// Sends a disconnect with `reason`, and cuts the socket if the
+    /// connection is still there after a grace period (a client that
+    /// ignores it, or a stalled key exchange that cannot carry it).
+    pub fn disconnect_then_kill(&self, reason: String) {
+        let Some(handle) = self.handle.get().cloned() else {
+            self.kill.cancel();
+            return;
+        };
+        tokio::spawn(disconnect_then_kill(handle, self.kill.clone(), reason));
+    }
 }
+
+async fn disconnect_then_kill(
+    handle: Handle,
+    kill: tokio_util::sync::CancellationToken,
+    reason: String,
+) {
+    let send = handle.disconnect(russh::Disconnect::ByApplication, reason, "en".into());
+    let _ = tokio::time::timeout(KILL_GRACE, send).await;
+    tokio::time::sleep(KILL_GRACE).await;
+    kill.cancel();
+}
+
+/// How long a disconnected client gets before its socket is cut.
+const KILL_GRACE: Duration = Duration::from_secs(1);
 
 /// All live tunnels, reserved names and SSH connections.
 #[derive(Default)]

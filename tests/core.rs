@@ -345,20 +345,12 @@ async fn dash_n_mode_url_on_stderr() {
     let burrow = Burrow::start(&[]).await;
     let origin = Origin::start("a").await;
     let fwd = format!("80:127.0.0.1:{}", origin.port);
-    let ssh = Ssh::spawn(&burrow, &["-N", "-R", &fwd]);
+    // Keyless: the URL comes during login (keyboard-interactive
+    // instructions), before OpenSSH even sends its tcpip-forward request.
+    let ssh = Ssh::spawn_keyless(&burrow, &["-N", "-R", &fwd]);
     let url = ssh.url_from_stderr().await;
-    // The auth banner is necessarily sent before OpenSSH sends its
-    // tcpip-forward request (that only comes after auth), so the name is a
-    // reservation at this point: wait (bounded) for it to be registered.
-    burrow
-        .wait_stat("active_tunnels", 1, Duration::from_secs(5))
-        .await;
-    let s = burrow.stats_with_subdomains().await;
-    assert_eq!(
-        subdomains(&s),
-        vec![url.name.clone()],
-        "banner URL is the registered one"
-    );
+    // Requested at once: the server holds requests for an announced name
+    // until its forward arrives, so this must not 404.
     let resp = burrow
         .https_client()
         .get(burrow.https_url(&url.host(), "/hello"))
@@ -367,6 +359,12 @@ async fn dash_n_mode_url_on_stderr() {
         .unwrap();
     let resp = expect_status(resp, 200, "").await;
     assert_eq!(resp.text().await.unwrap(), HELLO);
+    let s = burrow.stats_with_subdomains().await;
+    assert_eq!(
+        subdomains(&s),
+        vec![url.name.clone()],
+        "the URL shown during login is the registered one"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

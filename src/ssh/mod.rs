@@ -7,6 +7,7 @@
 
 pub mod banner;
 pub mod handler;
+mod killable;
 pub mod options;
 
 use std::net::SocketAddr;
@@ -184,6 +185,10 @@ async fn serve_connection(
         refused.is_some(),
     );
     let config = Arc::clone(&app.ssh_config);
+    // The socket is wrapped so the connection can be cut even when the
+    // client ignores a disconnect (or stalls the key exchange, when russh
+    // cannot send one at all).
+    let socket = killable::KillableStream::new(socket, conn.kill.clone());
     let started =
         tokio::time::timeout_at(deadline, russh::server::run_stream(config, socket, handler)).await;
     let session = match started {
@@ -226,9 +231,7 @@ async fn serve_connection(
                         "handshake-timeout: authentication did not finish within {}",
                         crate::limits::human(limit)
                     );
-                    let _ = handle
-                        .disconnect(russh::Disconnect::ByApplication, reason, "en".into())
-                        .await;
+                    conn.disconnect_then_kill(reason);
                 }
             }
             _ = stop.requested() => {

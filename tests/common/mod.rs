@@ -429,6 +429,8 @@ impl Burrow {
             .arg("--tls-key")
             .arg(&key_path)
             .args(extra_args)
+            // The default --state-dir is relative: keep it in the test's dir.
+            .current_dir(dir.path())
             .env_clear()
             .envs(passthrough_env())
             .stdin(Stdio::null())
@@ -884,52 +886,27 @@ impl Ssh {
     }
 
     pub fn spawn_full(burrow: &Burrow, args: &[&str], remote_cmd: &[&str], stdin: SshStdin) -> Ssh {
-        let (key_dir, key) = ssh_keygen();
-        let mut cmd = Command::new("ssh");
-        cmd.args(["-F", "/dev/null"])
-            .arg("-i")
-            .arg(&key)
-            .args(["-o", "IdentitiesOnly=yes"])
-            .args(["-o", "StrictHostKeyChecking=no"])
-            .args(["-o", "UserKnownHostsFile=/dev/null"])
-            .args(["-o", "GlobalKnownHostsFile=/dev/null"])
-            .args(["-o", "BatchMode=yes"])
-            .args(["-o", "ConnectTimeout=10"])
-            // Default LogLevel (INFO) on purpose: QUIET/ERROR would hide
-            // the auth banner that carries the URL in -N mode.
-            .arg("-p")
-            .arg(burrow.ssh_port().to_string())
-            .args(args)
-            .arg("test@127.0.0.1")
-            .args(remote_cmd)
-            .stdin(match stdin {
-                SshStdin::Pipe => Stdio::piped(),
-                SshStdin::Null => Stdio::null(),
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn ssh");
-        let stdout = OutputBuf::default();
-        let stderr = OutputBuf::default();
-        spawn_reader(
-            child.stdout.take().unwrap(),
-            stdout.clone(),
-            Some("[ssh stdout] ".into()),
-        );
-        spawn_reader(
-            child.stderr.take().unwrap(),
-            stderr.clone(),
-            Some("[ssh stderr] ".into()),
-        );
-        let stdin = child.stdin.take();
-        Ssh {
-            child,
+        SshSpec {
+            port: burrow.ssh_port(),
+            args,
+            remote_cmd,
             stdin,
-            stdout,
-            stderr,
-            exit: None,
-            _key_dir: key_dir,
+            ..SshSpec::default()
         }
+        .spawn()
+    }
+
+    /// A client with no SSH key and without BatchMode (which would disable
+    /// the keyboard-interactive login keyless clients use): a random name,
+    /// shown on stderr during login.
+    pub fn spawn_keyless(burrow: &Burrow, args: &[&str]) -> Ssh {
+        SshSpec {
+            port: burrow.ssh_port(),
+            args,
+            keyed: false,
+            ..SshSpec::default()
+        }
+        .spawn()
     }
 
     /// Waits for the first tunnel URL on ssh's stdout (session banner).
@@ -1091,6 +1068,10 @@ fn full(status: StatusCode, body: impl Into<Bytes>) -> Response<OriginBody> {
 async fn origin_handle(req: Request<Incoming>, label: &str) -> Response<OriginBody> {
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
+    record_origin_hit(label, &path);
+    if let Some(resp) = limits_routes(req.method().as_str(), &path, &query).await {
+        return resp;
+    }
     match (req.method().as_str(), path.as_str()) {
         ("GET", "/hello") => full(StatusCode::OK, HELLO),
         ("GET", "/whoami") => full(StatusCode::OK, label.to_string()),
@@ -1225,4 +1206,298 @@ pub fn time_seed() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0x9e37_79b9_7f4a_7c15)
+}
+
+// ---------------------------------------------------------------------------
+// Additions for the abuse-limit tests (tests/limits.rs)
+// ---------------------------------------------------------------------------
+
+/// Every request any [`Origin`] in this test process received, as
+/// `(label, path)`, in arrival order. Lets tests check that a request was
+/// refused *before* it reached the app.
+static ORIGIN_HITS: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+fn record_origin_hit(label: &str, path: &str) {
+    ORIGIN_HITS
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((label.to_string(), path.to_string()));
+}
+
+impl Origin {
+    /// How many requests for `path` reached this origin so far (counted by
+    /// label: give each origin a label unique in the test binary).
+    pub fn hits(&self, path: &str) -> usize {
+        ORIGIN_HITS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(l, p)| *l == self.label && p == path)
+            .count()
+    }
+}
+
+fn query_u64(query: &str, key: &str) -> Option<u64> {
+    query
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Extra origin routes for the limits tests:
+///
+/// * `GET /drip?n=N&ms=M`: `N` pattern bytes (Content-Length N), one byte
+///   every `M` ms (the first at once).
+/// * `GET /delay?ms=M`: answers [`HELLO`] after `M` ms.
+/// * `GET /hang`: never answers.
+/// * `GET /stall?first=K`: headers with Content-Length K+1, then K bytes,
+///   then nothing ever again.
+/// * `GET /chunked?n=N`: `N` pattern bytes without Content-Length
+///   (chunked), in 4 KiB pieces.
+/// * `GET /own-headers`: sets its own `Referrer-Policy: no-referrer`.
+async fn limits_routes(method: &str, path: &str, query: &str) -> Option<Response<OriginBody>> {
+    match (method, path) {
+        ("GET", "/drip") => {
+            let n = query_u64(query, "n").unwrap_or(10);
+            let ms = query_u64(query, "ms").unwrap_or(100);
+            let stream = futures_util::stream::unfold(0u64, move |i| async move {
+                if i >= n {
+                    return None;
+                }
+                if i > 0 {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+                let byte = Bytes::copy_from_slice(&[pattern_byte(i)]);
+                Some((Ok::<_, Infallible>(Frame::data(byte)), i + 1))
+            });
+            Some(
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header(hyper::header::CONTENT_LENGTH, n.to_string())
+                    .body(BodyExt::boxed(StreamBody::new(stream)))
+                    .unwrap(),
+            )
+        }
+        ("GET", "/delay") => {
+            let ms = query_u64(query, "ms").unwrap_or(1000);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Some(full(StatusCode::OK, HELLO))
+        }
+        ("GET", "/hang") => std::future::pending().await,
+        ("GET", "/stall") => {
+            let first = query_u64(query, "first").unwrap_or(100);
+            let head = futures_util::stream::once(async move {
+                let data: Vec<u8> = (0..first).map(pattern_byte).collect();
+                Ok::<_, Infallible>(Frame::data(Bytes::from(data)))
+            });
+            let stream = head.chain(futures_util::stream::pending());
+            Some(
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .header(hyper::header::CONTENT_LENGTH, (first + 1).to_string())
+                    .body(BodyExt::boxed(StreamBody::new(stream)))
+                    .unwrap(),
+            )
+        }
+        ("GET", "/chunked") => {
+            const PIECE: u64 = 4096;
+            let n = query_u64(query, "n").unwrap_or(0);
+            let stream = futures_util::stream::unfold(0u64, move |off| async move {
+                if off >= n {
+                    return None;
+                }
+                let len = (n - off).min(PIECE);
+                let data: Vec<u8> = (off..off + len).map(pattern_byte).collect();
+                Some((
+                    Ok::<_, Infallible>(Frame::data(Bytes::from(data))),
+                    off + len,
+                ))
+            });
+            Some(
+                Response::builder()
+                    .status(StatusCode::OK)
+                    .body(BodyExt::boxed(StreamBody::new(stream)))
+                    .unwrap(),
+            )
+        }
+        ("GET", "/own-headers") => {
+            let mut resp = full(StatusCode::OK, "own headers");
+            resp.headers_mut().insert(
+                hyper::header::REFERRER_POLICY,
+                hyper::header::HeaderValue::from_static("no-referrer"),
+            );
+            Some(resp)
+        }
+        _ => None,
+    }
+}
+
+/// A TLS stream to burrow's HTTPS listener, for hand-written HTTP.
+pub type RawTls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
+
+impl Burrow {
+    /// Opens a raw TLS connection to the HTTPS listener with SNI `host`
+    /// (bounded: panics after 10 s).
+    pub async fn tls_connect(&self, host: &str, alpn: Alpn) -> RawTls {
+        let connect = async {
+            let tcp = tokio::net::TcpStream::connect(self.addrs.https)
+                .await
+                .expect("connect to https listener");
+            let _ = tcp.set_nodelay(true);
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(self.tls_config(alpn)));
+            let name = ServerName::try_from(host.to_string()).expect("server name");
+            connector.connect(name, tcp).await.expect("TLS handshake")
+        };
+        tokio::time::timeout(Duration::from_secs(10), connect)
+            .await
+            .expect("TLS connect timed out")
+    }
+
+    /// Like [`Burrow::ws_connect`] with extra request headers, returning the
+    /// handshake error (e.g. `Error::Http` with a 429) instead of panicking.
+    pub async fn ws_try_connect(
+        &self,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<
+        (
+            WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>,
+            tokio_tungstenite::tungstenite::handshake::client::Response,
+        ),
+        tokio_tungstenite::tungstenite::Error,
+    > {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("wss://{host}:{}{path}", self.https_port());
+        let mut request = url.as_str().into_client_request()?;
+        for (k, v) in headers {
+            request.headers_mut().insert(
+                hyper::header::HeaderName::from_bytes(k.as_bytes()).expect("header name"),
+                hyper::header::HeaderValue::from_str(v).expect("header value"),
+            );
+        }
+        let tcp = tokio::net::TcpStream::connect(self.addrs.https)
+            .await
+            .expect("connect to https listener");
+        let connector =
+            tokio_tungstenite::Connector::Rustls(Arc::new(self.tls_config(Alpn::Http1)));
+        let handshake =
+            tokio_tungstenite::client_async_tls_with_config(request, tcp, None, Some(connector));
+        match tokio::time::timeout(Duration::from_secs(10), handshake).await {
+            Err(_) => panic!("websocket handshake to {url} timed out"),
+            Ok(result) => result,
+        }
+    }
+}
+
+/// Reads `r` until EOF or a read error (both mean the peer closed), for at
+/// most `timeout`. Returns the bytes read and when the stream ended (`None`:
+/// still open when the timeout passed).
+pub async fn read_until_closed<R>(r: &mut R, timeout: Duration) -> (Vec<u8>, Option<Instant>)
+where
+    R: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, r.read(&mut buf)).await {
+            Err(_) => return (got, None),
+            Ok(Ok(0)) | Ok(Err(_)) => return (got, Some(Instant::now())),
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+impl Ssh {
+    /// Like [`Ssh::spawn`] (same options, throwaway key, stdin a pipe) but
+    /// to `127.0.0.1:port`, e.g. a relay the test puts in front of burrow.
+    pub fn spawn_port(port: u16, args: &[&str]) -> Ssh {
+        SshSpec {
+            port,
+            args,
+            ..SshSpec::default()
+        }
+        .spawn()
+    }
+}
+
+/// How to start one `ssh` client.
+pub struct SshSpec<'a> {
+    pub port: u16,
+    pub args: &'a [&'a str],
+    pub remote_cmd: &'a [&'a str],
+    pub stdin: SshStdin,
+    /// A fresh throwaway key and BatchMode (the default), or neither.
+    pub keyed: bool,
+    pub user: &'a str,
+}
+
+impl Default for SshSpec<'_> {
+    fn default() -> Self {
+        SshSpec {
+            port: 0,
+            args: &[],
+            remote_cmd: &[],
+            stdin: SshStdin::Pipe,
+            keyed: true,
+            user: "test",
+        }
+    }
+}
+
+impl SshSpec<'_> {
+    pub fn spawn(&self) -> Ssh {
+        let (key_dir, key) = ssh_keygen();
+        let mut cmd = Command::new("ssh");
+        cmd.args(["-F", "/dev/null"])
+            .args(["-o", "IdentitiesOnly=yes"]);
+        if self.keyed {
+            cmd.arg("-i").arg(&key).args(["-o", "BatchMode=yes"]);
+        } else {
+            cmd.args(["-o", "PubkeyAuthentication=no"])
+                .args(["-o", "IdentityAgent=none"])
+                .args(["-o", "KbdInteractiveAuthentication=yes"]);
+        }
+        cmd.args(["-o", "StrictHostKeyChecking=no"])
+            .args(["-o", "UserKnownHostsFile=/dev/null"])
+            .args(["-o", "GlobalKnownHostsFile=/dev/null"])
+            .args(["-o", "ConnectTimeout=10"])
+            // Default LogLevel (INFO) on purpose: QUIET/ERROR would hide
+            // the login-time URL line that keyless clients get on stderr.
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(self.args)
+            .arg(format!("{}@127.0.0.1", self.user))
+            .args(self.remote_cmd)
+            .stdin(match self.stdin {
+                SshStdin::Pipe => Stdio::piped(),
+                SshStdin::Null => Stdio::null(),
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn ssh");
+        let stdout = OutputBuf::default();
+        let stderr = OutputBuf::default();
+        spawn_reader(
+            child.stdout.take().unwrap(),
+            stdout.clone(),
+            Some("[ssh stdout] ".into()),
+        );
+        spawn_reader(
+            child.stderr.take().unwrap(),
+            stderr.clone(),
+            Some("[ssh stderr] ".into()),
+        );
+        let stdin = child.stdin.take();
+        Ssh {
+            child,
+            stdin,
+            stdout,
+            stderr,
+            exit: None,
+            _key_dir: key_dir,
+        }
+    }
 }

@@ -1,0 +1,69 @@
+//! A socket with a kill switch: once its token is cancelled every read and
+//! write fails, which ends the russh session that owns the socket. russh
+//! offers no way to abort a session from outside, and a disconnect message
+//! cannot help when the client ignores it or stalls the key exchange.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+/// A socket that fails every read and write once its token is cancelled,
+/// which ends the russh session that owns it.
+pub struct KillableStream {
+    inner: TcpStream,
+    token: CancellationToken,
+    killed: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl KillableStream {
+    pub fn new(inner: TcpStream, token: CancellationToken) -> Self {
+        KillableStream {
+            inner,
+            killed: Box::pin(token.clone().cancelled_owned()),
+            token,
+        }
+    }
+
+    /// `Err` once killed; otherwise registers for the kill wake-up.
+    fn check(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
+        if self.token.is_cancelled() || self.killed.as_mut().poll(cx).is_ready() {
+            return Err(std::io::ErrorKind::ConnectionAborted.into());
+        }
+        Ok(())
+    }
+}
+
+impl AsyncRead for KillableStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for KillableStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
