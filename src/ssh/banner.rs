@@ -92,6 +92,16 @@ pub fn session_banner(tunnel_lines: &[String], expiry: &str) -> String {
     out
 }
 
+/// The authentication banner (printed by OpenSSH on stderr before login,
+/// also with `-N`): the random URL this connection gets unless it logs in
+/// with a key.
+pub fn auth_banner(url: &str) -> String {
+    format!(
+        "burrow: your URL is {url} (random), unless you log in with an SSH key: \
+         then it is your key's stable URL, shown when the session starts\n"
+    )
+}
+
 /// Shown during authentication (as keyboard-interactive instructions,
 /// which OpenSSH prints on stderr even with `-N`, where no session channel
 /// will ever carry the real banner).

@@ -397,7 +397,19 @@ impl Handler for ClientHandler {
     type Error = russh::Error;
 
     async fn authentication_banner(&mut self) -> Result<Option<String>, Self::Error> {
-        Ok((!self.refused && self.keys_only()).then(banner::keys_only))
+        if self.refused {
+            return Ok(None);
+        }
+        if self.keys_only() {
+            return Ok(Some(banner::keys_only()));
+        }
+        // Sent before the user name or key is known: the only text a
+        // `random@ -N` client (accepted at `none`) ever sees. A key, when
+        // one is shown, replaces this name with the key's stable one.
+        let reservation = self.app.registry.reserve_random();
+        let text = banner::auth_banner(&self.app.url(reservation.name()));
+        self.first_name = Some(reservation);
+        Ok(Some(text))
     }
 
     // Authentication is arranged so that keys are seen when a client has
@@ -468,6 +480,8 @@ impl Handler for ClientHandler {
             fingerprint,
             digest,
         });
+        // The random name announced in the banner is not this client's.
+        self.first_name = None;
         Ok(Auth::Accept)
     }
 
