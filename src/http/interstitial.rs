@@ -24,7 +24,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use subtle::ConstantTimeEq;
 
-use super::pages::{self, escape};
+use super::pages::{self, escape, Page};
 use super::Body;
 
 /// Where the Continue button posts. Unlikely to collide with an app route.
@@ -96,8 +96,13 @@ pub enum Gate {
 
 /// Applies the interstitial to a request for tunnel `name` at `host`.
 pub async fn gate(req: Request<Incoming>, name: &str, host: &str) -> Gate {
-    if req.uri().path() == CONTINUE_PATH && req.method() == Method::POST {
-        return Gate::Answer(continue_(req, name, host).await);
+    if req.uri().path() == CONTINUE_PATH {
+        return Gate::Answer(if req.method() == Method::POST {
+            continue_(req, name, host).await
+        } else {
+            // Someone typed or reloaded the form's address: start over.
+            see_other("/")
+        });
     }
     let warned = cookie(req.headers(), &warned_cookie(name)) == Some("1");
     if warned || req.headers().contains_key(SKIP_HEADER) || !is_browser_navigation(&req) {
@@ -107,7 +112,11 @@ pub async fn gate(req: Request<Incoming>, name: &str, host: &str) -> Gate {
 }
 
 fn warning(req: &Request<Incoming>, name: &str, host: &str) -> Response<Body> {
-    let token = random_token();
+    // Reuse a token this browser already holds, so two warning tabs of the
+    // same tunnel do not invalidate each other.
+    let token = cookie(req.headers(), &csrf_cookie(name))
+        .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map_or_else(random_token, str::to_string);
     let next = req
         .uri()
         .path_and_query()
@@ -124,9 +133,10 @@ Anyone can open one, and this server does not know who is behind it.</p>\
 <p class=\"warn\">Do not enter passwords, payment details or other personal information \
 unless you know and trust the person who sent you this link.</p>\
 <form method=\"post\" action=\"{CONTINUE_PATH}\">\
-<input type=\"hidden\" name=\"next\" value=\"{next}\">\
+<input type=\"hidden\" id=\"next\" name=\"next\" value=\"{next}\">\
 <input type=\"hidden\" name=\"token\" value=\"{token}\">\
 <button id=\"continue\" type=\"submit\">Continue to {name}</button></form>\
+<script>{KEEP_FRAGMENT}</script>\
 <footer>burrow</footer></main></body></html>\n",
         host = escape(host),
         name = escape(name),
@@ -139,12 +149,14 @@ unless you know and trust the person who sent you this link.</p>\
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     pages::set_page_headers(headers);
-    headers.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'",
-        ),
+    let policy = format!(
+        "default-src 'none'; style-src 'unsafe-inline'; script-src '{}'; \
+         form-action 'self'; frame-ancestors 'none'",
+        keep_fragment_hash()
     );
+    if let Ok(policy) = HeaderValue::from_str(&policy) {
+        headers.insert(header::CONTENT_SECURITY_POLICY, policy);
+    }
     if let Ok(cookie) = HeaderValue::from_str(&format!(
         "{}={token}; Path=/; Max-Age=3600; HttpOnly; Secure; SameSite=Strict",
         csrf_cookie(name)
@@ -155,12 +167,13 @@ unless you know and trust the person who sent you this link.</p>\
 }
 
 async fn continue_(req: Request<Incoming>, name: &str, host: &str) -> Response<Body> {
-    let refuse = |why: &str| {
-        let mut page = pages::bad_request(why).render(&HeaderMap::new());
-        *page.status_mut() = StatusCode::FORBIDDEN;
-        page
-    };
     let (parts, body) = req.into_parts();
+    let refuse = |why: &str| {
+        Page::new(StatusCode::FORBIDDEN, "Not continued")
+            .text(why.to_string())
+            .text("Go back to the tunnel's address and load the warning page again.")
+            .render(&parts.headers)
+    };
     let origin_ok = parts.headers.get(header::ORIGIN).is_none_or(|o| {
         o.to_str()
             .is_ok_and(|o| o.eq_ignore_ascii_case(&format!("https://{host}")))
@@ -187,16 +200,11 @@ async fn continue_(req: Request<Incoming>, name: &str, host: &str) -> Response<B
     }
     let expected = cookie(&parts.headers, &csrf_cookie(name)).unwrap_or("");
     if token.is_empty() || !bool::from(token.as_bytes().ct_eq(expected.as_bytes())) {
-        return refuse("The warning page expired or was not shown by this tunnel. Reload the page and try again.");
+        return refuse("The warning page expired or was not shown by this tunnel.");
     }
 
-    let mut response = Response::new(pages::full(""));
-    *response.status_mut() = StatusCode::SEE_OTHER;
+    let mut response = see_other(safe_path(&next));
     let headers = response.headers_mut();
-    pages::set_page_headers(headers);
-    if let Ok(location) = HeaderValue::from_str(safe_path(&next)) {
-        headers.insert(header::LOCATION, location);
-    }
     for cookie in [
         format!(
             "{}=1; Path=/; Max-Age={WARNED_MAX_AGE}; HttpOnly; Secure; SameSite=Lax",
@@ -214,11 +222,40 @@ async fn continue_(req: Request<Incoming>, name: &str, host: &str) -> Response<B
     response
 }
 
-/// `next` if it is a path on this host, else `/`.
+/// 303 to `location` (a path on this host), with the page headers.
+fn see_other(location: &str) -> Response<Body> {
+    let mut response = Response::new(pages::full(""));
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    let headers = response.headers_mut();
+    pages::set_page_headers(headers);
+    if let Ok(location) = HeaderValue::from_str(location) {
+        headers.insert(header::LOCATION, location);
+    }
+    response
+}
+
+/// Appends the page's `#fragment` (which browsers never send) to the form's
+/// `next`, so Continue lands exactly where the link pointed.
+const KEEP_FRAGMENT: &str = "document.getElementById('next').value += location.hash;";
+
+/// The CSP source allowing exactly [`KEEP_FRAGMENT`].
+fn keep_fragment_hash() -> String {
+    use base64::Engine;
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(KEEP_FRAGMENT.as_bytes());
+    format!(
+        "sha256-{}",
+        base64::engine::general_purpose::STANDARD.encode(digest)
+    )
+}
+
+/// `next` if it is a path on this host (other than the Continue endpoint
+/// itself), else `/`.
 fn safe_path(next: &str) -> &str {
     let on_this_host = next.starts_with('/')
         && !next.starts_with("//")
         && !next.starts_with("/\\")
+        && !next.starts_with(CONTINUE_PATH)
         && !next.chars().any(|c| c.is_control());
     if on_this_host {
         next
@@ -250,6 +287,8 @@ mod tests {
         assert_eq!(safe_path("/\\evil.example"), "/");
         assert_eq!(safe_path("https://evil.example/"), "/");
         assert_eq!(safe_path("/a\r\nSet-Cookie: x"), "/");
+        assert_eq!(safe_path("/__burrow/continue"), "/");
+        assert_eq!(safe_path("/a#frag"), "/a#frag");
     }
 
     #[test]
