@@ -25,10 +25,6 @@ impl Shutdown {
         self.token.cancelled().await
     }
 
-    pub fn is_requested(&self) -> bool {
-        self.token.is_cancelled()
-    }
-
     /// Begins shutdown: accept loops stop, connections are asked to finish.
     pub fn trigger(&self) {
         self.token.cancel();
