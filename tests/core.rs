@@ -537,6 +537,40 @@ async fn local_app_down_gives_502() {
     );
 }
 
+/// A client that stops answering (SIGSTOP) never confirms the channel
+/// open: after 10 s the visitor gets 504, not a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unanswered_channel_open_gives_504() {
+    let burrow = Burrow::start(&[]).await;
+    let origin = Origin::start("a").await;
+    let fwd = format!("80:127.0.0.1:{}", origin.port);
+    let ssh = Ssh::spawn(&burrow, &["-R", &fwd]);
+    let url = ssh.url().await;
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &ssh.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    let started = Instant::now();
+    let resp = burrow
+        .https_client_no_timeout()
+        .get(burrow.https_url(&url.host(), "/hello"))
+        .send()
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    signal("-CONT");
+    let resp = expect_status(resp, 504, "").await;
+    assert!(
+        waited >= Duration::from_secs(9) && waited < Duration::from_secs(20),
+        "504 should come after the 10 s channel-open timeout, came after {waited:?}"
+    );
+    assert_eq!(header(&resp, "x-content-type-options"), Some("nosniff"));
+}
+
 // ---------------------------------------------------------------------------
 // Tunnel lifecycle and stats
 // ---------------------------------------------------------------------------
