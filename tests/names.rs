@@ -1333,7 +1333,16 @@ async fn autossh_restart_keeps_the_same_url() {
         .status()
         .is_err()
     {
-        panic!("autossh is not installed (apt-get install autossh; .ci/run does this)");
+        // Never skipped silently: CI installs autossh; elsewhere, skipping
+        // takes an explicit opt-out.
+        if std::env::var_os("BURROW_SKIP_AUTOSSH_TESTS").is_some_and(|v| v == "1") {
+            eprintln!("SKIPPED autossh_restart_keeps_the_same_url: BURROW_SKIP_AUTOSSH_TESTS=1");
+            return;
+        }
+        panic!(
+            "autossh is not installed (apt-get install autossh; .ci/run does this), \
+             or set BURROW_SKIP_AUTOSSH_TESTS=1 to skip this test"
+        );
     }
     let dir = TempDir::new("burrow-names-autossh");
     let burrow = start(&dir.path().join("state"), &[]).await;
