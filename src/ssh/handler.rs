@@ -307,6 +307,99 @@ impl ClientHandler {
         Ok(())
     }
 
+    /// Checks and claims one HTTP forward bound to `address`:`requested`.
+    /// `Ok` carries the forward and an optional note for the user; `Err` is
+    /// the line saying why not.
+    fn open_forward(
+        &mut self,
+        address: &str,
+        requested: u32,
+        session: &Session,
+    ) -> Result<(Forward, Option<String>), String> {
+        let (conn, ip) = (self.conn.id, self.peer.ip());
+        let refused = |reason: &str| {
+            tracing::info!(conn, %ip, address, port = requested, reason, "forward refused");
+        };
+        if !HTTP_PORTS.contains(&requested) {
+            refused("unsupported port");
+            return Err(banner::unsupported_port(requested, &self.app.config.domain));
+        }
+        let port = match requested {
+            0 => self.allocate_port(address),
+            port => port,
+        };
+        if self
+            .forwards
+            .iter()
+            .any(|f| f.address == address && f.port == port)
+        {
+            refused("duplicate forward");
+            return Err(banner::duplicate_forward(address, port));
+        }
+        if let Err(refusal) = self.check_tunnel_limits() {
+            self.app
+                .stats
+                .total_rate_limited
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if self.app.refusal_log.first(self.peer.ip(), refusal.limit) {
+                tracing::warn!(conn = self.conn.id, ip = %self.peer.ip(), limit = refusal.limit, reason = %refusal.message, "forward refused");
+            }
+            return Err(banner::limit_error(&refusal));
+        }
+        let (reservation, note, granted) = self
+            .choose_name(address)
+            .inspect_err(|_| refused("name refused"))?;
+        let subdomain = reservation.name().to_string();
+        let tunnel = Tunnel::new(
+            subdomain.clone(),
+            Arc::clone(&self.conn),
+            (address.to_string(), port),
+            session.handle(),
+            TunnelGate::new(&self.app.config.limits),
+            self.key.as_ref().map(|k| k.fingerprint.clone()),
+            granted,
+        );
+        let claimed = self.app.registry.claim(tunnel);
+        drop(reservation);
+        match claimed {
+            Ok(claimed) => {
+                if let Some(old) = claimed.replaced {
+                    self.app.take_over(&old);
+                }
+            }
+            Err(ClaimError::Taken) => {
+                refused("name in use");
+                return Err(banner::name_in_use(&subdomain));
+            }
+        }
+        tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), subdomain = %subdomain, port = requested, fingerprint = self.key.as_ref().map(|k| k.fingerprint.as_str()), "tunnel opened");
+        let forward = Forward {
+            address: address.to_string(),
+            requested,
+            port,
+            subdomain,
+        };
+        Ok((forward, note))
+    }
+
+    /// Records a granted forward and shows it if the banner is already up.
+    fn add_forward(&mut self, forward: Forward, session: &mut Session) {
+        if self.banner_shown {
+            if self.json_output() {
+                if let Some(channel) = self.session {
+                    let _ = session.data(channel, self.tunnel_event(&forward).into_bytes());
+                }
+            } else {
+                let text = self.tunnel_line(&forward);
+                self.say(session, text);
+            }
+        }
+        if self.forwards.is_empty() {
+            self.watch_settling();
+        }
+        self.forwards.push(forward);
+    }
+
     /// Ends the session with `status` (the client exits with it), closing
     /// the connection's tunnels.
     fn end_session(
@@ -518,97 +611,20 @@ impl Handler for ClientHandler {
         port: &mut u32,
         session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        let requested = *port;
-        if !HTTP_PORTS.contains(&requested) {
-            tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), port = requested, reason = "unsupported port", "forward refused");
-            let text = banner::unsupported_port(requested, &self.app.config.domain);
-            self.say(session, text);
-            return Ok(false);
-        }
-        let allocated = if requested == 0 {
-            self.allocate_port(address)
-        } else {
-            requested
-        };
-        if self
-            .forwards
-            .iter()
-            .any(|f| f.address == address && f.port == allocated)
-        {
-            tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), port = requested, reason = "duplicate forward", "forward refused");
-            self.say(session, banner::duplicate_forward(address, allocated));
-            return Ok(false);
-        }
-        if let Err(refusal) = self.check_tunnel_limits() {
-            self.app
-                .stats
-                .total_rate_limited
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            if self.app.refusal_log.first(self.peer.ip(), refusal.limit) {
-                tracing::warn!(conn = self.conn.id, ip = %self.peer.ip(), limit = refusal.limit, reason = %refusal.message, "forward refused");
-            }
-            self.say(session, banner::limit_error(&refusal));
-            return Ok(false);
-        }
-
-        let (reservation, note, granted) = match self.choose_name(address) {
-            Ok(chosen) => chosen,
-            Err(line) => {
-                tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), address, reason = "name refused", "forward refused");
-                self.say(session, line);
-                return Ok(false);
-            }
-        };
-        let subdomain = reservation.name().to_string();
-        let tunnel = Tunnel::new(
-            subdomain.clone(),
-            Arc::clone(&self.conn),
-            (address.to_string(), allocated),
-            session.handle(),
-            TunnelGate::new(&self.app.config.limits),
-            self.key.as_ref().map(|k| k.fingerprint.clone()),
-            granted,
-        );
-        let claimed = self.app.registry.claim(tunnel);
-        drop(reservation);
-        let replaced = match claimed {
-            Ok(claimed) => claimed.replaced,
-            Err(ClaimError::Taken) => {
-                tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), subdomain = %subdomain, reason = "name in use", "forward refused");
-                self.say(session, banner::name_in_use(&subdomain));
-                return Ok(false);
-            }
-        };
-        if let Some(old) = replaced {
-            self.app.take_over(&old);
-        }
-        if let Some(note) = note {
-            self.say(session, note);
-        }
-        *port = allocated;
-        tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), subdomain = %subdomain, port = requested, fingerprint = self.key.as_ref().map(|k| k.fingerprint.as_str()), "tunnel opened");
-
-        let forward = Forward {
-            address: address.to_string(),
-            requested,
-            port: allocated,
-            subdomain,
-        };
-        if self.banner_shown {
-            if self.json_output() {
-                if let Some(channel) = self.session {
-                    let _ = session.data(channel, self.tunnel_event(&forward).into_bytes());
+        match self.open_forward(address, *port, session) {
+            Ok((forward, note)) => {
+                *port = forward.port;
+                if let Some(note) = note {
+                    self.say(session, note);
                 }
-            } else {
-                let text = self.tunnel_line(&forward);
-                self.say(session, text);
+                self.add_forward(forward, session);
+                Ok(true)
+            }
+            Err(line) => {
+                self.say(session, line);
+                Ok(false)
             }
         }
-        if self.forwards.is_empty() {
-            self.watch_settling();
-        }
-        self.forwards.push(forward);
-        Ok(true)
     }
 
     async fn cancel_tcpip_forward(
