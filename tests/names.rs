@@ -679,10 +679,8 @@ async fn keyless_clients_get_random_names() {
     );
     let ua = a.url_from_stderr().await;
     assert!(is_generated_name(&ua.name), "{ua:?}");
-    // Two lines name it: the authentication banner (sent before the
-    // server knows there is no key) and the keyboard-interactive
-    // instructions, which say what kind of name it is.
-    let login_line = format!("burrow: {}  (random: ", ua.url);
+    // The authentication banner names it (once), saying it is random.
+    let login_line = format!("burrow: your URL is {} (random)", ua.url);
     let stderr = a.err.text();
     assert!(
         stderr.lines().any(|l| l.starts_with(&login_line)),

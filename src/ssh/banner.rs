@@ -102,20 +102,6 @@ pub fn auth_banner(url: &str) -> String {
     )
 }
 
-/// Shown during authentication (as keyboard-interactive instructions,
-/// which OpenSSH prints on stderr even with `-N`, where no session channel
-/// will ever carry the real banner).
-pub fn auth_url(url: &str, kind: NameKind, domain: &str) -> String {
-    let how = match kind {
-        NameKind::Stable => "stable: derived from your SSH key".to_string(),
-        NameKind::Random => "random: connect with an SSH key for a stable URL".to_string(),
-        NameKind::Throwaway => {
-            format!("throwaway, as asked; without random@ your key gives a stable URL on {domain}")
-        }
-    };
-    format!("burrow: {url}  ({how}; with several -R, this is the first)")
-}
-
 /// Which kind of name the banner's URLs are, and how to get the other.
 /// `throwaway_command` is how to connect for a random name.
 pub fn name_kind(kind: NameKind, fingerprint: Option<&str>, throwaway_command: &str) -> String {

@@ -214,28 +214,6 @@ impl ClientHandler {
         subdomain::stable_name(&self.app.state.name_secret, &blob)
     }
 
-    /// Announces the first forward's name so the URL can be shown while
-    /// authentication is still running.
-    fn announce_first_name(&mut self) -> String {
-        if self.first_name.is_none() {
-            let reservation = match &self.key {
-                Some(key) => {
-                    let name = self.stable_name(key, 0);
-                    self.app.registry.announce(&name)
-                }
-                None => self.app.registry.reserve_random(),
-            };
-            self.first_name = Some(reservation);
-        }
-        let name = self
-            .first_name
-            .as_ref()
-            .expect("just set")
-            .name()
-            .to_string();
-        self.app.url(&name)
-    }
-
     /// Picks the name for a new HTTP forward bound to `address`: the
     /// requested name if this key may have it, else the stable or random
     /// default. `Err` is the line to show the user. The second value is a
@@ -496,9 +474,9 @@ impl Handler for ClientHandler {
         if self.keys_only() {
             return Ok(Some(banner::keys_only()));
         }
-        // Sent before the user name or key is known: the only text a
-        // `random@ -N` client (accepted at `none`) ever sees. A key, when
-        // one is shown, replaces this name with the key's stable one.
+        // Sent before any user name or key is known, and printed by OpenSSH
+        // on stderr even with -N: the random URL this connection gets unless
+        // it shows a key (a verified key replaces it with its stable name).
         let reservation = self.app.registry.reserve_random();
         let text = banner::auth_banner(&self.app.url(reservation.name()));
         self.first_name = Some(reservation);
@@ -506,17 +484,16 @@ impl Handler for ClientHandler {
     }
 
     // Authentication is arranged so that keys are seen when a client has
-    // them, and keyless clients are shown their URL before login completes
-    // (as keyboard-interactive instructions, which OpenSSH prints on stderr
-    // even with -N):
+    // them:
     //   none → refused, offering publickey and keyboard-interactive
     //          (accepted at once for `random@`, a throwaway name);
     //   publickey (verified) → accepted: a stable name;
-    //   keyboard-interactive → the URL, zero prompts → accepted.
-    // Keyed clients are accepted without the keyboard-interactive step
-    // because OpenSSH's BatchMode disables it, and scripts that want stable
-    // names are exactly the ones that set BatchMode. For the same reason
-    // `random@` is accepted at `none`: keyless BatchMode clients need it.
+    //   keyboard-interactive (keyless clients) → accepted, no prompt: the
+    //          random name from the banner.
+    // OpenSSH's BatchMode disables keyboard-interactive, so keyless
+    // BatchMode clients use `random@`; keyed clients are accepted straight
+    // from publickey, never routed through keyboard-interactive, so that
+    // BatchMode scripts (the ones that want stable names) keep working.
     async fn auth_none(&mut self, user: &str) -> Result<Auth, Self::Error> {
         if self.refused {
             return Ok(Auth::reject());
@@ -587,16 +564,10 @@ impl Handler for ClientHandler {
         if self.refused || (self.keys_only() && self.key.is_none()) {
             return Ok(Auth::reject());
         }
-        if response.is_some() {
-            return Ok(Auth::Accept);
-        }
-        let url = self.announce_first_name();
-        let text = banner::auth_url(&url, self.name_kind(), &self.app.config.domain);
-        Ok(Auth::Partial {
-            name: "".into(),
-            instructions: text.into(),
-            prompts: Vec::new().into(),
-        })
+        // No prompt at all: this step only exists because OpenSSH offers
+        // nothing else without a key. The URL was in the banner already.
+        let _ = response;
+        Ok(Auth::Accept)
     }
 
     async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
