@@ -184,12 +184,14 @@ async fn bind(flag: &str, addr: SocketAddr) -> Result<TcpListener> {
 
 /// Runs the server until `signal` resolves, then shuts down gracefully.
 pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()> {
-    let host_key = ssh::load_or_create_host_key(&config.host_key)?;
-    let state = state::State::open(&config.state_dir)?;
+    // Everything that only reads comes first, then the listeners, and only
+    // then what writes files: a bad flag never leaves a key or secret behind.
+    let tls = tls::server_config(&config)?;
     let keys = keys::Keys::load(config.keys_file.as_deref())?;
     let hangup = keys::hangup_signal()?;
-    let tls = tls::server_config(&config)?;
     let listeners = Listeners::bind(&config).await?;
+    let host_key = ssh::load_or_create_host_key(&config.host_key)?;
+    let state = state::State::open(&config.state_dir)?;
     let local = |l: &TcpListener| l.local_addr().expect("bound socket has an address");
     let (ssh_addr, http_addr, https_addr, stats_addr) = (
         local(&listeners.ssh),
@@ -262,8 +264,13 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
 /// Writes a secret file atomically with mode 0600: a temporary file next to
 /// it, flushed to disk, then renamed over the target.
 pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    // A name of its own, so two writers never rename each other's file away.
     let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
+    tmp.push(format!(
+        ".{}.{:08x}.tmp",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
     let tmp = std::path::PathBuf::from(tmp);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create(true).truncate(true);

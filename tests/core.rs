@@ -824,6 +824,15 @@ async fn assert_cli_error(args: &[&str], must_mention: Option<&str>) {
         !run.stdout.contains("burrow ready:"),
         "burrow {args:?} must not report ready"
     );
+    // Flags are checked before anything is written: no host key left over.
+    if let Some(i) = args.iter().position(|a| *a == "--host-key") {
+        let host_key = std::path::Path::new(args[i + 1]);
+        assert!(
+            !host_key.exists(),
+            "burrow {args:?} failed but still wrote {}",
+            host_key.display()
+        );
+    }
 }
 
 fn base_args(dir: &std::path::Path) -> Vec<String> {

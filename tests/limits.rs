@@ -1406,17 +1406,24 @@ async fn max_body_size_requests_and_responses() {
         (burrow.https_client_h1(), "HTTP/1.1"),
         (burrow.https_client_h2(), "HTTP/2"),
     ] {
-        let resp = client
+        // The cap can be hit before or after hyper has flushed the response
+        // head: before, the visitor's stream is reset (no response at all);
+        // after, the body is cut short. Either way it never ends cleanly.
+        match client
             .get(burrow.https_url(&host, "/chunked?n=50000"))
             .send()
             .await
-            .unwrap();
-        let resp = expect_status(resp, 200, &format!("{proto}: chunked response")).await;
-        let (n, clean) = drain_body(resp).await;
-        assert!(
-            !clean && n <= 10_000,
-            "{proto}: a chunked response over the cap must be cut (got {n} bytes, clean end: {clean})"
-        );
+        {
+            Err(err) => eprintln!("{proto}: chunked response over the cap reset early: {err}"),
+            Ok(resp) => {
+                let resp = expect_status(resp, 200, &format!("{proto}: chunked response")).await;
+                let (n, clean) = drain_body(resp).await;
+                assert!(
+                    !clean && n <= 10_000,
+                    "{proto}: a chunked response over the cap must be cut (got {n} bytes, clean end: {clean})"
+                );
+            }
+        }
         let resp = client
             .get(burrow.https_url(&host, "/chunked?n=8000"))
             .send()

@@ -715,8 +715,12 @@ pub struct FailedRun {
 /// Runs burrow with exactly `args` (no defaults added) and waits for it to
 /// exit by itself within 10 s. Panics if it is still running then.
 pub async fn run_burrow_expect_exit(args: &[&str]) -> FailedRun {
+    // Its own empty working directory, so the default --state-dir can never
+    // be shared with another test run.
+    let cwd = TempDir::new("burrow-cli-cwd");
     let mut child = Command::new(burrow_bin())
         .args(args)
+        .current_dir(cwd.path())
         .env_clear()
         .envs(passthrough_env())
         .env("RUST_BACKTRACE", "1")
