@@ -309,12 +309,7 @@ async fn duplicate_forward_on_one_connection_refused() {
     let s = burrow.stats_with_subdomains().await;
     assert_eq!(s["active_tunnels"].as_u64(), Some(1), "{s}");
     assert_eq!(subdomains(&s), vec![url.name.clone()]);
-    let resp = burrow
-        .https_client()
-        .get(burrow.https_url(&url.host(), "/whoami"))
-        .send()
-        .await
-        .unwrap();
+    let resp = burrow.get(&url.host(), "/whoami").await;
     let resp = expect_status(resp, 200, "").await;
     assert_eq!(resp.text().await.unwrap(), "origin-A", "first -R 80 wins");
 }
@@ -330,12 +325,7 @@ async fn remote_port_zero_is_allocated() {
         .wait_contains("Allocated port", URL_TIMEOUT)
         .await
         .expect("OpenSSH should print `Allocated port N` for -R 0");
-    let resp = burrow
-        .https_client()
-        .get(burrow.https_url(&url.host(), "/hello"))
-        .send()
-        .await
-        .unwrap();
+    let resp = burrow.get(&url.host(), "/hello").await;
     let resp = expect_status(resp, 200, "").await;
     assert_eq!(resp.text().await.unwrap(), HELLO);
 }
@@ -351,12 +341,7 @@ async fn dash_n_mode_url_on_stderr() {
     let url = ssh.url_from_stderr().await;
     // Requested at once: the server holds requests for an announced name
     // until its forward arrives, so this must not 404.
-    let resp = burrow
-        .https_client()
-        .get(burrow.https_url(&url.host(), "/hello"))
-        .send()
-        .await
-        .unwrap();
+    let resp = burrow.get(&url.host(), "/hello").await;
     let resp = expect_status(resp, 200, "").await;
     assert_eq!(resp.text().await.unwrap(), HELLO);
     let s = burrow.stats_with_subdomains().await;
@@ -381,12 +366,7 @@ async fn stdin_eof_keeps_tunnel() {
         "ssh exited after stdin EOF: {}",
         ssh.all_output()
     );
-    let resp = burrow
-        .https_client()
-        .get(burrow.https_url(&url.host(), "/hello"))
-        .send()
-        .await
-        .unwrap();
+    let resp = burrow.get(&url.host(), "/hello").await;
     expect_status(resp, 200, "tunnel must survive EOF on stdin").await;
     assert_eq!(burrow.stats().await["active_tunnels"].as_u64(), Some(1));
 }
@@ -518,12 +498,7 @@ async fn local_app_down_gives_502() {
     let ssh = Ssh::spawn(&burrow, &["-R", &fwd]);
     let url = ssh.url().await;
     let started = Instant::now();
-    let resp = burrow
-        .https_client()
-        .get(burrow.https_url(&url.host(), "/hello"))
-        .send()
-        .await
-        .unwrap();
+    let resp = burrow.get(&url.host(), "/hello").await;
     let resp = expect_status(resp, 502, "").await;
     assert!(
         started.elapsed() < Duration::from_secs(8),
@@ -632,12 +607,7 @@ async fn stats_reflect_tunnel_lifecycle() {
     assert_eq!(subdomains(&s1), vec![url.name.clone()]);
 
     let before = s1["total_requests"].as_u64().unwrap();
-    let resp = burrow
-        .https_client()
-        .get(burrow.https_url(&url.host(), "/hello"))
-        .send()
-        .await
-        .unwrap();
+    let resp = burrow.get(&url.host(), "/hello").await;
     let resp = expect_status(resp, 200, "").await;
     resp.text().await.unwrap();
     let s2 = burrow.stats().await;
@@ -689,12 +659,7 @@ async fn ctrl_c_stops_tunnel() {
     let s = burrow.stats_with_subdomains().await;
     assert_eq!(s["active_tunnels"].as_u64(), Some(0), "after Ctrl+C: {s}");
     assert_eq!(subdomains(&s), Vec::<String>::new());
-    let resp = burrow
-        .https_client()
-        .get(burrow.https_url(&url.host(), "/hello"))
-        .send()
-        .await
-        .unwrap();
+    let resp = burrow.get(&url.host(), "/hello").await;
     expect_status(resp, 404, "stopped tunnel must be gone").await;
 }
 
@@ -706,12 +671,7 @@ async fn killing_ssh_removes_tunnel() {
     burrow
         .wait_stat("active_tunnels", 0, Duration::from_secs(5))
         .await;
-    let resp = burrow
-        .https_client()
-        .get(burrow.https_url(&url.host(), "/hello"))
-        .send()
-        .await
-        .unwrap();
+    let resp = burrow.get(&url.host(), "/hello").await;
     expect_status(resp, 404, "tunnel of a killed ssh must be gone").await;
 }
 

@@ -285,12 +285,7 @@ async fn ssh_conn_rate_limit_disconnects_with_reason() {
         "--violations-before-block 0 never blocks: {s}"
     );
     // Connections admitted before the limit are untouched.
-    let resp = burrow
-        .https_client()
-        .get(burrow.https_url(&url.host(), "/hello"))
-        .send()
-        .await
-        .unwrap();
+    let resp = burrow.get(&url.host(), "/hello").await;
     let resp = expect_status(resp, 200, "tunnel of an earlier connection").await;
     assert_eq!(resp.text().await.unwrap(), HELLO);
 }
@@ -833,12 +828,7 @@ async fn tunnel_idle_timeout_closes_unused_tunnel() {
     expect_exit(&mut ssh, "connection without tunnels").await;
     let s = burrow.stats().await;
     assert_eq!(s["active_tunnels"].as_u64(), Some(0), "{s}");
-    let resp = burrow
-        .https_client()
-        .get(burrow.https_url(&url.host(), "/hello"))
-        .send()
-        .await
-        .unwrap();
+    let resp = burrow.get(&url.host(), "/hello").await;
     expect_status(resp, 404, "expired tunnel").await;
 }
 
@@ -954,12 +944,7 @@ async fn tunnel_max_lifetime_notice_then_close() {
     expect_exit(&mut ssh, "connection after its only tunnel expired").await;
     let s = burrow.stats().await;
     assert_eq!(s["active_tunnels"].as_u64(), Some(0), "{s}");
-    let resp = burrow
-        .https_client()
-        .get(burrow.https_url(&url.host(), "/hello"))
-        .send()
-        .await
-        .unwrap();
+    let resp = burrow.get(&url.host(), "/hello").await;
     expect_status(resp, 404, "tunnel past its lifetime").await;
     let drip = tokio::time::timeout(Duration::from_secs(15), drip)
         .await

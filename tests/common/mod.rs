@@ -545,6 +545,15 @@ impl Burrow {
 
     /// Like [`Burrow::https_client`] but without a total request timeout
     /// (for long downloads; bound those with `tokio::time::timeout`).
+    /// `GET https://HOST:PORT{path}` with [`Burrow::https_client`].
+    pub async fn get(&self, host: &str, path: &str) -> reqwest::Response {
+        self.https_client()
+            .get(self.https_url(host, path))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET https://{host}{path}: {e}"))
+    }
+
     pub fn https_client_no_timeout(&self) -> reqwest::Client {
         reqwest::Client::builder()
             .no_proxy()
