@@ -395,6 +395,10 @@ impl Registry {
     /// The live tunnel `subdomain`; if the name is only reserved so far,
     /// waits up to [`RESERVED_WAIT`] for it to go live.
     pub async fn get_or_wait(&self, subdomain: &str) -> Option<Arc<Tunnel>> {
+        // The usual case, without setting up a wait.
+        if let Some(tunnel) = self.get(subdomain) {
+            return Some(tunnel);
+        }
         let deadline = tokio::time::Instant::now() + RESERVED_WAIT;
         loop {
             let inserted = self.inserted.notified();

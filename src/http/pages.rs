@@ -100,6 +100,16 @@ box-shadow:0 1px 4px #0002}h1{font-size:1.4rem;margin-top:0}\
 pre{background:#1d2330;color:#e8eaf0;padding:.75rem 1rem;border-radius:6px;overflow-x:auto}\
 footer{margin-top:2rem;color:#8a90a0;font-size:.85rem}";
 
+/// The request headers [`Page::render`] looks at, copied out of a request
+/// that is about to be consumed.
+pub fn negotiation_headers(request_headers: &HeaderMap) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(accept) = request_headers.get(ACCEPT) {
+        headers.insert(ACCEPT, accept.clone());
+    }
+    headers
+}
+
 /// Headers every generated page carries.
 pub fn set_page_headers(headers: &mut HeaderMap) {
     headers.insert(

@@ -185,7 +185,8 @@ async fn proxy(
         .total_requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let in_flight = OwnedGauge::new(app, |s| &s.active_requests);
-    let visitor_headers = req.headers().clone();
+    // Error pages only look at Accept: keep that, not a copy of every header.
+    let visitor_headers = pages::negotiation_headers(req.headers());
     let limits = &app.config.limits;
     let activity = Arc::new(Activity::default());
     let too_large = Arc::new(AtomicBool::new(false));
