@@ -1424,24 +1424,11 @@ async fn autossh_restart_keeps_the_same_url() {
 // Keys file
 // ---------------------------------------------------------------------------
 
-/// Runs burrow with `args` expecting it to exit by itself within 10 s.
+/// Runs burrow with `args` expecting it to exit by itself (the harness's
+/// runner: bounded wait, its own working directory); status and output.
 async fn run_to_exit(args: &[&str]) -> (ExitStatus, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_burrow"));
-    cmd.args(args).env_clear();
-    for k in ["PATH", "HOME", "TMPDIR"] {
-        if let Ok(v) = std::env::var(k) {
-            cmd.env(k, v);
-        }
-    }
-    cmd.stdin(Stdio::null());
-    let mut c = Client::spawn(cmd, "burrow");
-    let st = match c.wait_exit(EXIT_WAIT).await {
-        Some(st) => st,
-        None => panic!("burrow {args:?} kept running\n{}", c.output()),
-    };
-    // Let the readers reach EOF.
-    let _ = c.err.wait_for(Duration::from_secs(2), |_| None::<()>).await;
-    (st, c.err.text() + &c.out.text())
+    let run = run_burrow_expect_exit(args).await;
+    (run.status, run.stderr + &run.stdout)
 }
 
 /// The format: comments, blank lines, quoted values, bare items continuing
