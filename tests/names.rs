@@ -18,7 +18,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
@@ -37,64 +37,9 @@ const RELOAD_WAIT: Duration = Duration::from_secs(8);
 // Output capture
 // ---------------------------------------------------------------------------
 
-/// Text a child process wrote on one stream, filled by a reader thread.
-#[derive(Clone, Default)]
-struct Buf(Arc<Mutex<(String, bool)>>);
-
-impl Buf {
-    fn text(&self) -> String {
-        self.0.lock().unwrap().0.clone()
-    }
-
-    /// Polls until `f` returns `Some` on the text (bounded by `timeout`).
-    /// `Err` carries the text seen so far; a closed stream ends the wait.
-    async fn wait_for<T>(
-        &self,
-        timeout: Duration,
-        mut f: impl FnMut(&str) -> Option<T>,
-    ) -> Result<T, String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let (text, closed) = {
-                let g = self.0.lock().unwrap();
-                (g.0.clone(), g.1)
-            };
-            if let Some(v) = f(&text) {
-                return Ok(v);
-            }
-            if closed {
-                return Err(format!("<stream closed> {text}"));
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("<timeout after {timeout:?}> {text}"));
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-}
-
-/// Copies `r` into `buf` line by line, echoing to the test's stderr.
-fn pump(r: impl Read + Send + 'static, buf: Buf, prefix: String) {
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(r);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match r.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    let text = String::from_utf8_lossy(&line).into_owned();
-                    eprint!("{prefix}{text}");
-                    if !text.ends_with('\n') {
-                        eprintln!();
-                    }
-                    buf.0.lock().unwrap().0.push_str(&text);
-                }
-            }
-        }
-        buf.0.lock().unwrap().1 = true;
-    });
-}
+/// Text a child process wrote on one stream: the harness's buffer, filled
+/// by its reader thread.
+type Buf = OutputBuf;
 
 // ---------------------------------------------------------------------------
 // Keys and ssh clients
@@ -208,15 +153,15 @@ impl Client {
             .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
         let out = Buf::default();
         let err = Buf::default();
-        pump(
+        spawn_reader(
             child.stdout.take().unwrap(),
             out.clone(),
-            format!("[{tag} stdout] "),
+            Some(format!("[{tag} stdout] ")),
         );
-        pump(
+        spawn_reader(
             child.stderr.take().unwrap(),
             err.clone(),
-            format!("[{tag} stderr] "),
+            Some(format!("[{tag} stderr] ")),
         );
         let stdin = child.stdin.take();
         Client {

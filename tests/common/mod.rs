@@ -325,7 +325,7 @@ impl OutputBuf {
 
 /// Spawns a thread copying `r` into `buf`; if `echo_prefix` is set every
 /// line is also echoed to this test's stderr.
-fn spawn_reader(r: impl Read + Send + 'static, buf: OutputBuf, echo_prefix: Option<String>) {
+pub fn spawn_reader(r: impl Read + Send + 'static, buf: OutputBuf, echo_prefix: Option<String>) {
     std::thread::spawn(move || {
         let mut r = BufReader::new(r);
         let mut line = Vec::new();
