@@ -212,21 +212,6 @@ async fn forwarded_headers_replaced() {
 }
 
 /// Next data message (pings/pongs skipped), bounded.
-async fn ws_next<S>(ws: &mut S) -> Message
-where
-    S: futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-{
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("websocket echo timed out")
-            .expect("websocket closed early")
-            .expect("websocket error");
-        if !matches!(m, Message::Ping(_) | Message::Pong(_)) {
-            return m;
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echo_over_tls() {
@@ -795,31 +780,11 @@ async fn assert_cli_error(args: &[&str], must_mention: Option<&str>) {
     }
 }
 
-fn base_args(dir: &std::path::Path) -> Vec<String> {
-    [
-        "--domain",
-        "localhost",
-        "--ssh-addr",
-        "127.0.0.1:0",
-        "--http-addr",
-        "127.0.0.1:0",
-        "--https-addr",
-        "127.0.0.1:0",
-        "--stats-addr",
-        "127.0.0.1:0",
-        "--host-key",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([dir.join("host_key").display().to_string()])
-    .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_tls_cert_without_key_fails() {
     let dir = TempDir::new("burrow-cli");
     let (cert, _key) = TestCert::generate().write_to(dir.path());
-    let mut args = base_args(dir.path());
+    let mut args = cli_base_args(dir.path());
     args.extend(["--tls-cert".to_string(), cert.display().to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     assert_cli_error(&args, Some("--tls-key")).await;
@@ -830,7 +795,7 @@ async fn cli_missing_cert_file_fails() {
     let dir = TempDir::new("burrow-cli");
     let (_cert, key) = TestCert::generate().write_to(dir.path());
     let missing = dir.path().join("no-such-cert.pem");
-    let mut args = base_args(dir.path());
+    let mut args = cli_base_args(dir.path());
     args.extend([
         "--tls-cert".to_string(),
         missing.display().to_string(),
@@ -846,7 +811,7 @@ async fn cli_ssh_addr_in_use_fails() {
     let dir = TempDir::new("burrow-cli");
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let mut args = base_args(dir.path());
+    let mut args = cli_base_args(dir.path());
     let i = args.iter().position(|a| a == "--ssh-addr").unwrap();
     args[i + 1] = addr;
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
@@ -857,7 +822,7 @@ async fn cli_ssh_addr_in_use_fails() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_unparsable_addr_fails() {
     let dir = TempDir::new("burrow-cli");
-    let mut args = base_args(dir.path());
+    let mut args = cli_base_args(dir.path());
     let i = args.iter().position(|a| a == "--ssh-addr").unwrap();
     args[i + 1] = "nonsense".to_string();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();

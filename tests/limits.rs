@@ -196,18 +196,7 @@ where
         + Unpin,
 {
     ws.send(msg.clone()).await.expect("websocket send");
-    loop {
-        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
-            .await
-            .expect("websocket echo timed out")
-            .expect("websocket closed early")
-            .expect("websocket error");
-        if matches!(m, Message::Ping(_) | Message::Pong(_)) {
-            continue;
-        }
-        assert_eq!(m, msg, "websocket echo");
-        return;
-    }
+    assert_eq!(ws_next(ws).await, msg, "websocket echo");
 }
 
 /// The 429 (or other) answer of a refused WebSocket handshake.

@@ -1322,7 +1322,10 @@ async fn autossh_restart_keeps_the_same_url() {
             .client
             .out
             .wait_for(Duration::from_secs(20), |t| {
-                (t.matches("Your tunnel is live").count() > round).then(|| t.to_string())
+                // The banner's URL line comes a little after its heading:
+                // wait for this round's banner to carry a URL.
+                let banner = t.split("Your tunnel is live").nth(round + 1)?;
+                (!urls_in(banner).is_empty()).then(|| t.to_string())
             })
             .await
             .unwrap_or_else(|seen| {
@@ -1431,27 +1434,17 @@ async fn keys_file_format_and_startup_errors() {
 
     // Malformed files: burrow refuses to start and names the line.
     let base = |keys: &Path, state: &Path| -> Vec<String> {
-        [
-            "--domain",
-            "localhost",
-            "--ssh-addr",
-            "127.0.0.1:0",
-            "--http-addr",
-            "127.0.0.1:0",
-            "--https-addr",
-            "127.0.0.1:0",
-            "--stats-addr",
-            "127.0.0.1:0",
-            "--host-key",
-            path_str(&dir.path().join("host_key")),
-            "--state-dir",
-            path_str(state),
-            "--keys-file",
-            path_str(keys),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect()
+        let mut args = cli_base_args(dir.path());
+        args.extend(
+            [
+                "--state-dir",
+                path_str(state),
+                "--keys-file",
+                path_str(keys),
+            ]
+            .map(str::to_string),
+        );
+        args
     };
     let state = dir.path().join("state2");
     for (i, (text, line)) in [

@@ -1514,3 +1514,52 @@ impl SshSpec<'_> {
         }
     }
 }
+
+/// The next data message of a WebSocket (pings and pongs skipped), within
+/// 10 s.
+pub async fn ws_next<S>(ws: &mut S) -> tokio_tungstenite::tungstenite::Message
+where
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    loop {
+        let m = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("websocket echo timed out")
+            .expect("websocket closed early")
+            .expect("websocket error");
+        if !matches!(
+            m,
+            tokio_tungstenite::tungstenite::Message::Ping(_)
+                | tokio_tungstenite::tungstenite::Message::Pong(_)
+        ) {
+            return m;
+        }
+    }
+}
+
+/// The flags every CLI test passes: all listeners on loopback port 0 and a
+/// host key in `dir` (which must not exist afterwards if burrow refused).
+pub fn cli_base_args(dir: &std::path::Path) -> Vec<String> {
+    [
+        "--domain",
+        "localhost",
+        "--ssh-addr",
+        "127.0.0.1:0",
+        "--http-addr",
+        "127.0.0.1:0",
+        "--https-addr",
+        "127.0.0.1:0",
+        "--stats-addr",
+        "127.0.0.1:0",
+        "--host-key",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([dir.join("host_key").display().to_string()])
+    .collect()
+}
