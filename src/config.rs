@@ -75,6 +75,11 @@ pub struct Config {
     #[arg(long, env = "KEYS_FILE")]
     pub keys_file: Option<PathBuf>,
 
+    /// `redirect`: plain HTTP answers 301 to HTTPS. `proxy`: tunnels are
+    /// served over plain HTTP as well (the apex still redirects).
+    #[arg(long, env = "HTTP_MODE", value_enum, default_value_t = HttpMode::Redirect)]
+    pub http_mode: HttpMode,
+
     /// `open`: anyone may connect (keys get stable names, no key gets a
     /// random one). `keys`: only keys listed in --keys-file may connect.
     #[arg(long, env = "AUTH_MODE", value_enum, default_value_t = AuthMode::Open)]
@@ -91,6 +96,16 @@ pub struct Config {
 
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+/// What the plain-HTTP listener does with requests for tunnels.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HttpMode {
+    /// 301 to the same URL on HTTPS.
+    Redirect,
+    /// Serve tunnels over plain HTTP too (behind a TLS-terminating load
+    /// balancer, or for benchmarks). The apex still redirects.
+    Proxy,
 }
 
 /// Who may connect.
@@ -227,6 +242,52 @@ pub struct LimitArgs {
     /// Do not show the browser warning page before a tunnel's first visit.
     #[arg(long, env = "NO_BROWSER_WARNING")]
     pub no_browser_warning: bool,
+
+    /// Bytes from the local app a slow visitor has not taken yet, held in
+    /// memory per stream before they spill to disk.
+    #[arg(long, env = "SPOOL_MEMORY_PER_STREAM", default_value = "2MiB", value_parser = parse_size)]
+    pub spool_memory_per_stream: u64,
+
+    /// Memory all streams together may hold for slow visitors; beyond it
+    /// streams spill to disk.
+    #[arg(long, env = "SPOOL_MEMORY_TOTAL", default_value = "256MiB", value_parser = parse_size)]
+    pub spool_memory_total: u64,
+
+    /// Bytes one stream may spill to disk; a stream that needs more is cut
+    /// (logged). 0 = never spill.
+    #[arg(long, env = "SPOOL_DISK_PER_STREAM", default_value = "1GiB", value_parser = parse_size)]
+    pub spool_disk_per_stream: u64,
+
+    /// Disk all streams together may spill to.
+    #[arg(long, env = "SPOOL_DISK_TOTAL", default_value = "4GiB", value_parser = parse_size)]
+    pub spool_disk_total: u64,
+
+    /// Directory for spill files (created unlinked: nothing is left behind).
+    /// Default: the system's temporary directory.
+    #[arg(long, env = "SPOOL_DIR")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// Idle keep-alive connections (each one SSH channel) kept per tunnel
+    /// for reuse by later requests. 0 = a new channel per request.
+    #[arg(long, env = "CHANNEL_POOL_SIZE", default_value_t = 64)]
+    pub channel_pool_size: usize,
+
+    /// An idle pooled connection is closed after this long; keep it below
+    /// the local app's keep-alive timeout.
+    #[arg(long, env = "CHANNEL_POOL_IDLE", default_value = "4s", value_parser = parse_duration)]
+    pub channel_pool_idle: Duration,
+}
+
+impl LimitArgs {
+    pub fn spool(&self) -> crate::spool::SpoolLimits {
+        crate::spool::SpoolLimits {
+            memory_per_stream: self.spool_memory_per_stream,
+            disk_per_stream: self.spool_disk_per_stream,
+            memory_total: self.spool_memory_total,
+            disk_total: self.spool_disk_total,
+            dir: self.spool_dir.clone().unwrap_or_else(std::env::temp_dir),
+        }
+    }
 }
 
 /// A refill rate for a token bucket: `per_second == 0.0` means unlimited.

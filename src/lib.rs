@@ -8,6 +8,7 @@
 //! [`run`] binds every listener first (so a bad flag fails before anything
 //! starts), then serves until the shutdown signal resolves.
 
+pub mod channel;
 pub mod config;
 pub mod forwarded;
 pub mod http;
@@ -15,6 +16,7 @@ pub mod keys;
 pub mod limits;
 pub mod registry;
 pub mod shutdown;
+pub mod spool;
 pub mod ssh;
 pub mod state;
 pub mod stats;
@@ -54,6 +56,8 @@ pub struct App {
     pub trusted: TrustedProxies,
     pub state: state::State,
     pub keys: keys::Keys,
+    /// Memory and disk held for slow readers, shared by every channel.
+    pub spool: Arc<spool::Budget>,
 }
 
 /// The ports users are told about (URLs, connect commands).
@@ -204,6 +208,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         ip_guard: Arc::new(IpGuard::new(&config.limits)),
         refusal_log: LogOnce::default(),
         trusted: TrustedProxies::new(&config.limits.trusted_proxies),
+        spool: spool::Budget::new(config.limits.spool()),
         state,
         keys,
         public: PublicPorts {
@@ -242,7 +247,9 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         tls,
         http::ConnLimits::from_app(&app),
         shutdown.clone(),
-        move |req, peer| http::proxy::handle(Arc::clone(&proxy_app), req, peer),
+        move |req, peer| {
+            http::proxy::handle(Arc::clone(&proxy_app), req, peer, http::Scheme::Https)
+        },
     ));
     shutdown.spawn(stats::serve(
         listeners.stats,

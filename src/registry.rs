@@ -55,6 +55,8 @@ pub struct Tunnel {
     pub client: Arc<Conn>,
     /// Visitor limits and activity of this tunnel.
     pub gate: Arc<TunnelGate>,
+    /// Keep-alive connections to the local app, for reuse.
+    pub pool: Arc<crate::http::pool::Pool>,
     /// Set once the "closing soon" notice went out.
     pub lifetime_warned: std::sync::atomic::AtomicBool,
     handle: Handle,
@@ -78,7 +80,7 @@ impl Tunnel {
         client: Arc<Conn>,
         (bind_address, bind_port): (String, u32),
         handle: Handle,
-        gate: TunnelGate,
+        limits: &crate::config::LimitArgs,
         owner: Option<String>,
         granted: bool,
     ) -> Tunnel {
@@ -92,7 +94,8 @@ impl Tunnel {
             bind_address,
             bind_port,
             created: Instant::now(),
-            gate: Arc::new(gate),
+            gate: Arc::new(TunnelGate::new(limits)),
+            pool: crate::http::pool::Pool::new(limits.channel_pool_size, limits.channel_pool_idle),
             lifetime_warned: Default::default(),
             handle,
         }

@@ -27,6 +27,10 @@ pub struct Stats {
     pub active_requests: AtomicU64,
     pub total_blocked: AtomicU64,
     pub total_rate_limited: AtomicU64,
+    /// `forwarded-tcpip` channels opened to local apps.
+    pub channels_opened: AtomicU64,
+    /// Requests sent over a pooled keep-alive connection instead.
+    pub channels_reused: AtomicU64,
 }
 
 /// Holds a gauge up for as long as it lives (a request, a WebSocket).
@@ -63,6 +67,12 @@ struct Snapshot {
     blocked_ips: u64,
     total_blocked: u64,
     total_rate_limited: u64,
+    channels_opened: u64,
+    channels_reused: u64,
+    idle_channels: u64,
+    spool_memory_bytes: u64,
+    spool_disk_bytes: u64,
+    streams_cut: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     subdomains: Option<Vec<String>>,
 }
@@ -80,6 +90,17 @@ fn snapshot(app: &App, with_subdomains: bool) -> Snapshot {
         blocked_ips: app.ip_guard.blocked_count() as u64,
         total_blocked: load(&s.total_blocked),
         total_rate_limited: load(&s.total_rate_limited),
+        channels_opened: load(&s.channels_opened),
+        channels_reused: load(&s.channels_reused),
+        idle_channels: app
+            .registry
+            .tunnels()
+            .iter()
+            .map(|t| t.pool.idle() as u64)
+            .sum(),
+        spool_memory_bytes: app.spool.memory_used(),
+        spool_disk_bytes: app.spool.disk_used(),
+        streams_cut: app.spool.streams_cut(),
         subdomains: with_subdomains.then(|| app.registry.names()),
     }
 }

@@ -3,7 +3,7 @@
 //! A browser's first navigation to a tunnel gets burrow's own page saying
 //! that this is a tunnel to someone's computer, with a Continue button.
 //! Continue posts to [`CONTINUE_PATH`], which sets
-//! `burrow_warned_<subdomain>=1` for that host (HttpOnly, Secure,
+//! `burrow_warned_<subdomain>=1` for that host (HttpOnly, Secure over HTTPS,
 //! SameSite=Lax, 24 h) and redirects back to the original path.
 //!
 //! The Continue form is protected by a double-submit token: the warning page
@@ -25,7 +25,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use subtle::ConstantTimeEq;
 
 use super::pages::{self, escape, Page};
-use super::Body;
+use super::{Body, Scheme};
 
 /// Where the Continue button posts. Unlikely to collide with an app route.
 pub const CONTINUE_PATH: &str = "/__burrow/continue";
@@ -33,6 +33,15 @@ const SKIP_HEADER: &str = "burrow-skip-warning";
 /// How long a Continue lasts.
 const WARNED_MAX_AGE: u64 = 24 * 3600;
 const FORM_LIMIT: usize = 8 * 1024;
+
+/// Cookies set over HTTPS are `Secure`; over plain HTTP (`--http-mode
+/// proxy`) a browser would refuse to store them.
+fn secure(scheme: Scheme) -> &'static str {
+    match scheme {
+        Scheme::Https => "; Secure",
+        Scheme::Http => "",
+    }
+}
 
 fn warned_cookie(name: &str) -> String {
     format!("burrow_warned_{name}")
@@ -95,10 +104,10 @@ pub enum Gate {
 }
 
 /// Applies the interstitial to a request for tunnel `name` at `host`.
-pub async fn gate(req: Request<Incoming>, name: &str, host: &str) -> Gate {
+pub async fn gate(req: Request<Incoming>, name: &str, host: &str, scheme: Scheme) -> Gate {
     if req.uri().path() == CONTINUE_PATH {
         return Gate::Answer(if req.method() == Method::POST {
-            continue_(req, name, host).await
+            continue_(req, name, host, scheme).await
         } else {
             // Someone typed or reloaded the form's address: start over.
             see_other("/")
@@ -108,10 +117,10 @@ pub async fn gate(req: Request<Incoming>, name: &str, host: &str) -> Gate {
     if warned || req.headers().contains_key(SKIP_HEADER) || !is_browser_navigation(&req) {
         return Gate::Pass(req);
     }
-    Gate::Answer(warning(&req, name, host))
+    Gate::Answer(warning(&req, name, host, scheme))
 }
 
-fn warning(req: &Request<Incoming>, name: &str, host: &str) -> Response<Body> {
+fn warning(req: &Request<Incoming>, name: &str, host: &str, scheme: Scheme) -> Response<Body> {
     // Reuse a token this browser already holds, so two warning tabs of the
     // same tunnel do not invalidate each other.
     let token = cookie(req.headers(), &csrf_cookie(name))
@@ -158,15 +167,21 @@ unless you know and trust the person who sent you this link.</p>\
         headers.insert(header::CONTENT_SECURITY_POLICY, policy);
     }
     if let Ok(cookie) = HeaderValue::from_str(&format!(
-        "{}={token}; Path=/; Max-Age=3600; HttpOnly; Secure; SameSite=Strict",
-        csrf_cookie(name)
+        "{}={token}; Path=/; Max-Age=3600; HttpOnly{}; SameSite=Strict",
+        csrf_cookie(name),
+        secure(scheme)
     )) {
         headers.append(header::SET_COOKIE, cookie);
     }
     response
 }
 
-async fn continue_(req: Request<Incoming>, name: &str, host: &str) -> Response<Body> {
+async fn continue_(
+    req: Request<Incoming>,
+    name: &str,
+    host: &str,
+    scheme: Scheme,
+) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let refuse = |why: &str| {
         Page::new(StatusCode::FORBIDDEN, "Not continued")
@@ -176,7 +191,7 @@ async fn continue_(req: Request<Incoming>, name: &str, host: &str) -> Response<B
     };
     let origin_ok = parts.headers.get(header::ORIGIN).is_none_or(|o| {
         o.to_str()
-            .is_ok_and(|o| o.eq_ignore_ascii_case(&format!("https://{host}")))
+            .is_ok_and(|o| o.eq_ignore_ascii_case(&format!("{}://{host}", scheme.as_str())))
     });
     let site_ok = parts
         .headers
@@ -207,12 +222,14 @@ async fn continue_(req: Request<Incoming>, name: &str, host: &str) -> Response<B
     let headers = response.headers_mut();
     for cookie in [
         format!(
-            "{}=1; Path=/; Max-Age={WARNED_MAX_AGE}; HttpOnly; Secure; SameSite=Lax",
-            warned_cookie(name)
+            "{}=1; Path=/; Max-Age={WARNED_MAX_AGE}; HttpOnly{}; SameSite=Lax",
+            warned_cookie(name),
+            secure(scheme)
         ),
         format!(
-            "{}=; Path=/; Max-Age=0; HttpOnly; Secure; SameSite=Strict",
-            csrf_cookie(name)
+            "{}=; Path=/; Max-Age=0; HttpOnly{}; SameSite=Strict",
+            csrf_cookie(name),
+            secure(scheme)
         ),
     ] {
         if let Ok(value) = HeaderValue::from_str(&cookie) {

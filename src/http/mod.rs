@@ -2,7 +2,8 @@
 //! redirector, the :443 proxy, the stats endpoint) and the body type they
 //! answer with.
 //!
-//! - [`redirect`]: plain HTTP → 301 to HTTPS.
+//! - [`redirect`]: plain HTTP → 301 to HTTPS (or, with `--http-mode proxy`,
+//!   tunnels served over plain HTTP by the same proxy).
 //! - [`proxy`]: HTTPS requests → the tunnel's SSH client → the local app.
 //! - [`pages`]: the small pages burrow answers with itself.
 
@@ -10,6 +11,7 @@ pub mod access;
 pub mod interstitial;
 pub mod metered;
 pub mod pages;
+pub mod pool;
 pub mod proxy;
 pub mod redirect;
 pub mod upgrade;
@@ -40,6 +42,23 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body every handler answers with: a generated page or a proxied stream.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The scheme a visitor used to reach us: shown to the app in
+/// `X-Forwarded-Proto`, and deciding whether burrow's cookies are `Secure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Http,
+    Https,
+}
+
+impl Scheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scheme::Http => "http",
+            Scheme::Https => "https",
+        }
+    }
+}
 
 /// Time a client gets to finish the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -21,7 +21,9 @@ use hyper_util::rt::TokioIo;
 use super::access::{self, Access};
 use super::interstitial::{self, Gate};
 use super::metered::MeteredBody;
-use super::{pages, upgrade, Body};
+use super::pool::Sender;
+use super::{pages, upgrade, Body, Scheme};
+use crate::channel::ChannelIo;
 use crate::limits::http::Slot;
 use crate::limits::{Activity, Refusal};
 use crate::registry::{OpenError, Tunnel};
@@ -55,6 +57,7 @@ pub async fn handle(
     app: Arc<App>,
     req: Request<Incoming>,
     peer: SocketAddr,
+    scheme: Scheme,
 ) -> Result<Response<Body>, Infallible> {
     let Some(host) = request_host(&req) else {
         return Ok(pages::bad_request("The request names no host.").render(req.headers()));
@@ -74,7 +77,7 @@ pub async fn handle(
         Route::Tunnel(name) => match app.registry.get_or_wait(&name).await {
             Some(tunnel) => {
                 let visitor = app.trusted.visitor(req.headers(), peer);
-                tunnel_request(&app, &tunnel, req, visitor, &host).await
+                tunnel_request(&app, &tunnel, req, visitor, &host, scheme).await
             }
             None => pages::not_found(&host).render(req.headers()),
         },
@@ -100,6 +103,7 @@ async fn tunnel_request(
     req: Request<Incoming>,
     visitor: SocketAddr,
     host: &str,
+    scheme: Scheme,
 ) -> Response<Body> {
     let options = tunnel.client.options_settled(OPTIONS_WAIT).await;
     let req = match access::check(tunnel, &options, req, visitor) {
@@ -110,7 +114,7 @@ async fn tunnel_request(
     let req = if app.config.limits.no_browser_warning || tunnel.granted {
         req
     } else {
-        match interstitial::gate(req, &tunnel.subdomain, host).await {
+        match interstitial::gate(req, &tunnel.subdomain, host, scheme).await {
             Gate::Answer(response) => return response,
             Gate::Pass(req) => req,
         }
@@ -131,7 +135,12 @@ async fn tunnel_request(
     } else {
         None
     };
-    proxy(app, tunnel, req, visitor, host, &options, slot, ws_slot).await
+    let visitor = Visitor {
+        addr: visitor,
+        host,
+        scheme,
+    };
+    proxy(app, tunnel, req, &visitor, &options, slot, ws_slot).await
 }
 
 /// A limit said no: 429 (or 503 when the whole tunnel is busy) with
@@ -170,13 +179,18 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Who asked, for what host, over which scheme.
+struct Visitor<'a> {
+    addr: SocketAddr,
+    host: &'a str,
+    scheme: Scheme,
+}
+
 async fn proxy(
     app: &Arc<App>,
     tunnel: &Tunnel,
     mut req: Request<Incoming>,
-    visitor: SocketAddr,
-    host: &str,
+    visitor: &Visitor<'_>,
     options: &TunnelOptions,
     slot: Slot,
     ws_slot: Option<Slot>,
@@ -187,6 +201,7 @@ async fn proxy(
     let in_flight = OwnedGauge::new(app, |s| &s.active_requests);
     // Error pages only look at Accept: keep that, not a copy of every header.
     let visitor_headers = pages::negotiation_headers(req.headers());
+    let host = visitor.host;
     let limits = &app.config.limits;
     let activity = Arc::new(Activity::default());
     let too_large = Arc::new(AtomicBool::new(false));
@@ -195,44 +210,22 @@ async fn proxy(
     let origin = req.headers().get(header::ORIGIN).cloned();
     let req = to_origin_request(
         req,
-        visitor,
+        visitor.addr,
         host,
         options.host.as_deref(),
         upgrade.is_some(),
+        visitor.scheme,
     )
     .map(|body| {
         MeteredBody::new(body)
             .limit(limits.max_body_size, Some(Arc::clone(&too_large)))
             .activity(Arc::clone(&activity), Duration::ZERO)
-    });
-
-    let channel = match tunnel.open_channel(visitor).await {
-        Ok(channel) => channel,
-        Err(OpenError::Timeout) => return pages::channel_timeout(host).render(&visitor_headers),
-        Err(err) => {
-            tracing::debug!(subdomain = %tunnel.subdomain, error = ?err, "channel open failed");
-            let hint = format!("the client's -R {} forward", tunnel.bind_port);
-            return pages::local_app_down(host, &hint).render(&visitor_headers);
-        }
-    };
-
-    let io = TokioIo::new(channel.into_stream());
-    let (mut sender, conn) = match hyper::client::conn::http1::Builder::new()
-        .handshake(io)
-        .await
-    {
-        Ok(pair) => pair,
-        Err(_) => return pages::local_app_failed(host).render(&visitor_headers),
-    };
-    tokio::spawn(async move {
-        if let Err(err) = conn.with_upgrades().await {
-            tracing::debug!(error = %err, "origin connection error");
-        }
+            .boxed_unsync()
     });
 
     let idle = limits.request_idle_timeout;
     let sent = tokio::select! {
-        sent = sender.send_request(req) => sent,
+        sent = send(app, tunnel, req, visitor.addr) => sent,
         _ = upgrade::idle_expired(&activity, idle) => {
             tracing::debug!(subdomain = %tunnel.subdomain, "request idle timeout before the response");
             return pages::request_idle(host, idle).render(&visitor_headers);
@@ -240,10 +233,18 @@ async fn proxy(
     };
     let mut response = match sent {
         Ok(response) => response,
-        Err(_) if too_large.load(std::sync::atomic::Ordering::Relaxed) => {
+        Err(SendError::Open(OpenError::Timeout)) => {
+            return pages::channel_timeout(host).render(&visitor_headers)
+        }
+        Err(SendError::Open(err)) => {
+            tracing::debug!(subdomain = %tunnel.subdomain, error = ?err, "channel open failed");
+            let hint = format!("the client's -R {} forward", tunnel.bind_port);
+            return pages::local_app_down(host, &hint).render(&visitor_headers);
+        }
+        Err(SendError::Failed(_)) if too_large.load(std::sync::atomic::Ordering::Relaxed) => {
             return pages::too_large(limits.max_body_size).render(&visitor_headers);
         }
-        Err(err) => {
+        Err(SendError::Failed(err)) => {
             tracing::debug!(subdomain = %tunnel.subdomain, error = %err, "local app gave no response");
             return pages::local_app_failed(host).render(&visitor_headers);
         }
@@ -274,6 +275,74 @@ async fn proxy(
             .guard(in_flight)
             .boxed_unsync()
     })
+}
+
+/// Why a request got no response from the local app.
+enum SendError {
+    /// No channel to the app (refused, timed out, connection gone).
+    Open(OpenError),
+    /// The app (or the channel) failed before answering.
+    Failed(hyper::Error),
+}
+
+/// Sends the request over a pooled keep-alive connection, or a new one. A
+/// pooled connection found closed before the request went out (the app
+/// closed it while idle) is replaced by a fresh one.
+async fn send(
+    app: &Arc<App>,
+    tunnel: &Tunnel,
+    mut req: Request<Body>,
+    visitor: SocketAddr,
+) -> Result<Response<Incoming>, SendError> {
+    let mut pooled = tunnel.pool.take();
+    loop {
+        let reused = pooled.is_some();
+        let mut sender = match pooled.take() {
+            Some(sender) => sender,
+            None => connect(app, tunnel, visitor).await?,
+        };
+        match sender.try_send_request(req).await {
+            Ok(response) => {
+                if reused {
+                    app.stats
+                        .channels_reused
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                tunnel.pool.recycle(sender);
+                return Ok(response);
+            }
+            Err(mut err) => match err.take_message() {
+                Some(unsent) if reused => req = unsent,
+                _ => return Err(SendError::Failed(err.into_error())),
+            },
+        }
+    }
+}
+
+/// Opens a channel to the local app and starts an HTTP/1.1 connection on it.
+async fn connect(
+    app: &Arc<App>,
+    tunnel: &Tunnel,
+    visitor: SocketAddr,
+) -> Result<Sender, SendError> {
+    let channel = tunnel
+        .open_channel(visitor)
+        .await
+        .map_err(SendError::Open)?;
+    app.stats
+        .channels_opened
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let io = ChannelIo::new(channel, Arc::clone(&app.spool), &tunnel.subdomain);
+    let (sender, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(io))
+        .await
+        .map_err(SendError::Failed)?;
+    tokio::spawn(async move {
+        if let Err(err) = conn.with_upgrades().await {
+            tracing::debug!(error = %err, "origin connection error");
+        }
+    });
+    Ok(sender)
 }
 
 /// Proxied responses: `nosniff` and a Referrer-Policy unless the app chose
@@ -328,12 +397,13 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
 }
 
 /// Turns the visitor's request into the HTTP/1.1 request the local app gets.
-fn to_origin_request<B>(
+pub fn to_origin_request<B>(
     mut req: Request<B>,
     visitor: SocketAddr,
     host: &str,
     rewrite_host: Option<&str>,
     upgrade: bool,
+    scheme: Scheme,
 ) -> Request<B> {
     let path = req
         .uri()
@@ -370,7 +440,7 @@ fn to_origin_request<B>(
     if let Some(value) = rewrite_host.and_then(|h| HeaderValue::from_str(h).ok()) {
         headers.insert(header::HOST, value);
     }
-    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme.as_str()));
     strip_burrow_cookies(headers);
     req
 }

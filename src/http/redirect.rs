@@ -2,6 +2,9 @@
 //! subdomains is sent to the same host and URI on HTTPS with a 301. Hosts
 //! outside the domain get 400, so the redirector can never be used as an
 //! open redirect.
+//!
+//! With `--http-mode proxy`, requests for tunnels go to the proxy instead
+//! (over plain HTTP); the apex still redirects.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -11,18 +14,33 @@ use hyper::header::{HeaderValue, HOST, LOCATION};
 use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
-use crate::http::{pages, Body};
+use crate::config::HttpMode;
+use crate::http::{pages, proxy, Body, Scheme};
 use crate::shutdown::Shutdown;
 use crate::subdomain::{self, Route};
 use crate::App;
 
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: Shutdown) {
     let limits = crate::http::ConnLimits::from_app(&app);
-    crate::http::serve_plain(listener, limits, shutdown, move |req, _peer| {
+    crate::http::serve_plain(listener, limits, shutdown, move |req, peer| {
         let app = Arc::clone(&app);
-        async move { Ok::<_, Infallible>(handle(&app, &req)) }
+        async move {
+            if app.config.http_mode == HttpMode::Proxy && is_tunnel(&app, &req) {
+                return proxy::handle(app, req, peer, Scheme::Http).await;
+            }
+            Ok::<_, Infallible>(handle(&app, &req))
+        }
     })
     .await;
+}
+
+fn is_tunnel(app: &App, req: &Request<Incoming>) -> bool {
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host());
+    host.is_some_and(|host| matches!(subdomain::route(host, &app.config.domain), Route::Tunnel(_)))
 }
 
 fn handle(app: &App, req: &Request<Incoming>) -> Response<Body> {

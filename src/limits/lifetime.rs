@@ -50,6 +50,8 @@ pub async fn run(app: Arc<App>, shutdown: Shutdown) {
         }
         for tunnel in app.registry.tunnels() {
             check(&app, &tunnel);
+            // Idle keep-alive channels expire within a tick of their timeout.
+            tunnel.pool.prune();
         }
         if last_prune.elapsed() >= PRUNE_EVERY {
             last_prune = Instant::now();

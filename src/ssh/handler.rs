@@ -20,7 +20,6 @@ use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty};
 use super::banner;
 use super::options::{self, Command, Output};
 use crate::config::AuthMode;
-use crate::limits::http::TunnelGate;
 use crate::limits::ssh::HandshakePermit;
 use crate::limits::Refusal;
 use crate::registry::{ClaimError, Conn, Reservation, Tunnel};
@@ -333,7 +332,7 @@ impl ClientHandler {
             Arc::clone(&self.conn),
             (address.to_string(), port),
             session.handle(),
-            TunnelGate::new(&self.app.config.limits),
+            &self.app.config.limits,
             self.key.as_ref().map(|k| k.fingerprint.clone()),
             granted,
         );

@@ -1034,18 +1034,26 @@ pub struct Origin {
 impl Origin {
     /// Starts an origin on the current tokio runtime.
     pub async fn start(label: &str) -> Origin {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        Self::start_on(0, label).await
+    }
+
+    /// Starts an origin on `port` (0 = any free port). Dropping it closes
+    /// its listener and every connection it has open, like a stopped app.
+    pub async fn start_on(port: u16, label: &str) -> Origin {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind origin");
         let port = listener.local_addr().unwrap().port();
         let label_s = label.to_string();
         let task = tokio::spawn(async move {
+            let mut conns = tokio::task::JoinSet::new();
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
+                while conns.try_join_next().is_some() {}
                 let label = label_s.clone();
-                tokio::spawn(async move {
+                conns.spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let label = label.clone();
                         async move { Ok::<_, Infallible>(origin_handle(req, &label).await) }
@@ -1119,6 +1127,34 @@ async fn origin_handle(req: Request<Incoming>, label: &str) -> Response<OriginBo
             bytes_response(n)
         }
         ("GET", "/ws") => ws_upgrade(req),
+        // Reads the request body at most `kbps` KiB per second (a slow app
+        // taking an upload), then answers with the byte count.
+        ("POST", "/slowsink") => {
+            let kbps = query_u64(&query, "kbps").unwrap_or(256).max(1);
+            let started = std::time::Instant::now();
+            let mut body = req.into_body();
+            let mut total: u64 = 0;
+            while let Some(frame) = body.frame().await {
+                let Ok(frame) = frame else {
+                    return full(StatusCode::BAD_REQUEST, "body error");
+                };
+                let len = frame.data_ref().map_or(0, |d| d.len() as u64);
+                total += len;
+                SLOWSINK_BYTES.fetch_add(len, Ordering::SeqCst);
+                let due = Duration::from_secs_f64(total as f64 / (kbps * 1024) as f64);
+                tokio::time::sleep(due.saturating_sub(started.elapsed())).await;
+            }
+            full(StatusCode::OK, total.to_string())
+        }
+        // Answers and asks for the connection to be closed.
+        ("GET", "/close") => {
+            let mut resp = full(StatusCode::OK, HELLO);
+            resp.headers_mut().insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
+            resp
+        }
         _ => full(StatusCode::NOT_FOUND, "origin: no such route"),
     }
 }
@@ -1248,6 +1284,13 @@ impl Origin {
             .filter(|(l, p)| *l == self.label && p == path)
             .count()
     }
+}
+
+/// Bytes every origin's `/slowsink` has taken so far in this test process.
+static SLOWSINK_BYTES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+pub fn slowsink_bytes() -> u64 {
+    SLOWSINK_BYTES.load(Ordering::SeqCst)
 }
 
 fn query_u64(query: &str, key: &str) -> Option<u64> {

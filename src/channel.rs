@@ -1,0 +1,117 @@
+//! One `forwarded-tcpip` channel as a byte stream for hyper: reads come
+//! from a [`Spool`] that a pump task fills the moment data arrives (see
+//! [`crate::spool`] for why nothing may wait in russh's queue), writes go
+//! through russh's window-aware writer.
+//!
+//! The other direction needs no spool: russh only sends to the client as
+//! far as the client's window allows, and a writer waiting for window waits
+//! alone. A slow local app thus slows only its own upload, and the visitor
+//! feels it as TCP (or HTTP/2 stream) back-pressure.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use russh::server::Msg;
+use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use crate::spool::{Budget, Spool, SpoolReader};
+
+/// A channel's byte stream. Dropping it closes the channel.
+pub struct ChannelIo {
+    reader: SpoolReader,
+    writer: Pin<Box<dyn AsyncWrite + Send>>,
+    /// Tells the pump the reader is gone, so it closes the channel.
+    _done: DropGuard,
+}
+
+impl ChannelIo {
+    /// Starts the channel's pump; `subdomain` names it in log lines.
+    pub fn new(channel: Channel<Msg>, budget: Arc<Budget>, subdomain: &str) -> Self {
+        let (read, write) = channel.split();
+        let writer = Box::pin(write.make_writer());
+        let spool = Spool::new(budget);
+        let done = CancellationToken::new();
+        tokio::spawn(pump(
+            read,
+            write,
+            Arc::clone(&spool),
+            done.clone(),
+            subdomain.to_string(),
+        ));
+        ChannelIo {
+            reader: SpoolReader::new(spool),
+            writer,
+            _done: done.drop_guard(),
+        }
+    }
+}
+
+/// Moves everything the client sends into the spool at once, until the
+/// channel ends, the spool refuses, or the stream's reader is dropped.
+async fn pump(
+    mut read: ChannelReadHalf,
+    write: ChannelWriteHalf<Msg>,
+    spool: Arc<Spool>,
+    done: CancellationToken,
+    subdomain: String,
+) {
+    loop {
+        let msg = tokio::select! {
+            biased;
+            _ = done.cancelled() => break,
+            msg = read.wait() => msg,
+        };
+        match msg {
+            Some(ChannelMsg::Data { data }) => {
+                if let Err(full) = spool.push(data).await {
+                    tracing::warn!(%subdomain, limit = full.limit, "reader too slow, stream cut: {full}");
+                    spool.cut(&full);
+                    break;
+                }
+            }
+            Some(ChannelMsg::Eof) => spool.finish(),
+            // russh has already answered the client's close.
+            Some(ChannelMsg::Close) | None => {
+                spool.finish();
+                return;
+            }
+            Some(_) => {}
+        }
+    }
+    // With the queue dropped, russh's sends to it fail at once instead of
+    // waiting for room; then tell the client we are done.
+    drop(read);
+    let _ = write.close().await;
+}
+
+impl AsyncRead for ChannelIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.reader.poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ChannelIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.writer.as_mut().poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.writer.as_mut().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.writer.as_mut().poll_shutdown(cx)
+    }
+}

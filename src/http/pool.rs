@@ -1,0 +1,98 @@
+//! Keep-alive HTTP/1.1 connections to a tunnel's local app, each over its
+//! own `forwarded-tcpip` channel, reused across requests the way a reverse
+//! proxy keeps upstream connections alive. A fresh channel costs a round
+//! trip to the SSH client plus a TCP connect on the user's machine; reuse
+//! saves both on every request but the first.
+//!
+//! A connection returns to the pool only when hyper says it can take
+//! another request: the response was read to its end and neither side said
+//! `Connection: close`. Broken connections are dropped, the pool holds at
+//! most `--channel-pool-size` idle connections per tunnel, and one idle for
+//! `--channel-pool-idle` is closed (keep that below the app's own keep-alive
+//! timeout, 5 s for Node.js, so we rarely pick one the app is closing).
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use hyper::client::conn::http1::SendRequest;
+
+use super::Body;
+
+/// The sending half of one HTTP/1.1 connection to the local app.
+pub type Sender = SendRequest<Body>;
+
+/// Idle connections of one tunnel, most recently used last.
+pub struct Pool {
+    idle: Mutex<Vec<Idle>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+}
+
+struct Idle {
+    sender: Sender,
+    since: Instant,
+}
+
+impl Pool {
+    pub fn new(max_idle: usize, idle_timeout: Duration) -> Arc<Self> {
+        Arc::new(Pool {
+            idle: Mutex::new(Vec::new()),
+            max_idle,
+            idle_timeout,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
+        self.idle.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The most recently used idle connection that can take a request now.
+    pub fn take(&self) -> Option<Sender> {
+        let mut idle = self.lock();
+        while let Some(entry) = idle.pop() {
+            if entry.since.elapsed() < self.idle_timeout && entry.sender.is_ready() {
+                return Some(entry.sender);
+            }
+        }
+        None
+    }
+
+    /// Puts `sender` back once its connection is ready for another request;
+    /// drops it if the connection closes instead (or the tunnel is gone).
+    pub fn recycle(self: &Arc<Self>, mut sender: Sender) {
+        if self.max_idle == 0 {
+            return;
+        }
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            if sender.ready().await.is_ok() {
+                if let Some(pool) = Weak::upgrade(&pool) {
+                    pool.put(sender);
+                }
+            }
+        });
+    }
+
+    fn put(&self, sender: Sender) {
+        let mut idle = self.lock();
+        if idle.len() < self.max_idle {
+            idle.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// Closes connections idle for too long or already closed; called by
+    /// the housekeeping tick.
+    pub fn prune(&self) {
+        let timeout = self.idle_timeout;
+        self.lock()
+            .retain(|entry| entry.since.elapsed() < timeout && !entry.sender.is_closed());
+    }
+
+    /// Idle connections now that are still open.
+    pub fn idle(&self) -> usize {
+        self.lock().iter().filter(|e| !e.sender.is_closed()).count()
+    }
+}

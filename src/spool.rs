@@ -1,0 +1,502 @@
+//! Spools: what one channel's sender has sent and its reader has not taken
+//! yet, held by burrow instead of by russh.
+//!
+//! russh grants SSH window as soon as data *arrives*, and its session loop
+//! awaits each channel's bounded queue. A channel whose queue sits unread
+//! (a visitor downloading slowly) would therefore park the whole SSH
+//! connection: every other channel of it, other forwards, keepalives. So a
+//! pump ([`crate::channel`]) drains every channel the moment data arrives
+//! into a [`Spool`], the way nginx buffers a proxied response: memory up to
+//! a per-stream cap, then an unlinked temporary file up to a larger cap,
+//! both also inside process-wide budgets.
+//!
+//! A spool that cannot take more is *cut*: its reader gets an error, the
+//! channel is closed and a log line names the limit. Pausing just that one
+//! channel is not an option: with russh it would pause its neighbours too.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{ready, Context, Poll, Waker};
+
+use bytes::{Buf, Bytes};
+use tokio::io::ReadBuf;
+use tokio::task::JoinHandle;
+
+/// Largest single read from a spill file.
+const FILE_READ_CHUNK: u64 = 64 * 1024;
+
+/// Spool limits, from the command line.
+#[derive(Debug, Clone)]
+pub struct SpoolLimits {
+    /// Bytes one stream may hold in memory before it spills to disk.
+    pub memory_per_stream: u64,
+    /// Bytes one stream may hold on disk; 0 = never spill.
+    pub disk_per_stream: u64,
+    /// Memory all spools together may hold.
+    pub memory_total: u64,
+    /// Disk all spools together may hold.
+    pub disk_total: u64,
+    /// Where spill files are created (they are unlinked at once).
+    pub dir: PathBuf,
+}
+
+/// Process-wide spool accounting, shared by every spool.
+pub struct Budget {
+    limits: SpoolLimits,
+    memory: AtomicU64,
+    disk: AtomicU64,
+    cut: AtomicU64,
+}
+
+impl Budget {
+    pub fn new(limits: SpoolLimits) -> Arc<Self> {
+        Arc::new(Budget {
+            limits,
+            memory: AtomicU64::new(0),
+            disk: AtomicU64::new(0),
+            cut: AtomicU64::new(0),
+        })
+    }
+
+    /// Bytes held in memory by all spools now.
+    pub fn memory_used(&self) -> u64 {
+        self.memory.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of spill files of all spools now.
+    pub fn disk_used(&self) -> u64 {
+        self.disk.load(Ordering::Relaxed)
+    }
+
+    /// Streams cut because a spool was full, since start.
+    pub fn streams_cut(&self) -> u64 {
+        self.cut.load(Ordering::Relaxed)
+    }
+
+    fn take(counter: &AtomicU64, n: u64, max: u64) -> bool {
+        counter
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                used.checked_add(n).filter(|&total| total <= max)
+            })
+            .is_ok()
+    }
+}
+
+/// Why a spool refused more data: the limit's flag name and its value.
+#[derive(Debug, Clone)]
+pub struct Full {
+    pub limit: &'static str,
+    pub detail: String,
+}
+
+impl Full {
+    fn limit(limit: &'static str, value: u64) -> Self {
+        Full {
+            limit,
+            detail: format!("{limit} ({}) reached", bytesize::ByteSize(value)),
+        }
+    }
+
+    fn io(what: &str, err: io::Error) -> Self {
+        Full {
+            limit: "spool-dir",
+            detail: format!("{what}: {err}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Full {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.detail)
+    }
+}
+
+/// The buffer between one channel's pump (writer) and its reader.
+pub struct Spool {
+    budget: Arc<Budget>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    memory: VecDeque<Bytes>,
+    memory_len: u64,
+    spill: Option<Spill>,
+    end: Option<End>,
+    waker: Option<Waker>,
+}
+
+/// The on-disk part: bytes `[read, written)` of `file` are unread. Only the
+/// writer moves `written` or resets both offsets (when the reader has
+/// caught up), so a read in flight never sees its range reused.
+struct Spill {
+    file: Arc<File>,
+    read: u64,
+    written: u64,
+    /// Size charged to the disk budget: the file's high-water mark.
+    charged: u64,
+}
+
+enum End {
+    Eof,
+    Cut(String),
+}
+
+impl State {
+    fn wake(&mut self) {
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    fn file_backlog(&self) -> u64 {
+        self.spill.as_ref().map_or(0, |s| s.written - s.read)
+    }
+}
+
+impl Spool {
+    pub fn new(budget: Arc<Budget>) -> Arc<Self> {
+        Arc::new(Spool {
+            budget,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue half
+        // edited (every edit is a single push/pop), so poisoning is moot.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues bytes that arrived on the channel: in memory if they fit,
+    /// else appended to the spill file.
+    pub async fn push(&self, data: Bytes) -> Result<(), Full> {
+        let n = data.len() as u64;
+        let limits = &self.budget.limits;
+        let (file, offset, new_charge) = {
+            let mut state = self.lock();
+            if let Some(spill) = state.spill.as_mut().filter(|s| s.read == s.written) {
+                spill.read = 0;
+                spill.written = 0;
+            }
+            // Memory only while nothing older waits on disk, so bytes stay
+            // in order: all of memory precedes all of the file backlog.
+            if state.file_backlog() == 0
+                && state.memory_len + n <= limits.memory_per_stream
+                && Budget::take(&self.budget.memory, n, limits.memory_total)
+            {
+                state.memory_len += n;
+                state.memory.push_back(data);
+                state.wake();
+                return Ok(());
+            }
+            let offset = state.spill.as_ref().map_or(0, |s| s.written);
+            if offset + n > limits.disk_per_stream {
+                return Err(if limits.disk_per_stream == 0 {
+                    Full::limit("spool-memory-per-stream", limits.memory_per_stream)
+                } else {
+                    Full::limit("spool-disk-per-stream", limits.disk_per_stream)
+                });
+            }
+            let charged = state.spill.as_ref().map_or(0, |s| s.charged);
+            let grow = (offset + n).saturating_sub(charged);
+            if !Budget::take(&self.budget.disk, grow, limits.disk_total) {
+                return Err(Full::limit("spool-disk-total", limits.disk_total));
+            }
+            match state.spill.as_mut() {
+                Some(spill) => {
+                    spill.charged += grow;
+                    (Some(Arc::clone(&spill.file)), offset, 0)
+                }
+                None => (None, 0, grow),
+            }
+        };
+        // Only the pump pushes, so nobody else creates or appends meanwhile.
+        let file = match file {
+            Some(file) => file,
+            None => self.create_spill(new_charge).await?,
+        };
+        let writer = Arc::clone(&file);
+        tokio::task::spawn_blocking(move || writer.write_all_at(&data, offset))
+            .await
+            .map_err(|e| Full::io("spill write", io::Error::other(e)))?
+            .map_err(|e| Full::io("spill write", e))?;
+        let mut state = self.lock();
+        if let Some(spill) = state.spill.as_mut() {
+            spill.written = offset + n;
+        }
+        state.wake();
+        Ok(())
+    }
+
+    /// Creates the (unlinked) spill file; `charged` bytes of disk budget
+    /// were already taken for it.
+    async fn create_spill(&self, charged: u64) -> Result<Arc<File>, Full> {
+        let dir = self.budget.limits.dir.clone();
+        let created = tokio::task::spawn_blocking(move || tempfile::tempfile_in(dir))
+            .await
+            .map_err(io::Error::other)
+            .and_then(|r| r);
+        let file = match created {
+            Ok(file) => Arc::new(file),
+            Err(err) => {
+                self.budget.disk.fetch_sub(charged, Ordering::Relaxed);
+                return Err(Full::io("spill file", err));
+            }
+        };
+        self.lock().spill = Some(Spill {
+            file: Arc::clone(&file),
+            read: 0,
+            written: 0,
+            charged,
+        });
+        Ok(file)
+    }
+
+    /// The sender is done: the reader gets end-of-file after the backlog.
+    pub fn finish(&self) {
+        let mut state = self.lock();
+        state.end.get_or_insert(End::Eof);
+        state.wake();
+    }
+
+    /// Ends the stream with an error now; buffered bytes are dropped.
+    pub fn cut(&self, why: &Full) {
+        self.budget.cut.fetch_add(1, Ordering::Relaxed);
+        let mut state = self.lock();
+        state.end = Some(End::Cut(why.to_string()));
+        let freed = std::mem::take(&mut state.memory_len);
+        state.memory.clear();
+        self.budget.memory.fetch_sub(freed, Ordering::Relaxed);
+        state.wake();
+    }
+}
+
+impl Drop for Spool {
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        self.budget
+            .memory
+            .fetch_sub(state.memory_len, Ordering::Relaxed);
+        if let Some(spill) = &state.spill {
+            self.budget.disk.fetch_sub(spill.charged, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The reading end of a spool, as an `AsyncRead`-style poll function.
+pub struct SpoolReader {
+    spool: Arc<Spool>,
+    /// A file read in flight, with the offset it started at.
+    pending: Option<JoinHandle<io::Result<Bytes>>>,
+    /// Bytes read from the file that did not fit the caller's buffer.
+    leftover: Bytes,
+}
+
+impl SpoolReader {
+    pub fn new(spool: Arc<Spool>) -> Self {
+        SpoolReader {
+            spool,
+            pending: None,
+            leftover: Bytes::new(),
+        }
+    }
+
+    pub fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            if !self.leftover.is_empty() {
+                let k = self.leftover.len().min(buf.remaining());
+                buf.put_slice(&self.leftover[..k]);
+                self.leftover.advance(k);
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(task) = self.pending.as_mut() {
+                let read = ready!(Pin::new(task).poll(cx));
+                self.pending = None;
+                let bytes = read.map_err(io::Error::other)??;
+                if let Some(spill) = self.spool.lock().spill.as_mut() {
+                    spill.read += bytes.len() as u64;
+                }
+                self.leftover = bytes;
+                continue;
+            }
+            let mut state = self.spool.lock();
+            if let Some(End::Cut(why)) = &state.end {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    why.clone(),
+                )));
+            }
+            if let Some(chunk) = state.memory.front_mut() {
+                let k = chunk.len().min(buf.remaining());
+                buf.put_slice(&chunk[..k]);
+                chunk.advance(k);
+                if chunk.is_empty() {
+                    state.memory.pop_front();
+                }
+                state.memory_len -= k as u64;
+                self.spool
+                    .budget
+                    .memory
+                    .fetch_sub(k as u64, Ordering::Relaxed);
+                return Poll::Ready(Ok(()));
+            }
+            if let Some(spill) = state.spill.as_ref().filter(|s| s.read < s.written) {
+                let len = (spill.written - spill.read).min(FILE_READ_CHUNK) as usize;
+                let (file, offset) = (Arc::clone(&spill.file), spill.read);
+                drop(state);
+                self.pending = Some(tokio::task::spawn_blocking(move || {
+                    let mut bytes = vec![0; len];
+                    file.read_exact_at(&mut bytes, offset)?;
+                    Ok(Bytes::from(bytes))
+                }));
+                continue;
+            }
+            if state.end.is_some() {
+                return Poll::Ready(Ok(()));
+            }
+            state.waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+
+    fn budget(memory_per_stream: u64, disk_per_stream: u64) -> Arc<Budget> {
+        Budget::new(SpoolLimits {
+            memory_per_stream,
+            disk_per_stream,
+            memory_total: 1 << 30,
+            disk_total: 1 << 30,
+            dir: std::env::temp_dir(),
+        })
+    }
+
+    async fn read_all(reader: &mut SpoolReader) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        loop {
+            let mut raw = [0u8; 7000];
+            let mut buf = ReadBuf::new(&mut raw);
+            poll_fn(|cx| reader.poll_read(cx, &mut buf)).await?;
+            if buf.filled().is_empty() {
+                return Ok(out);
+            }
+            out.extend_from_slice(buf.filled());
+        }
+    }
+
+    fn chunk(i: usize, len: usize) -> Bytes {
+        Bytes::from(
+            (0..len)
+                .map(|j| ((i * 31 + j) % 251) as u8)
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    #[tokio::test]
+    async fn bytes_come_out_in_order_across_memory_and_disk() {
+        let budget = budget(10_000, 1 << 20);
+        let spool = Spool::new(Arc::clone(&budget));
+        let mut expected = Vec::new();
+        for i in 0..40 {
+            let data = chunk(i, 3000);
+            expected.extend_from_slice(&data);
+            spool.push(data).await.unwrap();
+        }
+        assert!(budget.memory_used() <= 10_000);
+        assert!(
+            budget.disk_used() > 0,
+            "a backlog beyond memory spills to disk"
+        );
+        spool.finish();
+        let mut reader = SpoolReader::new(Arc::clone(&spool));
+        assert_eq!(read_all(&mut reader).await.unwrap(), expected);
+        assert_eq!(budget.memory_used(), 0);
+        drop((reader, spool));
+        assert_eq!(budget.disk_used(), 0, "dropping a spool frees its disk");
+    }
+
+    #[tokio::test]
+    async fn interleaved_reads_and_writes_keep_order() {
+        let budget = budget(5_000, 1 << 20);
+        let spool = Spool::new(Arc::clone(&budget));
+        let mut reader = SpoolReader::new(Arc::clone(&spool));
+        let mut expected = Vec::new();
+        let mut got = Vec::new();
+        for i in 0..200 {
+            let data = chunk(i, 1 + (i * 977) % 4000);
+            expected.extend_from_slice(&data);
+            spool.push(data).await.unwrap();
+            if i % 3 == 0 {
+                let mut raw = [0u8; 2500];
+                let mut buf = ReadBuf::new(&mut raw);
+                poll_fn(|cx| reader.poll_read(cx, &mut buf)).await.unwrap();
+                got.extend_from_slice(buf.filled());
+            }
+        }
+        spool.finish();
+        got.extend(read_all(&mut reader).await.unwrap());
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "bytes reordered");
+    }
+
+    #[tokio::test]
+    async fn a_full_spool_refuses_and_names_the_limit() {
+        let spool = Spool::new(budget(1000, 0));
+        spool.push(chunk(0, 1000)).await.unwrap();
+        let full = spool.push(chunk(1, 1)).await.unwrap_err();
+        assert_eq!(full.limit, "spool-memory-per-stream");
+
+        let spool = Spool::new(budget(1000, 4000));
+        spool.push(chunk(0, 1000)).await.unwrap();
+        spool.push(chunk(1, 4000)).await.unwrap();
+        let full = spool.push(chunk(2, 1)).await.unwrap_err();
+        assert_eq!(full.limit, "spool-disk-per-stream");
+    }
+
+    #[tokio::test]
+    async fn a_cut_spool_fails_its_reader_and_frees_memory() {
+        let budget = budget(1000, 0);
+        let spool = Spool::new(Arc::clone(&budget));
+        spool.push(chunk(0, 800)).await.unwrap();
+        let full = spool.push(chunk(1, 800)).await.unwrap_err();
+        spool.cut(&full);
+        assert_eq!(budget.memory_used(), 0);
+        assert_eq!(budget.streams_cut(), 1);
+        let mut reader = SpoolReader::new(spool);
+        let err = read_all(&mut reader).await.unwrap_err();
+        assert!(err.to_string().contains("spool-memory-per-stream"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn the_global_memory_budget_sends_bytes_to_disk() {
+        let budget = Budget::new(SpoolLimits {
+            memory_per_stream: 10_000,
+            disk_per_stream: 1 << 20,
+            memory_total: 1500,
+            disk_total: 1 << 20,
+            dir: std::env::temp_dir(),
+        });
+        let a = Spool::new(Arc::clone(&budget));
+        let b = Spool::new(Arc::clone(&budget));
+        a.push(chunk(0, 1000)).await.unwrap();
+        b.push(chunk(1, 1000)).await.unwrap();
+        assert_eq!(budget.memory_used(), 1000);
+        assert_eq!(budget.disk_used(), 1000);
+    }
+}
