@@ -60,6 +60,22 @@ pub struct App {
     pub spool: Arc<spool::Budget>,
 }
 
+/// Every tunnel holds one SSH socket and every visitor one more: the usual
+/// soft limit of 1024 open files would cap burrow at a few hundred users.
+/// Raise it to the hard limit (systemd's default hard limit is 512Ki).
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < 8192 => {
+            tracing::warn!(
+                limit,
+                "the open-files limit is low: raise LimitNOFILE / ulimit -n"
+            )
+        }
+        Ok(limit) => tracing::debug!(limit, "open-files limit"),
+        Err(err) => tracing::warn!(error = %err, "could not raise the open-files limit"),
+    }
+}
+
 /// The ports users are told about (URLs, connect commands).
 pub struct PublicPorts {
     pub https_port: u16,
@@ -194,6 +210,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     let keys = keys::Keys::load(config.keys_file.as_deref())?;
     let hangup = keys::hangup_signal()?;
     let listeners = Listeners::bind(&config).await?;
+    raise_open_files_limit();
     let host_key = ssh::load_or_create_host_key(&config.host_key)?;
     let state = state::State::open(&config.state_dir)?;
     let local = |l: &TcpListener| l.local_addr().expect("bound socket has an address");

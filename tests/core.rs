@@ -401,6 +401,51 @@ async fn http_redirects_to_https() {
     }
 }
 
+/// `--http-mode proxy`: tunnels answer on plain HTTP too (the app sees
+/// `X-Forwarded-Proto: http`); the apex and foreign hosts behave as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_mode_proxy_serves_tunnels_over_http() {
+    let burrow = Burrow::start(&["--http-mode", "proxy"]).await;
+    let origin = Origin::start("a").await;
+    let fwd = format!("80:127.0.0.1:{}", origin.port);
+    let ssh = Ssh::spawn(&burrow, &["-R", &fwd]);
+    let host = ssh.url().await.host();
+    let client = burrow.http_client();
+
+    let resp = client
+        .get(burrow.http_url(&host, "/hello"))
+        .send()
+        .await
+        .unwrap();
+    let resp = expect_status(resp, 200, "tunnel over plain HTTP").await;
+    assert_eq!(resp.text().await.unwrap(), HELLO);
+    let (_, h) = get_headers_json(&client, &burrow.http_url(&host, "/headers"), &[]).await;
+    assert_eq!(
+        h.get("x-forwarded-proto").map(String::as_str),
+        Some("http"),
+        "{h:?}"
+    );
+
+    let resp = client
+        .get(burrow.http_url("localhost", "/"))
+        .send()
+        .await
+        .unwrap();
+    expect_status(resp, 301, "the apex still redirects").await;
+    let resp = client
+        .get(burrow.http_url("example.com", "/"))
+        .send()
+        .await
+        .unwrap();
+    expect_status(resp, 400, "foreign host").await;
+    let resp = client
+        .get(burrow.http_url("nobody-here.localhost", "/"))
+        .send()
+        .await
+        .unwrap();
+    expect_status(resp, 404, "unknown tunnel").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn public_https_port_443_omits_port() {
     let burrow = Burrow::start(&["--public-https-port", "443"]).await;

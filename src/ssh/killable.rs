@@ -2,6 +2,8 @@
 //! write fails, which ends the russh session that owns the socket. russh
 //! offers no way to abort a session from outside, and a disconnect message
 //! cannot help when the client ignores it or stalls the key exchange.
+//!
+//! It also re-arms TCP quick-ACK after every read (see [`quickack`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -44,8 +46,29 @@ impl AsyncRead for KillableStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         self.check(cx)?;
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            quickack(&self.inner);
+        }
+        read
     }
+}
+
+/// ACKs what we just read at once instead of up to 40 ms later.
+///
+/// OpenSSH's client leaves Nagle's algorithm on unless the session is
+/// interactive (a pty), so an `ssh -N` client holds a small packet back
+/// until its previous one is ACKed. When the app writes a response in two
+/// pieces (nginx: headers, then sendfile) the client's second packet waits
+/// for our ACK, which Linux delays by up to 40 ms when it has nothing to
+/// send back: every such response took 40+ ms. Quick-ACK mode is not
+/// sticky, so it is re-armed after every read.
+fn quickack(socket: &TcpStream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = socket2::SockRef::from(socket).set_tcp_quickack(true);
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    let _ = socket;
 }
 
 impl AsyncWrite for KillableStream {

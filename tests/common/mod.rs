@@ -1052,6 +1052,8 @@ impl Origin {
                     continue;
                 };
                 while conns.try_join_next().is_some() {}
+                // As nginx does by default (tcp_nodelay on).
+                let _ = stream.set_nodelay(true);
                 let label = label_s.clone();
                 conns.spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
@@ -1145,6 +1147,19 @@ async fn origin_handle(req: Request<Incoming>, label: &str) -> Response<OriginBo
                 tokio::time::sleep(due.saturating_sub(started.elapsed())).await;
             }
             full(StatusCode::OK, total.to_string())
+        }
+        // Headers first, the body a moment later, as two writes: as nginx
+        // does with sendfile, and what exposes Nagle/delayed-ACK stalls.
+        ("GET", "/split") => {
+            let body = futures_util::stream::once(async {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                Ok::<_, Infallible>(Frame::data(Bytes::from_static(HELLO.as_bytes())))
+            });
+            Response::builder()
+                .status(StatusCode::OK)
+                .header(hyper::header::CONTENT_LENGTH, HELLO.len())
+                .body(BodyExt::boxed(StreamBody::new(body)))
+                .unwrap()
         }
         // Answers and asks for the connection to be closed.
         ("GET", "/close") => {
