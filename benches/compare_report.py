@@ -1,0 +1,377 @@
+#!/usr/bin/env python3
+"""Helper for benches/compare.sh (see the comment block at the top of that script).
+
+Subcommands (all output on stdout, one line unless noted):
+
+  ports N              N distinct free TCP ports on 127.0.0.1 (bound to port 0
+                       together, so they are distinct; released before return)
+  tree PID...          the PIDs and all their live descendants, space-separated
+  cpu PID...           summed utime+stime of the PIDs, in clock ticks
+                       (vanished PIDs count 0); then CLK_TCK
+  mem PID...           summed VmRSS and VmHWM of the PIDs, in KiB
+  wrk FILE             parse wrk output: "rps requests p99_ms errors"
+  h2load FILE          parse h2load output: "rps requests nan errors"
+  report RESULTS META  print the markdown tables from the results TSV
+                       (target, metric, round, value) and the meta TSV
+                       (key, value)
+"""
+
+import math
+import os
+import re
+import socket
+import statistics
+import sys
+
+
+def cmd_ports(n):
+    socks = []
+    try:
+        for _ in range(int(n)):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        print(" ".join(str(s.getsockname()[1]) for s in socks))
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _stat_fields(pid):
+    """Fields of /proc/PID/stat after the command name (field 3 onwards)."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        data = f.read().decode("ascii", "replace")
+    # The command name is in parentheses and may contain spaces or ')'.
+    return data[data.rindex(")") + 2 :].split()
+
+
+def cmd_tree(pids):
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            ppid = int(_stat_fields(entry)[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    seen = []
+    todo = [int(p) for p in pids]
+    while todo:
+        p = todo.pop()
+        if p in seen or not os.path.exists(f"/proc/{p}"):
+            continue
+        seen.append(p)
+        todo.extend(children.get(p, []))
+    print(" ".join(str(p) for p in sorted(seen)))
+
+
+def cmd_cpu(pids):
+    ticks = 0
+    for pid in pids:
+        try:
+            fields = _stat_fields(pid)
+        except OSError:
+            continue
+        # utime and stime are fields 14 and 15 of stat (1-based), i.e. index
+        # 11 and 12 after the command name.
+        ticks += int(fields[11]) + int(fields[12])
+    print(ticks, os.sysconf("SC_CLK_TCK"))
+
+
+def cmd_mem(pids):
+    rss = hwm = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmRSS:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith("VmHWM:"):
+                        hwm += int(line.split()[1])
+        except OSError:
+            continue
+    print(rss, hwm)
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}
+
+
+def _to_ms(text):
+    m = re.fullmatch(r"([0-9.]+)(us|ms|s|m)", text)
+    if not m:
+        return math.nan
+    return float(m.group(1)) * _UNITS_MS[m.group(2)]
+
+
+def cmd_wrk(path):
+    text = open(path, errors="replace").read()
+    rps = requests = math.nan
+    p99 = math.nan
+    errors = 0
+    m = re.search(r"Requests/sec:\s+([0-9.]+)", text)
+    if m:
+        rps = float(m.group(1))
+    m = re.search(r"(\d+) requests in", text)
+    if m:
+        requests = int(m.group(1))
+    m = re.search(r"^\s+99%\s+(\S+)", text, re.M)
+    if m:
+        p99 = _to_ms(m.group(1))
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    if m:
+        errors += int(m.group(1))
+    m = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text
+    )
+    if m:
+        errors += sum(int(x) for x in m.groups())
+    print(rps, requests, p99, errors)
+
+
+def cmd_h2load(path):
+    text = open(path, errors="replace").read()
+    rps = requests = math.nan
+    errors = 0
+    m = re.search(r"finished in [0-9.]+\w+, ([0-9.]+) req/s", text)
+    if m:
+        rps = float(m.group(1))
+    m = re.search(
+        r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, "
+        r"(\d+) failed, (\d+) errored, (\d+) timeout",
+        text,
+    )
+    if m:
+        requests = int(m.group(1))
+        errors += int(m.group(3)) + int(m.group(4)) + int(m.group(5))
+    m = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", text)
+    if m:
+        errors += int(m.group(2)) + int(m.group(3)) + int(m.group(4))
+    print(rps, requests, math.nan, errors)
+
+
+# --------------------------------------------------------------------------
+# report
+
+TARGETS = [
+    # (name, label, reference figures from the issue: req/s, p99 ms, download MiB/s)
+    ("origin", "origin direct (nginx)", ("~58,000", "0.08", "~2,600")),
+    ("sshd-pty", "OpenSSH `sshd -R` raw port, pty client", ("~22,000", "0.3", "~290")),
+    ("sshd-N", "OpenSSH `sshd -R` raw port, `-N` client", ("~4,700", "42", "~240")),
+    ("nginx-sshd", "nginx → `sshd -R` (pty client)", ("~13,100", "0.4", "~230")),
+    ("sandhole", "sandhole 0.10 HTTP (pty client)", ("~6,500", "1–2", "~245")),
+    ("burrow-http-pty", "**burrow HTTP**, pty client", None),
+    ("burrow-http-N", "**burrow HTTP**, `-N` client", None),
+    ("burrow-https", "**burrow HTTPS** (HTTP/1.1, wrk), pty client", None),
+    ("burrow-h2", "**burrow HTTPS** (HTTP/2, h2load -m1), pty client", None),
+]
+SANDHOLE_REF_RPS = 6500.0
+
+METRICS = ["rps", "p99_ms", "dl_mibs", "ul_mibs", "cpu_us", "rss_mib", "hwm_mib"]
+
+
+def _load(results, meta):
+    data = {}
+    skips = {}
+    for line in open(results):
+        parts = line.rstrip("\n").split("\t")
+        if len(parts) != 4:
+            continue
+        target, metric, rnd, value = parts
+        if metric == "skip":
+            skips[target] = value
+            continue
+        try:
+            v = float(value)
+        except ValueError:
+            continue
+        data.setdefault(target, {}).setdefault(metric, []).append(v)
+    info = {}
+    for line in open(meta):
+        k, _, v = line.rstrip("\n").partition("\t")
+        info[k] = v
+    return data, skips, info
+
+
+def _median(data, target, metric):
+    vals = [v for v in data.get(target, {}).get(metric, []) if not math.isnan(v)]
+    return statistics.median(vals) if vals else math.nan
+
+
+def _fmt(v, kind):
+    if v is None or math.isnan(v):
+        return "—"
+    if kind == "rps":
+        return f"{v:,.0f}"
+    if kind == "ms":
+        return f"{v:.2f}" if v < 10 else f"{v:.1f}"
+    if kind == "mibs":
+        return f"{v:,.0f}"
+    if kind == "us":
+        return f"{v:.1f}"
+    if kind == "mib":
+        return f"{v:.1f}"
+    if kind == "ratio":
+        return f"{v:.2f}×"
+    return str(v)
+
+
+def _ratio(a, b):
+    if a is None or b is None or math.isnan(a) or math.isnan(b) or b == 0:
+        return math.nan
+    return a / b
+
+
+def cmd_report(results, meta):
+    data, skips, info = _load(results, meta)
+    rounds = info.get("rounds", "?")
+    selected = info.get("targets", "").split()
+    out = []
+    w = out.append
+    w(f"### Medians of {rounds} alternating round(s)\n")
+    w(
+        "| path | req/s, 1 KiB, 64 conns | p99 ms, 1 conn | 100 MiB down MiB/s "
+        "| 100 MiB up MiB/s | server CPU µs/req | server RSS MiB (peak) | errors "
+        "| issue's reference: req/s · p99 ms · down MiB/s |"
+    )
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---|")
+    for name, label, ref in TARGETS:
+        if name not in selected:
+            continue
+        ref_s = " · ".join(ref) if ref else ""
+        if name in skips:
+            if name == "sandhole":
+                w(
+                    f"| {label} — *not measured: reference figures from the issue* "
+                    f"| *{ref[0]}* | *{ref[1]}* | *{ref[2]}* | — | — | — | — | {ref_s} |"
+                )
+            else:
+                w(f"| {label} — *skipped: {skips[name]}* | — | — | — | — | — | — | — | {ref_s} |")
+            continue
+        errs = data.get(name, {}).get("errors", [])
+        errs_s = f"{sum(errs):.0f}" if errs else "—"
+        rss = _median(data, name, "rss_mib")
+        hwm = _median(data, name, "hwm_mib")
+        rss_s = "—" if math.isnan(rss) else f"{rss:.1f} ({hwm:.1f})"
+        w(
+            f"| {label} | {_fmt(_median(data, name, 'rps'), 'rps')} "
+            f"| {_fmt(_median(data, name, 'p99_ms'), 'ms')} "
+            f"| {_fmt(_median(data, name, 'dl_mibs'), 'mibs')} "
+            f"| {_fmt(_median(data, name, 'ul_mibs'), 'mibs')} "
+            f"| {_fmt(_median(data, name, 'cpu_us'), 'us')} "
+            f"| {rss_s} | {errs_s} | {ref_s} |"
+        )
+    w("")
+    w(
+        "Server CPU = utime+stime of the server process(es) during the 64-connection "
+        "run ÷ requests wrk/h2load counted (origin: its nginx; sshd: every sshd process "
+        "of the throwaway sshd; nginx → sshd: the front nginx plus those sshd processes; "
+        "burrow / sandhole: their one process). Server RSS = VmRSS after that run, "
+        "summed over the same processes; in parentheses VmHWM (peak). errors = non-2xx "
+        "responses plus socket errors, all rounds."
+    )
+    w("")
+
+    def m(t, k):
+        if t == "sandhole" and "sandhole" in skips and k == "rps":
+            return SANDHOLE_REF_RPS
+        return _median(data, t, k)
+
+    # burrow / baseline ratios
+    pairs = [
+        ("burrow-http-pty", "nginx-sshd", "burrow HTTP pty ÷ nginx → sshd -R"),
+        ("burrow-http-pty", "sandhole", "burrow HTTP pty ÷ sandhole"),
+        ("burrow-http-pty", "sshd-pty", "burrow HTTP pty ÷ sshd -R pty"),
+        ("burrow-http-N", "sshd-N", "burrow HTTP -N ÷ sshd -R -N"),
+        ("burrow-https", "burrow-http-pty", "burrow HTTPS ÷ burrow HTTP (pty)"),
+        ("burrow-h2", "burrow-http-pty", "burrow HTTPS h2 ÷ burrow HTTP (pty)"),
+        ("burrow-http-pty", "origin", "burrow HTTP pty ÷ origin direct"),
+    ]
+    w("### burrow / baseline ratios (of the medians)\n")
+    w("| comparison | req/s | p99 | down | up | CPU/req |")
+    w("|---|---:|---:|---:|---:|---:|")
+    for a, b, label in pairs:
+        if a not in selected or b not in selected or a in skips:
+            continue
+        if b in skips and b != "sandhole":
+            continue
+        cells = []
+        for k in ["rps", "p99_ms", "dl_mibs", "ul_mibs", "cpu_us"]:
+            r = _ratio(m(a, k), m(b, k))
+            cells.append(_fmt(r, "ratio"))
+        if b == "sandhole" and "sandhole" in skips:
+            label += " *(sandhole: issue's reference 6,500 req/s)*"
+        w(f"| {label} | " + " | ".join(cells) + " |")
+    w("")
+
+    # the issue's targets
+    checks = []
+
+    def check(desc, value_s, ok, need):
+        if ok is None:
+            verdict = "n/a"
+        else:
+            verdict = "PASS" if ok else "FAIL"
+        checks.append(f"| {desc} | {value_s} | {need} | {verdict} |")
+
+    def ratio_check(desc, a, b, k, op, bound):
+        if a not in selected or b not in selected or a in skips or (
+            b in skips and b != "sandhole"
+        ):
+            check(desc, "not measured", None, f"{op} {bound}×")
+            return
+        r = _ratio(m(a, k), m(b, k))
+        note = " (vs reference)" if b == "sandhole" and "sandhole" in skips else ""
+        ok = None if math.isnan(r) else (r >= bound if op == "≥" else r <= bound)
+        check(desc, _fmt(r, "ratio") + note, ok, f"{op} {bound}×")
+
+    ratio_check("HTTP req/s vs nginx → sshd -R", "burrow-http-pty", "nginx-sshd", "rps", "≥", 1.5)
+    ratio_check("HTTP req/s vs sandhole", "burrow-http-pty", "sandhole", "rps", "≥", 3)
+    ratio_check("HTTPS req/s vs HTTP (within 25%)", "burrow-https", "burrow-http-pty", "rps", "≥", 0.75)
+    for t, label in [("burrow-http-pty", "pty"), ("burrow-http-N", "-N")]:
+        if t in selected and t not in skips:
+            v = _median(data, t, "p99_ms")
+            check(f"p99 1 conn, {label} client", _fmt(v, "ms") + " ms",
+                  None if math.isnan(v) else v < 2.0, "< 2 ms")
+        else:
+            check(f"p99 1 conn, {label} client", "not measured", None, "< 2 ms")
+    ratio_check("100 MiB download vs sshd -R (pty)", "burrow-http-pty", "sshd-pty", "dl_mibs", "≥", 0.9)
+    ratio_check("100 MiB upload vs sshd -R (pty)", "burrow-http-pty", "sshd-pty", "ul_mibs", "≥", 0.9)
+    ratio_check("server CPU per request vs sshd -R (pty)", "burrow-http-pty", "sshd-pty", "cpu_us", "≤", 1.5)
+    w("### The issue's targets\n")
+    w("| target | measured | needed | verdict |")
+    w("|---|---:|---|---|")
+    out.extend(checks)
+    w("")
+    if skips:
+        w("Skipped: " + "; ".join(f"`{t}`: {why}" for t, why in skips.items()))
+        w("")
+    print("\n".join(out))
+
+
+def main():
+    if len(sys.argv) < 2:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+    cmd, args = sys.argv[1], sys.argv[2:]
+    if cmd == "ports":
+        cmd_ports(*args)
+    elif cmd == "tree":
+        cmd_tree(args)
+    elif cmd == "cpu":
+        cmd_cpu(args)
+    elif cmd == "mem":
+        cmd_mem(args)
+    elif cmd == "wrk":
+        cmd_wrk(*args)
+    elif cmd == "h2load":
+        cmd_h2load(*args)
+    elif cmd == "report":
+        cmd_report(*args)
+    else:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
