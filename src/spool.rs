@@ -267,7 +267,10 @@ impl Spool {
         state.wake();
     }
 
-    /// Ends the stream with an error now; buffered bytes are dropped.
+    /// Ends the stream with an error now. Buffered bytes, memory and disk
+    /// are released at once, not when the reader gets round to noticing:
+    /// a stalled visitor's connection may not poll its reader again until
+    /// it goes away.
     pub fn cut(&self, why: &Full) {
         self.budget.cut.fetch_add(1, Ordering::Relaxed);
         let mut state = self.lock();
@@ -275,6 +278,9 @@ impl Spool {
         let freed = std::mem::take(&mut state.memory_len);
         state.memory.clear();
         self.budget.memory.fetch_sub(freed, Ordering::Relaxed);
+        if let Some(spill) = state.spill.take() {
+            self.budget.disk.fetch_sub(spill.charged, Ordering::Relaxed);
+        }
         state.wake();
     }
 }
@@ -471,13 +477,20 @@ mod tests {
 
     #[tokio::test]
     async fn a_cut_spool_fails_its_reader_and_frees_memory() {
-        let budget = budget(1000, 0);
+        let budget = budget(1000, 1 << 20);
         let spool = Spool::new(Arc::clone(&budget));
         spool.push(chunk(0, 800)).await.unwrap();
-        let full = spool.push(chunk(1, 800)).await.unwrap_err();
+        let full = Full::limit("spool-memory-per-stream", 1000);
         spool.cut(&full);
         assert_eq!(budget.memory_used(), 0);
         assert_eq!(budget.streams_cut(), 1);
+        let spool = Spool::new(Arc::clone(&budget));
+        let _held = Arc::clone(&spool); // a reader that never reads again
+        spool.push(chunk(0, 1000)).await.unwrap();
+        spool.push(chunk(1, 900)).await.unwrap();
+        assert!(budget.disk_used() > 0);
+        spool.cut(&full);
+        assert_eq!(budget.disk_used(), 0, "a cut spool frees its disk at once");
         let mut reader = SpoolReader::new(spool);
         let err = read_all(&mut reader).await.unwrap_err();
         assert!(err.to_string().contains("spool-memory-per-stream"), "{err}");

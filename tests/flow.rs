@@ -27,6 +27,10 @@ const OPEN_LIMITS: [&str; 10] = [
     "1GiB",
 ];
 
+/// The tests that compare latencies run one at a time: on a 2-core
+/// machine, the other tests' bulk transfers would be noise in both tunnels.
+static LATENCY_TESTS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn start(extra: &[&str]) -> Burrow {
     let mut args: Vec<&str> = OPEN_LIMITS.to_vec();
     args.extend_from_slice(extra);
@@ -196,6 +200,7 @@ fn assert_not_stalled(loaded: &[Duration], control: &[Duration], what: &str) {
 /// larger than SSH's window plus russh's channel queue, ~5 MiB.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_visitor_does_not_slow_other_requests() {
+    let _alone = LATENCY_TESTS.lock().await;
     let burrow = start(&[]).await;
     let origin = Origin::start("flow-slow").await;
     let (_loaded, host, _control, control) = loaded_and_control(&burrow, &origin).await;
@@ -383,6 +388,7 @@ async fn a_full_spool_cuts_only_its_stream() {
 /// A local app reading an upload slowly slows that upload only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_app_reading_an_upload_does_not_stall_others() {
+    let _alone = LATENCY_TESTS.lock().await;
     let burrow = start(&[]).await;
     let origin = Origin::start("flow-upload").await;
     let (_loaded, host, _control, control) = loaded_and_control(&burrow, &origin).await;
@@ -512,6 +518,7 @@ async fn a_restarted_app_gets_fresh_channels() {
 /// without such stalls.
 #[tokio::test]
 async fn no_delayed_ack_stalls_with_an_n_client() {
+    let _alone = LATENCY_TESTS.lock().await;
     let burrow = start(&[]).await;
     let origin = Origin::start("flow-nagle").await;
     let fwd = format!("80:127.0.0.1:{}", origin.port);

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota};
 
 use super::{ip_key, Activity, Refusal};
@@ -48,11 +48,34 @@ pub struct TunnelGate {
     pub activity: Activity,
 }
 
+/// Shards of each per-tunnel map. DashMap's default grows with the CPU
+/// count (4 × CPUs, rounded up: 128 on a 32-core host, ~16 KiB a map) and a
+/// tunnel has four such maps; a tunnel's visitors rarely contend, so a few
+/// shards keep an idle tunnel at the same size on any machine.
+const SHARDS: usize = 4;
+
+fn small_map<V>() -> DashMap<IpAddr, V> {
+    DashMap::with_shard_amount(SHARDS)
+}
+
+/// A keyed rate limiter whose map is [`small_map`].
+fn keyed_limiter(quota: Quota) -> DefaultKeyedRateLimiter<IpAddr> {
+    governor::RateLimiter::new(quota, small_map(), Default::default())
+}
+
 /// Counts per visitor plus a total.
-#[derive(Default)]
 struct Counts {
     per_visitor: DashMap<IpAddr, u32>,
     total: AtomicU32,
+}
+
+impl Default for Counts {
+    fn default() -> Self {
+        Counts {
+            per_visitor: small_map(),
+            total: AtomicU32::new(0),
+        }
+    }
 }
 
 impl Counts {
@@ -128,7 +151,7 @@ impl TunnelGate {
         TunnelGate {
             visitor_bucket: bucket_quota(limits.visitor_rate, limits.visitor_burst).map(|q| {
                 (
-                    DefaultKeyedRateLimiter::keyed(q),
+                    keyed_limiter(q),
                     describe(limits.visitor_rate, limits.visitor_burst),
                 )
             }),
@@ -144,7 +167,7 @@ impl TunnelGate {
             max_websockets_per_tunnel: limits.max_websockets_per_tunnel,
             inflight: Counts::default(),
             websockets: Counts::default(),
-            auth_failures: DefaultKeyedRateLimiter::keyed(
+            auth_failures: keyed_limiter(
                 Quota::with_period(AUTH_FAILURE_PERIOD)
                     .expect("non-zero period")
                     .allow_burst(AUTH_FAILURE_BURST),
@@ -180,14 +203,15 @@ impl TunnelGate {
     /// Admits one request from `visitor`: buckets, then the in-flight caps.
     pub fn admit_request(self: &Arc<Self>, visitor: IpAddr) -> Result<Slot, Refusal> {
         let key = self.visitor_key(visitor);
-        let clock = DefaultClock::default();
+        // The limiters' own clocks: building a quanta clock per request cost
+        // ~7% of the proxy's CPU.
         if let Some((limiter, text)) = &self.visitor_bucket {
             if let Err(not_until) = limiter.check_key(&key) {
                 return Err(Refusal::new(
                     "visitor-rate",
                     format!("Rate limit for this visitor: {text}."),
                 )
-                .retry_after(not_until.wait_time_from(clock.now())));
+                .retry_after(not_until.wait_time_from(limiter.clock().now())));
             }
         }
         if let Some((limiter, text)) = &self.tunnel_bucket {
@@ -196,7 +220,7 @@ impl TunnelGate {
                     "tunnel-rate",
                     format!("Rate limit for this tunnel, all visitors together: {text}."),
                 )
-                .retry_after(not_until.wait_time_from(clock.now())));
+                .retry_after(not_until.wait_time_from(limiter.clock().now())));
             }
         }
         self.slot(key, SlotKind::Request)
@@ -242,7 +266,7 @@ impl TunnelGate {
                     AUTH_FAILURE_PERIOD.as_secs()
                 ),
                 )
-                .retry_after(not_until.wait_time_from(DefaultClock::default().now()))
+                .retry_after(not_until.wait_time_from(self.auth_failures.clock().now()))
             })
     }
 

@@ -2,8 +2,6 @@
 //! write fails, which ends the russh session that owns the socket. russh
 //! offers no way to abort a session from outside, and a disconnect message
 //! cannot help when the client ignores it or stalls the key exchange.
-//!
-//! It also re-arms TCP quick-ACK after every read (see [`quickack`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -30,12 +28,23 @@ impl KillableStream {
         }
     }
 
-    /// `Err` once killed; otherwise registers for the kill wake-up.
-    fn check(&mut self, cx: &mut Context<'_>) -> std::io::Result<()> {
-        if self.token.is_cancelled() || self.killed.as_mut().poll(cx).is_ready() {
-            return Err(std::io::ErrorKind::ConnectionAborted.into());
+    /// Runs one I/O poll unless killed. The kill wake-up is registered
+    /// only when the I/O has to wait: registering costs a lock, and a ready
+    /// socket returns without parking anyway.
+    fn poll_io<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: impl FnOnce(Pin<&mut TcpStream>, &mut Context<'_>) -> Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        if self.token.is_cancelled() {
+            return Poll::Ready(Err(std::io::ErrorKind::ConnectionAborted.into()));
         }
-        Ok(())
+        match io(Pin::new(&mut self.inner), cx) {
+            Poll::Pending if self.killed.as_mut().poll(cx).is_ready() => {
+                Poll::Ready(Err(std::io::ErrorKind::ConnectionAborted.into()))
+            }
+            other => other,
+        }
     }
 }
 
@@ -45,30 +54,8 @@ impl AsyncRead for KillableStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        self.check(cx)?;
-        let before = buf.filled().len();
-        let read = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(read, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            quickack(&self.inner);
-        }
-        read
+        self.poll_io(cx, |inner, cx| inner.poll_read(cx, buf))
     }
-}
-
-/// ACKs what we just read at once instead of up to 40 ms later.
-///
-/// OpenSSH's client leaves Nagle's algorithm on unless the session is
-/// interactive (a pty), so an `ssh -N` client holds a small packet back
-/// until its previous one is ACKed. When the app writes a response in two
-/// pieces (nginx: headers, then sendfile) the client's second packet waits
-/// for our ACK, which Linux delays by up to 40 ms when it has nothing to
-/// send back: every such response took 40+ ms. Quick-ACK mode is not
-/// sticky, so it is re-armed after every read.
-fn quickack(socket: &TcpStream) {
-    #[cfg(any(target_os = "linux", target_os = "android"))]
-    let _ = socket2::SockRef::from(socket).set_tcp_quickack(true);
-    #[cfg(not(any(target_os = "linux", target_os = "android")))]
-    let _ = socket;
 }
 
 impl AsyncWrite for KillableStream {
@@ -77,13 +64,11 @@ impl AsyncWrite for KillableStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        self.check(cx)?;
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        self.poll_io(cx, |inner, cx| inner.poll_write(cx, buf))
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        self.check(cx)?;
-        Pin::new(&mut self.inner).poll_flush(cx)
+        self.poll_io(cx, |inner, cx| inner.poll_flush(cx))
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
