@@ -107,6 +107,24 @@ async fn wait_stat_where(
     }
 }
 
+/// Waits until no spool holds anything (memory or disk).
+async fn wait_spools_empty(burrow: &Burrow) {
+    for field in ["spool_disk_bytes", "spool_memory_bytes"] {
+        wait_stat_where(burrow, field, |b| b == 0, Duration::from_secs(10)).await;
+    }
+}
+
+/// A tunnel from a stock `ssh -R` (pty session) to `origin`: the client and
+/// its public host name.
+async fn tunnel_to(burrow: &Burrow, origin: &Origin, ssh_args: &[&str]) -> (Ssh, String) {
+    let fwd = format!("80:127.0.0.1:{}", origin.port);
+    let mut args = ssh_args.to_vec();
+    args.extend(["-R", &fwd]);
+    let ssh = Ssh::spawn(burrow, &args);
+    let host = ssh.url().await.host();
+    (ssh, host)
+}
+
 /// A visitor on HTTP/1.1 over TLS with a small receive buffer, who asks for
 /// `path` and then reads at most `rate` bytes per second (0 = never reads).
 /// Returns the bytes it read, checked against the origin's pattern, once
@@ -167,11 +185,9 @@ async fn slow_visitor(
 /// Two tunnels to `origin` on two SSH connections: the first takes the
 /// load under test, the second is the unloaded control measured alongside.
 async fn loaded_and_control(burrow: &Burrow, origin: &Origin) -> (Ssh, String, Ssh, String) {
-    let fwd = format!("80:127.0.0.1:{}", origin.port);
-    let loaded = Ssh::spawn(burrow, &["-R", &fwd]);
     // Each spawn has its own fresh key, hence its own name.
-    let control = Ssh::spawn(burrow, &["-R", &fwd]);
-    let (a, b) = (loaded.url().await.host(), control.url().await.host());
+    let (loaded, a) = tunnel_to(burrow, origin, &[]).await;
+    let (control, b) = tunnel_to(burrow, origin, &[]).await;
     assert_ne!(a, b);
     (loaded, a, control, b)
 }
@@ -243,20 +259,7 @@ async fn slow_visitor_does_not_slow_other_requests() {
         "spool memory {memory} over the per-stream cap"
     );
     // The visitor left: its spool is freed.
-    wait_stat_where(
-        &burrow,
-        "spool_disk_bytes",
-        |b| b == 0,
-        Duration::from_secs(10),
-    )
-    .await;
-    wait_stat_where(
-        &burrow,
-        "spool_memory_bytes",
-        |b| b == 0,
-        Duration::from_secs(10),
-    )
-    .await;
+    wait_spools_empty(&burrow).await;
 }
 
 /// A visitor who never reads does not stop the SSH connection: keepalives
@@ -266,19 +269,8 @@ async fn slow_visitor_does_not_slow_other_requests() {
 async fn stalled_visitor_stops_neither_keepalives_nor_requests() {
     let burrow = start(&[]).await;
     let origin = Origin::start("flow-stalled").await;
-    let fwd = format!("80:127.0.0.1:{}", origin.port);
-    let mut ssh = Ssh::spawn(
-        &burrow,
-        &[
-            "-o",
-            "ServerAliveInterval=1",
-            "-o",
-            "ServerAliveCountMax=2",
-            "-R",
-            &fwd,
-        ],
-    );
-    let host = ssh.url().await.host();
+    let keepalive = ["-o", "ServerAliveInterval=1", "-o", "ServerAliveCountMax=2"];
+    let (mut ssh, host) = tunnel_to(&burrow, &origin, &keepalive).await;
     let client = burrow.https_client_h1();
     let hello = burrow.https_url(&host, "/hello");
     latencies(&client, &hello, 20, 2).await;
@@ -329,13 +321,7 @@ async fn stalled_visitor_stops_neither_keepalives_nor_requests() {
 
     stop.store(true, Ordering::SeqCst);
     assert_eq!(stalled.await.unwrap(), 0);
-    wait_stat_where(
-        &burrow,
-        "spool_disk_bytes",
-        |b| b == 0,
-        Duration::from_secs(10),
-    )
-    .await;
+    wait_spools_empty(&burrow).await;
 }
 
 /// When a stream's spool is full it is cut with a log line naming the
@@ -350,9 +336,7 @@ async fn a_full_spool_cuts_only_its_stream() {
     ])
     .await;
     let origin = Origin::start("flow-cut").await;
-    let fwd = format!("80:127.0.0.1:{}", origin.port);
-    let mut ssh = Ssh::spawn(&burrow, &["-R", &fwd]);
-    let host = ssh.url().await.host();
+    let (mut ssh, host) = tunnel_to(&burrow, &origin, &[]).await;
     let hello = burrow.https_url(&host, "/hello");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -367,13 +351,7 @@ async fn a_full_spool_cuts_only_its_stream() {
         .await
         .expect("a log line names the limit");
     // The cut stream's spool is gone; the visitor's connection ends early.
-    wait_stat_where(
-        &burrow,
-        "spool_disk_bytes",
-        |b| b == 0,
-        Duration::from_secs(10),
-    )
-    .await;
+    wait_spools_empty(&burrow).await;
     stop.store(true, Ordering::SeqCst);
     assert!(stalled.await.unwrap() < 8 << 20);
 
@@ -445,9 +423,7 @@ async fn slow_app_reading_an_upload_does_not_stall_others() {
 async fn requests_reuse_pooled_channels() {
     let burrow = start(&[]).await;
     let origin = Origin::start("flow-pool").await;
-    let fwd = format!("80:127.0.0.1:{}", origin.port);
-    let ssh = Ssh::spawn(&burrow, &["-R", &fwd]);
-    let host = ssh.url().await.host();
+    let (_ssh, host) = tunnel_to(&burrow, &origin, &[]).await;
     for _ in 0..20 {
         let resp = burrow.get(&host, "/hello").await;
         assert_eq!(resp.text().await.unwrap(), HELLO);
@@ -465,9 +441,7 @@ async fn requests_reuse_pooled_channels() {
 async fn closed_app_connections_are_not_reused() {
     let burrow = start(&["--channel-pool-idle", "30s"]).await;
     let origin = Origin::start("flow-close").await;
-    let fwd = format!("80:127.0.0.1:{}", origin.port);
-    let ssh = Ssh::spawn(&burrow, &["-R", &fwd]);
-    let host = ssh.url().await.host();
+    let (_ssh, host) = tunnel_to(&burrow, &origin, &[]).await;
     for _ in 0..5 {
         let resp = burrow.get(&host, "/close").await;
         assert_eq!(resp.text().await.unwrap(), HELLO);
