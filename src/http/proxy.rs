@@ -285,9 +285,14 @@ enum SendError {
     Failed(hyper::Error),
 }
 
-/// Sends the request over a pooled keep-alive connection, or a new one. A
-/// pooled connection found closed before the request went out (the app
-/// closed it while idle) is replaced by a fresh one.
+/// Sends the request over a pooled keep-alive connection, or a new one.
+///
+/// A pooled connection can turn out to be closed by the app while it sat
+/// idle. If that is found before the request went out, the request simply
+/// goes over a fresh channel. If the app closed it just as the request was
+/// written (no answer at all), a request without a body and with a safe
+/// method is sent once more over a fresh channel, as nginx does; anything
+/// else gets the error, since the app may have acted on it.
 async fn send(
     app: &Arc<App>,
     tunnel: &Tunnel,
@@ -301,6 +306,7 @@ async fn send(
             Some(sender) => sender,
             None => connect(app, tunnel, visitor).await?,
         };
+        let replay = reused.then(|| replayable(&req)).flatten();
         match sender.try_send_request(req).await {
             Ok(response) => {
                 if reused {
@@ -311,12 +317,35 @@ async fn send(
                 tunnel.pool.recycle(sender);
                 return Ok(response);
             }
-            Err(mut err) => match err.take_message() {
-                Some(unsent) if reused => req = unsent,
+            Err(mut err) => match (err.take_message(), replay) {
+                (Some(unsent), _) if reused => req = unsent,
+                (None, Some(copy)) if err.error().is_incomplete_message() => {
+                    tracing::debug!(subdomain = %tunnel.subdomain, "pooled connection closed under the request; sending it again");
+                    req = copy;
+                }
                 _ => return Err(SendError::Failed(err.into_error())),
             },
         }
     }
+}
+
+/// A copy of a request that may safely be sent twice: a safe method and no
+/// body. `None` for anything else.
+fn replayable(req: &Request<Body>) -> Option<Request<Body>> {
+    use hyper::body::Body as _;
+    let safe = matches!(
+        *req.method(),
+        hyper::Method::GET | hyper::Method::HEAD | hyper::Method::OPTIONS
+    );
+    if !safe || !req.body().is_end_stream() {
+        return None;
+    }
+    let mut copy = Request::new(pages::full(bytes::Bytes::new()));
+    *copy.method_mut() = req.method().clone();
+    *copy.uri_mut() = req.uri().clone();
+    *copy.version_mut() = req.version();
+    *copy.headers_mut() = req.headers().clone();
+    Some(copy)
 }
 
 /// Opens a channel to the local app and starts an HTTP/1.1 connection on it.
