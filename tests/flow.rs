@@ -192,6 +192,42 @@ async fn loaded_and_control(burrow: &Burrow, origin: &Origin) -> (Ssh, String, S
     (loaded, a, control, b)
 }
 
+/// A loaded tunnel and an unloaded control tunnel to one app over two SSH
+/// connections, warmed up; held alone among the latency tests.
+struct LatencyRig {
+    burrow: Burrow,
+    origin: Origin,
+    host: String,
+    client: reqwest::Client,
+    hello: String,
+    control_hello: String,
+    _clients: (Ssh, Ssh),
+    _alone: tokio::sync::MutexGuard<'static, ()>,
+}
+
+impl LatencyRig {
+    async fn start(label: &str) -> LatencyRig {
+        let alone = LATENCY_TESTS.lock().await;
+        let burrow = start(&[]).await;
+        let origin = Origin::start(label).await;
+        let (loaded, host, control, control_host) = loaded_and_control(&burrow, &origin).await;
+        let client = burrow.https_client_h1();
+        let hello = burrow.https_url(&host, "/hello");
+        let control_hello = burrow.https_url(&control_host, "/hello");
+        paired_latencies(&client, &hello, &control_hello, 20, 4).await; // warm-up
+        LatencyRig {
+            burrow,
+            origin,
+            host,
+            client,
+            hello,
+            control_hello,
+            _clients: (loaded, control),
+            _alone: alone,
+        }
+    }
+}
+
 /// The latency check of the issue: the loaded tunnel's p99 within 2x of an
 /// unloaded tunnel's, measured at the same time on the same machine (plus
 /// 25 ms of slack for a busy CI machine; a stalled SSH session costs far
@@ -216,16 +252,16 @@ fn assert_not_stalled(loaded: &[Duration], control: &[Duration], what: &str) {
 /// larger than SSH's window plus russh's channel queue, ~5 MiB.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_visitor_does_not_slow_other_requests() {
-    let _alone = LATENCY_TESTS.lock().await;
-    let burrow = start(&[]).await;
-    let origin = Origin::start("flow-slow").await;
-    let (_loaded, host, _control, control) = loaded_and_control(&burrow, &origin).await;
-    let client = burrow.https_client_h1();
-    let (hello, control_hello) = (
-        burrow.https_url(&host, "/hello"),
-        burrow.https_url(&control, "/hello"),
-    );
-    paired_latencies(&client, &hello, &control_hello, 20, 4).await; // warm-up
+    let LatencyRig {
+        burrow,
+        origin: _origin,
+        host,
+        client,
+        hello,
+        control_hello,
+        _clients,
+        _alone,
+    } = LatencyRig::start("flow-slow").await;
 
     let stop = Arc::new(AtomicBool::new(false));
     let slow = slow_visitor(
@@ -366,16 +402,16 @@ async fn a_full_spool_cuts_only_its_stream() {
 /// A local app reading an upload slowly slows that upload only.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn slow_app_reading_an_upload_does_not_stall_others() {
-    let _alone = LATENCY_TESTS.lock().await;
-    let burrow = start(&[]).await;
-    let origin = Origin::start("flow-upload").await;
-    let (_loaded, host, _control, control) = loaded_and_control(&burrow, &origin).await;
-    let client = burrow.https_client_h1();
-    let (hello, control_hello) = (
-        burrow.https_url(&host, "/hello"),
-        burrow.https_url(&control, "/hello"),
-    );
-    paired_latencies(&client, &hello, &control_hello, 20, 4).await; // warm-up
+    let LatencyRig {
+        burrow,
+        origin: _origin,
+        host,
+        client,
+        hello,
+        control_hello,
+        _clients,
+        _alone,
+    } = LatencyRig::start("flow-upload").await;
 
     const UPLOAD: usize = 24 << 20;
     let body = random_bytes(UPLOAD, 7);
