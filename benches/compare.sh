@@ -356,6 +356,20 @@ read -r P_ORIGIN P_FRONT P_SSHD P_RPTY P_RN P_SH_SSH P_SH_HTTP P_SH_HTTPS _ < <(
 
 declare -A URL=() HOSTH=() PIDS_OF=()
 
+# nginx_http_common DIR: the http{} lines both nginx instances share: long
+# keep-alive for the load generators, and every temp path inside DIR.
+nginx_http_common() {
+    cat <<NGINX
+    keepalive_timeout 300s;
+    keepalive_requests 100000000;
+    client_body_temp_path $1/client_body;
+    proxy_temp_path $1/proxy;
+    fastcgi_temp_path $1/fastcgi;
+    uwsgi_temp_path $1/uwsgi;
+    scgi_temp_path $1/scgi;
+NGINX
+}
+
 # ---------------------------------------------------------------- origin nginx
 mkdir -p "$TMP/origin"
 cat >"$TMP/origin/nginx.conf" <<EOF
@@ -371,13 +385,7 @@ http {
     sendfile on;
     tcp_nopush on;
     tcp_nodelay on;
-    keepalive_timeout 300s;
-    keepalive_requests 100000000;
-    client_body_temp_path $TMP/origin/client_body;
-    proxy_temp_path $TMP/origin/proxy;
-    fastcgi_temp_path $TMP/origin/fastcgi;
-    uwsgi_temp_path $TMP/origin/uwsgi;
-    scgi_temp_path $TMP/origin/scgi;
+$(nginx_http_common "$TMP/origin")
     default_type application/octet-stream;
     log_format upload '\$request_length \$request_time \$status';
     server {
@@ -480,13 +488,7 @@ events { worker_connections 4096; }
 http {
     access_log off;
     tcp_nodelay on;
-    keepalive_timeout 300s;
-    keepalive_requests 100000000;
-    client_body_temp_path $TMP/front/client_body;
-    proxy_temp_path $TMP/front/proxy;
-    fastcgi_temp_path $TMP/front/fastcgi;
-    uwsgi_temp_path $TMP/front/uwsgi;
-    scgi_temp_path $TMP/front/scgi;
+$(nginx_http_common "$TMP/front")
     upstream sshd_tunnel {
         server 127.0.0.1:$P_RPTY;
         keepalive 128;
