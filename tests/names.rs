@@ -151,18 +151,7 @@ impl Client {
         let mut child = cmd
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
-        let out = Buf::default();
-        let err = Buf::default();
-        spawn_reader(
-            child.stdout.take().unwrap(),
-            out.clone(),
-            Some(format!("[{tag} stdout] ")),
-        );
-        spawn_reader(
-            child.stderr.take().unwrap(),
-            err.clone(),
-            Some(format!("[{tag} stderr] ")),
-        );
+        let (out, err) = capture_output(&mut child, Some(tag));
         let stdin = child.stdin.take();
         Client {
             child,

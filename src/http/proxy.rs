@@ -76,8 +76,12 @@ pub async fn handle(
         Route::Malformed => pages::not_found(&host).render(req.headers()),
         Route::Tunnel(name) => match app.registry.get_or_wait(&name).await {
             Some(tunnel) => {
-                let visitor = app.trusted.visitor(req.headers(), peer);
-                tunnel_request(&app, &tunnel, req, visitor, &host, scheme).await
+                let visitor = Visitor {
+                    addr: app.trusted.visitor(req.headers(), peer),
+                    host: &host,
+                    scheme,
+                };
+                tunnel_request(&app, &tunnel, req, &visitor).await
             }
             None => pages::not_found(&host).render(req.headers()),
         },
@@ -101,12 +105,10 @@ async fn tunnel_request(
     app: &Arc<App>,
     tunnel: &Tunnel,
     req: Request<Incoming>,
-    visitor: SocketAddr,
-    host: &str,
-    scheme: Scheme,
+    visitor: &Visitor<'_>,
 ) -> Response<Body> {
     let options = tunnel.client.options_settled(OPTIONS_WAIT).await;
-    let req = match access::check(tunnel, &options, req, visitor) {
+    let req = match access::check(tunnel, &options, req, visitor.addr) {
         Access::Answer(response) => return response,
         Access::Pass(req) => req,
     };
@@ -114,33 +116,28 @@ async fn tunnel_request(
     let req = if app.config.limits.no_browser_warning || tunnel.granted {
         req
     } else {
-        match interstitial::gate(req, &tunnel.subdomain, host, scheme).await {
+        match interstitial::gate(req, &tunnel.subdomain, visitor.host, visitor.scheme).await {
             Gate::Answer(response) => return response,
             Gate::Pass(req) => req,
         }
     };
-    let slot = match tunnel.gate.admit_request(visitor.ip()) {
+    let slot = match tunnel.gate.admit_request(visitor.addr.ip()) {
         Ok(slot) => slot,
-        Err(refusal) => return refused(app, tunnel, visitor, &refusal, req.headers()),
+        Err(refusal) => return refused(app, tunnel, visitor.addr, &refusal, req.headers()),
     };
     let max_body = app.config.limits.max_body_size;
     if max_body > 0 && content_length(req.headers()).is_some_and(|len| len > max_body) {
         return pages::too_large(max_body).render(req.headers());
     }
     let ws_slot = if wants_upgrade(&req) {
-        match tunnel.gate.admit_websocket(visitor.ip()) {
+        match tunnel.gate.admit_websocket(visitor.addr.ip()) {
             Ok(slot) => Some(slot),
-            Err(refusal) => return refused(app, tunnel, visitor, &refusal, req.headers()),
+            Err(refusal) => return refused(app, tunnel, visitor.addr, &refusal, req.headers()),
         }
     } else {
         None
     };
-    let visitor = Visitor {
-        addr: visitor,
-        host,
-        scheme,
-    };
-    proxy(app, tunnel, req, &visitor, &options, slot, ws_slot).await
+    proxy(app, tunnel, req, visitor, &options, slot, ws_slot).await
 }
 
 /// A limit said no: 429 (or 503 when the whole tunnel is busy) with

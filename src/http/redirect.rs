@@ -34,13 +34,17 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: Shutdown) {
     .await;
 }
 
-fn is_tunnel(app: &App, req: &Request<Incoming>) -> bool {
-    let host = req
-        .headers()
+/// The host a plain-HTTP request names: `Host`, else an absolute URI's.
+fn host(req: &Request<Incoming>) -> Option<&str> {
+    req.headers()
         .get(HOST)
         .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().host());
-    host.is_some_and(|host| matches!(subdomain::route(host, &app.config.domain), Route::Tunnel(_)))
+        .or_else(|| req.uri().host())
+}
+
+fn is_tunnel(app: &App, req: &Request<Incoming>) -> bool {
+    host(req)
+        .is_some_and(|host| matches!(subdomain::route(host, &app.config.domain), Route::Tunnel(_)))
 }
 
 fn handle(app: &App, req: &Request<Incoming>) -> Response<Body> {
@@ -59,12 +63,7 @@ fn handle(app: &App, req: &Request<Incoming>) -> Response<Body> {
 
 /// The HTTPS URL for this request, or `None` when the host is not ours.
 fn location(app: &App, req: &Request<Incoming>) -> Option<HeaderValue> {
-    let host = req
-        .headers()
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().host())?;
-    let name = subdomain::strip_port(host)
+    let name = subdomain::strip_port(host(req)?)
         .trim_end_matches('.')
         .to_ascii_lowercase();
     match subdomain::route(&name, &app.config.domain) {

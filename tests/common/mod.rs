@@ -325,6 +325,16 @@ impl OutputBuf {
 
 /// Spawns a thread copying `r` into `buf`; if `echo_prefix` is set every
 /// line is also echoed to this test's stderr.
+/// Captures a child's stdout and stderr (both piped) into buffers, echoed
+/// to the test's output as `[TAG stdout]` / `[TAG stderr]` when `tag` is given.
+pub fn capture_output(child: &mut Child, tag: Option<&str>) -> (OutputBuf, OutputBuf) {
+    let (out, err) = (OutputBuf::default(), OutputBuf::default());
+    let prefix = |stream: &str| tag.map(|t| format!("[{t} {stream}] "));
+    spawn_reader(child.stdout.take().unwrap(), out.clone(), prefix("stdout"));
+    spawn_reader(child.stderr.take().unwrap(), err.clone(), prefix("stderr"));
+    (out, err)
+}
+
 pub fn spawn_reader(r: impl Read + Send + 'static, buf: OutputBuf, echo_prefix: Option<String>) {
     std::thread::spawn(move || {
         let mut r = BufReader::new(r);
@@ -437,19 +447,7 @@ impl Burrow {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn burrow binary");
-
-        let stdout = OutputBuf::default();
-        let stderr = OutputBuf::default();
-        spawn_reader(
-            child.stdout.take().unwrap(),
-            stdout.clone(),
-            Some("[burrow stdout] ".into()),
-        );
-        spawn_reader(
-            child.stderr.take().unwrap(),
-            stderr.clone(),
-            Some("[burrow stderr] ".into()),
-        );
+        let (stdout, stderr) = capture_output(&mut child, Some("burrow"));
 
         let ready = stdout
             .wait_for(READY_TIMEOUT, |t| t.lines().find_map(parse_ready_line))
@@ -738,10 +736,7 @@ pub async fn run_burrow_expect_exit(args: &[&str]) -> FailedRun {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn burrow");
-    let out = OutputBuf::default();
-    let err = OutputBuf::default();
-    spawn_reader(child.stdout.take().unwrap(), out.clone(), None);
-    spawn_reader(child.stderr.take().unwrap(), err.clone(), None);
+    let (out, err) = capture_output(&mut child, None);
     let st = wait_child(&mut child, Duration::from_secs(10)).await;
     let Some(status) = st else {
         let _ = child.kill();
@@ -1549,18 +1544,7 @@ impl SshSpec<'_> {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn ssh");
-        let stdout = OutputBuf::default();
-        let stderr = OutputBuf::default();
-        spawn_reader(
-            child.stdout.take().unwrap(),
-            stdout.clone(),
-            Some("[ssh stdout] ".into()),
-        );
-        spawn_reader(
-            child.stderr.take().unwrap(),
-            stderr.clone(),
-            Some("[ssh stderr] ".into()),
-        );
+        let (stdout, stderr) = capture_output(&mut child, Some("ssh"));
         let stdin = child.stdin.take();
         Ssh {
             child,
