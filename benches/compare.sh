@@ -28,6 +28,8 @@
 #                       (`cargo install sandhole --version '^0.10'`); a failed
 #                       build is remembered there: SANDHOLE_REBUILD=1 retries
 #   KEEP_TMP      (0)   1: keep the temporary directory (all configs and logs)
+#   BURROW_ARGS   ()    extra burrow flags, appended (A/B a lever, e.g.
+#                       BURROW_ARGS="--channel-pool-size 0")
 #
 # Targets (every one on 127.0.0.1; the origin is nginx serving /1k, /100m and
 # reading a 100 MiB POST on /upload; every ssh client is stock OpenSSH with
@@ -67,8 +69,8 @@ set -euo pipefail
 
 # Knobs as the caller set them, to print the exact command.
 CALLER_ENV=""
-for v in DURATION LAT_DURATION ROUNDS WARMUP ONLY BURROW_BIN SANDHOLE SANDHOLE_BIN SANDHOLE_LOG BENCH_CACHE; do
-    if [[ -n ${!v:-} ]]; then CALLER_ENV+="$v=${!v} "; fi
+for v in DURATION LAT_DURATION ROUNDS WARMUP ONLY BURROW_BIN SANDHOLE SANDHOLE_BIN SANDHOLE_LOG BENCH_CACHE BURROW_ARGS; do
+    if [[ -n ${!v:-} ]]; then CALLER_ENV+="$v=\"${!v}\" "; fi
 done
 INVOCATION="${CALLER_ENV}$0${*:+ $*}"
 
@@ -551,8 +553,10 @@ if wanted_any burrow-http-pty burrow-http-N burrow-https burrow-h2; then
         --max-inflight-per-visitor 100000 --max-inflight-per-tunnel 100000
         --max-body-size 1GiB --max-conns-per-minute 1000)
     [[ $HAS_HTTP_MODE == 1 ]] && B_ARGS+=(--http-mode proxy)
+    # shellcheck disable=SC2206 # word splitting of the extra flags is wanted
+    B_ARGS+=(${BURROW_ARGS:-})
     # burrow's default log level (no per-request lines), whatever the caller's RUST_LOG.
-    spawn "$TMP/logs/burrow.log" server env RUST_LOG=info "$BURROW_BIN" "${B_ARGS[@]}"
+    spawn "$TMP/logs/burrow.log" server env RUST_LOG=info,rustls=error "$BURROW_BIN" "${B_ARGS[@]}"
     BURROW_PID=$SPAWNED
     ready=
     for ((i = 0; i < 300; i++)); do
