@@ -10,6 +10,7 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -18,19 +19,22 @@ use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::registry::{Traffic, Tunnel};
 use crate::spool::{Budget, Spool, SpoolReader};
 
 /// A channel's byte stream. Dropping it closes the channel.
 pub struct ChannelIo {
     reader: SpoolReader,
     writer: Pin<Box<dyn AsyncWrite + Send>>,
+    /// The tunnel's byte counters (admin API).
+    traffic: Arc<Traffic>,
     /// Tells the pump the reader is gone, so it closes the channel.
     _done: DropGuard,
 }
 
 impl ChannelIo {
-    /// Starts the channel's pump; `subdomain` names it in log lines.
-    pub fn new(channel: Channel<Msg>, budget: Arc<Budget>, subdomain: &str) -> Self {
+    /// Starts the channel's pump for a channel of `tunnel`.
+    pub fn new(channel: Channel<Msg>, budget: Arc<Budget>, tunnel: &Tunnel) -> Self {
         let (read, write) = channel.split();
         let writer = Box::pin(write.make_writer());
         let spool = Spool::new(budget);
@@ -40,11 +44,12 @@ impl ChannelIo {
             write,
             Arc::clone(&spool),
             done.clone(),
-            subdomain.to_string(),
+            tunnel.subdomain.clone(),
         ));
         ChannelIo {
             reader: SpoolReader::new(spool),
             writer,
+            traffic: Arc::clone(&tunnel.traffic),
             _done: done.drop_guard(),
         }
     }
@@ -94,7 +99,13 @@ impl AsyncRead for ChannelIo {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.reader.poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = self.reader.poll_read(cx, buf);
+        let read = (buf.filled().len() - before) as u64;
+        if read > 0 {
+            self.traffic.bytes_out.fetch_add(read, Ordering::Relaxed);
+        }
+        polled
     }
 }
 
@@ -104,7 +115,13 @@ impl AsyncWrite for ChannelIo {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.writer.as_mut().poll_write(cx, buf)
+        let polled = self.writer.as_mut().poll_write(cx, buf);
+        if let Poll::Ready(Ok(written)) = polled {
+            self.traffic
+                .bytes_in
+                .fetch_add(written as u64, Ordering::Relaxed);
+        }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

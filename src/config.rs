@@ -94,8 +94,113 @@ pub struct Config {
     )]
     pub reserved_names: Vec<String>,
 
+    /// Public ports raw TCP tunnels may get, e.g. `20000-29999` or
+    /// `20000-20099,30000`. Empty (the default): TCP tunnels are refused.
+    #[arg(long, env = "TCP_PORTS", default_value = "", value_parser = parse_port_ranges)]
+    pub tcp_ports: PortRanges,
+
+    /// Address the raw TCP tunnel listeners bind to.
+    #[arg(long, env = "TCP_BIND", default_value = "0.0.0.0")]
+    pub tcp_bind: std::net::IpAddr,
+
+    /// When a second client asks for a name (or port) its key may hold:
+    /// `replace` (the newest takes it over), `round-robin` (requests and
+    /// connections spread over all clients) or `failover` (the oldest serves,
+    /// the next takes over when it goes).
+    #[arg(long, env = "BALANCE", value_enum, default_value_t = Balance::Replace)]
+    pub balance: Balance,
+
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+/// How several clients share one name.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// One client per name: a newer connection of the same key takes over.
+    Replace,
+    /// Every client gets requests (HTTP) or connections (TCP, TLS) in turn.
+    RoundRobin,
+    /// The oldest client serves; the next oldest takes over when it goes.
+    Failover,
+}
+
+impl Balance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::Replace => "replace",
+            Balance::RoundRobin => "round-robin",
+            Balance::Failover => "failover",
+        }
+    }
+}
+
+/// Inclusive port ranges (`--tcp-ports`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortRanges(pub Vec<std::ops::RangeInclusive<u16>>);
+
+impl PortRanges {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.iter().any(|r| r.contains(&port))
+    }
+
+    /// Number of ports in all ranges.
+    pub fn count(&self) -> usize {
+        self.0.iter().map(|r| r.clone().count()).sum()
+    }
+
+    /// The `n`-th port of the ranges, counting from the first.
+    pub fn nth(&self, mut n: usize) -> Option<u16> {
+        for range in &self.0 {
+            let len = range.clone().count();
+            if n < len {
+                return Some(range.start() + n as u16);
+            }
+            n -= len;
+        }
+        None
+    }
+}
+
+impl std::fmt::Display for PortRanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|r| match r.start() == r.end() {
+                true => r.start().to_string(),
+                false => format!("{}-{}", r.start(), r.end()),
+            })
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// `20000-29999`, `5432`, or a comma-separated list of them; empty = none.
+pub fn parse_port_ranges(text: &str) -> Result<PortRanges, String> {
+    let mut ranges = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let port = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{p:?} is not a port (1-65535)"))
+        };
+        let (start, end) = match part.split_once('-') {
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => (port(part)?, port(part)?),
+        };
+        if start > end {
+            return Err(format!("{part:?}: the range ends before it starts"));
+        }
+        ranges.push(start..=end);
+    }
+    Ok(PortRanges(ranges))
 }
 
 /// What the plain-HTTP listener does with requests for tunnels.
@@ -271,6 +376,26 @@ pub struct LimitArgs {
     /// for reuse by later requests. 0 = a new channel per request.
     #[arg(long, env = "CHANNEL_POOL_SIZE", default_value_t = 64)]
     pub channel_pool_size: usize,
+
+    /// Concurrent visitor connections one raw TCP (or TLS passthrough)
+    /// tunnel relays. 0 = unlimited.
+    #[arg(long, env = "TCP_MAX_CONNS_PER_TUNNEL", default_value_t = 512)]
+    pub tcp_max_conns_per_tunnel: u32,
+
+    /// Concurrent connections one visitor IP may hold to one raw TCP (or
+    /// TLS passthrough) tunnel. 0 = unlimited.
+    #[arg(long, env = "TCP_MAX_CONNS_PER_VISITOR", default_value_t = 128)]
+    pub tcp_max_conns_per_visitor: u32,
+
+    /// A relayed TCP (or TLS passthrough) connection with no bytes either way
+    /// for this long is closed. 0 = never.
+    #[arg(long, env = "TCP_IDLE_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    pub tcp_idle_timeout: Duration,
+
+    /// Bytes per second one raw TCP (or TLS passthrough) tunnel may relay,
+    /// both directions together. 0 = not capped.
+    #[arg(long, env = "TCP_BANDWIDTH", default_value = "0", value_parser = parse_size)]
+    pub tcp_bandwidth: u64,
 
     /// An idle pooled connection is closed after this long; keep it below
     /// the local app's keep-alive timeout.
@@ -463,6 +588,20 @@ mod tests {
         assert!(parse_cidr("2001:db8::/32").is_ok());
         assert_eq!(parse_cidr("10.1.2.3").unwrap().prefix_len(), 32);
         assert!(parse_cidr("10.1.2.3/33").is_err());
+    }
+
+    #[test]
+    fn port_ranges() {
+        let r = parse_port_ranges("20000-20009, 30000").unwrap();
+        assert_eq!(r.count(), 11);
+        assert!(r.contains(20005) && r.contains(30000) && !r.contains(20010));
+        assert_eq!(r.nth(10), Some(30000));
+        assert_eq!(r.nth(11), None);
+        assert_eq!(r.to_string(), "20000-20009,30000");
+        assert!(parse_port_ranges("").unwrap().is_empty());
+        for bad in ["0-10", "10-5", "x", "1-70000"] {
+            assert!(parse_port_ranges(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -40,6 +40,7 @@ pub struct Grant {
 pub struct KeysFile {
     by_fingerprint: HashMap<String, Grant>,
     name_owners: HashMap<String, Vec<String>>,
+    port_owners: HashMap<u16, Vec<String>>,
 }
 
 /// `SHA256:…` of a key, as `ssh-keygen -lf` prints it.
@@ -62,6 +63,9 @@ impl KeysFile {
                     .or_default()
                     .push(fp.clone());
             }
+            for port in &grant.ports {
+                file.port_owners.entry(*port).or_default().push(fp.clone());
+            }
             file.by_fingerprint.insert(fp, grant);
         }
         Ok(file)
@@ -75,6 +79,11 @@ impl KeysFile {
     /// Fingerprints of the keys that own `name` (empty: nobody does).
     pub fn owners(&self, name: &str) -> &[String] {
         self.name_owners.get(name).map_or(&[], Vec::as_slice)
+    }
+
+    /// Fingerprints of the keys that own TCP port `port` (empty: nobody).
+    pub fn port_owners(&self, port: u16) -> &[String] {
+        self.port_owners.get(&port).map_or(&[], Vec::as_slice)
     }
 
     pub fn len(&self) -> usize {
@@ -282,11 +291,19 @@ fn enforce(app: &crate::App, file: &KeysFile) {
     for tunnel in app.registry.tunnels() {
         let owner = tunnel.owner.as_deref();
         let listed = owner.is_some_and(|fp| file.grant(fp).is_some());
-        let owners = file.owners(&tunnel.subdomain);
+        let owners = match tunnel.kind {
+            crate::registry::Kind::Tcp(port) => file.port_owners(port),
+            crate::registry::Kind::Name => file.owners(&tunnel.subdomain),
+        };
         let reason = if keys_only && !listed {
             Some("your key was removed from the keys file")
         } else if !owners.is_empty() && !owner.is_some_and(|fp| owners.iter().any(|o| o == fp)) {
-            Some("the keys file now grants this name to another key")
+            Some(match tunnel.kind {
+                crate::registry::Kind::Tcp(_) => {
+                    "the keys file now grants this port to another key"
+                }
+                crate::registry::Kind::Name => "the keys file now grants this name to another key",
+            })
         } else if owners.is_empty() && app.config.reserved_names.contains(&tunnel.subdomain) {
             Some("the keys file no longer grants this reserved name to your key")
         } else {

@@ -8,6 +8,7 @@
 //! [`run`] binds every listener first (so a bad flag fails before anything
 //! starts), then serves until the shutdown signal resolves.
 
+pub mod admin;
 pub mod channel;
 pub mod config;
 pub mod forwarded;
@@ -15,12 +16,14 @@ pub mod http;
 pub mod keys;
 pub mod limits;
 pub mod registry;
+pub mod relay;
 pub mod shutdown;
 pub mod spool;
 pub mod ssh;
 pub mod state;
 pub mod stats;
 pub mod subdomain;
+pub mod tcp;
 pub mod tls;
 
 use std::future::Future;
@@ -58,6 +61,18 @@ pub struct App {
     pub keys: keys::Keys,
     /// Memory and disk held for slow readers, shared by every channel.
     pub spool: Arc<spool::Budget>,
+    /// Public ports of raw TCP tunnels.
+    pub tcp: tcp::TcpPorts,
+    /// Where each listener is bound.
+    pub addrs: BoundAddrs,
+}
+
+/// The addresses the listeners are bound to (ports may be 0 in the flags).
+pub struct BoundAddrs {
+    pub ssh: SocketAddr,
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    pub stats: SocketAddr,
 }
 
 /// Every tunnel holds one SSH socket and every visitor one more: the usual
@@ -100,20 +115,53 @@ impl App {
         )
     }
 
+    /// The public address of `tunnel`: its HTTPS URL, or `tcp://DOMAIN:PORT`.
+    pub fn tunnel_url(&self, tunnel: &registry::Tunnel) -> String {
+        match tunnel.kind {
+            registry::Kind::Tcp(port) => self.tcp_url(port),
+            registry::Kind::Name => self.url(&tunnel.subdomain),
+        }
+    }
+
+    /// The public address of TCP port `port`.
+    pub fn tcp_url(&self, port: u16) -> String {
+        format!("tcp://{}:{port}", self.config.domain)
+    }
+
     /// Applies a fresh block: every SSH connection and tunnel of the IP is
-    /// closed, with a line saying until when.
-    pub fn block_ip(&self, ip: std::net::IpAddr, block: &Block) {
+    /// closed, with a line saying until when. Returns how many connections
+    /// were closed.
+    pub fn block_ip(&self, ip: std::net::IpAddr, block: &Block) -> usize {
         self.stats
             .total_blocked
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(%ip, until = %block.until_utc(), reason = %block.reason, "ip blocked");
         let text = ssh::banner::blocked(&block.until_utc(), &block.reason);
-        for conn in self.registry.conns_of_ip(ip) {
-            self.registry.remove_conn(conn.id);
+        let conns = self.registry.conns_of_ip(ip);
+        for conn in &conns {
+            for (_, removed) in self.registry.remove_conn(conn.id) {
+                self.clients_left(&removed.remaining);
+            }
             conn.close(
                 text.clone(),
                 format!("blocked until {}: {}", block.until_utc(), block.reason),
             );
+        }
+        conns.len()
+    }
+
+    /// Tells the clients still serving `key` how many they are now.
+    pub fn clients_left(&self, remaining: &[Arc<registry::Tunnel>]) {
+        let Some(first) = remaining.first() else {
+            return;
+        };
+        let text = ssh::banner::clients_now(
+            &self.tunnel_url(first),
+            remaining.len(),
+            self.registry.balance(),
+        );
+        for tunnel in remaining {
+            tunnel.client.notify(text.clone());
         }
     }
 
@@ -121,18 +169,16 @@ impl App {
     /// how to reconnect, and a connection left without tunnels is ended so
     /// the client exits (and supervisors such as autossh reconnect).
     pub fn close_tunnel(&self, tunnel: &registry::Tunnel, reason: &str) {
-        if !self.registry.remove(&tunnel.subdomain, tunnel.conn) {
+        let Some(removed) = self.registry.remove(&tunnel.subdomain, tunnel.conn) else {
             return;
-        }
+        };
+        self.clients_left(&removed.remaining);
         tracing::info!(conn = tunnel.conn, ip = %tunnel.client_ip, subdomain = %tunnel.subdomain, reason, "tunnel closed");
         let Some(conn) = self.registry.conn(tunnel.conn) else {
             return;
         };
-        let text = ssh::banner::tunnel_expired(
-            &self.url(&tunnel.subdomain),
-            reason,
-            &self.connect_command(),
-        );
+        let text =
+            ssh::banner::tunnel_expired(&self.tunnel_url(tunnel), reason, &self.connect_command());
         if self.registry.conn_has_tunnels(tunnel.conn) {
             conn.notify(text);
         } else {
@@ -147,7 +193,7 @@ impl App {
         let Some(conn) = self.registry.conn(old.conn) else {
             return;
         };
-        let text = ssh::banner::taken_over(&self.url(&old.subdomain));
+        let text = ssh::banner::taken_over(&self.tunnel_url(old));
         if self.registry.conn_has_tunnels(old.conn) {
             conn.notify(text);
         } else {
@@ -221,7 +267,16 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         local(&listeners.stats),
     );
 
+    let addrs = BoundAddrs {
+        ssh: ssh_addr,
+        http: http_addr,
+        https: https_addr,
+        stats: stats_addr,
+    };
     let app = Arc::new(App {
+        tcp: tcp::TcpPorts::new(config.tcp_ports.clone(), config.tcp_bind),
+        addrs,
+        registry: Arc::new(Registry::new(config.balance)),
         ip_guard: Arc::new(IpGuard::new(&config.limits)),
         refusal_log: LogOnce::default(),
         trusted: TrustedProxies::new(&config.limits.trusted_proxies),
@@ -233,7 +288,6 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
             ssh_port: ssh_addr.port(),
         },
         config,
-        registry: Arc::new(Registry::default()),
         stats: Stats::default(),
         ssh_config: ssh::russh_config(host_key),
     });
@@ -262,7 +316,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     shutdown.spawn(http::serve_tls(
         listeners.https,
         tls,
-        http::ConnLimits::from_app(&app),
+        Arc::clone(&app),
         shutdown.clone(),
         move |req, peer| {
             http::proxy::handle(Arc::clone(&proxy_app), req, peer, http::Scheme::Https)

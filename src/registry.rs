@@ -9,12 +9,20 @@
 //! lifetimes can write to a user's terminal or close their connection from
 //! outside the connection's own handler.
 //!
+//! A name may be served by several clients at once (`--balance`): each
+//! name maps to a [`Group`] of tunnels, one per client, and every lookup
+//! picks one of them by the balancing policy, skipping clients that just
+//! failed to open a channel. Raw TCP tunnels live in the same map under the
+//! key `tcp:PORT` (a key no Host header can ever name), so limits, the
+//! admin API, lifetimes and balancing treat every kind of tunnel alike.
+//!
 //! Names can also be *announced* before they become tunnels: the SSH handler
 //! shows the URL of a connection's first forward while authentication is
 //! still running (so `-N` users see it), and holds the name until the
 //! forward arrives; requests for an announced name wait briefly for it.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -22,6 +30,7 @@ use dashmap::DashMap;
 use russh::server::{Handle, Msg};
 use russh::{Channel, ChannelId};
 
+use crate::config::Balance;
 use crate::limits::http::TunnelGate;
 use crate::limits::ip_key;
 use crate::ssh::options::{Output, TunnelOptions};
@@ -34,9 +43,42 @@ pub type ConnId = u64;
 /// before it gives up with 504.
 pub const CHANNEL_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One public name bound to one `tcpip-forward` of one SSH connection.
+/// How long a client that failed to open a channel is passed over while
+/// other clients serve its name.
+pub const SKIP_AFTER_FAILURE: Duration = Duration::from_secs(30);
+
+/// What a tunnel carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Reached by name on the HTTPS (and HTTP) listener: proxied HTTP, or
+    /// raw TLS with the `tls=passthrough` option.
+    Name,
+    /// Reached on its own public TCP port.
+    Tcp(u16),
+}
+
+/// The registry key of TCP port `port`.
+pub fn tcp_key(port: u16) -> String {
+    format!("tcp:{port}")
+}
+
+/// Traffic of one tunnel, for the admin API.
+#[derive(Default)]
+pub struct Traffic {
+    /// HTTP requests, or TCP/TLS connections, accepted for the tunnel.
+    pub requests: AtomicU64,
+    /// Bytes sent to the client's app (visitor → app).
+    pub bytes_in: AtomicU64,
+    /// Bytes received from the client's app (app → visitor).
+    pub bytes_out: AtomicU64,
+}
+
+/// One public name (or TCP port) bound to one `tcpip-forward` of one SSH
+/// connection.
 pub struct Tunnel {
+    /// The registry key: the subdomain label, or `tcp:PORT`.
     pub subdomain: String,
+    pub kind: Kind,
     /// The SSH connection that owns the tunnel.
     pub conn: ConnId,
     pub client_ip: IpAddr,
@@ -59,6 +101,14 @@ pub struct Tunnel {
     pub pool: Arc<crate::http::pool::Pool>,
     /// Set once the "closing soon" notice went out.
     pub lifetime_warned: std::sync::atomic::AtomicBool,
+    /// Shared with the tunnel's channels (never the tunnel itself: its pool
+    /// holds connections whose channels would then hold it).
+    pub traffic: Arc<Traffic>,
+    /// Wall-clock creation time, for the admin API.
+    pub created_wall: std::time::SystemTime,
+    /// Until when balancing passes this client over (it failed to open a
+    /// channel).
+    skip_until: Mutex<Option<Instant>>,
     handle: Handle,
 }
 
@@ -75,8 +125,9 @@ pub enum OpenError {
 }
 
 impl Tunnel {
+    /// A tunnel serving `subdomain` (or `tcp:PORT`) of `kind` for `client`.
     pub fn new(
-        subdomain: String,
+        (subdomain, kind): (String, Kind),
         client: Arc<Conn>,
         (bind_address, bind_port): (String, u32),
         handle: Handle,
@@ -86,6 +137,7 @@ impl Tunnel {
     ) -> Tunnel {
         Tunnel {
             subdomain,
+            kind,
             owner,
             granted,
             conn: client.id,
@@ -97,8 +149,38 @@ impl Tunnel {
             gate: Arc::new(TunnelGate::new(limits)),
             pool: crate::http::pool::Pool::new(limits.channel_pool_size, limits.channel_pool_idle),
             lifetime_warned: Default::default(),
+            traffic: Arc::default(),
+            created_wall: std::time::SystemTime::now(),
+            skip_until: Mutex::new(None),
             handle,
         }
+    }
+
+    /// Whether visitors' TLS is relayed to the app instead of terminated.
+    pub fn passthrough(&self) -> bool {
+        self.kind == Kind::Name
+            && self.client.options().tls == crate::ssh::options::Tls::Passthrough
+    }
+
+    /// `http`, `tls` or `tcp`, as the admin API shows it.
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            Kind::Tcp(_) => "tcp",
+            Kind::Name if self.passthrough() => "tls",
+            Kind::Name => "http",
+        }
+    }
+
+    /// Marks the client as failing: balancing skips it for a while.
+    pub fn mark_failing(&self) {
+        *self.skip_until.lock().expect("skip lock") = Some(Instant::now() + SKIP_AFTER_FAILURE);
+    }
+
+    fn skipped(&self) -> bool {
+        self.skip_until
+            .lock()
+            .expect("skip lock")
+            .is_some_and(|until| Instant::now() < until)
     }
 
     /// Opens a `forwarded-tcpip` channel to the client, naming the visitor as
@@ -112,7 +194,10 @@ impl Tunnel {
         );
         match tokio::time::timeout(CHANNEL_OPEN_TIMEOUT, open).await {
             Err(_) => Err(OpenError::Timeout),
-            Ok(Ok(channel)) => Ok(channel),
+            Ok(Ok(channel)) => {
+                *self.skip_until.lock().expect("skip lock") = None;
+                Ok(channel)
+            }
             Ok(Err(russh::Error::ChannelOpenFailure(reason))) => {
                 Err(OpenError::Refused(format!("{reason:?}")))
             }
@@ -278,15 +363,62 @@ async fn disconnect_then_kill(
 /// How long a disconnected client gets before its socket is cut.
 const KILL_GRACE: Duration = Duration::from_secs(1);
 
+/// The clients serving one name, oldest first.
+pub struct Group {
+    members: Vec<Arc<Tunnel>>,
+    /// Round-robin position.
+    turn: AtomicUsize,
+    /// Held while the group exists: a TCP port's listener stops when its
+    /// last client goes.
+    _listener: Option<crate::tcp::Listening>,
+}
+
+impl Group {
+    fn new(first: Arc<Tunnel>, listener: Option<crate::tcp::Listening>) -> Self {
+        Group {
+            members: vec![first],
+            turn: AtomicUsize::new(0),
+            _listener: listener,
+        }
+    }
+
+    /// The members in the order they should be tried: the policy's choice
+    /// first, clients that recently failed last.
+    fn candidates(&self, balance: Balance) -> Vec<Arc<Tunnel>> {
+        let n = self.members.len();
+        let start = match balance {
+            Balance::RoundRobin if n > 1 => self.turn.fetch_add(1, Ordering::Relaxed) % n,
+            _ => 0,
+        };
+        let rotated = (0..n).map(|i| &self.members[(start + i) % n]);
+        let (healthy, failing): (Vec<_>, Vec<_>) = rotated.partition(|t| !t.skipped());
+        healthy.into_iter().chain(failing).cloned().collect()
+    }
+
+    /// The member the policy picks now.
+    fn pick(&self, balance: Balance) -> Option<Arc<Tunnel>> {
+        if self.members.len() == 1 {
+            return self.members.first().cloned();
+        }
+        self.candidates(balance).into_iter().next()
+    }
+}
+
 /// All live tunnels, reserved names and SSH connections.
-#[derive(Default)]
 pub struct Registry {
-    tunnels: DashMap<String, Arc<Tunnel>>,
+    tunnels: DashMap<String, Group>,
+    balance: Balance,
     /// Announced names and how many connections announced each.
     reserved: DashMap<String, u32>,
     conns: DashMap<ConnId, Arc<Conn>>,
     /// Woken whenever a tunnel is inserted.
     inserted: tokio::sync::Notify,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new(Balance::Replace)
+    }
 }
 
 /// How long a request for a reserved (announced, not yet forwarded) name
@@ -326,14 +458,37 @@ pub enum ClaimError {
     Taken,
 }
 
-/// A successful claim; `replaced` is the same key's older tunnel it took
-/// the name from.
+/// A successful claim.
 pub struct Claimed {
     pub tunnel: Arc<Tunnel>,
+    /// The same key's older tunnel it took the name from (`replace`).
     pub replaced: Option<Arc<Tunnel>>,
+    /// The clients already serving the name that it joined (round-robin or
+    /// failover); empty when it serves the name alone.
+    pub joined: Vec<Arc<Tunnel>>,
+}
+
+/// What the removal of a tunnel left behind.
+pub struct Removed {
+    /// Clients still serving the name.
+    pub remaining: Vec<Arc<Tunnel>>,
 }
 
 impl Registry {
+    pub fn new(balance: Balance) -> Self {
+        Registry {
+            tunnels: DashMap::new(),
+            balance,
+            reserved: DashMap::new(),
+            conns: DashMap::new(),
+            inserted: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn balance(&self) -> Balance {
+        self.balance
+    }
+
     /// Reserves a fresh random name that no tunnel and no announcement
     /// holds.
     pub fn reserve_random(self: &Arc<Self>) -> Reservation {
@@ -373,30 +528,69 @@ impl Registry {
         }
     }
 
-    /// Makes `tunnel` live under its name. A name held by a tunnel of the
-    /// same key is taken over (that tunnel is removed and returned); held by
-    /// anyone else, the claim fails.
-    pub fn claim(&self, tunnel: Tunnel) -> Result<Claimed, ClaimError> {
-        let tunnel = Arc::new(tunnel);
-        let replaced = match self.tunnels.entry(tunnel.subdomain.clone()) {
-            dashmap::Entry::Occupied(mut held) => {
-                let same_key = tunnel.owner.is_some() && held.get().owner == tunnel.owner;
-                if !same_key {
-                    return Err(ClaimError::Taken);
-                }
-                Some(held.insert(Arc::clone(&tunnel)))
-            }
-            dashmap::Entry::Vacant(slot) => {
-                slot.insert(Arc::clone(&tunnel));
-                None
-            }
-        };
-        self.inserted.notify_waiters();
-        Ok(Claimed { tunnel, replaced })
+    /// Whether `tunnel` may serve a name next to (or instead of) `held`:
+    /// the same key, or two keys the keys file both granted the name.
+    fn may_share(tunnel: &Tunnel, held: &Tunnel) -> bool {
+        let same_key = tunnel.owner.is_some() && held.owner == tunnel.owner;
+        same_key || (tunnel.granted && held.granted)
     }
 
-    /// The live tunnel `subdomain`; if the name is only reserved so far,
-    /// waits up to [`RESERVED_WAIT`] for it to go live.
+    /// Makes `tunnel` live under its name. What happens to a name that is
+    /// already held depends on `--balance`: with `replace`, a tunnel of the
+    /// same key is taken over (removed and returned); with `round-robin` or
+    /// `failover`, a client that may share the name joins the others. Held
+    /// by anyone else, the claim fails. `listener` lives as long as the name
+    /// has clients.
+    pub fn claim(
+        &self,
+        tunnel: Tunnel,
+        listener: Option<crate::tcp::Listening>,
+    ) -> Result<Claimed, ClaimError> {
+        let tunnel = Arc::new(tunnel);
+        let mut claimed = Claimed {
+            tunnel: Arc::clone(&tunnel),
+            replaced: None,
+            joined: Vec::new(),
+        };
+        match self.tunnels.entry(tunnel.subdomain.clone()) {
+            dashmap::Entry::Occupied(mut held) => {
+                let group = held.get_mut();
+                let oldest = group.members.first().expect("groups are never empty");
+                match self.balance {
+                    Balance::Replace => {
+                        let same_key = tunnel.owner.is_some() && oldest.owner == tunnel.owner;
+                        if !same_key {
+                            return Err(ClaimError::Taken);
+                        }
+                        claimed.replaced = Some(std::mem::replace(
+                            &mut group.members[0],
+                            Arc::clone(&tunnel),
+                        ));
+                    }
+                    Balance::RoundRobin | Balance::Failover => {
+                        if !Self::may_share(&tunnel, oldest) {
+                            return Err(ClaimError::Taken);
+                        }
+                        claimed.joined = group.members.clone();
+                        group.members.push(Arc::clone(&tunnel));
+                    }
+                }
+            }
+            dashmap::Entry::Vacant(slot) => {
+                // A TCP port is only served while someone listens on it:
+                // the group it meant to join has just gone.
+                if matches!(tunnel.kind, Kind::Tcp(_)) && listener.is_none() {
+                    return Err(ClaimError::Taken);
+                }
+                slot.insert(Group::new(Arc::clone(&tunnel), listener));
+            }
+        }
+        self.inserted.notify_waiters();
+        Ok(claimed)
+    }
+
+    /// The tunnel that serves `subdomain` now; if the name is only reserved
+    /// so far, waits up to [`RESERVED_WAIT`] for it to go live.
     pub async fn get_or_wait(&self, subdomain: &str) -> Option<Arc<Tunnel>> {
         // The usual case, without setting up a wait.
         if let Some(tunnel) = self.get(subdomain) {
@@ -419,26 +613,75 @@ impl Registry {
         }
     }
 
+    /// The client the balancing policy picks for `subdomain` now.
     pub fn get(&self, subdomain: &str) -> Option<Arc<Tunnel>> {
-        self.tunnels.get(subdomain).map(|t| Arc::clone(t.value()))
-    }
-
-    /// Removes `subdomain` if it still belongs to connection `conn` (a name
-    /// may have moved on to another connection in the meantime).
-    pub fn remove(&self, subdomain: &str, conn: ConnId) -> bool {
         self.tunnels
-            .remove_if(subdomain, |_, t| t.conn == conn)
-            .is_some()
+            .get(subdomain)
+            .and_then(|g| g.pick(self.balance))
     }
 
-    /// Removes every tunnel of connection `conn`; returns how many.
-    pub fn remove_conn(&self, conn: ConnId) -> usize {
-        let before = self.tunnels.len();
-        self.tunnels.retain(|_, t| t.conn != conn);
-        before.saturating_sub(self.tunnels.len())
+    /// Every client serving `key`, in the order they should be tried.
+    pub fn candidates(&self, key: &str) -> Vec<Arc<Tunnel>> {
+        self.tunnels
+            .get(key)
+            .map(|g| g.candidates(self.balance))
+            .unwrap_or_default()
     }
 
+    /// Another client of `tunnel`'s name to try after `tunnel` failed to
+    /// open a channel, if one may stand in for it (same owner).
+    pub fn stand_in(&self, tunnel: &Tunnel) -> Option<Arc<Tunnel>> {
+        self.candidates(&tunnel.subdomain)
+            .into_iter()
+            .find(|t| t.conn != tunnel.conn && t.owner == tunnel.owner && !t.skipped())
+    }
+
+    /// How many clients serve `key`.
+    pub fn clients(&self, key: &str) -> usize {
+        self.tunnels.get(key).map_or(0, |g| g.members.len())
+    }
+
+    /// Removes connection `conn`'s client from `subdomain` (a name may have
+    /// moved on to another connection in the meantime). `None` if it was
+    /// not there.
+    pub fn remove(&self, subdomain: &str, conn: ConnId) -> Option<Removed> {
+        let dashmap::Entry::Occupied(mut entry) = self.tunnels.entry(subdomain.to_string()) else {
+            return None;
+        };
+        let members = &mut entry.get_mut().members;
+        let before = members.len();
+        members.retain(|t| t.conn != conn);
+        if members.len() == before {
+            return None;
+        }
+        let remaining = members.clone();
+        if remaining.is_empty() {
+            entry.remove();
+        }
+        Some(Removed { remaining })
+    }
+
+    /// Removes every tunnel of connection `conn`; returns the keys it
+    /// served and the clients left on each.
+    pub fn remove_conn(&self, conn: ConnId) -> Vec<(String, Removed)> {
+        let keys: Vec<String> = self
+            .tunnels
+            .iter()
+            .filter(|g| g.members.iter().any(|t| t.conn == conn))
+            .map(|g| g.key().clone())
+            .collect();
+        keys.into_iter()
+            .filter_map(|key| self.remove(&key, conn).map(|removed| (key, removed)))
+            .collect()
+    }
+
+    /// Number of tunnels (a name served by two clients counts twice).
     pub fn len(&self) -> usize {
+        self.tunnels.iter().map(|g| g.members.len()).sum()
+    }
+
+    /// Number of distinct names and TCP ports served.
+    pub fn names_len(&self) -> usize {
         self.tunnels.len()
     }
 
@@ -449,27 +692,32 @@ impl Registry {
     /// Number of distinct client IPs that own at least one tunnel.
     pub fn unique_ips(&self) -> usize {
         let ips: std::collections::HashSet<IpAddr> =
-            self.tunnels.iter().map(|t| t.client_ip).collect();
+            self.tunnels().iter().map(|t| t.client_ip).collect();
         ips.len()
     }
 
     /// Tunnels owned by clients in the same limit group as `ip`.
     pub fn count_for_ip(&self, ip: IpAddr) -> usize {
         let key = ip_key(ip);
-        self.tunnels
+        self.tunnels()
             .iter()
             .filter(|t| ip_key(t.client_ip) == key)
             .count()
     }
 
-    /// A snapshot of every live tunnel.
+    /// A snapshot of every live tunnel (every client of every name).
     pub fn tunnels(&self) -> Vec<Arc<Tunnel>> {
-        self.tunnels.iter().map(|t| Arc::clone(t.value())).collect()
+        self.tunnels
+            .iter()
+            .flat_map(|g| g.members.clone())
+            .collect()
     }
 
     /// Whether connection `conn` still owns any tunnel.
     pub fn conn_has_tunnels(&self, conn: ConnId) -> bool {
-        self.tunnels.iter().any(|t| t.conn == conn)
+        self.tunnels
+            .iter()
+            .any(|g| g.members.iter().any(|t| t.conn == conn))
     }
 
     pub fn add_conn(&self, conn: Arc<Conn>) {
@@ -494,10 +742,18 @@ impl Registry {
             .collect()
     }
 
-    /// Sorted names of all live tunnels.
+    /// Sorted names (and `tcp:PORT` keys) of all live tunnels.
     pub fn names(&self) -> Vec<String> {
         let mut names: Vec<String> = self.tunnels.iter().map(|t| t.key().clone()).collect();
         names.sort();
         names
+    }
+
+    /// How many clients serve each name.
+    pub fn client_counts(&self) -> std::collections::BTreeMap<String, usize> {
+        self.tunnels
+            .iter()
+            .map(|g| (g.key().clone(), g.members.len()))
+            .collect()
     }
 }

@@ -1,4 +1,5 @@
-//! Counters and the loopback-only JSON stats endpoint.
+//! Counters and the loopback-only JSON stats endpoint (which also serves
+//! the [`crate::admin`] API).
 //!
 //! Counters are plain atomics bumped on the hot path; gauges are held by RAII
 //! guards so that an early return or a dropped future can never leave them
@@ -73,8 +74,14 @@ struct Snapshot {
     spool_memory_bytes: u64,
     spool_disk_bytes: u64,
     streams_cut: u64,
+    /// Distinct names and TCP ports served (`active_tunnels` counts each
+    /// client of a shared name).
+    active_names: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     subdomains: Option<Vec<String>>,
+    /// With `subdomains=true`: how many clients serve each name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    clients: Option<std::collections::BTreeMap<String, usize>>,
 }
 
 fn snapshot(app: &App, with_subdomains: bool) -> Snapshot {
@@ -101,7 +108,9 @@ fn snapshot(app: &App, with_subdomains: bool) -> Snapshot {
         spool_memory_bytes: app.spool.memory_used(),
         spool_disk_bytes: app.spool.disk_used(),
         streams_cut: app.spool.streams_cut(),
+        active_names: app.registry.names_len() as u64,
         subdomains: with_subdomains.then(|| app.registry.names()),
+        clients: with_subdomains.then(|| app.registry.client_counts()),
     }
 }
 
@@ -114,12 +123,12 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: Shutdown) {
     };
     crate::http::serve_plain(listener, limits, shutdown, move |req, peer| {
         let app = Arc::clone(&app);
-        async move { Ok::<_, Infallible>(handle(&app, req, peer)) }
+        async move { Ok::<_, Infallible>(handle(&app, req, peer).await) }
     })
     .await;
 }
 
-fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
     // Bound wider by mistake or not, strangers never see the numbers.
     if !peer.ip().is_loopback() && !peer.ip().to_canonical().is_loopback() {
         return json(
@@ -128,7 +137,10 @@ fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Response<Body>
         );
     }
     if req.uri().path() != "/" {
-        return json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.into());
+        return match crate::admin::handle(app, req).await {
+            Some(response) => response,
+            None => json(StatusCode::NOT_FOUND, r#"{"error":"not found"}"#.into()),
+        };
     }
     let with_subdomains = req
         .uri()

@@ -14,7 +14,7 @@ pub mod pages;
 pub mod pool;
 pub mod proxy;
 pub mod redirect;
-pub mod upgrade;
+pub mod sni;
 pub mod watchdog;
 
 use std::convert::Infallible;
@@ -133,6 +133,41 @@ async fn accept_loop<F, Fut>(
     graceful.shutdown().await;
 }
 
+/// Reads the ClientHello and acts on its SNI. Returns the stream (with the
+/// hello replayed) when TLS is to be terminated here; `None` when the
+/// connection was relayed, refused, or broke off.
+async fn route_by_sni(
+    app: Arc<crate::App>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    deadline: tokio::time::Instant,
+) -> Option<sni::Rewind<TcpStream>> {
+    let hello = match tokio::time::timeout_at(deadline, sni::read_client_hello(&mut stream)).await {
+        Ok(Ok(hello)) => hello,
+        Ok(Err(err)) => {
+            tracing::debug!(%peer, error = %err, "no valid ClientHello");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "tls handshake timed out");
+            return None;
+        }
+    };
+    match sni::decide(&app, hello.server_name.as_deref()).await {
+        sni::Decision::Terminate => Some(sni::Rewind::new(hello.bytes, stream)),
+        sni::Decision::Reject => {
+            tracing::debug!(%peer, sni = ?hello.server_name, "tls for a name outside the domain refused");
+            sni::reject(&mut stream).await;
+            None
+        }
+        sni::Decision::Passthrough(name) => {
+            let local = stream.local_addr().unwrap_or(app.addrs.https);
+            crate::relay::serve_visitor(app, &name, stream, &hello.bytes, peer, local).await;
+            None
+        }
+    }
+}
+
 /// Lets a connection task register itself for graceful shutdown.
 pub struct GracefulShutdownWatcher(hyper_util::server::graceful::Watcher);
 
@@ -172,18 +207,21 @@ pub async fn serve_plain<H, Fut>(
 }
 
 /// Serves HTTPS (HTTP/1.1 with upgrades, and HTTP/2) with `handler`. Each
-/// connection runs next to a [`watchdog::ConnWatch`] that enforces the
-/// header and keep-alive timeouts.
+/// connection's SNI is read first ([`sni`]): `tls=passthrough` tunnels get
+/// the raw bytes, names outside the domain an alert. Terminated connections
+/// run next to a [`watchdog::ConnWatch`] that enforces the header and
+/// keep-alive timeouts.
 pub async fn serve_tls<H, Fut>(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    limits: ConnLimits,
+    app: Arc<crate::App>,
     shutdown: Shutdown,
     handler: H,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<Body>, Infallible>> + Send + 'static,
 {
+    let limits = ConnLimits::from_app(&app);
     let acceptor = TlsAcceptor::from(tls);
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder.http1().max_buf_size(limits.read_buffer());
@@ -201,9 +239,13 @@ pub async fn serve_tls<H, Fut>(
             let acceptor = acceptor.clone();
             let builder = builder.clone();
             let limits = limits.clone();
+            let app = Arc::clone(&app);
             async move {
-                let handshake =
-                    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                let deadline = tokio::time::Instant::now() + TLS_HANDSHAKE_TIMEOUT;
+                let Some(stream) = route_by_sni(app, stream, peer, deadline).await else {
+                    return;
+                };
+                let handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream));
                 let tls = match handshake.await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(err)) => {

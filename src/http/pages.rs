@@ -220,6 +220,21 @@ pub fn limited(status: StatusCode, refusal: &crate::limits::Refusal) -> Page {
     page
 }
 
+/// The visitor's IP is blocked (by the operator, or for abuse).
+pub fn blocked(until_utc: &str, reason: &str) -> Page {
+    Page::new(StatusCode::FORBIDDEN, "Blocked")
+        .text(format!("Your IP address is blocked until {until_utc}."))
+        .text(format!("Reason: {reason}"))
+}
+
+/// A TLS-passthrough tunnel reached through burrow's own TLS (a Host header
+/// that does not match the SNI): only the app's TLS may serve it.
+pub fn misdirected(host: &str) -> Page {
+    Page::new(StatusCode::MISDIRECTED_REQUEST, "Misdirected request").text(format!(
+        "{host} serves its own TLS certificate; connect to it with that name in TLS (SNI)."
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -22,12 +22,13 @@ use super::access::{self, Access};
 use super::interstitial::{self, Gate};
 use super::metered::MeteredBody;
 use super::pool::Sender;
-use super::{pages, upgrade, Body, Scheme};
+use super::{pages, Body, Scheme};
 use crate::channel::ChannelIo;
 use crate::limits::http::Slot;
 use crate::limits::{Activity, Refusal};
 use crate::registry::{OpenError, Tunnel};
-use crate::ssh::options::TunnelOptions;
+use crate::relay::{self, RelayLimits};
+use crate::ssh::options::{ProxyHeader, TunnelOptions};
 use crate::stats::OwnedGauge;
 use crate::subdomain::{self, Route};
 use crate::App;
@@ -81,6 +82,17 @@ pub async fn handle(
                     host: &host,
                     scheme,
                 };
+                if let Some(block) = app.ip_guard.blocked(visitor.addr.ip()) {
+                    return Ok(
+                        pages::blocked(&block.until_utc(), &block.reason).render(req.headers())
+                    );
+                }
+                // Only the app's own TLS may serve it: here through burrow's
+                // TLS (a Host header naming another tunnel than the SNI did).
+                // Plain HTTP never gets here: the redirector sends it to HTTPS.
+                if tunnel.passthrough() {
+                    return Ok(pages::misdirected(&host).render(req.headers()));
+                }
                 tunnel_request(&app, &tunnel, req, &visitor).await
             }
             None => pages::not_found(&host).render(req.headers()),
@@ -103,7 +115,7 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
 /// A request for a live tunnel: warning page, limits, then the proxy.
 async fn tunnel_request(
     app: &Arc<App>,
-    tunnel: &Tunnel,
+    tunnel: &Arc<Tunnel>,
     req: Request<Incoming>,
     visitor: &Visitor<'_>,
 ) -> Response<Body> {
@@ -144,7 +156,7 @@ async fn tunnel_request(
 /// `Retry-After`, logged once per visitor and limit.
 fn refused(
     app: &App,
-    tunnel: &Tunnel,
+    tunnel: &Arc<Tunnel>,
     visitor: SocketAddr,
     refusal: &Refusal,
     request_headers: &HeaderMap,
@@ -185,7 +197,7 @@ struct Visitor<'a> {
 
 async fn proxy(
     app: &Arc<App>,
-    tunnel: &Tunnel,
+    tunnel: &Arc<Tunnel>,
     mut req: Request<Incoming>,
     visitor: &Visitor<'_>,
     options: &TunnelOptions,
@@ -194,6 +206,10 @@ async fn proxy(
 ) -> Response<Body> {
     app.stats
         .total_requests
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tunnel
+        .traffic
+        .requests
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let in_flight = OwnedGauge::new(app, |s| &s.active_requests);
     // Error pages only look at Accept: keep that, not a copy of every header.
@@ -222,8 +238,8 @@ async fn proxy(
 
     let idle = limits.request_idle_timeout;
     let sent = tokio::select! {
-        sent = send(app, tunnel, req, visitor.addr) => sent,
-        _ = upgrade::idle_expired(&activity, idle) => {
+        sent = send(app, tunnel, req, visitor.addr, options.proxy) => sent,
+        _ = relay::idle_expired(&activity, idle) => {
             tracing::debug!(subdomain = %tunnel.subdomain, "request idle timeout before the response");
             return pages::request_idle(host, idle).render(&visitor_headers);
         }
@@ -284,6 +300,11 @@ enum SendError {
 
 /// Sends the request over a pooled keep-alive connection, or a new one.
 ///
+/// With `proxy=`, every request gets a fresh connection that starts with a
+/// PROXY header naming its own visitor (a pooled one would name whoever
+/// opened it). When the client fails to open a channel, another client of
+/// the same key serving the name stands in (`--balance`).
+///
 /// A pooled connection can turn out to be closed by the app while it sat
 /// idle. If that is found before the request went out, the request simply
 /// goes over a fresh channel. If the app closed it just as the request was
@@ -292,16 +313,33 @@ enum SendError {
 /// else gets the error, since the app may have acted on it.
 async fn send(
     app: &Arc<App>,
-    tunnel: &Tunnel,
+    tunnel: &Arc<Tunnel>,
     mut req: Request<Body>,
     visitor: SocketAddr,
+    proxy: Option<ProxyHeader>,
 ) -> Result<Response<Incoming>, SendError> {
-    let mut pooled = tunnel.pool.take();
+    let pooling = proxy.is_none();
+    let mut tunnel = Arc::clone(tunnel);
+    let mut pooled = if pooling { tunnel.pool.take() } else { None };
     loop {
         let reused = pooled.is_some();
         let mut sender = match pooled.take() {
             Some(sender) => sender,
-            None => connect(app, tunnel, visitor).await?,
+            None => match connect(app, &tunnel, visitor, proxy).await {
+                Ok(sender) => sender,
+                Err(SendError::Open(err)) => {
+                    tunnel.mark_failing();
+                    match app.registry.stand_in(&tunnel) {
+                        Some(next) => {
+                            tracing::debug!(subdomain = %tunnel.subdomain, conn = tunnel.conn, error = ?err, "channel open failed; another client stands in");
+                            tunnel = next;
+                            continue;
+                        }
+                        None => return Err(SendError::Open(err)),
+                    }
+                }
+                Err(err) => return Err(err),
+            },
         };
         let replay = reused.then(|| replayable(&req)).flatten();
         match sender.try_send_request(req).await {
@@ -311,7 +349,9 @@ async fn send(
                         .channels_reused
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
-                tunnel.pool.recycle(sender);
+                if pooling {
+                    tunnel.pool.recycle(sender);
+                }
                 return Ok(response);
             }
             Err(mut err) => match (err.take_message(), replay) {
@@ -348,8 +388,9 @@ fn replayable(req: &Request<Body>) -> Option<Request<Body>> {
 /// Opens a channel to the local app and starts an HTTP/1.1 connection on it.
 async fn connect(
     app: &Arc<App>,
-    tunnel: &Tunnel,
+    tunnel: &Arc<Tunnel>,
     visitor: SocketAddr,
+    proxy: Option<ProxyHeader>,
 ) -> Result<Sender, SendError> {
     let channel = tunnel
         .open_channel(visitor)
@@ -358,7 +399,13 @@ async fn connect(
     app.stats
         .channels_opened
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let io = ChannelIo::new(channel, Arc::clone(&app.spool), &tunnel.subdomain);
+    let mut io = ChannelIo::new(channel, Arc::clone(&app.spool), tunnel);
+    if let Some(version) = proxy {
+        use tokio::io::AsyncWriteExt;
+        let header = relay::proxy_header(version, visitor, app.addrs.https);
+        // A failed write shows up as the handshake's or the request's error.
+        let _ = io.write_all(&header).await;
+    }
     let (sender, conn) = hyper::client::conn::http1::Builder::new()
         .handshake(TokioIo::new(io))
         .await
@@ -511,8 +558,12 @@ fn relay_upgrade(
     slot: Slot,
 ) {
     let gauge = OwnedGauge::new(app, |s| &s.active_websockets);
-    let max_bytes = app.config.limits.websocket_max_bytes;
-    let idle = app.config.limits.websocket_idle_timeout;
+    let limits = RelayLimits {
+        max_bytes: app.config.limits.websocket_max_bytes,
+        idle: app.config.limits.websocket_idle_timeout,
+        flags: "websocket",
+        bandwidth: None,
+    };
     tokio::spawn(async move {
         let _held = (gauge, slot);
         let (visitor, origin) = match tokio::try_join!(visitor, origin) {
@@ -522,9 +573,8 @@ fn relay_upgrade(
                 return;
             }
         };
-        let end =
-            upgrade::relay(TokioIo::new(visitor), TokioIo::new(origin), max_bytes, idle).await;
-        tracing::debug!(end = %end.describe(max_bytes, idle), "upgraded connection ended");
+        let end = relay::relay(TokioIo::new(visitor), TokioIo::new(origin), &limits).await;
+        tracing::debug!(end = %end.describe(&limits), "upgraded connection ended");
     });
 }
 

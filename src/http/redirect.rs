@@ -4,7 +4,7 @@
 //! open redirect.
 //!
 //! With `--http-mode proxy`, requests for tunnels go to the proxy instead
-//! (over plain HTTP); the apex still redirects.
+//! (over plain HTTP); the apex and `tls=passthrough` tunnels still redirect.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -42,9 +42,16 @@ fn host(req: &Request<Incoming>) -> Option<&str> {
         .or_else(|| req.uri().host())
 }
 
+/// Whether the request is for a tunnel the proxy serves over plain HTTP:
+/// any but a `tls=passthrough` one, which only speaks TLS.
 fn is_tunnel(app: &App, req: &Request<Incoming>) -> bool {
-    host(req)
-        .is_some_and(|host| matches!(subdomain::route(host, &app.config.domain), Route::Tunnel(_)))
+    let Some(host) = host(req) else {
+        return false;
+    };
+    match subdomain::route(host, &app.config.domain) {
+        Route::Tunnel(name) => !app.registry.get(&name).is_some_and(|t| t.passthrough()),
+        _ => false,
+    }
 }
 
 fn handle(app: &App, req: &Request<Incoming>) -> Response<Body> {

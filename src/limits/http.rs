@@ -39,8 +39,14 @@ pub struct TunnelGate {
     max_inflight_per_tunnel: u32,
     max_websockets_per_visitor: u32,
     max_websockets_per_tunnel: u32,
+    max_conns_per_visitor: u32,
+    max_conns_per_tunnel: u32,
     inflight: Counts,
     websockets: Counts,
+    /// Relayed raw connections (TCP tunnels, TLS passthrough).
+    connections: Counts,
+    /// `--tcp-bandwidth`: KiB per second for relayed connections.
+    bandwidth: Option<DefaultDirectRateLimiter>,
     /// Failed Basic-auth attempts per visitor (`auth=`): burst
     /// [`AUTH_FAILURE_BURST`], then one per [`AUTH_FAILURE_PERIOD`].
     auth_failures: DefaultKeyedRateLimiter<IpAddr>,
@@ -118,6 +124,7 @@ enum Cap {
 pub enum SlotKind {
     Request,
     WebSocket,
+    Connection,
 }
 
 /// A held request or WebSocket slot; released on drop.
@@ -140,6 +147,23 @@ fn bucket_quota(rate: Rate, burst: u32) -> Option<Quota> {
     }
     let period = Duration::from_secs_f64(1.0 / rate.per_second);
     Some(Quota::with_period(period)?.allow_burst(NonZeroU32::new(burst.max(1))?))
+}
+
+/// A limiter counting KiB, with a burst of one second's worth (at least
+/// 64 KiB, so one relay buffer always fits).
+fn bandwidth_limiter(bytes_per_second: u64) -> Option<DefaultDirectRateLimiter> {
+    let kib = NonZeroU32::new(
+        u32::try_from(bytes_per_second / 1024)
+            .unwrap_or(u32::MAX)
+            .max(1),
+    )?;
+    if bytes_per_second == 0 {
+        return None;
+    }
+    let burst = NonZeroU32::new(kib.get().max(64)).expect("non-zero");
+    Some(DefaultDirectRateLimiter::direct(
+        Quota::per_second(kib).allow_burst(burst),
+    ))
 }
 
 fn describe(rate: Rate, burst: u32) -> String {
@@ -165,8 +189,12 @@ impl TunnelGate {
             max_inflight_per_tunnel: limits.max_inflight_per_tunnel,
             max_websockets_per_visitor: limits.max_websockets_per_visitor,
             max_websockets_per_tunnel: limits.max_websockets_per_tunnel,
+            max_conns_per_visitor: limits.tcp_max_conns_per_visitor,
+            max_conns_per_tunnel: limits.tcp_max_conns_per_tunnel,
             inflight: Counts::default(),
             websockets: Counts::default(),
+            connections: Counts::default(),
+            bandwidth: bandwidth_limiter(limits.tcp_bandwidth),
             auth_failures: keyed_limiter(
                 Quota::with_period(AUTH_FAILURE_PERIOD)
                     .expect("non-zero period")
@@ -180,7 +208,30 @@ impl TunnelGate {
         match kind {
             SlotKind::Request => &self.inflight,
             SlotKind::WebSocket => &self.websockets,
+            SlotKind::Connection => &self.connections,
         }
+    }
+
+    /// Admits one more relayed connection (TCP tunnel, TLS passthrough)
+    /// from `visitor`.
+    pub fn admit_connection(self: &Arc<Self>, visitor: IpAddr) -> Result<Slot, Refusal> {
+        self.slot(ip_key(visitor), SlotKind::Connection)
+    }
+
+    /// Waits until `bytes` more may be relayed under `--tcp-bandwidth`.
+    pub async fn spend_bandwidth(&self, bytes: usize) {
+        let Some(limiter) = &self.bandwidth else {
+            return;
+        };
+        let cells = bytes.div_ceil(1024).max(1);
+        let cells = NonZeroU32::new(u32::try_from(cells).unwrap_or(u32::MAX)).expect("non-zero");
+        // Chunks are at most the relay buffer (16 KiB), under the burst.
+        let _ = limiter.until_n_ready(cells).await;
+    }
+
+    /// Requests in flight plus relayed connections.
+    pub fn open(&self) -> u32 {
+        self.inflight.total() + self.connections.total()
     }
 
     /// The bucket key for a visitor: its IP key, or the shared overflow key
@@ -238,6 +289,7 @@ impl TunnelGate {
                 self.max_websockets_per_visitor,
                 self.max_websockets_per_tunnel,
             ),
+            SlotKind::Connection => (self.max_conns_per_visitor, self.max_conns_per_tunnel),
         };
         match self.counts(kind).acquire(key, per_visitor, total) {
             Ok(()) => {
@@ -272,7 +324,7 @@ impl TunnelGate {
 
     /// Requests and WebSockets open right now.
     pub fn busy(&self) -> bool {
-        self.inflight.total() > 0 || self.websockets.total() > 0
+        self.inflight.total() > 0 || self.websockets.total() > 0 || self.connections.total() > 0
     }
 
     /// Forgets visitors whose buckets are full again.
@@ -303,6 +355,14 @@ fn refusal(kind: SlotKind, cap: Cap, per_visitor: u32, total: u32) -> Refusal {
         (SlotKind::WebSocket, Cap::Tunnel) => Refusal::new(
             "max-websockets-per-tunnel",
             format!("Too many open WebSockets on this tunnel (limit {total})."),
+        ),
+        (SlotKind::Connection, Cap::Visitor) => Refusal::new(
+            "tcp-max-conns-per-visitor",
+            format!("Too many open connections from this visitor (limit {per_visitor})."),
+        ),
+        (SlotKind::Connection, Cap::Tunnel) => Refusal::new(
+            "tcp-max-conns-per-tunnel",
+            format!("Too many open connections on this tunnel (limit {total})."),
         ),
     }
     .retry_after(retry)

@@ -232,6 +232,24 @@ impl IpGuard {
         block
     }
 
+    /// Lifts the block on `ip`; whether there was one.
+    pub fn unblock(&self, ip: IpAddr) -> bool {
+        self.blocks.remove(&ip_key(ip)).is_some()
+    }
+
+    /// The blocks in force, by IP key.
+    pub fn blocks(&self) -> Vec<(IpAddr, Block)> {
+        let now = Instant::now();
+        let mut blocks: Vec<(IpAddr, Block)> = self
+            .blocks
+            .iter()
+            .filter(|b| b.until > now)
+            .map(|b| (*b.key(), b.value().clone()))
+            .collect();
+        blocks.sort_by_key(|(ip, _)| *ip);
+        blocks
+    }
+
     /// Number of IPs blocked right now.
     pub fn blocked_count(&self) -> usize {
         let now = Instant::now();

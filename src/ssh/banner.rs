@@ -174,12 +174,41 @@ pub fn stopped(count: usize) -> String {
     line(&format!("Stopped. {what}."))
 }
 
-pub fn unsupported_port(port: u32, domain: &str) -> String {
+/// A raw TCP forward on a server without `--tcp-ports`.
+pub fn tcp_disabled(port: u32, domain: &str) -> String {
     line(&format!(
-        "ERROR: -R {port} is not supported here: use -R 80 (or 443, or 0) for an HTTPS tunnel, \
-         e.g. ssh -R 80:localhost:3000 {domain}"
+        "ERROR: -R {port} asks for a raw TCP tunnel, but TCP tunnels are disabled on this server \
+         (the operator sets --tcp-ports). Use -R 80 for an HTTPS tunnel, e.g. ssh -R 80:localhost:3000 {domain}"
     ))
 }
+
+/// The requested TCP port could not be had; `why` says why.
+pub fn tcp_port_instead(requested: u16, why: &str, port: u16) -> String {
+    line(&format!(
+        "NOTE: port {requested} {why}; you got port {port} instead."
+    ))
+}
+
+/// No port of the range could be had.
+pub fn tcp_ports_exhausted(ranges: &str) -> String {
+    line(&format!(
+        "ERROR: no free TCP port left in this server's range ({ranges}); try again later"
+    ))
+}
+
+/// How many clients serve a name (or port) now, under `balance`.
+pub fn clients_now(url: &str, count: usize, balance: crate::config::Balance) -> String {
+    match count {
+        1 => line(&format!("NOTICE: {url} is now served by this client only.")),
+        n => line(&format!(
+            "NOTICE: {url} is now served by {n} clients ({}).",
+            balance.as_str()
+        )),
+    }
+}
+
+/// The operator closed the tunnel through the admin API.
+pub const CLOSED_BY_OPERATOR: &str = "closed by the server operator";
 
 pub fn duplicate_forward(address: &str, port: u32) -> String {
     line(&format!(

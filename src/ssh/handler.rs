@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use russh::server::{Auth, ChannelOpenHandle, Handler, Msg, Session};
+use russh::server::{Auth, ChannelOpenHandle, Handle, Handler, Msg, Session};
 use russh::{Channel, ChannelId, ChannelOpenFailure, MethodKind, MethodSet, Pty};
 
 use super::banner;
@@ -22,12 +22,16 @@ use super::options::{self, Command, Output};
 use crate::config::AuthMode;
 use crate::limits::ssh::HandshakePermit;
 use crate::limits::Refusal;
-use crate::registry::{ClaimError, Conn, Reservation, Tunnel};
+use crate::registry::{tcp_key, ClaimError, Claimed, Conn, Kind, Reservation, Tunnel};
+use crate::tcp::{Listening, TcpPorts};
 use crate::{keys, subdomain, App};
 
 /// Ports that make an HTTPS tunnel. `0` asks the server to pick a port and
-/// is treated as HTTP too.
+/// is treated as HTTP too (any other port is a raw TCP tunnel).
 const HTTP_PORTS: [u32; 3] = [80, 443, 0];
+/// The bind address that asks for a raw TCP tunnel on a random port:
+/// `ssh -R tcp:0:localhost:5432` (plain `-R 0` stays HTTPS, as it always was).
+const TCP_ADDRESS: &str = "tcp";
 
 /// Without a session channel this long after the first forward, the client
 /// runs `-N`: no options will come.
@@ -46,7 +50,9 @@ struct Forward {
     requested: u32,
     /// The port we echo in `forwarded-tcpip` opens.
     port: u32,
+    /// The registry key: subdomain, or `tcp:PORT`.
     subdomain: String,
+    kind: Kind,
 }
 
 /// The SSH key a client proved it holds.
@@ -128,15 +134,40 @@ impl ClientHandler {
         self.conn.options().output == Output::Json
     }
 
+    /// The public address of a forward.
+    fn forward_url(&self, forward: &Forward) -> String {
+        match forward.kind {
+            Kind::Tcp(port) => self.app.tcp_url(port),
+            Kind::Name => self.app.url(&forward.subdomain),
+        }
+    }
+
+    /// How the user asked for the forward, as they typed it after `-R`.
+    fn forward_spec(&self, forward: &Forward) -> String {
+        match forward.kind {
+            Kind::Tcp(_) if forward.requested == 0 => format!("-R {TCP_ADDRESS}:0"),
+            Kind::Tcp(_) => format!("-R {}", forward.requested),
+            Kind::Name => banner::forward_spec(forward.requested, forward.port),
+        }
+    }
+
     /// The `tunnel` event of `output=json`.
     fn tunnel_event(&self, forward: &Forward) -> String {
         let limits = &self.app.config.limits;
+        let (kind, port) = match forward.kind {
+            Kind::Tcp(port) => ("tcp", Some(port)),
+            Kind::Name if self.conn.options().tls == options::Tls::Passthrough => ("tls", None),
+            Kind::Name => ("http", None),
+        };
         let event = serde_json::json!({
             "event": "tunnel",
-            "url": self.app.url(&forward.subdomain),
+            "kind": kind,
+            "url": self.forward_url(forward),
+            "port": port,
             "subdomain": forward.subdomain,
             "stable": self.key.is_some(),
-            "forward": banner::forward_spec(forward.requested, forward.port),
+            "clients": self.app.registry.clients(&forward.subdomain),
+            "forward": self.forward_spec(forward),
             "idle_timeout_secs": limits.tunnel_idle_timeout.as_secs(),
             "lifetime_secs": limits.tunnel_max_lifetime.as_secs(),
         });
@@ -171,10 +202,7 @@ impl ClientHandler {
     }
 
     fn tunnel_line(&self, forward: &Forward) -> String {
-        banner::tunnel_line(
-            &self.app.url(&forward.subdomain),
-            &banner::forward_spec(forward.requested, forward.port),
-        )
+        banner::tunnel_line(&self.forward_url(forward), &self.forward_spec(forward))
     }
 
     /// A port for `-R 0` that no other forward of this connection uses with
@@ -284,33 +312,19 @@ impl ClientHandler {
         Ok(())
     }
 
-    /// Checks and claims one HTTP forward bound to `address`:`requested`.
-    /// `Ok` carries the forward and an optional note for the user; `Err` is
-    /// the line saying why not.
-    fn open_forward(
-        &mut self,
-        address: &str,
-        requested: u32,
-        session: &Session,
-    ) -> Result<(Forward, Option<String>), String> {
+    fn refused(&self, address: &str, requested: u32, reason: &str) {
         let (conn, ip) = (self.conn.id, self.peer.ip());
-        let refused = |reason: &str| {
-            tracing::info!(conn, %ip, address, port = requested, reason, "forward refused");
-        };
-        if !HTTP_PORTS.contains(&requested) {
-            refused("unsupported port");
-            return Err(banner::unsupported_port(requested, &self.app.config.domain));
-        }
-        let port = match requested {
-            0 => self.allocate_port(address),
-            port => port,
-        };
+        tracing::info!(conn, %ip, address, port = requested, reason, "forward refused");
+    }
+
+    /// The limits every forward passes; `Err` is the line for the user.
+    fn admit_forward(&self, address: &str, port: u32) -> Result<(), String> {
         if self
             .forwards
             .iter()
             .any(|f| f.address == address && f.port == port)
         {
-            refused("duplicate forward");
+            self.refused(address, port, "duplicate forward");
             return Err(banner::duplicate_forward(address, port));
         }
         if let Err(refusal) = self.check_tunnel_limits() {
@@ -323,29 +337,49 @@ impl ClientHandler {
             }
             return Err(banner::limit_error(&refusal));
         }
-        let (reservation, note, granted) = self
+        Ok(())
+    }
+
+    /// Checks and claims one forward bound to `address`:`requested`: an
+    /// HTTPS tunnel for ports 80, 443 and 0, a raw TCP tunnel otherwise.
+    /// `Ok` carries the forward and an optional note for the user; `Err` is
+    /// the line saying why not.
+    async fn open_forward(
+        &mut self,
+        address: &str,
+        requested: u32,
+        handle: Handle,
+    ) -> Result<(Forward, Option<String>), String> {
+        if address == TCP_ADDRESS || !HTTP_PORTS.contains(&requested) {
+            return self.open_tcp_forward(address, requested, handle).await;
+        }
+        let port = match requested {
+            0 => self.allocate_port(address),
+            port => port,
+        };
+        self.admit_forward(address, port)?;
+        let (reservation, mut note, granted) = self
             .choose_name(address)
-            .inspect_err(|_| refused("name refused"))?;
+            .inspect_err(|_| self.refused(address, requested, "name refused"))?;
         let subdomain = reservation.name().to_string();
         let tunnel = Tunnel::new(
-            subdomain.clone(),
+            (subdomain.clone(), Kind::Name),
             Arc::clone(&self.conn),
             (address.to_string(), port),
-            session.handle(),
+            handle,
             &self.app.config.limits,
             self.key.as_ref().map(|k| k.fingerprint.clone()),
             granted,
         );
-        let claimed = self.app.registry.claim(tunnel);
+        let claimed = self.app.registry.claim(tunnel, None);
         drop(reservation);
         match claimed {
             Ok(claimed) => {
-                if let Some(old) = claimed.replaced {
-                    self.app.take_over(&old);
-                }
+                let shared = self.claimed(claimed);
+                note = join_notes(note, shared);
             }
             Err(ClaimError::Taken) => {
-                refused("name in use");
+                self.refused(address, requested, "name in use");
                 return Err(banner::name_in_use(&subdomain));
             }
         }
@@ -355,8 +389,140 @@ impl ClientHandler {
             requested,
             port,
             subdomain,
+            kind: Kind::Name,
         };
         Ok((forward, note))
+    }
+
+    /// After a successful claim: the replaced client is told, clients the
+    /// new one joined are told how many serve the name now. Returns the line
+    /// for this client when it shares the name.
+    fn claimed(&self, claimed: Claimed) -> Option<String> {
+        if let Some(old) = claimed.replaced {
+            self.app.take_over(&old);
+        }
+        if claimed.joined.is_empty() {
+            return None;
+        }
+        let text = banner::clients_now(
+            &self.app.tunnel_url(&claimed.tunnel),
+            claimed.joined.len() + 1,
+            self.app.registry.balance(),
+        );
+        for other in &claimed.joined {
+            other.client.notify(text.clone());
+        }
+        Some(text)
+    }
+
+    /// Checks and claims one raw TCP forward: the requested port when it is
+    /// in range, free and not another key's (or this key's own, anywhere),
+    /// else a random port of the range, with a note saying why.
+    async fn open_tcp_forward(
+        &mut self,
+        address: &str,
+        requested: u32,
+        handle: Handle,
+    ) -> Result<(Forward, Option<String>), String> {
+        let app = Arc::clone(&self.app);
+        if !app.tcp.enabled() {
+            self.refused(address, requested, "tcp tunnels disabled");
+            return Err(banner::tcp_disabled(requested, &app.config.domain));
+        }
+        self.admit_forward(address, requested)?;
+        let wanted = u16::try_from(requested).ok().filter(|p| *p > 0);
+        let mut note = None;
+        let mut claimed = None;
+        if let Some(port) = wanted {
+            match self.try_tcp_port(port).await {
+                Ok(listener) => {
+                    match self.claim_tcp(port, listener, (address, requested), handle.clone()) {
+                        Ok(c) => claimed = Some((port, c)),
+                        Err(ClaimError::Taken) => {
+                            note = Some(("is in use by another key's tunnel", port));
+                        }
+                    }
+                }
+                Err(why) => note = Some((why, port)),
+            }
+        }
+        let (port, claimed) = match claimed {
+            Some(claimed) => claimed,
+            None => {
+                let keys = app.keys.current();
+                let Some((port, listener)) = app.tcp.bind_random(&app.registry, &keys).await else {
+                    self.refused(address, requested, "no free tcp port");
+                    return Err(banner::tcp_ports_exhausted(&app.tcp.ranges().to_string()));
+                };
+                let claimed = self
+                    .claim_tcp(port, Some(listener), (address, requested), handle)
+                    .map_err(|_| banner::tcp_ports_exhausted(&app.tcp.ranges().to_string()))?;
+                (port, claimed)
+            }
+        };
+        let note = note.map(|(why, wanted)| banner::tcp_port_instead(wanted, why, port));
+        let note = join_notes(note, self.claimed(claimed));
+        tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), port, requested, fingerprint = self.key.as_ref().map(|k| k.fingerprint.as_str()), "tcp tunnel opened");
+        let forward = Forward {
+            address: address.to_string(),
+            requested,
+            port: echo_port(requested, port),
+            subdomain: tcp_key(port),
+            kind: Kind::Tcp(port),
+        };
+        Ok((forward, note))
+    }
+
+    /// Whether this key owns TCP port `port` in the keys file.
+    fn owns_port(&self, port: u16) -> bool {
+        let keys = self.app.keys.current();
+        self.key
+            .as_ref()
+            .is_some_and(|k| keys.port_owners(port).contains(&k.fingerprint))
+    }
+
+    /// Binds the requested `port` if this client may have it. `Ok(None)`:
+    /// the port is ours already, held by a group this client may join.
+    /// `Err` says why not, for the note.
+    async fn try_tcp_port(
+        &self,
+        port: u16,
+    ) -> Result<Option<tokio::net::TcpListener>, &'static str> {
+        let mine = self.owns_port(port);
+        if !mine && !self.app.keys.current().port_owners(port).is_empty() {
+            return Err("belongs to another key");
+        }
+        if !mine && !self.app.tcp.in_range(port) {
+            return Err("is outside this server's TCP port range");
+        }
+        match self.app.tcp.bind(port).await {
+            Ok(listener) => Ok(Some(listener)),
+            Err(_) if self.app.registry.clients(&tcp_key(port)) > 0 => Ok(None),
+            Err(_) => Err("is in use"),
+        }
+    }
+
+    /// Claims TCP port `port` for this connection; `listener` (when this
+    /// client bound the port) starts accepting and lives with the port's
+    /// group.
+    fn claim_tcp(
+        &self,
+        port: u16,
+        listener: Option<tokio::net::TcpListener>,
+        (address, requested): (&str, u32),
+        handle: Handle,
+    ) -> Result<Claimed, ClaimError> {
+        let tunnel = Tunnel::new(
+            (tcp_key(port), Kind::Tcp(port)),
+            Arc::clone(&self.conn),
+            (address.to_string(), echo_port(requested, port)),
+            handle,
+            &self.app.config.limits,
+            self.key.as_ref().map(|k| k.fingerprint.clone()),
+            self.owns_port(port),
+        );
+        let listening: Option<Listening> = listener.map(|l| TcpPorts::serve(&self.app, port, l));
+        self.app.registry.claim(tunnel, listening)
     }
 
     /// Records a granted forward and shows it if the banner is already up.
@@ -409,7 +575,11 @@ impl ClientHandler {
 
     /// Closes every tunnel of this connection.
     fn close_tunnels(&mut self, why: &str) -> usize {
-        let closed = self.app.registry.remove_conn(self.conn.id);
+        let removed = self.app.registry.remove_conn(self.conn.id);
+        let closed = removed.len();
+        for (_, removed) in removed {
+            self.app.clients_left(&removed.remaining);
+        }
         for forward in self.forwards.drain(..) {
             tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), subdomain = %forward.subdomain, reason = why, "tunnel closed");
         }
@@ -425,6 +595,24 @@ impl ClientHandler {
         let _ = session.exit_status_request(channel, 0);
         let _ = session.eof(channel);
         let _ = session.close(channel);
+    }
+}
+
+/// The port `forwarded-tcpip` opens echo for a TCP forward: OpenSSH matches
+/// channels by the port it asked for, or for `0` by the one we allocated.
+fn echo_port(requested: u32, public: u16) -> u32 {
+    if requested == 0 {
+        u32::from(public)
+    } else {
+        requested
+    }
+}
+
+/// Both notes, one after the other.
+fn join_notes(a: Option<String>, b: Option<String>) -> Option<String> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a + &b),
+        (a, b) => a.or(b),
     }
 }
 
@@ -581,7 +769,7 @@ impl Handler for ClientHandler {
         port: &mut u32,
         session: &mut Session,
     ) -> Result<bool, Self::Error> {
-        match self.open_forward(address, *port, session) {
+        match self.open_forward(address, *port, session.handle()).await {
             Ok((forward, note)) => {
                 *port = forward.port;
                 if let Some(note) = note {
@@ -611,7 +799,9 @@ impl Handler for ClientHandler {
             return Ok(false);
         };
         let forward = self.forwards.remove(index);
-        self.app.registry.remove(&forward.subdomain, self.conn.id);
+        if let Some(removed) = self.app.registry.remove(&forward.subdomain, self.conn.id) {
+            self.app.clients_left(&removed.remaining);
+        }
         tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), subdomain = %forward.subdomain, reason = "forward cancelled", "tunnel closed");
         Ok(true)
     }

@@ -27,6 +27,11 @@ Options (apply to every tunnel of the connection):
   allow=CIDR[,CIDR...]    only these visitor networks (IPv4/IPv6; repeatable; others get 403)
   cors=ORIGIN[,ORIGIN]|*  answer CORS preflights for these origins
   output=text|json        session output as text (default) or one JSON object per line
+  tls=passthrough         do not terminate TLS: visitors' TLS goes, by SNI, straight to
+                          your app, which holds the certificate (name tunnels only)
+  proxy=v1|v2             start every connection to your app with a HAProxy PROXY
+                          header carrying the visitor's address (HTTP tunnels then
+                          use one connection per request)
   help                    print this and exit
 ";
 
@@ -36,6 +41,23 @@ pub enum Output {
     #[default]
     Text,
     Json,
+}
+
+/// What happens to TLS arriving for the connection's name tunnels.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Tls {
+    /// burrow terminates TLS with its own certificate and proxies HTTP.
+    #[default]
+    Terminate,
+    /// burrow routes by SNI and relays the encrypted bytes untouched.
+    Passthrough,
+}
+
+/// Which HAProxy PROXY protocol header the local app gets, if any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyHeader {
+    V1,
+    V2,
 }
 
 /// HTTP Basic credentials, kept only as a salted hash.
@@ -102,6 +124,8 @@ pub struct TunnelOptions {
     pub allow: Vec<IpNet>,
     pub cors: Option<Cors>,
     pub output: Output,
+    pub tls: Tls,
+    pub proxy: Option<ProxyHeader>,
 }
 
 impl TunnelOptions {
@@ -127,6 +151,14 @@ impl TunnelOptions {
         match &self.cors {
             Some(Cors::Any) => parts.push("CORS for any origin".into()),
             Some(Cors::Origins(list)) => parts.push(format!("CORS for {}", list.join(", "))),
+            None => {}
+        }
+        if self.tls == Tls::Passthrough {
+            parts.push("TLS passed through to your app".into());
+        }
+        match self.proxy {
+            Some(ProxyHeader::V1) => parts.push("PROXY v1 header to your app".into()),
+            Some(ProxyHeader::V2) => parts.push("PROXY v2 header to your app".into()),
             None => {}
         }
         parts.join("; ")
@@ -179,6 +211,20 @@ pub fn parse(command: &str) -> Result<Command, String> {
                     "text" => Output::Text,
                     "json" => Output::Json,
                     other => return Err(format!("output={other:?}: use text or json")),
+                }
+            }
+            "tls" => {
+                options.tls = match value {
+                    "passthrough" => Tls::Passthrough,
+                    "terminate" => Tls::Terminate,
+                    other => return Err(format!("tls={other:?}: use passthrough or terminate")),
+                }
+            }
+            "proxy" => {
+                options.proxy = match value {
+                    "v1" => Some(ProxyHeader::V1),
+                    "v2" => Some(ProxyHeader::V2),
+                    other => return Err(format!("proxy={other:?}: use v1 or v2")),
                 }
             }
             other => return Err(format!("unknown option {other:?}")),
@@ -244,8 +290,10 @@ mod tests {
     #[test]
     fn parses_every_option() {
         let o = options(
-            "-- host=localhost:5173 auth=ann:s3cret allow=203.0.113.0/24,2001:db8::/32 allow=198.51.100.7 cors=https://app.example output=json",
+            "-- host=localhost:5173 auth=ann:s3cret allow=203.0.113.0/24,2001:db8::/32 allow=198.51.100.7 cors=https://app.example output=json tls=passthrough proxy=v2",
         );
+        assert_eq!(o.tls, Tls::Passthrough);
+        assert_eq!(o.proxy, Some(ProxyHeader::V2));
         assert_eq!(o.host.as_deref(), Some("localhost:5173"));
         let auth = o.auth.as_ref().unwrap();
         assert!(auth.verify("ann", "s3cret"));
@@ -274,6 +322,8 @@ mod tests {
             "cors=app.example",
             "cors=https://app.example/",
             "output=xml",
+            "tls=maybe",
+            "proxy=v3",
             "host=bad host",
             "host=a:99999",
             "whatever",

@@ -1,0 +1,301 @@
+//! The admin API, served on the stats listener (loopback peers only):
+//!
+//! ```text
+//! GET    /tunnels          every tunnel, one entry per client
+//! DELETE /tunnels/{name}   close a name (or `tcp:PORT`), telling its clients
+//! GET    /bans             the IPs blocked now
+//! POST   /bans             {"ip": "203.0.113.9", "duration_secs": 600}
+//! DELETE /bans/{ip}        lift a block
+//! ```
+//!
+//! Answers are JSON; errors are `{"error": "…"}` with a fitting status.
+
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime};
+
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, ALLOW};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use crate::http::{pages, Body};
+use crate::registry::{Kind, Tunnel};
+use crate::App;
+
+/// Largest request body accepted (a ban is a few dozen bytes).
+const MAX_BODY: usize = 16 * 1024;
+
+/// Serves one admin request; `None` when the path is not an admin path.
+pub async fn handle(app: &App, req: Request<Incoming>) -> Option<Response<Body>> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    let response = if path == "/tunnels" {
+        match method {
+            Method::GET => json(StatusCode::OK, &list_tunnels(app)),
+            _ => not_allowed("GET"),
+        }
+    } else if path == "/bans" {
+        match method {
+            Method::GET => json(StatusCode::OK, &list_bans(app)),
+            Method::POST => ban(app, req).await,
+            _ => not_allowed("GET, POST"),
+        }
+    } else if let Some(name) = path.strip_prefix("/tunnels/") {
+        match method {
+            Method::DELETE => close(app, &decode(name)),
+            _ => not_allowed("DELETE"),
+        }
+    } else if let Some(ip) = path.strip_prefix("/bans/") {
+        match method {
+            Method::DELETE => unban(app, &decode(ip)),
+            _ => not_allowed("DELETE"),
+        }
+    } else {
+        return None;
+    };
+    Some(response)
+}
+
+/// One entry of `GET /tunnels`.
+#[derive(Serialize)]
+struct TunnelInfo {
+    name: String,
+    kind: &'static str,
+    url: String,
+    port: Option<u16>,
+    client_ip: String,
+    fingerprint: Option<String>,
+    created: String,
+    last_active: String,
+    requests: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    open_connections: u32,
+    clients: usize,
+}
+
+fn list_tunnels(app: &App) -> Vec<TunnelInfo> {
+    let mut tunnels: Vec<TunnelInfo> = app
+        .registry
+        .tunnels()
+        .iter()
+        .map(|t| describe(app, t))
+        .collect();
+    tunnels.sort_by(|a, b| (&a.name, &a.created).cmp(&(&b.name, &b.created)));
+    tunnels
+}
+
+fn describe(app: &App, tunnel: &Tunnel) -> TunnelInfo {
+    let last_active = SystemTime::now()
+        .checked_sub(tunnel.gate.activity.idle_for())
+        .unwrap_or(tunnel.created_wall)
+        .max(tunnel.created_wall);
+    TunnelInfo {
+        name: tunnel.subdomain.clone(),
+        kind: tunnel.kind_name(),
+        url: app.tunnel_url(tunnel),
+        port: match tunnel.kind {
+            Kind::Tcp(port) => Some(port),
+            Kind::Name => None,
+        },
+        client_ip: tunnel.client_ip.to_canonical().to_string(),
+        fingerprint: tunnel.owner.clone(),
+        created: rfc3339(tunnel.created_wall),
+        last_active: rfc3339(last_active),
+        requests: tunnel.traffic.requests.load(Ordering::Relaxed),
+        bytes_in: tunnel.traffic.bytes_in.load(Ordering::Relaxed),
+        bytes_out: tunnel.traffic.bytes_out.load(Ordering::Relaxed),
+        open_connections: tunnel.gate.open(),
+        clients: app.registry.clients(&tunnel.subdomain),
+    }
+}
+
+/// `DELETE /tunnels/{name}`: every client of the name is told and loses it.
+fn close(app: &App, name: &str) -> Response<Body> {
+    let clients = app.registry.candidates(name);
+    if clients.is_empty() {
+        return error(StatusCode::NOT_FOUND, &format!("no tunnel named {name:?}"));
+    }
+    for tunnel in &clients {
+        app.close_tunnel(tunnel, crate::ssh::banner::CLOSED_BY_OPERATOR);
+    }
+    tracing::info!(
+        name,
+        clients = clients.len(),
+        "tunnel closed through the admin API"
+    );
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "name": name, "closed": clients.len() }),
+    )
+}
+
+/// One entry of `GET /bans`.
+#[derive(Serialize)]
+struct BanInfo {
+    ip: String,
+    until: String,
+    remaining_secs: u64,
+    reason: String,
+}
+
+fn list_bans(app: &App) -> Vec<BanInfo> {
+    let now = std::time::Instant::now();
+    app.ip_guard
+        .blocks()
+        .into_iter()
+        .map(|(ip, block)| BanInfo {
+            ip: ip.to_string(),
+            until: rfc3339(block.until_wall),
+            remaining_secs: block.until.saturating_duration_since(now).as_secs(),
+            reason: block.reason,
+        })
+        .collect()
+}
+
+/// The body of `POST /bans`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BanRequest {
+    ip: String,
+    duration_secs: Option<u64>,
+    reason: Option<String>,
+}
+
+/// `POST /bans`: blocks the IP (its SSH connections and tunnels close at
+/// once; its visitors are turned away) for `duration_secs`, by default
+/// `--block-duration`.
+async fn ban(app: &App, req: Request<Incoming>) -> Response<Body> {
+    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(_) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the body is larger than {MAX_BODY} bytes or was cut off"),
+            )
+        }
+    };
+    let request: BanRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(err) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "expected JSON like {{\"ip\": \"203.0.113.9\", \"duration_secs\": 600}}: {err}"
+                ),
+            )
+        }
+    };
+    let Ok(ip) = request.ip.trim().parse::<IpAddr>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("{:?} is not an IP address", request.ip),
+        );
+    };
+    let duration = match request.duration_secs {
+        Some(0) => return error(StatusCode::BAD_REQUEST, "duration_secs must be at least 1"),
+        Some(secs) => Duration::from_secs(secs.min(10 * 365 * 24 * 3600)),
+        None => app.config.limits.block_duration,
+    };
+    let reason = request
+        .reason
+        .filter(|r| !r.trim().is_empty())
+        .unwrap_or_else(|| "banned by the server operator".into());
+    let block = app.ip_guard.block_for(ip, duration, reason);
+    let closed = app.block_ip(ip, &block);
+    json(
+        StatusCode::CREATED,
+        &serde_json::json!({
+            "ip": crate::limits::ip_key(ip).to_string(),
+            "until": rfc3339(block.until_wall),
+            "duration_secs": duration.as_secs(),
+            "closed_connections": closed,
+        }),
+    )
+}
+
+/// `DELETE /bans/{ip}`.
+fn unban(app: &App, ip: &str) -> Response<Body> {
+    let Ok(parsed) = ip.parse::<IpAddr>() else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("{ip:?} is not an IP address"),
+        );
+    };
+    if !app.ip_guard.unblock(parsed) {
+        return error(StatusCode::NOT_FOUND, &format!("{ip} is not banned"));
+    }
+    tracing::info!(ip = %parsed, "ban lifted through the admin API");
+    json(
+        StatusCode::OK,
+        &serde_json::json!({ "ip": ip, "unbanned": true }),
+    )
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+/// Percent-decodes a path segment (`tcp%3A20001`, `2001%3Adb8%3A%3A1`).
+fn decode(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
+    let body = serde_json::to_string(value).expect("admin answers serialize");
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("cache-control", "no-store")
+        .body(pages::full(body))
+        .expect("static response parts are valid")
+}
+
+pub fn error(status: StatusCode, message: &str) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
+fn not_allowed(allow: &'static str) -> Response<Body> {
+    let mut response = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        &format!("method not allowed here; use {allow}"),
+    );
+    response
+        .headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_segments_are_percent_decoded() {
+        assert_eq!(decode("tcp%3A20001"), "tcp:20001");
+        assert_eq!(decode("2001%3adb8%3A%3A1"), "2001:db8::1");
+        assert_eq!(decode("plain-name"), "plain-name");
+        assert_eq!(decode("bad%zz"), "bad%zz");
+    }
+}

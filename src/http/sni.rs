@@ -1,0 +1,231 @@
+//! Routing TLS by SNI before terminating it: the HTTPS listener reads the
+//! visitor's ClientHello (without answering it), and then either relays the
+//! raw bytes to a `tls=passthrough` tunnel, terminates TLS as usual (the
+//! bytes already read are replayed to rustls through [`Rewind`]), or
+//! refuses a name outside the domain with an `unrecognized_name` alert.
+//!
+//! The ClientHello is parsed by rustls itself ([`rustls::server::Acceptor`]),
+//! so what counts as a valid hello here is exactly what the terminating
+//! handshake would accept.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+use crate::subdomain::{self, Route};
+use crate::App;
+
+/// The most bytes read while looking for a complete ClientHello (rustls
+/// accepts hellos up to a few records; post-quantum key shares make them
+/// larger than one TCP segment).
+const MAX_HELLO: usize = 64 * 1024;
+
+/// A fatal `unrecognized_name` alert record (RFC 8446 §6, RFC 6066 §3).
+const UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
+
+/// How long a TLS connection waits for a new tunnel's options to arrive,
+/// to learn whether it is passed through.
+const OPTIONS_WAIT: Duration = Duration::from_secs(5);
+
+/// The start of a TLS connection: the bytes read so far and the SNI.
+pub struct ClientHello {
+    pub bytes: Vec<u8>,
+    pub server_name: Option<String>,
+}
+
+/// Reads from `stream` until a complete ClientHello is in hand. An error
+/// means the connection is not TLS (or broke off).
+pub async fn read_client_hello<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<ClientHello> {
+    let mut acceptor = rustls::server::Acceptor::default();
+    let mut bytes = Vec::new();
+    let mut chunk = vec![0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+        let mut fresh = &chunk[..n];
+        while !fresh.is_empty() {
+            acceptor.read_tls(&mut fresh)?;
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => {
+                let server_name = accepted
+                    .client_hello()
+                    .server_name()
+                    .map(|name| name.to_ascii_lowercase());
+                return Ok(ClientHello { bytes, server_name });
+            }
+            Ok(None) if bytes.len() < MAX_HELLO => {}
+            Ok(None) => return Err(io::Error::other("ClientHello too large")),
+            Err((err, _)) => return Err(io::Error::new(io::ErrorKind::InvalidData, err)),
+        }
+    }
+}
+
+/// What to do with a TLS connection.
+pub enum Decision {
+    /// Terminate TLS here and serve HTTP.
+    Terminate,
+    /// Relay the raw bytes to the `tls=passthrough` tunnel with this name.
+    Passthrough(String),
+    /// A name that is not ours: answer with an alert and close.
+    Reject,
+}
+
+/// Decides by SNI. No SNI is terminated (the certificate then decides what
+/// the client accepts); names under the domain are terminated unless their
+/// tunnel passes TLS through.
+pub async fn decide(app: &App, server_name: Option<&str>) -> Decision {
+    let Some(name) = server_name else {
+        return Decision::Terminate;
+    };
+    match subdomain::route(name, &app.config.domain) {
+        Route::Foreign => Decision::Reject,
+        Route::Apex | Route::Malformed => Decision::Terminate,
+        Route::Tunnel(label) => match app.registry.get_or_wait(&label).await {
+            Some(tunnel) if tunnel.kind == crate::registry::Kind::Name => {
+                let options = tunnel.client.options_settled(OPTIONS_WAIT).await;
+                match options.tls {
+                    crate::ssh::options::Tls::Passthrough => Decision::Passthrough(label),
+                    crate::ssh::options::Tls::Terminate => Decision::Terminate,
+                }
+            }
+            _ => Decision::Terminate,
+        },
+    }
+}
+
+/// Sends the `unrecognized_name` alert; the caller then drops the stream.
+pub async fn reject<S: AsyncWrite + Unpin>(stream: &mut S) {
+    use tokio::io::AsyncWriteExt;
+    let _ = stream.write_all(&UNRECOGNIZED_NAME).await;
+    let _ = stream.shutdown().await;
+}
+
+/// A stream that first replays bytes already read from it.
+pub struct Rewind<S> {
+    prefix: Arc<[u8]>,
+    offset: usize,
+    inner: S,
+}
+
+impl<S> Rewind<S> {
+    pub fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Rewind {
+            prefix: prefix.into(),
+            offset: 0,
+            inner,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.offset < self.prefix.len() {
+            let rest = &self.prefix[self.offset..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            self.offset += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// A real ClientHello, as rustls's client writes it.
+    fn client_hello(name: &str) -> Vec<u8> {
+        let roots = rustls::RootCertStore::empty();
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let server = rustls::pki_types::ServerName::try_from(name.to_string()).unwrap();
+        let mut conn = rustls::ClientConnection::new(Arc::new(config), server).unwrap();
+        let mut out = Vec::new();
+        while conn.wants_write() {
+            conn.write_tls(&mut out).unwrap();
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn reads_the_sni_across_small_reads_and_replays_every_byte() {
+        let hello = client_hello("myname.example.test");
+        let (mut client, mut server) = tokio::io::duplex(64);
+        let sent = hello.clone();
+        let writer = tokio::spawn(async move {
+            // Trickle it in: a hello split over many reads must still parse.
+            for piece in sent.chunks(50) {
+                client.write_all(piece).await.unwrap();
+            }
+            client.write_all(b"after").await.unwrap();
+            client
+        });
+        let read = read_client_hello(&mut server).await.unwrap();
+        assert_eq!(read.server_name.as_deref(), Some("myname.example.test"));
+        let _client = writer.await.unwrap();
+        let mut rewound = Rewind::new(read.bytes, server);
+        let mut replay = vec![0u8; hello.len() + 5];
+        rewound.read_exact(&mut replay).await.unwrap();
+        assert_eq!(&replay[..hello.len()], &hello[..]);
+        assert_eq!(&replay[hello.len()..], b"after");
+    }
+
+    #[tokio::test]
+    async fn non_tls_bytes_are_an_error_not_a_wait() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_client_hello(&mut server).await.is_err());
+    }
+}

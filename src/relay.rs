@@ -1,0 +1,342 @@
+//! Raw byte relays: the one behind an HTTP/1.1 upgrade (WebSocket) and the
+//! one behind raw TCP tunnels and TLS passthrough ([`serve_visitor`]).
+//!
+//! Both directions are copied at once; each may be capped in bytes, the
+//! whole relay is closed after an idle timeout with no bytes either way, and
+//! TCP relays may share a tunnel's bandwidth budget (`--tcp-bandwidth`).
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::channel::ChannelIo;
+use crate::limits::http::TunnelGate;
+use crate::limits::{human, Activity};
+use crate::registry::Tunnel;
+use crate::ssh::options::ProxyHeader;
+use crate::App;
+
+/// Copy buffer per direction.
+const BUFFER: usize = 16 * 1024;
+
+/// How a relay ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RelayEnd {
+    /// Both sides closed.
+    Closed,
+    /// One direction passed the byte cap.
+    TooManyBytes,
+    /// Nothing moved for the idle timeout.
+    Idle,
+    /// A read or write failed.
+    Error,
+}
+
+/// The limits of one relay.
+#[derive(Clone, Default)]
+pub struct RelayLimits {
+    /// Bytes allowed in each direction; 0 = no cap.
+    pub max_bytes: u64,
+    /// Closed after this long with no bytes either way; 0 = never.
+    pub idle: Duration,
+    /// The flag prefix the limits come from, for messages (`websocket`, `tcp`).
+    pub flags: &'static str,
+    /// The tunnel whose bandwidth budget the bytes are spent from.
+    pub bandwidth: Option<Arc<TunnelGate>>,
+}
+
+impl RelayEnd {
+    pub fn describe(&self, limits: &RelayLimits) -> String {
+        let flags = limits.flags;
+        match self {
+            RelayEnd::Closed => "closed".into(),
+            RelayEnd::TooManyBytes => format!(
+                "cut after {} bytes in one direction ({flags}-max-bytes)",
+                limits.max_bytes
+            ),
+            RelayEnd::Idle => format!("idle for {} ({flags}-idle-timeout)", human(limits.idle)),
+            RelayEnd::Error => "connection error".into(),
+        }
+    }
+}
+
+/// Relays between `a` and `b` until both close or a limit ends it.
+pub async fn relay<A, B>(a: A, b: B, limits: &RelayLimits) -> RelayEnd
+where
+    A: AsyncRead + AsyncWrite + Unpin + Send,
+    B: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let activity = Arc::new(Activity::default());
+    let (mut a_read, mut a_write) = tokio::io::split(a);
+    let (mut b_read, mut b_write) = tokio::io::split(b);
+    let forward = pump(&mut a_read, &mut b_write, limits, &activity);
+    let backward = pump(&mut b_read, &mut a_write, limits, &activity);
+    let idle = idle_expired(&activity, limits.idle);
+    tokio::pin!(forward, backward, idle);
+    // The first direction to end decides, unless it merely closed: then the
+    // other direction may still finish (half-close).
+    let rest: Pin<&mut (dyn Future<Output = RelayEnd> + Send)> = tokio::select! {
+        end = &mut forward => {
+            if end != RelayEnd::Closed {
+                return end;
+            }
+            backward
+        }
+        end = &mut backward => {
+            if end != RelayEnd::Closed {
+                return end;
+            }
+            forward
+        }
+        _ = &mut idle => return RelayEnd::Idle,
+    };
+    tokio::select! {
+        end = rest => end,
+        _ = idle => RelayEnd::Idle,
+    }
+}
+
+/// Copies one direction; on EOF, shuts the writer down (half-close) so the
+/// other direction can finish.
+async fn pump<R, W>(
+    reader: &mut R,
+    writer: &mut W,
+    limits: &RelayLimits,
+    activity: &Activity,
+) -> RelayEnd
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUFFER];
+    let mut total = 0u64;
+    loop {
+        let n = match reader.read(&mut buf).await {
+            Ok(0) => {
+                let _ = writer.shutdown().await;
+                return RelayEnd::Closed;
+            }
+            Ok(n) => n,
+            Err(_) => return RelayEnd::Error,
+        };
+        total += n as u64;
+        if limits.max_bytes > 0 && total > limits.max_bytes {
+            return RelayEnd::TooManyBytes;
+        }
+        activity.touch();
+        if let Some(gate) = &limits.bandwidth {
+            gate.spend_bandwidth(n).await;
+        }
+        if writer.write_all(&buf[..n]).await.is_err() {
+            return RelayEnd::Error;
+        }
+        activity.touch();
+    }
+}
+
+/// Resolves once `activity` has been still for `idle` (never when zero).
+pub async fn idle_expired(activity: &Activity, idle: Duration) {
+    if idle.is_zero() {
+        return std::future::pending().await;
+    }
+    loop {
+        let left = idle.saturating_sub(activity.idle_for());
+        if left.is_zero() {
+            return;
+        }
+        tokio::time::sleep(left).await;
+    }
+}
+
+/// How long a relayed connection waits for its tunnel's options (`proxy=`,
+/// `allow=`) to arrive after the forward did.
+const OPTIONS_WAIT: Duration = Duration::from_secs(5);
+
+/// Relays one visitor connection of a raw tunnel (a TCP port, or TLS
+/// passed through by SNI) to a client serving `key`. `prefix` holds bytes
+/// already read from the visitor (a peeked ClientHello); `local` is the
+/// address the visitor connected to.
+pub async fn serve_visitor<S>(
+    app: Arc<App>,
+    key: &str,
+    stream: S,
+    prefix: &[u8],
+    visitor: SocketAddr,
+    local: SocketAddr,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    if let Some(block) = app.ip_guard.blocked(visitor.ip()) {
+        tracing::debug!(%key, %visitor, until = %block.until_utc(), "blocked visitor cut");
+        return;
+    }
+    let Some((tunnel, channel, _slot)) = open(&app, key, visitor).await else {
+        return;
+    };
+    let options = tunnel.client.options();
+    let mut io = ChannelIo::new(channel, Arc::clone(&app.spool), &tunnel);
+    let mut head = options
+        .proxy
+        .map(|version| proxy_header(version, visitor, local))
+        .unwrap_or_default();
+    head.extend_from_slice(prefix);
+    if !head.is_empty() && io.write_all(&head).await.is_err() {
+        return;
+    }
+    let limits = RelayLimits {
+        max_bytes: 0,
+        idle: app.config.limits.tcp_idle_timeout,
+        flags: "tcp",
+        bandwidth: Some(Arc::clone(&tunnel.gate)),
+    };
+    let end = relay(stream, io, &limits).await;
+    tracing::debug!(%key, %visitor, end = %end.describe(&limits), "relayed connection ended");
+}
+
+/// Admits the visitor and opens a channel through the first client of
+/// `key` that takes one; clients that fail are passed over for a while.
+async fn open(
+    app: &App,
+    key: &str,
+    visitor: SocketAddr,
+) -> Option<(
+    Arc<Tunnel>,
+    russh::Channel<russh::server::Msg>,
+    crate::limits::http::Slot,
+)> {
+    for tunnel in app.registry.candidates(key) {
+        let options = tunnel.client.options_settled(OPTIONS_WAIT).await;
+        if !options.allows(visitor.ip()) {
+            tracing::debug!(%key, %visitor, "visitor not in the tunnel's allow-list");
+            return None;
+        }
+        let slot = match tunnel.gate.admit_connection(visitor.ip()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                app.stats
+                    .total_rate_limited
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if app.refusal_log.first(visitor.ip(), refusal.limit) {
+                    tracing::info!(%key, visitor = %visitor.ip(), limit = refusal.limit, reason = %refusal.message, "connection refused");
+                }
+                return None;
+            }
+        };
+        match tunnel.open_channel(visitor).await {
+            Ok(channel) => {
+                app.stats
+                    .channels_opened
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tunnel
+                    .traffic
+                    .requests
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Some((tunnel, channel, slot));
+            }
+            Err(err) => {
+                tracing::debug!(%key, conn = tunnel.conn, error = ?err, "channel open failed; trying the next client");
+                tunnel.mark_failing();
+            }
+        }
+    }
+    tracing::debug!(%key, %visitor, "no client could take the connection");
+    None
+}
+
+/// The HAProxy PROXY protocol header announcing `source` → `destination`.
+pub fn proxy_header(version: ProxyHeader, source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+    let (source, destination) = same_family(source, destination);
+    match version {
+        ProxyHeader::V1 => ppp::v1::Addresses::from((source, destination))
+            .to_string()
+            .into_bytes(),
+        ProxyHeader::V2 => ppp::v2::Builder::with_addresses(
+            ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+            ppp::v2::Protocol::Stream,
+            (source, destination),
+        )
+        .build()
+        .expect("a PROXY v2 header with two addresses always encodes"),
+    }
+}
+
+/// Both addresses in one family (the header has one): IPv4 when both can
+/// be, else IPv6 with IPv4 addresses mapped.
+fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
+    let canonical = |s: SocketAddr| SocketAddr::new(s.ip().to_canonical(), s.port());
+    let (a, b) = (canonical(a), canonical(b));
+    if a.is_ipv4() == b.is_ipv4() {
+        return (a, b);
+    }
+    let v6 = |s: SocketAddr| match s.ip() {
+        std::net::IpAddr::V4(ip) => SocketAddr::new(ip.to_ipv6_mapped().into(), s.port()),
+        std::net::IpAddr::V6(_) => s,
+    };
+    (v6(a), v6(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn relays_both_ways_and_closes() {
+        let (a, mut a_peer) = tokio::io::duplex(1024);
+        let (b, mut b_peer) = tokio::io::duplex(1024);
+        let relay = tokio::spawn(async move { relay(a, b, &RelayLimits::default()).await });
+        a_peer.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        b_peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"ping");
+        b_peer.write_all(b"pong").await.unwrap();
+        a_peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"pong");
+        drop(a_peer);
+        drop(b_peer);
+        assert_eq!(relay.await.unwrap(), RelayEnd::Closed);
+    }
+
+    #[tokio::test]
+    async fn byte_cap_ends_the_relay() {
+        let (a, mut a_peer) = tokio::io::duplex(64 * 1024);
+        let (b, _b_peer) = tokio::io::duplex(64 * 1024);
+        let limits = RelayLimits {
+            max_bytes: 1000,
+            ..Default::default()
+        };
+        let relay = tokio::spawn(async move { relay(a, b, &limits).await });
+        a_peer.write_all(&[1u8; 2000]).await.unwrap();
+        assert_eq!(relay.await.unwrap(), RelayEnd::TooManyBytes);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_relay_is_closed() {
+        let (a, _a_peer) = tokio::io::duplex(1024);
+        let (b, _b_peer) = tokio::io::duplex(1024);
+        let limits = RelayLimits {
+            idle: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let end = relay(a, b, &limits).await;
+        assert_eq!(end, RelayEnd::Idle);
+    }
+
+    #[test]
+    fn proxy_headers_parse_back() {
+        let source: SocketAddr = "203.0.113.9:51000".parse().unwrap();
+        let destination: SocketAddr = "[::ffff:192.0.2.1]:20001".parse().unwrap();
+        for version in [ProxyHeader::V1, ProxyHeader::V2] {
+            let bytes = proxy_header(version, source, destination);
+            let parsed = ppp::HeaderResult::parse(&bytes);
+            let text = format!("{parsed:?}");
+            assert!(text.contains("203.0.113.9"), "{version:?}: {text}");
+            assert!(text.contains("51000"), "{version:?}: {text}");
+        }
+        let mixed = same_family(source, "[2001:db8::1]:443".parse().unwrap());
+        assert_eq!(mixed.0, "[::ffff:203.0.113.9]:51000".parse().unwrap());
+    }
+}

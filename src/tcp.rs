@@ -1,0 +1,158 @@
+//! Raw TCP tunnels: `ssh -R 5432:localhost:5432 HOST` gets a public port from
+//! `--tcp-ports`, and every connection to it is relayed over a
+//! `forwarded-tcpip` channel (see [`crate::relay::serve_visitor`]).
+//!
+//! This module owns the public ports: choosing one (the requested port when
+//! it is in range, free and not another key's; else a random one), binding
+//! it, and the accept loop that lives exactly as long as the port's group of
+//! clients in the registry ([`Listening`] is dropped with the group).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::PortRanges;
+use crate::keys::KeysFile;
+use crate::registry::{tcp_key, Registry};
+use crate::App;
+
+/// Most ports tried when picking a random one (each try is a bind).
+const RANDOM_TRIES: usize = 64;
+/// How long a bind waits for our own listener on the same port to close
+/// (its last client just left; the same key is reconnecting).
+const CLOSING_WAIT: Duration = Duration::from_secs(1);
+
+/// The public TCP ports of this server.
+pub struct TcpPorts {
+    ranges: PortRanges,
+    bind: IpAddr,
+    /// Ports whose listener is shutting down right now.
+    closing: Arc<DashMap<u16, ()>>,
+}
+
+/// A port's accept loop; dropping it stops the loop and frees the port.
+pub struct Listening {
+    port: u16,
+    stop: CancellationToken,
+    closing: Arc<DashMap<u16, ()>>,
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        // Marked before the loop notices, so a reconnecting client's bind
+        // knows to wait for the port instead of giving up on it.
+        self.closing.insert(self.port, ());
+        self.stop.cancel();
+    }
+}
+
+impl TcpPorts {
+    pub fn new(ranges: PortRanges, bind: IpAddr) -> Self {
+        TcpPorts {
+            ranges,
+            bind,
+            closing: Arc::new(DashMap::new()),
+        }
+    }
+
+    /// Whether TCP tunnels are enabled (`--tcp-ports` is not empty).
+    pub fn enabled(&self) -> bool {
+        !self.ranges.is_empty()
+    }
+
+    pub fn ranges(&self) -> &PortRanges {
+        &self.ranges
+    }
+
+    pub fn in_range(&self, port: u16) -> bool {
+        self.ranges.contains(port)
+    }
+
+    /// Binds `port` on `--tcp-bind`. If our own listener for it is still
+    /// closing, waits for it (bounded) first.
+    pub async fn bind(&self, port: u16) -> std::io::Result<TcpListener> {
+        let deadline = tokio::time::Instant::now() + CLOSING_WAIT;
+        while self.closing.contains_key(&port) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        TcpListener::bind(SocketAddr::new(self.bind, port)).await
+    }
+
+    /// Binds a random port of the range that no tunnel holds and no key
+    /// owns. `None` when none could be bound in [`RANDOM_TRIES`] tries.
+    pub async fn bind_random(
+        &self,
+        registry: &Registry,
+        keys: &KeysFile,
+    ) -> Option<(u16, TcpListener)> {
+        let count = self.ranges.count();
+        if count == 0 {
+            return None;
+        }
+        let start = rand::random_range(0..count);
+        let mut tries = 0;
+        for i in 0..count {
+            let port = self.ranges.nth((start + i) % count)?;
+            if keys.port_owners(port).is_empty()
+                && registry.clients(&tcp_key(port)) == 0
+                && !self.closing.contains_key(&port)
+            {
+                if let Ok(listener) = TcpListener::bind(SocketAddr::new(self.bind, port)).await {
+                    return Some((port, listener));
+                }
+                tries += 1;
+                if tries >= RANDOM_TRIES {
+                    return None;
+                }
+            }
+        }
+        None
+    }
+
+    /// Starts accepting visitors on `listener` for port `port`.
+    pub fn serve(app: &Arc<App>, port: u16, listener: TcpListener) -> Listening {
+        let stop = CancellationToken::new();
+        let closing = Arc::clone(&app.tcp.closing);
+        tokio::spawn(accept_loop(Arc::clone(app), port, listener, stop.clone()));
+        Listening {
+            port,
+            stop,
+            closing,
+        }
+    }
+}
+
+async fn accept_loop(app: Arc<App>, port: u16, listener: TcpListener, stop: CancellationToken) {
+    let key = tcp_key(port);
+    tracing::debug!(port, "tcp listener started");
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(port, error = %err, "tcp accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let local = stream
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::new(app.tcp.bind, port));
+        let app = Arc::clone(&app);
+        let key = key.clone();
+        tokio::spawn(async move {
+            crate::relay::serve_visitor(app, &key, stream, &[], peer, local).await;
+        });
+    }
+    drop(listener);
+    app.tcp.closing.remove(&port);
+    tracing::debug!(port, "tcp listener stopped");
+}
