@@ -589,11 +589,27 @@ impl Registry {
         Ok(claimed)
     }
 
-    /// The tunnel that serves `subdomain` now; if the name is only reserved
-    /// so far, waits up to [`RESERVED_WAIT`] for it to go live.
+    /// The tunnel that serves `subdomain` now (the balancing policy's pick);
+    /// if the name is only reserved so far, waits up to [`RESERVED_WAIT`]
+    /// for it to go live.
     pub async fn get_or_wait(&self, subdomain: &str) -> Option<Arc<Tunnel>> {
+        self.lookup_or_wait(subdomain, Self::get).await
+    }
+
+    /// Like [`Registry::get_or_wait`], but the oldest client, without
+    /// moving the round-robin cursor: for looking at a name's options (its
+    /// clients share a key) rather than sending it something.
+    pub async fn peek_or_wait(&self, subdomain: &str) -> Option<Arc<Tunnel>> {
+        self.lookup_or_wait(subdomain, Self::peek).await
+    }
+
+    async fn lookup_or_wait(
+        &self,
+        subdomain: &str,
+        lookup: fn(&Self, &str) -> Option<Arc<Tunnel>>,
+    ) -> Option<Arc<Tunnel>> {
         // The usual case, without setting up a wait.
-        if let Some(tunnel) = self.get(subdomain) {
+        if let Some(tunnel) = lookup(self, subdomain) {
             return Some(tunnel);
         }
         let deadline = tokio::time::Instant::now() + RESERVED_WAIT;
@@ -601,7 +617,7 @@ impl Registry {
             let inserted = self.inserted.notified();
             tokio::pin!(inserted);
             inserted.as_mut().enable();
-            if let Some(tunnel) = self.get(subdomain) {
+            if let Some(tunnel) = lookup(self, subdomain) {
                 return Some(tunnel);
             }
             if !self.reserved.contains_key(subdomain) {
@@ -611,6 +627,14 @@ impl Registry {
                 return None;
             }
         }
+    }
+
+    /// The oldest client of `subdomain`, without moving the round-robin
+    /// cursor.
+    pub fn peek(&self, subdomain: &str) -> Option<Arc<Tunnel>> {
+        self.tunnels
+            .get(subdomain)
+            .and_then(|g| g.members.first().cloned())
     }
 
     /// The client the balancing policy picks for `subdomain` now.

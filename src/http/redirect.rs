@@ -49,7 +49,7 @@ fn is_tunnel(app: &App, req: &Request<Incoming>) -> bool {
         return false;
     };
     match subdomain::route(host, &app.config.domain) {
-        Route::Tunnel(name) => !app.registry.get(&name).is_some_and(|t| t.passthrough()),
+        Route::Tunnel(name) => !app.registry.peek(&name).is_some_and(|t| t.passthrough()),
         _ => false,
     }
 }

@@ -88,7 +88,7 @@ pub async fn decide(app: &App, server_name: Option<&str>) -> Decision {
     match subdomain::route(name, &app.config.domain) {
         Route::Foreign => Decision::Reject,
         Route::Apex | Route::Malformed => Decision::Terminate,
-        Route::Tunnel(label) => match app.registry.get_or_wait(&label).await {
+        Route::Tunnel(label) => match app.registry.peek_or_wait(&label).await {
             Some(tunnel) if tunnel.kind == crate::registry::Kind::Name => {
                 let options = tunnel.client.options_settled(OPTIONS_WAIT).await;
                 match options.tls {

@@ -186,7 +186,7 @@ impl ClientHandler {
         let limits = &self.app.config.limits;
         let expiry = banner::expiry(limits.tunnel_idle_timeout, limits.tunnel_max_lifetime);
         let mut text = banner::session_banner(&lines, &expiry);
-        if !lines.is_empty() {
+        if self.forwards.iter().any(|f| f.kind == Kind::Name) {
             text.push_str(&banner::name_kind(
                 self.name_kind(),
                 self.key.as_ref().map(|k| k.fingerprint.as_str()),
@@ -576,14 +576,12 @@ impl ClientHandler {
     /// Closes every tunnel of this connection.
     fn close_tunnels(&mut self, why: &str) -> usize {
         let removed = self.app.registry.remove_conn(self.conn.id);
-        let closed = removed.len();
-        for (_, removed) in removed {
+        self.forwards.clear();
+        for (key, removed) in &removed {
+            tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), subdomain = %key, reason = why, "tunnel closed");
             self.app.clients_left(&removed.remaining);
         }
-        for forward in self.forwards.drain(..) {
-            tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), subdomain = %forward.subdomain, reason = why, "tunnel closed");
-        }
-        closed
+        removed.len()
     }
 
     /// Ctrl+C: close the tunnels now, say so, and end the session so the

@@ -1516,11 +1516,22 @@ impl Default for SshSpec<'_> {
 impl SshSpec<'_> {
     pub fn spawn(&self) -> Ssh {
         let (key_dir, key) = ssh_keygen();
+        self.spawn_using(key_dir, &key)
+    }
+
+    /// Like [`SshSpec::spawn`] but authenticating with `key` (so several
+    /// clients can share one key); `keyed` must be true.
+    pub fn spawn_with_key(&self, key: &SshKeyPair) -> Ssh {
+        assert!(self.keyed, "spawn_with_key needs a keyed SshSpec");
+        self.spawn_using(Arc::clone(&key.dir), &key.path)
+    }
+
+    fn spawn_using(&self, key_dir: Arc<TempDir>, key: &Path) -> Ssh {
         let mut cmd = Command::new("ssh");
         cmd.args(["-F", "/dev/null"])
             .args(["-o", "IdentitiesOnly=yes"]);
         if self.keyed {
-            cmd.arg("-i").arg(&key).args(["-o", "BatchMode=yes"]);
+            cmd.arg("-i").arg(key).args(["-o", "BatchMode=yes"]);
         } else {
             cmd.args(["-o", "PubkeyAuthentication=no"])
                 .args(["-o", "IdentityAgent=none"])
@@ -1604,4 +1615,236 @@ pub fn cli_base_args(dir: &std::path::Path) -> Vec<String> {
     .map(|s| s.to_string())
     .chain([dir.join("host_key").display().to_string()])
     .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Additions for the raw TCP / passthrough / balance / admin tests
+// (tests/tunnels.rs)
+// ---------------------------------------------------------------------------
+
+/// A throwaway ed25519 key pair that several ssh clients can share (see
+/// [`SshSpec::spawn_with_key`]); its directory lives as long as any client
+/// using it.
+pub struct SshKeyPair {
+    dir: Arc<TempDir>,
+    /// The private key file.
+    pub path: PathBuf,
+    /// The `.pub` line: `ssh-ed25519 AAAA… comment`.
+    pub public: String,
+    /// `SHA256:…` as `ssh-keygen -lf` prints it.
+    pub fingerprint: String,
+}
+
+impl SshKeyPair {
+    pub fn generate() -> SshKeyPair {
+        let (dir, path) = ssh_keygen();
+        let pub_path = path.with_extension("pub");
+        let public = std::fs::read_to_string(&pub_path)
+            .expect("read .pub")
+            .trim()
+            .to_string();
+        let out = Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(&pub_path)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run ssh-keygen -lf");
+        let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+        let fingerprint = listing
+            .split_whitespace()
+            .nth(1)
+            .filter(|f| f.starts_with("SHA256:"))
+            .unwrap_or_else(|| panic!("ssh-keygen -lf printed {listing:?}"))
+            .to_string();
+        SshKeyPair {
+            dir,
+            path,
+            public,
+            fingerprint,
+        }
+    }
+}
+
+/// An inclusive range of loopback ports for `--tcp-ports`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    /// `FIRST-LAST`, as `--tcp-ports` takes it.
+    pub fn arg(&self) -> String {
+        format!("{}-{}", self.first, self.last)
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        (self.first..=self.last).contains(&port)
+    }
+
+    pub fn ports(&self) -> std::ops::RangeInclusive<u16> {
+        self.first..=self.last
+    }
+}
+
+/// True if nothing holds `127.0.0.1:port` right now (bound, then released).
+pub fn port_is_free(port: u16) -> bool {
+    StdTcpListener::bind(("127.0.0.1", port)).is_ok()
+}
+
+/// The kernel's ephemeral port range (`ip_local_port_range`).
+fn ephemeral_ports() -> (u16, u16) {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|t| {
+            let mut it = t.split_whitespace().map(|v| v.parse::<u16>().ok());
+            Some((it.next()??, it.next()??))
+        })
+        .unwrap_or((32768, 60999))
+}
+
+/// Where the next [`free_port_range`] starts looking (0: not chosen yet).
+static NEXT_PORT_RANGE: Mutex<u16> = Mutex::new(0);
+
+/// `len` consecutive loopback ports that are all free right now, for
+/// `--tcp-ports`. Ranges start at a random place below the kernel's
+/// ephemeral ports (so outgoing connections never sit on them), and ranges
+/// handed out in one test process never overlap.
+pub fn free_port_range(len: u16) -> PortRange {
+    assert!((1..=1000).contains(&len), "port range length {len}");
+    const LOW: u16 = 20000;
+    let (eph_lo, eph_hi) = ephemeral_ports();
+    // Below the ephemeral ports if there is room, else above them.
+    let (lo, hi) = if eph_lo >= LOW + 2000 {
+        (LOW, eph_lo - 1)
+    } else {
+        (eph_hi.saturating_add(1).max(LOW), u16::MAX)
+    };
+    assert!(
+        u32::from(hi - lo) > u32::from(len) * 4,
+        "no room for a test port range between {lo} and {hi}"
+    );
+    let mut next = NEXT_PORT_RANGE.lock().unwrap_or_else(|e| e.into_inner());
+    if *next == 0 {
+        let span = u64::from(hi - lo - len);
+        let seed = time_seed() ^ (u64::from(std::process::id()) << 20);
+        *next = lo + (seed % span) as u16;
+    }
+    for _ in 0..500 {
+        if u32::from(*next) + u32::from(len) > u32::from(hi) {
+            *next = lo;
+        }
+        let range = PortRange {
+            first: *next,
+            last: *next + len - 1,
+        };
+        // One spare port between ranges.
+        *next = range.last + 2;
+        if range.ports().all(port_is_free) {
+            return range;
+        }
+    }
+    panic!("no free range of {len} loopback ports between {lo} and {hi}");
+}
+
+impl Burrow {
+    /// Like [`Burrow::https_client`] but connecting from the local address
+    /// `local` (e.g. `127.0.0.2`: a second visitor IP on loopback).
+    pub fn https_client_from(&self, local: std::net::IpAddr) -> reqwest::Client {
+        base_client_builder()
+            .local_address(local)
+            .use_preconfigured_tls(self.tls_config(Alpn::Any))
+            .build()
+            .expect("build reqwest client")
+    }
+}
+
+/// A rustls client config that trusts exactly `cert` (for `localhost` and
+/// its subdomains), as [`Burrow::tls_config`] trusts burrow's: e.g. a test
+/// origin's own certificate.
+pub fn tls_config_pinned(cert: &CertificateDer<'static>, alpn: Alpn) -> rustls::ClientConfig {
+    client_tls_config(cert, alpn)
+}
+
+/// Accepts any certificate (signatures are still checked), so a failed
+/// handshake can only be the server's doing.
+#[derive(Debug)]
+struct AcceptAnyCert {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for AcceptAnyCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// A rustls client config that accepts whatever certificate the server
+/// shows: for checking that the *server* ends a handshake.
+pub fn tls_config_accept_any() -> rustls::ClientConfig {
+    let provider = crypto_provider();
+    rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("rustls protocol versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert { provider }))
+        .with_no_client_auth()
+}
+
+/// A rustls server config presenting `cert_der`/`key_der` (PKCS#8), for
+/// test origins that terminate TLS themselves.
+pub fn tls_server_config(
+    cert_der: CertificateDer<'static>,
+    key_pkcs8_der: Vec<u8>,
+) -> rustls::ServerConfig {
+    rustls::ServerConfig::builder_with_provider(crypto_provider())
+        .with_safe_default_protocol_versions()
+        .expect("rustls protocol versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert_der],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key_pkcs8_der.into()),
+        )
+        .expect("test origin certificate and key")
 }
