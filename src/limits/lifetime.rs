@@ -81,7 +81,7 @@ fn check(app: &App, tunnel: &Tunnel) {
     {
         if let Some(conn) = app.registry.conn(tunnel.conn) {
             conn.notify(crate::ssh::banner::lifetime_notice(
-                &app.tunnel_url(&tunnel),
+                &app.tunnel_url(tunnel),
                 lifetime.saturating_sub(age),
             ));
         }
