@@ -9,6 +9,8 @@
 //! ```
 //!
 //! Answers are JSON; errors are `{"error": "…"}` with a fitting status.
+//! `POST` needs `Content-Type: application/json`, which a web page cannot
+//! send cross-origin without a preflight that nothing here answers.
 
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
@@ -16,7 +18,7 @@ use std::time::{Duration, SystemTime};
 
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, ALLOW};
+use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
@@ -114,7 +116,7 @@ fn describe(app: &App, tunnel: &Tunnel) -> TunnelInfo {
 
 /// `DELETE /tunnels/{name}`: every client of the name is told and loses it.
 fn close(app: &App, name: &str) -> Response<Body> {
-    let clients = app.registry.candidates(name);
+    let clients = app.registry.members(name);
     if clients.is_empty() {
         return error(StatusCode::NOT_FOUND, &format!("no tunnel named {name:?}"));
     }
@@ -168,12 +170,31 @@ struct BanRequest {
 /// once; its visitors are turned away) for `duration_secs`, by default
 /// `--block-duration`.
 async fn ban(app: &App, req: Request<Incoming>) -> Response<Body> {
+    // A web page can POST text/plain to loopback without a preflight; it
+    // cannot send application/json.
+    let json_body = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().starts_with("application/json"));
+    if !json_body {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "send the ban as Content-Type: application/json",
+        );
+    }
     let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
         Ok(body) => body.to_bytes(),
-        Err(_) => {
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
-                &format!("the body is larger than {MAX_BODY} bytes or was cut off"),
+                &format!("the body is larger than {MAX_BODY} bytes"),
+            )
+        }
+        Err(err) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("the body could not be read: {err}"),
             )
         }
     };

@@ -306,6 +306,11 @@ fn enforce(app: &crate::App, file: &KeysFile) {
             })
         } else if owners.is_empty() && app.config.reserved_names.contains(&tunnel.subdomain) {
             Some("the keys file no longer grants this reserved name to your key")
+        } else if let crate::registry::Kind::Tcp(port) = tunnel.kind {
+            // An owned port may lie outside --tcp-ports; without the grant
+            // nobody may hold it.
+            (owners.is_empty() && !app.tcp.in_range(port))
+                .then_some("the keys file no longer grants this port to your key")
         } else {
             None
         };

@@ -65,6 +65,8 @@ pub struct App {
     pub tcp: tcp::TcpPorts,
     /// Where each listener is bound.
     pub addrs: BoundAddrs,
+    /// For listeners and relays started after `run` (TCP tunnel ports).
+    pub shutdown: Shutdown,
 }
 
 /// The addresses the listeners are bound to (ports may be 0 in the flags).
@@ -273,7 +275,9 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         https: https_addr,
         stats: stats_addr,
     };
+    let shutdown = Shutdown::new();
     let app = Arc::new(App {
+        shutdown: shutdown.clone(),
         tcp: tcp::TcpPorts::new(config.tcp_ports.clone(), config.tcp_bind),
         addrs,
         registry: Arc::new(Registry::new(config.balance)),
@@ -301,7 +305,6 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     println!("connect with: {}", app.connect_command());
     let _ = std::io::stdout().flush();
 
-    let shutdown = Shutdown::new();
     shutdown.spawn(ssh::serve(
         listeners.ssh,
         Arc::clone(&app),

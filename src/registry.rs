@@ -109,6 +109,9 @@ pub struct Tunnel {
     /// Until when balancing passes this client over (it failed to open a
     /// channel).
     skip_until: Mutex<Option<Instant>>,
+    /// Cancelled when the tunnel leaves the registry: raw relays to it end
+    /// then, even if the SSH connection lives on with other tunnels.
+    pub closed: tokio_util::sync::CancellationToken,
     handle: Handle,
 }
 
@@ -152,6 +155,7 @@ impl Tunnel {
             traffic: Arc::default(),
             created_wall: std::time::SystemTime::now(),
             skip_until: Mutex::new(None),
+            closed: Default::default(),
             handle,
         }
     }
@@ -395,6 +399,13 @@ impl Group {
         healthy.into_iter().chain(failing).cloned().collect()
     }
 
+    /// The members oldest first, without moving the cursor.
+    fn ordered(&self) -> Vec<Arc<Tunnel>> {
+        let (healthy, failing): (Vec<_>, Vec<_>) =
+            self.members.iter().cloned().partition(|t| !t.skipped());
+        healthy.into_iter().chain(failing).collect()
+    }
+
     /// The member the policy picks now.
     fn pick(&self, balance: Balance) -> Option<Arc<Tunnel>> {
         if self.members.len() == 1 {
@@ -456,6 +467,8 @@ impl Drop for Reservation {
 pub enum ClaimError {
     /// Another key's (or an anonymous) connection holds it.
     Taken,
+    /// This same connection serves it already (another of its forwards).
+    Duplicate,
 }
 
 /// A successful claim.
@@ -555,6 +568,9 @@ impl Registry {
         match self.tunnels.entry(tunnel.subdomain.clone()) {
             dashmap::Entry::Occupied(mut held) => {
                 let group = held.get_mut();
+                if group.members.iter().any(|t| t.conn == tunnel.conn) {
+                    return Err(ClaimError::Duplicate);
+                }
                 let oldest = group.members.first().expect("groups are never empty");
                 match self.balance {
                     Balance::Replace => {
@@ -655,9 +671,33 @@ impl Registry {
     /// Another client of `tunnel`'s name to try after `tunnel` failed to
     /// open a channel, if one may stand in for it (same owner).
     pub fn stand_in(&self, tunnel: &Tunnel) -> Option<Arc<Tunnel>> {
-        self.candidates(&tunnel.subdomain)
+        self.members(&tunnel.subdomain)
             .into_iter()
             .find(|t| t.conn != tunnel.conn && t.owner == tunnel.owner && !t.skipped())
+    }
+
+    /// Every client serving `key`, oldest first (recently failing ones
+    /// last), without moving the round-robin cursor.
+    pub fn members(&self, key: &str) -> Vec<Arc<Tunnel>> {
+        self.tunnels
+            .get(key)
+            .map(|g| g.ordered())
+            .unwrap_or_default()
+    }
+
+    /// How long the whole group serving `key` has been without traffic, and
+    /// whether any of its clients has something open: a failover standby
+    /// is idle by design, and must not expire while its name is in use.
+    pub fn group_activity(&self, key: &str) -> (Duration, bool) {
+        self.tunnels.get(key).map_or((Duration::MAX, false), |g| {
+            let idle = g
+                .members
+                .iter()
+                .map(|t| t.gate.activity.idle_for())
+                .min()
+                .unwrap_or(Duration::MAX);
+            (idle, g.members.iter().any(|t| t.gate.busy()))
+        })
     }
 
     /// How many clients serve `key`.
@@ -674,7 +714,13 @@ impl Registry {
         };
         let members = &mut entry.get_mut().members;
         let before = members.len();
-        members.retain(|t| t.conn != conn);
+        members.retain(|t| {
+            let leaving = t.conn == conn;
+            if leaving {
+                t.closed.cancel();
+            }
+            !leaving
+        });
         if members.len() == before {
             return None;
         }

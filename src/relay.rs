@@ -193,8 +193,19 @@ pub async fn serve_visitor<S>(
         flags: "tcp",
         bandwidth: Some(Arc::clone(&tunnel.gate)),
     };
-    let end = relay(stream, io, &limits).await;
-    tracing::debug!(%key, %visitor, end = %end.describe(&limits), "relayed connection ended");
+    // A visitor blocked (or a tunnel closed) mid-connection is cut at once,
+    // not when the connection ends by itself.
+    tokio::select! {
+        end = relay(stream, io, &limits) => {
+            tracing::debug!(%key, %visitor, end = %end.describe(&limits), "relayed connection ended");
+        }
+        _ = app.ip_guard.until_blocked(visitor.ip()) => {
+            tracing::debug!(%key, %visitor, "relayed connection cut: the visitor was blocked");
+        }
+        _ = tunnel.closed.cancelled() => {
+            tracing::debug!(%key, %visitor, "relayed connection cut: the tunnel was closed");
+        }
+    }
 }
 
 /// Admits the visitor and opens a channel through the first client of
@@ -208,7 +219,11 @@ async fn open(
     russh::Channel<russh::server::Msg>,
     crate::limits::http::Slot,
 )> {
-    for tunnel in app.registry.candidates(key) {
+    // Only clients that relay raw bytes: a name's clients may differ in
+    // `tls=` (options are per connection), and a ClientHello must never
+    // reach an app that expects HTTP.
+    let raw = |t: &Tunnel| matches!(t.kind, crate::registry::Kind::Tcp(_)) || t.passthrough();
+    for tunnel in app.registry.candidates(key).into_iter().filter(|t| raw(t)) {
         let options = tunnel.client.options_settled(OPTIONS_WAIT).await;
         if !options.allows(visitor.ip()) {
             tracing::debug!(%key, %visitor, "visitor not in the tunnel's allow-list");

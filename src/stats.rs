@@ -136,6 +136,15 @@ async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Response
             r#"{"error":"stats are served to loopback peers only"}"#.into(),
         );
     }
+    // DNS rebinding: a web page under an attacker's name that resolves to
+    // 127.0.0.1 reaches this listener from the operator's browser with its
+    // own Host header. Only loopback names are answered.
+    if !loopback_host(&req) {
+        return json(
+            StatusCode::MISDIRECTED_REQUEST,
+            r#"{"error":"the stats and admin endpoint answers only Host: localhost or a loopback IP"}"#.into(),
+        );
+    }
     if req.uri().path() != "/" {
         return match crate::admin::handle(app, req).await {
             Some(response) => response,
@@ -149,6 +158,23 @@ async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Response
     let body =
         serde_json::to_string(&snapshot(app, with_subdomains)).expect("stats snapshot serializes");
     json(StatusCode::OK, body)
+}
+
+/// Whether the request names a loopback host (or none, as HTTP/1.0 may).
+fn loopback_host(req: &Request<Incoming>) -> bool {
+    let Some(host) = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|h| h.to_str().ok())
+    else {
+        return true;
+    };
+    let name = crate::subdomain::strip_port(host);
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 fn json(status: StatusCode, body: String) -> Response<Body> {

@@ -117,7 +117,8 @@ impl TcpPorts {
     pub fn serve(app: &Arc<App>, port: u16, listener: TcpListener) -> Listening {
         let stop = CancellationToken::new();
         let closing = Arc::clone(&app.tcp.closing);
-        tokio::spawn(accept_loop(Arc::clone(app), port, listener, stop.clone()));
+        app.shutdown
+            .spawn(accept_loop(Arc::clone(app), port, listener, stop.clone()));
         Listening {
             port,
             stop,
@@ -132,6 +133,7 @@ async fn accept_loop(app: Arc<App>, port: u16, listener: TcpListener, stop: Canc
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
+            _ = app.shutdown.requested() => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(err) => {
@@ -146,10 +148,10 @@ async fn accept_loop(app: Arc<App>, port: u16, listener: TcpListener, stop: Canc
         let local = stream
             .local_addr()
             .unwrap_or_else(|_| SocketAddr::new(app.tcp.bind, port));
-        let app = Arc::clone(&app);
+        let relay_app = Arc::clone(&app);
         let key = key.clone();
-        tokio::spawn(async move {
-            crate::relay::serve_visitor(app, &key, stream, &[], peer, local).await;
+        app.shutdown.spawn(async move {
+            crate::relay::serve_visitor(relay_app, &key, stream, &[], peer, local).await;
         });
     }
     drop(listener);

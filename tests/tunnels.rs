@@ -1881,7 +1881,7 @@ async fn admin_bans_close_live_tunnels_and_refuse_the_ip() {
         whoami(&from_other, &burrow, &good_url.name).await,
         (200, "ban-http".to_string())
     );
-    open_visitor(OTHER_IP, tcp, &app)
+    let mut live = open_visitor(OTHER_IP, tcp, &app)
         .await
         .unwrap_or_else(|e| panic!("TCP visitor from {OTHER_IP} before the ban: {e}"));
 
@@ -1905,6 +1905,14 @@ async fn admin_bans_close_live_tunnels_and_refuse_the_ip() {
         r.json["closed_connections"].as_u64().unwrap_or(0) >= 1,
         "the victim's SSH connection was closed: {r:?}"
     );
+
+    // Its open TCP connection to someone else's tunnel is cut at once.
+    expect_cut(
+        &mut live,
+        "open TCP connection of a banned visitor",
+        &burrow,
+    )
+    .await;
 
     // The victim's connection and tunnel are gone.
     expect_exit(&mut victim, &burrow, "SSH client of a banned IP").await;
@@ -2021,4 +2029,119 @@ async fn admin_errors_are_json_with_status_codes() {
 
     // The stats document still answers on `/`.
     assert!(burrow.stats().await["active_tunnels"].is_u64());
+}
+
+/// A web page in the operator's browser must not drive the admin API: a
+/// cross-site "simple" POST (text/plain) is refused, and so is any request
+/// whose Host is not a loopback name (DNS rebinding).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_refuses_cross_site_posts_and_foreign_hosts() {
+    let burrow = start(&[]).await;
+    let url = format!("http://{}/bans", burrow.addrs.stats);
+    let resp = burrow
+        .http_client()
+        .post(&url)
+        .header("content-type", "text/plain")
+        .body(r#"{"ip":"127.0.0.9","duration_secs":60}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 415, "text/plain POST /bans");
+    assert!(bans(&burrow).await.is_empty(), "nothing was banned");
+
+    let stats_port = burrow.addrs.stats.port();
+    for (host, want) in [
+        ("evil.example".to_string(), 421),
+        (format!("rebind.example:{stats_port}"), 421),
+        (format!("localhost:{stats_port}"), 200),
+        (format!("127.0.0.1:{stats_port}"), 200),
+    ] {
+        for path in ["/", "/tunnels"] {
+            let resp = burrow
+                .http_client()
+                .get(format!("http://{}{path}", burrow.addrs.stats))
+                .header("host", &host)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(resp.status().as_u16(), want, "GET {path} with Host {host}");
+        }
+    }
+}
+
+/// One connection cannot join itself on a name (two `-R` for one name with
+/// `--balance round-robin`): the second forward is refused with a clear
+/// line, and the first keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balance_one_connection_cannot_serve_a_name_twice() {
+    let burrow = start(&["--balance", "round-robin"]).await;
+    let origin = Origin::start("twice").await;
+    let ssh = Ssh::spawn(
+        &burrow,
+        &[
+            "-R",
+            &fwd("twice:80", origin.port),
+            "-R",
+            &fwd("twice:443", origin.port),
+        ],
+    );
+    wait_line(&ssh, &burrow, "ERROR: ", "already served by another -R").await;
+    let (status, body) = whoami(&burrow.https_client(), &burrow, "twice").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "twice"),
+        "{}",
+        context(&ssh, &burrow)
+    );
+    let s = burrow.stats_with_subdomains().await;
+    assert_eq!(s["clients"], json!({"twice": 1}), "{s}");
+}
+
+/// `--balance failover`: the standby gets no traffic by design, and must
+/// not be closed by the tunnel idle timeout while its name is in use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn balance_failover_standby_survives_the_idle_timeout() {
+    let burrow = start(&["--balance", "failover", "--tunnel-idle-timeout", "2s"]).await;
+    let a = Origin::start("idle-a").await;
+    let b = Origin::start("idle-b").await;
+    let key = SshKeyPair::generate();
+    let (first, second) = two_clients(&burrow, &key, &a, &b).await;
+    assert_two_clients_announced(&first, &second, &burrow).await;
+
+    // Keep the name busy (through the oldest client) for twice the timeout.
+    let client = burrow.https_client();
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let (status, body) = whoami(&client, &burrow, "shared").await;
+        assert_eq!((status, body.as_str()), (200, "idle-a"));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    for ssh in [&first, &second] {
+        assert!(
+            !ssh.all_output().contains("closed: no traffic"),
+            "a client of a busy name was closed as idle\n{}",
+            context(ssh, &burrow)
+        );
+    }
+    let s = burrow.stats_with_subdomains().await;
+    assert_eq!(s["clients"], json!({"shared": 2}), "{s}");
+
+    // Once the whole name is quiet, both go.
+    wait_output(&first, &burrow, "closed: no traffic").await;
+    wait_output(&second, &burrow, "closed: no traffic").await;
+}
+
+/// HTTP-only options on a connection with a TCP tunnel: the banner says
+/// they do not protect it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_banner_warns_that_http_options_do_not_apply() {
+    let range = free_port_range(5);
+    let burrow = start_tcp(range, &[]).await;
+    let app = TcpApp::start("opts").await;
+    let ssh = Ssh::spawn_cmd(
+        &burrow,
+        &["-R", &fwd("tcp:0", app.port)],
+        &["--", "auth=u:p"],
+    );
+    wait_line(&ssh, &burrow, "NOTE: ", "apply to HTTP tunnels only").await;
 }

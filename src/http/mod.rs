@@ -140,9 +140,9 @@ async fn route_by_sni(
     app: Arc<crate::App>,
     mut stream: TcpStream,
     peer: SocketAddr,
-    deadline: tokio::time::Instant,
 ) -> Option<sni::Rewind<TcpStream>> {
-    let hello = match tokio::time::timeout_at(deadline, sni::read_client_hello(&mut stream)).await {
+    let read = sni::read_client_hello(&mut stream);
+    let hello = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, read).await {
         Ok(Ok(hello)) => hello,
         Ok(Err(err)) => {
             tracing::debug!(%peer, error = %err, "no valid ClientHello");
@@ -241,11 +241,12 @@ pub async fn serve_tls<H, Fut>(
             let limits = limits.clone();
             let app = Arc::clone(&app);
             async move {
-                let deadline = tokio::time::Instant::now() + TLS_HANDSHAKE_TIMEOUT;
-                let Some(stream) = route_by_sni(app, stream, peer, deadline).await else {
+                let Some(stream) = route_by_sni(app, stream, peer).await else {
                     return;
                 };
-                let handshake = tokio::time::timeout_at(deadline, acceptor.accept(stream));
+                // A fresh limit: routing may have waited for a new tunnel.
+                let handshake =
+                    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
                 let tls = match handshake.await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(err)) => {

@@ -87,18 +87,31 @@ pub async fn handle(
                         pages::blocked(&block.until_utc(), &block.reason).render(req.headers())
                     );
                 }
-                // Only the app's own TLS may serve it: here through burrow's
-                // TLS (a Host header naming another tunnel than the SNI did).
-                // Plain HTTP never gets here: the redirector sends it to HTTPS.
-                if tunnel.passthrough() {
-                    return Ok(pages::misdirected(&host).render(req.headers()));
+                match http_client(&app, tunnel, &name).await {
+                    Some(tunnel) => tunnel_request(&app, &tunnel, req, &visitor).await,
+                    None => pages::misdirected(&host).render(req.headers()),
                 }
-                tunnel_request(&app, &tunnel, req, &visitor).await
             }
             None => pages::not_found(&host).render(req.headers()),
         },
     };
     Ok(response)
+}
+
+/// A client of `name` that serves HTTP: `picked` unless it passes TLS
+/// through (clients of one name may differ in `tls=`), then another one.
+/// `None`: only the app's own TLS may serve this name, and this request
+/// came through burrow's TLS (its Host named another tunnel than its SNI)
+/// or, in `--http-mode proxy`, over plain HTTP while the options settled.
+async fn http_client(app: &App, picked: Arc<Tunnel>, name: &str) -> Option<Arc<Tunnel>> {
+    picked.client.options_settled(OPTIONS_WAIT).await;
+    if !picked.passthrough() {
+        return Some(picked);
+    }
+    app.registry
+        .members(name)
+        .into_iter()
+        .find(|t| !t.passthrough())
 }
 
 /// The host the visitor asked for: `:authority` for HTTP/2, else `Host`.

@@ -25,7 +25,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: Shutdown) {
     crate::http::serve_plain(listener, limits, shutdown, move |req, peer| {
         let app = Arc::clone(&app);
         async move {
-            if app.config.http_mode == HttpMode::Proxy && is_tunnel(&app, &req) {
+            if app.config.http_mode == HttpMode::Proxy && is_tunnel(&app, &req).await {
                 return proxy::handle(app, req, peer, Scheme::Http).await;
             }
             Ok::<_, Infallible>(handle(&app, &req))
@@ -44,15 +44,25 @@ fn host(req: &Request<Incoming>) -> Option<&str> {
 
 /// Whether the request is for a tunnel the proxy serves over plain HTTP:
 /// any but a `tls=passthrough` one, which only speaks TLS.
-fn is_tunnel(app: &App, req: &Request<Incoming>) -> bool {
+async fn is_tunnel(app: &App, req: &Request<Incoming>) -> bool {
     let Some(host) = host(req) else {
         return false;
     };
-    match subdomain::route(host, &app.config.domain) {
-        Route::Tunnel(name) => !app.registry.peek(&name).is_some_and(|t| t.passthrough()),
-        _ => false,
+    let Route::Tunnel(name) = subdomain::route(host, &app.config.domain) else {
+        return false;
+    };
+    match app.registry.peek(&name) {
+        Some(tunnel) => {
+            // A new tunnel's `tls=` may still be on its way.
+            let options = tunnel.client.options_settled(OPTIONS_WAIT).await;
+            options.tls != crate::ssh::options::Tls::Passthrough
+        }
+        None => true,
     }
 }
+
+/// How long a plain-HTTP request waits for a new tunnel's options.
+const OPTIONS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn handle(app: &App, req: &Request<Incoming>) -> Response<Body> {
     match location(app, req) {

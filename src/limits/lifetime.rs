@@ -69,7 +69,9 @@ fn check(app: &App, tunnel: &Tunnel) {
     if !lifetime.is_zero() && age >= lifetime {
         return expire(app, tunnel, Expiry::Lifetime(lifetime));
     }
-    if !idle.is_zero() && !tunnel.gate.busy() && tunnel.gate.activity.idle_for() >= idle {
+    // Idle is judged per name: a failover standby gets no traffic by design.
+    let (group_idle, group_busy) = app.registry.group_activity(&tunnel.subdomain);
+    if !idle.is_zero() && !group_busy && group_idle >= idle {
         return expire(app, tunnel, Expiry::Idle(idle));
     }
     let notice = LIFETIME_NOTICE.min(lifetime / 2);

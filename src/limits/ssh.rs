@@ -71,6 +71,8 @@ pub struct IpGuard {
     blocks: DashMap<IpAddr, Block>,
     handshakes: DashMap<IpAddr, u32>,
     handshakes_total: AtomicU32,
+    /// Woken on every new block, so open relays can cut a blocked visitor.
+    blocked_now: tokio::sync::Notify,
 }
 
 /// A slot among the concurrent unauthenticated handshakes. Released on drop
@@ -105,6 +107,7 @@ impl IpGuard {
             blocks: DashMap::new(),
             handshakes: DashMap::new(),
             handshakes_total: AtomicU32::new(0),
+            blocked_now: tokio::sync::Notify::new(),
         }
     }
 
@@ -229,12 +232,28 @@ impl IpGuard {
             reason,
         };
         self.blocks.insert(ip_key(ip), block.clone());
+        self.blocked_now.notify_waiters();
         block
     }
 
-    /// Lifts the block on `ip`; whether there was one.
+    /// Resolves once `ip` is blocked (at once if it is already).
+    pub async fn until_blocked(&self, ip: IpAddr) {
+        loop {
+            let next = self.blocked_now.notified();
+            tokio::pin!(next);
+            next.as_mut().enable();
+            if self.blocked(ip).is_some() {
+                return;
+            }
+            next.await;
+        }
+    }
+
+    /// Lifts the block on `ip`; whether one was in force.
     pub fn unblock(&self, ip: IpAddr) -> bool {
-        self.blocks.remove(&ip_key(ip)).is_some()
+        self.blocks
+            .remove(&ip_key(ip))
+            .is_some_and(|(_, block)| block.until > Instant::now())
     }
 
     /// The blocks in force, by IP key.

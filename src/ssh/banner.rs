@@ -207,6 +207,22 @@ pub fn clients_now(url: &str, count: usize, balance: crate::config::Balance) -> 
     }
 }
 
+/// HTTP-only options on a connection whose TCP or passthrough tunnels
+/// cannot apply them.
+pub fn http_options_on_raw() -> String {
+    line(
+        "NOTE: auth=, cors= and host= apply to HTTP tunnels only; your TCP and TLS-passthrough \
+         tunnels are open to anyone who knows the address (allow= does restrict them).",
+    )
+}
+
+/// A second forward of one connection for a name (or port) it serves.
+pub fn served_twice(url: &str) -> String {
+    line(&format!(
+        "ERROR: {url} is already served by another -R of this connection; one is enough"
+    ))
+}
+
 /// The operator closed the tunnel through the admin API.
 pub const CLOSED_BY_OPERATOR: &str = "closed by the server operator";
 

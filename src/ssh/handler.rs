@@ -193,9 +193,16 @@ impl ClientHandler {
                 &self.app.connect_command_as(Some("random")),
             ));
         }
-        let summary = self.conn.options().summary();
+        let options = self.conn.options();
+        let summary = options.summary();
         if !summary.is_empty() {
             text.push_str(&banner::line(&format!("  Options: {summary}")));
+        }
+        let raw = options.tls == options::Tls::Passthrough
+            || self.forwards.iter().any(|f| matches!(f.kind, Kind::Tcp(_)));
+        let http_only = options.auth.is_some() || options.cors.is_some() || options.host.is_some();
+        if raw && http_only {
+            text.push_str(&banner::http_options_on_raw());
         }
         text.push_str(&std::mem::take(&mut self.pending));
         let _ = session.data(channel, text.into_bytes());
@@ -382,6 +389,10 @@ impl ClientHandler {
                 self.refused(address, requested, "name in use");
                 return Err(banner::name_in_use(&subdomain));
             }
+            Err(ClaimError::Duplicate) => {
+                self.refused(address, requested, "name already served by this connection");
+                return Err(banner::served_twice(&self.app.url(&subdomain)));
+            }
         }
         tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), subdomain = %subdomain, port = requested, fingerprint = self.key.as_ref().map(|k| k.fingerprint.as_str()), "tunnel opened");
         let forward = Forward {
@@ -440,6 +451,9 @@ impl ClientHandler {
                         Ok(c) => claimed = Some((port, c)),
                         Err(ClaimError::Taken) => {
                             note = Some(("is in use by another key's tunnel", port));
+                        }
+                        Err(ClaimError::Duplicate) => {
+                            return Err(banner::served_twice(&app.tcp_url(port)));
                         }
                     }
                 }
