@@ -350,6 +350,16 @@ const PROXY_V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
 
 impl ProxyApp {
     async fn start() -> ProxyApp {
+        Self::start_with(false).await
+    }
+
+    /// The same, speaking HTTP/1.1 after the header: every response (the
+    /// connection is kept alive) has the header's description as its body.
+    async fn start_http() -> ProxyApp {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(http: bool) -> ProxyApp {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
         let port = listener.local_addr().unwrap().port();
         let task = tokio::spawn(async move {
@@ -357,11 +367,31 @@ impl ProxyApp {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                tokio::spawn(proxy_app_conn(stream));
+                if http {
+                    tokio::spawn(proxy_http_conn(stream));
+                } else {
+                    tokio::spawn(proxy_app_conn(stream));
+                }
             }
         });
         ProxyApp { port, task }
     }
+}
+
+/// Reads the PROXY header, then answers every HTTP request on the
+/// connection with its description.
+async fn proxy_http_conn(mut stream: TcpStream) {
+    let answer = match read_proxy_header(&mut stream).await {
+        Err(e) => format!("ERR {e}\n"),
+        Ok(header) => describe_proxy_header(&header),
+    };
+    let svc = hyper::service::service_fn(move |_req| {
+        let body = answer.clone();
+        async move { Ok::<_, std::convert::Infallible>(hyper::Response::new(body)) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+        .await;
 }
 
 impl Drop for ProxyApp {
@@ -373,13 +403,26 @@ impl Drop for ProxyApp {
 /// Reads exactly one PROXY header (byte by byte: nothing after it is
 /// consumed), then answers what it says.
 async fn proxy_app_conn(mut stream: TcpStream) {
+    let answer = match read_proxy_header(&mut stream).await {
+        Err(e) => format!("ERR {e}\n"),
+        Ok(header) => describe_proxy_header(&header),
+    };
+    if stream.write_all(answer.as_bytes()).await.is_err() {
+        return;
+    }
+    let (mut r, mut w) = stream.split();
+    let _ = tokio::io::copy(&mut r, &mut w).await;
+}
+
+/// Reads exactly one PROXY header, byte by byte.
+async fn read_proxy_header(stream: &mut TcpStream) -> Result<Vec<u8>, String> {
     let mut buf: Vec<u8> = Vec::new();
-    let verdict = loop {
+    loop {
         let mut b = [0u8; 1];
         match tokio::time::timeout(IO_WAIT, stream.read_exact(&mut b)).await {
             Ok(Ok(_)) => buf.push(b[0]),
             _ => {
-                break Err(format!(
+                return Err(format!(
                     "connection ended inside the header after {:?}",
                     String::from_utf8_lossy(&buf)
                 ))
@@ -389,30 +432,21 @@ async fn proxy_app_conn(mut stream: TcpStream) {
         let v1_so_far = b"PROXY ".starts_with(&buf[..n.min(6)]);
         let v2_so_far = PROXY_V2_SIGNATURE.starts_with(&buf[..n.min(12)]);
         if !v1_so_far && !v2_so_far {
-            break Err(format!(
+            return Err(format!(
                 "not a PROXY header: {:?}",
                 String::from_utf8_lossy(&buf)
             ));
         }
         if v1_so_far && n >= 6 && buf.ends_with(b"\r\n") {
-            break Ok(());
+            return Ok(buf);
         }
         if v2_so_far && n >= 16 && n == 16 + usize::from(u16::from_be_bytes([buf[14], buf[15]])) {
-            break Ok(());
+            return Ok(buf);
         }
         if n > 600 {
-            break Err("PROXY header too long".to_string());
+            return Err("PROXY header too long".to_string());
         }
-    };
-    let answer = match verdict {
-        Err(e) => format!("ERR {e}\n"),
-        Ok(()) => describe_proxy_header(&buf),
-    };
-    if stream.write_all(answer.as_bytes()).await.is_err() {
-        return;
     }
-    let (mut r, mut w) = stream.split();
-    let _ = tokio::io::copy(&mut r, &mut w).await;
 }
 
 fn describe_proxy_header(header: &[u8]) -> String {
@@ -1101,6 +1135,38 @@ async fn tcp_proxy_protocol_v1_and_v2_carry_the_visitor_address() {
                 .await
                 .unwrap_or_else(|e| panic!("{option}: data after the header: {e}"));
             drop(s);
+        }
+    }
+}
+
+/// `proxy=v1` on an HTTP tunnel: every request reaches the app on a
+/// connection of its own that starts with a header naming that request's
+/// visitor (a pooled connection would name whoever opened it), and the
+/// HTTPS listener as destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_proxy_protocol_names_each_requests_visitor() {
+    let burrow = start(&[]).await;
+    let app = ProxyApp::start_http().await;
+    let ssh = Ssh::spawn_cmd(&burrow, &["-R", &fwd("80", app.port)], &["--", "proxy=v1"]);
+    let url = ssh.url().await;
+    let https = burrow.https_port();
+    for round in 0..2 {
+        for ip in [LOOPBACK, OTHER_IP, THIRD_IP] {
+            let (status, body) = whoami(&burrow.https_client_from(ip), &burrow, &url.name).await;
+            assert_eq!(status, 200, "{body}\n{}", context(&ssh, &burrow));
+            let mut words = body.split_whitespace();
+            assert_eq!(words.next(), Some("v1"), "{body}");
+            let source: SocketAddr = words.next().unwrap_or("").parse().expect("source");
+            assert_eq!(
+                source.ip(),
+                ip,
+                "round {round}: the header names this visitor: {body}"
+            );
+            assert_eq!(
+                words.next(),
+                Some(format!("127.0.0.1:{https}").as_str()),
+                "destination is the HTTPS listener: {body}"
+            );
         }
     }
 }

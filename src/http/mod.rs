@@ -168,6 +168,17 @@ async fn route_by_sni(
     }
 }
 
+/// The address a visitor connected to, attached to each request (the
+/// destination of a PROXY header to the app).
+#[derive(Clone, Copy, Debug)]
+pub struct LocalAddr(pub Option<SocketAddr>);
+
+impl LocalAddr {
+    fn of(stream: &TcpStream) -> Self {
+        LocalAddr(stream.local_addr().ok())
+    }
+}
+
 /// Lets a connection task register itself for graceful shutdown.
 pub struct GracefulShutdownWatcher(hyper_util::server::graceful::Watcher);
 
@@ -191,7 +202,11 @@ pub async fn serve_plain<H, Fut>(
             let handler = handler.clone();
             let limits = limits.clone();
             async move {
-                let service = service_fn(move |req| handler(req, peer));
+                let local = LocalAddr::of(&stream);
+                let service = service_fn(move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(local);
+                    handler(req, peer)
+                });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(TokioTimer::new())
                     .header_read_timeout(limits.header_timeout)
@@ -241,6 +256,7 @@ pub async fn serve_tls<H, Fut>(
             let limits = limits.clone();
             let app = Arc::clone(&app);
             async move {
+                let local = LocalAddr::of(&stream);
                 let Some(stream) = route_by_sni(app, stream, peer).await else {
                     return;
                 };
@@ -267,7 +283,8 @@ pub async fn serve_tls<H, Fut>(
                 let io = watchdog::WatchedIo::new(tls, Arc::clone(&watch));
                 let marks = Arc::clone(&watch);
                 let service =
-                    service_fn(move |req| {
+                    service_fn(move |mut req: Request<Incoming>| {
+                        req.extensions_mut().insert(local);
                         let mark = marks.begin();
                         let response = handler(req, peer);
                         async move {

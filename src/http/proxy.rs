@@ -77,8 +77,14 @@ pub async fn handle(
         Route::Malformed => pages::not_found(&host).render(req.headers()),
         Route::Tunnel(name) => match app.registry.get_or_wait(&name).await {
             Some(tunnel) => {
+                let local = req
+                    .extensions()
+                    .get::<super::LocalAddr>()
+                    .and_then(|l| l.0)
+                    .unwrap_or(app.addrs.https);
                 let visitor = Visitor {
                     addr: app.trusted.visitor(req.headers(), peer),
+                    local,
                     host: &host,
                     scheme,
                 };
@@ -204,6 +210,8 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 /// Who asked, for what host, over which scheme.
 struct Visitor<'a> {
     addr: SocketAddr,
+    /// The address it connected to.
+    local: SocketAddr,
     host: &'a str,
     scheme: Scheme,
 }
@@ -251,7 +259,7 @@ async fn proxy(
 
     let idle = limits.request_idle_timeout;
     let sent = tokio::select! {
-        sent = send(app, tunnel, req, visitor.addr, options.proxy) => sent,
+        sent = send(app, tunnel, req, visitor.addr, options.proxy.map(|v| (v, visitor.local))) => sent,
         _ = relay::idle_expired(&activity, idle) => {
             tracing::debug!(subdomain = %tunnel.subdomain, "request idle timeout before the response");
             return pages::request_idle(host, idle).render(&visitor_headers);
@@ -329,7 +337,7 @@ async fn send(
     tunnel: &Arc<Tunnel>,
     mut req: Request<Body>,
     visitor: SocketAddr,
-    proxy: Option<ProxyHeader>,
+    proxy: Option<(ProxyHeader, SocketAddr)>,
 ) -> Result<Response<Incoming>, SendError> {
     let pooling = proxy.is_none();
     let mut tunnel = Arc::clone(tunnel);
@@ -403,7 +411,7 @@ async fn connect(
     app: &Arc<App>,
     tunnel: &Arc<Tunnel>,
     visitor: SocketAddr,
-    proxy: Option<ProxyHeader>,
+    proxy: Option<(ProxyHeader, SocketAddr)>,
 ) -> Result<Sender, SendError> {
     let channel = tunnel
         .open_channel(visitor)
@@ -413,9 +421,9 @@ async fn connect(
         .channels_opened
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut io = ChannelIo::new(channel, Arc::clone(&app.spool), tunnel);
-    if let Some(version) = proxy {
+    if let Some((version, local)) = proxy {
         use tokio::io::AsyncWriteExt;
-        let header = relay::proxy_header(version, visitor, app.addrs.https);
+        let header = relay::proxy_header(version, visitor, local);
         // A failed write shows up as the handshake's or the request's error.
         let _ = io.write_all(&header).await;
     }
