@@ -22,7 +22,7 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use crate::http::{pages, Body};
+use crate::http::Body;
 use crate::registry::{Kind, Tunnel};
 use crate::App;
 
@@ -285,12 +285,7 @@ fn decode(segment: &str) -> String {
 
 pub fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
     let body = serde_json::to_string(value).expect("admin answers serialize");
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .header("cache-control", "no-store")
-        .body(pages::full(body))
-        .expect("static response parts are valid")
+    crate::stats::json(status, body)
 }
 
 pub fn error(status: StatusCode, message: &str) -> Response<Body> {

@@ -177,7 +177,8 @@ fn loopback_host(req: &Request<Incoming>) -> bool {
             .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
-fn json(status: StatusCode, body: String) -> Response<Body> {
+/// A JSON answer of the stats listener (stats and admin API alike).
+pub fn json(status: StatusCode, body: String) -> Response<Body> {
     Response::builder()
         .status(status)
         .header("content-type", "application/json")

@@ -916,20 +916,7 @@ async fn tcp_requested_in_use_out_of_range_and_random_ports() {
     // Requested, in range and free: exactly that port, no note.
     let wanted = range.first + 3;
     let a = Ssh::spawn(&burrow, &["-R", &fwd(&wanted.to_string(), app.port)]);
-    assert_eq!(
-        tcp_port(&a, &burrow).await,
-        wanted,
-        "requested free port\n{}",
-        context(&a, &burrow)
-    );
-    assert!(
-        lines_with(&a.stdout.text(), "NOTE: ", "").is_empty(),
-        "an honoured port needs no NOTE\n{}",
-        context(&a, &burrow)
-    );
-    open_visitor(LOOPBACK, wanted, &app)
-        .await
-        .unwrap_or_else(|e| panic!("requested port: {e}\n{}", context(&a, &burrow)));
+    assert_port_honoured(&a, &burrow, wanted, &app, "requested free port").await;
 
     // The same port again (another client): in use, a random one instead.
     let b = Ssh::spawn(&burrow, &["-R", &fwd(&wanted.to_string(), app.port)]);
@@ -1047,20 +1034,8 @@ async fn tcp_reserved_port_belongs_to_its_key() {
             &["-R", &fwd(&owned.to_string(), app_owner.port)],
             &[],
         );
-        assert_eq!(
-            tcp_port(&o, &burrow).await,
-            owned,
-            "owner, connection {round}\n{}",
-            context(&o, &burrow)
-        );
-        assert!(
-            lines_with(&o.stdout.text(), "NOTE: ", "").is_empty(),
-            "the owner needs no NOTE\n{}",
-            context(&o, &burrow)
-        );
-        open_visitor(LOOPBACK, owned, &app_owner)
-            .await
-            .unwrap_or_else(|e| panic!("owner's port, connection {round}: {e}"));
+        let what = format!("owner, connection {round}");
+        assert_port_honoured(&o, &burrow, owned, &app_owner, &what).await;
         open_visitor(LOOPBACK, other, &app_stranger)
             .await
             .unwrap_or_else(|e| panic!("stranger's port: {e}"));
@@ -1169,6 +1144,25 @@ async fn http_proxy_protocol_names_each_requests_visitor() {
             );
         }
     }
+}
+
+/// Asserts `ssh` got exactly TCP port `port` with no NOTE about it, and that
+/// the port reaches `app`.
+async fn assert_port_honoured(ssh: &Ssh, burrow: &Burrow, port: u16, app: &TcpApp, what: &str) {
+    assert_eq!(
+        tcp_port(ssh, burrow).await,
+        port,
+        "{what}: the asked port\n{}",
+        context(ssh, burrow)
+    );
+    assert!(
+        lines_with(&ssh.stdout.text(), "NOTE: ", "").is_empty(),
+        "{what}: an honoured port needs no NOTE\n{}",
+        context(ssh, burrow)
+    );
+    open_visitor(LOOPBACK, port, app)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}\n{}", context(ssh, burrow)));
 }
 
 /// Without `--tcp-ports`, a TCP forward is refused: OpenSSH reports the
