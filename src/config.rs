@@ -110,8 +110,26 @@ pub struct Config {
     #[arg(long, env = "BALANCE", value_enum, default_value_t = Balance::Replace)]
     pub balance: Balance,
 
+    /// On SIGTERM/SIGINT: how long in-flight HTTP requests get to finish
+    /// (no new connections are accepted meanwhile) before every connection
+    /// is closed. A second signal exits at once.
+    #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Log lines as human-readable text or as one JSON object per line.
+    /// The level comes from RUST_LOG (default `info`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
     #[command(flatten)]
     pub limits: LimitArgs,
+}
+
+/// How log lines are written.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 /// How several clients share one name.

@@ -187,7 +187,7 @@ fn split_options(options: &str) -> Result<Vec<String>> {
 
 /// The live keys file, reloadable.
 pub struct Keys {
-    path: Option<PathBuf>,
+    pub(crate) path: Option<PathBuf>,
     current: RwLock<Arc<KeysFile>>,
     stamp: Mutex<Option<(SystemTime, u64)>>,
 }
@@ -242,51 +242,8 @@ impl Keys {
     }
 }
 
-/// How often the keys file is checked for changes on disk.
-const POLL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Installs the SIGHUP handler (early, so a SIGHUP never kills the process).
-pub fn hangup_signal() -> Result<tokio::signal::unix::Signal> {
-    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("cannot install the SIGHUP handler")
-}
-
-/// Reloads the keys file on SIGHUP and when it changes on disk, then closes
-/// tunnels the new file no longer allows. A broken file is rejected with a
-/// log line and the previous one stays in force.
-pub async fn watch(
-    app: Arc<crate::App>,
-    mut hangup: tokio::signal::unix::Signal,
-    shutdown: crate::shutdown::Shutdown,
-) {
-    let mut poll = tokio::time::interval(POLL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let forced = tokio::select! {
-            _ = shutdown.requested() => return,
-            _ = hangup.recv() => true,
-            _ = poll.tick() => false,
-        };
-        if forced {
-            tracing::info!("SIGHUP: reloading");
-        }
-        if app.keys.path.is_none() || !(forced || app.keys.changed_on_disk()) {
-            continue;
-        }
-        match app.keys.reload() {
-            Ok(file) => {
-                tracing::info!(keys = file.len(), "keys file reloaded");
-                enforce(&app, &file);
-            }
-            Err(err) => {
-                tracing::warn!(error = %format!("{err:#}"), "keys file rejected; the previous one stays in force");
-            }
-        }
-    }
-}
-
 /// Closes the tunnels that `file` no longer allows.
-fn enforce(app: &crate::App, file: &KeysFile) {
+pub fn enforce(app: &crate::App, file: &KeysFile) {
     let keys_only = app.config.auth_mode == crate::config::AuthMode::Keys;
     for tunnel in app.registry.tunnels() {
         let owner = tunnel.owner.as_deref();

@@ -17,12 +17,14 @@ pub mod keys;
 pub mod limits;
 pub mod registry;
 pub mod relay;
+pub mod reload;
 pub mod shutdown;
 pub mod spool;
 pub mod ssh;
 pub mod state;
 pub mod stats;
 pub mod subdomain;
+pub mod systemd;
 pub mod tcp;
 pub mod tls;
 
@@ -44,8 +46,9 @@ use crate::registry::Registry;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 
-/// How long in-flight work gets to finish after a shutdown signal.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// After the grace period, how long closing connections get to say goodbye
+/// (SSH disconnects) before the process exits anyway.
+const CLOSE_TIME: Duration = Duration::from_secs(2);
 
 /// State shared by every listener and connection.
 pub struct App {
@@ -67,6 +70,8 @@ pub struct App {
     pub addrs: BoundAddrs,
     /// For listeners and relays started after `run` (TCP tunnel ports).
     pub shutdown: Shutdown,
+    /// The HTTPS certificate (reloadable).
+    pub certs: Arc<tls::Certs>,
 }
 
 /// The addresses the listeners are bound to (ports may be 0 in the flags).
@@ -254,9 +259,10 @@ async fn bind(flag: &str, addr: SocketAddr) -> Result<TcpListener> {
 pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()> {
     // Everything that only reads comes first, then the listeners, and only
     // then what writes files: a bad flag never leaves a key or secret behind.
-    let tls = tls::server_config(&config)?;
+    let certs = tls::Certs::load(&config)?;
+    let tls = tls::server_config(Arc::clone(&certs));
     let keys = keys::Keys::load(config.keys_file.as_deref())?;
-    let hangup = keys::hangup_signal()?;
+    let hangup = reload::hangup_signal()?;
     let listeners = Listeners::bind(&config).await?;
     raise_open_files_limit();
     let host_key = ssh::load_or_create_host_key(&config.host_key)?;
@@ -278,6 +284,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     let shutdown = Shutdown::new();
     let app = Arc::new(App {
         shutdown: shutdown.clone(),
+        certs,
         tcp: tcp::TcpPorts::new(config.tcp_ports.clone(), config.tcp_bind),
         addrs,
         registry: Arc::new(Registry::new(config.balance)),
@@ -331,15 +338,52 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         shutdown.clone(),
     ));
     shutdown.spawn(limits::lifetime::run(Arc::clone(&app), shutdown.clone()));
-    shutdown.spawn(keys::watch(Arc::clone(&app), hangup, shutdown.clone()));
+    shutdown.spawn(reload::watch(Arc::clone(&app), hangup, shutdown.clone()));
+
+    systemd::ready();
 
     signal.await;
-    tracing::info!("shutdown requested: no new connections, finishing open ones");
-    shutdown.trigger();
-    if !shutdown.drain(SHUTDOWN_GRACE).await {
-        tracing::warn!(grace = ?SHUTDOWN_GRACE, "some connections were still open at the end of the grace period");
+    // Installed now so it only sees signals sent from here on.
+    let second = shutdown::signal().context("cannot install signal handlers")?;
+    tokio::select! {
+        _ = drain(&app, &shutdown) => Ok(()),
+        _ = second => {
+            tracing::warn!("second signal: exiting now");
+            std::process::exit(1);
+        }
     }
-    Ok(())
+}
+
+/// The graceful shutdown: stop accepting, tell the SSH users, let in-flight
+/// HTTP requests finish (at most `--shutdown-grace`), then close everything.
+async fn drain(app: &App, shutdown: &Shutdown) {
+    let grace = app.config.shutdown_grace;
+    tracing::info!(grace = %limits::human(grace), "shutdown requested: no new connections, finishing in-flight requests");
+    systemd::stopping();
+    shutdown.trigger();
+    let deadline = tokio::time::Instant::now() + grace;
+    let mut poll = tokio::time::interval(Duration::from_millis(20));
+    loop {
+        let in_flight = app
+            .stats
+            .active_requests
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if in_flight == 0 {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                in_flight,
+                "grace period over: cutting the requests still in flight"
+            );
+            break;
+        }
+        poll.tick().await;
+    }
+    shutdown.finish();
+    if !shutdown.drain(CLOSE_TIME).await {
+        tracing::warn!("some connections did not close in time");
+    }
 }
 
 /// Writes a secret file atomically with mode 0600: a temporary file next to

@@ -5,20 +5,11 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use burrow::config::Config;
+use burrow::config::{Config, LogFormat};
 
 fn main() -> ExitCode {
     let config = Config::from_args();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // rustls warns about what visitors send (an IP address as
-                // SNI, say): noise an operator cannot act on.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    init_logging(config.log_format);
 
     // One provider for the whole process, chosen explicitly: with several
     // compiled in, rustls would refuse to guess.
@@ -49,5 +40,20 @@ fn main() -> ExitCode {
             eprintln!("burrow: error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Logs to stderr, as text or JSON lines, at the level `RUST_LOG` asks for.
+fn init_logging(format: LogFormat) {
+    // rustls warns about what visitors send (an IP address as SNI, say):
+    // noise an operator cannot act on.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
     }
 }

@@ -1,6 +1,12 @@
-//! Shutdown plumbing: one token every listener and connection watches, a
+//! Shutdown plumbing: two tokens every listener and connection watches, a
 //! tracker of the tasks that must finish before the process exits, and the
 //! OS signals that start it all.
+//!
+//! Shutdown has two phases. *Requested*: listeners stop accepting, HTTP
+//! connections finish their in-flight requests and close, SSH users are told
+//! the server is restarting, but SSH connections stay up, since in-flight
+//! requests still travel through them. *Finishing*: once the requests are
+//! done (or the grace period is over), SSH connections are closed too.
 
 use std::future::Future;
 use std::time::Duration;
@@ -12,6 +18,7 @@ use tokio_util::task::TaskTracker;
 #[derive(Clone, Default)]
 pub struct Shutdown {
     token: CancellationToken,
+    finish: CancellationToken,
     tasks: TaskTracker,
 }
 
@@ -28,6 +35,17 @@ impl Shutdown {
     /// Begins shutdown: accept loops stop, connections are asked to finish.
     pub fn trigger(&self) {
         self.token.cancel();
+    }
+
+    /// Resolves once the last phase has begun: close what is left.
+    pub async fn finishing(&self) {
+        self.finish.cancelled().await
+    }
+
+    /// Begins the last phase (implies [`Shutdown::trigger`]).
+    pub fn finish(&self) {
+        self.token.cancel();
+        self.finish.cancel();
     }
 
     /// Spawns a task that shutdown waits for (up to its grace period).

@@ -1,40 +1,119 @@
-//! TLS for the HTTPS listener: loading the operator's certificate, or
-//! generating a self-signed one for local use, and the rustls server config
+//! TLS for the HTTPS listener: the operator's certificate (reloadable), or a
+//! self-signed one generated for local use, and the rustls server config
 //! (ALPN `h2` and `http/1.1`).
+//!
+//! The certificate sits behind [`Certs`], the config's certificate resolver,
+//! so a renewed certificate (SIGHUP, or the files changing on disk, as
+//! certbot renewals do) is served to the next handshake without touching
+//! open connections. A new pair that does not load, or whose key does not
+//! match, is rejected and the old one stays.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
 
 use anyhow::{bail, Context, Result};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
 use crate::config::Config;
 
-/// Builds the server config from `--tls-cert/--tls-key`, or a self-signed
-/// certificate for `DOMAIN` and `*.DOMAIN` when neither is given.
-pub fn server_config(config: &Config) -> Result<Arc<ServerConfig>> {
-    let (chain, key) = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => load(cert, key)?,
-        _ => {
-            tracing::warn!(
-                domain = %config.domain,
-                "no --tls-cert/--tls-key given: serving a self-signed certificate \
-                 (browsers will warn; fine for local use only)"
-            );
-            self_signed(&config.domain)?
-        }
-    };
-    let mut tls = ServerConfig::builder()
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .context("--tls-cert/--tls-key: certificate and key do not form a usable pair")?;
-    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(tls))
+/// The certificate served now, and where it came from.
+#[derive(Debug)]
+pub struct Certs {
+    current: RwLock<Arc<CertifiedKey>>,
+    /// `--tls-cert` and `--tls-key`; `None` for the self-signed default.
+    files: Option<(PathBuf, PathBuf)>,
+    /// Modification time and size of both files at the last load.
+    stamp: Mutex<Option<Stamp>>,
 }
 
-fn load(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+type Stamp = [(SystemTime, u64); 2];
+
+impl ResolvesServerCert for Certs {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(Arc::clone(&self.current.read().expect("certs lock")))
+    }
+}
+
+impl Certs {
+    /// Loads `--tls-cert/--tls-key`, or generates a self-signed certificate
+    /// for `DOMAIN` and `*.DOMAIN` when neither is given.
+    pub fn load(config: &Config) -> Result<Arc<Certs>> {
+        let files = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some((cert.clone(), key.clone())),
+            _ => {
+                tracing::warn!(
+                    domain = %config.domain,
+                    "no --tls-cert/--tls-key given: serving a self-signed certificate \
+                     (browsers will warn; fine for local use only)"
+                );
+                None
+            }
+        };
+        let certified = match &files {
+            Some((cert, key)) => load(cert, key)?,
+            None => self_signed(&config.domain)?,
+        };
+        let stamp = files.as_ref().and_then(|(c, k)| stamp(c, k));
+        Ok(Arc::new(Certs {
+            current: RwLock::new(Arc::new(certified)),
+            files,
+            stamp: Mutex::new(stamp),
+        }))
+    }
+
+    /// Whether the certificate files changed since they were last loaded.
+    pub fn changed_on_disk(&self) -> bool {
+        let Some((cert, key)) = &self.files else {
+            return false;
+        };
+        stamp(cert, key) != *self.stamp.lock().expect("stamp lock")
+    }
+
+    /// Loads the files again and serves the new pair from the next
+    /// handshake on. `Ok(false)`: nothing to reload (self-signed).
+    pub fn reload(&self) -> Result<bool> {
+        let Some((cert, key)) = &self.files else {
+            return Ok(false);
+        };
+        // Stamp first: a file that changes while it is read is read again
+        // on the next check.
+        let stamp = stamp(cert, key);
+        *self.stamp.lock().expect("stamp lock") = stamp;
+        let certified = load(cert, key)?;
+        *self.current.write().expect("certs lock") = Arc::new(certified);
+        Ok(true)
+    }
+
+    /// The end-entity certificate served now.
+    pub fn current(&self) -> CertificateDer<'static> {
+        self.current.read().expect("certs lock").cert[0].clone()
+    }
+}
+
+fn stamp(cert: &Path, key: &Path) -> Option<Stamp> {
+    let of = |path: &Path| {
+        let meta = std::fs::metadata(path).ok()?;
+        Some((meta.modified().ok()?, meta.len()))
+    };
+    Some([of(cert)?, of(key)?])
+}
+
+/// The server config serving whatever `certs` holds.
+pub fn server_config(certs: Arc<Certs>) -> Arc<ServerConfig> {
+    let mut tls = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_cert_resolver(certs);
+    tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(tls)
+}
+
+/// A certificate chain and key from PEM files, checked to belong together.
+fn load(cert: &Path, key: &Path) -> Result<CertifiedKey> {
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .with_context(|| {
@@ -51,14 +130,25 @@ fn load(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>, Privat
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .with_context(|| format!("--tls-key {}: cannot read a PEM private key", key.display()))?;
-    Ok((chain, key))
+    certified(chain, key)
+        .context("--tls-cert/--tls-key: certificate and key do not form a usable pair")
 }
 
-fn self_signed(domain: &str) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)> {
+fn certified(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<CertifiedKey> {
+    let provider = rustls::crypto::CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    Ok(CertifiedKey::from_der(chain, key, &provider)?)
+}
+
+fn self_signed(domain: &str) -> Result<CertifiedKey> {
     let names = vec![domain.to_string(), format!("*.{domain}")];
-    let certified = rcgen::generate_simple_self_signed(names)
+    let generated = rcgen::generate_simple_self_signed(names)
         .context("generating the self-signed certificate")?;
-    let key = PrivateKeyDer::try_from(certified.key_pair.serialize_der())
+    let key = PrivateKeyDer::try_from(generated.key_pair.serialize_der())
         .map_err(|e| anyhow::anyhow!("self-signed key: {e}"))?;
-    Ok((vec![certified.cert.der().clone()], key))
+    certified(vec![generated.cert.der().clone()], key)
 }

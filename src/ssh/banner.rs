@@ -223,6 +223,14 @@ pub fn served_twice(url: &str) -> String {
     ))
 }
 
+/// Sent to every session when the server starts shutting down.
+pub fn restarting() -> String {
+    line(
+        "NOTICE: server restarting, reconnect in a few seconds — your stable URL will come back \
+         (random URLs change; autossh reconnects by itself).",
+    )
+}
+
 /// The operator closed the tunnel through the admin API.
 pub const CLOSED_BY_OPERATOR: &str = "closed by the server operator";
 

@@ -214,6 +214,7 @@ async fn serve_connection(
 
     tokio::pin!(session);
     let mut watch_handshake = true;
+    let mut told_restart = false;
     loop {
         tokio::select! {
             result = &mut session => {
@@ -234,11 +235,17 @@ async fn serve_connection(
                     conn.disconnect_then_kill(reason);
                 }
             }
-            _ = stop.requested() => {
+            // Requests may still be on their way through this connection:
+            // say what is coming, and keep it up until the last phase.
+            _ = stop.requested(), if !told_restart => {
+                told_restart = true;
+                conn.notify(banner::restarting());
+            }
+            _ = stop.finishing() => {
                 let _ = handle
                     .disconnect(
                         russh::Disconnect::ByApplication,
-                        "burrow is shutting down".into(),
+                        "burrow is restarting; reconnect in a few seconds".into(),
                         "en".into(),
                     )
                     .await;

@@ -421,6 +421,12 @@ impl Burrow {
     /// `127.0.0.1:0`, a fresh host key and the test certificate, plus
     /// `extra_args`. Panics if the ready line does not show up in time.
     pub async fn start(extra_args: &[&str]) -> Burrow {
+        Self::start_with_env(extra_args, &[]).await
+    }
+
+    /// [`Burrow::start`] with extra environment variables (on top of the
+    /// minimal environment burrow always gets).
+    pub async fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Burrow {
         let dir = TempDir::new("burrow-test");
         let cert = TestCert::generate();
         let (cert_path, key_path) = cert.write_to(dir.path());
@@ -443,6 +449,7 @@ impl Burrow {
             .current_dir(dir.path())
             .env_clear()
             .envs(passthrough_env())
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -1,0 +1,278 @@
+//! End-to-end tests for running burrow as a service (issue 7, operator
+//! side): graceful shutdown, certificate reloads, systemd notifications and
+//! JSON logs, through the real binary and the stock OpenSSH client.
+
+mod common;
+
+use std::os::unix::net::UnixDatagram;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::net::TcpStream;
+
+/// How long to wait for something burrow logs or sends.
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A live tunnel to an origin: burrow, the origin, the ssh client, its name.
+async fn tunnel(extra: &[&str]) -> (Burrow, Origin, Ssh, String) {
+    let burrow = Burrow::start(extra).await;
+    let origin = Origin::start("ops").await;
+    let ssh = Ssh::spawn(&burrow, &["-R", &format!("80:127.0.0.1:{}", origin.port)]);
+    let name = ssh.url().await.name;
+    (burrow, origin, ssh, name)
+}
+
+/// Whether a TCP connection to `port` on loopback is refused now.
+async fn refused(port: u16) -> bool {
+    matches!(
+        tokio::time::timeout(
+            Duration::from_secs(2),
+            TcpStream::connect(("127.0.0.1", port))
+        )
+        .await,
+        Ok(Err(_))
+    )
+}
+
+/// SIGTERM with a slow request in flight: no new connections are accepted,
+/// the SSH user is told, the request finishes with its full answer, and
+/// burrow exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_an_in_flight_request() {
+    let (mut burrow, _origin, ssh, name) = tunnel(&[]).await;
+    let url = burrow.https_url(&format!("{name}.{DOMAIN}"), "/delay?ms=2000");
+    let client = burrow.https_client();
+    let request = tokio::spawn(async move {
+        let resp = client.get(&url).send().await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body = resp.text().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((status, body))
+    });
+    burrow
+        .wait_stat("active_requests", 1, Duration::from_secs(10))
+        .await;
+    let signalled = Instant::now();
+    burrow.signal("TERM");
+
+    ssh.stdout
+        .wait_contains("server restarting", WAIT)
+        .await
+        .unwrap_or_else(|seen| panic!("no restart notice on the session: {seen}"));
+    let https_port = burrow.https_port();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !refused(https_port).await {
+        assert!(
+            Instant::now() < deadline,
+            "the HTTPS listener still accepts after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let (status, body) = request.await.unwrap().expect("the in-flight request");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, HELLO, "the in-flight request got its whole answer");
+    let st = burrow
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("burrow exits after draining");
+    assert_eq!(st.code(), Some(0), "{st:?}");
+    assert!(
+        signalled.elapsed() >= Duration::from_millis(1500),
+        "burrow waited for the request ({:?})",
+        signalled.elapsed()
+    );
+}
+
+/// A request that never ends is cut when `--shutdown-grace` runs out, and
+/// burrow still exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_grace_bounds_the_drain() {
+    let (mut burrow, _origin, _ssh, name) = tunnel(&["--shutdown-grace", "1s"]).await;
+    let url = burrow.https_url(&format!("{name}.{DOMAIN}"), "/hang");
+    let client = burrow.https_client();
+    let request = tokio::spawn(async move { client.get(&url).send().await });
+    burrow
+        .wait_stat("active_requests", 1, Duration::from_secs(10))
+        .await;
+    let signalled = Instant::now();
+    burrow.signal("TERM");
+    let st = burrow
+        .wait_exit(Duration::from_secs(8))
+        .await
+        .expect("burrow exits once the grace period is over");
+    assert_eq!(st.code(), Some(0), "{st:?}");
+    let took = signalled.elapsed();
+    assert!(
+        took >= Duration::from_millis(900),
+        "the grace period was given: {took:?}"
+    );
+    assert!(
+        burrow.stderr.text().contains("grace period over"),
+        "{}",
+        burrow.stderr.text()
+    );
+    let _ = request.await;
+}
+
+/// A second signal during the drain exits at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_signal_exits_at_once() {
+    let (mut burrow, _origin, _ssh, name) = tunnel(&["--shutdown-grace", "60s"]).await;
+    let url = burrow.https_url(&format!("{name}.{DOMAIN}"), "/hang");
+    let client = burrow.https_client();
+    let _request = tokio::spawn(async move { client.get(&url).send().await });
+    burrow
+        .wait_stat("active_requests", 1, Duration::from_secs(10))
+        .await;
+    burrow.signal("TERM");
+    burrow
+        .stderr
+        .wait_contains("shutdown requested", WAIT)
+        .await
+        .expect("the first signal starts the drain");
+    let second = Instant::now();
+    burrow.signal("INT");
+    let st = burrow
+        .wait_exit(Duration::from_secs(3))
+        .await
+        .expect("the second signal exits at once");
+    assert!(second.elapsed() < Duration::from_secs(3));
+    assert!(!st.success(), "a forced exit is not a clean one: {st:?}");
+}
+
+/// A certificate renewed on disk is served after SIGHUP (and, without a
+/// signal, after the files change); a broken one is rejected and the last
+/// good one stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_and_file_changes_reload_the_certificate() {
+    let (burrow, _origin, _ssh, name) = tunnel(&[]).await;
+    let host = format!("{name}.{DOMAIN}");
+    let url = burrow.https_url(&host, "/hello");
+    let trusting = |cert: &TestCert| {
+        reqwest::Client::builder()
+            .no_proxy()
+            .resolve(&host, std::net::SocketAddr::from(([127, 0, 0, 1], 0)))
+            .use_preconfigured_tls(tls_config_pinned(&cert.cert_der, Alpn::Any))
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    };
+    let served_by = |cert: &TestCert| {
+        let client = trusting(cert);
+        let url = url.clone();
+        async move { client.get(&url).send().await.is_ok() }
+    };
+    assert!(served_by(&burrow.cert).await, "the first certificate");
+
+    // Renewed in place, then SIGHUP.
+    let renewed = TestCert::generate();
+    renewed.write_to(burrow.dir.path());
+    burrow.signal("HUP");
+    wait_until("the renewed certificate is served after SIGHUP", || {
+        served_by(&renewed)
+    })
+    .await;
+    assert!(!served_by(&burrow.cert).await, "the old one is gone");
+
+    // A broken file: rejected, the renewed one stays.
+    std::fs::write(burrow.dir.path().join("cert.pem"), "not a certificate").unwrap();
+    burrow.signal("HUP");
+    burrow
+        .stderr
+        .wait_contains("TLS certificate rejected", WAIT)
+        .await
+        .expect("the broken certificate is rejected with a log line");
+    assert!(served_by(&renewed).await, "the last good certificate stays");
+
+    // Renewed again, no signal: picked up from the files.
+    let again = TestCert::generate();
+    again.write_to(burrow.dir.path());
+    wait_until("a certificate changed on disk is picked up", || {
+        served_by(&again)
+    })
+    .await;
+}
+
+/// Polls `check` (bounded) until it holds.
+async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + WAIT;
+    while !check().await {
+        assert!(Instant::now() < deadline, "{what}: not within {WAIT:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Under systemd (`NOTIFY_SOCKET`), burrow says READY=1 once it serves,
+/// RELOADING=1 and READY=1 around a SIGHUP, STOPPING=1 on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_notifications() {
+    let dir = TempDir::new("burrow-notify");
+    let path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&path).unwrap();
+    socket.set_read_timeout(Some(WAIT)).unwrap();
+    let socket = Arc::new(socket);
+    let next = || {
+        let socket = Arc::clone(&socket);
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let mut buf = [0u8; 4096];
+                let n = socket.recv(&mut buf).expect("a notification in time");
+                String::from_utf8_lossy(&buf[..n]).into_owned()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let mut burrow =
+        Burrow::start_with_env(&[], &[("NOTIFY_SOCKET", path.to_str().unwrap())]).await;
+    let ready = next().await;
+    assert!(ready.lines().any(|l| l == "READY=1"), "{ready:?}");
+
+    burrow.signal("HUP");
+    let reloading = next().await;
+    assert!(
+        reloading.lines().any(|l| l == "RELOADING=1")
+            && reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC=")),
+        "{reloading:?}"
+    );
+    let reloaded = next().await;
+    assert!(reloaded.lines().any(|l| l == "READY=1"), "{reloaded:?}");
+
+    burrow.signal("TERM");
+    let stopping = next().await;
+    assert!(stopping.lines().any(|l| l == "STOPPING=1"), "{stopping:?}");
+    let st = burrow.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(st.and_then(|s| s.code()), Some(0));
+}
+
+/// `--log-format json`: every log line is one JSON object with a level, a
+/// message and the event's fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line() {
+    let (burrow, _origin, _ssh, name) = tunnel(&["--log-format", "json"]).await;
+    burrow
+        .stderr
+        .wait_contains("tunnel opened", WAIT)
+        .await
+        .expect("a tunnel log line");
+    let text = burrow.stderr.text();
+    let mut opened = None;
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let event: serde_json::Value = serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line:?}"));
+        assert!(event["level"].is_string(), "{line}");
+        assert!(event["timestamp"].is_string(), "{line}");
+        if event["message"] == "tunnel opened" {
+            opened = Some(event);
+        }
+    }
+    let opened = opened.expect("the tunnel opened event");
+    assert_eq!(opened["subdomain"], name, "{opened}");
+    assert_eq!(opened["ip"], "127.0.0.1", "{opened}");
+    assert_eq!(opened["level"], "INFO", "{opened}");
+}
