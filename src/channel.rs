@@ -19,6 +19,7 @@ use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use crate::metrics::METRICS;
 use crate::registry::{Traffic, Tunnel};
 use crate::spool::{Budget, Spool, SpoolReader};
 
@@ -104,6 +105,7 @@ impl AsyncRead for ChannelIo {
         let read = (buf.filled().len() - before) as u64;
         if read > 0 {
             self.traffic.bytes_out.fetch_add(read, Ordering::Relaxed);
+            METRICS.bytes_out(read);
         }
         polled
     }
@@ -120,6 +122,7 @@ impl AsyncWrite for ChannelIo {
             self.traffic
                 .bytes_in
                 .fetch_add(written as u64, Ordering::Relaxed);
+            METRICS.bytes_in(written as u64);
         }
         polled
     }

@@ -15,6 +15,7 @@ pub mod forwarded;
 pub mod http;
 pub mod keys;
 pub mod limits;
+pub mod metrics;
 pub mod registry;
 pub mod relay;
 pub mod reload;

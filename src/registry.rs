@@ -196,16 +196,26 @@ impl Tunnel {
             visitor.ip().to_string(),
             u32::from(visitor.port()),
         );
+        let started = Instant::now();
+        let metrics = &crate::metrics::METRICS;
         match tokio::time::timeout(CHANNEL_OPEN_TIMEOUT, open).await {
-            Err(_) => Err(OpenError::Timeout),
+            Err(_) => {
+                metrics.channel_open_failed("timeout");
+                Err(OpenError::Timeout)
+            }
             Ok(Ok(channel)) => {
+                metrics.channel_opened(started.elapsed());
                 *self.skip_until.lock().expect("skip lock") = None;
                 Ok(channel)
             }
             Ok(Err(russh::Error::ChannelOpenFailure(reason))) => {
+                metrics.channel_open_failed("refused");
                 Err(OpenError::Refused(format!("{reason:?}")))
             }
-            Ok(Err(_)) => Err(OpenError::Gone),
+            Ok(Err(_)) => {
+                metrics.channel_open_failed("gone");
+                Err(OpenError::Gone)
+            }
         }
     }
 }
@@ -792,6 +802,11 @@ impl Registry {
 
     pub fn add_conn(&self, conn: Arc<Conn>) {
         self.conns.insert(conn.id, conn);
+    }
+
+    /// Number of SSH connections.
+    pub fn conns_len(&self) -> usize {
+        self.conns.len()
     }
 
     pub fn remove_conn_entry(&self, conn: ConnId) {

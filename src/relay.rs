@@ -232,9 +232,7 @@ async fn open(
         let slot = match tunnel.gate.admit_connection(visitor.ip()) {
             Ok(slot) => slot,
             Err(refusal) => {
-                app.stats
-                    .total_rate_limited
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                app.stats.refused(refusal.limit);
                 if app.refusal_log.first(visitor.ip(), refusal.limit) {
                     tracing::info!(%key, visitor = %visitor.ip(), limit = refusal.limit, reason = %refusal.message, "connection refused");
                 }

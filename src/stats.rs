@@ -34,6 +34,15 @@ pub struct Stats {
     pub channels_reused: AtomicU64,
 }
 
+impl Stats {
+    /// A limit refused someone: counted in `total_rate_limited` and, by
+    /// limit, in the Prometheus metrics.
+    pub fn refused(&self, limit: &'static str) {
+        self.total_rate_limited.fetch_add(1, Ordering::Relaxed);
+        crate::metrics::METRICS.refused(limit);
+    }
+}
+
 /// Holds a gauge up for as long as it lives (a request, a WebSocket).
 pub struct OwnedGauge {
     app: Arc<App>,
@@ -144,6 +153,16 @@ async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Response
             StatusCode::MISDIRECTED_REQUEST,
             r#"{"error":"the stats and admin endpoint answers only Host: localhost or a loopback IP"}"#.into(),
         );
+    }
+    if req.uri().path() == "/metrics" {
+        return Response::builder()
+            .header(
+                "content-type",
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )
+            .header("cache-control", "no-store")
+            .body(pages::full(crate::metrics::render(app)))
+            .expect("static response parts are valid");
     }
     if req.uri().path() != "/" {
         return match crate::admin::handle(app, req).await {

@@ -276,3 +276,124 @@ async fn json_logs_are_one_object_per_line() {
     assert_eq!(opened["ip"], "127.0.0.1", "{opened}");
     assert_eq!(opened["level"], "INFO", "{opened}");
 }
+
+/// One sample of a scrape: its value, if present.
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(k).is_some_and(|got| got == *v))
+        })
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(buckets) => buckets.last().map_or(0.0, |b| b.count),
+            prometheus_parse::Value::Summary(_) => f64::NAN,
+        })
+}
+
+async fn scrape(burrow: &Burrow) -> (String, prometheus_parse::Scrape) {
+    let resp = burrow
+        .http_client()
+        .get(format!("http://{}/metrics", burrow.addrs.stats))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    let text = resp.text().await.unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    let parsed = prometheus_parse::Scrape::parse(lines).expect("the exposition parses");
+    (text, parsed)
+}
+
+/// `GET /metrics` parses as Prometheus text, names follow the conventions,
+/// and the counters move with what happens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_and_move() {
+    let (burrow, _origin, _ssh, name) =
+        tunnel(&["--visitor-rate", "1/h", "--visitor-burst", "3"]).await;
+    let client = burrow.https_client();
+    let (before_text, before) = scrape(&burrow).await;
+    for line in before_text.lines().filter(|l| !l.starts_with('#')) {
+        assert!(line.starts_with("burrow_"), "unprefixed metric: {line}");
+    }
+    assert_eq!(
+        sample(&before, "burrow_tunnels", &[("kind", "http")]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(&before, "burrow_tunnels", &[("kind", "tcp")]),
+        Some(0.0)
+    );
+    assert!(
+        sample(
+            &before,
+            "burrow_ssh_connections_total",
+            &[("outcome", "accepted")]
+        ) >= Some(1.0),
+        "{before_text}"
+    );
+
+    let url = burrow.https_url(&format!("{name}.{DOMAIN}"), "/hello");
+    for _ in 0..3 {
+        let resp = client.get(&url).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        resp.text().await.unwrap();
+    }
+    // The bucket is empty now: refused, by the visitor-rate limit.
+    assert_eq!(
+        client.get(&url).send().await.unwrap().status().as_u16(),
+        429
+    );
+    let missing = burrow.https_url(&format!("nope-nope-00000000.{DOMAIN}"), "/");
+    assert_eq!(
+        client.get(&missing).send().await.unwrap().status().as_u16(),
+        404
+    );
+
+    let (text, after) = scrape(&burrow).await;
+    let get = |name: &str, labels: &[(&str, &str)]| sample(&after, name, labels).unwrap_or(0.0);
+    assert_eq!(
+        get("burrow_http_requests_total", &[("code", "2xx")]),
+        3.0,
+        "{text}"
+    );
+    assert_eq!(
+        get("burrow_http_requests_total", &[("code", "4xx")]),
+        2.0,
+        "{text}"
+    );
+    assert_eq!(
+        get("burrow_refusals_total", &[("limit", "visitor-rate")]),
+        1.0,
+        "{text}"
+    );
+    assert!(
+        get("burrow_http_request_duration_seconds", &[]) >= 5.0,
+        "{text}"
+    );
+    assert!(
+        get("burrow_channel_open_duration_seconds", &[]) >= 1.0,
+        "{text}"
+    );
+    assert!(
+        get("burrow_tunnel_bytes_total", &[("direction", "in")]) > 0.0,
+        "{text}"
+    );
+    assert!(
+        get("burrow_tunnel_bytes_total", &[("direction", "out")]) >= 3.0 * HELLO.len() as f64,
+        "{text}"
+    );
+    assert_eq!(get("burrow_ssh_connections_open", &[]), 1.0, "{text}");
+    assert_eq!(get("burrow_http_requests_in_flight", &[]), 0.0, "{text}");
+}

@@ -60,6 +60,19 @@ pub async fn handle(
     peer: SocketAddr,
     scheme: Scheme,
 ) -> Result<Response<Body>, Infallible> {
+    let started = std::time::Instant::now();
+    let response = route(app, req, peer, scheme).await?;
+    crate::metrics::METRICS.http_response(response.status().as_u16(), started.elapsed());
+    Ok(response)
+}
+
+/// Routes by host: the landing page, a tunnel, or an error page.
+async fn route(
+    app: Arc<App>,
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    scheme: Scheme,
+) -> Result<Response<Body>, Infallible> {
     let Some(host) = request_host(&req) else {
         return Ok(pages::bad_request("The request names no host.").render(req.headers()));
     };
@@ -180,9 +193,7 @@ fn refused(
     refusal: &Refusal,
     request_headers: &HeaderMap,
 ) -> Response<Body> {
-    app.stats
-        .total_rate_limited
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    app.stats.refused(refusal.limit);
     if app.refusal_log.first(visitor.ip(), refusal.limit) {
         tracing::info!(subdomain = %tunnel.subdomain, visitor = %visitor.ip(), limit = refusal.limit, reason = %refusal.message, "request refused");
     }

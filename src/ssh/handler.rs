@@ -335,10 +335,7 @@ impl ClientHandler {
             return Err(banner::duplicate_forward(address, port));
         }
         if let Err(refusal) = self.check_tunnel_limits() {
-            self.app
-                .stats
-                .total_rate_limited
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.app.stats.refused(refusal.limit);
             if self.app.refusal_log.first(self.peer.ip(), refusal.limit) {
                 tracing::warn!(conn = self.conn.id, ip = %self.peer.ip(), limit = refusal.limit, reason = %refusal.message, "forward refused");
             }
@@ -770,6 +767,7 @@ impl Handler for ClientHandler {
     }
 
     async fn auth_succeeded(&mut self, _session: &mut Session) -> Result<(), Self::Error> {
+        crate::metrics::METRICS.ssh_connection(crate::metrics::SshOutcome::Accepted);
         self.conn.set_authenticated();
         self.permit = None;
         Ok(())

@@ -25,6 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use crate::limits::ssh::{Admission, HandshakePermit};
+use crate::metrics::SshOutcome;
 use crate::registry::{Conn, ConnId};
 use crate::shutdown::Shutdown;
 use crate::App;
@@ -118,6 +119,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: Shutdown) {
                     serve_connection(app, conn, socket, peer, Some(permit), None, stop).await
                 }
                 Admission::Blocked(block) => {
+                    crate::metrics::METRICS.ssh_connection(SshOutcome::Blocked);
                     // Cheapest possible refusal: before the version exchange.
                     // RFC 4253 §4.2 lets the server send text lines first.
                     let text = format!(
@@ -132,7 +134,8 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: Shutdown) {
                     newly_blocked,
                     before_version,
                 } => {
-                    app.stats.total_rate_limited.fetch_add(1, Ordering::Relaxed);
+                    app.stats.refused(refusal.limit);
+                    crate::metrics::METRICS.ssh_connection(SshOutcome::Refused);
                     if app.refusal_log.first(peer.ip(), refusal.limit) {
                         tracing::warn!(ip = %peer.ip(), limit = refusal.limit, reason = %refusal.message, "ssh connection refused");
                     }
@@ -194,11 +197,13 @@ async fn serve_connection(
     let session = match started {
         Ok(Ok(session)) => session,
         Ok(Err(err)) => {
+            crate::metrics::METRICS.ssh_connection(SshOutcome::Failed);
             tracing::debug!(conn = id, %peer, error = %err, "ssh handshake failed");
             app.registry.remove_conn_entry(id);
             return;
         }
         Err(_) => {
+            crate::metrics::METRICS.ssh_connection(SshOutcome::Failed);
             tracing::debug!(conn = id, %peer, "no ssh version line before the handshake timeout");
             app.registry.remove_conn_entry(id);
             return;
@@ -226,6 +231,7 @@ async fn serve_connection(
             _ = tokio::time::sleep_until(deadline), if watch_handshake => {
                 watch_handshake = false;
                 if !conn.is_authenticated() {
+                    crate::metrics::METRICS.ssh_connection(SshOutcome::Failed);
                     let limit = app.config.limits.handshake_timeout;
                     tracing::info!(conn = id, ip = %peer.ip(), limit = "handshake-timeout", "ssh authentication timed out");
                     let reason = format!(
