@@ -241,6 +241,15 @@ fn register_state(registry: &mut Registry, app: &App) {
         gauge(app.spool.disk_used()),
     );
     registry.register(
+        "tokio_alive_tasks",
+        "Tasks alive in the async runtime (for leak checks)",
+        gauge(
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks() as u64,
+        ),
+    );
+    registry.register(
         "streams_cut",
         "Streams cut because a spool limit was reached",
         ConstCounter::new(app.spool.streams_cut()),
