@@ -71,6 +71,9 @@ pub struct Traffic {
     pub bytes_in: AtomicU64,
     /// Bytes received from the client's app (app → visitor).
     pub bytes_out: AtomicU64,
+    /// Requests answered with a 5xx (by the app, or by burrow when the app
+    /// could not be reached).
+    pub errors: AtomicU64,
 }
 
 /// One public name (or TCP port) bound to one `tcpip-forward` of one SSH

@@ -397,3 +397,66 @@ async fn metrics_parse_and_move() {
     assert_eq!(get("burrow_ssh_connections_open", &[]), 1.0, "{text}");
     assert_eq!(get("burrow_http_requests_in_flight", &[]), 0.0, "{text}");
 }
+
+/// Ctrl+C ends the session with a summary of what the tunnel did:
+/// `Stopped. 3 requests, … served, 1 error.`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_prints_a_summary() {
+    let burrow = Burrow::start(&[]).await;
+    let origin = Origin::start("summary").await;
+    // A second tunnel to a port nothing listens on: its request is an error.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = dead.local_addr().unwrap().port();
+    drop(dead);
+    let mut ssh = Ssh::spawn(
+        &burrow,
+        &[
+            "-tt",
+            "-R",
+            &format!("80:127.0.0.1:{}", origin.port),
+            "-R",
+            &format!("0:127.0.0.1:{dead_port}"),
+        ],
+    );
+    let urls = ssh.urls(2).await;
+    let name = urls[0].name.clone();
+    ssh.stdout
+        .wait_contains("Press Ctrl+C to stop", WAIT)
+        .await
+        .expect("banner");
+    let client = burrow.https_client();
+    let host = format!("{name}.{DOMAIN}");
+    for path in ["/bytes?n=1000000", "/hello"] {
+        let resp = client
+            .get(burrow.https_url(&host, path))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200);
+        resp.bytes().await.unwrap();
+    }
+    // Nothing listens behind the second tunnel: 502, one error.
+    let resp = client
+        .get(burrow.https_url(&urls[1].host(), "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 502);
+
+    ssh.write_stdin(b"\x03");
+    let line = ssh
+        .stdout
+        .wait_for(WAIT, |t| {
+            t.lines()
+                .find(|l| l.contains("Stopped."))
+                .map(|l| l.trim().to_string())
+        })
+        .await
+        .expect("the summary line");
+    assert!(
+        line.starts_with("Stopped. 3 requests, 1.0 MB served, 1 error."),
+        "{line}"
+    );
+    assert!(line.contains("2 tunnels closed"), "{line}");
+    assert!(ssh.wait_exit(WAIT).await.is_some(), "ssh exits");
+}

@@ -107,7 +107,16 @@ async fn route(
                     );
                 }
                 match http_client(&app, tunnel, &name).await {
-                    Some(tunnel) => tunnel_request(&app, &tunnel, req, &visitor).await,
+                    Some(tunnel) => {
+                        let response = tunnel_request(&app, &tunnel, req, &visitor).await;
+                        if response.status().is_server_error() {
+                            tunnel
+                                .traffic
+                                .errors
+                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        response
+                    }
                     None => pages::misdirected(&host).render(req.headers()),
                 }
             }

@@ -164,14 +164,32 @@ pub fn taken_over(url: &str) -> String {
     ))
 }
 
-/// Said when the user stops the tunnel with Ctrl+C.
-pub fn stopped(count: usize) -> String {
-    let what = match count {
-        0 => "no tunnel was open".to_string(),
-        1 => "1 tunnel closed".to_string(),
-        n => format!("{n} tunnels closed"),
+/// What a connection's tunnels did, for the Ctrl+C summary.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Summary {
+    pub tunnels: usize,
+    pub requests: u64,
+    pub bytes_out: u64,
+    pub errors: u64,
+}
+
+/// Said when the user stops the tunnel with Ctrl+C:
+/// `Stopped. 12 requests, 3.4 MB served, 1 error. (1 tunnel closed)`.
+pub fn stopped(summary: &Summary) -> String {
+    let plural = |n: u64, one: &str, many: &str| match n {
+        1 => format!("1 {one}"),
+        n => format!("{n} {many}"),
     };
-    line(&format!("Stopped. {what}."))
+    let closed = match summary.tunnels {
+        0 => "no tunnel was open".to_string(),
+        n => format!("{} closed", plural(n as u64, "tunnel", "tunnels")),
+    };
+    line(&format!(
+        "Stopped. {}, {} served, {}. ({closed})",
+        plural(summary.requests, "request", "requests"),
+        bytesize::ByteSize(summary.bytes_out).display().si(),
+        plural(summary.errors, "error", "errors"),
+    ))
 }
 
 /// A raw TCP forward on a server without `--tcp-ports`.

@@ -598,8 +598,18 @@ impl ClientHandler {
     /// Ctrl+C: close the tunnels now, say so, and end the session so the
     /// client exits.
     fn stop(&mut self, channel: ChannelId, session: &mut Session) {
-        let closed = self.close_tunnels("stopped by the user");
-        let text = self.conn.render(&banner::stopped(closed));
+        let mut summary = banner::Summary::default();
+        for tunnel in self.app.registry.tunnels() {
+            if tunnel.conn == self.conn.id {
+                let load =
+                    |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+                summary.requests += load(&tunnel.traffic.requests);
+                summary.bytes_out += load(&tunnel.traffic.bytes_out);
+                summary.errors += load(&tunnel.traffic.errors);
+            }
+        }
+        summary.tunnels = self.close_tunnels("stopped by the user");
+        let text = self.conn.render(&banner::stopped(&summary));
         let _ = session.data(channel, text.into_bytes());
         let _ = session.exit_status_request(channel, 0);
         let _ = session.eof(channel);
