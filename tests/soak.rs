@@ -59,7 +59,7 @@ async fn client_life(burrow: &Burrow, origin: &Origin, round: u64) -> u64 {
     let client = burrow.https_client();
     let mut served = 0;
     for i in 0..20 {
-        let path = if i % 5 == 0 {
+        let path = if i.is_multiple_of(5) {
             "/bytes?n=65536"
         } else {
             "/hello"
@@ -70,7 +70,7 @@ async fn client_life(burrow: &Burrow, origin: &Origin, round: u64) -> u64 {
             }
         }
     }
-    if round % 3 == 0 {
+    if round.is_multiple_of(3) {
         use futures_util::{SinkExt, StreamExt};
         let (mut ws, _) = burrow.ws_connect(&url.host(), "/ws").await;
         let _ = ws
