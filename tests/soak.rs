@@ -58,7 +58,7 @@ async fn client_life(burrow: &Burrow, origin: &Origin, round: u64) -> u64 {
     let url = ssh.url().await;
     let client = burrow.https_client();
     let mut served = 0;
-    for i in 0..20 {
+    for i in 0..20u32 {
         let path = if i.is_multiple_of(5) {
             "/bytes?n=65536"
         } else {
