@@ -92,6 +92,30 @@ pub fn session_banner(tunnel_lines: &[String], expiry: &str) -> String {
     out
 }
 
+/// A QR code of `url` in half-block characters, two modules per character
+/// cell, forced black on white (a dark terminal theme would otherwise
+/// invert it and phones would not scan it). Empty if it cannot be encoded.
+pub fn qr(url: &str) -> String {
+    use qrcode::render::unicode::Dense1x2;
+    let Ok(code) = qrcode::QrCode::new(url.as_bytes()) else {
+        return String::new();
+    };
+    let art = code
+        .render::<Dense1x2>()
+        .quiet_zone(true)
+        .module_dimensions(1, 1)
+        .build();
+    let mut out = String::new();
+    for row in art.lines() {
+        out.push_str(&format!("  {QR_COLORS}{row}\x1b[0m\r\n"));
+    }
+    out.push_str(&line(""));
+    out
+}
+
+/// Black foreground on a white background (256-colour palette).
+pub const QR_COLORS: &str = "\x1b[38;5;16;48;5;231m";
+
 /// The authentication banner (printed by OpenSSH on stderr before login,
 /// also with `-N`): the random URL this connection gets unless it logs in
 /// with a key.

@@ -89,6 +89,9 @@ pub struct ClientHandler {
     throwaway: bool,
     forwards: Vec<Forward>,
     session: Option<ChannelId>,
+    /// The client asked for a terminal (`ssh -t`, or a shell): QR codes
+    /// only make sense there.
+    pty: bool,
     banner_shown: bool,
     /// Text produced before the session channel could show it.
     pending: String,
@@ -113,6 +116,7 @@ impl ClientHandler {
             throwaway: false,
             forwards: Vec::new(),
             session: None,
+            pty: false,
             banner_shown: false,
             pending: String::new(),
         }
@@ -186,6 +190,10 @@ impl ClientHandler {
         let limits = &self.app.config.limits;
         let expiry = banner::expiry(limits.tunnel_idle_timeout, limits.tunnel_max_lifetime);
         let mut text = banner::session_banner(&lines, &expiry);
+        let first_url = self.forwards.iter().find(|f| f.kind == Kind::Name);
+        if let (true, false, Some(first)) = (self.pty, self.conn.options().qr_off, first_url) {
+            text.push_str(&banner::qr(&self.forward_url(first)));
+        }
         if self.forwards.iter().any(|f| f.kind == Kind::Name) {
             text.push_str(&banner::name_kind(
                 self.name_kind(),
@@ -877,6 +885,7 @@ impl Handler for ClientHandler {
         _modes: &[(Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.pty = true;
         session.channel_success(channel)
     }
 

@@ -27,6 +27,7 @@ Options (apply to every tunnel of the connection):
   allow=CIDR[,CIDR...]    only these visitor networks (IPv4/IPv6; repeatable; others get 403)
   cors=ORIGIN[,ORIGIN]|*  answer CORS preflights for these origins
   output=text|json        session output as text (default) or one JSON object per line
+  qr=on|off               a QR code of the URL under the banner (on a terminal; default on)
   tls=passthrough         do not terminate TLS: visitors' TLS goes, by SNI, straight to
                           your app, which holds the certificate (name tunnels only)
   proxy=v1|v2             start every connection to your app with a HAProxy PROXY
@@ -126,6 +127,8 @@ pub struct TunnelOptions {
     pub output: Output,
     pub tls: Tls,
     pub proxy: Option<ProxyHeader>,
+    /// `qr=off`: no QR code under the URL.
+    pub qr_off: bool,
 }
 
 impl TunnelOptions {
@@ -206,6 +209,13 @@ pub fn parse(command: &str) -> Result<Command, String> {
                 }
             }
             "cors" => options.cors = Some(parse_cors(value)?),
+            "qr" => {
+                options.qr_off = match value {
+                    "on" => false,
+                    "off" => true,
+                    other => return Err(format!("qr={other:?}: use on or off")),
+                }
+            }
             "output" => {
                 options.output = match value {
                     "text" => Output::Text,
