@@ -126,7 +126,9 @@ fn crypto_provider() -> Arc<CryptoProvider> {
 /// handshake signatures properly.
 #[derive(Debug)]
 struct PinnedCertVerifier {
-    cert: CertificateDer<'static>,
+    /// `None`: any certificate for any name (signatures are still checked),
+    /// so a failed handshake can only be the server's doing.
+    cert: Option<CertificateDer<'static>>,
     provider: Arc<CryptoProvider>,
 }
 
@@ -139,7 +141,10 @@ impl ServerCertVerifier for PinnedCertVerifier {
         _ocsp_response: &[u8],
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        if end_entity.as_ref() != self.cert.as_ref() {
+        let Some(cert) = &self.cert else {
+            return Ok(ServerCertVerified::assertion());
+        };
+        if end_entity.as_ref() != cert.as_ref() {
             return Err(rustls::Error::InvalidCertificate(
                 rustls::CertificateError::UnknownIssuer,
             ));
@@ -212,7 +217,7 @@ fn client_tls_config(cert: &CertificateDer<'static>, alpn: Alpn) -> rustls::Clie
         .expect("rustls protocol versions")
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(PinnedCertVerifier {
-            cert: cert.clone(),
+            cert: Some(cert.clone()),
             provider,
         }))
         .with_no_client_auth();
@@ -1773,60 +1778,6 @@ pub fn tls_config_pinned(cert: &CertificateDer<'static>, alpn: Alpn) -> rustls::
     client_tls_config(cert, alpn)
 }
 
-/// Accepts any certificate (signatures are still checked), so a failed
-/// handshake can only be the server's doing.
-#[derive(Debug)]
-struct AcceptAnyCert {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for AcceptAnyCert {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// A rustls client config that accepts whatever certificate the server
 /// shows: for checking that the *server* ends a handshake.
 pub fn tls_config_accept_any() -> rustls::ClientConfig {
@@ -1835,7 +1786,10 @@ pub fn tls_config_accept_any() -> rustls::ClientConfig {
         .with_safe_default_protocol_versions()
         .expect("rustls protocol versions")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyCert { provider }))
+        .with_custom_certificate_verifier(Arc::new(PinnedCertVerifier {
+            cert: None,
+            provider,
+        }))
         .with_no_client_auth()
 }
 
