@@ -104,6 +104,8 @@ pub struct Tunnel {
     pub pool: Arc<crate::http::pool::Pool>,
     /// Set once the "closing soon" notice went out.
     pub lifetime_warned: std::sync::atomic::AtomicBool,
+    /// Set while the "closing when idle" notice stands (traffic clears it).
+    pub idle_warned: std::sync::atomic::AtomicBool,
     /// Shared with the tunnel's channels (never the tunnel itself: its pool
     /// holds connections whose channels would then hold it).
     pub traffic: Arc<Traffic>,
@@ -155,6 +157,7 @@ impl Tunnel {
             gate: Arc::new(TunnelGate::new(limits)),
             pool: crate::http::pool::Pool::new(limits.channel_pool_size, limits.channel_pool_idle),
             lifetime_warned: Default::default(),
+            idle_warned: Default::default(),
             traffic: Arc::default(),
             created_wall: std::time::SystemTime::now(),
             skip_until: Mutex::new(None),

@@ -813,6 +813,20 @@ async fn tunnel_idle_timeout_closes_unused_tunnel() {
     );
     expect_text(&ssh, &ssh.stdout, &closed, Duration::from_secs(8)).await;
     assert_between(seen.elapsed(), 1.0, 4.5, "idle tunnel closed");
+    // Half-way (at most 10 minutes before), the user was told.
+    let text = ssh.stdout.text();
+    let notice = format!("NOTICE: {} closes in", url.url);
+    let warned_at = text
+        .find(&notice)
+        .unwrap_or_else(|| panic!("no idle notice: {text}"));
+    assert!(
+        text[warned_at..].contains("unless it gets traffic"),
+        "{text}"
+    );
+    assert!(
+        warned_at < text.find("closed: no traffic").unwrap(),
+        "the notice comes before the close: {text}"
+    );
     // That was the connection's only tunnel: the connection ends.
     expect_exit(&mut ssh, "connection without tunnels").await;
     let s = burrow.stats().await;

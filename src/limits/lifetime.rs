@@ -74,6 +74,7 @@ fn check(app: &App, tunnel: &Tunnel) {
     if !idle.is_zero() && !group_busy && group_idle >= idle {
         return expire(app, tunnel, Expiry::Idle(idle));
     }
+    warn_idle(app, tunnel, group_idle, group_busy);
     let notice = LIFETIME_NOTICE.min(lifetime / 2);
     if !lifetime.is_zero()
         && age + notice >= lifetime
@@ -87,6 +88,32 @@ fn check(app: &App, tunnel: &Tunnel) {
                 lifetime.saturating_sub(age),
             ));
         }
+    }
+}
+
+/// Tells the user once when the idle limit is near (the same lead time as
+/// the lifetime notice); traffic re-arms the notice.
+fn warn_idle(app: &App, tunnel: &Tunnel, group_idle: Duration, group_busy: bool) {
+    let idle = app.config.limits.tunnel_idle_timeout;
+    if idle.is_zero() {
+        return;
+    }
+    let notice = LIFETIME_NOTICE.min(idle / 2);
+    let near = !group_busy && group_idle + notice >= idle;
+    let warned = &tunnel.idle_warned;
+    if !near {
+        warned.store(false, std::sync::atomic::Ordering::Relaxed);
+        return;
+    }
+    if warned.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return;
+    }
+    if let Some(conn) = app.registry.conn(tunnel.conn) {
+        conn.notify(crate::ssh::banner::idle_notice(
+            &app.tunnel_url(tunnel),
+            idle.saturating_sub(group_idle),
+            idle,
+        ));
     }
 }
 

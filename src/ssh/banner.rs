@@ -315,6 +315,16 @@ pub fn lifetime_notice(url: &str, left: Duration) -> String {
     ))
 }
 
+/// Sent once when a tunnel nears its idle limit.
+pub fn idle_notice(url: &str, left: Duration, idle: Duration) -> String {
+    line(&format!(
+        "NOTICE: {url} closes in {} unless it gets traffic (no traffic for {} closes a tunnel). \
+         Any request keeps it open.",
+        human(left),
+        human(idle)
+    ))
+}
+
 /// Sent when the server closed a tunnel.
 pub fn tunnel_expired(url: &str, reason: &str, connect: &str) -> String {
     line(&format!(
