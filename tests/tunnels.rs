@@ -451,47 +451,35 @@ async fn read_proxy_header(stream: &mut TcpStream) -> Result<Vec<u8>, String> {
 
 fn describe_proxy_header(header: &[u8]) -> String {
     use ppp::{v1, v2, HeaderResult};
-    let pair = |s: SocketAddr, d: SocketAddr| format!("{s} {d}");
+    // `vN SOURCE DESTINATION` from the parsed fields of either family.
+    fn line<A: Into<IpAddr>>(version: &str, src: (A, u16), dst: (A, u16)) -> String {
+        let src = SocketAddr::new(src.0.into(), src.1);
+        let dst = SocketAddr::new(dst.0.into(), dst.1);
+        format!("{version} {src} {dst}\n")
+    }
+    macro_rules! from {
+        ($version:expr, $a:expr) => {
+            line(
+                $version,
+                ($a.source_address, $a.source_port),
+                ($a.destination_address, $a.destination_port),
+            )
+        };
+    }
     match HeaderResult::parse(header) {
         HeaderResult::V1(Ok(h)) => match h.addresses {
-            v1::Addresses::Tcp4(a) => format!(
-                "v1 {}\n",
-                pair(
-                    SocketAddr::new(a.source_address.into(), a.source_port),
-                    SocketAddr::new(a.destination_address.into(), a.destination_port)
-                )
-            ),
-            v1::Addresses::Tcp6(a) => format!(
-                "v1 {}\n",
-                pair(
-                    SocketAddr::new(a.source_address.into(), a.source_port),
-                    SocketAddr::new(a.destination_address.into(), a.destination_port)
-                )
-            ),
+            v1::Addresses::Tcp4(a) => from!("v1", a),
+            v1::Addresses::Tcp6(a) => from!("v1", a),
             v1::Addresses::Unknown => "v1 UNKNOWN\n".to_string(),
         },
-        HeaderResult::V2(Ok(h)) => {
-            if h.command != v2::Command::Proxy {
-                return format!("ERR v2 command {:?}\n", h.command);
-            }
-            match h.addresses {
-                v2::Addresses::IPv4(a) => format!(
-                    "v2 {}\n",
-                    pair(
-                        SocketAddr::new(a.source_address.into(), a.source_port),
-                        SocketAddr::new(a.destination_address.into(), a.destination_port)
-                    )
-                ),
-                v2::Addresses::IPv6(a) => format!(
-                    "v2 {}\n",
-                    pair(
-                        SocketAddr::new(a.source_address.into(), a.source_port),
-                        SocketAddr::new(a.destination_address.into(), a.destination_port)
-                    )
-                ),
-                other => format!("v2 {other:?}\n"),
-            }
+        HeaderResult::V2(Ok(h)) if h.command != v2::Command::Proxy => {
+            format!("ERR v2 command {:?}\n", h.command)
         }
+        HeaderResult::V2(Ok(h)) => match h.addresses {
+            v2::Addresses::IPv4(a) => from!("v2", a),
+            v2::Addresses::IPv6(a) => from!("v2", a),
+            other => format!("v2 {other:?}\n"),
+        },
         other => format!("ERR unparsable PROXY header: {other:?}\n"),
     }
 }
