@@ -39,6 +39,10 @@ use crate::subdomain;
 /// Identifies one SSH connection for the lifetime of the process.
 pub type ConnId = u64;
 
+/// How long visitors wait for a new tunnel's options (they arrive with the
+/// session's exec request, after the forward).
+pub const OPTIONS_WAIT: Duration = Duration::from_secs(5);
+
 /// How long the proxy waits for the SSH client to answer a channel open
 /// before it gives up with 504.
 pub const CHANNEL_OPEN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -279,12 +283,12 @@ impl Conn {
         self.session.lock().expect("session lock").is_some()
     }
 
-    /// Waits (at most `limit`) until the options are known, so that a
-    /// request arriving between `tcpip-forward` and the `auth=`/`allow=`
-    /// options never slips past them.
-    pub async fn options_settled(&self, limit: Duration) -> Arc<TunnelOptions> {
+    /// Waits (at most [`OPTIONS_WAIT`]) until the options are known, so
+    /// that a request or connection arriving between `tcpip-forward` and
+    /// the `auth=`/`allow=`/`tls=` options never slips past them.
+    pub async fn options_settled(&self) -> Arc<TunnelOptions> {
         let mut settled = self.settled.subscribe();
-        let _ = tokio::time::timeout(limit, settled.wait_for(|s| *s)).await;
+        let _ = tokio::time::timeout(OPTIONS_WAIT, settled.wait_for(|s| *s)).await;
         self.options()
     }
 
@@ -777,18 +781,25 @@ impl Registry {
 
     /// Number of distinct client IPs that own at least one tunnel.
     pub fn unique_ips(&self) -> usize {
-        let ips: std::collections::HashSet<IpAddr> =
-            self.tunnels().iter().map(|t| t.client_ip).collect();
+        let mut ips = std::collections::HashSet::new();
+        for group in self.tunnels.iter() {
+            ips.extend(group.members.iter().map(|t| t.client_ip));
+        }
         ips.len()
     }
 
     /// Tunnels owned by clients in the same limit group as `ip`.
     pub fn count_for_ip(&self, ip: IpAddr) -> usize {
         let key = ip_key(ip);
-        self.tunnels()
+        self.tunnels
             .iter()
-            .filter(|t| ip_key(t.client_ip) == key)
-            .count()
+            .map(|g| {
+                g.members
+                    .iter()
+                    .filter(|t| ip_key(t.client_ip) == key)
+                    .count()
+            })
+            .sum()
     }
 
     /// A snapshot of every live tunnel (every client of every name).

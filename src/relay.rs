@@ -152,10 +152,6 @@ pub async fn idle_expired(activity: &Activity, idle: Duration) {
     }
 }
 
-/// How long a relayed connection waits for its tunnel's options (`proxy=`,
-/// `allow=`) to arrive after the forward did.
-const OPTIONS_WAIT: Duration = Duration::from_secs(5);
-
 /// Relays one visitor connection of a raw tunnel (a TCP port, or TLS
 /// passed through by SNI) to a client serving `key`. `prefix` holds bytes
 /// already read from the visitor (a peeked ClientHello); `local` is the
@@ -224,7 +220,7 @@ async fn open(
     // reach an app that expects HTTP.
     let raw = |t: &Tunnel| matches!(t.kind, crate::registry::Kind::Tcp(_)) || t.passthrough();
     for tunnel in app.registry.candidates(key).into_iter().filter(|t| raw(t)) {
-        let options = tunnel.client.options_settled(OPTIONS_WAIT).await;
+        let options = tunnel.client.options_settled().await;
         if !options.allows(visitor.ip()) {
             tracing::debug!(%key, %visitor, "visitor not in the tunnel's allow-list");
             return None;

@@ -19,7 +19,7 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -45,53 +45,8 @@ type Buf = OutputBuf;
 // Keys and ssh clients
 // ---------------------------------------------------------------------------
 
-/// A throwaway ed25519 key pair.
-struct Key {
-    _dir: TempDir,
-    path: PathBuf,
-    /// The `.pub` line: `ssh-ed25519 AAAA… comment`.
-    public: String,
-    /// `SHA256:…` as `ssh-keygen -lf` prints it.
-    fingerprint: String,
-}
-
-impl Key {
-    fn new(comment: &str) -> Key {
-        let dir = TempDir::new("burrow-names-key");
-        let path = dir.path().join("id_ed25519");
-        let st = Command::new("ssh-keygen")
-            .args(["-t", "ed25519", "-N", "", "-q", "-C", comment, "-f"])
-            .arg(&path)
-            .stdin(Stdio::null())
-            .status()
-            .expect("run ssh-keygen");
-        assert!(st.success(), "ssh-keygen failed");
-        let pub_path = dir.path().join("id_ed25519.pub");
-        let public = std::fs::read_to_string(&pub_path)
-            .expect("read .pub")
-            .trim()
-            .to_string();
-        let out = Command::new("ssh-keygen")
-            .arg("-lf")
-            .arg(&pub_path)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run ssh-keygen -lf");
-        let listing = String::from_utf8_lossy(&out.stdout).into_owned();
-        let fingerprint = listing
-            .split_whitespace()
-            .nth(1)
-            .filter(|f| f.starts_with("SHA256:"))
-            .unwrap_or_else(|| panic!("ssh-keygen -lf printed {listing:?}"))
-            .to_string();
-        Key {
-            _dir: dir,
-            path,
-            public,
-            fingerprint,
-        }
-    }
-}
+/// A throwaway ed25519 key pair (`Key::with_comment`).
+type Key = SshKeyPair;
 
 /// How the client authenticates.
 #[derive(Clone, Copy)]
@@ -506,8 +461,8 @@ async fn stable_name_from_key_survives_reconnect_and_restart() {
     let dir = TempDir::new("burrow-names-stable");
     let state = dir.path().join("state");
     let origin = Origin::start("names-stable").await;
-    let k1 = Key::new("k1");
-    let k2 = Key::new("k2");
+    let k1 = Key::with_comment("k1");
+    let k2 = Key::with_comment("k2");
 
     let burrow = start(&state, &[]).await;
     let client = burrow.https_client();
@@ -643,7 +598,7 @@ async fn keyless_clients_get_random_names() {
     assert_serves(&client, &burrow, &uc.name, "names-keyless").await;
 
     // A key cannot take an anonymous client's random name.
-    let k = Key::new("k");
+    let k = Key::with_comment("k");
     let thief = ssh(
         &burrow,
         Ident::Key(&k),
@@ -678,7 +633,7 @@ async fn random_user_gets_throwaway_name() {
     let burrow = start(&dir.path().join("state"), &[]).await;
     let origin = Origin::start("names-random").await;
     let client = burrow.https_client();
-    let k = Key::new("k");
+    let k = Key::with_comment("k");
 
     let stable = ssh(&burrow, Ident::Key(&k), &["-R", &fwd(None, &origin)], &[]);
     let us = stable.url().await;
@@ -728,7 +683,7 @@ async fn random_user_with_dash_n_is_shown_its_url() {
     let burrow = start(&dir.path().join("state"), &[]).await;
     let origin = Origin::start("names-random-n").await;
     let client = burrow.https_client();
-    let k = Key::new("k");
+    let k = Key::with_comment("k");
     for (what, ident) in [("keyed", Ident::Key(&k)), ("keyless", Ident::NoPubkey)] {
         let c = ssh_as(
             &burrow,
@@ -764,9 +719,9 @@ async fn random_user_with_dash_n_is_shown_its_url() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requested_names_grants_and_refusals() {
     let dir = TempDir::new("burrow-names-requested");
-    let k1 = Key::new("k1");
-    let k2 = Key::new("k2");
-    let k3 = Key::new("k3");
+    let k1 = Key::with_comment("k1");
+    let k2 = Key::with_comment("k2");
+    let k3 = Key::with_comment("k3");
     let keys_file = dir.path().join("keys");
     write_atomic(&keys_file, &format!("names=api,www {}\n", k1.public), None);
     let burrow = start(
@@ -914,7 +869,7 @@ async fn reserved_names_flag_replaces_the_default_list() {
     .await;
     let origin = Origin::start("names-reserved").await;
     let client = burrow.https_client();
-    let k = Key::new("k");
+    let k = Key::with_comment("k");
 
     for name in ["blocked", "shop"] {
         let r = ssh(
@@ -951,7 +906,7 @@ async fn takeover_replaces_half_dead_connection_of_same_key() {
     let a = Origin::start("names-half-dead-a").await;
     let b = Origin::start("names-half-dead-b").await;
     let client = burrow.https_client();
-    let k = Key::new("k");
+    let k = Key::with_comment("k");
 
     let mut old = ssh(&burrow, Ident::Key(&k), &["-R", &fwd(None, &a)], &[]);
     let u = old.url().await;
@@ -990,8 +945,8 @@ async fn takeover_of_requested_name_and_other_keys_never() {
     let a = Origin::start("names-take-a").await;
     let b = Origin::start("names-take-b").await;
     let client = burrow.https_client();
-    let k1 = Key::new("k1");
-    let k2 = Key::new("k2");
+    let k1 = Key::with_comment("k1");
+    let k2 = Key::with_comment("k2");
 
     // conn1: `myapp` and a second (stable) tunnel.
     let mut conn1 = ssh(
@@ -1281,7 +1236,7 @@ async fn autossh_restart_keeps_the_same_url() {
     let relay = Relay::start(burrow.addrs.ssh).await;
     let origin = Origin::start("names-autossh").await;
     let client = burrow.https_client();
-    let k = Key::new("k");
+    let k = Key::with_comment("k");
     let log_path = dir.path().join("autossh.log");
 
     let mut cmd = Command::new("autossh");
@@ -1374,9 +1329,9 @@ async fn run_to_exit(args: &[&str]) -> (ExitStatus, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_file_format_and_startup_errors() {
     let dir = TempDir::new("burrow-names-keysfmt");
-    let k1 = Key::new("alice@laptop");
-    let k2 = Key::new("bob");
-    let k3 = Key::new("carol");
+    let k1 = Key::with_comment("alice@laptop");
+    let k2 = Key::with_comment("bob");
+    let k3 = Key::with_comment("carol");
     let keys_file = dir.path().join("keys");
     let good = format!(
         "# team keys\n\n   # indented comment\nnames=alpha,beta,ports=5432 {}\n\
@@ -1492,8 +1447,8 @@ async fn keys_file_format_and_startup_errors() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_file_reload_on_change_and_sighup() {
     let dir = TempDir::new("burrow-names-reload");
-    let k1 = Key::new("k1");
-    let k2 = Key::new("k2");
+    let k1 = Key::with_comment("k1");
+    let k2 = Key::with_comment("k2");
     let keys_file = dir.path().join("keys");
     write_atomic(&keys_file, &format!("names=api {}\n", k1.public), None);
     let mut burrow = start(
@@ -1634,9 +1589,9 @@ async fn keys_file_reload_on_change_and_sighup() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_mode_keys_only_listed_keys() {
     let dir = TempDir::new("burrow-names-keysmode");
-    let k1 = Key::new("k1");
-    let k2 = Key::new("k2");
-    let k3 = Key::new("k3");
+    let k1 = Key::with_comment("k1");
+    let k2 = Key::with_comment("k2");
+    let k3 = Key::with_comment("k3");
     let keys_file = dir.path().join("keys");
     write_atomic(
         &keys_file,
@@ -1733,7 +1688,7 @@ async fn option_host_header() {
     let burrow = start(&dir.path().join("state"), &[]).await;
     let origin = Origin::start("names-host").await;
     let client = burrow.https_client();
-    let k = Key::new("k");
+    let k = Key::with_comment("k");
     let c = ssh(
         &burrow,
         Ident::Key(&k),
@@ -1766,7 +1721,7 @@ async fn option_basic_auth() {
     let burrow = start(&dir.path().join("state"), &[]).await;
     let origin = Origin::start("names-auth").await;
     let client = burrow.https_client_h1();
-    let k = Key::new("k");
+    let k = Key::with_comment("k");
     let c = ssh(
         &burrow,
         Ident::Key(&k),
@@ -1857,8 +1812,8 @@ async fn option_allow_list() {
     .await;
     let origin = Origin::start("names-allow").await;
     let client = burrow.https_client();
-    let k1 = Key::new("k1");
-    let k2 = Key::new("k2");
+    let k1 = Key::with_comment("k1");
+    let k2 = Key::with_comment("k2");
 
     let outside = ssh(
         &burrow,
@@ -1894,8 +1849,8 @@ async fn option_cors() {
     let burrow = start(&dir.path().join("state"), &[]).await;
     let origin = Origin::start("names-cors").await;
     let client = burrow.https_client();
-    let k1 = Key::new("k1");
-    let k2 = Key::new("k2");
+    let k1 = Key::with_comment("k1");
+    let k2 = Key::with_comment("k2");
 
     let listed = ssh(
         &burrow,
@@ -2010,7 +1965,7 @@ async fn option_output_json() {
     .await;
     let origin = Origin::start("names-json").await;
     let client = burrow.https_client();
-    let k = Key::new("k");
+    let k = Key::with_comment("k");
 
     // -R 8080 is refused: an error event after the tunnel event.
     let mut c = ssh(
@@ -2107,7 +2062,7 @@ async fn option_help_and_invalid_options() {
     let dir = TempDir::new("burrow-names-help");
     let burrow = start(&dir.path().join("state"), &[]).await;
     let origin = Origin::start("names-help").await;
-    let k = Key::new("k");
+    let k = Key::with_comment("k");
 
     let mut help = ssh(
         &burrow,

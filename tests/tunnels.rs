@@ -256,40 +256,67 @@ fn json_events(text: &str) -> Vec<Value> {
 // Local TCP apps and visitors
 // ---------------------------------------------------------------------------
 
+/// A loopback app's accept loop: runs `serve` on every connection in a task
+/// of its own. Dropping it stops the loop (and the port closes).
+struct AcceptLoop {
+    port: u16,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AcceptLoop {
+    async fn start<F, Fut>(serve: F) -> AcceptLoop
+    where
+        F: Fn(TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
+        let port = listener.local_addr().unwrap().port();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(serve(stream));
+            }
+        });
+        AcceptLoop { port, task }
+    }
+}
+
+impl Drop for AcceptLoop {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
 /// A local raw TCP app on 127.0.0.1: greets every connection with
 /// `LABEL\n`, then echoes every byte back. Stopped on drop.
 struct TcpApp {
     port: u16,
     label: String,
-    task: tokio::task::JoinHandle<()>,
+    _app: AcceptLoop,
 }
 
 impl TcpApp {
     async fn start(label: &str) -> TcpApp {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
-        let port = listener.local_addr().unwrap().port();
         let greeting = format!("{label}\n");
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let greeting = greeting.clone();
-                tokio::spawn(async move {
-                    let _ = stream.set_nodelay(true);
-                    let (mut r, mut w) = stream.split();
-                    if w.write_all(greeting.as_bytes()).await.is_err() {
-                        return;
-                    }
-                    let _ = tokio::io::copy(&mut r, &mut w).await;
-                    let _ = w.shutdown().await;
-                });
+        let app = AcceptLoop::start(move |mut stream| {
+            let greeting = greeting.clone();
+            async move {
+                let _ = stream.set_nodelay(true);
+                let (mut r, mut w) = stream.split();
+                if w.write_all(greeting.as_bytes()).await.is_err() {
+                    return;
+                }
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+                let _ = w.shutdown().await;
             }
-        });
+        })
+        .await;
         TcpApp {
-            port,
+            port: app.port,
             label: label.to_string(),
-            task,
+            _app: app,
         }
     }
 
@@ -298,43 +325,28 @@ impl TcpApp {
     }
 }
 
-impl Drop for TcpApp {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// A local app that sends `n` pattern bytes on every connection, then
 /// closes it.
 struct TcpSource {
     port: u16,
-    task: tokio::task::JoinHandle<()>,
+    _app: AcceptLoop,
 }
 
 impl TcpSource {
     async fn start(n: usize) -> TcpSource {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
-        let port = listener.local_addr().unwrap().port();
         let data: Arc<Vec<u8>> = Arc::new((0..n as u64).map(pattern_byte).collect());
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let data = Arc::clone(&data);
-                tokio::spawn(async move {
-                    let _ = stream.write_all(&data).await;
-                    let _ = stream.shutdown().await;
-                });
+        let app = AcceptLoop::start(move |mut stream| {
+            let data = Arc::clone(&data);
+            async move {
+                let _ = stream.write_all(&data).await;
+                let _ = stream.shutdown().await;
             }
-        });
-        TcpSource { port, task }
-    }
-}
-
-impl Drop for TcpSource {
-    fn drop(&mut self) {
-        self.task.abort();
+        })
+        .await;
+        TcpSource {
+            port: app.port,
+            _app: app,
+        }
     }
 }
 
@@ -343,7 +355,7 @@ impl Drop for TcpSource {
 /// `v1 SRC DST` / `v2 SRC DST` (or `ERR …`), then echoes.
 struct ProxyApp {
     port: u16,
-    task: tokio::task::JoinHandle<()>,
+    _app: AcceptLoop,
 }
 
 const PROXY_V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
@@ -360,21 +372,18 @@ impl ProxyApp {
     }
 
     async fn start_with(http: bool) -> ProxyApp {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
-        let port = listener.local_addr().unwrap().port();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                if http {
-                    tokio::spawn(proxy_http_conn(stream));
-                } else {
-                    tokio::spawn(proxy_app_conn(stream));
-                }
+        let app = AcceptLoop::start(move |stream| async move {
+            if http {
+                proxy_http_conn(stream).await;
+            } else {
+                proxy_app_conn(stream).await;
             }
-        });
-        ProxyApp { port, task }
+        })
+        .await;
+        ProxyApp {
+            port: app.port,
+            _app: app,
+        }
     }
 }
 
@@ -392,12 +401,6 @@ async fn proxy_http_conn(mut stream: TcpStream) {
     let _ = hyper::server::conn::http1::Builder::new()
         .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
         .await;
-}
-
-impl Drop for ProxyApp {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
 }
 
 /// Reads exactly one PROXY header (byte by byte: nothing after it is
@@ -617,7 +620,7 @@ async fn expect_refused_or_cut(ip: IpAddr, port: u16, what: &str, burrow: &Burro
 struct TlsApp {
     port: u16,
     cert: CertificateDer<'static>,
-    task: tokio::task::JoinHandle<()>,
+    _app: AcceptLoop,
 }
 
 impl TlsApp {
@@ -627,38 +630,29 @@ impl TlsApp {
         let cert = ck.cert.der().clone();
         let config = tls_server_config(cert.clone(), ck.key_pair.serialize_der());
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind app");
-        let port = listener.local_addr().unwrap().port();
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
+        let app = AcceptLoop::start(move |stream| {
+            let acceptor = acceptor.clone();
+            async move {
+                let Ok(Ok(mut tls)) = tokio::time::timeout(IO_WAIT, acceptor.accept(stream)).await
+                else {
+                    return;
                 };
-                let acceptor = acceptor.clone();
-                tokio::spawn(async move {
-                    let Ok(Ok(mut tls)) =
-                        tokio::time::timeout(IO_WAIT, acceptor.accept(stream)).await
-                    else {
-                        return;
-                    };
-                    let sni = tls.get_ref().1.server_name().unwrap_or("").to_string();
-                    let Ok(line) = read_line(&mut tls).await else {
-                        return;
-                    };
-                    let answer = format!("tls-app sni={sni} got={}\n", line.trim_end());
-                    let _ = tls.write_all(answer.as_bytes()).await;
-                    let _ = tls.flush().await;
-                    let _ = tls.shutdown().await;
-                });
+                let sni = tls.get_ref().1.server_name().unwrap_or("").to_string();
+                let Ok(line) = read_line(&mut tls).await else {
+                    return;
+                };
+                let answer = format!("tls-app sni={sni} got={}\n", line.trim_end());
+                let _ = tls.write_all(answer.as_bytes()).await;
+                let _ = tls.flush().await;
+                let _ = tls.shutdown().await;
             }
-        });
-        TlsApp { port, cert, task }
-    }
-}
-
-impl Drop for TlsApp {
-    fn drop(&mut self) {
-        self.task.abort();
+        })
+        .await;
+        TlsApp {
+            port: app.port,
+            cert,
+            _app: app,
+        }
     }
 }
 

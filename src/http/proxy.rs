@@ -28,7 +28,7 @@ use crate::limits::http::Slot;
 use crate::limits::{Activity, Refusal};
 use crate::registry::{OpenError, Tunnel};
 use crate::relay::{self, RelayLimits};
-use crate::ssh::options::{ProxyHeader, TunnelOptions};
+use crate::ssh::options::{ProxyHeader, Tls, TunnelOptions};
 use crate::stats::OwnedGauge;
 use crate::subdomain::{self, Route};
 use crate::App;
@@ -48,10 +48,6 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-
-/// How long a request waits for its tunnel's options (`auth=`, `allow=`)
-/// to arrive after the forward did.
-const OPTIONS_WAIT: Duration = Duration::from_secs(5);
 
 /// Entry point for every HTTPS request.
 pub async fn handle(
@@ -107,8 +103,8 @@ async fn route(
                     );
                 }
                 match http_client(&app, tunnel, &name).await {
-                    Some(tunnel) => {
-                        let response = tunnel_request(&app, &tunnel, req, &visitor).await;
+                    Some((tunnel, options)) => {
+                        let response = tunnel_request(&app, &tunnel, &options, req, &visitor).await;
                         if response.status().is_server_error() {
                             tunnel
                                 .traffic
@@ -131,15 +127,22 @@ async fn route(
 /// `None`: only the app's own TLS may serve this name, and this request
 /// came through burrow's TLS (its Host named another tunnel than its SNI)
 /// or, in `--http-mode proxy`, over plain HTTP while the options settled.
-async fn http_client(app: &App, picked: Arc<Tunnel>, name: &str) -> Option<Arc<Tunnel>> {
-    picked.client.options_settled(OPTIONS_WAIT).await;
-    if !picked.passthrough() {
-        return Some(picked);
+async fn http_client(
+    app: &App,
+    picked: Arc<Tunnel>,
+    name: &str,
+) -> Option<(Arc<Tunnel>, Arc<TunnelOptions>)> {
+    let options = picked.client.options_settled().await;
+    if options.tls != Tls::Passthrough {
+        return Some((picked, options));
     }
-    app.registry
+    let other = app
+        .registry
         .members(name)
         .into_iter()
-        .find(|t| !t.passthrough())
+        .find(|t| !t.passthrough())?;
+    let options = other.client.options_settled().await;
+    Some((other, options))
 }
 
 /// The host the visitor asked for: `:authority` for HTTP/2, else `Host`.
@@ -157,11 +160,11 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
 async fn tunnel_request(
     app: &Arc<App>,
     tunnel: &Arc<Tunnel>,
+    options: &TunnelOptions,
     req: Request<Incoming>,
     visitor: &Visitor<'_>,
 ) -> Response<Body> {
-    let options = tunnel.client.options_settled(OPTIONS_WAIT).await;
-    let req = match access::check(tunnel, &options, req, visitor.addr) {
+    let req = match access::check(tunnel, options, req, visitor.addr) {
         Access::Answer(response) => return response,
         Access::Pass(req) => req,
     };
@@ -190,7 +193,7 @@ async fn tunnel_request(
     } else {
         None
     };
-    proxy(app, tunnel, req, visitor, &options, slot, ws_slot).await
+    proxy(app, tunnel, req, visitor, options, slot, ws_slot).await
 }
 
 /// A limit said no: 429 (or 503 when the whole tunnel is busy) with

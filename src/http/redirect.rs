@@ -54,15 +54,12 @@ async fn is_tunnel(app: &App, req: &Request<Incoming>) -> bool {
     match app.registry.peek(&name) {
         Some(tunnel) => {
             // A new tunnel's `tls=` may still be on its way.
-            let options = tunnel.client.options_settled(OPTIONS_WAIT).await;
+            let options = tunnel.client.options_settled().await;
             options.tls != crate::ssh::options::Tls::Passthrough
         }
         None => true,
     }
 }
-
-/// How long a plain-HTTP request waits for a new tunnel's options.
-const OPTIONS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn handle(app: &App, req: &Request<Incoming>) -> Response<Body> {
     match location(app, req) {

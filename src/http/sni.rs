@@ -12,7 +12,6 @@ use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
@@ -26,10 +25,6 @@ const MAX_HELLO: usize = 64 * 1024;
 
 /// A fatal `unrecognized_name` alert record (RFC 8446 §6, RFC 6066 §3).
 const UNRECOGNIZED_NAME: [u8; 7] = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x70];
-
-/// How long a TLS connection waits for a new tunnel's options to arrive,
-/// to learn whether it is passed through.
-const OPTIONS_WAIT: Duration = Duration::from_secs(5);
 
 /// The start of a TLS connection: the bytes read so far and the SNI.
 pub struct ClientHello {
@@ -90,7 +85,7 @@ pub async fn decide(app: &App, server_name: Option<&str>) -> Decision {
         Route::Apex | Route::Malformed => Decision::Terminate,
         Route::Tunnel(label) => match app.registry.peek_or_wait(&label).await {
             Some(tunnel) if tunnel.kind == crate::registry::Kind::Name => {
-                let options = tunnel.client.options_settled(OPTIONS_WAIT).await;
+                let options = tunnel.client.options_settled().await;
                 match options.tls {
                     crate::ssh::options::Tls::Passthrough => Decision::Passthrough(label),
                     crate::ssh::options::Tls::Terminate => Decision::Terminate,

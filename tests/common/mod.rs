@@ -871,10 +871,14 @@ pub struct Ssh {
 
 /// Generates a throwaway ed25519 key (once per call) in a fresh temp dir.
 pub fn ssh_keygen() -> (Arc<TempDir>, PathBuf) {
+    ssh_keygen_with_comment("burrow-test")
+}
+
+fn ssh_keygen_with_comment(comment: &str) -> (Arc<TempDir>, PathBuf) {
     let dir = TempDir::new("burrow-test-sshkey");
     let key = dir.path().join("id_ed25519");
     let st = Command::new("ssh-keygen")
-        .args(["-t", "ed25519", "-N", "", "-q", "-C", "burrow-test", "-f"])
+        .args(["-t", "ed25519", "-N", "", "-q", "-C", comment, "-f"])
         .arg(&key)
         .stdin(Stdio::null())
         .status()
@@ -1649,7 +1653,12 @@ pub struct SshKeyPair {
 
 impl SshKeyPair {
     pub fn generate() -> SshKeyPair {
-        let (dir, path) = ssh_keygen();
+        Self::with_comment("burrow-test")
+    }
+
+    /// A fresh key whose `.pub` line ends in `comment`.
+    pub fn with_comment(comment: &str) -> SshKeyPair {
+        let (dir, path) = ssh_keygen_with_comment(comment);
         let pub_path = path.with_extension("pub");
         let public = std::fs::read_to_string(&pub_path)
             .expect("read .pub")
