@@ -71,11 +71,12 @@ async fn banner(
     all.extend(["-R", fwd.as_str()]);
     let ssh = Ssh::spawn_cmd(burrow, &all, options);
     let url = ssh.url().await;
+    // The key line comes after the QR code's place in the banner: once it is
+    // in, a QR code would be too.
     ssh.stdout
-        .wait_contains("Press Ctrl+C to stop", WAIT)
+        .wait_contains("Stable URL from your SSH key", WAIT)
         .await
         .expect("the banner");
-    // The QR code follows the banner in the same write.
     (url.url, ssh)
 }
 
@@ -86,10 +87,14 @@ async fn qr_code_under_the_url_decodes_to_it() {
     let burrow = Burrow::start(&[]).await;
     let origin = Origin::start("qr").await;
     let (url, ssh) = banner(&burrow, &origin, &["-tt"], &[]).await;
-    let text = ssh.stdout.text();
-    let modules = qr_modules(&text);
-    assert!(modules.len() > 20, "a QR code is printed:\n{text}");
-    assert_eq!(decode(&modules).as_deref(), Some(url.as_str()), "{text}");
+    // The code may reach ssh's stdout after the banner text: wait until what
+    // arrived decodes (or time runs out).
+    let decoded = ssh
+        .stdout
+        .wait_for(WAIT, |text| decode(&qr_modules(text)))
+        .await
+        .unwrap_or_else(|text| panic!("no decodable QR code was printed:\n{text}"));
+    assert_eq!(decoded, url, "{}", ssh.stdout.text());
 }
 
 /// No QR code without a terminal, and none with `qr=off`.
