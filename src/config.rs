@@ -121,6 +121,13 @@ pub struct Config {
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
+    /// Log every proxied request (and WebSocket) at info level, target
+    /// `burrow::access`: host, visitor, method, path, status, bytes,
+    /// duration, and why burrow refused or failed it. Off by default: the
+    /// server log has no per-request lines unless asked.
+    #[arg(long, env = "ACCESS_LOG")]
+    pub access_log: bool,
+
     #[command(flatten)]
     pub limits: LimitArgs,
 }
@@ -361,6 +368,21 @@ pub struct LimitArgs {
     /// nobody.
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = parse_cidr)]
     pub trusted_proxies: Vec<IpNet>,
+
+    /// Lines of the live request log waiting for one SSH session's terminal;
+    /// beyond it lines are dropped and shown as `(+N not shown)`.
+    #[arg(long, env = "REQUEST_LOG_BUFFER", default_value_t = 256)]
+    pub request_log_buffer: usize,
+
+    /// Request-log lines per SSH session for requests burrow answered itself
+    /// (refusals, error pages), so a flood of them cannot scroll the real
+    /// traffic away. 0 = unlimited.
+    #[arg(long, env = "REQUEST_LOG_ANSWERED_RATE", default_value = "2/s", value_parser = parse_rate)]
+    pub request_log_answered_rate: Rate,
+
+    /// Burst of request-log lines for requests burrow answered itself.
+    #[arg(long, env = "REQUEST_LOG_ANSWERED_BURST", default_value_t = 20)]
+    pub request_log_answered_burst: u32,
 
     /// Do not show the browser warning page before a tunnel's first visit.
     #[arg(long, env = "NO_BROWSER_WARNING")]

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod registry;
 pub mod relay;
 pub mod reload;
+pub mod request_log;
 pub mod shutdown;
 pub mod spool;
 pub mod ssh;

@@ -248,6 +248,8 @@ pub struct Conn {
     settled: tokio::sync::watch::Sender<bool>,
     handle: OnceLock<Handle>,
     session: Mutex<Option<ChannelId>>,
+    /// The live request log, once the client opened a session to show it.
+    log: OnceLock<crate::request_log::RequestLog>,
 }
 
 impl Conn {
@@ -261,6 +263,29 @@ impl Conn {
             settled: tokio::sync::watch::Sender::new(false),
             handle: OnceLock::new(),
             session: Mutex::new(None),
+            log: OnceLock::new(),
+        }
+    }
+
+    /// Starts the request log on the session channel `out`.
+    pub fn start_log(&self, out: russh::ChannelWriteHalf<Msg>, limits: &crate::config::LimitArgs) {
+        let _ = self.log.get_or_init(|| {
+            crate::request_log::RequestLog::start(out, self.settled.subscribe(), limits)
+        });
+    }
+
+    /// The client asked for a terminal: the request log gets colour.
+    pub fn log_in_colour(&self) {
+        if let Some(log) = self.log.get() {
+            log.set_colour(true);
+        }
+    }
+
+    /// Shows `event` in the client's request log, if it has a session.
+    /// Never waits. `answered`: burrow answered the request itself.
+    pub fn log(&self, event: crate::request_log::Event, answered: bool) {
+        if let Some(log) = self.log.get() {
+            log.push(event, answered, self.options().output == Output::Json);
         }
     }
 

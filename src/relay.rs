@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,11 +71,27 @@ where
     A: AsyncRead + AsyncWrite + Unpin + Send,
     B: AsyncRead + AsyncWrite + Unpin + Send,
 {
+    relay_counted(a, b, limits, &Moved::default()).await
+}
+
+/// Bytes a relay moved in each direction so far.
+#[derive(Debug, Default)]
+pub struct Moved {
+    pub a_to_b: AtomicU64,
+    pub b_to_a: AtomicU64,
+}
+
+/// [`relay`], counting the bytes into `moved` as they go.
+pub async fn relay_counted<A, B>(a: A, b: B, limits: &RelayLimits, moved: &Moved) -> RelayEnd
+where
+    A: AsyncRead + AsyncWrite + Unpin + Send,
+    B: AsyncRead + AsyncWrite + Unpin + Send,
+{
     let activity = Arc::new(Activity::default());
     let (mut a_read, mut a_write) = tokio::io::split(a);
     let (mut b_read, mut b_write) = tokio::io::split(b);
-    let forward = pump(&mut a_read, &mut b_write, limits, &activity);
-    let backward = pump(&mut b_read, &mut a_write, limits, &activity);
+    let forward = pump(&mut a_read, &mut b_write, limits, &activity, &moved.a_to_b);
+    let backward = pump(&mut b_read, &mut a_write, limits, &activity, &moved.b_to_a);
     let idle = idle_expired(&activity, limits.idle);
     tokio::pin!(forward, backward, idle);
     // The first direction to end decides, unless it merely closed: then the
@@ -107,6 +124,7 @@ async fn pump<R, W>(
     writer: &mut W,
     limits: &RelayLimits,
     activity: &Activity,
+    moved: &AtomicU64,
 ) -> RelayEnd
 where
     R: AsyncRead + Unpin,
@@ -134,6 +152,7 @@ where
         if writer.write_all(&buf[..n]).await.is_err() {
             return RelayEnd::Error;
         }
+        moved.fetch_add(n as u64, Ordering::Relaxed);
         activity.touch();
     }
 }

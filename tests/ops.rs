@@ -277,6 +277,51 @@ async fn json_logs_are_one_object_per_line() {
     assert_eq!(opened["level"], "INFO", "{opened}");
 }
 
+/// `--access-log` puts one line per request in the server log (JSON here,
+/// with its fields); without it there is none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_log_is_opt_in() {
+    let (burrow, _origin, _ssh, name) = tunnel(&["--log-format", "json", "--access-log"]).await;
+    let host = format!("{name}.{DOMAIN}");
+    expect_status(burrow.get(&host, "/hello?q=1").await, 200, "hello").await;
+    let line = burrow
+        .stderr
+        .wait_for(WAIT, |text| {
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|e| e["target"] == "burrow::access")
+        })
+        .await
+        .unwrap_or_else(|text| panic!("no access log line:\n{text}"));
+    let fields = &line;
+    assert_eq!(fields["path"], "/hello?q=1", "{line}");
+    assert_eq!(fields["method"], "GET", "{line}");
+    assert_eq!(fields["status"], 200, "{line}");
+    // The Host header as the visitor sent it (here with the port).
+    assert!(
+        fields["host"].as_str().unwrap().starts_with(&host),
+        "{line}"
+    );
+    assert_eq!(fields["visitor"], "127.0.0.1", "{line}");
+    assert_eq!(fields["bytes"], HELLO.len(), "{line}");
+
+    // Off by default: the same request leaves no per-request line.
+    let (quiet, _origin, quiet_ssh, quiet_name) = tunnel(&[]).await;
+    let quiet_host = format!("{quiet_name}.{DOMAIN}");
+    expect_status(quiet.get(&quiet_host, "/hello").await, 200, "hello").await;
+    // The request's own terminal line proves it was served and logged.
+    quiet_ssh
+        .stdout
+        .wait_contains("/hello", WAIT)
+        .await
+        .expect("the request in the terminal");
+    assert!(
+        !quiet.stderr.text().contains("/hello"),
+        "{}",
+        quiet.stderr.text()
+    );
+}
+
 /// One sample of a scrape: its value, if present.
 fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     scrape

@@ -35,7 +35,8 @@ pub fn check(
 ) -> Access {
     if !options.allows(visitor.ip()) {
         let page = Page::new(StatusCode::FORBIDDEN, "Not allowed from your network")
-            .text("The owner of this tunnel only lets in visitors from certain networks (allow=).");
+            .text("The owner of this tunnel only lets in visitors from certain networks (allow=).")
+            .why("this visitor's IP is not on your allow= list");
         return Access::Answer(page.render(req.headers()));
     }
     if let Some(response) = preflight(options, &req) {
@@ -69,6 +70,7 @@ pub fn check(
 fn unauthorized(name: &str, request_headers: &HeaderMap) -> Response<Body> {
     let mut response = Page::new(StatusCode::UNAUTHORIZED, "Password required")
         .text("The owner of this tunnel protected it with a user name and password.")
+        .why("password required (auth=): the visitor gave none, or a wrong one")
         .render(request_headers);
     if let Ok(challenge) = HeaderValue::from_str(&format!(
         "Basic realm=\"burrow tunnel {name}\", charset=\"UTF-8\""
@@ -106,9 +108,13 @@ fn preflight(options: &TunnelOptions, req: &Request<Incoming>) -> Option<Respons
     }
     let origin = headers.get(header::ORIGIN)?.to_str().ok()?;
     let Some((allow_origin, credentials)) = cors.allow(origin) else {
-        let page = Page::new(StatusCode::FORBIDDEN, "Origin not allowed").text(format!(
-            "This tunnel does not accept cross-origin requests from {origin}."
-        ));
+        let page = Page::new(StatusCode::FORBIDDEN, "Origin not allowed")
+            .text(format!(
+                "This tunnel does not accept cross-origin requests from {origin}."
+            ))
+            .why(format!(
+                "cross-origin request from {origin} refused (cors=)"
+            ));
         let mut response = page.render(headers);
         response
             .headers_mut()
@@ -117,6 +123,9 @@ fn preflight(options: &TunnelOptions, req: &Request<Incoming>) -> Option<Respons
     };
     let mut response = Response::new(pages::full(""));
     *response.status_mut() = StatusCode::NO_CONTENT;
+    response
+        .extensions_mut()
+        .insert(crate::request_log::Answered(None));
     let out = response.headers_mut();
     set_allow_origin(out, &allow_origin, credentials);
     out.insert(

@@ -152,6 +152,11 @@ unless you know and trust the person who sent you this link.</p>\
         next = escape(next),
     );
     let mut response = Response::new(pages::full(html));
+    response
+        .extensions_mut()
+        .insert(crate::request_log::Answered(Some(
+            "browser warning page shown: the visitor has not clicked through yet".into(),
+        )));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -243,6 +248,9 @@ async fn continue_(
 fn see_other(location: &str) -> Response<Body> {
     let mut response = Response::new(pages::full(""));
     *response.status_mut() = StatusCode::SEE_OTHER;
+    response
+        .extensions_mut()
+        .insert(crate::request_log::Answered(None));
     let headers = response.headers_mut();
     pages::set_page_headers(headers);
     if let Ok(location) = HeaderValue::from_str(location) {

@@ -1,6 +1,7 @@
 //! One body wrapper for every limit that watches bytes go by: the body size
-//! cap, the no-progress (idle) timeout, and RAII guards (in-flight slots,
-//! gauges, connection state) that must live exactly as long as the body.
+//! cap, the no-progress (idle) timeout, RAII guards (in-flight slots,
+//! gauges, connection state) that must live exactly as long as the body,
+//! and the end-of-body callback the request log is written from.
 
 use std::any::Any;
 use std::future::Future;
@@ -39,6 +40,18 @@ impl std::fmt::Display for MeterError {
 
 impl std::error::Error for MeterError {}
 
+/// How a body ended: the bytes that went by, the error that cut it, if
+/// one did, and whether it was read to its end (`false`: the reader went
+/// away first, e.g. a visitor who cancelled).
+#[derive(Debug)]
+pub struct Ended {
+    pub bytes: u64,
+    pub error: Option<String>,
+    pub complete: bool,
+}
+
+type OnEnd = Box<dyn FnOnce(Ended) + Send + Sync>;
+
 /// Wraps `B`, counting and timing its data frames.
 pub struct MeteredBody<B> {
     inner: B,
@@ -50,6 +63,9 @@ pub struct MeteredBody<B> {
     activity: Option<Arc<Activity>>,
     idle: Duration,
     idle_sleep: Option<Pin<Box<Sleep>>>,
+    on_end: Option<OnEnd>,
+    /// The inner body said it has nothing more (it may be dropped unpolled).
+    inner_ended: AtomicBool,
     _guards: Vec<Box<dyn Any + Send + Sync>>,
 }
 
@@ -63,7 +79,26 @@ impl<B> MeteredBody<B> {
             activity: None,
             idle: Duration::ZERO,
             idle_sleep: None,
+            on_end: None,
+            inner_ended: AtomicBool::new(false),
             _guards: Vec::new(),
+        }
+    }
+
+    /// Calls `f` once when the body ends: at its end, at the error that cut
+    /// it, or when it is dropped unfinished (the reader went away).
+    pub fn on_end(mut self, f: impl FnOnce(Ended) + Send + Sync + 'static) -> Self {
+        self.on_end = Some(Box::new(f));
+        self
+    }
+
+    fn end(&mut self, error: Option<String>, complete: bool) {
+        if let Some(f) = self.on_end.take() {
+            f(Ended {
+                bytes: self.seen,
+                error,
+                complete,
+            });
         }
     }
 
@@ -131,7 +166,10 @@ where
         let frame = match polled {
             Poll::Pending => {
                 return match this.poll_idle(cx) {
-                    Some(err) => Poll::Ready(Some(Err(err.into()))),
+                    Some(err) => {
+                        this.end(Some(err.to_string()), false);
+                        Poll::Ready(Some(Err(err.into())))
+                    }
                     None => Poll::Pending,
                 };
             }
@@ -148,22 +186,50 @@ where
                         if let Some(flag) = &this.exceeded {
                             flag.store(true, Ordering::Relaxed);
                         }
-                        return Poll::Ready(Some(Err(MeterError::TooLarge(this.limit).into())));
+                        let err = MeterError::TooLarge(this.limit);
+                        // What was let through, not the frame that broke the cap.
+                        this.seen -= data.len() as u64;
+                        this.end(Some(err.to_string()), false);
+                        return Poll::Ready(Some(Err(err.into())));
                     }
+                }
+                if this.inner.is_end_stream() {
+                    this.inner_ended.store(true, Ordering::Relaxed);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Some(Err(err)) => Poll::Ready(Some(Err(err.into()))),
-            None => Poll::Ready(None),
+            Some(Err(err)) => {
+                let err: BoxError = err.into();
+                this.end(Some(err.to_string()), false);
+                Poll::Ready(Some(Err(err)))
+            }
+            None => {
+                this.end(None, true);
+                Poll::Ready(None)
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        let ended = self.inner.is_end_stream();
+        if ended {
+            self.inner_ended.store(true, Ordering::Relaxed);
+        }
+        ended
     }
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+impl<B> Drop for MeteredBody<B> {
+    fn drop(&mut self) {
+        // No callback: nothing to work out (and `B` need not be a `Body`).
+        if self.on_end.is_some() {
+            let complete = self.inner_ended.load(Ordering::Relaxed);
+            self.end(None, complete);
+        }
     }
 }
 
@@ -201,6 +267,25 @@ mod tests {
             .activity(Arc::new(Activity::default()), Duration::from_secs(5));
         let err = body.collect().await.expect_err("idle cut");
         assert!(err.to_string().contains("request-idle-timeout"));
+    }
+
+    #[tokio::test]
+    async fn on_end_reports_bytes_and_the_cut() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let done = tx.clone();
+        let body = MeteredBody::new(chunks(10, 100))
+            .limit(550, None)
+            .on_end(move |ended| done.send(ended).unwrap());
+        assert!(body.collect().await.is_err());
+        let ended = rx.try_recv().expect("called");
+        assert_eq!(ended.bytes, 500);
+        assert!(ended.error.unwrap().contains("max-body-size"));
+
+        let body = MeteredBody::new(chunks(3, 100)).on_end(move |ended| tx.send(ended).unwrap());
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 300);
+        let ended = rx.try_recv().expect("called");
+        assert_eq!((ended.bytes, ended.error), (300, None));
+        assert!(rx.try_recv().is_err(), "called once");
     }
 
     fn tokio_stream_from<T: Send + 'static>(

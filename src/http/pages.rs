@@ -23,6 +23,9 @@ pub struct Page {
     pub status: StatusCode,
     pub title: String,
     pub blocks: Vec<Block>,
+    /// Why burrow answered, in words for the tunnel's owner (their request
+    /// log); `None` when there is nothing to explain.
+    pub why: Option<String>,
 }
 
 impl Page {
@@ -31,7 +34,14 @@ impl Page {
             status,
             title: title.into(),
             blocks: Vec::new(),
+            why: None,
         }
+    }
+
+    /// The reason the tunnel's owner sees under this request's log line.
+    pub fn why(mut self, why: impl Into<String>) -> Self {
+        self.why = Some(why.into());
+        self
     }
 
     pub fn text(mut self, text: impl Into<String>) -> Self {
@@ -60,6 +70,9 @@ impl Page {
         let headers = response.headers_mut();
         headers.insert("content-type", HeaderValue::from_static(content_type));
         set_page_headers(headers);
+        response
+            .extensions_mut()
+            .insert(crate::request_log::Answered(self.why));
         response
     }
 
@@ -171,39 +184,62 @@ pub fn bad_request(why: &str) -> Page {
     Page::new(StatusCode::BAD_REQUEST, "Bad request").text(why.to_string())
 }
 
-pub fn local_app_down(host: &str, port_hint: &str) -> Page {
+/// `ssh_said`: the client's reason for refusing the channel (OpenSSH
+/// sends its connect() error, e.g. `Connection refused`). The server never
+/// learns the local address behind `-R`, so the reason names the forward.
+pub fn local_app_down(host: &str, port_hint: &str, ssh_said: &str) -> Page {
     Page::new(StatusCode::BAD_GATEWAY, "Nothing answers on the local port")
         .text(format!("The tunnel {host} is up, but nothing answers on the local port it forwards to ({port_hint})."))
         .text("If this is your tunnel: start your app, or check the port you gave after -R.")
+        .why(format!(
+            "your local app refused the connection (ssh said: {ssh_said}): is it running on the local port of {port_hint}?"
+        ))
 }
 
-pub fn local_app_failed(host: &str) -> Page {
+pub fn local_app_failed(host: &str, error: &str) -> Page {
     Page::new(StatusCode::BAD_GATEWAY, "The local app did not answer")
         .text(format!("The tunnel {host} is up, but the app behind it closed the connection without a valid HTTP response."))
+        .why(format!("your local app closed the connection without a valid HTTP response ({error})"))
 }
 
 pub fn channel_timeout(host: &str) -> Page {
     Page::new(StatusCode::GATEWAY_TIMEOUT, "The tunnel did not answer")
         .text(format!("The SSH client behind {host} did not open a connection to its local app within 10 seconds."))
+        .why("your ssh client did not open a connection to the local app within 10 s")
 }
 
 pub fn too_large(limit: u64) -> Page {
-    Page::new(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large").text(format!(
-        "This server accepts request bodies up to {limit} bytes (max-body-size)."
-    ))
+    Page::new(StatusCode::PAYLOAD_TOO_LARGE, "Request body too large")
+        .text(format!(
+            "This server accepts request bodies up to {limit} bytes (max-body-size)."
+        ))
+        .why(format!(
+            "request body larger than {} (max-body-size): not sent to your app",
+            human_bytes(limit)
+        ))
 }
 
 pub fn response_too_large(host: &str, limit: u64) -> Page {
     Page::new(StatusCode::BAD_GATEWAY, "Response too large")
         .text(format!("The app behind {host} sent a response larger than this server relays ({limit} bytes, max-body-size)."))
+        .why(format!(
+            "your app's response is larger than {} (max-body-size, from its Content-Length): not relayed",
+            human_bytes(limit)
+        ))
 }
 
 pub fn request_idle(host: &str, idle: std::time::Duration) -> Page {
+    let idle = crate::limits::human(idle);
     Page::new(StatusCode::GATEWAY_TIMEOUT, "The local app stopped answering")
         .text(format!(
-            "No bytes moved between you and the app behind {host} for {} (request-idle-timeout), so the request was cancelled.",
-            crate::limits::human(idle)
+            "No bytes moved between you and the app behind {host} for {idle} (request-idle-timeout), so the request was cancelled."
         ))
+        .why(format!("your app sent nothing for {idle} (request-idle-timeout): request cancelled"))
+}
+
+/// `1.2 MB`: sizes in the words of the request log.
+pub fn human_bytes(bytes: u64) -> String {
+    bytesize::ByteSize(bytes).display().si().to_string()
 }
 
 /// A visitor limit refused the request.
@@ -213,7 +249,17 @@ pub fn limited(status: StatusCode, refusal: &crate::limits::Refusal) -> Page {
     } else {
         "Too many requests"
     };
-    let mut page = Page::new(status, title).text(refusal.message.clone());
+    let who = if refusal.limit.contains("visitor") {
+        "this visitor"
+    } else {
+        "your tunnel"
+    };
+    let mut page = Page::new(status, title)
+        .text(refusal.message.clone())
+        .why(format!(
+            "rate limit for {who} ({}): {}",
+            refusal.limit, refusal.message
+        ));
     if let Some(secs) = refusal.retry_secs() {
         page = page.text(format!("Try again in {secs} s. (limit: {})", refusal.limit));
     }
@@ -225,6 +271,9 @@ pub fn blocked(until_utc: &str, reason: &str) -> Page {
     Page::new(StatusCode::FORBIDDEN, "Blocked")
         .text(format!("Your IP address is blocked until {until_utc}."))
         .text(format!("Reason: {reason}"))
+        .why(format!(
+            "this visitor's IP is blocked on this server until {until_utc} ({reason})"
+        ))
 }
 
 /// A TLS-passthrough tunnel reached through burrow's own TLS (a Host header
@@ -233,6 +282,7 @@ pub fn misdirected(host: &str) -> Page {
     Page::new(StatusCode::MISDIRECTED_REQUEST, "Misdirected request").text(format!(
         "{host} serves its own TLS certificate; connect to it with that name in TLS (SNI)."
     ))
+    .why("tls=passthrough: the request came through burrow's TLS under another name, so it was not relayed")
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use crate::limits::http::Slot;
 use crate::limits::{Activity, Refusal};
 use crate::registry::{OpenError, Tunnel};
 use crate::relay::{self, RelayLimits};
+use crate::request_log::{Answered, Event, Seen};
 use crate::ssh::options::{ProxyHeader, Tls, TunnelOptions};
 use crate::stats::OwnedGauge;
 use crate::subdomain::{self, Route};
@@ -85,41 +86,103 @@ async fn route(
         Route::Foreign => pages::foreign_host(&app.config.domain).render(req.headers()),
         Route::Malformed => pages::not_found(&host).render(req.headers()),
         Route::Tunnel(name) => match app.registry.get_or_wait(&name).await {
-            Some(tunnel) => {
-                let local = req
-                    .extensions()
-                    .get::<super::LocalAddr>()
-                    .and_then(|l| l.0)
-                    .unwrap_or(app.addrs.https);
-                let visitor = Visitor {
-                    addr: app.trusted.visitor(req.headers(), peer),
-                    local,
-                    host: &host,
-                    scheme,
-                };
-                if let Some(block) = app.ip_guard.blocked(visitor.addr.ip()) {
-                    return Ok(
-                        pages::blocked(&block.until_utc(), &block.reason).render(req.headers())
-                    );
-                }
-                match http_client(&app, tunnel, &name).await {
-                    Some((tunnel, options)) => {
-                        let response = tunnel_request(&app, &tunnel, &options, req, &visitor).await;
-                        if response.status().is_server_error() {
-                            tunnel
-                                .traffic
-                                .errors
-                                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        response
-                    }
-                    None => pages::misdirected(&host).render(req.headers()),
-                }
-            }
+            Some(tunnel) => serve_tunnel(&app, tunnel, &name, req, peer, &host, scheme).await,
             None => pages::not_found(&host).render(req.headers()),
         },
     };
     Ok(response)
+}
+
+/// A request for a live tunnel `name` (`picked` from its clients). The
+/// response goes into the request log of the client that served it once
+/// its body has ended.
+async fn serve_tunnel(
+    app: &Arc<App>,
+    picked: Arc<Tunnel>,
+    name: &str,
+    mut req: Request<Incoming>,
+    peer: SocketAddr,
+    host: &str,
+    scheme: Scheme,
+) -> Response<Body> {
+    let local = req
+        .extensions()
+        .get::<super::LocalAddr>()
+        .and_then(|l| l.0)
+        .unwrap_or(app.addrs.https);
+    let visitor = Visitor {
+        addr: app.trusted.visitor(req.headers(), peer),
+        local,
+        host,
+        scheme,
+    };
+    let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let seen = Seen::new(req.method().as_str(), path, visitor.addr.ip(), host);
+    req.extensions_mut().insert(seen.clone());
+    if let Some(block) = app.ip_guard.blocked(visitor.addr.ip()) {
+        let page = pages::blocked(&block.until_utc(), &block.reason).render(req.headers());
+        return log_when_done(app, &picked, seen, page);
+    }
+    let Some((tunnel, options)) = http_client(app, Arc::clone(&picked), name).await else {
+        let page = pages::misdirected(host).render(req.headers());
+        return log_when_done(app, &picked, seen, page);
+    };
+    let response = tunnel_request(app, &tunnel, &options, req, &visitor).await;
+    if response.status().is_server_error() {
+        tunnel
+            .traffic
+            .errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+    log_when_done(app, &tunnel, seen, response)
+}
+
+/// Writes the request's log line (and its access-log line) when the
+/// response body ends, with why it was cut if it was. A 101 is left to
+/// the WebSocket's own open and close lines.
+fn log_when_done(
+    app: &App,
+    tunnel: &Tunnel,
+    seen: Seen,
+    response: Response<Body>,
+) -> Response<Body> {
+    let status = response.status();
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return response;
+    }
+    let answered = response.extensions().get::<Answered>().cloned();
+    // HEAD, 204 and 304 have no body to finish.
+    let bodyless =
+        seen.is_head() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let client = Arc::clone(&tunnel.client);
+    let access_log = app.config.access_log;
+    response.map(move |body| {
+        MeteredBody::new(body)
+            .on_end(move |ended| {
+                let sent = pages::human_bytes(ended.bytes);
+                let why = match (answered.as_ref(), ended.error) {
+                    (Some(answered), _) => answered.0.clone(),
+                    (None, Some(error)) => Some(format!("response cut off after {sent}: {error}")),
+                    (None, None) if !ended.complete && !bodyless => Some(format!(
+                        "the visitor went away after {sent}, before the response ended"
+                    )),
+                    (None, None) => None,
+                };
+                let duration = seen.elapsed();
+                let event = Event::Request {
+                    seen,
+                    status: status.as_u16(),
+                    bytes: ended.bytes,
+                    duration,
+                    why,
+                };
+                if access_log {
+                    event.trace();
+                }
+                client.log(event, answered.is_some());
+            })
+            .boxed_unsync()
+    })
 }
 
 /// A client of `name` that serves HTTP: `picked` unless it passes TLS
@@ -264,6 +327,7 @@ async fn proxy(
     let too_large = Arc::new(AtomicBool::new(false));
 
     let upgrade = ws_slot.is_some().then(|| hyper::upgrade::on(&mut req));
+    let seen = req.extensions().get::<Seen>().cloned();
     let origin = req.headers().get(header::ORIGIN).cloned();
     let req = to_origin_request(
         req,
@@ -296,14 +360,20 @@ async fn proxy(
         Err(SendError::Open(err)) => {
             tracing::debug!(subdomain = %tunnel.subdomain, error = ?err, "channel open failed");
             let hint = format!("the client's -R {} forward", tunnel.bind_port);
-            return pages::local_app_down(host, &hint).render(&visitor_headers);
+            let said = match &err {
+                OpenError::Refused(why) if !why.is_empty() => why.as_str(),
+                OpenError::Refused(_) => "refused",
+                OpenError::Gone => "the SSH connection is gone",
+                OpenError::Timeout => "no answer",
+            };
+            return pages::local_app_down(host, &hint, said).render(&visitor_headers);
         }
         Err(SendError::Failed(_)) if too_large.load(std::sync::atomic::Ordering::Relaxed) => {
             return pages::too_large(limits.max_body_size).render(&visitor_headers);
         }
         Err(SendError::Failed(err)) => {
             tracing::debug!(subdomain = %tunnel.subdomain, error = %err, "local app gave no response");
-            return pages::local_app_failed(host).render(&visitor_headers);
+            return pages::local_app_failed(host, &err.to_string()).render(&visitor_headers);
         }
     };
     if limits.max_body_size > 0
@@ -314,11 +384,17 @@ async fn proxy(
 
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     if let (true, Some(visitor_upgrade), Some(ws_slot)) = (switching, upgrade, ws_slot) {
+        let log = seen.map(|seen| WebSocketLog {
+            seen,
+            client: Arc::clone(&tunnel.client),
+            access_log: app.config.access_log,
+        });
         relay_upgrade(
             app,
             visitor_upgrade,
             hyper::upgrade::on(&mut response),
             ws_slot,
+            log,
         );
     }
     strip_hop_by_hop(response.headers_mut(), switching);
@@ -593,6 +669,40 @@ fn strip_burrow_cookies(headers: &mut HeaderMap) {
     }
 }
 
+/// Where a WebSocket's open and close lines go.
+struct WebSocketLog {
+    seen: Seen,
+    client: Arc<crate::registry::Conn>,
+    access_log: bool,
+}
+
+impl WebSocketLog {
+    fn record(&self, event: Event) {
+        if self.access_log {
+            event.trace();
+        }
+        self.client.log(event, false);
+    }
+
+    fn opened(&self) {
+        self.record(Event::WebSocketOpen {
+            seen: self.seen.clone(),
+        });
+    }
+
+    fn closed(self, moved: &relay::Moved, why: Option<String>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let duration = self.seen.elapsed();
+        self.record(Event::WebSocketClose {
+            seen: self.seen.clone(),
+            duration,
+            bytes_in: moved.a_to_b.load(Relaxed),
+            bytes_out: moved.b_to_a.load(Relaxed),
+            why,
+        });
+    }
+}
+
 /// After a 101, relays raw bytes between the visitor and the local app,
 /// holding the WebSocket slot and gauge until the relay ends.
 fn relay_upgrade(
@@ -600,6 +710,7 @@ fn relay_upgrade(
     visitor: hyper::upgrade::OnUpgrade,
     origin: hyper::upgrade::OnUpgrade,
     slot: Slot,
+    log: Option<WebSocketLog>,
 ) {
     let gauge = OwnedGauge::new(app, |s| &s.active_websockets);
     let limits = RelayLimits {
@@ -617,8 +728,21 @@ fn relay_upgrade(
                 return;
             }
         };
-        let end = relay::relay(TokioIo::new(visitor), TokioIo::new(origin), &limits).await;
+        if let Some(log) = &log {
+            log.opened();
+        }
+        let moved = relay::Moved::default();
+        let end =
+            relay::relay_counted(TokioIo::new(visitor), TokioIo::new(origin), &limits, &moved)
+                .await;
         tracing::debug!(end = %end.describe(&limits), "upgraded connection ended");
+        if let Some(log) = log {
+            // Only a limit is burrow's doing; a visitor or app that hangs
+            // up, politely or not, is not.
+            let cut = matches!(end, relay::RelayEnd::TooManyBytes | relay::RelayEnd::Idle);
+            let why = cut.then(|| format!("WebSocket {}", end.describe(&limits)));
+            log.closed(&moved, why);
+        }
     });
 }
 

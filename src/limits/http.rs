@@ -141,7 +141,8 @@ impl Drop for Slot {
     }
 }
 
-fn bucket_quota(rate: Rate, burst: u32) -> Option<Quota> {
+/// A token bucket of `rate` and `burst`; `None` when the rate is unlimited.
+pub fn bucket_quota(rate: Rate, burst: u32) -> Option<Quota> {
     if rate.is_unlimited() {
         return None;
     }

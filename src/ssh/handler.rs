@@ -844,10 +844,13 @@ impl Handler for ClientHandler {
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
         }
-        // Keep only the id: input comes through `data`, and an unread
-        // `Channel` would eventually block the whole connection.
+        // Keep the id and the write half (for the request log): input comes
+        // through `data`, and an unread read half would eventually block the
+        // whole connection, so it is dropped here.
         self.session = Some(channel.id());
         self.conn.set_session(Some(channel.id()));
+        let (_input, output) = channel.split();
+        self.conn.start_log(output, &self.app.config.limits);
         reply.accept().await;
         Ok(())
     }
@@ -886,6 +889,7 @@ impl Handler for ClientHandler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.pty = true;
+        self.conn.log_in_colour();
         session.channel_success(channel)
     }
 
