@@ -72,18 +72,19 @@
       Object.assign(state, { stats, tunnels, bans, history, fetchedAt: Date.now() });
       state.refreshes++;
       render();
-      setStatus(true, "Live · updated " + clock(Date.now()) + " UTC");
+      setStatus(true, "Live", " · updated " + clock(Date.now()) + " UTC");
     } catch (err) {
-      setStatus(false, "Cannot reach burrow, retrying · " + err.message);
+      setStatus(false, "Cannot reach burrow, retrying", " · " + err.message);
     } finally {
       setTimeout(refresh, POLL_MS);
     }
   }
 
-  function setStatus(live, text) {
+  function setStatus(live, text, detail) {
     const status = $("status");
     status.className = "status " + (live ? "live" : "down");
-    $("status-text").textContent = text;
+    // The detail gives way on narrow screens.
+    $("status-text").replaceChildren(text, el("span", "detail", detail));
   }
 
   // ---- rendering ----------------------------------------------------------
@@ -98,31 +99,37 @@
     document.body.dataset.refreshes = String(state.refreshes);
   }
 
-  // Buckets within the last hour, each with its per-minute rates. The bucket
-  // in progress is drawn "so far": its count over a whole interval, so it
-  // grows towards its final value instead of spiking on a short span.
+  // Buckets within the last hour. `all` holds their counts (for the cards);
+  // `points` what the charts draw, as per-minute rates. The bucket in
+  // progress is drawn once it covers half an interval (a rate over a few
+  // seconds would dip or spike), or when it is all there is.
   function seriesOf(history) {
-    if (!history) return { points: [], now: Date.now(), interval: 10 };
+    if (!history) return { all: [], points: [], now: Date.now(), interval: 10 };
     const interval = history.interval_secs || 10;
-    const perMinute = 60 / interval;
     const from = history.now - WINDOW_MS;
-    const points = history.samples.concat([history.current])
-      .filter((s) => s.end > from)
-      .map((s) => ({
-        t: s.end,
-        requests: s.requests * perMinute,
-        errors: s.errors * perMinute,
-        rawRequests: s.requests,
-        rawErrors: s.errors,
-      }));
-    return { points, now: history.now, interval };
+    const bucket = (s, secs) => ({
+      t: s.end,
+      requests: s.requests * 60 / secs,
+      errors: s.errors * 60 / secs,
+      rawRequests: s.requests,
+      rawErrors: s.errors,
+    });
+    const done = history.samples.filter((s) => s.end > from);
+    const current = history.current;
+    const elapsed = (current.end - current.start) / 1000;
+    const points = done.map((s) => bucket(s, Math.max(1, (s.end - s.start) / 1000)));
+    if (elapsed >= interval / 2 || points.length === 0) {
+      points.push(bucket(current, Math.max(elapsed, interval / 2)));
+    }
+    const all = done.concat([current]).map((s) => bucket(s, interval));
+    return { all, points, now: history.now, interval };
   }
 
   function renderCards(series) {
     const s = state.stats;
-    const sum = (key) => series.points.reduce((acc, p) => acc + p[key], 0);
+    const sum = (key) => series.all.reduce((acc, p) => acc + p[key], 0);
     const requests = sum("rawRequests"), errors = sum("rawErrors");
-    const lastMinute = series.points
+    const lastMinute = series.all
       .filter((p) => p.t > series.now - 60000)
       .reduce((acc, p) => acc + p.rawRequests, 0);
 

@@ -130,16 +130,22 @@ impl History {
     }
 }
 
-/// Closes one bucket every interval until shutdown begins.
+/// Closes one bucket of the process's history every interval until
+/// shutdown begins.
 pub async fn sample(app: Arc<App>, shutdown: Shutdown) {
-    let interval = app.history.interval;
+    sample_into(&app.history, || METRICS.totals(), shutdown).await
+}
+
+/// The sampler loop, over any source of totals (tests use their own).
+pub async fn sample_into(history: &History, totals: impl Fn() -> Totals, shutdown: Shutdown) {
+    let interval = history.interval;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     // A stalled runtime yields one longer bucket, not a burst of empty ones.
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = shutdown.requested() => return,
-            _ = tick.tick() => app.history.record(METRICS.totals(), SystemTime::now()),
+            _ = tick.tick() => history.record(totals(), SystemTime::now()),
         }
     }
 }
@@ -184,6 +190,36 @@ mod tests {
         assert_eq!((snap.current.start, snap.current.end), (120_000, 125_000));
         assert_eq!((snap.total_requests, snap.total_errors), (9, 4));
         assert_eq!(snap.interval_secs, 10);
+    }
+
+    /// The sampler closes a bucket per interval and returns once shutdown
+    /// is requested (it is a tracked task: shutdown waits for it).
+    #[tokio::test(start_paused = true)]
+    async fn the_sampler_ticks_and_stops_on_shutdown() {
+        let history = Arc::new(History::new(INTERVAL, 8, totals(0, 0), SystemTime::now()));
+        let count = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let shutdown = Shutdown::new();
+        let task = tokio::spawn({
+            let (history, count, shutdown) = (history.clone(), count.clone(), shutdown.clone());
+            async move {
+                let source = || totals(count.load(std::sync::atomic::Ordering::Relaxed), 0);
+                sample_into(&history, source, shutdown).await
+            }
+        });
+        // Traffic mid-interval, never at the same instant as a tick.
+        tokio::time::sleep(INTERVAL / 2).await;
+        for n in 1..=3 {
+            count.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+            tokio::time::sleep(INTERVAL).await;
+        }
+        let snap = history.snapshot(totals(6, 0), SystemTime::now());
+        let counts: Vec<u64> = snap.samples.iter().map(|s| s.requests).collect();
+        assert_eq!(counts, [1, 2, 3]);
+        shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("the sampler stops on shutdown")
+            .expect("the sampler does not panic");
     }
 
     #[test]
