@@ -70,11 +70,18 @@
       const [stats, tunnels, bans, history] = await Promise.all(
         ["/", "/tunnels", "/bans", "/history"].map(getJson));
       Object.assign(state, { stats, tunnels, bans, history, fetchedAt: Date.now() });
+    } catch (err) {
+      setStatus(false, "Cannot reach burrow, retrying", " · " + err.message);
+      setTimeout(refresh, POLL_MS);
+      return;
+    }
+    try {
       state.refreshes++;
       render();
       setStatus(true, "Live", " · updated " + clock(Date.now()) + " UTC");
     } catch (err) {
-      setStatus(false, "Cannot reach burrow, retrying", " · " + err.message);
+      // Unexpected data: say so rather than look live with stale numbers.
+      setStatus(false, "Cannot show the data, reload the page", " · " + err.message);
     } finally {
       setTimeout(refresh, POLL_MS);
     }
@@ -154,7 +161,7 @@
 
   // A step of 1, 2 or 5 times a power of ten giving about four grid lines.
   function niceScale(max) {
-    if (!(max > 0)) return { top: 1, step: 0.25 };
+    if (!(max > 0)) return { top: 1, step: 0.5 };
     const rough = max / 4;
     const power = Math.pow(10, Math.floor(Math.log10(rough)));
     const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= rough);
