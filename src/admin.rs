@@ -74,6 +74,8 @@ struct TunnelInfo {
     requests: u64,
     bytes_in: u64,
     bytes_out: u64,
+    /// Requests answered with a 5xx.
+    errors: u64,
     open_connections: u32,
     clients: usize,
 }
@@ -109,6 +111,7 @@ fn describe(app: &App, tunnel: &Tunnel) -> TunnelInfo {
         requests: tunnel.traffic.requests.load(Ordering::Relaxed),
         bytes_in: tunnel.traffic.bytes_in.load(Ordering::Relaxed),
         bytes_out: tunnel.traffic.bytes_out.load(Ordering::Relaxed),
+        errors: tunnel.traffic.errors.load(Ordering::Relaxed),
         open_connections: tunnel.gate.open(),
         clients: app.registry.clients(&tunnel.subdomain),
     }

@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod channel;
 pub mod config;
+pub mod dashboard;
 pub mod forwarded;
 pub mod http;
 pub mod keys;
@@ -74,6 +75,8 @@ pub struct App {
     pub shutdown: Shutdown,
     /// The HTTPS certificate (reloadable).
     pub certs: Arc<tls::Certs>,
+    /// The last hour of traffic, for the dashboard.
+    pub history: dashboard::History,
 }
 
 /// The addresses the listeners are bound to (ports may be 0 in the flags).
@@ -287,6 +290,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     let app = Arc::new(App {
         shutdown: shutdown.clone(),
         certs,
+        history: dashboard::History::start_now(),
         tcp: tcp::TcpPorts::new(config.tcp_ports.clone(), config.tcp_bind),
         addrs,
         registry: Arc::new(Registry::new(config.balance)),
@@ -336,6 +340,10 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     ));
     shutdown.spawn(stats::serve(
         listeners.stats,
+        Arc::clone(&app),
+        shutdown.clone(),
+    ));
+    shutdown.spawn(dashboard::history::sample(
         Arc::clone(&app),
         shutdown.clone(),
     ));

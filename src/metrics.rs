@@ -8,7 +8,7 @@
 //! kind, connections, spool usage, blocks), taken from the registry and the
 //! JSON stats so that the two endpoints never disagree.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -35,6 +35,10 @@ pub struct Metrics {
     /// write of every channel.
     bytes_in: Counter,
     bytes_out: Counter,
+    /// Every response and the 5xx among them, as plain totals: the
+    /// dashboard's history samples them without walking the families.
+    responses: AtomicU64,
+    server_errors: AtomicU64,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -43,6 +47,8 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         bytes_in: bytes.get_or_create_owned(&vec![("direction", "in")]),
         bytes_out: bytes.get_or_create_owned(&vec![("direction", "out")]),
         bytes,
+        responses: AtomicU64::new(0),
+        server_errors: AtomicU64::new(0),
         ssh_connections: Family::default(),
         http_requests: Family::default(),
         // 1 ms … ~33 s.
@@ -90,6 +96,10 @@ impl Metrics {
             400..=499 => "4xx",
             _ => "5xx",
         };
+        self.responses.fetch_add(1, Ordering::Relaxed);
+        if class == "5xx" {
+            self.server_errors.fetch_add(1, Ordering::Relaxed);
+        }
         self.http_requests
             .get_or_create(&vec![("code", class)])
             .inc();
@@ -120,6 +130,42 @@ impl Metrics {
     /// Bytes relayed from users' apps.
     pub fn bytes_out(&self, n: u64) {
         self.bytes_out.inc_by(n);
+    }
+
+    /// The running totals the dashboard's history samples.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            requests: self.responses.load(Ordering::Relaxed),
+            errors: self.server_errors.load(Ordering::Relaxed),
+            bytes_in: self.bytes_in.get(),
+            bytes_out: self.bytes_out.get(),
+        }
+    }
+}
+
+/// Totals since the process started (see [`Metrics::totals`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Responses to visitors, whoever answered them.
+    pub requests: u64,
+    /// The 5xx among them (the app failed, or burrow could not reach it).
+    pub errors: u64,
+    /// Bytes relayed to users' apps.
+    pub bytes_in: u64,
+    /// Bytes relayed from users' apps.
+    pub bytes_out: u64,
+}
+
+impl Totals {
+    /// What happened between `earlier` and `self` (counters only grow; a
+    /// saturating difference keeps a reordering from ever going negative).
+    pub fn since(&self, earlier: &Totals) -> Totals {
+        Totals {
+            requests: self.requests.saturating_sub(earlier.requests),
+            errors: self.errors.saturating_sub(earlier.errors),
+            bytes_in: self.bytes_in.saturating_sub(earlier.bytes_in),
+            bytes_out: self.bytes_out.saturating_sub(earlier.bytes_out),
+        }
     }
 }
 

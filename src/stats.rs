@@ -1,5 +1,5 @@
 //! Counters and the loopback-only JSON stats endpoint (which also serves
-//! the [`crate::admin`] API).
+//! the [`crate::admin`] API, `/metrics` and the [`crate::dashboard`]).
 //!
 //! Counters are plain atomics bumped on the hot path; gauges are held by RAII
 //! guards so that an early return or a dropped future can never leave them
@@ -164,6 +164,9 @@ async fn handle(app: &App, req: Request<Incoming>, peer: SocketAddr) -> Response
             .body(pages::full(crate::metrics::render(app)))
             .expect("static response parts are valid");
     }
+    if let Some(response) = crate::dashboard::handle(app, req.method(), req.uri().path()) {
+        return response;
+    }
     if req.uri().path() != "/" {
         return match crate::admin::handle(app, req).await {
             Some(response) => response,
@@ -202,6 +205,7 @@ pub fn json(status: StatusCode, body: String) -> Response<Body> {
         .status(status)
         .header("content-type", "application/json")
         .header("cache-control", "no-store")
+        .header("x-content-type-options", "nosniff")
         .body(pages::full(body))
         .expect("static response parts are valid")
 }
