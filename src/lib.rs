@@ -8,6 +8,7 @@
 //! [`run`] binds every listener first (so a bad flag fails before anything
 //! starts), then serves until the shutdown signal resolves.
 
+pub mod acme;
 pub mod admin;
 pub mod channel;
 pub mod config;
@@ -73,6 +74,11 @@ pub struct App {
     pub shutdown: Shutdown,
     /// The HTTPS certificate (reloadable).
     pub certs: Arc<tls::Certs>,
+    /// Pending ACME HTTP-01 challenges, answered on :80 (empty without ACME).
+    pub challenges: Arc<acme::http01::Challenges>,
+    /// ACME certificates (`--acme-email`); `None` when off or static
+    /// certificates are given.
+    pub acme: Option<Arc<acme::Acme>>,
 }
 
 /// The addresses the listeners are bound to (ports may be 0 in the flags).
@@ -283,9 +289,18 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         stats: stats_addr,
     };
     let shutdown = Shutdown::new();
+    let challenges = Arc::new(acme::http01::Challenges::default());
+    let acme = acme::Acme::new(
+        &config,
+        Arc::clone(&certs),
+        Arc::clone(&challenges),
+        shutdown.clone(),
+    )?;
     let app = Arc::new(App {
         shutdown: shutdown.clone(),
         certs,
+        challenges,
+        acme: acme.clone(),
         tcp: tcp::TcpPorts::new(config.tcp_ports.clone(), config.tcp_bind),
         addrs,
         registry: Arc::new(Registry::new(config.balance)),
@@ -340,6 +355,10 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     ));
     shutdown.spawn(limits::lifetime::run(Arc::clone(&app), shutdown.clone()));
     shutdown.spawn(reload::watch(Arc::clone(&app), hangup, shutdown.clone()));
+    if let Some(acme) = &acme {
+        // After the listeners: HTTP-01 needs :80 answering.
+        acme.start();
+    }
 
     systemd::ready();
 
