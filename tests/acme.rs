@@ -393,6 +393,17 @@ async fn wildcard_via_exec_hook() {
         )),
         "{metrics}"
     );
+    let stats = reqwest::get(format!("http://{}/", burrow.addrs.stats))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert!(
+        stats["certificates"][domain].as_u64().unwrap() > 0,
+        "{stats}"
+    );
     // The files are private.
     use std::os::unix::fs::PermissionsExt;
     let key = dir.path().join("state/acme/certs/main.key");
@@ -736,6 +747,12 @@ async fn issue_single_name_and_rate_limit() {
         format!("[DNSName(\"{name}\")]")
     );
     assert!(certs.named(name).is_some(), "served for its SNI");
+    // Asking again for a name in hand costs no issuance (the burst is 1).
+    let again = acme
+        .issue_single(name)
+        .await
+        .expect("the certificate in hand");
+    assert_eq!(again.cert[0], certified.cert[0]);
     assert!(state.join(format!("acme/certs/{name}.crt")).exists());
     let refused = acme
         .issue_single("other.customer.example.org")

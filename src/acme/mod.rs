@@ -221,6 +221,14 @@ impl Acme {
         if !crate::subdomain::is_valid_domain(&name) || !name.contains('.') {
             bail!("{name:?} is not a DNS name a certificate can be issued for");
         }
+        let managed = Acme::single(&name);
+        // A certificate in hand that is not due yet is simply handed out:
+        // asking again must not cost an issuance.
+        if let Some(issued) = self.current(&managed) {
+            if issued.renew_at() > std::time::SystemTime::now() {
+                return Ok(issued.certified);
+            }
+        }
         if let Err(not_until) = self.limiter.check() {
             let wait = not_until.wait_time_from(governor::clock::Clock::now(
                 &governor::clock::DefaultClock::default(),
@@ -233,7 +241,6 @@ impl Acme {
                 crate::limits::human(wait)
             );
         }
-        let managed = Acme::single(&name);
         let issued = self.obtain(&managed).await?;
         renew::spawn(self, managed);
         Ok(issued.certified)
