@@ -269,6 +269,15 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     let certs = tls::Certs::load(&config)?;
     let tls = tls::server_config(Arc::clone(&certs));
     let keys = keys::Keys::load(config.keys_file.as_deref())?;
+    let shutdown = Shutdown::new();
+    let challenges = Arc::new(acme::http01::Challenges::default());
+    // Reads the TSIG key file, so it belongs with the other reads.
+    let acme = acme::Acme::new(
+        &config,
+        Arc::clone(&certs),
+        Arc::clone(&challenges),
+        shutdown.clone(),
+    )?;
     let hangup = reload::hangup_signal()?;
     let listeners = Listeners::bind(&config).await?;
     raise_open_files_limit();
@@ -288,14 +297,6 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         https: https_addr,
         stats: stats_addr,
     };
-    let shutdown = Shutdown::new();
-    let challenges = Arc::new(acme::http01::Challenges::default());
-    let acme = acme::Acme::new(
-        &config,
-        Arc::clone(&certs),
-        Arc::clone(&challenges),
-        shutdown.clone(),
-    )?;
     let app = Arc::new(App {
         shutdown: shutdown.clone(),
         certs,

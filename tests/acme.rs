@@ -765,3 +765,71 @@ async fn issue_single_name_and_rate_limit() {
     );
     shutdown.trigger();
 }
+
+/// Wrong ACME flag combinations stop burrow at start with one line naming
+/// the flag, before anything is written.
+#[tokio::test]
+async fn bad_acme_flags_are_one_line_errors() {
+    let dir = TempDir::new("acme-flags");
+    let tsig_file = dir.path().join("missing.key");
+    let cases: &[(&[&str], &str)] = &[
+        (&["--acme-dns-hook", "/bin/true"], "--acme-email"),
+        (
+            &[
+                "--acme-email",
+                "ops@example.com",
+                "--acme-rfc2136",
+                "127.0.0.1:53",
+            ],
+            "--acme-rfc2136-tsig",
+        ),
+        (&["--acme-email", "ops"], "--acme-email"),
+        (
+            &[
+                "--acme-email",
+                "ops@example.com",
+                "--acme-directory",
+                "ftp://x",
+            ],
+            "--acme-directory",
+        ),
+        (
+            &["--acme-email", "ops@example.com", "--acme-issue-rate", "0"],
+            "--acme-issue-rate",
+        ),
+    ];
+    for (extra, flag) in cases {
+        let mut args: Vec<String> = cli_base_args(dir.path());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let run = run_burrow_expect_exit(&args).await;
+        assert_eq!(run.status.code(), Some(2), "{extra:?}: {}", run.stderr);
+        assert_eq!(
+            run.stderr.trim().lines().count(),
+            1,
+            "{extra:?}: {}",
+            run.stderr
+        );
+        assert!(run.stderr.contains(flag), "{extra:?}: {}", run.stderr);
+    }
+    // A TSIG key file that cannot be read: refused at start, no host key.
+    let mut args: Vec<String> = cli_base_args(dir.path());
+    let tsig = format!("@{}", tsig_file.display());
+    args.extend(
+        [
+            "--acme-email",
+            "ops@example.com",
+            "--acme-rfc2136",
+            "127.0.0.1:53",
+            "--acme-rfc2136-tsig",
+            &tsig,
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let run = run_burrow_expect_exit(&args).await;
+    assert!(!run.status.success());
+    assert!(run.stderr.contains("--acme-rfc2136-tsig"), "{}", run.stderr);
+    assert!(!dir.path().join("host_key").exists());
+}

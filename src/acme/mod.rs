@@ -315,37 +315,7 @@ impl Acme {
             true => ChallengeType::Dns01,
             false => ChallengeType::Http01,
         };
-        let mut pending = 0;
-        let mut authorizations = order.authorizations();
-        while let Some(authz) = authorizations.next().await {
-            let mut authz = authz.context("authorization")?;
-            match authz.status {
-                AuthorizationStatus::Pending => {}
-                AuthorizationStatus::Valid => continue,
-                status => bail!("authorization for {:?} is {status:?}", authz.identifier()),
-            }
-            let challenge = authz
-                .challenge(kind.clone())
-                .ok_or_else(|| anyhow!("the CA offers no {kind:?} challenge"))?;
-            let key_auth = challenge.key_authorization();
-            match kind {
-                ChallengeType::Dns01 => {
-                    let Identifier::Dns(name) = challenge.identifier().identifier else {
-                        bail!("not a DNS identifier");
-                    };
-                    let fqdn = format!("_acme-challenge.{name}");
-                    let value = key_auth.dns_value();
-                    let provider = self.dns.as_ref().context("no DNS-01 provider")?;
-                    provider.set(&fqdn, &value).await?;
-                    published.txt.push((fqdn, value));
-                }
-                _ => {
-                    self.challenges.insert(&challenge.token, key_auth.as_str());
-                    published.tokens.push(challenge.token.clone());
-                }
-            }
-            pending += 1;
-        }
+        let pending = self.publish_all(order, &kind, published).await?;
         if pending > 0 && managed.dns01 && !self.args.acme_dns_propagation.is_zero() {
             tokio::time::sleep(self.args.acme_dns_propagation).await;
         }
@@ -364,6 +334,46 @@ impl Acme {
             Ok(status) => Err(anyhow!("order is {status:?}: {}", order_problem(order))),
             Err(err) => Err(anyhow!(err).context("validation")),
         }
+    }
+
+    /// Publishes the response of every pending authorization; returns how
+    /// many there were. What was published is noted in `published` as it
+    /// goes, so a failure half-way still gets everything withdrawn.
+    async fn publish_all(
+        &self,
+        order: &mut instant_acme::Order,
+        kind: &ChallengeType,
+        published: &mut Published,
+    ) -> Result<usize> {
+        let mut pending = 0;
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.context("authorization")?;
+            match authz.status {
+                AuthorizationStatus::Pending => {}
+                AuthorizationStatus::Valid => continue,
+                status => bail!("authorization for {:?} is {status:?}", authz.identifier()),
+            }
+            let challenge = authz
+                .challenge(kind.clone())
+                .ok_or_else(|| anyhow!("the CA offers no {kind:?} challenge"))?;
+            let key_auth = challenge.key_authorization();
+            if *kind == ChallengeType::Dns01 {
+                let Identifier::Dns(name) = challenge.identifier().identifier else {
+                    bail!("not a DNS identifier");
+                };
+                let fqdn = format!("_acme-challenge.{name}");
+                let value = key_auth.dns_value();
+                let provider = self.dns.as_ref().context("no DNS-01 provider")?;
+                provider.set(&fqdn, &value).await?;
+                published.txt.push((fqdn, value));
+            } else {
+                self.challenges.insert(&challenge.token, key_auth.as_str());
+                published.tokens.push(challenge.token.clone());
+            }
+            pending += 1;
+        }
+        Ok(pending)
     }
 
     /// Removes published challenge responses; failures are logged only.
