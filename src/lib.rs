@@ -320,6 +320,12 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         ssh_config: ssh::russh_config(host_key),
     });
 
+    if let Some(acme) = &acme {
+        // Before the ready line, so a stored certificate is served from the
+        // first handshake on. HTTP-01 works already: :80 is bound (and its
+        // accept loop starts right below, before any order gets that far).
+        acme.start();
+    }
     // One machine-readable line for scripts and tests (ports may be 0 in
     // the flags), then the command a user would type.
     println!(
@@ -356,10 +362,6 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     ));
     shutdown.spawn(limits::lifetime::run(Arc::clone(&app), shutdown.clone()));
     shutdown.spawn(reload::watch(Arc::clone(&app), hangup, shutdown.clone()));
-    if let Some(acme) = &acme {
-        // After the listeners: HTTP-01 needs :80 answering.
-        acme.start();
-    }
 
     systemd::ready();
 

@@ -316,7 +316,9 @@ async fn request(tls: &mut Tls, host: &str) -> String {
 
 /// A hook script that logs its calls and sets/clears the TXT record in
 /// challtestsrv.
-fn hook_script(dir: &Path, dns_mgmt: u16) -> (PathBuf, PathBuf) {
+/// After each `set`, it logs how many TXT values the DNS server answers
+/// for the name (`visible N`), so the test sees them coexist.
+fn hook_script(dir: &Path, dns_mgmt: u16, dns: u16) -> (PathBuf, PathBuf) {
     let log = dir.join("hook.log");
     let script = dir.join("hook.sh");
     let text = format!(
@@ -324,7 +326,8 @@ fn hook_script(dir: &Path, dns_mgmt: u16) -> (PathBuf, PathBuf) {
 set -e
 echo "$1 $2 $3" >> '{log}'
 case "$1" in
-  set) curl -sf -X POST -d "{{\"host\":\"$2.\",\"value\":\"$3\"}}" http://127.0.0.1:{dns_mgmt}/set-txt ;;
+  set) curl -sf -X POST -d "{{\"host\":\"$2.\",\"value\":\"$3\"}}" http://127.0.0.1:{dns_mgmt}/set-txt
+       echo "visible $(kdig @127.0.0.1 -p {dns} +short TXT "$2" | grep -c .)" >> '{log}' ;;
   unset) curl -sf -X POST -d "{{\"host\":\"$2.\"}}" http://127.0.0.1:{dns_mgmt}/clear-txt ;;
   *) echo "unknown action $1" >&2; exit 2 ;;
 esac
@@ -344,7 +347,7 @@ async fn wildcard_via_exec_hook() {
     let dns = pebble.start_challtestsrv().await;
     pebble.start(dns).await;
     let dir = TempDir::new("acme-hook");
-    let (script, log) = hook_script(dir.path(), pebble.dns_mgmt);
+    let (script, log) = hook_script(dir.path(), pebble.dns_mgmt, pebble.dns);
     let domain = "hook.example.com";
     let ca = pebble.https_ca.display().to_string();
     let burrow = AcmeBurrow::start(
@@ -367,25 +370,18 @@ async fn wildcard_via_exec_hook() {
     for sni in [domain.to_string(), format!("x.{domain}")] {
         wait_verified(burrow.addrs.https, &sni, &root).await;
     }
-    // Both values published before either is withdrawn, then both withdrawn.
+    // Both values published before either is withdrawn (the DNS server
+    // answers both at once), then both withdrawn.
     let calls = std::fs::read_to_string(&log).unwrap();
     let lines: Vec<&str> = calls.lines().collect();
-    assert_eq!(lines.len(), 4, "hook calls: {calls}");
+    assert_eq!(lines.len(), 6, "hook calls: {calls}");
     let fqdn = format!("_acme-challenge.{domain}");
-    assert!(
-        lines[..2]
-            .iter()
-            .all(|l| l.starts_with(&format!("set {fqdn} "))),
-        "{calls}"
-    );
-    assert!(
-        lines[2..]
-            .iter()
-            .all(|l| l.starts_with(&format!("unset {fqdn} "))),
-        "{calls}"
-    );
+    for (i, want) in [(0, "set"), (2, "set"), (4, "unset"), (5, "unset")] {
+        assert!(lines[i].starts_with(&format!("{want} {fqdn} ")), "{calls}");
+    }
+    assert_eq!((lines[1], lines[3]), ("visible 1", "visible 2"), "{calls}");
     let value = |l: &str| l.rsplit(' ').next().unwrap().to_string();
-    assert_ne!(value(lines[0]), value(lines[1]), "two distinct TXT values");
+    assert_ne!(value(lines[0]), value(lines[2]), "two distinct TXT values");
     let metrics = burrow.metrics().await;
     assert!(
         metrics.contains(&format!(
@@ -832,4 +828,39 @@ async fn bad_acme_flags_are_one_line_errors() {
     assert!(!run.status.success());
     assert!(run.stderr.contains("--acme-rfc2136-tsig"), "{}", run.stderr);
     assert!(!dir.path().join("host_key").exists());
+}
+
+/// `--tls-cert/--tls-key` win over the ACME flags: the static certificate
+/// is served and the log says ACME is ignored.
+#[tokio::test]
+async fn static_certificate_wins_over_acme() {
+    let dir = TempDir::new("acme-static");
+    let cert = TestCert::generate();
+    let (crt, key) = cert.write_to(dir.path());
+    let burrow = AcmeBurrow::start(
+        dir.path(),
+        "localhost",
+        free_port(),
+        &[
+            "--tls-cert",
+            &crt.display().to_string(),
+            "--tls-key",
+            &key.display().to_string(),
+            "--acme-directory",
+            "https://127.0.0.1:1/dir",
+        ],
+    )
+    .await;
+    burrow
+        .stderr
+        .wait_contains("the ACME flags are ignored", Duration::from_secs(10))
+        .await
+        .unwrap();
+    let tcp = TcpStream::connect(burrow.addrs.https).await.unwrap();
+    let config = Arc::new(tls_config_pinned(&cert.cert_der, Alpn::Http1));
+    tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .expect("the static certificate is served");
+    assert!(!dir.path().join("state/acme").exists(), "ACME stayed off");
 }
