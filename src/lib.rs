@@ -8,6 +8,7 @@
 //! [`run`] binds every listener first (so a bad flag fails before anything
 //! starts), then serves until the shutdown signal resolves.
 
+pub mod acme;
 pub mod admin;
 pub mod channel;
 pub mod config;
@@ -77,6 +78,11 @@ pub struct App {
     pub certs: Arc<tls::Certs>,
     /// The last hour of traffic, for the dashboard.
     pub history: dashboard::History,
+    /// Pending ACME HTTP-01 challenges, answered on :80 (empty without ACME).
+    pub challenges: Arc<acme::http01::Challenges>,
+    /// ACME certificates (`--acme-email`); `None` when off or static
+    /// certificates are given.
+    pub acme: Option<Arc<acme::Acme>>,
 }
 
 /// The addresses the listeners are bound to (ports may be 0 in the flags).
@@ -267,6 +273,15 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     let certs = tls::Certs::load(&config)?;
     let tls = tls::server_config(Arc::clone(&certs));
     let keys = keys::Keys::load(config.keys_file.as_deref())?;
+    let shutdown = Shutdown::new();
+    let challenges = Arc::new(acme::http01::Challenges::default());
+    // Reads the TSIG key file, so it belongs with the other reads.
+    let acme = acme::Acme::new(
+        &config,
+        Arc::clone(&certs),
+        Arc::clone(&challenges),
+        shutdown.clone(),
+    )?;
     let hangup = reload::hangup_signal()?;
     let listeners = Listeners::bind(&config).await?;
     raise_open_files_limit();
@@ -286,11 +301,12 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         https: https_addr,
         stats: stats_addr,
     };
-    let shutdown = Shutdown::new();
     let app = Arc::new(App {
         shutdown: shutdown.clone(),
         certs,
         history: dashboard::History::start_now(),
+        challenges,
+        acme: acme.clone(),
         tcp: tcp::TcpPorts::new(config.tcp_ports.clone(), config.tcp_bind),
         addrs,
         registry: Arc::new(Registry::new(config.balance)),
@@ -309,6 +325,12 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         ssh_config: ssh::russh_config(host_key),
     });
 
+    if let Some(acme) = &acme {
+        // Before the ready line, so a stored certificate is served from the
+        // first handshake on. HTTP-01 works already: :80 is bound (and its
+        // accept loop starts right below, before any order gets that far).
+        acme.start();
+    }
     // One machine-readable line for scripts and tests (ports may be 0 in
     // the flags), then the command a user would type.
     println!(

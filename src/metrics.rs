@@ -295,6 +295,18 @@ fn register_state(registry: &mut Registry, app: &App) {
                 .num_alive_tasks() as u64,
         ),
     );
+    let expiry: Family<Vec<(&'static str, String)>, prometheus_client::metrics::gauge::Gauge> =
+        Family::default();
+    for (name, unix) in app.acme.as_ref().map(|a| a.expiries()).unwrap_or_default() {
+        expiry
+            .get_or_create(&vec![("name", name)])
+            .set(i64::try_from(unix).unwrap_or(i64::MAX));
+    }
+    registry.register(
+        "certificate_expiry_timestamp_seconds",
+        "Expiry (unix seconds) of each ACME certificate in hand, by its first name",
+        expiry,
+    );
     registry.register(
         "streams_cut",
         "Streams cut because a spool limit was reached",

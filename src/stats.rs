@@ -91,6 +91,10 @@ struct Snapshot {
     /// With `subdomains=true`: how many clients serve each name.
     #[serde(skip_serializing_if = "Option::is_none")]
     clients: Option<std::collections::BTreeMap<String, usize>>,
+    /// With ACME on: each certificate in hand (by its first name) and its
+    /// expiry in unix seconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    certificates: Option<std::collections::BTreeMap<String, u64>>,
 }
 
 fn snapshot(app: &App, with_subdomains: bool) -> Snapshot {
@@ -120,6 +124,10 @@ fn snapshot(app: &App, with_subdomains: bool) -> Snapshot {
         active_names: app.registry.names_len() as u64,
         subdomains: with_subdomains.then(|| app.registry.names()),
         clients: with_subdomains.then(|| app.registry.client_counts()),
+        certificates: app
+            .acme
+            .as_ref()
+            .map(|acme| acme.expiries().into_iter().collect()),
     }
 }
 

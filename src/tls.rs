@@ -7,7 +7,13 @@
 //! certbot renewals do) is served to the next handshake without touching
 //! open connections. A new pair that does not load, or whose key does not
 //! match, is rejected and the old one stays.
+//!
+//! ACME (see [`crate::acme`]) swaps its certificates in through the same
+//! resolver: [`Certs::swap`] replaces the default one (the wildcard), and
+//! [`Certs::set_named`] serves a certificate for one exact SNI name (the
+//! apex alone, or a custom domain), falling back to the default otherwise.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
@@ -29,12 +35,21 @@ pub struct Certs {
     files: Option<(PathBuf, PathBuf)>,
     /// Modification time and size of both files at the last load.
     stamp: Mutex<Option<Stamp>>,
+    /// Certificates for exact SNI names (lower case), served before the
+    /// default one.
+    named: RwLock<HashMap<String, Arc<CertifiedKey>>>,
 }
 
 type Stamp = [(SystemTime, u64); 2];
 
 impl ResolvesServerCert for Certs {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = hello.server_name() {
+            let named = self.named.read().expect("certs lock");
+            if let Some(certified) = named.get(&name.to_ascii_lowercase()) {
+                return Some(Arc::clone(certified));
+            }
+        }
         Some(Arc::clone(&self.current.read().expect("certs lock")))
     }
 }
@@ -63,6 +78,7 @@ impl Certs {
             current: RwLock::new(Arc::new(certified)),
             files,
             stamp: Mutex::new(stamp),
+            named: RwLock::default(),
         }))
     }
 
@@ -87,6 +103,29 @@ impl Certs {
         let certified = load(cert, key)?;
         *self.current.write().expect("certs lock") = Arc::new(certified);
         Ok(true)
+    }
+
+    /// Serves `certified` as the default certificate from the next
+    /// handshake on (open connections keep theirs).
+    pub fn swap(&self, certified: Arc<CertifiedKey>) {
+        *self.current.write().expect("certs lock") = certified;
+    }
+
+    /// Serves `certified` to handshakes whose SNI is exactly `name`.
+    pub fn set_named(&self, name: &str, certified: Arc<CertifiedKey>) {
+        self.named
+            .write()
+            .expect("certs lock")
+            .insert(name.to_ascii_lowercase(), certified);
+    }
+
+    /// The certificate served for SNI `name` now, if one is set for it.
+    pub fn named(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        self.named
+            .read()
+            .expect("certs lock")
+            .get(&name.to_ascii_lowercase())
+            .cloned()
     }
 
     /// The end-entity certificate served now.
@@ -132,6 +171,18 @@ fn load(cert: &Path, key: &Path) -> Result<CertifiedKey> {
         .with_context(|| format!("--tls-key {}: cannot read a PEM private key", key.display()))?;
     certified(chain, key)
         .context("--tls-cert/--tls-key: certificate and key do not form a usable pair")
+}
+
+/// A PEM chain and PEM key (as ACME hands them out) as a usable pair.
+pub fn certified_from_pem(chain: &str, key: &str) -> Result<CertifiedKey> {
+    let chain = CertificateDer::pem_slice_iter(chain.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("cannot read the PEM certificate chain")?;
+    if chain.is_empty() {
+        bail!("no PEM certificate in the chain");
+    }
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).context("cannot read the PEM key")?;
+    certified(chain, key).context("certificate and key do not form a usable pair")
 }
 
 fn certified(

@@ -5,6 +5,9 @@
 //!
 //! With `--http-mode proxy`, requests for tunnels go to the proxy instead
 //! (over plain HTTP); the apex and `tls=passthrough` tunnels still redirect.
+//!
+//! Before any of that, `/.well-known/acme-challenge/TOKEN` is answered from
+//! the pending ACME HTTP-01 challenges (any host: a custom domain too).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -25,6 +28,9 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: Shutdown) {
     crate::http::serve_plain(listener, limits, shutdown, move |req, peer| {
         let app = Arc::clone(&app);
         async move {
+            if let Some(answer) = app.challenges.respond(req.uri().path()) {
+                return Ok(acme_challenge(answer));
+            }
             if app.config.http_mode == HttpMode::Proxy && is_tunnel(&app, &req).await {
                 return proxy::handle(app, req, peer, Scheme::Http).await;
             }
@@ -32,6 +38,20 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: Shutdown) {
         }
     })
     .await;
+}
+
+/// The key authorization of a pending HTTP-01 challenge, or 404.
+fn acme_challenge(answer: Option<String>) -> Response<Body> {
+    let found = answer.is_some();
+    let mut response = Response::new(pages::full(answer.unwrap_or_default()));
+    if !found {
+        *response.status_mut() = StatusCode::NOT_FOUND;
+    }
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain"),
+    );
+    response
 }
 
 /// The host a plain-HTTP request names: `Host`, else an absolute URI's.

@@ -1,0 +1,483 @@
+//! Certificates from an ACME CA (RFC 8555, Let's Encrypt by default): the
+//! account, orders and their challenges, and where each certificate goes.
+//!
+//! What is managed:
+//! - the **main** certificate: `DOMAIN` + `*.DOMAIN` through DNS-01 when a
+//!   DNS provider is configured ([`dns`]), served as the default
+//!   certificate; without one, `DOMAIN` alone through HTTP-01 ([`http01`],
+//!   answered by the redirector on :80), served for SNI `DOMAIN` only —
+//!   tunnel names keep the self-signed wildcard (a wildcard needs DNS-01);
+//! - **single-name** certificates on demand ([`Acme::issue_single`], for
+//!   custom domains) through HTTP-01, rate-limited.
+//!
+//! Everything is stored under `STATE_DIR/acme/` ([`store`]) and served from
+//! there at start while still valid; [`renew`] keeps each one fresh. A
+//! failing CA never stops the server: issuance runs in background tasks
+//! that log and retry.
+
+pub mod dns;
+pub mod http01;
+pub mod renew;
+pub mod store;
+
+use std::collections::{BTreeMap, HashSet};
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use governor::{DefaultDirectRateLimiter, Quota};
+use instant_acme::{
+    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
+    NewOrder, OrderStatus, RetryPolicy,
+};
+use rustls::sign::CertifiedKey;
+use sha2::Digest;
+
+use crate::config::{AcmeArgs, Config};
+use crate::shutdown::Shutdown;
+use crate::tls::Certs;
+use store::Issued;
+
+/// File stem of the main certificate in the certificate directory.
+const MAIN_FILE: &str = "main";
+
+/// One certificate burrow keeps issued.
+#[derive(Clone, Debug)]
+pub struct Managed {
+    /// File stem in the certificate directory.
+    pub file: String,
+    /// The identifiers ordered (the first one names it in logs/metrics).
+    pub names: Vec<String>,
+    /// DNS-01 (the only way to a wildcard) or HTTP-01.
+    pub dns01: bool,
+    /// Where it is served: `None` as the default certificate, else for
+    /// this exact SNI name.
+    pub sni: Option<String>,
+}
+
+impl Managed {
+    pub fn label(&self) -> &str {
+        &self.names[0]
+    }
+}
+
+/// The ACME handle, shared by the renewal tasks and the proxy.
+pub struct Acme {
+    args: AcmeArgs,
+    domain: String,
+    state_dir: PathBuf,
+    certs: Arc<Certs>,
+    /// HTTP-01 tokens, answered by the redirector.
+    challenges: Arc<http01::Challenges>,
+    dns: Option<dns::Provider>,
+    /// Created (or loaded) on first use, so a CA that is down at start is
+    /// retried like any other failure.
+    account: tokio::sync::Mutex<Option<Account>>,
+    /// `--acme-issue-rate` / `--acme-issue-burst` for on-demand names.
+    limiter: DefaultDirectRateLimiter,
+    /// The certificate in hand per label (metrics, schedule).
+    issued: Mutex<BTreeMap<String, Issued>>,
+    /// Labels that have a renewal task.
+    renewing: Mutex<HashSet<String>>,
+    shutdown: Shutdown,
+}
+
+impl Acme {
+    /// The handle `config` asks for; `None` when ACME is off or static
+    /// certificates win.
+    pub fn new(
+        config: &Config,
+        certs: Arc<Certs>,
+        challenges: Arc<http01::Challenges>,
+        shutdown: Shutdown,
+    ) -> Result<Option<Arc<Acme>>> {
+        if !config.acme.enabled() {
+            return Ok(None);
+        }
+        if config.tls_cert.is_some() {
+            tracing::info!(
+                "--tls-cert/--tls-key given: they are served and the ACME flags are ignored"
+            );
+            return Ok(None);
+        }
+        let dns = dns::Provider::from_args(&config.acme, &config.domain)?;
+        if dns.is_none() {
+            tracing::warn!(domain = %config.domain, "no DNS-01 provider (--acme-dns-hook, --acme-rfc2136): ACME certifies the apex only (HTTP-01 on :80); tunnel names keep the self-signed certificate");
+        }
+        Ok(Some(Arc::new(Acme {
+            limiter: rate_limiter(&config.acme),
+            args: config.acme.clone(),
+            domain: config.domain.clone(),
+            state_dir: config.state_dir.clone(),
+            certs,
+            challenges,
+            dns,
+            account: tokio::sync::Mutex::new(None),
+            issued: Mutex::default(),
+            renewing: Mutex::default(),
+            shutdown,
+        })))
+    }
+
+    /// The main certificate: wildcard with DNS-01, else the apex alone.
+    pub fn main_cert(&self) -> Managed {
+        let apex = self.domain.clone();
+        match self.dns {
+            Some(_) => Managed {
+                file: MAIN_FILE.into(),
+                names: vec![apex.clone(), format!("*.{apex}")],
+                dns01: true,
+                sni: None,
+            },
+            None => Managed {
+                file: MAIN_FILE.into(),
+                names: vec![apex.clone()],
+                dns01: false,
+                sni: Some(apex),
+            },
+        }
+    }
+
+    fn single(name: &str) -> Managed {
+        Managed {
+            file: name.to_string(),
+            names: vec![name.to_string()],
+            dns01: false,
+            sni: Some(name.to_string()),
+        }
+    }
+
+    /// Serves what the state directory holds and starts a renewal task for
+    /// the main certificate and every stored single name.
+    pub fn start(self: &Arc<Self>) {
+        let main = self.main_cert();
+        self.load_stored(&main);
+        renew::spawn(self, main);
+        let dir = store::dir(&self.state_dir);
+        for file in store::stored(&dir) {
+            if file == MAIN_FILE || !crate::subdomain::is_valid_domain(&file) {
+                continue;
+            }
+            let single = Acme::single(&file);
+            self.load_stored(&single);
+            renew::spawn(self, single);
+        }
+    }
+
+    /// Installs the stored certificate of `managed` if it is still valid
+    /// and names what it should.
+    fn load_stored(&self, managed: &Managed) {
+        let dir = store::dir(&self.state_dir);
+        match store::load(&dir, &managed.file) {
+            Ok(Some(issued)) if !issued.covers(&managed.names) => {
+                tracing::info!(
+                    cert = managed.label(),
+                    "stored certificate does not name what is needed now; a new one is ordered"
+                );
+            }
+            Ok(Some(issued)) if issued.not_after <= std::time::SystemTime::now() => {
+                tracing::info!(
+                    cert = managed.label(),
+                    "stored certificate has expired; a new one is ordered"
+                );
+            }
+            Ok(Some(issued)) => {
+                tracing::info!(cert = managed.label(), expires = %humantime::format_rfc3339_seconds(issued.not_after), "serving the stored certificate");
+                self.install(managed, issued);
+            }
+            Ok(None) => {}
+            Err(err) => {
+                tracing::warn!(cert = managed.label(), error = %format!("{err:#}"), "stored certificate ignored");
+            }
+        }
+    }
+
+    /// The certificate in hand for `managed`, if any.
+    pub fn current(&self, managed: &Managed) -> Option<Issued> {
+        self.issued
+            .lock()
+            .expect("issued lock")
+            .get(managed.label())
+            .cloned()
+    }
+
+    /// `(name, expiry as unix seconds)` of every certificate in hand.
+    pub fn expiries(&self) -> Vec<(String, u64)> {
+        let issued = self.issued.lock().expect("issued lock");
+        issued
+            .iter()
+            .map(|(name, i)| (name.clone(), i.expiry_unix()))
+            .collect()
+    }
+
+    /// Gets a certificate for the single name `name` over HTTP-01 (through
+    /// the redirector on :80), stores it, serves it for SNI `name` and
+    /// keeps it renewed. For custom domains: call only for names whose
+    /// ownership is verified. Refused beyond `--acme-issue-rate`.
+    pub async fn issue_single(self: &Arc<Self>, name: &str) -> Result<Arc<CertifiedKey>> {
+        let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+        if !crate::subdomain::is_valid_domain(&name) || !name.contains('.') {
+            bail!("{name:?} is not a DNS name a certificate can be issued for");
+        }
+        let managed = Acme::single(&name);
+        // A certificate in hand that is not due yet is simply handed out:
+        // asking again must not cost an issuance.
+        if let Some(issued) = self.current(&managed) {
+            if issued.renew_at() > std::time::SystemTime::now() {
+                return Ok(issued.certified);
+            }
+        }
+        if let Err(not_until) = self.limiter.check() {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            crate::metrics::METRICS.refused("acme-issue-rate");
+            bail!(
+                "certificate for {name} refused: --acme-issue-rate {} (burst {}) reached; next possible in {}",
+                self.args.acme_issue_rate,
+                self.args.acme_issue_burst,
+                crate::limits::human(wait)
+            );
+        }
+        let issued = self.obtain(&managed).await?;
+        renew::spawn(self, managed);
+        Ok(issued.certified)
+    }
+
+    /// Orders, validates, stores and installs one certificate.
+    pub async fn obtain(&self, managed: &Managed) -> Result<Issued> {
+        let label = managed.label().to_string();
+        let (chain, key) = tokio::time::timeout(self.args.acme_order_timeout, self.order(managed))
+            .await
+            .map_err(|_| {
+                anyhow!(
+                    "no certificate within --acme-order-timeout {}",
+                    crate::limits::human(self.args.acme_order_timeout)
+                )
+            })??;
+        let issued = Issued::from_pem(&chain, &key).context("the CA's certificate")?;
+        store::save(&store::dir(&self.state_dir), &managed.file, &chain, &key)
+            .with_context(|| format!("--state-dir {}", self.state_dir.display()))?;
+        tracing::info!(cert = %label, names = ?issued.names, expires = %humantime::format_rfc3339_seconds(issued.not_after), "certificate issued");
+        self.install(managed, issued.clone());
+        Ok(issued)
+    }
+
+    /// Serves `issued` from the next handshake on.
+    fn install(&self, managed: &Managed, issued: Issued) {
+        match &managed.sni {
+            None => self.certs.swap(Arc::clone(&issued.certified)),
+            Some(name) => self.certs.set_named(name, Arc::clone(&issued.certified)),
+        }
+        self.issued
+            .lock()
+            .expect("issued lock")
+            .insert(managed.label().to_string(), issued);
+    }
+
+    /// The ACME conversation for one certificate: PEM chain and PEM key.
+    async fn order(&self, managed: &Managed) -> Result<(String, String)> {
+        let account = self.account().await?;
+        let identifiers: Vec<Identifier> = managed
+            .names
+            .iter()
+            .map(|n| Identifier::Dns(n.clone()))
+            .collect();
+        let mut order = account
+            .new_order(&NewOrder::new(&identifiers))
+            .await
+            .context("new order")?;
+        let mut published = Published::default();
+        let validated = self.validate(&mut order, managed, &mut published).await;
+        // Always withdrawn, whether validation worked or not.
+        self.withdraw(published).await;
+        validated?;
+        let key = order.finalize().await.context("finalize")?;
+        let chain = order
+            .poll_certificate(&self.retry_policy())
+            .await
+            .context("certificate download")?;
+        Ok((chain, key))
+    }
+
+    /// Publishes every challenge response first (so the DNS-01 values of
+    /// the apex and the wildcard coexist), then asks the CA to check them
+    /// and waits for the order to become ready.
+    async fn validate(
+        &self,
+        order: &mut instant_acme::Order,
+        managed: &Managed,
+        published: &mut Published,
+    ) -> Result<()> {
+        let kind = match managed.dns01 {
+            true => ChallengeType::Dns01,
+            false => ChallengeType::Http01,
+        };
+        let pending = self.publish_all(order, &kind, published).await?;
+        if pending > 0 && managed.dns01 && !self.args.acme_dns_propagation.is_zero() {
+            tokio::time::sleep(self.args.acme_dns_propagation).await;
+        }
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.context("authorization")?;
+            if authz.status != AuthorizationStatus::Pending {
+                continue;
+            }
+            if let Some(mut challenge) = authz.challenge(kind.clone()) {
+                challenge.set_ready().await.context("challenge ready")?;
+            }
+        }
+        match order.poll_ready(&self.retry_policy()).await {
+            Ok(OrderStatus::Ready) => Ok(()),
+            Ok(status) => Err(anyhow!("order is {status:?}: {}", order_problem(order))),
+            Err(err) => Err(anyhow!(err).context("validation")),
+        }
+    }
+
+    /// Publishes the response of every pending authorization; returns how
+    /// many there were. What was published is noted in `published` as it
+    /// goes, so a failure half-way still gets everything withdrawn.
+    async fn publish_all(
+        &self,
+        order: &mut instant_acme::Order,
+        kind: &ChallengeType,
+        published: &mut Published,
+    ) -> Result<usize> {
+        let mut pending = 0;
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.context("authorization")?;
+            match authz.status {
+                AuthorizationStatus::Pending => {}
+                AuthorizationStatus::Valid => continue,
+                status => bail!("authorization for {:?} is {status:?}", authz.identifier()),
+            }
+            let challenge = authz
+                .challenge(kind.clone())
+                .ok_or_else(|| anyhow!("the CA offers no {kind:?} challenge"))?;
+            let key_auth = challenge.key_authorization();
+            if *kind == ChallengeType::Dns01 {
+                let Identifier::Dns(name) = challenge.identifier().identifier else {
+                    bail!("not a DNS identifier");
+                };
+                let fqdn = format!("_acme-challenge.{name}");
+                let value = key_auth.dns_value();
+                let provider = self.dns.as_ref().context("no DNS-01 provider")?;
+                provider.set(&fqdn, &value).await?;
+                published.txt.push((fqdn, value));
+            } else {
+                self.challenges.insert(&challenge.token, key_auth.as_str());
+                published.tokens.push(challenge.token.clone());
+            }
+            pending += 1;
+        }
+        Ok(pending)
+    }
+
+    /// Removes published challenge responses; failures are logged only.
+    async fn withdraw(&self, published: Published) {
+        for token in &published.tokens {
+            self.challenges.remove(token);
+        }
+        let Some(provider) = &self.dns else {
+            return;
+        };
+        for (fqdn, value) in &published.txt {
+            if let Err(err) = provider.unset(fqdn, value).await {
+                tracing::warn!(error = %format!("{err:#}"), "could not remove a DNS-01 record");
+            }
+        }
+    }
+
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy::new()
+            .initial_delay(Duration::from_millis(250))
+            .backoff(2.0)
+            .timeout(self.args.acme_order_timeout)
+    }
+
+    /// The account, created (and stored) or loaded on first use.
+    async fn account(&self) -> Result<Account> {
+        let mut slot = self.account.lock().await;
+        if let Some(account) = &*slot {
+            return Ok(account.clone());
+        }
+        let account = self.load_or_create_account().await?;
+        *slot = Some(account.clone());
+        Ok(account)
+    }
+
+    async fn load_or_create_account(&self) -> Result<Account> {
+        let directory = self.args.directory_url().to_string();
+        // One account per directory: a staging account means nothing to
+        // production.
+        let digest = sha2::Sha256::digest(directory.as_bytes());
+        let tag: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
+        let dir = self.state_dir.join("acme");
+        let path = dir.join(format!("account-{tag}.json"));
+        if path.exists() {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let credentials: AccountCredentials = serde_json::from_str(&text)
+                .with_context(|| format!("{} is corrupt", path.display()))?;
+            return self
+                .builder()?
+                .from_credentials(credentials)
+                .await
+                .with_context(|| format!("ACME directory {directory}"));
+        }
+        let contact = format!("mailto:{}", self.args.acme_email.as_deref().unwrap_or(""));
+        let (account, credentials) = self
+            .builder()?
+            .create(
+                &NewAccount {
+                    contact: &[&contact],
+                    terms_of_service_agreed: true,
+                    only_return_existing: false,
+                },
+                directory.clone(),
+                None,
+            )
+            .await
+            .with_context(|| format!("ACME directory {directory}: creating the account"))?;
+        store::create_private_dir(&dir)?;
+        crate::write_private_file(&path, serde_json::to_string(&credentials)?.as_bytes())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        tracing::info!(directory, id = account.id(), "ACME account created");
+        Ok(account)
+    }
+
+    fn builder(&self) -> Result<instant_acme::AccountBuilder> {
+        match &self.args.acme_ca_root {
+            Some(root) => instant_acme::Account::builder_with_root(root)
+                .with_context(|| format!("--acme-ca-root {}", root.display())),
+            None => instant_acme::Account::builder().context("ACME HTTPS client"),
+        }
+    }
+}
+
+/// Challenge responses published for one order, to withdraw afterwards.
+#[derive(Default)]
+struct Published {
+    txt: Vec<(String, String)>,
+    tokens: Vec<String>,
+}
+
+/// What the CA said went wrong with an order, if it said.
+fn order_problem(order: &mut instant_acme::Order) -> String {
+    match &order.state().error {
+        Some(problem) => problem.to_string(),
+        None => "no detail from the CA".into(),
+    }
+}
+
+fn rate_limiter(args: &AcmeArgs) -> DefaultDirectRateLimiter {
+    let period = Duration::from_secs_f64(1.0 / args.acme_issue_rate.per_second.max(1e-9));
+    let burst = NonZeroU32::new(args.acme_issue_burst).unwrap_or(NonZeroU32::MIN);
+    let quota = Quota::with_period(period)
+        .unwrap_or_else(|| Quota::per_hour(NonZeroU32::MIN))
+        .allow_burst(burst);
+    governor::RateLimiter::direct(quota)
+}
