@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod channel;
 pub mod config;
+pub mod custom;
 pub mod forwarded;
 pub mod http;
 pub mod keys;
@@ -73,6 +74,8 @@ pub struct App {
     pub shutdown: Shutdown,
     /// The HTTPS certificate (reloadable).
     pub certs: Arc<tls::Certs>,
+    /// Verification and certificates of custom domains.
+    pub custom: custom::CustomDomains,
 }
 
 /// The addresses the listeners are bound to (ports may be 0 in the flags).
@@ -114,8 +117,12 @@ impl App {
         }
     }
 
-    /// The public URL of tunnel `name`.
+    /// The public URL of tunnel `name` (a label under the domain, or a
+    /// custom domain: the only names with a dot).
     pub fn url(&self, name: &str) -> String {
+        if name.contains('.') {
+            return format!("https://{name}{}", self.port_suffix());
+        }
         format!(
             "https://{name}.{}{}",
             self.config.domain,
@@ -128,6 +135,17 @@ impl App {
         match tunnel.kind {
             registry::Kind::Tcp(port) => self.tcp_url(port),
             registry::Kind::Name => self.url(&tunnel.subdomain),
+        }
+    }
+
+    /// Where a Host or SNI value points: [`subdomain::route`], except that a
+    /// custom domain bound right now is a tunnel too.
+    pub fn route(&self, host: &str) -> subdomain::Route {
+        match subdomain::route(host, &self.config.domain) {
+            subdomain::Route::Foreign => custom::bound_name(self, host)
+                .map(subdomain::Route::Tunnel)
+                .unwrap_or(subdomain::Route::Foreign),
+            route => route,
         }
     }
 
@@ -283,7 +301,9 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         stats: stats_addr,
     };
     let shutdown = Shutdown::new();
+    let custom = custom::CustomDomains::new(&config, Arc::clone(&certs));
     let app = Arc::new(App {
+        custom,
         shutdown: shutdown.clone(),
         certs,
         tcp: tcp::TcpPorts::new(config.tcp_ports.clone(), config.tcp_bind),

@@ -7,6 +7,9 @@
 //! certbot renewals do) is served to the next handshake without touching
 //! open connections. A new pair that does not load, or whose key does not
 //! match, is rejected and the old one stays.
+//!
+//! Verified custom domains (see [`crate::custom`]) get a certificate of
+//! their own, picked by SNI; every other name gets the domain's.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -29,12 +32,19 @@ pub struct Certs {
     files: Option<(PathBuf, PathBuf)>,
     /// Modification time and size of both files at the last load.
     stamp: Mutex<Option<Stamp>>,
+    /// Certificates of custom domains, by lowercase name. Only names that
+    /// were verified and bound are ever added (the SNI check in
+    /// `http::sni` keeps unbound names from reaching the handshake).
+    custom: dashmap::DashMap<String, Arc<CertifiedKey>>,
 }
 
 type Stamp = [(SystemTime, u64); 2];
 
 impl ResolvesServerCert for Certs {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(custom) = hello.server_name().and_then(|name| self.custom_cert(name)) {
+            return Some(custom);
+        }
         Some(Arc::clone(&self.current.read().expect("certs lock")))
     }
 }
@@ -63,6 +73,7 @@ impl Certs {
             current: RwLock::new(Arc::new(certified)),
             files,
             stamp: Mutex::new(stamp),
+            custom: dashmap::DashMap::new(),
         }))
     }
 
@@ -87,6 +98,23 @@ impl Certs {
         let certified = load(cert, key)?;
         *self.current.write().expect("certs lock") = Arc::new(certified);
         Ok(true)
+    }
+
+    /// The certificate of custom domain `name`, if one was issued.
+    pub fn custom_cert(&self, name: &str) -> Option<Arc<CertifiedKey>> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        self.custom.get(&name).map(|c| Arc::clone(&c))
+    }
+
+    /// Serves `cert` for custom domain `name` from the next handshake on
+    /// (replacing an older one: renewals go through here too).
+    pub fn set_custom_cert(&self, name: &str, cert: Arc<CertifiedKey>) {
+        self.custom.insert(name.to_ascii_lowercase(), cert);
+    }
+
+    /// How many custom domains have a certificate.
+    pub fn custom_count(&self) -> usize {
+        self.custom.len()
     }
 
     /// The end-entity certificate served now.
@@ -145,7 +173,11 @@ fn certified(
 }
 
 fn self_signed(domain: &str) -> Result<CertifiedKey> {
-    let names = vec![domain.to_string(), format!("*.{domain}")];
+    self_signed_for(vec![domain.to_string(), format!("*.{domain}")])
+}
+
+/// A fresh self-signed certificate (and key) for `names`.
+pub fn self_signed_for(names: Vec<String>) -> Result<CertifiedKey> {
     let generated = rcgen::generate_simple_self_signed(names)
         .context("generating the self-signed certificate")?;
     let key = PrivateKeyDer::try_from(generated.key_pair.serialize_der())

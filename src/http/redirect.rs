@@ -48,7 +48,7 @@ async fn is_tunnel(app: &App, req: &Request<Incoming>) -> bool {
     let Some(host) = host(req) else {
         return false;
     };
-    let Route::Tunnel(name) = subdomain::route(host, &app.config.domain) else {
+    let Route::Tunnel(name) = app.route(host) else {
         return false;
     };
     match app.registry.peek(&name) {
@@ -80,7 +80,7 @@ fn location(app: &App, req: &Request<Incoming>) -> Option<HeaderValue> {
     let name = subdomain::strip_port(host(req)?)
         .trim_end_matches('.')
         .to_ascii_lowercase();
-    match subdomain::route(&name, &app.config.domain) {
+    match app.route(&name) {
         Route::Apex | Route::Tunnel(_) => {}
         Route::Malformed | Route::Foreign => return None,
     }

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
-use crate::subdomain::{self, Route};
+use crate::subdomain::Route;
 use crate::App;
 
 /// The most bytes read while looking for a complete ClientHello (rustls
@@ -80,7 +80,7 @@ pub async fn decide(app: &App, server_name: Option<&str>) -> Decision {
     let Some(name) = server_name else {
         return Decision::Terminate;
     };
-    match subdomain::route(name, &app.config.domain) {
+    match app.route(name) {
         Route::Foreign => Decision::Reject,
         Route::Apex | Route::Malformed => Decision::Terminate,
         Route::Tunnel(label) => match app.registry.peek_or_wait(&label).await {

@@ -1,0 +1,453 @@
+//! Custom domains end to end: the real `burrow` binary, the real `ssh`
+//! client, and Debian's `pebble-challtestsrv` as the DNS server burrow's
+//! resolver asks (`--dns-resolver`), its records set through its HTTP
+//! management API.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use rustls::pki_types::{CertificateDer, ServerName};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+/// A `pebble-challtestsrv` on two free loopback ports, answering only the
+/// records a test sets (its default A/AAAA answers are turned off). Killed
+/// on drop.
+struct Dns {
+    child: Child,
+    /// Where burrow sends its queries.
+    addr: SocketAddr,
+    management: String,
+    http: reqwest::Client,
+}
+
+impl Dns {
+    async fn start() -> Dns {
+        let ports = free_port_range(2);
+        let mut ports = ports.ports();
+        let (dns, mgmt) = (ports.next().unwrap(), ports.next().unwrap());
+        let child = Command::new("pebble-challtestsrv")
+            .args(["-dns01", &format!("127.0.0.1:{dns}")])
+            .args(["-management", &format!("127.0.0.1:{mgmt}")])
+            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("run pebble-challtestsrv (Debian package pebble; see .ci/run)");
+        let dns = Dns {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], dns)),
+            management: format!("http://127.0.0.1:{mgmt}"),
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        };
+        dns.wait_up().await;
+        dns.post("/set-default-ipv4", serde_json::json!({ "ip": "" }))
+            .await;
+        dns.post("/set-default-ipv6", serde_json::json!({ "ip": "" }))
+            .await;
+        // The server's own name, which A/AAAA records are compared with.
+        dns.add_a(DOMAIN, "127.0.0.1").await;
+        dns
+    }
+
+    /// Polls the management API until it answers.
+    async fn wait_up(&self) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let body = serde_json::json!({ "host": "probe.invalid." });
+            let sent = self
+                .http
+                .post(format!("{}/clear-txt", self.management))
+                .body(body.to_string())
+                .send()
+                .await;
+            if sent.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "pebble-challtestsrv did not come up"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn post(&self, path: &str, body: serde_json::Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.management))
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("challtestsrv {path}: {e}"));
+        assert!(resp.status().is_success(), "challtestsrv {path}: {resp:?}");
+    }
+
+    async fn set_txt(&self, name: &str, value: &str) {
+        let host = format!("_burrow.{name}.");
+        self.post(
+            "/set-txt",
+            serde_json::json!({ "host": host, "value": value }),
+        )
+        .await;
+    }
+
+    async fn set_cname(&self, name: &str, target: &str) {
+        let body =
+            serde_json::json!({ "host": format!("{name}."), "target": format!("{target}.") });
+        self.post("/set-cname", body).await;
+    }
+
+    async fn add_a(&self, name: &str, ip: &str) {
+        let body = serde_json::json!({ "host": format!("{name}."), "addresses": [ip] });
+        self.post("/add-a", body).await;
+    }
+
+    /// TXT with `key`'s fingerprint and a CNAME to DOMAIN: a name `key` owns.
+    async fn prove(&self, name: &str, key: &SshKeyPair) {
+        self.set_txt(name, &key.fingerprint).await;
+        self.set_cname(name, DOMAIN).await;
+    }
+}
+
+impl Drop for Dns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// burrow asking `dns`, with the SSH-side limits out of the way.
+async fn start(dns: &Dns, extra: &[&str]) -> Burrow {
+    let resolver = dns.addr.to_string();
+    let mut args = vec![
+        "--dns-resolver",
+        &resolver,
+        "--dns-timeout",
+        "5s",
+        "--max-conns-per-minute",
+        "0",
+        "--max-handshakes-per-ip",
+        "0",
+        "--max-tunnels-per-ip",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    Burrow::start(&args).await
+}
+
+/// `ssh -R NAME:80:127.0.0.1:ORIGIN` with `key`.
+fn forward(burrow: &Burrow, key: &SshKeyPair, name: &str, origin: &Origin) -> Ssh {
+    let spec = format!("{name}:80:127.0.0.1:{}", origin.port);
+    SshSpec {
+        port: burrow.ssh_port(),
+        args: &["-R", &spec],
+        ..SshSpec::default()
+    }
+    .spawn_with_key(key)
+}
+
+async fn wait_out(ssh: &Ssh, needle: &str) {
+    if let Err(seen) = ssh.stdout.wait_contains(needle, WAIT).await {
+        panic!("ssh did not print {needle:?}: {seen}\n{}", ssh.all_output());
+    }
+}
+
+/// `custom_certs.FIELD` of the stats JSON.
+async fn cert_stat(burrow: &Burrow, field: &str) -> u64 {
+    burrow.stats().await["custom_certs"][field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("custom_certs.{field} in the stats"))
+}
+
+/// Polls until `custom_certs.FIELD` is `want`.
+async fn wait_cert_stat(burrow: &Burrow, field: &str, want: u64) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let got = cert_stat(burrow, field).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "custom_certs.{field} stayed {got}, wanted {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The certificate burrow presents for SNI `name`, or the handshake error.
+async fn presented_cert(burrow: &Burrow, name: &str) -> Result<CertificateDer<'static>, String> {
+    let connect = async {
+        let tcp = tokio::net::TcpStream::connect(burrow.addrs.https)
+            .await
+            .map_err(|e| e.to_string())?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(tls_config_accept_any()));
+        let server = ServerName::try_from(name.to_string()).unwrap();
+        let tls = connector
+            .connect(server, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let certs = tls.get_ref().1.peer_certificates().unwrap_or_default();
+        certs
+            .first()
+            .map(|c| c.clone().into_owned())
+            .ok_or_else(|| "no certificate".to_string())
+    };
+    tokio::time::timeout(WAIT, connect)
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+}
+
+fn names(cert: &CertificateDer<'_>, name: &str) -> bool {
+    let needle = name.as_bytes();
+    cert.as_ref().windows(needle.len()).any(|w| w == needle)
+}
+
+/// A client that trusts exactly `cert` and checks the host name against
+/// it, every name resolving to the loopback HTTPS listener.
+fn client_trusting(burrow: &Burrow, cert: &CertificateDer<'static>, host: &str) -> reqwest::Client {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(cert.clone())
+        .expect("certificate as trust anchor");
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve(host, burrow.addrs.https)
+        .use_preconfigured_tls(tls)
+        .timeout(WAIT)
+        .build()
+        .unwrap()
+}
+
+/// TXT + CNAME → accepted; the banner shows the custom URL; the name gets
+/// its own certificate (issued once, at bind), the HTTPS request with that
+/// SNI/Host reaches the origin, plain HTTP redirects to it, and the stats
+/// list the name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verified_custom_domain_is_served_with_its_own_certificate() {
+    let dns = Dns::start().await;
+    let burrow = start(&dns, &["--no-browser-warning"]).await;
+    let origin = Origin::start("custom-origin").await;
+    let key = SshKeyPair::generate();
+    let name = "app.example.org";
+    dns.prove(name, &key).await;
+
+    let ssh = forward(&burrow, &key, name, &origin);
+    let url = format!("https://{name}:{}", burrow.https_port());
+    wait_out(&ssh, &url).await;
+    wait_cert_stat(&burrow, "issued", 1).await;
+    assert_eq!(
+        burrow.stats().await["custom_certs"]["issuer"],
+        "self-signed"
+    );
+
+    let cert = presented_cert(&burrow, name).await.expect("handshake");
+    assert!(names(&cert, name), "the certificate for {name} names it");
+    let client = client_trusting(&burrow, &cert, name);
+    let resp = client
+        .get(format!("{url}/whoami"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "custom-origin");
+
+    let http = burrow.http_client();
+    let resp = http
+        .get(burrow.http_url(name, "/x?y=1"))
+        .send()
+        .await
+        .expect("plain GET");
+    assert_eq!(resp.status(), 301);
+    assert_eq!(resp.headers()["location"], format!("{url}/x?y=1").as_str());
+
+    let stats = burrow.stats_with_subdomains().await;
+    let listed = stats["subdomains"].as_array().unwrap();
+    assert!(listed.iter().any(|n| n == name), "{stats}");
+    drop(ssh);
+}
+
+/// A records among DOMAIN's addresses also point a name here, and the TXT
+/// value may leave out the `SHA256:` prefix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_records_and_a_bare_fingerprint_prove_a_name() {
+    let dns = Dns::start().await;
+    let burrow = start(&dns, &["--no-browser-warning"]).await;
+    let origin = Origin::start("custom-a").await;
+    let key = SshKeyPair::generate();
+    let name = "www.example.net";
+    let bare = key.fingerprint.strip_prefix("SHA256:").unwrap();
+    dns.set_txt(name, bare).await;
+    dns.add_a(name, "127.0.0.1").await;
+
+    let ssh = forward(&burrow, &key, name, &origin);
+    wait_out(&ssh, &format!("https://{name}:{}", burrow.https_port())).await;
+    wait_cert_stat(&burrow, "issued", 1).await;
+    let cert = presented_cert(&burrow, name).await.expect("handshake");
+    let client = client_trusting(&burrow, &cert, name);
+    let resp = client
+        .get(burrow.https_url(name, "/whoami"))
+        .send()
+        .await
+        .expect("GET");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "custom-a");
+}
+
+/// Each refusal is one ERROR line naming the record that is missing or
+/// wrong and what it should hold; nothing is bound or issued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_name_the_missing_or_wrong_record() {
+    let dns = Dns::start().await;
+    let burrow = start(&dns, &[]).await;
+    let origin = Origin::start("custom-refused").await;
+    let key = SshKeyPair::generate();
+    let other = SshKeyPair::generate();
+    let fp = &key.fingerprint;
+
+    // No TXT record at all.
+    dns.set_cname("none.example.org", DOMAIN).await;
+    let ssh = forward(&burrow, &key, "none.example.org", &origin);
+    wait_out(&ssh, &format!(
+        "ERROR: custom domain none.example.org: there is no TXT record _burrow.none.example.org: add a TXT record _burrow.none.example.org with the value {fp}"
+    ))
+    .await;
+
+    // Someone else's fingerprint.
+    dns.set_txt("wrong.example.org", &other.fingerprint).await;
+    dns.set_cname("wrong.example.org", DOMAIN).await;
+    let ssh = forward(&burrow, &key, "wrong.example.org", &origin);
+    wait_out(&ssh, &format!(
+        "ERROR: custom domain wrong.example.org: the TXT record _burrow.wrong.example.org holds {:?}, not your key's fingerprint {fp}",
+        other.fingerprint
+    ))
+    .await;
+
+    // Owned, but pointing elsewhere.
+    dns.set_txt("away.example.org", fp).await;
+    dns.add_a("away.example.org", "203.0.113.9").await;
+    let ssh = forward(&burrow, &key, "away.example.org", &origin);
+    wait_out(&ssh, &format!(
+        "ERROR: custom domain away.example.org: away.example.org points at 203.0.113.9, not at this server: expected a CNAME to {DOMAIN} or A/AAAA records among 127.0.0.1"
+    ))
+    .await;
+
+    // A CNAME to someone else's name.
+    dns.set_txt("elsewhere.example.org", fp).await;
+    dns.set_cname("elsewhere.example.org", "other.example.com")
+        .await;
+    let ssh = forward(&burrow, &key, "elsewhere.example.org", &origin);
+    wait_out(&ssh, "ERROR: custom domain elsewhere.example.org: elsewhere.example.org is a CNAME to other.example.com, which is not this server").await;
+
+    // No key: no fingerprint to look for.
+    dns.prove("keyless.example.org", &key).await;
+    let spec = format!("keyless.example.org:80:127.0.0.1:{}", origin.port);
+    let keyless = Ssh::spawn_keyless(&burrow, &["-R", &spec]);
+    if let Err(seen) = keyless
+        .stdout
+        .wait_contains(
+            "ERROR: custom domain keyless.example.org: needs an SSH key",
+            WAIT,
+        )
+        .await
+    {
+        panic!("keyless refusal: {seen}\n{}", keyless.all_output());
+    }
+
+    let stats = burrow.stats_with_subdomains().await;
+    let listed = stats["subdomains"].as_array().unwrap();
+    assert!(
+        !listed
+            .iter()
+            .any(|n| n.as_str().is_some_and(|n| n.contains('.'))),
+        "no custom name is bound: {stats}"
+    );
+    assert_eq!(stats["custom_certs"]["issued"], 0, "{stats}");
+}
+
+/// An SNI for a name nobody bound gets no certificate (the handshake is
+/// refused) and the issuer is not called, even when DNS would prove the
+/// name; binding it is what issues.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_sni_gets_no_certificate_and_no_issuance() {
+    let dns = Dns::start().await;
+    let burrow = start(&dns, &[]).await;
+    let origin = Origin::start("custom-sni").await;
+    let key = SshKeyPair::generate();
+    let name = "later.example.org";
+    dns.prove(name, &key).await;
+
+    for sni in [name, "evil.example.com"] {
+        let refused = presented_cert(&burrow, sni).await;
+        assert!(refused.is_err(), "SNI {sni} got a certificate");
+    }
+    assert_eq!(cert_stat(&burrow, "issued").await, 0);
+    assert_eq!(cert_stat(&burrow, "cached").await, 0);
+
+    let ssh = forward(&burrow, &key, name, &origin);
+    wait_out(&ssh, &format!("https://{name}:")).await;
+    wait_cert_stat(&burrow, "issued", 1).await;
+    let cert = presented_cert(&burrow, name).await.expect("bound name");
+    assert!(names(&cert, name));
+    // Other foreign names stay refused while one custom name is bound.
+    assert!(presented_cert(&burrow, "evil.example.com").await.is_err());
+    assert_eq!(cert_stat(&burrow, "issued").await, 1);
+}
+
+/// `--custom-cert-rate 1/h --custom-cert-burst 1`: the first name gets its
+/// certificate, a second name is refused with the limit and the wait, and
+/// the first name (certificate cached) can be bound again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_issuance_is_rate_limited() {
+    let dns = Dns::start().await;
+    let limits = ["--custom-cert-rate", "1/h", "--custom-cert-burst", "1"];
+    let burrow = start(&dns, &limits).await;
+    let origin = Origin::start("custom-rate").await;
+    let key = SshKeyPair::generate();
+    dns.prove("one.example.org", &key).await;
+    dns.prove("two.example.org", &key).await;
+
+    let first = forward(&burrow, &key, "one.example.org", &origin);
+    wait_out(&first, "https://one.example.org:").await;
+    wait_cert_stat(&burrow, "issued", 1).await;
+
+    let second = forward(&burrow, &key, "two.example.org", &origin);
+    wait_out(&second, "ERROR: custom-cert-rate: no certificate for two.example.org: this server issues at most 1/h certificates, burst 1 for custom domains (--custom-cert-rate/--custom-cert-burst); try again in").await;
+    assert_eq!(cert_stat(&burrow, "refused").await, 1);
+    drop(first);
+
+    let again = forward(&burrow, &key, "one.example.org", &origin);
+    wait_out(&again, "https://one.example.org:").await;
+    assert_eq!(
+        cert_stat(&burrow, "issued").await,
+        1,
+        "cached, not issued again"
+    );
+}
+
+/// `--custom-domains off`: a custom bind address is refused with a line
+/// saying so, before any DNS lookup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_domains_off_refuses_with_a_line() {
+    let dns = Dns::start().await;
+    let burrow = start(&dns, &["--custom-domains", "off"]).await;
+    let origin = Origin::start("custom-off").await;
+    let key = SshKeyPair::generate();
+    dns.prove("off.example.org", &key).await;
+    let ssh = forward(&burrow, &key, "off.example.org", &origin);
+    wait_out(&ssh, "ERROR: custom domain off.example.org: this server does not serve custom domains (--custom-domains off)").await;
+}
