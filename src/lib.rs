@@ -120,7 +120,7 @@ impl App {
     /// The public URL of tunnel `name` (a label under the domain, or a
     /// custom domain: the only names with a dot).
     pub fn url(&self, name: &str) -> String {
-        if name.contains('.') {
+        if custom::is_registry_custom(name) {
             return format!("https://{name}{}", self.port_suffix());
         }
         format!(

@@ -86,8 +86,9 @@ struct Snapshot {
     /// Distinct names and TCP ports served (`active_tunnels` counts each
     /// client of a shared name).
     active_names: u64,
-    /// Certificates of custom domains: issued, failed, binds refused by the
-    /// issuance limit, and how many names hold one.
+    /// Certificates of custom domains: the issuer, issued, failed, binds
+    /// refused by the issuance limit, passthrough names that need none, and
+    /// how many names hold one.
     custom_certs: CustomCerts,
     #[serde(skip_serializing_if = "Option::is_none")]
     subdomains: Option<Vec<String>>,
@@ -102,6 +103,7 @@ struct CustomCerts {
     issued: u64,
     failed: u64,
     refused: u64,
+    passthrough: u64,
     cached: u64,
 }
 
@@ -113,6 +115,7 @@ fn custom_certs(app: &App) -> CustomCerts {
         issued: load(&on_demand.counters.issued),
         failed: load(&on_demand.counters.failed),
         refused: load(&on_demand.counters.refused),
+        passthrough: load(&on_demand.counters.passthrough),
         cached: app.certs.custom_count() as u64,
     }
 }

@@ -451,3 +451,100 @@ async fn custom_domains_off_refuses_with_a_line() {
     let ssh = forward(&burrow, &key, "off.example.org", &origin);
     wait_out(&ssh, "ERROR: custom domain off.example.org: this server does not serve custom domains (--custom-domains off)").await;
 }
+
+/// A TLS app for `host` with its own self-signed certificate: answers one
+/// line with the SNI it saw. Returns its port and certificate.
+async fn tls_app(host: &str) -> (u16, CertificateDer<'static>) {
+    let generated = rcgen::generate_simple_self_signed(vec![host.to_string()]).unwrap();
+    let cert = generated.cert.der().clone();
+    let key =
+        rustls::pki_types::PrivateKeyDer::try_from(generated.key_pair.serialize_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.clone()], key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let sni = tls.get_ref().1.server_name().unwrap_or("").to_string();
+                let mut tls = tokio::io::BufReader::new(tls);
+                let mut line = String::new();
+                if tls.read_line(&mut line).await.is_ok() {
+                    let answer = format!("tls-app sni={sni} got={}\n", line.trim_end());
+                    let _ = tls.get_mut().write_all(answer.as_bytes()).await;
+                    let _ = tls.get_mut().shutdown().await;
+                }
+            });
+        }
+    });
+    (port, cert)
+}
+
+/// `tls=passthrough` on a custom domain: the visitor's TLS reaches the
+/// app, which presents its own certificate for the name (checked by name),
+/// and burrow issues none for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passthrough_custom_domain_relays_tls_and_gets_no_certificate() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let dns = Dns::start().await;
+    let burrow = start(&dns, &[]).await;
+    let key = SshKeyPair::generate();
+    let name = "tls.example.org";
+    dns.prove(name, &key).await;
+    let (port, app_cert) = tls_app(name).await;
+
+    let spec = format!("{name}:443:127.0.0.1:{port}");
+    let ssh = SshSpec {
+        port: burrow.ssh_port(),
+        args: &["-R", &spec],
+        remote_cmd: &["tls=passthrough"],
+        ..SshSpec::default()
+    }
+    .spawn_with_key(&key);
+    wait_out(&ssh, &format!("https://{name}:")).await;
+    wait_cert_stat(&burrow, "passthrough", 1).await;
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(app_cert).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(burrow.addrs.https)
+            .await
+            .unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let server = ServerName::try_from(name.to_string()).unwrap();
+        let mut tls = connector
+            .connect(server, tcp)
+            .await
+            .expect("handshake with the app");
+        tls.write_all(b"ping\n").await.unwrap();
+        let mut line = String::new();
+        tokio::io::BufReader::new(tls)
+            .read_line(&mut line)
+            .await
+            .unwrap();
+        line
+    };
+    let line = tokio::time::timeout(WAIT, exchange)
+        .await
+        .expect("exchange in time");
+    assert_eq!(line, format!("tls-app sni={name} got=ping\n"));
+    assert_eq!(cert_stat(&burrow, "issued").await, 0);
+    assert_eq!(cert_stat(&burrow, "cached").await, 0);
+}

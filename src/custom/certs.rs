@@ -27,6 +27,8 @@ pub struct CertCounters {
     pub failed: AtomicU64,
     /// Binds refused by the issuance rate limit.
     pub refused: AtomicU64,
+    /// Bound names that got none: they pass TLS through (`tls=passthrough`).
+    pub passthrough: AtomicU64,
 }
 
 pub struct OnDemand {

@@ -57,6 +57,12 @@ pub fn is_custom_name(name: &str, domain: &str) -> bool {
         && !name.ends_with(&format!(".{domain}"))
 }
 
+/// Whether a registry key is a custom domain (labels under DOMAIN have no
+/// dot, TCP keys are `tcp:PORT`).
+pub fn is_registry_custom(key: &str) -> bool {
+    key.contains('.')
+}
+
 /// The registry key of a Host or SNI value that names a custom domain bound
 /// right now, else `None` (a foreign name that stays foreign).
 pub fn bound_name(app: &App, host: &str) -> Option<String> {
@@ -80,6 +86,8 @@ pub fn start_certificate(app: &Arc<App>, name: String, conn: Arc<Conn>) {
         let options = conn.options_settled().await;
         if options.tls == crate::ssh::options::Tls::Passthrough {
             tracing::debug!(name, "custom domain passes TLS through: no certificate");
+            let skipped = &app.custom.certs.counters.passthrough;
+            skipped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
         if let Err(err) = app.custom.certs.obtain(&name).await {

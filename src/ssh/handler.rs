@@ -194,7 +194,13 @@ impl ClientHandler {
         if let (true, false, Some(first)) = (self.pty, self.conn.options().qr_off, first_url) {
             text.push_str(&banner::qr(&self.forward_url(first)));
         }
-        if self.forwards.iter().any(|f| f.kind == Kind::Name) {
+        // Custom domains are the user's own names: the note about how
+        // generated names come about is only for those.
+        if self
+            .forwards
+            .iter()
+            .any(|f| f.kind == Kind::Name && !is_custom(f))
+        {
             text.push_str(&banner::name_kind(
                 self.name_kind(),
                 self.key.as_ref().map(|k| k.fingerprint.as_str()),
@@ -431,7 +437,7 @@ impl ClientHandler {
             }
         }
         tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), subdomain = %subdomain, port = requested, fingerprint = self.key.as_ref().map(|k| k.fingerprint.as_str()), "tunnel opened");
-        if subdomain.contains('.') {
+        if custom::is_registry_custom(&subdomain) {
             custom::start_certificate(&self.app, subdomain.clone(), Arc::clone(&self.conn));
         }
         let forward = Forward {
@@ -667,6 +673,11 @@ fn echo_port(requested: u32, public: u16) -> u32 {
     } else {
         requested
     }
+}
+
+/// Whether `forward` serves a custom domain (the only names with a dot).
+fn is_custom(forward: &Forward) -> bool {
+    custom::is_registry_custom(&forward.subdomain)
 }
 
 /// Both notes, one after the other.
@@ -1035,5 +1046,29 @@ impl Handler for ClientHandler {
             self.conn.set_session(None);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_addresses_become_names() {
+        let d = "tunnel.example";
+        assert_eq!(requested_name("localhost", d), Ok(Requested::Default));
+        assert_eq!(requested_name("", d), Ok(Requested::Default));
+        assert_eq!(requested_name("api", d), Ok(Requested::Label("api".into())));
+        assert_eq!(
+            requested_name("API.tunnel.example.", d),
+            Ok(Requested::Label("api".into()))
+        );
+        assert_eq!(
+            requested_name("App.Example.org.", d),
+            Ok(Requested::Custom("app.example.org".into()))
+        );
+        assert!(requested_name("a.b.tunnel.example", d).is_err());
+        assert!(requested_name("10.0.0.1", d).is_err());
+        assert!(requested_name("a_b.example.org", d).is_err());
     }
 }
