@@ -1,7 +1,7 @@
 //! The plain-HTTP listener: every request for the domain or one of its
-//! subdomains is sent to the same host and URI on HTTPS with a 301. Hosts
-//! outside the domain get 400, so the redirector can never be used as an
-//! open redirect.
+//! subdomains (or a custom domain bound right now) is sent to the same host
+//! and URI on HTTPS with a 301. Other hosts get 400, so the redirector can
+//! never be used as an open redirect.
 //!
 //! With `--http-mode proxy`, requests for tunnels go to the proxy instead
 //! (over plain HTTP); the apex and `tls=passthrough` tunnels still redirect.

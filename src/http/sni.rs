@@ -3,6 +3,9 @@
 //! raw bytes to a `tls=passthrough` tunnel, terminates TLS as usual (the
 //! bytes already read are replayed to rustls through [`Rewind`]), or
 //! refuses a name outside the domain with an `unrecognized_name` alert.
+//! A custom domain counts as ours only while it is bound (`App::route`), so
+//! no handshake ever reaches the certificate resolver for a name nobody
+//! verified.
 //!
 //! The ClientHello is parsed by rustls itself ([`rustls::server::Acceptor`]),
 //! so what counts as a valid hello here is exactly what the terminating
