@@ -31,6 +31,10 @@ pub struct CertCounters {
     pub passthrough: AtomicU64,
 }
 
+/// How long a visitor's handshake for a bound custom name waits for the
+/// name's certificate to be issued, before it gets the server's own.
+pub const CERT_WAIT: Duration = Duration::from_secs(5);
+
 pub struct OnDemand {
     issuer: RwLock<Arc<dyn Issuer>>,
     certs: Arc<Certs>,
@@ -39,6 +43,10 @@ pub struct OnDemand {
     limit: String,
     /// Names whose certificate is being issued now.
     pending: Mutex<HashSet<String>>,
+    /// Names whose last issuance failed: handshakes do not wait for them.
+    failed: Mutex<HashSet<String>>,
+    /// Woken whenever an issuance ends, either way.
+    finished: tokio::sync::Notify,
     pub counters: CertCounters,
 }
 
@@ -55,6 +63,8 @@ impl OnDemand {
                 args.custom_cert_burst
             ),
             pending: Mutex::new(HashSet::new()),
+            failed: Mutex::new(HashSet::new()),
+            finished: tokio::sync::Notify::new(),
             counters: CertCounters::default(),
         }
     }
@@ -117,10 +127,21 @@ impl OnDemand {
         }
         let issuer = Arc::clone(&self.issuer.read().expect("issuer lock"));
         let result = issuer.issue(name).await;
-        self.pending.lock().expect("pending lock").remove(name);
-        match result {
+        let mut failed = self.failed.lock().expect("failed lock");
+        match &result {
             Ok(cert) => {
-                self.certs.set_custom_cert(name, cert);
+                self.certs.set_custom_cert(name, Arc::clone(cert));
+                failed.remove(name);
+            }
+            Err(_) => {
+                failed.insert(name.to_string());
+            }
+        }
+        drop(failed);
+        self.pending.lock().expect("pending lock").remove(name);
+        self.finished.notify_waiters();
+        match result {
+            Ok(_) => {
                 self.counters.issued.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(
                     name,
@@ -132,6 +153,29 @@ impl OnDemand {
             Err(err) => {
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
                 Err(err.context(format!("{} issuer", issuer.kind())))
+            }
+        }
+    }
+}
+
+impl OnDemand {
+    /// Waits (at most `limit`) until bound name `name` has its certificate:
+    /// the first visitors right after a bind would otherwise get the
+    /// server's own. Returns at once when the certificate is there or the
+    /// last issuance failed.
+    pub async fn wait_ready(&self, name: &str, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let finished = self.finished.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            let failed = self.failed.lock().expect("failed lock").contains(name);
+            if failed || self.certs.custom_cert(name).is_some() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, finished).await.is_err() {
+                tracing::debug!(name, "custom domain certificate not ready in time");
+                return;
             }
         }
     }

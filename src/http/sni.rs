@@ -91,7 +91,15 @@ pub async fn decide(app: &App, server_name: Option<&str>) -> Decision {
                 let options = tunnel.client.options_settled().await;
                 match options.tls {
                     crate::ssh::options::Tls::Passthrough => Decision::Passthrough(label),
-                    crate::ssh::options::Tls::Terminate => Decision::Terminate,
+                    crate::ssh::options::Tls::Terminate => {
+                        if crate::custom::is_registry_custom(&label) {
+                            let certs = &app.custom.certs;
+                            certs
+                                .wait_ready(&label, crate::custom::certs::CERT_WAIT)
+                                .await;
+                        }
+                        Decision::Terminate
+                    }
                 }
             }
             _ => Decision::Terminate,
