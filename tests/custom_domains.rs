@@ -439,6 +439,24 @@ async fn certificate_issuance_is_rate_limited() {
         1,
         "cached, not issued again"
     );
+    let metrics = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("http://{}/metrics", burrow.addrs.stats))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "burrow_custom_certs_total{outcome=\"issued\"} 1",
+        "burrow_refusals_total{limit=\"custom-cert-rate\"} 1",
+        "burrow_custom_certs_cached 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in {metrics}");
+    }
 }
 
 /// `--custom-domains off`: a custom bind address is refused with a line
@@ -549,4 +567,59 @@ async fn passthrough_custom_domain_relays_tls_and_gets_no_certificate() {
     assert_eq!(line, format!("tls-app sni={name} got=ping\n"));
     assert_eq!(cert_stat(&burrow, "issued").await, 0);
     assert_eq!(cert_stat(&burrow, "cached").await, 0);
+}
+
+/// `--balance round-robin`: two keys both listed in TXT records share the
+/// name and requests alternate between their apps; a third key, not
+/// listed, is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_listed_in_dns_share_a_name_when_balancing() {
+    let dns = Dns::start().await;
+    let burrow = start(&dns, &["--balance", "round-robin", "--no-browser-warning"]).await;
+    let (a, b) = (
+        Origin::start("shared-a").await,
+        Origin::start("shared-b").await,
+    );
+    let (k1, k2, k3) = (
+        SshKeyPair::generate(),
+        SshKeyPair::generate(),
+        SshKeyPair::generate(),
+    );
+    let name = "shared.example.org";
+    dns.set_txt(name, &k1.fingerprint).await;
+    dns.set_txt(name, &k2.fingerprint).await;
+    dns.set_cname(name, DOMAIN).await;
+
+    let first = forward(&burrow, &k1, name, &a);
+    wait_out(&first, &format!("https://{name}:")).await;
+    let second = forward(&burrow, &k2, name, &b);
+    wait_out(&second, "is now served by 2 clients (round-robin)").await;
+
+    let cert = presented_cert(&burrow, name).await.expect("handshake");
+    let client = client_trusting(&burrow, &cert, name);
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let resp = client
+            .get(burrow.https_url(name, "/whoami"))
+            .send()
+            .await
+            .expect("GET");
+        assert_eq!(resp.status(), 200);
+        seen.insert(resp.text().await.unwrap());
+    }
+    let both: std::collections::BTreeSet<String> =
+        ["shared-a".to_string(), "shared-b".to_string()].into();
+    assert_eq!(seen, both, "requests alternate between the two apps");
+
+    let third = forward(&burrow, &k3, name, &a);
+    wait_out(
+        &third,
+        &format!("ERROR: custom domain {name}: the TXT record _burrow.{name} holds"),
+    )
+    .await;
+    assert_eq!(
+        cert_stat(&burrow, "issued").await,
+        1,
+        "one certificate for the shared name"
+    );
 }
