@@ -696,5 +696,21 @@ mod tests {
         assert_eq!(config.limits.max_body_size, 128 << 20);
         assert_eq!(config.limits.max_header_size, 64 << 10);
         assert!(config.limits.trusted_proxies.is_empty());
+        assert_eq!(config.custom.custom_domains, Switch::On);
+        assert_eq!(config.custom.dns_resolver, None);
+        assert_eq!(config.custom.dns_timeout, Duration::from_secs(5));
+        assert_eq!(config.custom.custom_cert_rate.per_second, 10.0 / 3600.0);
+        assert_eq!(config.custom.custom_cert_burst, 5);
+    }
+
+    #[test]
+    fn resolvers() {
+        assert_eq!(
+            parse_resolver("127.0.0.1:5353").unwrap(),
+            "127.0.0.1:5353".parse().unwrap()
+        );
+        assert_eq!(parse_resolver("9.9.9.9").unwrap().port(), 53);
+        assert_eq!(parse_resolver("[::1]:53").unwrap().port(), 53);
+        assert!(parse_resolver("dns.example").is_err());
     }
 }
