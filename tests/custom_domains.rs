@@ -623,3 +623,28 @@ async fn keys_listed_in_dns_share_a_name_when_balancing() {
         "one certificate for the shared name"
     );
 }
+
+/// A resolver that never answers (UDP swallowed, TCP accepted and left
+/// silent): the bind is refused after `--dns-timeout`, saying so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_resolver_is_refused_after_the_dns_timeout() {
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = udp.local_addr().unwrap();
+    let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = tcp.accept().await {
+            held.push(stream);
+        }
+    });
+    let resolver = addr.to_string();
+    let burrow = Burrow::start(&["--dns-resolver", &resolver, "--dns-timeout", "1s"]).await;
+    let origin = Origin::start("custom-slow").await;
+    let key = SshKeyPair::generate();
+    let started = std::time::Instant::now();
+    let ssh = forward(&burrow, &key, "slow.example.org", &origin);
+    wait_out(&ssh, "ERROR: custom domain slow.example.org: the DNS lookups for slow.example.org took longer than 1 s (--dns-timeout); try again").await;
+    assert!(started.elapsed() >= Duration::from_secs(1));
+    silent.abort();
+    drop(udp);
+}

@@ -205,7 +205,9 @@ fn build_resolver(args: &CustomDomainArgs) -> anyhow::Result<TokioResolver> {
 }
 
 fn tune(options: &mut ResolverOpts, args: &CustomDomainArgs) {
-    options.timeout = args.dns_timeout;
+    // Per query, longer than the whole check: `Verifier::verify`'s own
+    // timeout fires first and says which limit it was.
+    options.timeout = args.dns_timeout * 2;
     options.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
     // Proof of ownership comes from DNS, never from this machine's
     // /etc/hosts.
