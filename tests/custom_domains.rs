@@ -235,13 +235,13 @@ fn client_trusting(burrow: &Burrow, cert: &CertificateDer<'static>, host: &str) 
 
 /// TXT + CNAME → accepted; the banner shows the custom URL; the name gets
 /// its own certificate (issued once, at bind, and waited for by the first
-/// handshake), the HTTPS request with that
-/// SNI/Host reaches the origin, plain HTTP redirects to it, and the stats
-/// list the name.
+/// handshake), the HTTPS request with that SNI/Host reaches the origin
+/// without the browser warning page (DNS ownership is a grant), plain HTTP
+/// redirects to it, and the stats list the name.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verified_custom_domain_is_served_with_its_own_certificate() {
     let dns = Dns::start().await;
-    let burrow = start(&dns, &["--no-browser-warning"]).await;
+    let burrow = start(&dns, &[]).await;
     let origin = Origin::start("custom-origin").await;
     let key = SshKeyPair::generate();
     let name = "app.example.org";
@@ -260,8 +260,16 @@ async fn verified_custom_domain_is_served_with_its_own_certificate() {
     );
     assert!(names(&cert, name), "the certificate for {name} names it");
     let client = client_trusting(&burrow, &cert, name);
+    // A browser navigation: a name without a grant would get the warning
+    // page here.
     let resp = client
         .get(format!("{url}/whoami"))
+        .header(
+            "user-agent",
+            "Mozilla/5.0 (X11; Linux x86_64) Firefox/140.0",
+        )
+        .header("accept", "text/html")
+        .header("sec-fetch-mode", "navigate")
         .send()
         .await
         .expect("GET");
@@ -575,7 +583,7 @@ async fn passthrough_custom_domain_relays_tls_and_gets_no_certificate() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_listed_in_dns_share_a_name_when_balancing() {
     let dns = Dns::start().await;
-    let burrow = start(&dns, &["--balance", "round-robin", "--no-browser-warning"]).await;
+    let burrow = start(&dns, &["--balance", "round-robin"]).await;
     let (a, b) = (
         Origin::start("shared-a").await,
         Origin::start("shared-b").await,
