@@ -168,6 +168,12 @@ pub struct CustomDomainArgs {
     /// applies.
     #[arg(long, env = "CUSTOM_CERT_BURST", default_value_t = 5)]
     pub custom_cert_burst: u32,
+
+    /// Certificates of custom domains kept in memory. Over it, those of
+    /// names not bound right now are dropped (binding one again issues a new
+    /// one, within --custom-cert-rate).
+    #[arg(long, env = "CUSTOM_CERT_CACHE", default_value_t = 1000)]
+    pub custom_cert_cache: usize,
 }
 
 /// A feature switch.

@@ -112,6 +112,16 @@ impl Certs {
         self.custom.insert(name.to_ascii_lowercase(), cert);
     }
 
+    /// The custom domains that have a certificate (renewals, eviction).
+    pub fn custom_names(&self) -> Vec<String> {
+        self.custom.iter().map(|e| e.key().clone()).collect()
+    }
+
+    /// Stops serving custom domain `name`'s certificate.
+    pub fn remove_custom_cert(&self, name: &str) {
+        self.custom.remove(name);
+    }
+
     /// How many custom domains have a certificate.
     pub fn custom_count(&self) -> usize {
         self.custom.len()

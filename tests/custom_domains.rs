@@ -656,3 +656,32 @@ async fn a_silent_resolver_is_refused_after_the_dns_timeout() {
     silent.abort();
     drop(udp);
 }
+
+/// `--custom-cert-cache 1`: a new certificate pushes out the one of a name
+/// no longer bound, and binding that name again issues a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_of_unbound_names_leave_a_full_cache() {
+    let dns = Dns::start().await;
+    let burrow = start(&dns, &["--custom-cert-cache", "1"]).await;
+    let origin = Origin::start("custom-cache").await;
+    let key = SshKeyPair::generate();
+    dns.prove("first.example.org", &key).await;
+    dns.prove("second.example.org", &key).await;
+
+    let mut first = forward(&burrow, &key, "first.example.org", &origin);
+    wait_out(&first, "https://first.example.org:").await;
+    wait_cert_stat(&burrow, "issued", 1).await;
+    first.kill();
+    burrow.wait_stat("active_tunnels", 0, WAIT).await;
+
+    let second = forward(&burrow, &key, "second.example.org", &origin);
+    wait_out(&second, "https://second.example.org:").await;
+    wait_cert_stat(&burrow, "issued", 2).await;
+    wait_cert_stat(&burrow, "cached", 1).await;
+
+    let again = forward(&burrow, &key, "first.example.org", &origin);
+    wait_out(&again, "https://first.example.org:").await;
+    wait_cert_stat(&burrow, "issued", 3).await;
+    // Both are bound now: neither is dropped.
+    assert_eq!(cert_stat(&burrow, "cached").await, 2);
+}

@@ -41,6 +41,8 @@ pub struct OnDemand {
     limiter: Option<DefaultDirectRateLimiter>,
     /// The limit in words, for refusals and logs.
     limit: String,
+    /// `--custom-cert-cache`.
+    cache_cap: usize,
     /// Names whose certificate is being issued now.
     pending: Mutex<HashSet<String>>,
     /// Names whose last issuance failed: handshakes do not wait for them.
@@ -62,6 +64,7 @@ impl OnDemand {
                 rate_text(args.custom_cert_rate.per_second),
                 args.custom_cert_burst
             ),
+            cache_cap: args.custom_cert_cache,
             pending: Mutex::new(HashSet::new()),
             failed: Mutex::new(HashSet::new()),
             finished: tokio::sync::Notify::new(),
@@ -106,6 +109,28 @@ impl OnDemand {
             refusal.retry_after = Some(wait);
             refusal
         })
+    }
+
+    /// Keeps at most `--custom-cert-cache` certificates, dropping those of
+    /// names `bound` says are not bound now. Bound names always keep
+    /// theirs (there are at most `--max-tunnels` of them).
+    pub fn evict(&self, bound: impl Fn(&str) -> bool) {
+        let names = self.certs.custom_names();
+        let mut over = names.len().saturating_sub(self.cache_cap);
+        for name in names {
+            if over == 0 {
+                break;
+            }
+            if !bound(&name) {
+                self.certs.remove_custom_cert(&name);
+                over -= 1;
+                tracing::info!(
+                    name,
+                    cap = self.cache_cap,
+                    "custom domain certificate dropped (--custom-cert-cache)"
+                );
+            }
+        }
     }
 
     fn has_or_pending(&self, name: &str) -> bool {

@@ -79,7 +79,9 @@ pub fn bound_name(app: &App, host: &str) -> Option<String> {
 /// After `name` was bound: issues its certificate in the background once
 /// the connection's options are known (a `tls=passthrough` tunnel
 /// terminates TLS itself and gets none). A failure is logged and told to
-/// the user; visitors then see the server's own certificate.
+/// the user; visitors then see the server's own certificate. A new
+/// certificate may push out those of names no longer bound
+/// (`--custom-cert-cache`).
 pub fn start_certificate(app: &Arc<App>, name: String, conn: Arc<Conn>) {
     let app = Arc::clone(app);
     tokio::spawn(async move {
@@ -90,12 +92,17 @@ pub fn start_certificate(app: &Arc<App>, name: String, conn: Arc<Conn>) {
             skipped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return;
         }
-        if let Err(err) = app.custom.certs.obtain(&name).await {
-            tracing::warn!(name, error = %format!("{err:#}"), "custom domain certificate failed");
-            conn.notify(crate::ssh::banner::custom_cert_failed(
-                &name,
-                &format!("{err:#}"),
-            ));
+        match app.custom.certs.obtain(&name).await {
+            Ok(true) => {
+                let still_bound = |other: &str| bound_name(&app, other).is_some();
+                app.custom.certs.evict(still_bound);
+            }
+            Ok(false) => {}
+            Err(err) => {
+                let why = format!("{err:#}");
+                tracing::warn!(name, error = %why, "custom domain certificate failed");
+                conn.notify(crate::ssh::banner::custom_cert_failed(&name, &why));
+            }
         }
     });
 }
