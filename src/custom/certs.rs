@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, Quota};
+use rustls::sign::CertifiedKey;
 
 use super::issuer::Issuer;
 use crate::config::CustomDomainArgs;
@@ -141,30 +142,12 @@ impl OnDemand {
     /// Issues `name`'s certificate unless it has one or one is on its way.
     /// `Ok(true)`: a new certificate is served from now on.
     pub async fn obtain(&self, name: &str) -> anyhow::Result<bool> {
-        if self.certs.custom_cert(name).is_some()
-            || !self
-                .pending
-                .lock()
-                .expect("pending lock")
-                .insert(name.to_string())
-        {
+        if !self.start(name) {
             return Ok(false);
         }
         let issuer = Arc::clone(&self.issuer.read().expect("issuer lock"));
         let result = issuer.issue(name).await;
-        let mut failed = self.failed.lock().expect("failed lock");
-        match &result {
-            Ok(cert) => {
-                self.certs.set_custom_cert(name, Arc::clone(cert));
-                failed.remove(name);
-            }
-            Err(_) => {
-                failed.insert(name.to_string());
-            }
-        }
-        drop(failed);
-        self.pending.lock().expect("pending lock").remove(name);
-        self.finished.notify_waiters();
+        self.finish(name, result.as_ref().ok());
         match result {
             Ok(_) => {
                 self.counters.issued.fetch_add(1, Ordering::Relaxed);
@@ -181,9 +164,36 @@ impl OnDemand {
             }
         }
     }
-}
 
-impl OnDemand {
+    /// Marks `name` pending; `false` when it has a certificate or one is
+    /// on its way already.
+    fn start(&self, name: &str) -> bool {
+        self.certs.custom_cert(name).is_none()
+            && self
+                .pending
+                .lock()
+                .expect("pending lock")
+                .insert(name.to_string())
+    }
+
+    /// Serves `cert` (or remembers the failure) and wakes waiting
+    /// handshakes.
+    fn finish(&self, name: &str, cert: Option<&Arc<CertifiedKey>>) {
+        let mut failed = self.failed.lock().expect("failed lock");
+        match cert {
+            Some(cert) => {
+                self.certs.set_custom_cert(name, Arc::clone(cert));
+                failed.remove(name);
+            }
+            None => {
+                failed.insert(name.to_string());
+            }
+        }
+        drop(failed);
+        self.pending.lock().expect("pending lock").remove(name);
+        self.finished.notify_waiters();
+    }
+
     /// Waits (at most `limit`) until bound name `name` has its certificate:
     /// the first visitors right after a bind would otherwise get the
     /// server's own. Returns at once when the certificate is there or the
