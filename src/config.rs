@@ -133,6 +133,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub acme: AcmeArgs,
+
+    #[command(flatten)]
+    pub custom: CustomDomainArgs,
 }
 
 /// Let's Encrypt's production directory, the `--acme-directory` default.
@@ -277,6 +280,72 @@ impl AcmeArgs {
         }
         Ok(())
     }
+}
+
+
+/// Custom domains: `ssh -R app.example.org:80:…` for a name the user proves
+/// they own in DNS (see ARCHITECTURE.md, "Custom domains").
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Custom domains")]
+pub struct CustomDomainArgs {
+    /// `on`: a bind address that is a name outside DOMAIN is served once DNS
+    /// proves the client's key owns it (TXT `_burrow.NAME` = the key's
+    /// SHA256 fingerprint, and NAME points at this server). `off`: refused.
+    #[arg(long, env = "CUSTOM_DOMAINS", value_enum, default_value_t = Switch::On)]
+    pub custom_domains: Switch,
+
+    /// DNS server for the ownership checks, `IP:PORT` (or `IP`, port 53).
+    /// Default: the system resolver (/etc/resolv.conf).
+    #[arg(long, env = "DNS_RESOLVER", value_parser = parse_resolver)]
+    pub dns_resolver: Option<SocketAddr>,
+
+    /// How long one ownership check (all its DNS lookups) may take before the
+    /// forward is refused.
+    #[arg(long, env = "DNS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub dns_timeout: Duration,
+
+    /// How long DNS answers are reused (at most; a shorter record TTL wins).
+    /// 0 = ask every time.
+    #[arg(long, env = "DNS_CACHE_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub dns_cache_ttl: Duration,
+
+    /// The addresses a custom name may point at with A/AAAA records
+    /// (comma-separated). Empty = whatever DOMAIN itself resolves to.
+    #[arg(long, env = "CUSTOM_DOMAIN_IPS", value_delimiter = ',')]
+    pub custom_domain_ips: Vec<std::net::IpAddr>,
+
+    /// Certificates issued for custom names, all names together (`10/h`,
+    /// `1/m`); a name that has one already costs nothing. 0 = unlimited.
+    #[arg(long, env = "CUSTOM_CERT_RATE", default_value = "10/h", value_parser = parse_rate)]
+    pub custom_cert_rate: Rate,
+
+    /// How many certificates may be issued at once before --custom-cert-rate
+    /// applies.
+    #[arg(long, env = "CUSTOM_CERT_BURST", default_value_t = 5)]
+    pub custom_cert_burst: u32,
+
+    /// Certificates of custom domains kept in memory. Over it, those of
+    /// names not bound right now are dropped (binding one again issues a new
+    /// one, within --custom-cert-rate).
+    #[arg(long, env = "CUSTOM_CERT_CACHE", default_value_t = 1000)]
+    pub custom_cert_cache: usize,
+}
+
+/// A feature switch.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    On,
+    Off,
+}
+
+/// `IP:PORT`, or a bare IP for port 53.
+pub fn parse_resolver(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    text.parse()
+        .map_err(|_| format!("{text:?} is not a resolver address like 127.0.0.1:53"))
 }
 
 /// How log lines are written.
@@ -806,6 +875,11 @@ mod tests {
         assert!(config.limits.trusted_proxies.is_empty());
         assert!(!config.acme.enabled());
         assert_eq!(config.acme.directory_url(), LETSENCRYPT);
+        assert_eq!(config.custom.custom_domains, Switch::On);
+        assert_eq!(config.custom.dns_resolver, None);
+        assert_eq!(config.custom.dns_timeout, Duration::from_secs(5));
+        assert_eq!(config.custom.custom_cert_rate.per_second, 10.0 / 3600.0);
+        assert_eq!(config.custom.custom_cert_burst, 5);
     }
 
     #[test]
@@ -852,5 +926,16 @@ mod tests {
         for args in bad {
             assert!(parse(args).is_err(), "{args:?}");
         }
+    }
+
+    #[test]
+    fn resolvers() {
+        assert_eq!(
+            parse_resolver("127.0.0.1:5353").unwrap(),
+            "127.0.0.1:5353".parse().unwrap()
+        );
+        assert_eq!(parse_resolver("9.9.9.9").unwrap().port(), 53);
+        assert_eq!(parse_resolver("[::1]:53").unwrap().port(), 53);
+        assert!(parse_resolver("dns.example").is_err());
     }
 }

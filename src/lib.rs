@@ -12,6 +12,7 @@ pub mod acme;
 pub mod admin;
 pub mod channel;
 pub mod config;
+pub mod custom;
 pub mod dashboard;
 pub mod forwarded;
 pub mod http;
@@ -83,6 +84,8 @@ pub struct App {
     /// ACME certificates (`--acme-email`); `None` when off or static
     /// certificates are given.
     pub acme: Option<Arc<acme::Acme>>,
+    /// Verification and certificates of custom domains.
+    pub custom: custom::CustomDomains,
 }
 
 /// The addresses the listeners are bound to (ports may be 0 in the flags).
@@ -124,8 +127,12 @@ impl App {
         }
     }
 
-    /// The public URL of tunnel `name`.
+    /// The public URL of tunnel `name` (a label under the domain, or a
+    /// custom domain: the only names with a dot).
     pub fn url(&self, name: &str) -> String {
+        if custom::is_registry_custom(name) {
+            return format!("https://{name}{}", self.port_suffix());
+        }
         format!(
             "https://{name}.{}{}",
             self.config.domain,
@@ -138,6 +145,17 @@ impl App {
         match tunnel.kind {
             registry::Kind::Tcp(port) => self.tcp_url(port),
             registry::Kind::Name => self.url(&tunnel.subdomain),
+        }
+    }
+
+    /// Where a Host or SNI value points: [`subdomain::route`], except that a
+    /// custom domain bound right now is a tunnel too.
+    pub fn route(&self, host: &str) -> subdomain::Route {
+        match subdomain::route(host, &self.config.domain) {
+            subdomain::Route::Foreign => custom::bound_name(self, host)
+                .map(subdomain::Route::Tunnel)
+                .unwrap_or(subdomain::Route::Foreign),
+            route => route,
         }
     }
 
@@ -301,7 +319,13 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         https: https_addr,
         stats: stats_addr,
     };
+    let custom = custom::CustomDomains::new(&config, Arc::clone(&certs));
+    if let Some(acme) = &acme {
+        // Custom domains get their certificates from the same CA.
+        custom.certs.set_issuer(Arc::new(acme::OnDemandIssuer(Arc::clone(acme))));
+    }
     let app = Arc::new(App {
+        custom,
         shutdown: shutdown.clone(),
         certs,
         history: dashboard::History::start_now(),

@@ -212,6 +212,7 @@ pub fn render(app: &App) -> String {
         m.bytes.clone(),
     );
     register_state(&mut registry, app);
+    register_custom_certs(&mut registry, app);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)
         .expect("writing to a String cannot fail");
@@ -311,5 +312,32 @@ fn register_state(registry: &mut Registry, app: &App) {
         "streams_cut",
         "Streams cut because a spool limit was reached",
         ConstCounter::new(app.spool.streams_cut()),
+    );
+}
+
+/// Certificates of custom domains, from the same counters as the JSON
+/// stats (binds refused by `custom-cert-rate` are in `refusals`).
+fn register_custom_certs(registry: &mut Registry, app: &App) {
+    let counters = &app.custom.certs.counters;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let certs: Family<Labels, Counter> = Family::default();
+    for (outcome, value) in [
+        ("issued", load(&counters.issued)),
+        ("failed", load(&counters.failed)),
+        ("passthrough", load(&counters.passthrough)),
+    ] {
+        certs
+            .get_or_create(&vec![("outcome", outcome)])
+            .inc_by(value);
+    }
+    registry.register(
+        "custom_certs",
+        "Custom-domain certificates by outcome (passthrough: bound names that need none)",
+        certs,
+    );
+    registry.register(
+        "custom_certs_cached",
+        "Custom domains holding a certificate",
+        ConstGauge::new(i64::try_from(app.custom.certs.cached()).unwrap_or(i64::MAX)),
     );
 }

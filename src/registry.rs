@@ -83,7 +83,8 @@ pub struct Traffic {
 /// One public name (or TCP port) bound to one `tcpip-forward` of one SSH
 /// connection.
 pub struct Tunnel {
-    /// The registry key: the subdomain label, or `tcp:PORT`.
+    /// The registry key: the subdomain label, a custom domain's full
+    /// lowercase name (the only keys with a dot), or `tcp:PORT`.
     pub subdomain: String,
     pub kind: Kind,
     /// The SSH connection that owns the tunnel.
@@ -98,7 +99,8 @@ pub struct Tunnel {
     /// SHA256 fingerprint of the SSH key that owns the tunnel, if any.
     pub owner: Option<String>,
     /// The name was granted to the owner's key by the keys file (a known
-    /// operator-approved name: no browser warning).
+    /// operator-approved name: no browser warning), or proven in DNS (a
+    /// custom domain).
     pub granted: bool,
     /// The owning connection (options, notices).
     pub client: Arc<Conn>,
@@ -587,7 +589,8 @@ impl Registry {
     }
 
     /// Whether `tunnel` may serve a name next to (or instead of) `held`:
-    /// the same key, or two keys the keys file both granted the name.
+    /// the same key, or two keys the keys file (or DNS) both granted the
+    /// name.
     fn may_share(tunnel: &Tunnel, held: &Tunnel) -> bool {
         let same_key = tunnel.owner.is_some() && held.owner == tunnel.owner;
         same_key || (tunnel.granted && held.granted)

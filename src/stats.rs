@@ -86,6 +86,10 @@ struct Snapshot {
     /// Distinct names and TCP ports served (`active_tunnels` counts each
     /// client of a shared name).
     active_names: u64,
+    /// Certificates of custom domains: the issuer, issued, failed, binds
+    /// refused by the issuance limit, passthrough names that need none, and
+    /// how many names hold one.
+    custom_certs: CustomCerts,
     #[serde(skip_serializing_if = "Option::is_none")]
     subdomains: Option<Vec<String>>,
     /// With `subdomains=true`: how many clients serve each name.
@@ -95,6 +99,29 @@ struct Snapshot {
     /// expiry in unix seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     certificates: Option<std::collections::BTreeMap<String, u64>>,
+}
+
+#[derive(Serialize)]
+struct CustomCerts {
+    issuer: &'static str,
+    issued: u64,
+    failed: u64,
+    refused: u64,
+    passthrough: u64,
+    cached: u64,
+}
+
+fn custom_certs(app: &App) -> CustomCerts {
+    let on_demand = &app.custom.certs;
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    CustomCerts {
+        issuer: on_demand.issuer_kind(),
+        issued: load(&on_demand.counters.issued),
+        failed: load(&on_demand.counters.failed),
+        refused: load(&on_demand.counters.refused),
+        passthrough: load(&on_demand.counters.passthrough),
+        cached: app.custom.certs.cached() as u64,
+    }
 }
 
 fn snapshot(app: &App, with_subdomains: bool) -> Snapshot {
@@ -122,6 +149,7 @@ fn snapshot(app: &App, with_subdomains: bool) -> Snapshot {
         spool_disk_bytes: app.spool.disk_used(),
         streams_cut: app.spool.streams_cut(),
         active_names: app.registry.names_len() as u64,
+        custom_certs: custom_certs(app),
         subdomains: with_subdomains.then(|| app.registry.names()),
         clients: with_subdomains.then(|| app.registry.client_counts()),
         certificates: app

@@ -10,10 +10,10 @@
 //!
 //! ACME (see [`crate::acme`]) swaps its certificates in through the same
 //! resolver: [`Certs::swap`] replaces the default one (the wildcard), and
-//! [`Certs::set_named`] serves a certificate for one exact SNI name (the
-//! apex alone, or a custom domain), falling back to the default otherwise.
+//! [`Certs::set_named`] serves a certificate for one exact SNI name: the
+//! apex alone, or a verified custom domain (see [`crate::custom`]); every
+//! other name gets the default one.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
@@ -35,20 +35,20 @@ pub struct Certs {
     files: Option<(PathBuf, PathBuf)>,
     /// Modification time and size of both files at the last load.
     stamp: Mutex<Option<Stamp>>,
-    /// Certificates for exact SNI names (lower case), served before the
-    /// default one.
-    named: RwLock<HashMap<String, Arc<CertifiedKey>>>,
+    /// Certificates for exact SNI names (lower case, no trailing dot),
+    /// served before the default one: the ACME apex certificate and those
+    /// of custom domains. Only names that were verified and bound are ever
+    /// added for custom domains (the SNI check in `http::sni` keeps unbound
+    /// names from reaching the handshake).
+    named: dashmap::DashMap<String, Arc<CertifiedKey>>,
 }
 
 type Stamp = [(SystemTime, u64); 2];
 
 impl ResolvesServerCert for Certs {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        if let Some(name) = hello.server_name() {
-            let named = self.named.read().expect("certs lock");
-            if let Some(certified) = named.get(&name.to_ascii_lowercase()) {
-                return Some(Arc::clone(certified));
-            }
+        if let Some(named) = hello.server_name().and_then(|name| self.named(name)) {
+            return Some(named);
         }
         Some(Arc::clone(&self.current.read().expect("certs lock")))
     }
@@ -78,7 +78,7 @@ impl Certs {
             current: RwLock::new(Arc::new(certified)),
             files,
             stamp: Mutex::new(stamp),
-            named: RwLock::default(),
+            named: dashmap::DashMap::new(),
         }))
     }
 
@@ -111,27 +111,32 @@ impl Certs {
         *self.current.write().expect("certs lock") = certified;
     }
 
-    /// Serves `certified` to handshakes whose SNI is exactly `name`.
+    /// Serves `certified` to handshakes whose SNI is exactly `name`, from
+    /// the next handshake on (replacing an older one: renewals go through
+    /// here too).
     pub fn set_named(&self, name: &str, certified: Arc<CertifiedKey>) {
-        self.named
-            .write()
-            .expect("certs lock")
-            .insert(name.to_ascii_lowercase(), certified);
+        self.named.insert(name_key(name), certified);
     }
 
     /// The certificate served for SNI `name` now, if one is set for it.
     pub fn named(&self, name: &str) -> Option<Arc<CertifiedKey>> {
-        self.named
-            .read()
-            .expect("certs lock")
-            .get(&name.to_ascii_lowercase())
-            .cloned()
+        self.named.get(&name_key(name)).map(|c| Arc::clone(&c))
+    }
+
+    /// Stops serving `name`'s own certificate.
+    pub fn remove_named(&self, name: &str) {
+        self.named.remove(&name_key(name));
     }
 
     /// The end-entity certificate served now.
     pub fn current(&self) -> CertificateDer<'static> {
         self.current.read().expect("certs lock").cert[0].clone()
     }
+}
+
+/// Names as the map keys them: lower case, without a trailing dot.
+fn name_key(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
 }
 
 fn stamp(cert: &Path, key: &Path) -> Option<Stamp> {
@@ -196,7 +201,11 @@ fn certified(
 }
 
 fn self_signed(domain: &str) -> Result<CertifiedKey> {
-    let names = vec![domain.to_string(), format!("*.{domain}")];
+    self_signed_for(vec![domain.to_string(), format!("*.{domain}")])
+}
+
+/// A fresh self-signed certificate (and key) for `names`.
+pub fn self_signed_for(names: Vec<String>) -> Result<CertifiedKey> {
     let generated = rcgen::generate_simple_self_signed(names)
         .context("generating the self-signed certificate")?;
     let key = PrivateKeyDer::try_from(generated.key_pair.serialize_der())

@@ -481,3 +481,18 @@ fn rate_limiter(args: &AcmeArgs) -> DefaultDirectRateLimiter {
         .allow_burst(burst);
     governor::RateLimiter::direct(quota)
 }
+
+/// Custom domains' certificates from this CA: the [`crate::custom::issuer::Issuer`]
+/// behind `OnDemand` when ACME is on (which admits and caches per name;
+/// `issue_single` stores, serves and renews).
+pub struct OnDemandIssuer(pub Arc<Acme>);
+
+impl crate::custom::issuer::Issuer for OnDemandIssuer {
+    fn issue<'a>(&'a self, name: &'a str) -> crate::custom::issuer::IssueFuture<'a> {
+        Box::pin(self.0.issue_single(name))
+    }
+
+    fn kind(&self) -> &'static str {
+        "acme"
+    }
+}

@@ -31,7 +31,7 @@ use crate::relay::{self, RelayLimits};
 use crate::request_log::{Answered, Event, Seen};
 use crate::ssh::options::{ProxyHeader, Tls, TunnelOptions};
 use crate::stats::OwnedGauge;
-use crate::subdomain::{self, Route};
+use crate::subdomain::Route;
 use crate::App;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
@@ -73,7 +73,7 @@ async fn route(
     let Some(host) = request_host(&req) else {
         return Ok(pages::bad_request("The request names no host.").render(req.headers()));
     };
-    let response = match subdomain::route(&host, &app.config.domain) {
+    let response = match app.route(&host) {
         Route::Apex => {
             let mut page =
                 pages::landing(&app.config.domain, &app.connect_command()).render(req.headers());

@@ -1,7 +1,7 @@
 //! The plain-HTTP listener: every request for the domain or one of its
-//! subdomains is sent to the same host and URI on HTTPS with a 301. Hosts
-//! outside the domain get 400, so the redirector can never be used as an
-//! open redirect.
+//! subdomains (or a custom domain bound right now) is sent to the same host
+//! and URI on HTTPS with a 301. Other hosts get 400, so the redirector can
+//! never be used as an open redirect.
 //!
 //! With `--http-mode proxy`, requests for tunnels go to the proxy instead
 //! (over plain HTTP); the apex and `tls=passthrough` tunnels still redirect.
@@ -68,7 +68,7 @@ async fn is_tunnel(app: &App, req: &Request<Incoming>) -> bool {
     let Some(host) = host(req) else {
         return false;
     };
-    let Route::Tunnel(name) = subdomain::route(host, &app.config.domain) else {
+    let Route::Tunnel(name) = app.route(host) else {
         return false;
     };
     match app.registry.peek(&name) {
@@ -100,7 +100,7 @@ fn location(app: &App, req: &Request<Incoming>) -> Option<HeaderValue> {
     let name = subdomain::strip_port(host(req)?)
         .trim_end_matches('.')
         .to_ascii_lowercase();
-    match subdomain::route(&name, &app.config.domain) {
+    match app.route(&name) {
         Route::Apex | Route::Tunnel(_) => {}
         Route::Malformed | Route::Foreign => return None,
     }

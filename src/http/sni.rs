@@ -3,6 +3,9 @@
 //! raw bytes to a `tls=passthrough` tunnel, terminates TLS as usual (the
 //! bytes already read are replayed to rustls through [`Rewind`]), or
 //! refuses a name outside the domain with an `unrecognized_name` alert.
+//! A custom domain counts as ours only while it is bound (`App::route`), so
+//! no handshake ever reaches the certificate resolver for a name nobody
+//! verified.
 //!
 //! The ClientHello is parsed by rustls itself ([`rustls::server::Acceptor`]),
 //! so what counts as a valid hello here is exactly what the terminating
@@ -15,7 +18,7 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
-use crate::subdomain::{self, Route};
+use crate::subdomain::Route;
 use crate::App;
 
 /// The most bytes read while looking for a complete ClientHello (rustls
@@ -80,7 +83,7 @@ pub async fn decide(app: &App, server_name: Option<&str>) -> Decision {
     let Some(name) = server_name else {
         return Decision::Terminate;
     };
-    match subdomain::route(name, &app.config.domain) {
+    match app.route(name) {
         Route::Foreign => Decision::Reject,
         Route::Apex | Route::Malformed => Decision::Terminate,
         Route::Tunnel(label) => match app.registry.peek_or_wait(&label).await {
@@ -88,7 +91,15 @@ pub async fn decide(app: &App, server_name: Option<&str>) -> Decision {
                 let options = tunnel.client.options_settled().await;
                 match options.tls {
                     crate::ssh::options::Tls::Passthrough => Decision::Passthrough(label),
-                    crate::ssh::options::Tls::Terminate => Decision::Terminate,
+                    crate::ssh::options::Tls::Terminate => {
+                        if crate::custom::is_registry_custom(&label) {
+                            let certs = &app.custom.certs;
+                            certs
+                                .wait_ready(&label, crate::custom::certs::CERT_WAIT)
+                                .await;
+                        }
+                        Decision::Terminate
+                    }
                 }
             }
             _ => Decision::Terminate,

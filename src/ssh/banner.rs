@@ -180,6 +180,33 @@ pub fn invalid_name(address: &str) -> String {
     ))
 }
 
+/// A custom domain asked for while they are turned off.
+pub fn custom_domains_off(name: &str) -> String {
+    line(&format!(
+        "ERROR: custom domain {name}: this server does not serve custom domains (--custom-domains off); use -R 80:… for a name under the server's domain"
+    ))
+}
+
+/// A custom domain asked for without a key: there is no fingerprint to
+/// find in DNS.
+pub fn custom_needs_key(name: &str) -> String {
+    line(&format!(
+        "ERROR: custom domain {name}: needs an SSH key, since DNS proves ownership with the key's fingerprint (TXT _burrow.{name}); connect with a key (ssh -i …)"
+    ))
+}
+
+/// A custom domain DNS does not prove: `why` says which record.
+pub fn custom_refused(name: &str, why: &str) -> String {
+    line(&format!("ERROR: custom domain {name}: {why}"))
+}
+
+/// A custom domain's certificate could not be issued.
+pub fn custom_cert_failed(name: &str, why: &str) -> String {
+    line(&format!(
+        "NOTICE: no certificate for {name} ({why}); visitors see the server's own certificate until you reconnect"
+    ))
+}
+
 /// Sent to a connection whose tunnel a newer connection of the same key
 /// took over.
 pub fn taken_over(url: &str) -> String {

@@ -24,7 +24,7 @@ use crate::limits::ssh::HandshakePermit;
 use crate::limits::Refusal;
 use crate::registry::{tcp_key, ClaimError, Claimed, Conn, Kind, Reservation, Tunnel};
 use crate::tcp::{Listening, TcpPorts};
-use crate::{keys, subdomain, App};
+use crate::{custom, keys, subdomain, App};
 
 /// Ports that make an HTTPS tunnel. `0` asks the server to pick a port and
 /// is treated as HTTP too (any other port is a raw TCP tunnel).
@@ -194,7 +194,13 @@ impl ClientHandler {
         if let (true, false, Some(first)) = (self.pty, self.conn.options().qr_off, first_url) {
             text.push_str(&banner::qr(&self.forward_url(first)));
         }
-        if self.forwards.iter().any(|f| f.kind == Kind::Name) {
+        // Custom domains are the user's own names: the note about how
+        // generated names come about is only for those.
+        if self
+            .forwards
+            .iter()
+            .any(|f| f.kind == Kind::Name && !is_custom(f))
+        {
             text.push_str(&banner::name_kind(
                 self.name_kind(),
                 self.key.as_ref().map(|k| k.fingerprint.as_str()),
@@ -256,18 +262,20 @@ impl ClientHandler {
         subdomain::stable_name(&self.app.state.name_secret, &blob)
     }
 
-    /// Picks the name for a new HTTP forward bound to `address`: the
-    /// requested name if this key may have it, else the stable or random
-    /// default. `Err` is the line to show the user. The second value is a
-    /// note for the user (a request that was ignored).
-    fn choose_name(
+    /// Picks the name for a new HTTP forward that asked for `requested`:
+    /// the requested name if this key may have it, else the stable or
+    /// random default. `Err` is the line to show the user. The second value
+    /// is a note for the user (a request that was ignored), the third
+    /// whether the name was granted (keys file, or DNS for custom domains).
+    async fn choose_name(
         &mut self,
-        address: &str,
+        requested: Requested,
     ) -> Result<(Reservation, Option<String>, bool), String> {
-        let requested = requested_name(address, &self.app.config.domain)?;
         let index = self.forwards.len();
-        let Some(name) = requested else {
-            return Ok((self.default_name(index), None, false));
+        let name = match requested {
+            Requested::Default => return Ok((self.default_name(index), None, false)),
+            Requested::Custom(name) => return self.choose_custom(&name).await,
+            Requested::Label(name) => name,
         };
         let Some(key) = &self.key else {
             let note = banner::name_needs_key(&name);
@@ -284,6 +292,32 @@ impl ClientHandler {
         }
         let granted = !owners.is_empty();
         Ok((self.app.registry.announce(&name), None, granted))
+    }
+
+    /// A custom domain: on, asked for by a key, proven in DNS, and within
+    /// the certificate issuance limit. DNS ownership counts as a grant:
+    /// keys listed in the TXT record may share the name (`--balance`) and
+    /// visitors see no browser warning.
+    async fn choose_custom(
+        &self,
+        name: &str,
+    ) -> Result<(Reservation, Option<String>, bool), String> {
+        let app = &self.app;
+        if !app.custom.enabled {
+            return Err(banner::custom_domains_off(name));
+        }
+        let Some(key) = &self.key else {
+            return Err(banner::custom_needs_key(name));
+        };
+        if let Err(why) = app.custom.verifier.verify(name, &key.fingerprint).await {
+            tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), name, fingerprint = %key.fingerprint, reason = %why, "custom domain refused");
+            return Err(banner::custom_refused(name, &why));
+        }
+        if let Err(refusal) = app.custom.certs.admit(name) {
+            app.stats.refused(refusal.limit);
+            return Err(banner::limit_error(&refusal));
+        }
+        Ok((app.registry.announce(name), None, true))
     }
 
     fn default_name(&mut self, index: usize) -> Reservation {
@@ -370,9 +404,12 @@ impl ClientHandler {
             port => port,
         };
         self.admit_forward(address, port)?;
-        let (reservation, mut note, granted) = self
-            .choose_name(address)
-            .inspect_err(|_| self.refused(address, requested, "name refused"))?;
+        let chosen = match requested_name(address, &self.app.config.domain) {
+            Ok(wanted) => self.choose_name(wanted).await,
+            Err(line) => Err(line),
+        };
+        let (reservation, mut note, granted) =
+            chosen.inspect_err(|_| self.refused(address, requested, "name refused"))?;
         let subdomain = reservation.name().to_string();
         let tunnel = Tunnel::new(
             (subdomain.clone(), Kind::Name),
@@ -400,6 +437,9 @@ impl ClientHandler {
             }
         }
         tracing::info!(conn = self.conn.id, ip = %self.peer.ip(), subdomain = %subdomain, port = requested, fingerprint = self.key.as_ref().map(|k| k.fingerprint.as_str()), "tunnel opened");
+        if custom::is_registry_custom(&subdomain) {
+            custom::start_certificate(&self.app, subdomain.clone(), Arc::clone(&self.conn));
+        }
         let forward = Forward {
             address: address.to_string(),
             requested,
@@ -635,6 +675,11 @@ fn echo_port(requested: u32, public: u16) -> u32 {
     }
 }
 
+/// Whether `forward` serves a custom domain (the only names with a dot).
+fn is_custom(forward: &Forward) -> bool {
+    custom::is_registry_custom(&forward.subdomain)
+}
+
 /// Both notes, one after the other.
 fn join_notes(a: Option<String>, b: Option<String>) -> Option<String> {
     match (a, b) {
@@ -643,10 +688,21 @@ fn join_notes(a: Option<String>, b: Option<String>) -> Option<String> {
     }
 }
 
-/// The name a bind address asks for: `None` for the usual generic
-/// addresses (`localhost`, `0.0.0.0`, empty, …), `Some(label)` for `api` or
-/// `api.DOMAIN`, an error line for anything else.
-fn requested_name(address: &str, domain: &str) -> Result<Option<String>, String> {
+/// What a bind address asks for.
+#[derive(Debug, PartialEq, Eq)]
+enum Requested {
+    /// A generic address (`localhost`, `0.0.0.0`, empty, …): the default name.
+    Default,
+    /// `api` or `api.DOMAIN`.
+    Label(String),
+    /// A name outside DOMAIN, e.g. `app.example.org`: served if DNS proves
+    /// the client owns it.
+    Custom(String),
+}
+
+/// The name a bind address asks for, or an error line for an address that
+/// is no usable name.
+fn requested_name(address: &str, domain: &str) -> Result<Requested, String> {
     const GENERIC: [&str; 8] = [
         "",
         "localhost",
@@ -659,14 +715,17 @@ fn requested_name(address: &str, domain: &str) -> Result<Option<String>, String>
     ];
     let address = address.trim().trim_end_matches('.').to_ascii_lowercase();
     if GENERIC.contains(&address.as_str()) {
-        return Ok(None);
+        return Ok(Requested::Default);
+    }
+    if custom::is_custom_name(&address, domain) {
+        return Ok(Requested::Custom(address));
     }
     let label = address
         .strip_suffix(domain)
         .and_then(|rest| rest.strip_suffix('.'))
         .unwrap_or(&address);
     if subdomain::is_valid_label(label) {
-        Ok(Some(label.to_string()))
+        Ok(Requested::Label(label.to_string()))
     } else {
         Err(banner::invalid_name(&address))
     }
@@ -991,5 +1050,29 @@ impl Handler for ClientHandler {
             self.conn.set_session(None);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bind_addresses_become_names() {
+        let d = "tunnel.example";
+        assert_eq!(requested_name("localhost", d), Ok(Requested::Default));
+        assert_eq!(requested_name("", d), Ok(Requested::Default));
+        assert_eq!(requested_name("api", d), Ok(Requested::Label("api".into())));
+        assert_eq!(
+            requested_name("API.tunnel.example.", d),
+            Ok(Requested::Label("api".into()))
+        );
+        assert_eq!(
+            requested_name("App.Example.org.", d),
+            Ok(Requested::Custom("app.example.org".into()))
+        );
+        assert!(requested_name("a.b.tunnel.example", d).is_err());
+        assert!(requested_name("10.0.0.1", d).is_err());
+        assert!(requested_name("a_b.example.org", d).is_err());
     }
 }

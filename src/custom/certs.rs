@@ -1,0 +1,259 @@
+//! Certificates for custom domains, on demand: issued when a verified name
+//! is bound (never at the first handshake with an unknown SNI, which would
+//! let anyone make the server issue certificates for any name), cached per
+//! name in [`crate::tls::Certs`], and rate-limited with one token bucket for
+//! all names (`--custom-cert-rate`, `--custom-cert-burst`).
+
+use std::collections::HashSet;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultDirectRateLimiter, Quota};
+use rustls::sign::CertifiedKey;
+
+use super::issuer::Issuer;
+use crate::config::CustomDomainArgs;
+use crate::limits::{human, Refusal};
+use crate::tls::Certs;
+
+/// Counters for the stats endpoint.
+#[derive(Default)]
+pub struct CertCounters {
+    /// Certificates the issuer handed over.
+    pub issued: AtomicU64,
+    /// Issuer calls that failed.
+    pub failed: AtomicU64,
+    /// Binds refused by the issuance rate limit.
+    pub refused: AtomicU64,
+    /// Bound names that got none: they pass TLS through (`tls=passthrough`).
+    pub passthrough: AtomicU64,
+}
+
+/// How long a visitor's handshake for a bound custom name waits for the
+/// name's certificate to be issued, before it gets the server's own.
+pub const CERT_WAIT: Duration = Duration::from_secs(5);
+
+pub struct OnDemand {
+    issuer: RwLock<Arc<dyn Issuer>>,
+    certs: Arc<Certs>,
+    limiter: Option<DefaultDirectRateLimiter>,
+    /// The limit in words, for refusals and logs.
+    limit: String,
+    /// `--custom-cert-cache`.
+    cache_cap: usize,
+    /// Names this cache holds a certificate for (served through `certs`).
+    held: Mutex<HashSet<String>>,
+    /// Names whose certificate is being issued now.
+    pending: Mutex<HashSet<String>>,
+    /// Names whose last issuance failed: handshakes do not wait for them.
+    failed: Mutex<HashSet<String>>,
+    /// Woken whenever an issuance ends, either way.
+    finished: tokio::sync::Notify,
+    pub counters: CertCounters,
+}
+
+impl OnDemand {
+    pub fn new(args: &CustomDomainArgs, certs: Arc<Certs>, issuer: Arc<dyn Issuer>) -> Self {
+        let limiter = quota(args).map(DefaultDirectRateLimiter::direct);
+        OnDemand {
+            issuer: RwLock::new(issuer),
+            certs,
+            limiter,
+            limit: format!(
+                "{} certificates, burst {}",
+                rate_text(args.custom_cert_rate.per_second),
+                args.custom_cert_burst
+            ),
+            cache_cap: args.custom_cert_cache,
+            held: Mutex::new(HashSet::new()),
+            pending: Mutex::new(HashSet::new()),
+            failed: Mutex::new(HashSet::new()),
+            finished: tokio::sync::Notify::new(),
+            counters: CertCounters::default(),
+        }
+    }
+
+    /// Replaces the issuer (ACME once its account is ready); names issued
+    /// so far keep their certificates.
+    pub fn set_issuer(&self, issuer: Arc<dyn Issuer>) {
+        *self.issuer.write().expect("issuer lock") = issuer;
+    }
+
+    /// How many custom domains have a certificate now.
+    pub fn cached(&self) -> usize {
+        self.held.lock().expect("held lock").len()
+    }
+
+    /// Which issuer is in use.
+    pub fn issuer_kind(&self) -> &'static str {
+        self.issuer.read().expect("issuer lock").kind()
+    }
+
+    /// Checked before `name` is bound: a name with a certificate (or one on
+    /// its way) passes; otherwise one issuance token is taken, and without
+    /// one the bind is refused with the limit and the wait.
+    pub fn admit(&self, name: &str) -> Result<(), Refusal> {
+        if self.has_or_pending(name) {
+            return Ok(());
+        }
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        limiter.check().map_err(|not_until| {
+            self.counters.refused.fetch_add(1, Ordering::Relaxed);
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            let wait = Duration::from_secs(wait.as_secs() + 1);
+            tracing::warn!(name, limit = %self.limit, retry_in = %human(wait), "custom domain certificate refused: issuance rate limit");
+            let mut refusal = Refusal::new(
+                "custom-cert-rate",
+                format!(
+                    "no certificate for {name}: this server issues at most {} for custom domains (--custom-cert-rate/--custom-cert-burst); try again in {}",
+                    self.limit,
+                    human(wait)
+                ),
+            );
+            refusal.retry_after = Some(wait);
+            refusal
+        })
+    }
+
+    /// Keeps at most `--custom-cert-cache` certificates, dropping those of
+    /// names `bound` says are not bound now. Bound names always keep
+    /// theirs (there are at most `--max-tunnels` of them).
+    pub fn evict(&self, bound: impl Fn(&str) -> bool) {
+        let names: Vec<String> = self.held.lock().expect("held lock").iter().cloned().collect();
+        let mut over = names.len().saturating_sub(self.cache_cap);
+        for name in names {
+            if over == 0 {
+                break;
+            }
+            if !bound(&name) {
+                self.certs.remove_named(&name);
+                self.held.lock().expect("held lock").remove(&name);
+                over -= 1;
+                tracing::info!(
+                    name,
+                    cap = self.cache_cap,
+                    "custom domain certificate dropped (--custom-cert-cache)"
+                );
+            }
+        }
+    }
+
+    fn has_or_pending(&self, name: &str) -> bool {
+        self.certs.named(name).is_some()
+            || self.pending.lock().expect("pending lock").contains(name)
+    }
+
+    /// Issues `name`'s certificate unless it has one or one is on its way.
+    /// `Ok(true)`: a new certificate is served from now on.
+    pub async fn obtain(&self, name: &str) -> anyhow::Result<bool> {
+        if !self.start(name) {
+            return Ok(false);
+        }
+        let issuer = Arc::clone(&self.issuer.read().expect("issuer lock"));
+        let result = issuer.issue(name).await;
+        self.finish(name, result.as_ref().ok());
+        match result {
+            Ok(_) => {
+                self.counters.issued.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(
+                    name,
+                    issuer = issuer.kind(),
+                    "custom domain certificate issued"
+                );
+                Ok(true)
+            }
+            Err(err) => {
+                self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                Err(err.context(format!("{} issuer", issuer.kind())))
+            }
+        }
+    }
+
+    /// Marks `name` pending; `false` when it has a certificate or one is
+    /// on its way already.
+    fn start(&self, name: &str) -> bool {
+        self.certs.named(name).is_none()
+            && self
+                .pending
+                .lock()
+                .expect("pending lock")
+                .insert(name.to_string())
+    }
+
+    /// Serves `cert` (or remembers the failure) and wakes waiting
+    /// handshakes.
+    fn finish(&self, name: &str, cert: Option<&Arc<CertifiedKey>>) {
+        let mut failed = self.failed.lock().expect("failed lock");
+        match cert {
+            Some(cert) => {
+                self.certs.set_named(name, Arc::clone(cert));
+                self.held.lock().expect("held lock").insert(name.to_string());
+                failed.remove(name);
+            }
+            None => {
+                failed.insert(name.to_string());
+            }
+        }
+        drop(failed);
+        self.pending.lock().expect("pending lock").remove(name);
+        self.finished.notify_waiters();
+    }
+
+    /// Waits (at most `limit`) until bound name `name` has its certificate:
+    /// the first visitors right after a bind would otherwise get the
+    /// server's own. Returns at once when the certificate is there or the
+    /// last issuance failed.
+    pub async fn wait_ready(&self, name: &str, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let finished = self.finished.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            let failed = self.failed.lock().expect("failed lock").contains(name);
+            if failed || self.certs.named(name).is_some() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, finished).await.is_err() {
+                tracing::debug!(name, "custom domain certificate not ready in time");
+                return;
+            }
+        }
+    }
+}
+
+fn quota(args: &CustomDomainArgs) -> Option<Quota> {
+    let rate = args.custom_cert_rate;
+    if rate.is_unlimited() {
+        return None;
+    }
+    let period = Duration::from_secs_f64(1.0 / rate.per_second);
+    Some(Quota::with_period(period)?.allow_burst(NonZeroU32::new(args.custom_cert_burst.max(1))?))
+}
+
+/// `10/h`, `1/m`, `2/s`: the coarsest unit that gives a whole number.
+fn rate_text(per_second: f64) -> String {
+    for (unit, seconds) in [("s", 1.0), ("m", 60.0), ("h", 3600.0)] {
+        let count = per_second * seconds;
+        if (count - count.round()).abs() < 1e-6 && count >= 1.0 {
+            return format!("{}/{unit}", count.round());
+        }
+    }
+    format!("{:.3}/h", per_second * 3600.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_read_as_typed() {
+        assert_eq!(rate_text(10.0 / 3600.0), "10/h");
+        assert_eq!(rate_text(1.0 / 60.0), "1/m");
+        assert_eq!(rate_text(2.0), "2/s");
+    }
+}
