@@ -282,7 +282,6 @@ impl AcmeArgs {
     }
 }
 
-
 /// Custom domains: `ssh -R app.example.org:80:…` for a name the user proves
 /// they own in DNS (see ARCHITECTURE.md, "Custom domains").
 #[derive(clap::Args, Debug, Clone)]

@@ -322,7 +322,9 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     let custom = custom::CustomDomains::new(&config, Arc::clone(&certs));
     if let Some(acme) = &acme {
         // Custom domains get their certificates from the same CA.
-        custom.certs.set_issuer(Arc::new(acme::OnDemandIssuer(Arc::clone(acme))));
+        custom
+            .certs
+            .set_issuer(Arc::new(acme::OnDemandIssuer(Arc::clone(acme))));
     }
     let app = Arc::new(App {
         custom,

@@ -864,3 +864,89 @@ async fn static_certificate_wins_over_acme() {
         .expect("the static certificate is served");
     assert!(!dir.path().join("state/acme").exists(), "ACME stayed off");
 }
+
+/// Custom domains with ACME on: a name the client's key proves in DNS gets
+/// a certificate from the CA over HTTP-01 (through burrow's redirector) as
+/// soon as it is bound, served by SNI; the request reaches the local app.
+#[tokio::test]
+async fn custom_domain_gets_its_certificate_from_the_ca() {
+    let http = free_port();
+    let mut pebble = Pebble::configure(http, 0);
+    let dns = pebble.start_challtestsrv().await;
+    pebble.start(dns).await;
+    let dir = TempDir::new("acme-custom");
+    let domain = "tunnels.example.com";
+    let name = "app.example.org";
+    let ca = pebble.https_ca.display().to_string();
+    let resolver = dns.to_string();
+    let args = [
+        "--acme-directory",
+        &pebble.directory(),
+        "--acme-ca-root",
+        &ca,
+        "--dns-resolver",
+        &resolver,
+        // challtestsrv answers 127.0.0.1 for every name: "pointing here".
+        "--custom-domain-ips",
+        "127.0.0.1",
+        "--no-browser-warning",
+    ];
+    let burrow = AcmeBurrow::start(dir.path(), domain, http, &args).await;
+    let root = pebble.root().await;
+
+    let key = SshKeyPair::generate();
+    let txt = serde_json::json!({"host": format!("_burrow.{name}."), "value": key.fingerprint});
+    let resp = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{}/set-txt", pebble.dns_mgmt))
+        .body(txt.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_success(), "{resp:?}");
+
+    let origin = Origin::start("custom-acme").await;
+    let spec = format!("{name}:80:127.0.0.1:{}", origin.port);
+    let ssh = SshSpec {
+        port: burrow.addrs.ssh.port(),
+        args: &["-R", &spec],
+        ..SshSpec::default()
+    }
+    .spawn_with_key(&key);
+    ssh.stdout
+        .wait_contains(&format!("https://{name}"), ISSUE_WAIT)
+        .await
+        .unwrap_or_else(|seen| panic!("no URL for {name}: {seen}\n{}", ssh.all_output()));
+
+    // Verified against pebble's root only: the CA issued it for the name.
+    let mut tls = wait_verified(burrow.addrs.https, name, &root).await;
+    let req = format!("GET /whoami HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n");
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer.ends_with("custom-acme"),
+        "the local app answered: {answer}"
+    );
+    assert!(
+        burrow
+            .stderr
+            .text()
+            .contains("custom domain certificate issued"),
+        "{}",
+        burrow.stderr.text()
+    );
+    assert!(
+        burrow.metrics().await.contains(&format!(
+            "burrow_certificate_expiry_timestamp_seconds{{name=\"{name}\"}}"
+        )),
+        "the custom name's certificate is tracked for renewal"
+    );
+    // Stored for the next start.
+    assert!(dir
+        .path()
+        .join(format!("state/acme/certs/{name}.crt"))
+        .exists());
+    drop(ssh);
+}

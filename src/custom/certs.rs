@@ -124,7 +124,13 @@ impl OnDemand {
     /// names `bound` says are not bound now. Bound names always keep
     /// theirs (there are at most `--max-tunnels` of them).
     pub fn evict(&self, bound: impl Fn(&str) -> bool) {
-        let names: Vec<String> = self.held.lock().expect("held lock").iter().cloned().collect();
+        let names: Vec<String> = self
+            .held
+            .lock()
+            .expect("held lock")
+            .iter()
+            .cloned()
+            .collect();
         let mut over = names.len().saturating_sub(self.cache_cap);
         for name in names {
             if over == 0 {
@@ -192,7 +198,10 @@ impl OnDemand {
         match cert {
             Some(cert) => {
                 self.certs.set_named(name, Arc::clone(cert));
-                self.held.lock().expect("held lock").insert(name.to_string());
+                self.held
+                    .lock()
+                    .expect("held lock")
+                    .insert(name.to_string());
                 failed.remove(name);
             }
             None => {
