@@ -328,6 +328,13 @@ pub struct CustomDomainArgs {
     /// one, within --custom-cert-rate).
     #[arg(long, env = "CUSTOM_CERT_CACHE", default_value_t = 1000)]
     pub custom_cert_cache: usize,
+
+    /// How often the DNS proof of every bound custom domain is checked
+    /// again; a tunnel whose proof fails twice in a row (the TXT record was
+    /// removed, the name points elsewhere) is closed with a line saying why.
+    /// 0 = check at bind only.
+    #[arg(long, env = "CUSTOM_DOMAIN_RECHECK", default_value = "10m", value_parser = parse_duration)]
+    pub custom_domain_recheck: Duration,
 }
 
 /// A feature switch.

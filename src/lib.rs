@@ -396,6 +396,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         shutdown.clone(),
     ));
     shutdown.spawn(limits::lifetime::run(Arc::clone(&app), shutdown.clone()));
+    shutdown.spawn(custom::recheck(Arc::clone(&app), shutdown.clone()));
     shutdown.spawn(reload::watch(Arc::clone(&app), hangup, shutdown.clone()));
 
     systemd::ready();

@@ -685,3 +685,47 @@ async fn certificates_of_unbound_names_leave_a_full_cache() {
     // Both are bound now: neither is dropped.
     assert_eq!(cert_stat(&burrow, "cached").await, 2);
 }
+
+/// Bound names are checked again (`--custom-domain-recheck`): once the
+/// owner withdraws the TXT record, the tunnel is closed after two failed
+/// checks in a row, with a line saying why, and the name is no longer
+/// served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_proof_closes_the_tunnel() {
+    let dns = Dns::start().await;
+    let burrow = start(
+        &dns,
+        &["--custom-domain-recheck", "1s", "--dns-cache-ttl", "0"],
+    )
+    .await;
+    let origin = Origin::start("custom-origin").await;
+    let key = SshKeyPair::generate();
+    let name = "gone.example.org";
+    dns.prove(name, &key).await;
+    let mut ssh = forward(&burrow, &key, name, &origin);
+    wait_out(&ssh, &format!("https://{name}:{}", burrow.https_port())).await;
+    burrow
+        .stderr
+        .wait_contains("custom domain certificate issued", WAIT)
+        .await
+        .expect("bound and certified");
+
+    dns.post(
+        "/clear-txt",
+        serde_json::json!({ "host": format!("_burrow.{name}.") }),
+    )
+    .await;
+    wait_out(&ssh, "its DNS proof no longer holds").await;
+    let text = ssh.stdout.text();
+    assert!(
+        text.contains("TXT record _burrow.gone.example.org"),
+        "{text}"
+    );
+    assert!(
+        ssh.wait_exit(WAIT).await.is_some(),
+        "its only tunnel: ssh ends"
+    );
+    let stats = burrow.stats_with_subdomains().await;
+    let listed = stats["subdomains"].as_array().unwrap();
+    assert!(!listed.iter().any(|n| n == name), "{stats}");
+}

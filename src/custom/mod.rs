@@ -107,6 +107,61 @@ pub fn start_certificate(app: &Arc<App>, name: String, conn: Arc<Conn>) {
     });
 }
 
+/// Checks the DNS proof of every bound custom domain again every
+/// `--custom-domain-recheck`, so a name whose owner withdrew the TXT record
+/// (or pointed it elsewhere) stops being served by whoever still holds the
+/// tunnel. One failed check may be a DNS hiccup: a tunnel is closed only
+/// after two failures in a row.
+pub async fn recheck(app: Arc<App>, shutdown: crate::shutdown::Shutdown) {
+    let every = app.config.custom.custom_domain_recheck;
+    if every.is_zero() || !app.custom.enabled {
+        return;
+    }
+    let mut failed_once: std::collections::HashSet<(crate::registry::ConnId, String)> =
+        Default::default();
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.requested() => return,
+            _ = tick.tick() => {}
+        }
+        let pass = check_all(&app, &failed_once);
+        failed_once = tokio::select! {
+            _ = shutdown.requested() => return,
+            failing = pass => failing,
+        };
+    }
+}
+
+/// One recheck pass: closes the tunnels in `failed_once` that fail again,
+/// and returns those that failed for the first time.
+async fn check_all(
+    app: &App,
+    failed_once: &std::collections::HashSet<(crate::registry::ConnId, String)>,
+) -> std::collections::HashSet<(crate::registry::ConnId, String)> {
+    let mut failing = std::collections::HashSet::new();
+    for tunnel in app.registry.tunnels() {
+        if !is_registry_custom(&tunnel.subdomain) || tunnel.kind != Kind::Name {
+            continue;
+        }
+        let Some(owner) = &tunnel.owner else { continue };
+        let Err(why) = app.custom.verifier.verify(&tunnel.subdomain, owner).await else {
+            continue;
+        };
+        let key = (tunnel.conn, tunnel.subdomain.clone());
+        if failed_once.contains(&key) {
+            tracing::info!(subdomain = %tunnel.subdomain, conn = tunnel.conn, reason = %why, "custom domain proof gone: tunnel closed");
+            app.close_tunnel(&tunnel, &format!("its DNS proof no longer holds: {why}"));
+        } else {
+            tracing::debug!(subdomain = %tunnel.subdomain, reason = %why, "custom domain proof failed once");
+            failing.insert(key);
+        }
+    }
+    failing
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
