@@ -689,9 +689,17 @@ impl Rate {
     }
 }
 
+/// `10/h`, `1/m`, `2/s`: the coarsest unit that gives a whole number, as
+/// the flags are written.
 impl std::fmt::Display for Rate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/s", self.per_second)
+        for (unit, seconds) in [("s", 1.0), ("m", 60.0), ("h", 3600.0)] {
+            let count = self.per_second * seconds;
+            if (count - count.round()).abs() < 1e-6 && count >= 1.0 {
+                return write!(f, "{}/{unit}", count.round());
+            }
+        }
+        write!(f, "{:.3}/h", self.per_second * 3600.0)
     }
 }
 
@@ -932,6 +940,14 @@ mod tests {
         for args in bad {
             assert!(parse(args).is_err(), "{args:?}");
         }
+    }
+
+    #[test]
+    fn rates_read_as_typed() {
+        let text = |per_second: f64| Rate { per_second }.to_string();
+        assert_eq!(text(10.0 / 3600.0), "10/h");
+        assert_eq!(text(1.0 / 60.0), "1/m");
+        assert_eq!(text(2.0), "2/s");
     }
 
     #[test]

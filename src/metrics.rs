@@ -8,7 +8,7 @@
 //! kind, connections, spool usage, blocks), taken from the registry and the
 //! JSON stats so that the two endpoints never disagree.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::LazyLock;
 use std::time::Duration;
 
@@ -35,10 +35,6 @@ pub struct Metrics {
     /// write of every channel.
     bytes_in: Counter,
     bytes_out: Counter,
-    /// Every response and the 5xx among them, as plain totals: the
-    /// dashboard's history samples them without walking the families.
-    responses: AtomicU64,
-    server_errors: AtomicU64,
 }
 
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -47,8 +43,6 @@ pub static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         bytes_in: bytes.get_or_create_owned(&vec![("direction", "in")]),
         bytes_out: bytes.get_or_create_owned(&vec![("direction", "out")]),
         bytes,
-        responses: AtomicU64::new(0),
-        server_errors: AtomicU64::new(0),
         ssh_connections: Family::default(),
         http_requests: Family::default(),
         // 1 ms … ~33 s.
@@ -96,10 +90,6 @@ impl Metrics {
             400..=499 => "4xx",
             _ => "5xx",
         };
-        self.responses.fetch_add(1, Ordering::Relaxed);
-        if class == "5xx" {
-            self.server_errors.fetch_add(1, Ordering::Relaxed);
-        }
         self.http_requests
             .get_or_create(&vec![("code", class)])
             .inc();
@@ -133,10 +123,19 @@ impl Metrics {
     }
 
     /// The running totals the dashboard's history samples.
+    /// Derived from the responses by class, so a request is counted once.
     pub fn totals(&self) -> Totals {
+        let responses = |class: &'static str| {
+            self.http_requests
+                .get_or_create(&vec![("code", class)])
+                .get()
+        };
         Totals {
-            requests: self.responses.load(Ordering::Relaxed),
-            errors: self.server_errors.load(Ordering::Relaxed),
+            requests: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(responses)
+                .iter()
+                .sum(),
+            errors: responses("5xx"),
             bytes_in: self.bytes_in.get(),
             bytes_out: self.bytes_out.get(),
         }

@@ -283,6 +283,11 @@ impl Conn {
         }
     }
 
+    /// Whether the client has a session showing the request log.
+    pub fn has_log(&self) -> bool {
+        self.log.get().is_some()
+    }
+
     /// Shows `event` in the client's request log, if it has a session.
     /// Never waits. `answered`: burrow answered the request itself.
     pub fn log(&self, event: crate::request_log::Event, answered: bool) {

@@ -352,7 +352,7 @@ fn render(event: &Event, style: Style, out: &mut String) {
             let _ = write!(
                 out,
                 "{dim}{time}{reset}  {bold}{method:<7}{reset} {path}  {colour}{status}{reset}  {}  {}  {dim}{ip}{reset}\r\n",
-                size(*bytes),
+                crate::limits::human_bytes(*bytes),
                 took(*duration),
             );
             why
@@ -376,8 +376,8 @@ fn render(event: &Event, style: Style, out: &mut String) {
                 out,
                 "{dim}{time}{reset}  {bold}WS{reset}      {path}  closed after {}  {} in, {} out  {dim}{ip}{reset}\r\n",
                 took(*duration),
-                size(*bytes_in),
-                size(*bytes_out),
+                crate::limits::human_bytes(*bytes_in),
+                crate::limits::human_bytes(*bytes_out),
             );
             why
         }
@@ -523,10 +523,6 @@ fn shorten_to(text: &str, width: usize) -> String {
 fn clock(at: SystemTime) -> String {
     let stamp = humantime::format_rfc3339_seconds(at).to_string();
     stamp.get(11..19).unwrap_or(&stamp).to_string()
-}
-
-fn size(bytes: u64) -> String {
-    bytesize::ByteSize(bytes).display().si().to_string()
 }
 
 fn took(d: Duration) -> String {

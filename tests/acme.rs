@@ -57,6 +57,8 @@ where
 /// Pebble and (optionally) challtestsrv, configured but maybe not running.
 struct Pebble {
     dir: TempDir,
+    /// Where its HTTP-01 checks go: burrow's redirector.
+    pub http: u16,
     pub port: u16,
     pub mgmt: u16,
     /// challtestsrv's DNS and management ports.
@@ -101,6 +103,7 @@ impl Pebble {
         std::fs::write(dir.path().join("pebble.json"), config.to_string()).unwrap();
         Pebble {
             dir,
+            http: http_port,
             port,
             mgmt,
             dns,
@@ -147,7 +150,7 @@ impl Pebble {
                 .map(|_| ())
         })
         .await;
-        SocketAddr::from(([127, 0, 0, 1], self.dns))
+        self.dns_addr()
     }
 
     /// Starts pebble checking DNS at `dns` and waits for its directory.
@@ -175,6 +178,25 @@ impl Pebble {
         .await;
     }
 
+    /// Pebble with challtestsrv as its DNS server, both running, checking
+    /// HTTP-01 on a free port (burrow's redirector goes there).
+    async fn launch(validity: u64) -> Pebble {
+        let mut pebble = Pebble::configure(free_port(), validity);
+        let dns = pebble.start_challtestsrv().await;
+        pebble.start(dns).await;
+        pebble
+    }
+
+    /// challtestsrv's DNS address.
+    fn dns_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.dns))
+    }
+
+    /// Stops pebble and challtestsrv (the config stays).
+    fn stop(&mut self) {
+        self.procs.clear();
+    }
+
     /// Pebble's issuing root (changes with every pebble start).
     async fn root(&self) -> CertificateDer<'static> {
         let url = format!("https://localhost:{}/roots/0", self.mgmt);
@@ -200,11 +222,16 @@ struct AcmeBurrow {
 }
 
 impl AcmeBurrow {
-    async fn start(state: &Path, domain: &str, http_port: u16, extra: &[&str]) -> AcmeBurrow {
+    /// Burrow for `domain` getting its certificates from `pebble` (whose
+    /// HTTP-01 checks reach its redirector), plus `extra` flags.
+    async fn start(state: &Path, domain: &str, pebble: &Pebble, extra: &[&str]) -> AcmeBurrow {
         let mut child = Command::new(burrow_bin())
             .args(["--domain", domain])
             .args(["--ssh-addr", "127.0.0.1:0"])
-            .args(["--http-addr", &format!("127.0.0.1:{http_port}")])
+            .args(["--http-addr", &format!("127.0.0.1:{}", pebble.http)])
+            .args(["--acme-directory", &pebble.directory()])
+            .arg("--acme-ca-root")
+            .arg(&pebble.https_ca)
             .args(["--https-addr", "127.0.0.1:0", "--stats-addr", "127.0.0.1:0"])
             .arg("--host-key")
             .arg(state.join("host_key"))
@@ -342,23 +369,15 @@ esac
 
 #[tokio::test]
 async fn wildcard_via_exec_hook() {
-    let http = free_port();
-    let mut pebble = Pebble::configure(http, 0);
-    let dns = pebble.start_challtestsrv().await;
-    pebble.start(dns).await;
+    let pebble = Pebble::launch(0).await;
     let dir = TempDir::new("acme-hook");
     let (script, log) = hook_script(dir.path(), pebble.dns_mgmt, pebble.dns);
     let domain = "hook.example.com";
-    let ca = pebble.https_ca.display().to_string();
     let burrow = AcmeBurrow::start(
         dir.path(),
         domain,
-        http,
+        &pebble,
         &[
-            "--acme-directory",
-            &pebble.directory(),
-            "--acme-ca-root",
-            &ca,
             "--acme-dns-hook",
             &script.display().to_string(),
             "--acme-dns-propagation",
@@ -411,28 +430,17 @@ async fn wildcard_via_exec_hook() {
 
 #[tokio::test]
 async fn failing_hook_is_logged_with_its_stderr_and_server_keeps_serving() {
-    let http = free_port();
-    let mut pebble = Pebble::configure(http, 0);
-    let dns = pebble.start_challtestsrv().await;
-    pebble.start(dns).await;
+    let pebble = Pebble::launch(0).await;
     let dir = TempDir::new("acme-badhook");
     let script = dir.path().join("hook.sh");
     std::fs::write(&script, "#!/bin/sh\necho 'provider says no' >&2\nexit 3\n").unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let ca = pebble.https_ca.display().to_string();
     let burrow = AcmeBurrow::start(
         dir.path(),
         "bad.example.com",
-        http,
-        &[
-            "--acme-directory",
-            &pebble.directory(),
-            "--acme-ca-root",
-            &ca,
-            "--acme-dns-hook",
-            &script.display().to_string(),
-        ],
+        &pebble,
+        &["--acme-dns-hook", &script.display().to_string()],
     )
     .await;
     burrow
@@ -452,20 +460,10 @@ async fn failing_hook_is_logged_with_its_stderr_and_server_keeps_serving() {
 
 #[tokio::test]
 async fn apex_via_http01_and_stored_cert_served_after_restart() {
-    let http = free_port();
-    let mut pebble = Pebble::configure(http, 0);
-    let dns = pebble.start_challtestsrv().await;
-    pebble.start(dns).await;
+    let mut pebble = Pebble::launch(0).await;
     let dir = TempDir::new("acme-apex");
     let domain = "apex.example.com";
-    let ca = pebble.https_ca.display().to_string();
-    let args = [
-        "--acme-directory",
-        &pebble.directory(),
-        "--acme-ca-root",
-        &ca,
-    ];
-    let mut burrow = AcmeBurrow::start(dir.path(), domain, http, &args).await;
+    let mut burrow = AcmeBurrow::start(dir.path(), domain, &pebble, &[]).await;
     let root = pebble.root().await;
     let tls = wait_verified(burrow.addrs.https, domain, &root).await;
     let first = serial(&tls);
@@ -476,8 +474,8 @@ async fn apex_via_http01_and_stored_cert_served_after_restart() {
         .is_err());
     burrow.stop();
     // The CA goes away; the stored certificate is served at once anyway.
-    drop(pebble);
-    let burrow = AcmeBurrow::start(dir.path(), domain, http, &args).await;
+    pebble.stop();
+    let burrow = AcmeBurrow::start(dir.path(), domain, &pebble, &[]).await;
     let tls = connect(burrow.addrs.https, domain, &root)
         .await
         .expect("stored certificate served right after start");
@@ -490,26 +488,11 @@ async fn apex_via_http01_and_stored_cert_served_after_restart() {
 
 #[tokio::test]
 async fn renewal_swaps_the_certificate_without_dropping_connections() {
-    let http = free_port();
     // 12 s certificates: renewal is due after 8 s.
-    let mut pebble = Pebble::configure(http, 12);
-    let dns = pebble.start_challtestsrv().await;
-    pebble.start(dns).await;
+    let pebble = Pebble::launch(12).await;
     let dir = TempDir::new("acme-renew");
     let domain = "renew.example.com";
-    let ca = pebble.https_ca.display().to_string();
-    let burrow = AcmeBurrow::start(
-        dir.path(),
-        domain,
-        http,
-        &[
-            "--acme-directory",
-            &pebble.directory(),
-            "--acme-ca-root",
-            &ca,
-        ],
-    )
-    .await;
+    let burrow = AcmeBurrow::start(dir.path(), domain, &pebble, &[]).await;
     let root = pebble.root().await;
     let mut open = wait_verified(burrow.addrs.https, domain, &root).await;
     let first = serial(&open);
@@ -536,19 +519,7 @@ async fn acme_server_down_at_start_then_up() {
     let mut pebble = Pebble::configure(http, 0);
     let dir = TempDir::new("acme-down");
     let domain = "down.example.com";
-    let ca = pebble.https_ca.display().to_string();
-    let burrow = AcmeBurrow::start(
-        dir.path(),
-        domain,
-        http,
-        &[
-            "--acme-directory",
-            &pebble.directory(),
-            "--acme-ca-root",
-            &ca,
-        ],
-    )
-    .await;
+    let burrow = AcmeBurrow::start(dir.path(), domain, &pebble, &[]).await;
     burrow
         .stderr
         .wait_contains("certificate issuance failed", ISSUE_WAIT)
@@ -626,16 +597,11 @@ async fn wildcard_via_rfc2136_against_knot() {
     // The key comes from a file, as an operator keeps it out of `ps`.
     let key_file = dir.path().join("tsig.key");
     std::fs::write(&key_file, format!("burrow:hmac-sha256:{key}\n")).unwrap();
-    let ca = pebble.https_ca.display().to_string();
     let burrow = AcmeBurrow::start(
         dir.path(),
         domain,
-        http,
+        &pebble,
         &[
-            "--acme-directory",
-            &pebble.directory(),
-            "--acme-ca-root",
-            &ca,
             "--acme-rfc2136",
             &format!("127.0.0.1:{dns_port}"),
             "--acme-rfc2136-tsig",
@@ -837,17 +803,17 @@ async fn static_certificate_wins_over_acme() {
     let dir = TempDir::new("acme-static");
     let cert = TestCert::generate();
     let (crt, key) = cert.write_to(dir.path());
+    // A CA that is never started: ACME must not even try it.
+    let pebble = Pebble::configure(free_port(), 0);
     let burrow = AcmeBurrow::start(
         dir.path(),
         "localhost",
-        free_port(),
+        &pebble,
         &[
             "--tls-cert",
             &crt.display().to_string(),
             "--tls-key",
             &key.display().to_string(),
-            "--acme-directory",
-            "https://127.0.0.1:1/dir",
         ],
     )
     .await;
@@ -870,20 +836,12 @@ async fn static_certificate_wins_over_acme() {
 /// soon as it is bound, served by SNI; the request reaches the local app.
 #[tokio::test]
 async fn custom_domain_gets_its_certificate_from_the_ca() {
-    let http = free_port();
-    let mut pebble = Pebble::configure(http, 0);
-    let dns = pebble.start_challtestsrv().await;
-    pebble.start(dns).await;
+    let pebble = Pebble::launch(0).await;
     let dir = TempDir::new("acme-custom");
     let domain = "tunnels.example.com";
     let name = "app.example.org";
-    let ca = pebble.https_ca.display().to_string();
-    let resolver = dns.to_string();
+    let resolver = pebble.dns_addr().to_string();
     let args = [
-        "--acme-directory",
-        &pebble.directory(),
-        "--acme-ca-root",
-        &ca,
         "--dns-resolver",
         &resolver,
         // challtestsrv answers 127.0.0.1 for every name: "pointing here".
@@ -891,7 +849,7 @@ async fn custom_domain_gets_its_certificate_from_the_ca() {
         "127.0.0.1",
         "--no-browser-warning",
     ];
-    let burrow = AcmeBurrow::start(dir.path(), domain, http, &args).await;
+    let burrow = AcmeBurrow::start(dir.path(), domain, &pebble, &args).await;
     let root = pebble.root().await;
 
     let key = SshKeyPair::generate();

@@ -126,18 +126,8 @@ impl Drop for Dns {
 /// burrow asking `dns`, with the SSH-side limits out of the way.
 async fn start(dns: &Dns, extra: &[&str]) -> Burrow {
     let resolver = dns.addr.to_string();
-    let mut args = vec![
-        "--dns-resolver",
-        &resolver,
-        "--dns-timeout",
-        "5s",
-        "--max-conns-per-minute",
-        "0",
-        "--max-handshakes-per-ip",
-        "0",
-        "--max-tunnels-per-ip",
-        "0",
-    ];
+    let mut args = vec!["--dns-resolver", &resolver, "--dns-timeout", "5s"];
+    args.extend_from_slice(&SSH_LIMITS_OFF);
     args.extend_from_slice(extra);
     Burrow::start(&args).await
 }

@@ -342,16 +342,8 @@ fn path_str(p: &Path) -> &str {
 /// without the per-IP connection, handshake and tunnel caps, which every
 /// client here would share (127.0.0.1) and which tests/limits.rs covers.
 async fn start(state: &Path, extra: &[&str]) -> Burrow {
-    let mut args = vec![
-        "--state-dir",
-        path_str(state),
-        "--max-conns-per-minute",
-        "0",
-        "--max-handshakes-per-ip",
-        "0",
-        "--max-tunnels-per-ip",
-        "0",
-    ];
+    let mut args = vec!["--state-dir", path_str(state)];
+    args.extend_from_slice(&SSH_LIMITS_OFF);
     args.extend_from_slice(extra);
     Burrow::start(&args).await
 }

@@ -89,19 +89,19 @@ async fn soak_churning_tunnels_and_visitors() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(120);
-    let burrow = Burrow::start(&[
-        "--max-conns-per-minute",
-        "0",
-        "--max-handshakes-per-ip",
-        "0",
-        "--max-tunnels-per-ip",
-        "0",
-        "--visitor-rate",
-        "0",
-        "--tunnel-rate",
-        "0",
-        "--no-browser-warning",
-    ])
+    let burrow = Burrow::start(
+        &[
+            &SSH_LIMITS_OFF[..],
+            &[
+                "--visitor-rate",
+                "0",
+                "--tunnel-rate",
+                "0",
+                "--no-browser-warning",
+            ],
+        ]
+        .concat(),
+    )
     .await;
     let origin = Origin::start("soak").await;
     // Before any client: what "at rest" must come back to.

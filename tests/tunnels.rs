@@ -53,14 +53,7 @@ const THIRD_IP: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
 /// Starts burrow without the per-IP SSH caps (every client here comes from
 /// loopback; tests/limits.rs covers those caps), plus `extra`.
 async fn start(extra: &[&str]) -> Burrow {
-    let mut args = vec![
-        "--max-conns-per-minute",
-        "0",
-        "--max-handshakes-per-ip",
-        "0",
-        "--max-tunnels-per-ip",
-        "0",
-    ];
+    let mut args = SSH_LIMITS_OFF.to_vec();
     args.extend_from_slice(extra);
     Burrow::start(&args).await
 }

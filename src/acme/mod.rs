@@ -474,11 +474,9 @@ fn order_problem(order: &mut instant_acme::Order) -> String {
 }
 
 fn rate_limiter(args: &AcmeArgs) -> DefaultDirectRateLimiter {
-    let period = Duration::from_secs_f64(1.0 / args.acme_issue_rate.per_second.max(1e-9));
-    let burst = NonZeroU32::new(args.acme_issue_burst).unwrap_or(NonZeroU32::MIN);
-    let quota = Quota::with_period(period)
-        .unwrap_or_else(|| Quota::per_hour(NonZeroU32::MIN))
-        .allow_burst(burst);
+    // `AcmeArgs::validate` refuses a zero rate or burst.
+    let quota = crate::limits::http::bucket_quota(args.acme_issue_rate, args.acme_issue_burst)
+        .unwrap_or_else(|| Quota::per_hour(NonZeroU32::MIN));
     governor::RateLimiter::direct(quota)
 }
 

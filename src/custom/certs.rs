@@ -5,13 +5,12 @@
 //! all names (`--custom-cert-rate`, `--custom-cert-burst`).
 
 use std::collections::HashSet;
-use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
-use governor::{DefaultDirectRateLimiter, Quota};
+use governor::DefaultDirectRateLimiter;
 use rustls::sign::CertifiedKey;
 
 use super::issuer::Issuer;
@@ -57,15 +56,16 @@ pub struct OnDemand {
 
 impl OnDemand {
     pub fn new(args: &CustomDomainArgs, certs: Arc<Certs>, issuer: Arc<dyn Issuer>) -> Self {
-        let limiter = quota(args).map(DefaultDirectRateLimiter::direct);
+        let limiter =
+            crate::limits::http::bucket_quota(args.custom_cert_rate, args.custom_cert_burst)
+                .map(DefaultDirectRateLimiter::direct);
         OnDemand {
             issuer: RwLock::new(issuer),
             certs,
             limiter,
             limit: format!(
                 "{} certificates, burst {}",
-                rate_text(args.custom_cert_rate.per_second),
-                args.custom_cert_burst
+                args.custom_cert_rate, args.custom_cert_burst
             ),
             cache_cap: args.custom_cert_cache,
             held: Mutex::new(HashSet::new()),
@@ -232,37 +232,5 @@ impl OnDemand {
                 return;
             }
         }
-    }
-}
-
-fn quota(args: &CustomDomainArgs) -> Option<Quota> {
-    let rate = args.custom_cert_rate;
-    if rate.is_unlimited() {
-        return None;
-    }
-    let period = Duration::from_secs_f64(1.0 / rate.per_second);
-    Some(Quota::with_period(period)?.allow_burst(NonZeroU32::new(args.custom_cert_burst.max(1))?))
-}
-
-/// `10/h`, `1/m`, `2/s`: the coarsest unit that gives a whole number.
-fn rate_text(per_second: f64) -> String {
-    for (unit, seconds) in [("s", 1.0), ("m", 60.0), ("h", 3600.0)] {
-        let count = per_second * seconds;
-        if (count - count.round()).abs() < 1e-6 && count >= 1.0 {
-            return format!("{}/{unit}", count.round());
-        }
-    }
-    format!("{:.3}/h", per_second * 3600.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rates_read_as_typed() {
-        assert_eq!(rate_text(10.0 / 3600.0), "10/h");
-        assert_eq!(rate_text(1.0 / 60.0), "1/m");
-        assert_eq!(rate_text(2.0), "2/s");
     }
 }

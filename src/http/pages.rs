@@ -215,7 +215,7 @@ pub fn too_large(limit: u64) -> Page {
         ))
         .why(format!(
             "request body larger than {} (max-body-size): not sent to your app",
-            human_bytes(limit)
+            crate::limits::human_bytes(limit)
         ))
 }
 
@@ -224,7 +224,7 @@ pub fn response_too_large(host: &str, limit: u64) -> Page {
         .text(format!("The app behind {host} sent a response larger than this server relays ({limit} bytes, max-body-size)."))
         .why(format!(
             "your app's response is larger than {} (max-body-size, from its Content-Length): not relayed",
-            human_bytes(limit)
+            crate::limits::human_bytes(limit)
         ))
 }
 
@@ -235,11 +235,6 @@ pub fn request_idle(host: &str, idle: std::time::Duration) -> Page {
             "No bytes moved between you and the app behind {host} for {idle} (request-idle-timeout), so the request was cancelled."
         ))
         .why(format!("your app sent nothing for {idle} (request-idle-timeout): request cancelled"))
-}
-
-/// `1.2 MB`: sizes in the words of the request log.
-pub fn human_bytes(bytes: u64) -> String {
-    bytesize::ByteSize(bytes).display().si().to_string()
 }
 
 /// A visitor limit refused the request.

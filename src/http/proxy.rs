@@ -147,7 +147,9 @@ fn log_when_done(
     response: Response<Body>,
 ) -> Response<Body> {
     let status = response.status();
-    if status == StatusCode::SWITCHING_PROTOCOLS {
+    let access_log = app.config.access_log;
+    // Nobody to tell (`-N`, no access log): no body wrapper on the hot path.
+    if status == StatusCode::SWITCHING_PROTOCOLS || !(access_log || tunnel.client.has_log()) {
         return response;
     }
     let answered = response.extensions().get::<Answered>().cloned();
@@ -155,11 +157,10 @@ fn log_when_done(
     let bodyless =
         seen.is_head() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let client = Arc::clone(&tunnel.client);
-    let access_log = app.config.access_log;
     response.map(move |body| {
         MeteredBody::new(body)
             .on_end(move |ended| {
-                let sent = pages::human_bytes(ended.bytes);
+                let sent = crate::limits::human_bytes(ended.bytes);
                 let why = match (answered.as_ref(), ended.error) {
                     (Some(answered), _) => answered.0.clone(),
                     (None, Some(error)) => Some(format!("response cut off after {sent}: {error}")),

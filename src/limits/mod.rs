@@ -130,6 +130,11 @@ impl LogOnce {
 }
 
 /// `90 s`, `2 min`, `1 h 5 min`: durations in messages people read.
+/// `1.2 MB`: sizes as people read them (decimal units).
+pub fn human_bytes(bytes: u64) -> String {
+    bytesize::ByteSize(bytes).display().si().to_string()
+}
+
 pub fn human(duration: Duration) -> String {
     let secs = duration
         .as_secs()

@@ -238,7 +238,7 @@ pub fn stopped(summary: &Summary) -> String {
     line(&format!(
         "Stopped. {}, {} served, {}. ({closed})",
         plural(summary.requests, "request", "requests"),
-        bytesize::ByteSize(summary.bytes_out).display().si(),
+        crate::limits::human_bytes(summary.bytes_out),
         plural(summary.errors, "error", "errors"),
     ))
 }

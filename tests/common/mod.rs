@@ -36,6 +36,17 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 /// The domain every test instance serves.
 pub const DOMAIN: &str = "localhost";
 
+/// Flags that turn off the per-IP SSH limits, for tests that open many
+/// connections from loopback (tests/limits.rs covers those caps).
+pub const SSH_LIMITS_OFF: [&str; 6] = [
+    "--max-conns-per-minute",
+    "0",
+    "--max-handshakes-per-ip",
+    "0",
+    "--max-tunnels-per-ip",
+    "0",
+];
+
 /// How long to wait for burrow to print its ready line.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
