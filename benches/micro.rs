@@ -8,9 +8,10 @@
 use std::hint::black_box;
 use std::net::SocketAddr;
 
-use burrow::http::proxy::to_origin_request;
+use burrow::edge::router::route;
+use burrow::http::rewrite::to_origin_request;
 use burrow::http::Scheme;
-use burrow::subdomain::{is_valid_label, route};
+use burrow::subdomain::is_valid_label;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::{Method, Request, Version};
 

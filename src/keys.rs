@@ -242,41 +242,6 @@ impl Keys {
     }
 }
 
-/// Closes the tunnels that `file` no longer allows.
-pub fn enforce(app: &crate::App, file: &KeysFile) {
-    let keys_only = app.config.auth_mode == crate::config::AuthMode::Keys;
-    for tunnel in app.registry.tunnels() {
-        let owner = tunnel.owner.as_deref();
-        let listed = owner.is_some_and(|fp| file.grant(fp).is_some());
-        let owners = match tunnel.kind {
-            crate::registry::Kind::Tcp(port) => file.port_owners(port),
-            crate::registry::Kind::Name => file.owners(&tunnel.subdomain),
-        };
-        let reason = if keys_only && !listed {
-            Some("your key was removed from the keys file")
-        } else if !owners.is_empty() && !owner.is_some_and(|fp| owners.iter().any(|o| o == fp)) {
-            Some(match tunnel.kind {
-                crate::registry::Kind::Tcp(_) => {
-                    "the keys file now grants this port to another key"
-                }
-                crate::registry::Kind::Name => "the keys file now grants this name to another key",
-            })
-        } else if owners.is_empty() && app.config.reserved_names.contains(&tunnel.subdomain) {
-            Some("the keys file no longer grants this reserved name to your key")
-        } else if let crate::registry::Kind::Tcp(port) = tunnel.kind {
-            // An owned port may lie outside --tcp-ports; without the grant
-            // nobody may hold it.
-            (owners.is_empty() && !app.tcp.in_range(port))
-                .then_some("the keys file no longer grants this port to your key")
-        } else {
-            None
-        };
-        if let Some(reason) = reason {
-            app.close_tunnel(&tunnel, reason);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,8 +9,26 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::config::PortRanges;
+use crate::keys::Keys;
 use crate::shutdown::Shutdown;
-use crate::{keys, systemd, App};
+use crate::systemd;
+use crate::tls::Certs;
+use crate::tunnel::names::Grants;
+use crate::tunnel::Registry;
+
+/// What a reload reads and whom it tells.
+pub struct Reload {
+    pub keys: Arc<Keys>,
+    pub certs: Arc<Certs>,
+    /// Live tunnels the new keys file no longer allows are closed.
+    pub registry: Arc<Registry>,
+    /// The rest of the grant rule: `--reserved-names`, `--tcp-ports`,
+    /// `--auth-mode keys`.
+    pub reserved: Vec<String>,
+    pub tcp_ports: PortRanges,
+    pub keys_only: bool,
+}
 
 /// How often the files are checked for changes on disk.
 const POLL: Duration = Duration::from_secs(1);
@@ -22,7 +40,7 @@ pub fn hangup_signal() -> Result<tokio::signal::unix::Signal> {
 }
 
 /// Runs until shutdown.
-pub async fn watch(app: Arc<App>, mut hangup: tokio::signal::unix::Signal, shutdown: Shutdown) {
+pub async fn watch(reload: Reload, mut hangup: tokio::signal::unix::Signal, shutdown: Shutdown) {
     let mut poll = tokio::time::interval(POLL);
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -35,11 +53,11 @@ pub async fn watch(app: Arc<App>, mut hangup: tokio::signal::unix::Signal, shutd
             tracing::info!("SIGHUP: reloading the keys file and the TLS certificate");
             systemd::reloading();
         }
-        if app.keys.path.is_some() && (forced || app.keys.changed_on_disk()) {
-            reload_keys(&app);
+        if reload.keys.path.is_some() && (forced || reload.keys.changed_on_disk()) {
+            reload.reload_keys();
         }
-        if forced || app.certs.changed_on_disk() {
-            reload_certs(&app);
+        if forced || reload.certs.changed_on_disk() {
+            reload.reload_certs();
         }
         if forced {
             systemd::reloaded();
@@ -47,24 +65,31 @@ pub async fn watch(app: Arc<App>, mut hangup: tokio::signal::unix::Signal, shutd
     }
 }
 
-fn reload_keys(app: &App) {
-    match app.keys.reload() {
-        Ok(file) => {
-            tracing::info!(keys = file.len(), "keys file reloaded");
-            keys::enforce(app, &file);
-        }
-        Err(err) => {
-            tracing::warn!(error = %format!("{err:#}"), "keys file rejected; the previous one stays in force");
+impl Reload {
+    fn reload_keys(&self) {
+        match self.keys.reload() {
+            Ok(file) => {
+                tracing::info!(keys = file.len(), "keys file reloaded");
+                self.registry.enforce(&Grants {
+                    keys: &file,
+                    reserved: &self.reserved,
+                    tcp_ports: &self.tcp_ports,
+                    keys_only: self.keys_only,
+                });
+            }
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), "keys file rejected; the previous one stays in force");
+            }
         }
     }
-}
 
-fn reload_certs(app: &App) {
-    match app.certs.reload() {
-        Ok(true) => tracing::info!("TLS certificate reloaded; new handshakes get it"),
-        Ok(false) => {}
-        Err(err) => {
-            tracing::warn!(error = %format!("{err:#}"), "TLS certificate rejected; the previous one stays in use");
+    fn reload_certs(&self) {
+        match self.certs.reload() {
+            Ok(true) => tracing::info!("TLS certificate reloaded; new handshakes get it"),
+            Ok(false) => {}
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), "TLS certificate rejected; the previous one stays in use");
+            }
         }
     }
 }

@@ -25,17 +25,18 @@ use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use governor::DefaultDirectRateLimiter;
-use russh::server::Msg;
-use russh::ChannelWriteHalf;
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::config::LimitArgs;
+use crate::config::RequestLogArgs;
 
 /// Paths longer than this many characters are shortened in the middle.
 const PATH_WIDTH: usize = 64;
 /// Reasons can quote what a visitor sent (an Origin header, say): they are
 /// shortened too, so no visitor can flood the terminal through them.
 const WHY_WIDTH: usize = 240;
+/// Longest wait for the session's options (and so its banner) before the
+/// first line is written anyway.
+const BANNER_WAIT: Duration = Duration::from_secs(5);
 /// Bytes of log written to the channel in one go.
 const BATCH_BYTES: usize = 16 * 1024;
 /// How long drops must be followed by quiet before their marker is written
@@ -179,7 +180,7 @@ impl RequestLog {
     pub fn start(
         out: impl Terminal,
         settled: watch::Receiver<bool>,
-        limits: &LimitArgs,
+        limits: &RequestLogArgs,
     ) -> RequestLog {
         let (queue, lines) = mpsc::channel(limits.request_log_buffer.max(1));
         let not_shown = Arc::new(NotShown::default());
@@ -250,12 +251,6 @@ pub trait Terminal: Send + Sync + 'static {
     fn write(&self, text: Bytes) -> impl std::future::Future<Output = Result<(), ()>> + Send;
 }
 
-impl Terminal for ChannelWriteHalf<Msg> {
-    async fn write(&self, text: Bytes) -> Result<(), ()> {
-        self.data_bytes(text).await.map_err(|_| ())
-    }
-}
-
 /// Drains the queue into the session channel until the connection ends.
 async fn write_lines(
     mut lines: mpsc::Receiver<Line>,
@@ -263,11 +258,7 @@ async fn write_lines(
     out: impl Terminal,
     mut settled: watch::Receiver<bool>,
 ) {
-    let _ = tokio::time::timeout(
-        crate::registry::OPTIONS_WAIT,
-        settled.wait_for(|done| *done),
-    )
-    .await;
+    let _ = tokio::time::timeout(BANNER_WAIT, settled.wait_for(|done| *done)).await;
     let mut style = Style::default();
     loop {
         let mut text = String::new();
@@ -606,12 +597,12 @@ mod tests {
         }
     }
 
-    fn limits(buffer: usize) -> LimitArgs {
+    fn limits(buffer: usize) -> RequestLogArgs {
         use clap::Parser;
         let mut config = crate::config::Config::parse_from(["burrow"]);
-        config.limits.request_log_buffer = buffer;
-        config.limits.request_log_answered_rate = crate::config::Rate { per_second: 0.0 };
-        config.limits
+        config.request_log.request_log_buffer = buffer;
+        config.request_log.request_log_answered_rate = crate::config::Rate { per_second: 0.0 };
+        config.request_log
     }
 
     fn request(path: &str) -> Event {

@@ -2,6 +2,7 @@
 //! secret from which stable names are derived; files are 0600 and written
 //! atomically (temporary file, fsync, rename).
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -41,7 +42,7 @@ impl State {
         } else {
             let secret: [u8; SECRET_LEN] = rand::random();
             let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
-            crate::write_private_file(&path, format!("{hex}\n").as_bytes())
+            crate::state::write_private_file(&path, format!("{hex}\n").as_bytes())
                 .with_context(|| format!("{}: cannot write {}", context(), path.display()))?;
             tracing::info!(path = %path.display(), "generated the stable-name secret");
             secret
@@ -62,6 +63,27 @@ fn decode_hex(text: &str) -> Result<[u8; SECRET_LEN]> {
         *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16)?;
     }
     Ok(out)
+}
+
+/// Writes a secret file atomically with mode 0600: a temporary file next to
+/// it, flushed to disk, then renamed over the target.
+pub fn write_private_file(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    // A name of its own, so two writers never rename each other's file away.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(format!(
+        ".{}.{:08x}.tmp",
+        std::process::id(),
+        rand::random::<u32>()
+    ));
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp)?;
+    file.write_all(contents)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Tunnel names: generating random `adjective-noun-xxxxxxxx` labels,
-//! validating names, and mapping a request's Host to a route.
+//! validating names.
 //!
 //! Everything that turns untrusted text (a Host header, a domain flag) into
 //! a name the registry is asked about goes through here, so the rules for
@@ -60,6 +60,22 @@ pub fn stable_name(secret: &[u8], key_blob: &[u8]) -> String {
     format!("{adjective}-{noun}-{suffix:08x}")
 }
 
+/// Whether `name` (lowercase, no trailing dot) is a custom name as a bind
+/// address may ask for one: at least two valid labels, not an IP address,
+/// and neither `domain` nor a name under it.
+pub fn is_custom_name(name: &str, domain: &str) -> bool {
+    // A numeric last label is an IP address, never a host name.
+    let numeric_tld = name
+        .rsplit('.')
+        .next()
+        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()));
+    name.contains('.')
+        && !numeric_tld
+        && is_valid_domain(name)
+        && name != domain
+        && !name.ends_with(&format!(".{domain}"))
+}
+
 /// Whether `name` has exactly the shape [`random_name`] produces, with words
 /// from the lists (a strict whitelist, not just "looks similar").
 pub fn is_random_name(name: &str) -> bool {
@@ -91,39 +107,6 @@ pub fn is_valid_label(label: &str) -> bool {
 /// A lowercase DNS name made of valid labels (used for `--domain`).
 pub fn is_valid_domain(domain: &str) -> bool {
     !domain.is_empty() && domain.len() <= 253 && domain.split('.').all(is_valid_label)
-}
-
-/// Where a request's Host points, relative to the server's domain.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Route {
-    /// The bare domain: the landing page.
-    Apex,
-    /// One label under the domain: a (possibly unknown) tunnel name.
-    Tunnel(String),
-    /// Under the domain but not a usable name (nested labels, bad characters).
-    Malformed,
-    /// Not this server's domain at all.
-    Foreign,
-}
-
-/// Maps a Host header or `:authority` value to a [`Route`]: case-insensitive,
-/// port and trailing dot stripped.
-pub fn route(host: &str, domain: &str) -> Route {
-    let host = strip_port(host).trim_end_matches('.').to_ascii_lowercase();
-    if host == domain {
-        return Route::Apex;
-    }
-    let Some(label) = host
-        .strip_suffix(domain)
-        .and_then(|rest| rest.strip_suffix('.'))
-    else {
-        return Route::Foreign;
-    };
-    if is_valid_label(label) {
-        Route::Tunnel(label.to_string())
-    } else {
-        Route::Malformed
-    }
 }
 
 /// `host:port` → `host`, leaving IPv6 literals (`[::1]:443`) intact.
@@ -187,25 +170,6 @@ mod tests {
         assert!(!is_valid_label("a_b"));
         assert!(!is_valid_label(&"a".repeat(64)));
         assert!(is_valid_label(&"a".repeat(63)));
-    }
-
-    #[test]
-    fn routes() {
-        let d = "tunnel.example";
-        assert_eq!(route("tunnel.example", d), Route::Apex);
-        assert_eq!(route("Tunnel.Example:443", d), Route::Apex);
-        assert_eq!(route("tunnel.example.", d), Route::Apex);
-        assert_eq!(
-            route("Happy-Tiger-1a2b3c4d.tunnel.example:8443", d),
-            Route::Tunnel("happy-tiger-1a2b3c4d".into())
-        );
-        assert_eq!(route("a.b.tunnel.example", d), Route::Malformed);
-        assert_eq!(route("a_b.tunnel.example", d), Route::Malformed);
-        assert_eq!(route(".tunnel.example", d), Route::Malformed);
-        assert_eq!(route("eviltunnel.example", d), Route::Foreign);
-        assert_eq!(route("example.org", d), Route::Foreign);
-        assert_eq!(route("[::1]:443", d), Route::Foreign);
-        assert_eq!(route("", d), Route::Foreign);
     }
 
     #[test]

@@ -140,7 +140,9 @@ impl Pebble {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("pebble-challtestsrv (Debian package pebble) must be installed");
+            .expect(
+                "pebble-challtestsrv is not installed: apt-get install -y pebble (or run .ci/run)",
+            );
         self.procs.push(Proc(child));
         let mgmt = self.dns_mgmt;
         poll("challtestsrv", Duration::from_secs(10), || async move {
@@ -165,7 +167,7 @@ impl Pebble {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("pebble (Debian package pebble) must be installed");
+            .expect("pebble is not installed: apt-get install -y pebble (or run .ci/run)");
         self.procs.push(Proc(child));
         let (client, url) = (self.client(), self.directory());
         poll("pebble's directory", Duration::from_secs(10), || {
@@ -561,7 +563,7 @@ fn start_knot(dir: &Path, domain: &str, port: u16, key_b64: &str) -> Proc {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .expect("knotd (Debian package knot) must be installed");
+        .expect("knotd is not installed: apt-get install -y knot (or run .ci/run)");
     Proc(child)
 }
 
@@ -570,7 +572,7 @@ fn txt_values(port: u16, name: &str) -> Vec<String> {
     let out = Command::new("kdig")
         .args(["@127.0.0.1", "-p", &port.to_string(), "+short", "TXT", name])
         .output()
-        .expect("kdig (Debian package knot-dnsutils)");
+        .expect("kdig is not installed: apt-get install -y knot-dnsutils (or run .ci/run)");
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| l.trim_matches('"').to_string())

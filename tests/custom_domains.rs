@@ -39,7 +39,9 @@ impl Dns {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("run pebble-challtestsrv (Debian package pebble; see .ci/run)");
+            .expect(
+                "pebble-challtestsrv is not installed: apt-get install -y pebble (or run .ci/run)",
+            );
         let dns = Dns {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], dns)),

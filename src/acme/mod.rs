@@ -233,7 +233,7 @@ impl Acme {
             let wait = not_until.wait_time_from(governor::clock::Clock::now(
                 &governor::clock::DefaultClock::default(),
             ));
-            crate::metrics::METRICS.refused("acme-issue-rate");
+            crate::counters::COUNTERS.refused("acme-issue-rate");
             bail!(
                 "certificate for {name} refused: --acme-issue-rate {} (burst {}) reached; next possible in {}",
                 self.args.acme_issue_rate,
@@ -443,7 +443,7 @@ impl Acme {
             .await
             .with_context(|| format!("ACME directory {directory}: creating the account"))?;
         store::create_private_dir(&dir)?;
-        crate::write_private_file(&path, serde_json::to_string(&credentials)?.as_bytes())
+        crate::state::write_private_file(&path, serde_json::to_string(&credentials)?.as_bytes())
             .with_context(|| format!("cannot write {}", path.display()))?;
         tracing::info!(directory, id = account.id(), "ACME account created");
         Ok(account)

@@ -91,9 +91,9 @@ pub fn load(dir: &Path, file: &str) -> Result<Option<Issued>> {
 pub fn save(dir: &Path, file: &str, chain: &str, key: &str) -> Result<()> {
     create_private_dir(dir)?;
     let (crt, key_path) = paths(dir, file);
-    crate::write_private_file(&key_path, key.as_bytes())
+    crate::state::write_private_file(&key_path, key.as_bytes())
         .with_context(|| format!("cannot write {}", key_path.display()))?;
-    crate::write_private_file(&crt, chain.as_bytes())
+    crate::state::write_private_file(&crt, chain.as_bytes())
         .with_context(|| format!("cannot write {}", crt.display()))
 }
 

@@ -14,157 +14,151 @@ pub mod certs;
 pub mod dns;
 pub mod issuer;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use crate::config::{Config, Switch};
-use crate::registry::{Conn, Kind};
+use crate::shutdown::Shutdown;
 use crate::subdomain;
-use crate::App;
+use crate::tunnel::options::Tls;
+use crate::tunnel::{is_custom_key, Client, ConnId, Kind, Notice, Registry};
 
 pub struct CustomDomains {
     pub enabled: bool,
     pub verifier: dns::Verifier,
     pub certs: certs::OnDemand,
+    /// Which names are bound now (routing, certificate eviction, rechecks).
+    registry: Arc<Registry>,
+    /// `--custom-domain-recheck`.
+    recheck_every: std::time::Duration,
 }
 
 impl CustomDomains {
     /// Self-signed certificates per name until another issuer is set with
     /// [`certs::OnDemand::set_issuer`]: with `--tls-cert` too, since the
     /// operator's certificate cannot cover other people's names.
-    pub fn new(config: &Config, tls: Arc<crate::tls::Certs>) -> CustomDomains {
+    pub fn new(
+        config: &Config,
+        tls: Arc<crate::tls::Certs>,
+        registry: Arc<Registry>,
+    ) -> CustomDomains {
         let args = &config.custom;
         CustomDomains {
             enabled: args.custom_domains == Switch::On,
             verifier: dns::Verifier::new(args, &config.domain),
             certs: certs::OnDemand::new(args, tls, Arc::new(issuer::SelfSigned)),
+            registry,
+            recheck_every: args.custom_domain_recheck,
         }
     }
-}
 
-/// Whether `name` (lowercase, no trailing dot) is a custom name as a bind
-/// address may ask for one: at least two valid labels, not an IP address,
-/// and neither DOMAIN nor a name under it.
-pub fn is_custom_name(name: &str, domain: &str) -> bool {
-    // A numeric last label is an IP address, never a host name.
-    let numeric_tld = name
-        .rsplit('.')
-        .next()
-        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()));
-    name.contains('.')
-        && !numeric_tld
-        && subdomain::is_valid_domain(name)
-        && name != domain
-        && !name.ends_with(&format!(".{domain}"))
-}
-
-/// Whether a registry key is a custom domain (labels under DOMAIN have no
-/// dot, TCP keys are `tcp:PORT`).
-pub fn is_registry_custom(key: &str) -> bool {
-    key.contains('.')
-}
-
-/// The registry key of a Host or SNI value that names a custom domain bound
-/// right now, else `None` (a foreign name that stays foreign).
-pub fn bound_name(app: &App, host: &str) -> Option<String> {
-    let name = subdomain::strip_port(host)
-        .trim_end_matches('.')
-        .to_ascii_lowercase();
-    if !is_custom_name(&name, &app.config.domain) {
-        return None;
+    /// The registry key of a Host or SNI value that names a custom domain
+    /// bound right now, else `None` (a foreign name that stays foreign).
+    pub fn bound_name(&self, host: &str) -> Option<String> {
+        let name = subdomain::strip_port(host)
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        if !subdomain::is_custom_name(&name, &self.registry.public().domain) {
+            return None;
+        }
+        let tunnel = self
+            .registry
+            .find(&name, crate::tunnel::registry::Pick::Oldest)?;
+        (tunnel.kind() == Kind::Name).then_some(name)
     }
-    let tunnel = app.registry.peek(&name)?;
-    (tunnel.kind == Kind::Name).then_some(name)
-}
 
-/// After `name` was bound: issues its certificate in the background once
-/// the connection's options are known (a `tls=passthrough` tunnel
-/// terminates TLS itself and gets none). A failure is logged and told to
-/// the user; visitors then see the server's own certificate. A new
-/// certificate may push out those of names no longer bound
-/// (`--custom-cert-cache`).
-pub fn start_certificate(app: &Arc<App>, name: String, conn: Arc<Conn>) {
-    let app = Arc::clone(app);
-    tokio::spawn(async move {
-        let options = conn.options_settled().await;
-        if options.tls == crate::ssh::options::Tls::Passthrough {
-            tracing::debug!(name, "custom domain passes TLS through: no certificate");
-            let skipped = &app.custom.certs.counters.passthrough;
-            skipped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    /// After `name` was bound by `client`: issues its certificate in the
+    /// background once the connection's options are known (a
+    /// `tls=passthrough` tunnel terminates TLS itself and gets none). A
+    /// failure is logged and told to the user; visitors then see the
+    /// server's own certificate. A new certificate may push out those of
+    /// names no longer bound (`--custom-cert-cache`).
+    pub fn start_certificate(self: &Arc<Self>, name: String, client: Arc<dyn Client>) {
+        let custom = Arc::clone(self);
+        tokio::spawn(async move {
+            let options = crate::tunnel::options_settled(&*client).await;
+            if options.tls == Tls::Passthrough {
+                tracing::debug!(name, "custom domain passes TLS through: no certificate");
+                let skipped = &custom.certs.counters.passthrough;
+                skipped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
+            match custom.certs.obtain(&name).await {
+                Ok(true) => {
+                    let still_bound = |other: &str| custom.bound_name(other).is_some();
+                    custom.certs.evict(still_bound);
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    let why = format!("{err:#}");
+                    tracing::warn!(name, error = %why, "custom domain certificate failed");
+                    client.notify(Notice::CertFailed { name, why });
+                }
+            }
+        });
+    }
+
+    /// Checks the DNS proof of every bound custom domain again every
+    /// `--custom-domain-recheck`, so a name whose owner withdrew the TXT
+    /// record (or pointed it elsewhere) stops being served by whoever still
+    /// holds the tunnel. One failed check may be a DNS hiccup: a tunnel is
+    /// closed only after two failures in a row.
+    pub async fn recheck(self: Arc<Self>, shutdown: Shutdown) {
+        let every = self.recheck_every;
+        if every.is_zero() || !self.enabled {
             return;
         }
-        match app.custom.certs.obtain(&name).await {
-            Ok(true) => {
-                let still_bound = |other: &str| bound_name(&app, other).is_some();
-                app.custom.certs.evict(still_bound);
+        let mut failed_once = HashSet::new();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = shutdown.requested() => return,
+                _ = tick.tick() => {}
             }
-            Ok(false) => {}
-            Err(err) => {
-                let why = format!("{err:#}");
-                tracing::warn!(name, error = %why, "custom domain certificate failed");
-                conn.notify(crate::ssh::banner::custom_cert_failed(&name, &why));
+            let pass = self.check_all(&failed_once);
+            failed_once = tokio::select! {
+                _ = shutdown.requested() => return,
+                failing = pass => failing,
+            };
+        }
+    }
+
+    /// One recheck pass: closes the tunnels in `failed_once` that fail
+    /// again, and returns those that failed for the first time.
+    async fn check_all(
+        &self,
+        failed_once: &HashSet<(ConnId, String)>,
+    ) -> HashSet<(ConnId, String)> {
+        let mut failing = HashSet::new();
+        for tunnel in self.registry.tunnels() {
+            if !is_custom_key(tunnel.key()) || tunnel.kind() != Kind::Name {
+                continue;
+            }
+            let Some(owner) = tunnel.owner() else {
+                continue;
+            };
+            let Err(why) = self.verifier.verify(tunnel.key(), owner).await else {
+                continue;
+            };
+            let key = (tunnel.conn(), tunnel.key().to_string());
+            if failed_once.contains(&key) {
+                tracing::info!(subdomain = %tunnel.key(), conn = tunnel.conn(), reason = %why, "custom domain proof gone: tunnel closed");
+                self.registry
+                    .close(&tunnel, &format!("its DNS proof no longer holds: {why}"));
+            } else {
+                tracing::debug!(subdomain = %tunnel.key(), reason = %why, "custom domain proof failed once");
+                failing.insert(key);
             }
         }
-    });
-}
-
-/// Checks the DNS proof of every bound custom domain again every
-/// `--custom-domain-recheck`, so a name whose owner withdrew the TXT record
-/// (or pointed it elsewhere) stops being served by whoever still holds the
-/// tunnel. One failed check may be a DNS hiccup: a tunnel is closed only
-/// after two failures in a row.
-pub async fn recheck(app: Arc<App>, shutdown: crate::shutdown::Shutdown) {
-    let every = app.config.custom.custom_domain_recheck;
-    if every.is_zero() || !app.custom.enabled {
-        return;
+        failing
     }
-    let mut failed_once: std::collections::HashSet<(crate::registry::ConnId, String)> =
-        Default::default();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = shutdown.requested() => return,
-            _ = tick.tick() => {}
-        }
-        let pass = check_all(&app, &failed_once);
-        failed_once = tokio::select! {
-            _ = shutdown.requested() => return,
-            failing = pass => failing,
-        };
-    }
-}
-
-/// One recheck pass: closes the tunnels in `failed_once` that fail again,
-/// and returns those that failed for the first time.
-async fn check_all(
-    app: &App,
-    failed_once: &std::collections::HashSet<(crate::registry::ConnId, String)>,
-) -> std::collections::HashSet<(crate::registry::ConnId, String)> {
-    let mut failing = std::collections::HashSet::new();
-    for tunnel in app.registry.tunnels() {
-        if !is_registry_custom(&tunnel.subdomain) || tunnel.kind != Kind::Name {
-            continue;
-        }
-        let Some(owner) = &tunnel.owner else { continue };
-        let Err(why) = app.custom.verifier.verify(&tunnel.subdomain, owner).await else {
-            continue;
-        };
-        let key = (tunnel.conn, tunnel.subdomain.clone());
-        if failed_once.contains(&key) {
-            tracing::info!(subdomain = %tunnel.subdomain, conn = tunnel.conn, reason = %why, "custom domain proof gone: tunnel closed");
-            app.close_tunnel(&tunnel, &format!("its DNS proof no longer holds: {why}"));
-        } else {
-            tracing::debug!(subdomain = %tunnel.subdomain, reason = %why, "custom domain proof failed once");
-            failing.insert(key);
-        }
-    }
-    failing
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::subdomain::is_custom_name;
 
     #[test]
     fn custom_names() {

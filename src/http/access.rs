@@ -12,8 +12,8 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::pages::{self, Page};
 use super::Body;
-use crate::registry::Tunnel;
-use crate::ssh::options::TunnelOptions;
+use crate::tunnel::options::TunnelOptions;
+use crate::tunnel::Tunnel;
 
 /// Methods a preflight is told are allowed when the app's own list is not
 /// known.
@@ -49,7 +49,7 @@ pub fn check(
             }
             given => {
                 if given.is_some() {
-                    if let Err(refusal) = tunnel.gate.auth_failure(visitor.ip()) {
+                    if let Err(refusal) = tunnel.gate().auth_failure(visitor.ip()) {
                         let mut response = pages::limited(StatusCode::TOO_MANY_REQUESTS, &refusal)
                             .render(req.headers());
                         if let Some(secs) = refusal.retry_secs() {
@@ -60,7 +60,7 @@ pub fn check(
                         return Access::Answer(response);
                     }
                 }
-                return Access::Answer(unauthorized(&tunnel.subdomain, req.headers()));
+                return Access::Answer(unauthorized(tunnel.key(), req.headers()));
             }
         }
     }

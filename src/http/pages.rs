@@ -137,6 +137,29 @@ pub fn set_page_headers(headers: &mut HeaderMap) {
     headers.insert("cache-control", HeaderValue::from_static("no-store"));
 }
 
+/// A JSON answer of the operator's endpoints (stats, admin API, dashboard
+/// data): never cached, never sniffed.
+pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    let body = serde_json::to_string(value).expect("JSON answers serialize");
+    json_text(status, body)
+}
+
+/// [`json`] for a body already serialized.
+pub fn json_text(status: StatusCode, body: String) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .header("cache-control", "no-store")
+        .header("x-content-type-options", "nosniff")
+        .body(full(body))
+        .expect("static response parts are valid")
+}
+
+/// `{"error": message}` with `status`.
+pub fn json_error(status: StatusCode, message: &str) -> Response<Body> {
+    json(status, &serde_json::json!({ "error": message }))
+}
+
 pub fn full(body: impl Into<Bytes>) -> Body {
     Full::new(body.into())
         .map_err(|never| match never {})

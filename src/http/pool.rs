@@ -10,6 +10,10 @@
 //! most `--channel-pool-size` idle connections per tunnel, and one idle for
 //! `--channel-pool-idle` is closed (keep that below the app's own keep-alive
 //! timeout, 5 s for Node.js, so we rarely pick one the app is closing).
+//!
+//! A tunnel's pool hangs off the tunnel as an extension (the tunnel core
+//! does not know it): it is made on the first request and dropped, closing
+//! its connections, with the tunnel.
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -17,6 +21,59 @@ use std::time::{Duration, Instant};
 use hyper::client::conn::http1::SendRequest;
 
 use super::Body;
+use crate::shutdown::Shutdown;
+use crate::tunnel::{Registry, Tunnel};
+
+/// How often idle connections are checked for their timeout.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
+
+/// The pool settings every tunnel's pool gets.
+#[derive(Debug, Clone, Copy)]
+pub struct Pools {
+    /// `--channel-pool-size`: idle connections kept per tunnel.
+    pub max_idle: usize,
+    /// `--channel-pool-idle`: how long one may sit idle.
+    pub idle_timeout: Duration,
+}
+
+impl Pools {
+    /// `tunnel`'s pool, made on first use.
+    pub fn of(&self, tunnel: &Tunnel) -> Arc<Pool> {
+        tunnel.extension(|| Pool {
+            idle: Mutex::new(Vec::new()),
+            max_idle: self.max_idle,
+            idle_timeout: self.idle_timeout,
+        })
+    }
+
+    /// Closes connections idle for too long or closed by the app, every
+    /// second until shutdown, so they expire within a second of their
+    /// timeout.
+    pub async fn prune(registry: Arc<Registry>, shutdown: Shutdown) {
+        let mut tick = tokio::time::interval(PRUNE_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.requested() => return,
+                _ = tick.tick() => {}
+            }
+            for tunnel in registry.tunnels() {
+                if let Some(pool) = tunnel.existing_extension::<Pool>() {
+                    pool.prune();
+                }
+            }
+        }
+    }
+
+    /// Idle connections of every tunnel now (the stats' `idle_channels`).
+    pub fn idle(registry: &Registry) -> usize {
+        let pools = registry.tunnels().into_iter();
+        pools
+            .filter_map(|t| t.existing_extension::<Pool>())
+            .map(|pool| pool.idle())
+            .sum()
+    }
+}
 
 /// The sending half of one HTTP/1.1 connection to the local app.
 pub type Sender = SendRequest<Body>;
@@ -34,14 +91,6 @@ struct Idle {
 }
 
 impl Pool {
-    pub fn new(max_idle: usize, idle_timeout: Duration) -> Arc<Self> {
-        Arc::new(Pool {
-            idle: Mutex::new(Vec::new()),
-            max_idle,
-            idle_timeout,
-        })
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Idle>> {
         self.idle.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -83,9 +132,8 @@ impl Pool {
         }
     }
 
-    /// Closes connections idle for too long or already closed; called by
-    /// the housekeeping tick.
-    pub fn prune(&self) {
+    /// Closes connections idle for too long or already closed.
+    fn prune(&self) {
         let timeout = self.idle_timeout;
         self.lock()
             .retain(|entry| entry.since.elapsed() < timeout && !entry.sender.is_closed());

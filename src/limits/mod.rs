@@ -3,14 +3,17 @@
 //! - [`ssh`]: per-IP SSH admission (connection rate, handshakes, violations,
 //!   blocks).
 //! - [`http`]: per-tunnel visitor limits (token buckets, in-flight requests,
-//!   WebSockets).
-//! - [`lifetime`]: closing tunnels that sat idle or lived too long.
+//!   WebSockets, relayed connections, bandwidth).
 //!
 //! Every refusal carries a [`Refusal`] that says which limit was hit and for
-//! how long, so the SSH user or the visitor can be told exactly that.
+//! how long, so the SSH user or the visitor can be told exactly that; and
+//! every refusal goes through [`Refusals::refuse`], which counts it and logs
+//! it once per IP and limit per minute.
+//!
+//! (Tunnel idle and lifetime limits live with the tunnels, in
+//! `tunnel::expiry`.)
 
 pub mod http;
-pub mod lifetime;
 pub mod ssh;
 
 use std::net::IpAddr;
@@ -93,10 +96,52 @@ impl Refusal {
     }
 }
 
+/// Who was refused: a client of the SSH server (logged as a warning: an
+/// operator wants to see who hammers the server), or a visitor of a
+/// tunnel (logged at info: visitors' floods are the tunnel owner's
+/// business, and never count against anyone's SSH access).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Visitor,
+}
+
+/// The one place a refusal is recorded: counted in the stats and metrics,
+/// and logged once per IP and limit per minute.
+#[derive(Default)]
+pub struct Refusals {
+    logged: LogOnce,
+}
+
+impl Refusals {
+    /// `refusal` turned `ip` away from `what` (e.g. `forward`, or the
+    /// tunnel a request was for).
+    pub fn refuse(&self, refusal: &Refusal, ip: IpAddr, side: Side, what: &str) {
+        crate::counters::COUNTERS.refused(refusal.limit);
+        if !self.logged.first(ip, refusal.limit) {
+            return;
+        }
+        let (limit, reason) = (refusal.limit, &refusal.message);
+        match side {
+            Side::Client => {
+                tracing::warn!(%ip, limit, %reason, what, "refused")
+            }
+            Side::Visitor => {
+                tracing::info!(visitor = %ip, limit, %reason, what, "refused")
+            }
+        }
+    }
+
+    /// Forgets refusals logged more than a minute ago.
+    pub fn prune(&self) {
+        self.logged.prune();
+    }
+}
+
 /// Remembers which (IP, limit) refusals were logged recently, so a flood
 /// produces one log line per minute per class instead of one per request.
 #[derive(Default)]
-pub struct LogOnce {
+struct LogOnce {
     seen: dashmap::DashMap<(IpAddr, &'static str), Instant>,
 }
 
@@ -104,7 +149,7 @@ impl LogOnce {
     const WINDOW: Duration = Duration::from_secs(60);
 
     /// True the first time (per window) `limit` refuses `ip`.
-    pub fn first(&self, ip: IpAddr, limit: &'static str) -> bool {
+    fn first(&self, ip: IpAddr, limit: &'static str) -> bool {
         let now = Instant::now();
         let mut fresh = false;
         self.seen
@@ -122,10 +167,34 @@ impl LogOnce {
         fresh
     }
 
-    pub fn prune(&self) {
+    fn prune(&self) {
         let now = Instant::now();
         self.seen
             .retain(|_, last| now.duration_since(*last) < Self::WINDOW);
+    }
+}
+
+/// How often the per-IP state is pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(30);
+
+/// Prunes the per-IP state (blocks, connection windows, logged refusals)
+/// every 30 s until shutdown, so rotating addresses cannot grow it.
+pub async fn housekeep(
+    ip_guard: std::sync::Arc<ssh::IpGuard>,
+    refusals: std::sync::Arc<Refusals>,
+    shutdown: crate::shutdown::Shutdown,
+) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.requested() => return,
+            _ = tick.tick() => {}
+        }
+        for (ip, block) in ip_guard.prune() {
+            tracing::info!(%ip, reason = %block.reason, "ip unblocked: block expired");
+        }
+        refusals.prune();
     }
 }
 

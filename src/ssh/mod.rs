@@ -1,14 +1,22 @@
-//! The SSH server: accepting connections, the russh configuration (keys,
-//! keepalives, timeouts) and the host key on disk.
+//! The SSH server: accepting connections (admission limits first), the
+//! russh configuration (keys, keepalives, timeouts) and the host key on
+//! disk.
 //!
 //! Each accepted socket runs one russh session with its own
-//! [`handler::ClientHandler`]; the handler turns `tcpip-forward` requests into
-//! registry entries and talks to the user through the session channel.
+//! [`handler::ClientHandler`]:
+//! - [`auth`]: who may log in, and as what;
+//! - [`forward`]: `tcpip-forward` → a tunnel in the registry;
+//! - [`session`]: the connection as the tunnel core sees it (its
+//!   [`Client`](crate::tunnel::Client)): channels, options, notices;
+//! - [`banner`]: every line the user reads, as text or `output=json`;
+//! - [`killable`]: cutting a connection that ignores a disconnect.
 
+mod auth;
 pub mod banner;
+mod forward;
 pub mod handler;
 mod killable;
-pub mod options;
+pub mod session;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -24,11 +32,43 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use crate::limits::ssh::{Admission, HandshakePermit};
-use crate::metrics::SshOutcome;
-use crate::registry::{Conn, ConnId};
+use self::session::Session;
+use crate::config::{AuthMode, LimitArgs, RequestLogArgs};
+use crate::counters::{SshOutcome, COUNTERS};
+use crate::custom::CustomDomains;
+use crate::forwarded::TrustedProxies;
+use crate::keys::Keys;
+use crate::limits::ssh::{Admission, HandshakePermit, IpGuard};
+use crate::limits::{Refusals, Side};
+use crate::pipe::spool::Budget;
+use crate::pipe::tcp::TcpPorts;
 use crate::shutdown::Shutdown;
-use crate::App;
+use crate::tunnel::{Client, ConnId, Notice, Registry};
+
+/// What the SSH server works with, and nothing else.
+pub struct Server {
+    pub registry: Arc<Registry>,
+    pub limits: LimitArgs,
+    /// The live request log's settings.
+    pub request_log: RequestLogArgs,
+    pub auth_mode: AuthMode,
+    /// `--reserved-names`.
+    pub reserved_names: Vec<String>,
+    pub keys: Arc<Keys>,
+    /// Public TCP ports for raw tunnels.
+    pub tcp: Arc<TcpPorts>,
+    pub custom: Arc<CustomDomains>,
+    pub ip_guard: Arc<IpGuard>,
+    pub refusals: Arc<Refusals>,
+    /// Whose PROXY header is believed.
+    pub trusted: TrustedProxies,
+    /// Keys the HMAC that turns an SSH key into its stable name.
+    pub name_secret: Arc<[u8]>,
+    pub russh: Arc<RusshConfig>,
+    /// Memory and disk for slow visitors of every channel.
+    pub spool: Arc<Budget>,
+    pub shutdown: Shutdown,
+}
 
 /// Server keepalive period: a client that answers nothing for this long is
 /// sent a keepalive request.
@@ -78,82 +118,74 @@ pub fn load_or_create_host_key(path: &Path) -> Result<PrivateKey> {
     let pem = key
         .to_openssh(russh::keys::ssh_key::LineEnding::LF)
         .with_context(|| format!("{}: cannot encode the host key", context()))?;
-    crate::write_private_file(path, pem.as_bytes()).with_context(context)?;
+    crate::state::write_private_file(path, pem.as_bytes()).with_context(context)?;
     tracing::info!(path = %path.display(), "generated a new ed25519 SSH host key");
     Ok(key)
 }
 
 /// Accepts SSH connections until shutdown.
-pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: Shutdown) {
+pub async fn serve(listener: TcpListener, server: Arc<Server>) {
     static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
-    loop {
-        let (socket, peer) = tokio::select! {
-            _ = shutdown.requested() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %err, "ssh accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let _ = socket.set_nodelay(true);
-        app.stats.total_connections.fetch_add(1, Ordering::Relaxed);
+    let shutdown = server.shutdown.clone();
+    crate::listen::accept_loop(&listener, "ssh", shutdown.requested(), |socket, peer| {
+        COUNTERS.ssh_connected();
         let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-        let app = Arc::clone(&app);
-        let stop = shutdown.clone();
-        shutdown.spawn(async move {
-            let mut socket = socket;
-            let timeout = app.config.limits.handshake_timeout;
-            let peer = match app.trusted.resolve(&mut socket, peer, timeout).await {
-                Ok(client) => client,
-                Err(err) => {
-                    tracing::debug!(%peer, error = %err, "dropped: bad PROXY header");
-                    return;
-                }
-            };
-            match app.ip_guard.admit(peer.ip()) {
-                Admission::Allowed(permit) => {
-                    serve_connection(app, conn, socket, peer, Some(permit), None, stop).await
-                }
-                Admission::Blocked(block) => {
-                    crate::metrics::METRICS.ssh_connection(SshOutcome::Blocked);
-                    // Cheapest possible refusal: before the version exchange.
-                    // RFC 4253 §4.2 lets the server send text lines first.
-                    let text = format!(
-                        "burrow: your IP is blocked until {} ({})\r\n",
-                        block.until_utc(),
-                        block.reason
-                    );
-                    refuse_before_version(socket, &text).await;
-                }
-                Admission::Refused {
-                    refusal,
-                    newly_blocked,
-                    before_version,
-                } => {
-                    app.stats.refused(refusal.limit);
-                    crate::metrics::METRICS.ssh_connection(SshOutcome::Refused);
-                    if app.refusal_log.first(peer.ip(), refusal.limit) {
-                        tracing::warn!(ip = %peer.ip(), limit = refusal.limit, reason = %refusal.message, "ssh connection refused");
-                    }
-                    if let Some(block) = newly_blocked {
-                        app.block_ip(peer.ip(), &block);
-                    }
-                    if before_version {
-                        let text = format!("burrow: {}: {}\r\n", refusal.limit, refusal.message);
-                        refuse_before_version(socket, &text).await;
-                    } else {
-                        // Finish the key exchange so OpenSSH prints the
-                        // reason ("Received disconnect ...: too many ...").
-                        let reason = format!("{}: {}", refusal.limit, refusal.message);
-                        serve_connection(app, conn, socket, peer, None, Some(reason), stop).await;
-                    }
-                }
+        shutdown.spawn(admit(Arc::clone(&server), conn, socket, peer));
+    })
+    .await;
+}
+
+/// Applies the per-IP admission limits to a new connection, then serves it
+/// (or refuses it as cheaply as the limit allows).
+async fn admit(server: Arc<Server>, conn: ConnId, mut socket: TcpStream, peer: SocketAddr) {
+    let timeout = server.limits.handshake_timeout;
+    let peer = match server.trusted.resolve(&mut socket, peer, timeout).await {
+        Ok(client) => client,
+        Err(err) => {
+            tracing::debug!(%peer, error = %err, "dropped: bad PROXY header");
+            return;
+        }
+    };
+    match server.ip_guard.admit(peer.ip()) {
+        Admission::Allowed(permit) => {
+            serve_connection(server, conn, socket, peer, Some(permit), None).await
+        }
+        Admission::Blocked(block) => {
+            COUNTERS.ssh_outcome(SshOutcome::Blocked);
+            // Cheapest possible refusal: before the version exchange.
+            // RFC 4253 §4.2 lets the server send text lines first.
+            let text = format!(
+                "burrow: your IP is blocked until {} ({})\r\n",
+                block.until_utc(),
+                block.reason
+            );
+            refuse_before_version(socket, &text).await;
+        }
+        Admission::Refused {
+            refusal,
+            newly_blocked,
+            before_version,
+        } => {
+            COUNTERS.ssh_outcome(SshOutcome::Refused);
+            let ip = peer.ip();
+            server
+                .refusals
+                .refuse(&refusal, ip, Side::Client, "ssh connection");
+            if let Some(block) = newly_blocked {
+                server
+                    .registry
+                    .close_ip(ip, &block.until_utc(), &block.reason);
             }
-        });
+            if before_version {
+                let text = format!("burrow: {}: {}\r\n", refusal.limit, refusal.message);
+                refuse_before_version(socket, &text).await;
+            } else {
+                // Finish the key exchange so OpenSSH prints the reason
+                // ("Received disconnect ...: too many ...").
+                let reason = format!("{}: {}", refusal.limit, refusal.message);
+                serve_connection(server, conn, socket, peer, None, Some(reason)).await;
+            }
+        }
     }
 }
 
@@ -169,83 +201,101 @@ async fn refuse_before_version(mut socket: TcpStream, text: &str) {
 /// Runs one SSH connection to its end. With `refused`, the connection is
 /// disconnected with that reason as soon as the key exchange allows.
 async fn serve_connection(
-    app: Arc<App>,
+    server: Arc<Server>,
     id: ConnId,
     socket: TcpStream,
     peer: SocketAddr,
     permit: Option<HandshakePermit>,
     refused: Option<String>,
-    stop: Shutdown,
 ) {
-    let conn = Arc::new(Conn::new(id, peer.ip()));
-    app.registry.add_conn(Arc::clone(&conn));
-    let deadline = Instant::now() + app.config.limits.handshake_timeout;
+    let session = Arc::new(Session::new(id, peer.ip(), Arc::clone(&server.spool)));
+    server
+        .registry
+        .add_client(Arc::clone(&session) as Arc<dyn Client>);
+    let deadline = Instant::now() + server.limits.handshake_timeout;
     let handler = handler::ClientHandler::new(
-        Arc::clone(&app),
-        Arc::clone(&conn),
+        Arc::clone(&server),
+        Arc::clone(&session),
         peer,
         permit,
         refused.is_some(),
     );
-    let config = Arc::clone(&app.ssh_config);
+    let config = Arc::clone(&server.russh);
     // The socket is wrapped so the connection can be cut even when the
     // client ignores a disconnect (or stalls the key exchange, when russh
     // cannot send one at all).
-    let socket = killable::KillableStream::new(socket, conn.kill.clone());
+    let socket = killable::KillableStream::new(socket, session.kill_switch());
     let started =
         tokio::time::timeout_at(deadline, russh::server::run_stream(config, socket, handler)).await;
-    let session = match started {
-        Ok(Ok(session)) => session,
+    let running = match started {
+        Ok(Ok(running)) => running,
         Ok(Err(err)) => {
-            crate::metrics::METRICS.ssh_connection(SshOutcome::Failed);
+            COUNTERS.ssh_outcome(SshOutcome::Failed);
             tracing::debug!(conn = id, %peer, error = %err, "ssh handshake failed");
-            app.registry.remove_conn_entry(id);
+            server.registry.remove_client(id);
             return;
         }
         Err(_) => {
-            crate::metrics::METRICS.ssh_connection(SshOutcome::Failed);
+            COUNTERS.ssh_outcome(SshOutcome::Failed);
             tracing::debug!(conn = id, %peer, "no ssh version line before the handshake timeout");
-            app.registry.remove_conn_entry(id);
+            server.registry.remove_client(id);
             return;
         }
     };
-    let handle = session.handle();
-    conn.set_handle(handle.clone());
+    let handle = running.handle();
+    session.set_handle(handle.clone());
     if let Some(reason) = refused {
         let _ = handle
             .disconnect(russh::Disconnect::TooManyConnections, reason, "en".into())
             .await;
     }
+    run_to_end(&server, &session, (running, handle), deadline, peer).await;
+    server.registry.remove_client(id);
+    tracing::debug!(conn = id, %peer, "ssh connection closed");
+}
 
-    tokio::pin!(session);
+/// Drives a connection's russh session until it ends, watching the
+/// authentication deadline and shutdown.
+async fn run_to_end<S>(
+    server: &Server,
+    session: &Session,
+    (running, handle): (S, russh::server::Handle),
+    deadline: Instant,
+    peer: SocketAddr,
+) where
+    S: std::future::Future<Output = Result<(), russh::Error>>,
+{
+    let id = session.id();
+    let stop = &server.shutdown;
+    tokio::pin!(running);
     let mut watch_handshake = true;
     let mut told_restart = false;
     loop {
         tokio::select! {
-            result = &mut session => {
+            result = &mut running => {
                 if let Err(err) = result {
                     tracing::debug!(conn = id, %peer, error = %err, "ssh session ended");
                 }
-                break;
+                return;
             }
             _ = tokio::time::sleep_until(deadline), if watch_handshake => {
                 watch_handshake = false;
-                if !conn.is_authenticated() {
-                    crate::metrics::METRICS.ssh_connection(SshOutcome::Failed);
-                    let limit = app.config.limits.handshake_timeout;
+                if !session.is_authenticated() {
+                    COUNTERS.ssh_outcome(SshOutcome::Failed);
+                    let limit = server.limits.handshake_timeout;
                     tracing::info!(conn = id, ip = %peer.ip(), limit = "handshake-timeout", "ssh authentication timed out");
                     let reason = format!(
                         "handshake-timeout: authentication did not finish within {}",
                         crate::limits::human(limit)
                     );
-                    conn.disconnect_then_kill(reason);
+                    session.disconnect_then_kill(reason);
                 }
             }
             // Requests may still be on their way through this connection:
             // say what is coming, and keep it up until the last phase.
             _ = stop.requested(), if !told_restart => {
                 told_restart = true;
-                conn.notify(banner::restarting());
+                session.notify(Notice::Restarting);
             }
             _ = stop.finishing() => {
                 let _ = handle
@@ -255,10 +305,8 @@ async fn serve_connection(
                         "en".into(),
                     )
                     .await;
-                break;
+                return;
             }
         }
     }
-    app.registry.remove_conn_entry(id);
-    tracing::debug!(conn = id, %peer, "ssh connection closed");
 }

@@ -893,7 +893,7 @@ fn ssh_keygen_with_comment(comment: &str) -> (Arc<TempDir>, PathBuf) {
         .arg(&key)
         .stdin(Stdio::null())
         .status()
-        .expect("run ssh-keygen");
+        .expect("ssh-keygen is not installed: apt-get install -y openssh-client (or run .ci/run)");
     assert!(st.success(), "ssh-keygen failed");
     (Arc::new(dir), key)
 }

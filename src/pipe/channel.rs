@@ -1,6 +1,6 @@
 //! One `forwarded-tcpip` channel as a byte stream for hyper: reads come
 //! from a [`Spool`] that a pump task fills the moment data arrives (see
-//! [`crate::spool`] for why nothing may wait in russh's queue), writes go
+//! [`super::spool`] for why nothing may wait in russh's queue), writes go
 //! through russh's window-aware writer.
 //!
 //! The other direction needs no spool: russh only sends to the client as
@@ -10,7 +10,6 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -19,9 +18,8 @@ use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-use crate::metrics::METRICS;
-use crate::registry::{Traffic, Tunnel};
-use crate::spool::{Budget, Spool, SpoolReader};
+use super::spool::{Budget, Spool, SpoolReader};
+use crate::counters::{Traffic, COUNTERS};
 
 /// A channel's byte stream. Dropping it closes the channel.
 pub struct ChannelIo {
@@ -34,23 +32,17 @@ pub struct ChannelIo {
 }
 
 impl ChannelIo {
-    /// Starts the channel's pump for a channel of `tunnel`.
-    pub fn new(channel: Channel<Msg>, budget: Arc<Budget>, tunnel: &Tunnel) -> Self {
+    /// Starts the pump of `channel`, whose bytes count into `traffic`.
+    pub fn new(channel: Channel<Msg>, budget: Arc<Budget>, traffic: Arc<Traffic>) -> Self {
         let (read, write) = channel.split();
         let writer = Box::pin(write.make_writer());
         let spool = Spool::new(budget);
         let done = CancellationToken::new();
-        tokio::spawn(pump(
-            read,
-            write,
-            Arc::clone(&spool),
-            done.clone(),
-            tunnel.subdomain.clone(),
-        ));
+        tokio::spawn(pump(read, write, Arc::clone(&spool), done.clone()));
         ChannelIo {
             reader: SpoolReader::new(spool),
             writer,
-            traffic: Arc::clone(&tunnel.traffic),
+            traffic,
             _done: done.drop_guard(),
         }
     }
@@ -63,7 +55,6 @@ async fn pump(
     write: ChannelWriteHalf<Msg>,
     spool: Arc<Spool>,
     done: CancellationToken,
-    subdomain: String,
 ) {
     loop {
         let msg = tokio::select! {
@@ -74,7 +65,7 @@ async fn pump(
         match msg {
             Some(ChannelMsg::Data { data }) => {
                 if let Err(full) = spool.push(data).await {
-                    tracing::warn!(%subdomain, limit = full.limit, "reader too slow, stream cut: {full}");
+                    tracing::warn!(limit = full.limit, "reader too slow, stream cut: {full}");
                     spool.cut(&full);
                     break;
                 }
@@ -104,8 +95,7 @@ impl AsyncRead for ChannelIo {
         let polled = self.reader.poll_read(cx, buf);
         let read = (buf.filled().len() - before) as u64;
         if read > 0 {
-            self.traffic.bytes_out.fetch_add(read, Ordering::Relaxed);
-            METRICS.bytes_out(read);
+            COUNTERS.bytes_out(&self.traffic, read);
         }
         polled
     }
@@ -119,10 +109,7 @@ impl AsyncWrite for ChannelIo {
     ) -> Poll<io::Result<usize>> {
         let polled = self.writer.as_mut().poll_write(cx, buf);
         if let Poll::Ready(Ok(written)) = polled {
-            self.traffic
-                .bytes_in
-                .fetch_add(written as u64, Ordering::Relaxed);
-            METRICS.bytes_in(written as u64);
+            COUNTERS.bytes_in(&self.traffic, written as u64);
         }
         polled
     }

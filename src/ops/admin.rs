@@ -22,36 +22,37 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
-use crate::http::Body;
-use crate::registry::{Kind, Tunnel};
-use crate::App;
+use super::Ops;
+use crate::http::{pages, Body};
+use crate::tunnel::notice::CLOSED_BY_OPERATOR;
+use crate::tunnel::{Kind, Tunnel};
 
 /// Largest request body accepted (a ban is a few dozen bytes).
 const MAX_BODY: usize = 16 * 1024;
 
 /// Serves one admin request; `None` when the path is not an admin path.
-pub async fn handle(app: &App, req: Request<Incoming>) -> Option<Response<Body>> {
+pub async fn handle(ops: &Ops, req: Request<Incoming>) -> Option<Response<Body>> {
     let path = req.uri().path().to_string();
     let method = req.method().clone();
     let response = if path == "/tunnels" {
         match method {
-            Method::GET => json(StatusCode::OK, &list_tunnels(app)),
+            Method::GET => json(StatusCode::OK, &list_tunnels(ops)),
             _ => not_allowed("GET"),
         }
     } else if path == "/bans" {
         match method {
-            Method::GET => json(StatusCode::OK, &list_bans(app)),
-            Method::POST => ban(app, req).await,
+            Method::GET => json(StatusCode::OK, &list_bans(ops)),
+            Method::POST => ban(ops, req).await,
             _ => not_allowed("GET, POST"),
         }
     } else if let Some(name) = path.strip_prefix("/tunnels/") {
         match method {
-            Method::DELETE => close(app, &decode(name)),
+            Method::DELETE => close(ops, &decode(name)),
             _ => not_allowed("DELETE"),
         }
     } else if let Some(ip) = path.strip_prefix("/bans/") {
         match method {
-            Method::DELETE => unban(app, &decode(ip)),
+            Method::DELETE => unban(ops, &decode(ip)),
             _ => not_allowed("DELETE"),
         }
     } else {
@@ -80,51 +81,53 @@ struct TunnelInfo {
     clients: usize,
 }
 
-fn list_tunnels(app: &App) -> Vec<TunnelInfo> {
-    let mut tunnels: Vec<TunnelInfo> = app
+fn list_tunnels(ops: &Ops) -> Vec<TunnelInfo> {
+    let mut tunnels: Vec<TunnelInfo> = ops
         .registry
         .tunnels()
         .iter()
-        .map(|t| describe(app, t))
+        .map(|t| describe(ops, t))
         .collect();
     tunnels.sort_by(|a, b| (&a.name, &a.created).cmp(&(&b.name, &b.created)));
     tunnels
 }
 
-fn describe(app: &App, tunnel: &Tunnel) -> TunnelInfo {
+fn describe(ops: &Ops, tunnel: &Tunnel) -> TunnelInfo {
+    let created = tunnel.created_wall();
     let last_active = SystemTime::now()
-        .checked_sub(tunnel.gate.activity.idle_for())
-        .unwrap_or(tunnel.created_wall)
-        .max(tunnel.created_wall);
+        .checked_sub(tunnel.gate().activity.idle_for())
+        .unwrap_or(created)
+        .max(created);
+    let traffic = tunnel.traffic();
     TunnelInfo {
-        name: tunnel.subdomain.clone(),
+        name: tunnel.key().to_string(),
         kind: tunnel.kind_name(),
-        url: app.tunnel_url(tunnel),
-        port: match tunnel.kind {
+        url: ops.registry.url(tunnel),
+        port: match tunnel.kind() {
             Kind::Tcp(port) => Some(port),
             Kind::Name => None,
         },
-        client_ip: tunnel.client_ip.to_canonical().to_string(),
-        fingerprint: tunnel.owner.clone(),
-        created: rfc3339(tunnel.created_wall),
+        client_ip: tunnel.client_ip().to_canonical().to_string(),
+        fingerprint: tunnel.owner().map(str::to_string),
+        created: rfc3339(created),
         last_active: rfc3339(last_active),
-        requests: tunnel.traffic.requests.load(Ordering::Relaxed),
-        bytes_in: tunnel.traffic.bytes_in.load(Ordering::Relaxed),
-        bytes_out: tunnel.traffic.bytes_out.load(Ordering::Relaxed),
-        errors: tunnel.traffic.errors.load(Ordering::Relaxed),
-        open_connections: tunnel.gate.open(),
-        clients: app.registry.clients(&tunnel.subdomain),
+        requests: traffic.requests.load(Ordering::Relaxed),
+        bytes_in: traffic.bytes_in.load(Ordering::Relaxed),
+        bytes_out: traffic.bytes_out.load(Ordering::Relaxed),
+        errors: traffic.errors.load(Ordering::Relaxed),
+        open_connections: tunnel.gate().open(),
+        clients: ops.registry.clients(tunnel.key()),
     }
 }
 
 /// `DELETE /tunnels/{name}`: every client of the name is told and loses it.
-fn close(app: &App, name: &str) -> Response<Body> {
-    let clients = app.registry.members(name);
+fn close(ops: &Ops, name: &str) -> Response<Body> {
+    let clients = ops.registry.members(name);
     if clients.is_empty() {
         return error(StatusCode::NOT_FOUND, &format!("no tunnel named {name:?}"));
     }
     for tunnel in &clients {
-        app.close_tunnel(tunnel, crate::ssh::banner::CLOSED_BY_OPERATOR);
+        ops.registry.close(tunnel, CLOSED_BY_OPERATOR);
     }
     tracing::info!(
         name,
@@ -146,9 +149,9 @@ struct BanInfo {
     reason: String,
 }
 
-fn list_bans(app: &App) -> Vec<BanInfo> {
+fn list_bans(ops: &Ops) -> Vec<BanInfo> {
     let now = std::time::Instant::now();
-    app.ip_guard
+    ops.ip_guard
         .blocks()
         .into_iter()
         .map(|(ip, block)| BanInfo {
@@ -172,7 +175,7 @@ struct BanRequest {
 /// `POST /bans`: blocks the IP (its SSH connections and tunnels close at
 /// once; its visitors are turned away) for `duration_secs`, by default
 /// `--block-duration`.
-async fn ban(app: &App, req: Request<Incoming>) -> Response<Body> {
+async fn ban(ops: &Ops, req: Request<Incoming>) -> Response<Body> {
     // A web page can POST text/plain to loopback without a preflight; it
     // cannot send application/json.
     let json_body = req
@@ -221,14 +224,14 @@ async fn ban(app: &App, req: Request<Incoming>) -> Response<Body> {
     let duration = match request.duration_secs {
         Some(0) => return error(StatusCode::BAD_REQUEST, "duration_secs must be at least 1"),
         Some(secs) => Duration::from_secs(secs.min(10 * 365 * 24 * 3600)),
-        None => app.config.limits.block_duration,
+        None => ops.block_duration,
     };
     let reason = request
         .reason
         .filter(|r| !r.trim().is_empty())
         .unwrap_or_else(|| "banned by the server operator".into());
-    let block = app.ip_guard.block_for(ip, duration, reason);
-    let closed = app.block_ip(ip, &block);
+    let block = ops.ip_guard.block_for(ip, duration, reason);
+    let closed = ops.registry.close_ip(ip, &block.until_utc(), &block.reason);
     json(
         StatusCode::CREATED,
         &serde_json::json!({
@@ -241,14 +244,14 @@ async fn ban(app: &App, req: Request<Incoming>) -> Response<Body> {
 }
 
 /// `DELETE /bans/{ip}`.
-fn unban(app: &App, ip: &str) -> Response<Body> {
+fn unban(ops: &Ops, ip: &str) -> Response<Body> {
     let Ok(parsed) = ip.parse::<IpAddr>() else {
         return error(
             StatusCode::BAD_REQUEST,
             &format!("{ip:?} is not an IP address"),
         );
     };
-    if !app.ip_guard.unblock(parsed) {
+    if !ops.ip_guard.unblock(parsed) {
         return error(StatusCode::NOT_FOUND, &format!("{ip} is not banned"));
     }
     tracing::info!(ip = %parsed, "ban lifted through the admin API");
@@ -286,13 +289,12 @@ fn decode(segment: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-pub fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
-    let body = serde_json::to_string(value).expect("admin answers serialize");
-    crate::stats::json(status, body)
+fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
+    pages::json(status, value)
 }
 
-pub fn error(status: StatusCode, message: &str) -> Response<Body> {
-    json(status, &serde_json::json!({ "error": message }))
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    pages::json_error(status, message)
 }
 
 fn not_allowed(allow: &'static str) -> Response<Body> {

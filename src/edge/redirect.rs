@@ -17,24 +17,25 @@ use hyper::header::{HeaderValue, HOST, LOCATION};
 use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
+use super::router::Route;
+use super::Edge;
 use crate::config::HttpMode;
-use crate::http::{pages, proxy, Body, Scheme};
-use crate::shutdown::Shutdown;
-use crate::subdomain::{self, Route};
-use crate::App;
+use crate::http::{pages, Body, Scheme};
+use crate::subdomain;
 
-pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: Shutdown) {
-    let limits = crate::http::ConnLimits::from_app(&app);
+/// Serves plain HTTP until shutdown.
+pub async fn serve(listener: TcpListener, edge: Arc<Edge>) {
+    let (limits, shutdown) = (edge.conn_limits.clone(), edge.shutdown.clone());
     crate::http::serve_plain(listener, limits, shutdown, move |req, peer| {
-        let app = Arc::clone(&app);
+        let edge = Arc::clone(&edge);
         async move {
-            if let Some(answer) = app.challenges.respond(req.uri().path()) {
+            if let Some(answer) = edge.challenges.respond(req.uri().path()) {
                 return Ok(acme_challenge(answer));
             }
-            if app.config.http_mode == HttpMode::Proxy && is_tunnel(&app, &req).await {
-                return proxy::handle(app, req, peer, Scheme::Http).await;
+            if edge.http_mode == HttpMode::Proxy && is_tunnel(&edge, &req).await {
+                return Ok(edge.request(req, peer, Scheme::Http).await);
             }
-            Ok::<_, Infallible>(handle(&app, &req))
+            Ok::<_, Infallible>(handle(&edge, &req))
         }
     })
     .await;
@@ -64,25 +65,15 @@ fn host(req: &Request<Incoming>) -> Option<&str> {
 
 /// Whether the request is for a tunnel the proxy serves over plain HTTP:
 /// any but a `tls=passthrough` one, which only speaks TLS.
-async fn is_tunnel(app: &App, req: &Request<Incoming>) -> bool {
-    let Some(host) = host(req) else {
-        return false;
-    };
-    let Route::Tunnel(name) = app.route(host) else {
-        return false;
-    };
-    match app.registry.peek(&name) {
-        Some(tunnel) => {
-            // A new tunnel's `tls=` may still be on its way.
-            let options = tunnel.client.options_settled().await;
-            options.tls != crate::ssh::options::Tls::Passthrough
-        }
-        None => true,
+async fn is_tunnel(edge: &Edge, req: &Request<Incoming>) -> bool {
+    match host(req) {
+        Some(host) => edge.router.serves_plain_http(host).await,
+        None => false,
     }
 }
 
-fn handle(app: &App, req: &Request<Incoming>) -> Response<Body> {
-    match location(app, req) {
+fn handle(edge: &Edge, req: &Request<Incoming>) -> Response<Body> {
+    match location(edge, req) {
         Some(location) => {
             let text = format!("Moved to {}\n", location.to_str().unwrap_or_default());
             let mut response = Response::new(pages::full(text));
@@ -91,16 +82,16 @@ fn handle(app: &App, req: &Request<Incoming>) -> Response<Body> {
             pages::set_page_headers(response.headers_mut());
             response
         }
-        None => pages::foreign_host(&app.config.domain).render(req.headers()),
+        None => pages::foreign_host(edge.router.domain()).render(req.headers()),
     }
 }
 
 /// The HTTPS URL for this request, or `None` when the host is not ours.
-fn location(app: &App, req: &Request<Incoming>) -> Option<HeaderValue> {
+fn location(edge: &Edge, req: &Request<Incoming>) -> Option<HeaderValue> {
     let name = subdomain::strip_port(host(req)?)
         .trim_end_matches('.')
         .to_ascii_lowercase();
-    match app.route(&name) {
+    match edge.router.route(&name) {
         Route::Apex | Route::Tunnel(_) => {}
         Route::Malformed | Route::Foreign => return None,
     }
@@ -116,5 +107,6 @@ fn location(app: &App, req: &Request<Incoming>) -> Option<HeaderValue> {
     } else {
         "/"
     };
-    HeaderValue::from_str(&format!("https://{name}{}{path}", app.port_suffix())).ok()
+    let port = edge.proxy.registry.public().port_suffix();
+    HeaderValue::from_str(&format!("https://{name}{port}{path}")).ok()
 }

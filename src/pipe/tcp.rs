@@ -1,6 +1,6 @@
 //! Raw TCP tunnels: `ssh -R 5432:localhost:5432 HOST` gets a public port from
-//! `--tcp-ports`, and every connection to it is relayed over a
-//! `forwarded-tcpip` channel (see [`crate::relay::serve_visitor`]).
+//! `--tcp-ports`, and every connection to it is relayed to the client (see
+//! [`super::relay::Relays::serve_visitor`]).
 //!
 //! This module owns the public ports: choosing one (the requested port when
 //! it is in range, free and not another key's; else a random one), binding
@@ -15,10 +15,11 @@ use dashmap::DashMap;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use super::relay::Relays;
 use crate::config::PortRanges;
 use crate::keys::KeysFile;
-use crate::registry::{tcp_key, Registry};
-use crate::App;
+use crate::shutdown::Shutdown;
+use crate::tunnel::{tcp_key, Registry};
 
 /// Most ports tried when picking a random one (each try is a bind).
 const RANDOM_TRIES: usize = 64;
@@ -32,6 +33,10 @@ pub struct TcpPorts {
     bind: IpAddr,
     /// Ports whose listener is shutting down right now.
     closing: Arc<DashMap<u16, ()>>,
+    /// Where accepted visitors go.
+    relays: Arc<Relays>,
+    /// Accept loops and relays are tasks shutdown waits for.
+    shutdown: Shutdown,
 }
 
 /// A port's accept loop; dropping it stops the loop and frees the port.
@@ -51,11 +56,13 @@ impl Drop for Listening {
 }
 
 impl TcpPorts {
-    pub fn new(ranges: PortRanges, bind: IpAddr) -> Self {
+    pub fn new(ranges: PortRanges, bind: IpAddr, relays: Arc<Relays>, shutdown: Shutdown) -> Self {
         TcpPorts {
             ranges,
             bind,
             closing: Arc::new(DashMap::new()),
+            relays,
+            shutdown,
         }
     }
 
@@ -114,47 +121,55 @@ impl TcpPorts {
     }
 
     /// Starts accepting visitors on `listener` for port `port`.
-    pub fn serve(app: &Arc<App>, port: u16, listener: TcpListener) -> Listening {
+    pub fn serve(&self, port: u16, listener: TcpListener) -> Listening {
         let stop = CancellationToken::new();
-        let closing = Arc::clone(&app.tcp.closing);
-        app.shutdown
-            .spawn(accept_loop(Arc::clone(app), port, listener, stop.clone()));
+        let accepting = Accepting {
+            port,
+            local: SocketAddr::new(self.bind, port),
+            relays: Arc::clone(&self.relays),
+            closing: Arc::clone(&self.closing),
+            shutdown: self.shutdown.clone(),
+        };
+        self.shutdown.spawn(accepting.run(listener, stop.clone()));
         Listening {
             port,
             stop,
-            closing,
+            closing: Arc::clone(&self.closing),
         }
     }
 }
 
-async fn accept_loop(app: Arc<App>, port: u16, listener: TcpListener, stop: CancellationToken) {
-    let key = tcp_key(port);
-    tracing::debug!(port, "tcp listener started");
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = stop.cancelled() => break,
-            _ = app.shutdown.requested() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(err) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(port, error = %err, "tcp accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+/// One port's accept loop.
+struct Accepting {
+    port: u16,
+    /// The listener's address, when a socket cannot tell its own.
+    local: SocketAddr,
+    relays: Arc<Relays>,
+    closing: Arc<DashMap<u16, ()>>,
+    shutdown: Shutdown,
+}
+
+impl Accepting {
+    async fn run(self, listener: TcpListener, stop: CancellationToken) {
+        let (port, key) = (self.port, tcp_key(self.port));
+        tracing::debug!(port, "tcp listener started");
+        let until = async {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = self.shutdown.requested() => {}
+            }
         };
-        let _ = stream.set_nodelay(true);
-        let local = stream
-            .local_addr()
-            .unwrap_or_else(|_| SocketAddr::new(app.tcp.bind, port));
-        let relay_app = Arc::clone(&app);
-        let key = key.clone();
-        app.shutdown.spawn(async move {
-            crate::relay::serve_visitor(relay_app, &key, stream, &[], peer, local).await;
-        });
+        crate::listen::accept_loop(&listener, "tcp", until, |stream, peer| {
+            let local = stream.local_addr().unwrap_or(self.local);
+            let relays = Arc::clone(&self.relays);
+            let key = key.clone();
+            self.shutdown.spawn(async move {
+                relays.serve_visitor(&key, stream, &[], peer, local).await;
+            });
+        })
+        .await;
+        drop(listener);
+        self.closing.remove(&port);
+        tracing::debug!(port, "tcp listener stopped");
     }
-    drop(listener);
-    app.tcp.closing.remove(&port);
-    tracing::debug!(port, "tcp listener stopped");
 }

@@ -1,5 +1,5 @@
 //! The live dashboard on the stats listener (loopback peers and loopback
-//! `Host` names only, checked by [`crate::stats`] before anything here):
+//! `Host` names only, checked by [`super::serve`] before anything here):
 //!
 //! ```text
 //! GET /dashboard             the page
@@ -20,9 +20,8 @@ use std::time::SystemTime;
 use hyper::header::{HeaderValue, ALLOW};
 use hyper::{Method, Response, StatusCode};
 
+use crate::counters::COUNTERS;
 use crate::http::{pages, Body};
-use crate::metrics::METRICS;
-use crate::App;
 
 pub use history::History;
 
@@ -36,12 +35,12 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
      form-action 'none'; frame-ancestors 'none'";
 
 /// Serves a dashboard path; `None` when `path` is not one.
-pub fn handle(app: &App, method: &Method, path: &str) -> Option<Response<Body>> {
+pub fn handle(history: &History, method: &Method, path: &str) -> Option<Response<Body>> {
     let (content_type, body) = match path {
         "/dashboard" | "/dashboard/" => ("text/html; charset=utf-8", PAGE),
         "/dashboard/app.js" => ("text/javascript; charset=utf-8", SCRIPT),
         "/dashboard/style.css" => ("text/css; charset=utf-8", STYLE),
-        "/history" => return Some(read_only(method).unwrap_or_else(|| history(app))),
+        "/history" => return Some(read_only(method).unwrap_or_else(|| snapshot(history))),
         _ => return None,
     };
     Some(read_only(method).unwrap_or_else(|| asset(content_type, body)))
@@ -52,7 +51,7 @@ fn read_only(method: &Method) -> Option<Response<Body>> {
     if method == Method::GET || method == Method::HEAD {
         return None;
     }
-    let mut response = crate::admin::error(
+    let mut response = pages::json_error(
         StatusCode::METHOD_NOT_ALLOWED,
         "method not allowed here; use GET",
     );
@@ -62,9 +61,9 @@ fn read_only(method: &Method) -> Option<Response<Body>> {
     Some(response)
 }
 
-fn history(app: &App) -> Response<Body> {
-    let snapshot = app.history.snapshot(METRICS.totals(), SystemTime::now());
-    crate::admin::json(StatusCode::OK, &snapshot)
+fn snapshot(history: &History) -> Response<Body> {
+    let snapshot = history.snapshot(COUNTERS.totals(), SystemTime::now());
+    pages::json(StatusCode::OK, &snapshot)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response<Body> {

@@ -1,9 +1,10 @@
-//! Routing TLS by SNI before terminating it: the HTTPS listener reads the
-//! visitor's ClientHello (without answering it), and then either relays the
-//! raw bytes to a `tls=passthrough` tunnel, terminates TLS as usual (the
-//! bytes already read are replayed to rustls through [`Rewind`]), or
-//! refuses a name outside the domain with an `unrecognized_name` alert.
-//! A custom domain counts as ours only while it is bound (`App::route`), so
+//! Reading TLS's SNI before terminating it: the HTTPS listener reads the
+//! visitor's ClientHello (without answering it), the router decides
+//! ([`super::router::Router::tls`]), and then the raw bytes go to a
+//! `tls=passthrough` tunnel, or TLS is terminated as usual (the bytes
+//! already read are replayed to rustls through [`Rewind`]), or a name
+//! outside the domain is refused with an `unrecognized_name` alert
+//! ([`reject`]). A custom domain counts as ours only while it is bound, so
 //! no handshake ever reaches the certificate resolver for a name nobody
 //! verified.
 //!
@@ -17,9 +18,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-
-use crate::subdomain::Route;
-use crate::App;
 
 /// The most bytes read while looking for a complete ClientHello (rustls
 /// accepts hellos up to a few records; post-quantum key shares make them
@@ -63,47 +61,6 @@ pub async fn read_client_hello<S: AsyncRead + Unpin>(stream: &mut S) -> io::Resu
             Ok(None) => return Err(io::Error::other("ClientHello too large")),
             Err((err, _)) => return Err(io::Error::new(io::ErrorKind::InvalidData, err)),
         }
-    }
-}
-
-/// What to do with a TLS connection.
-pub enum Decision {
-    /// Terminate TLS here and serve HTTP.
-    Terminate,
-    /// Relay the raw bytes to the `tls=passthrough` tunnel with this name.
-    Passthrough(String),
-    /// A name that is not ours: answer with an alert and close.
-    Reject,
-}
-
-/// Decides by SNI. No SNI is terminated (the certificate then decides what
-/// the client accepts); names under the domain are terminated unless their
-/// tunnel passes TLS through.
-pub async fn decide(app: &App, server_name: Option<&str>) -> Decision {
-    let Some(name) = server_name else {
-        return Decision::Terminate;
-    };
-    match app.route(name) {
-        Route::Foreign => Decision::Reject,
-        Route::Apex | Route::Malformed => Decision::Terminate,
-        Route::Tunnel(label) => match app.registry.peek_or_wait(&label).await {
-            Some(tunnel) if tunnel.kind == crate::registry::Kind::Name => {
-                let options = tunnel.client.options_settled().await;
-                match options.tls {
-                    crate::ssh::options::Tls::Passthrough => Decision::Passthrough(label),
-                    crate::ssh::options::Tls::Terminate => {
-                        if crate::custom::is_registry_custom(&label) {
-                            let certs = &app.custom.certs;
-                            certs
-                                .wait_ready(&label, crate::custom::certs::CERT_WAIT)
-                                .await;
-                        }
-                        Decision::Terminate
-                    }
-                }
-            }
-            _ => Decision::Terminate,
-        },
     }
 }
 

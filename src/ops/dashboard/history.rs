@@ -13,9 +13,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
-use crate::metrics::{Totals, METRICS};
+use crate::counters::{Totals, COUNTERS};
 use crate::shutdown::Shutdown;
-use crate::App;
 
 /// The width of one bucket.
 pub const INTERVAL: Duration = Duration::from_secs(10);
@@ -93,7 +92,7 @@ impl History {
 
     /// The history of this process, starting now.
     pub fn start_now() -> History {
-        History::new(INTERVAL, CAPACITY, METRICS.totals(), SystemTime::now())
+        History::new(INTERVAL, CAPACITY, COUNTERS.totals(), SystemTime::now())
     }
 
     /// Closes the bucket in progress at `now` with `totals`, dropping the
@@ -132,8 +131,8 @@ impl History {
 
 /// Closes one bucket of the process's history every interval until
 /// shutdown begins.
-pub async fn sample(app: Arc<App>, shutdown: Shutdown) {
-    sample_into(&app.history, || METRICS.totals(), shutdown).await
+pub async fn sample(history: Arc<History>, shutdown: Shutdown) {
+    sample_into(&history, || COUNTERS.totals(), shutdown).await
 }
 
 /// The sampler loop, over any source of totals (tests use their own).

@@ -14,12 +14,21 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::channel::ChannelIo;
-use crate::limits::http::TunnelGate;
-use crate::limits::{human, Activity};
-use crate::registry::Tunnel;
-use crate::ssh::options::ProxyHeader;
-use crate::App;
+use crate::counters::COUNTERS;
+use crate::limits::http::{Slot, TunnelGate};
+use crate::limits::ssh::IpGuard;
+use crate::limits::{human, Activity, Refusals, Side};
+use crate::tunnel::options::ProxyHeader;
+use crate::tunnel::{ByteStream, Registry, Tunnel};
+
+/// What raw relays (TCP ports, TLS passthrough) work with.
+pub struct Relays {
+    pub registry: Arc<Registry>,
+    pub ip_guard: Arc<IpGuard>,
+    pub refusals: Arc<Refusals>,
+    /// `--tcp-idle-timeout`.
+    pub idle: Duration,
+}
 
 /// Copy buffer per direction.
 const BUFFER: usize = 16 * 1024;
@@ -171,108 +180,97 @@ pub async fn idle_expired(activity: &Activity, idle: Duration) {
     }
 }
 
-/// Relays one visitor connection of a raw tunnel (a TCP port, or TLS
-/// passed through by SNI) to a client serving `key`. `prefix` holds bytes
-/// already read from the visitor (a peeked ClientHello); `local` is the
-/// address the visitor connected to.
-pub async fn serve_visitor<S>(
-    app: Arc<App>,
-    key: &str,
-    stream: S,
-    prefix: &[u8],
-    visitor: SocketAddr,
-    local: SocketAddr,
-) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
-{
-    if let Some(block) = app.ip_guard.blocked(visitor.ip()) {
-        tracing::debug!(%key, %visitor, until = %block.until_utc(), "blocked visitor cut");
-        return;
-    }
-    let Some((tunnel, channel, _slot)) = open(&app, key, visitor).await else {
-        return;
-    };
-    let options = tunnel.client.options();
-    let mut io = ChannelIo::new(channel, Arc::clone(&app.spool), &tunnel);
-    let mut head = options
-        .proxy
-        .map(|version| proxy_header(version, visitor, local))
-        .unwrap_or_default();
-    head.extend_from_slice(prefix);
-    if !head.is_empty() && io.write_all(&head).await.is_err() {
-        return;
-    }
-    let limits = RelayLimits {
-        max_bytes: 0,
-        idle: app.config.limits.tcp_idle_timeout,
-        flags: "tcp",
-        bandwidth: Some(Arc::clone(&tunnel.gate)),
-    };
-    // A visitor blocked (or a tunnel closed) mid-connection is cut at once,
-    // not when the connection ends by itself.
-    tokio::select! {
-        end = relay(stream, io, &limits) => {
-            tracing::debug!(%key, %visitor, end = %end.describe(&limits), "relayed connection ended");
+impl Relays {
+    /// Relays one visitor connection of a raw tunnel (a TCP port, or TLS
+    /// passed through by SNI) to a client serving `key`. `prefix` holds
+    /// bytes already read from the visitor (a peeked ClientHello); `local`
+    /// is the address the visitor connected to.
+    pub async fn serve_visitor<S>(
+        &self,
+        key: &str,
+        stream: S,
+        prefix: &[u8],
+        visitor: SocketAddr,
+        local: SocketAddr,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        if let Some(block) = self.ip_guard.blocked(visitor.ip()) {
+            tracing::debug!(%key, %visitor, until = %block.until_utc(), "blocked visitor cut");
+            return;
         }
-        _ = app.ip_guard.until_blocked(visitor.ip()) => {
-            tracing::debug!(%key, %visitor, "relayed connection cut: the visitor was blocked");
+        let Some((tunnel, mut io, _slot)) = self.open(key, visitor).await else {
+            return;
+        };
+        let options = tunnel.client().options();
+        let mut head = options
+            .proxy
+            .map(|version| proxy_header(version, visitor, local))
+            .unwrap_or_default();
+        head.extend_from_slice(prefix);
+        if !head.is_empty() && io.write_all(&head).await.is_err() {
+            return;
         }
-        _ = tunnel.closed.cancelled() => {
-            tracing::debug!(%key, %visitor, "relayed connection cut: the tunnel was closed");
+        let limits = RelayLimits {
+            max_bytes: 0,
+            idle: self.idle,
+            flags: "tcp",
+            bandwidth: Some(Arc::clone(tunnel.gate())),
+        };
+        // A visitor blocked (or a tunnel closed) mid-connection is cut at
+        // once, not when the connection ends by itself.
+        tokio::select! {
+            end = relay(stream, io, &limits) => {
+                tracing::debug!(%key, %visitor, end = %end.describe(&limits), "relayed connection ended");
+            }
+            _ = self.ip_guard.until_blocked(visitor.ip()) => {
+                tracing::debug!(%key, %visitor, "relayed connection cut: the visitor was blocked");
+            }
+            _ = tunnel.closed() => {
+                tracing::debug!(%key, %visitor, "relayed connection cut: the tunnel was closed");
+            }
         }
     }
-}
 
-/// Admits the visitor and opens a channel through the first client of
-/// `key` that takes one; clients that fail are passed over for a while.
-async fn open(
-    app: &App,
-    key: &str,
-    visitor: SocketAddr,
-) -> Option<(
-    Arc<Tunnel>,
-    russh::Channel<russh::server::Msg>,
-    crate::limits::http::Slot,
-)> {
-    // Only clients that relay raw bytes: a name's clients may differ in
-    // `tls=` (options are per connection), and a ClientHello must never
-    // reach an app that expects HTTP.
-    let raw = |t: &Tunnel| matches!(t.kind, crate::registry::Kind::Tcp(_)) || t.passthrough();
-    for tunnel in app.registry.candidates(key).into_iter().filter(|t| raw(t)) {
-        let options = tunnel.client.options_settled().await;
-        if !options.allows(visitor.ip()) {
-            tracing::debug!(%key, %visitor, "visitor not in the tunnel's allow-list");
-            return None;
-        }
-        let slot = match tunnel.gate.admit_connection(visitor.ip()) {
-            Ok(slot) => slot,
-            Err(refusal) => {
-                app.stats.refused(refusal.limit);
-                if app.refusal_log.first(visitor.ip(), refusal.limit) {
-                    tracing::info!(%key, visitor = %visitor.ip(), limit = refusal.limit, reason = %refusal.message, "connection refused");
-                }
+    /// Admits the visitor and opens a stream through the first client of
+    /// `key` that takes one; clients that fail are passed over for a while.
+    async fn open(
+        &self,
+        key: &str,
+        visitor: SocketAddr,
+    ) -> Option<(Arc<Tunnel>, ByteStream, Slot)> {
+        // Only clients that relay raw bytes: a name's clients may differ in
+        // `tls=` (options are per connection), and a ClientHello must never
+        // reach an app that expects HTTP.
+        let candidates = self.registry.candidates(key);
+        for tunnel in candidates.into_iter().filter(|t| t.relays_raw()) {
+            let options = tunnel.options_settled().await;
+            if !options.allows(visitor.ip()) {
+                tracing::debug!(%key, %visitor, "visitor not in the tunnel's allow-list");
                 return None;
             }
-        };
-        match tunnel.open_channel(visitor).await {
-            Ok(channel) => {
-                app.stats
-                    .channels_opened
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tunnel
-                    .traffic
-                    .requests
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                return Some((tunnel, channel, slot));
-            }
-            Err(err) => {
-                tracing::debug!(%key, conn = tunnel.conn, error = ?err, "channel open failed; trying the next client");
-                tunnel.mark_failing();
+            let slot = match tunnel.gate().admit_connection(visitor.ip()) {
+                Ok(slot) => slot,
+                Err(refusal) => {
+                    self.refusals
+                        .refuse(&refusal, visitor.ip(), Side::Visitor, key);
+                    return None;
+                }
+            };
+            match tunnel.open(visitor).await {
+                Ok(stream) => {
+                    COUNTERS.connection_relayed(tunnel.traffic());
+                    return Some((tunnel, stream, slot));
+                }
+                Err(err) => {
+                    tracing::debug!(%key, conn = tunnel.conn(), error = ?err, "stream open failed; trying the next client");
+                    tunnel.mark_failing();
+                }
             }
         }
+        tracing::debug!(%key, %visitor, "no client could take the connection");
+        None
     }
-    tracing::debug!(%key, %visitor, "no client could take the connection");
-    None
 }
 
 /// The HAProxy PROXY protocol header announcing `source` → `destination`.

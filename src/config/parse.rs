@@ -1,0 +1,158 @@
+//! Parsing flag values: rates, durations, sizes, CIDRs, port ranges and
+//! resolver addresses. Errors are one sentence naming what was expected.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+/// Inclusive port ranges (`--tcp-ports`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PortRanges(pub Vec<std::ops::RangeInclusive<u16>>);
+
+impl PortRanges {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.0.iter().any(|r| r.contains(&port))
+    }
+
+    /// Number of ports in all ranges.
+    pub fn count(&self) -> usize {
+        self.0.iter().map(|r| r.clone().count()).sum()
+    }
+
+    /// The `n`-th port of the ranges, counting from the first.
+    pub fn nth(&self, mut n: usize) -> Option<u16> {
+        for range in &self.0 {
+            let len = range.clone().count();
+            if n < len {
+                return Some(range.start() + n as u16);
+            }
+            n -= len;
+        }
+        None
+    }
+}
+
+impl std::fmt::Display for PortRanges {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|r| match r.start() == r.end() {
+                true => r.start().to_string(),
+                false => format!("{}-{}", r.start(), r.end()),
+            })
+            .collect();
+        f.write_str(&parts.join(","))
+    }
+}
+
+/// `20000-29999`, `5432`, or a comma-separated list of them; empty = none.
+pub fn parse_port_ranges(text: &str) -> Result<PortRanges, String> {
+    let mut ranges = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let port = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{p:?} is not a port (1-65535)"))
+        };
+        let (start, end) = match part.split_once('-') {
+            Some((a, b)) => (port(a)?, port(b)?),
+            None => (port(part)?, port(part)?),
+        };
+        if start > end {
+            return Err(format!("{part:?}: the range ends before it starts"));
+        }
+        ranges.push(start..=end);
+    }
+    Ok(PortRanges(ranges))
+}
+
+/// A refill rate for a token bucket: `per_second == 0.0` means unlimited.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub per_second: f64,
+}
+
+impl Rate {
+    pub fn is_unlimited(&self) -> bool {
+        self.per_second <= 0.0
+    }
+}
+
+/// `10/h`, `1/m`, `2/s`: the coarsest unit that gives a whole number, as
+/// the flags are written.
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (unit, seconds) in [("s", 1.0), ("m", 60.0), ("h", 3600.0)] {
+            let count = self.per_second * seconds;
+            if (count - count.round()).abs() < 1e-6 && count >= 1.0 {
+                return write!(f, "{}/{unit}", count.round());
+            }
+        }
+        write!(f, "{:.3}/h", self.per_second * 3600.0)
+    }
+}
+
+/// `25/s`, `600/m`, `1000/h`, or a bare number per second.
+pub fn parse_rate(text: &str) -> Result<Rate, String> {
+    let (count, unit) = text.trim().split_once('/').unwrap_or((text.trim(), "s"));
+    let count: f64 = count
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a rate like 25/s or 600/m"))?;
+    let seconds = match unit.trim() {
+        "s" | "sec" | "second" => 1.0,
+        "m" | "min" | "minute" => 60.0,
+        "h" | "hour" => 3600.0,
+        other => return Err(format!("unknown rate unit {other:?}: use /s, /m or /h")),
+    };
+    if !count.is_finite() || count < 0.0 {
+        return Err(format!("{text:?} must be zero or positive"));
+    }
+    Ok(Rate {
+        per_second: count / seconds,
+    })
+}
+
+/// `90s`, `2m`, `1h30m`; a bare number is seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<u64>() {
+        return Ok(Duration::from_secs(seconds));
+    }
+    humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like 90s or 2h: {e}"))
+}
+
+/// `64KiB`, `128MiB`, `1GiB`, `500kB`; a bare number is bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    text.trim()
+        .parse::<bytesize::ByteSize>()
+        .map(|size| size.as_u64())
+        .map_err(|e| format!("{text:?} is not a size like 64KiB or 128MiB: {e}"))
+}
+
+/// `203.0.113.0/24`, `2001:db8::/32`, or a single address.
+pub fn parse_cidr(text: &str) -> Result<IpNet, String> {
+    let text = text.trim();
+    text.parse::<IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from))
+        .map_err(|_| format!("{text:?} is not an IP address or CIDR"))
+}
+
+/// `IP:PORT`, or a bare IP for port 53.
+pub fn parse_resolver(text: &str) -> Result<SocketAddr, String> {
+    let text = text.trim();
+    if let Ok(ip) = text.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    text.parse()
+        .map_err(|_| format!("{text:?} is not a resolver address like 127.0.0.1:53"))
+}

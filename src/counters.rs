@@ -1,0 +1,304 @@
+//! Every counter of the process in one place: the JSON stats, the
+//! Prometheus event metrics and each tunnel's [`Traffic`].
+//!
+//! One event is recorded by one call here (a proxied request, a channel
+//! opened, a refusal, bytes moved), which bumps every store that counts it,
+//! so the stats endpoint, `/metrics` and the admin API never disagree.
+//! Counters are plain atomics (or `prometheus-client` counters) bumped on
+//! the hot path; gauges are held by RAII guards ([`Gauge`]) so an early
+//! return or a dropped future can never leave them skewed.
+//!
+//! Everything here is process-wide ([`COUNTERS`]): one server per process,
+//! and every module reaches it without a handle.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+
+/// Label sets of the event metrics.
+pub type Labels = Vec<(&'static str, &'static str)>;
+
+/// The process's counters.
+pub static COUNTERS: LazyLock<Counters> = LazyLock::new(Counters::default);
+
+/// Process-wide counters: the JSON stats' atomics and the event metrics.
+#[derive(Default)]
+pub struct Counters {
+    pub stats: Stats,
+    pub metrics: Metrics,
+}
+
+/// The numbers of the JSON stats endpoint that are counted, not read from
+/// state (field names are a contract: see `ops::stats`).
+#[derive(Default)]
+pub struct Stats {
+    pub total_connections: AtomicU64,
+    pub total_requests: AtomicU64,
+    pub active_websockets: AtomicU64,
+    pub active_requests: AtomicU64,
+    pub total_blocked: AtomicU64,
+    pub total_rate_limited: AtomicU64,
+    /// Byte streams (`forwarded-tcpip` channels) opened to users' apps.
+    pub channels_opened: AtomicU64,
+    /// Requests sent over a pooled keep-alive connection instead.
+    pub channels_reused: AtomicU64,
+}
+
+/// Event metrics (Prometheus), rendered by `ops::metrics`.
+pub struct Metrics {
+    pub ssh_connections: Family<Labels, Counter>,
+    pub http_requests: Family<Labels, Counter>,
+    pub http_duration: Histogram,
+    pub refusals: Family<Labels, Counter>,
+    pub channel_open_failures: Family<Labels, Counter>,
+    pub channel_open_duration: Histogram,
+    pub bytes: Family<Labels, Counter>,
+    /// The two series of `bytes`, looked up once: they count every read and
+    /// write of every stream.
+    bytes_in: Counter,
+    bytes_out: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let bytes: Family<Labels, Counter> = Family::default();
+        Metrics {
+            bytes_in: bytes.get_or_create_owned(&vec![("direction", "in")]),
+            bytes_out: bytes.get_or_create_owned(&vec![("direction", "out")]),
+            bytes,
+            ssh_connections: Family::default(),
+            http_requests: Family::default(),
+            // 1 ms … ~33 s.
+            http_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            refusals: Family::default(),
+            channel_open_failures: Family::default(),
+            // 0.5 ms … ~16 s.
+            channel_open_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+        }
+    }
+}
+
+/// Traffic of one tunnel, for the admin API and the Ctrl+C summary.
+#[derive(Default)]
+pub struct Traffic {
+    /// HTTP requests, or TCP/TLS connections, accepted for the tunnel.
+    pub requests: AtomicU64,
+    /// Bytes sent to the client's app (visitor → app).
+    pub bytes_in: AtomicU64,
+    /// Bytes received from the client's app (app → visitor).
+    pub bytes_out: AtomicU64,
+    /// Requests answered with a 5xx (by the app, or by burrow when the app
+    /// could not be reached).
+    pub errors: AtomicU64,
+}
+
+/// How an SSH connection ended up.
+#[derive(Clone, Copy)]
+pub enum SshOutcome {
+    /// Authenticated.
+    Accepted,
+    /// Refused by a limit (connection rate, handshakes).
+    Refused,
+    /// Dropped: the IP is blocked.
+    Blocked,
+    /// The handshake or authentication failed or timed out.
+    Failed,
+}
+
+/// Why a stream to a user's app could not be opened, as metrics label it.
+#[derive(Clone, Copy)]
+pub enum OpenFailure {
+    Refused,
+    Timeout,
+    Gone,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+impl Counters {
+    /// A TCP connection reached the SSH listener.
+    pub fn ssh_connected(&self) {
+        bump(&self.stats.total_connections);
+    }
+
+    /// How an SSH connection's admission or login ended.
+    pub fn ssh_outcome(&self, outcome: SshOutcome) {
+        let outcome = match outcome {
+            SshOutcome::Accepted => "accepted",
+            SshOutcome::Refused => "refused",
+            SshOutcome::Blocked => "blocked",
+            SshOutcome::Failed => "failed",
+        };
+        self.metrics
+            .ssh_connections
+            .get_or_create(&vec![("outcome", outcome)])
+            .inc();
+    }
+
+    /// A limit refused someone (its flag name).
+    pub fn refused(&self, limit: &'static str) {
+        bump(&self.stats.total_rate_limited);
+        self.metrics
+            .refusals
+            .get_or_create(&vec![("limit", limit)])
+            .inc();
+    }
+
+    /// An IP was blocked (automatically or by the operator).
+    pub fn blocked(&self) {
+        bump(&self.stats.total_blocked);
+    }
+
+    /// A request passed every check and goes to the tunnel's app.
+    pub fn request_proxied(&self, traffic: &Traffic) {
+        bump(&self.stats.total_requests);
+        bump(&traffic.requests);
+    }
+
+    /// A TCP or passthrough connection was relayed to the tunnel's app.
+    pub fn connection_relayed(&self, traffic: &Traffic) {
+        bump(&traffic.requests);
+    }
+
+    /// A response to a visitor (from the app or from burrow itself), and
+    /// how long it took until its head. A 5xx for a tunnel counts as its
+    /// error.
+    pub fn response(&self, status: u16, took: Duration, traffic: Option<&Traffic>) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.metrics
+            .http_requests
+            .get_or_create(&vec![("code", class)])
+            .inc();
+        self.metrics.http_duration.observe(took.as_secs_f64());
+        if let (Some(traffic), 500..) = (traffic, status) {
+            bump(&traffic.errors);
+        }
+    }
+
+    /// A stream to a user's app was opened, `took` after asking.
+    pub fn stream_opened(&self, took: Duration) {
+        bump(&self.stats.channels_opened);
+        self.metrics
+            .channel_open_duration
+            .observe(took.as_secs_f64());
+    }
+
+    /// A stream to a user's app could not be opened.
+    pub fn stream_failed(&self, why: OpenFailure) {
+        let reason = match why {
+            OpenFailure::Refused => "refused",
+            OpenFailure::Timeout => "timeout",
+            OpenFailure::Gone => "gone",
+        };
+        self.metrics
+            .channel_open_failures
+            .get_or_create(&vec![("reason", reason)])
+            .inc();
+    }
+
+    /// A request went over a pooled keep-alive connection.
+    pub fn stream_reused(&self) {
+        bump(&self.stats.channels_reused);
+    }
+
+    /// Bytes written to a user's app.
+    pub fn bytes_in(&self, traffic: &Traffic, n: u64) {
+        traffic.bytes_in.fetch_add(n, Ordering::Relaxed);
+        self.metrics.bytes_in.inc_by(n);
+    }
+
+    /// Bytes read from a user's app.
+    pub fn bytes_out(&self, traffic: &Traffic, n: u64) {
+        traffic.bytes_out.fetch_add(n, Ordering::Relaxed);
+        self.metrics.bytes_out.inc_by(n);
+    }
+
+    /// The running totals the dashboard's history samples, derived from the
+    /// responses by class, so a request is counted once.
+    pub fn totals(&self) -> Totals {
+        let responses = |class: &'static str| {
+            self.metrics
+                .http_requests
+                .get_or_create(&vec![("code", class)])
+                .get()
+        };
+        Totals {
+            requests: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .map(responses)
+                .iter()
+                .sum(),
+            errors: responses("5xx"),
+            bytes_in: self.metrics.bytes_in.get(),
+            bytes_out: self.metrics.bytes_out.get(),
+        }
+    }
+
+    /// Requests in flight now.
+    pub fn requests_in_flight(&self) -> u64 {
+        self.stats.active_requests.load(Ordering::Relaxed)
+    }
+}
+
+/// Holds a gauge up for as long as it lives (a request, a WebSocket).
+pub struct Gauge(&'static AtomicU64);
+
+impl Gauge {
+    /// A proxied request in flight.
+    pub fn request() -> Gauge {
+        Gauge::hold(&COUNTERS.stats.active_requests)
+    }
+
+    /// An open WebSocket.
+    pub fn websocket() -> Gauge {
+        Gauge::hold(&COUNTERS.stats.active_websockets)
+    }
+
+    fn hold(gauge: &'static AtomicU64) -> Gauge {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Gauge(gauge)
+    }
+}
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Totals since the process started (see [`Counters::totals`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Responses to visitors, whoever answered them.
+    pub requests: u64,
+    /// The 5xx among them (the app failed, or burrow could not reach it).
+    pub errors: u64,
+    /// Bytes relayed to users' apps.
+    pub bytes_in: u64,
+    /// Bytes relayed from users' apps.
+    pub bytes_out: u64,
+}
+
+impl Totals {
+    /// What happened between `earlier` and `self` (counters only grow; a
+    /// saturating difference keeps a reordering from ever going negative).
+    pub fn since(&self, earlier: &Totals) -> Totals {
+        Totals {
+            requests: self.requests.saturating_sub(earlier.requests),
+            errors: self.errors.saturating_sub(earlier.errors),
+            bytes_in: self.bytes_in.saturating_sub(earlier.bytes_in),
+            bytes_out: self.bytes_out.saturating_sub(earlier.bytes_out),
+        }
+    }
+}

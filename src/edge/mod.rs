@@ -1,0 +1,109 @@
+//! The visitor's edge, in data-path order: TLS accepted on :443
+//! ([`https`]), its SNI read ([`sni`]) and routed ([`router`]); plain HTTP
+//! on :80 redirected ([`redirect`]); and every request, whichever listener
+//! it came through, routed by Host to the landing page, an error page or
+//! a tunnel's proxy ([`Edge::request`]).
+
+pub mod https;
+pub mod redirect;
+pub mod router;
+pub mod sni;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response};
+
+use self::router::{Route, Router};
+use crate::acme::http01::Challenges;
+use crate::config::HttpMode;
+use crate::counters::COUNTERS;
+use crate::custom::CustomDomains;
+use crate::http::proxy::Proxy;
+use crate::http::{pages, Body, ConnLimits, Scheme};
+use crate::pipe::relay::Relays;
+use crate::shutdown::Shutdown;
+use crate::tunnel::registry::Pick;
+
+/// What the visitor's edge works with.
+pub struct Edge {
+    pub router: Router,
+    pub proxy: Proxy,
+    /// Raw relays for `tls=passthrough` tunnels.
+    pub relays: Arc<Relays>,
+    /// Certificates of custom domains (a handshake may wait for one).
+    pub custom: Arc<CustomDomains>,
+    /// Pending ACME HTTP-01 challenges, answered on :80.
+    pub challenges: Arc<Challenges>,
+    pub http_mode: HttpMode,
+    /// Header and keep-alive timeouts, header size, trusted proxies.
+    pub conn_limits: ConnLimits,
+    pub shutdown: Shutdown,
+}
+
+impl Edge {
+    /// Every visitor request: routed by host to the landing page, an error
+    /// page or a tunnel; counted once, with its status and time to head.
+    pub async fn request(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        scheme: Scheme,
+    ) -> Response<Body> {
+        let started = Instant::now();
+        let (response, tunnel) = self.route(req, peer, scheme).await;
+        let traffic = tunnel.as_ref().map(|t| &**t.traffic());
+        COUNTERS.response(response.status().as_u16(), started.elapsed(), traffic);
+        response
+    }
+
+    /// Routes by host: the landing page, a tunnel, or an error page.
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        scheme: Scheme,
+    ) -> (Response<Body>, Option<Arc<crate::tunnel::Tunnel>>) {
+        let Some(host) = request_host(&req) else {
+            let page = pages::bad_request("The request names no host.");
+            return (page.render(req.headers()), None);
+        };
+        let domain = self.router.domain();
+        let page = match self.router.route(&host) {
+            Route::Apex => {
+                let connect = self.proxy.registry.public().connect_command();
+                let mut page = pages::landing(domain, &connect).render(req.headers());
+                page.headers_mut().insert(
+                    header::STRICT_TRANSPORT_SECURITY,
+                    HeaderValue::from_static("max-age=31536000"),
+                );
+                page
+            }
+            Route::Foreign => pages::foreign_host(domain).render(req.headers()),
+            Route::Malformed => pages::not_found(&host).render(req.headers()),
+            Route::Tunnel(name) => match self.proxy.registry.lookup(&name, Pick::Next).await {
+                Some(tunnel) => {
+                    let served = self.proxy.serve(tunnel, &name, req, peer, &host, scheme);
+                    let (response, tunnel) = served.await;
+                    return (response, Some(tunnel));
+                }
+                None => pages::not_found(&host).render(req.headers()),
+            },
+        };
+        (page, None)
+    }
+}
+
+/// The host the visitor asked for: `:authority` for HTTP/2, else `Host`.
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    if let Some(authority) = req.uri().authority() {
+        return Some(authority.as_str().to_string());
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+}

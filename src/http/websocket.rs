@@ -1,0 +1,54 @@
+//! After the app answers 101, the visitor's and the app's connections
+//! become one raw byte relay (WebSocket, or any HTTP/1.1 upgrade), capped
+//! by `--websocket-max-bytes` and `--websocket-idle-timeout`, holding the
+//! visitor's WebSocket slot for as long as it runs.
+
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use super::log::WebSocketLog;
+use crate::config::LimitArgs;
+use crate::counters::Gauge;
+use crate::limits::http::Slot;
+use crate::pipe::relay::{self, Moved, RelayEnd, RelayLimits};
+
+/// Relays the upgraded connections in a task of their own.
+pub fn relay(
+    limits: &LimitArgs,
+    visitor: OnUpgrade,
+    origin: OnUpgrade,
+    slot: Slot,
+    log: Option<WebSocketLog>,
+) {
+    let gauge = Gauge::websocket();
+    let limits = RelayLimits {
+        max_bytes: limits.websocket_max_bytes,
+        idle: limits.websocket_idle_timeout,
+        flags: "websocket",
+        bandwidth: None,
+    };
+    tokio::spawn(async move {
+        let _held = (gauge, slot);
+        let (visitor, origin) = match tokio::try_join!(visitor, origin) {
+            Ok(pair) => pair,
+            Err(err) => {
+                tracing::debug!(error = %err, "upgrade failed");
+                return;
+            }
+        };
+        if let Some(log) = &log {
+            log.opened();
+        }
+        let moved = Moved::default();
+        let (visitor, origin) = (TokioIo::new(visitor), TokioIo::new(origin));
+        let end = relay::relay_counted(visitor, origin, &limits, &moved).await;
+        tracing::debug!(end = %end.describe(&limits), "upgraded connection ended");
+        if let Some(log) = log {
+            // Only a limit is burrow's doing; a visitor or app that hangs
+            // up, politely or not, is not.
+            let cut = matches!(end, RelayEnd::TooManyBytes | RelayEnd::Idle);
+            let why = cut.then(|| format!("WebSocket {}", end.describe(&limits)));
+            log.closed(&moved, why);
+        }
+    });
+}

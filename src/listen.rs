@@ -1,0 +1,100 @@
+//! The one accept loop every listener runs (SSH, HTTP, HTTPS, the stats
+//! endpoint, public TCP ports): accept until told to stop, set
+//! `TCP_NODELAY` (small packets are the norm here: keystrokes, request
+//! heads, SSH keepalives), and back off briefly when accepting fails
+//! (EMFILE and friends) instead of spinning.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+
+/// How long to wait after a failed accept.
+const BACK_OFF: Duration = Duration::from_millis(50);
+
+/// Hands every connection accepted on `listener` to `each` until `stop`
+/// resolves. `name` labels the listener in log lines.
+pub async fn accept_loop<F>(listener: &TcpListener, name: &str, stop: impl Future, mut each: F)
+where
+    F: FnMut(TcpStream, SocketAddr),
+{
+    tokio::pin!(stop);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut stop => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    tracing::warn!(listener = name, error = %err, "accept failed");
+                    tokio::time::sleep(BACK_OFF).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        each(stream, peer);
+    }
+}
+
+/// Every listener, bound before anything is served (so a bad flag fails
+/// before anything starts).
+pub struct Listeners {
+    pub ssh: TcpListener,
+    pub http: TcpListener,
+    pub https: TcpListener,
+    pub stats: TcpListener,
+}
+
+/// Where each listener is bound (ports may be 0 in the flags).
+#[derive(Debug, Clone, Copy)]
+pub struct BoundAddrs {
+    pub ssh: SocketAddr,
+    pub http: SocketAddr,
+    pub https: SocketAddr,
+    pub stats: SocketAddr,
+}
+
+impl Listeners {
+    pub async fn bind(config: &crate::config::Config) -> anyhow::Result<Listeners> {
+        Ok(Listeners {
+            ssh: bind("--ssh-addr", config.ssh_addr).await?,
+            http: bind("--http-addr", config.http_addr).await?,
+            https: bind("--https-addr", config.https_addr).await?,
+            stats: bind("--stats-addr", config.stats_addr).await?,
+        })
+    }
+
+    pub fn addrs(&self) -> BoundAddrs {
+        let local = |l: &TcpListener| l.local_addr().expect("bound socket has an address");
+        BoundAddrs {
+            ssh: local(&self.ssh),
+            http: local(&self.http),
+            https: local(&self.https),
+            stats: local(&self.stats),
+        }
+    }
+}
+
+async fn bind(flag: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    use anyhow::Context;
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{flag} {addr}: cannot listen"))
+}
+
+/// Every tunnel holds one SSH socket and every visitor one more: the usual
+/// soft limit of 1024 open files would cap burrow at a few hundred users.
+/// Raise it to the hard limit (systemd's default hard limit is 512Ki).
+pub fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < 8192 => {
+            tracing::warn!(
+                limit,
+                "the open-files limit is low: raise LimitNOFILE / ulimit -n"
+            )
+        }
+        Ok(limit) => tracing::debug!(limit, "open-files limit"),
+        Err(err) => tracing::warn!(error = %err, "could not raise the open-files limit"),
+    }
+}

@@ -1,0 +1,13 @@
+//! The bytes between visitors and users' apps.
+//!
+//! - [`channel`]: a `forwarded-tcpip` channel as a byte stream, read through
+//!   a [`spool`] its pump fills the moment data arrives (one slow reader
+//!   never stalls the SSH connection it shares);
+//! - [`relay`]: byte relays (WebSocket, raw TCP, TLS passthrough), their
+//!   limits, the PROXY header;
+//! - [`tcp`]: the public TCP ports of raw tunnels and their accept loops.
+
+pub mod channel;
+pub mod relay;
+pub mod spool;
+pub mod tcp;
