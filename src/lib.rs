@@ -45,7 +45,6 @@ pub mod tls;
 pub mod tunnel;
 
 use std::future::Future;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,7 +52,7 @@ use anyhow::{Context, Result};
 
 use crate::config::{AuthMode, Config};
 use crate::counters::COUNTERS;
-use crate::listen::{BoundAddrs, Listeners};
+use crate::listen::Listeners;
 use crate::shutdown::Shutdown;
 
 /// After the grace period, how long closing connections get to say goodbye
@@ -149,6 +148,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
                 idle_timeout: config.pool.channel_pool_idle,
             },
             https_addr: addrs.https,
+            shutdown: shutdown.clone(),
         },
         relays,
         custom: Arc::clone(&custom),
@@ -182,7 +182,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         // accept loop starts right below, before any order gets that far).
         acme.start();
     }
-    announce(&addrs, &registry);
+    addrs.announce(registry.public());
 
     let expiry = tunnel::expiry::Limits {
         idle: config.limits.tunnel_idle_timeout,
@@ -220,18 +220,6 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
             std::process::exit(1);
         }
     }
-}
-
-/// One machine-readable line for scripts and tests (ports may be 0 in the
-/// flags), then the command a user would type.
-fn announce(addrs: &BoundAddrs, registry: &tunnel::Registry) {
-    let public = registry.public();
-    println!(
-        "burrow ready: ssh={} http={} https={} stats={} domain={}",
-        addrs.ssh, addrs.http, addrs.https, addrs.stats, public.domain
-    );
-    println!("connect with: {}", public.connect_command());
-    let _ = std::io::stdout().flush();
 }
 
 /// The graceful shutdown: stop accepting, tell the SSH users, let in-flight

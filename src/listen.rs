@@ -55,6 +55,20 @@ pub struct BoundAddrs {
     pub stats: SocketAddr,
 }
 
+impl BoundAddrs {
+    /// One machine-readable line for scripts and tests (ports may be 0 in
+    /// the flags), then the command a user would type.
+    pub fn announce(&self, public: &crate::tunnel::public::Public) {
+        use std::io::Write;
+        println!(
+            "burrow ready: ssh={} http={} https={} stats={} domain={}",
+            self.ssh, self.http, self.https, self.stats, public.domain
+        );
+        println!("connect with: {}", public.connect_command());
+        let _ = std::io::stdout().flush();
+    }
+}
+
 impl Listeners {
     pub async fn bind(config: &crate::config::Config) -> anyhow::Result<Listeners> {
         Ok(Listeners {

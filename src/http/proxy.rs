@@ -59,6 +59,8 @@ pub struct Proxy {
     pub browser_warning: bool,
     /// Keep-alive connections to the apps.
     pub pools: super::pool::Pools,
+    /// WebSocket relays are tasks shutdown waits for.
+    pub shutdown: crate::shutdown::Shutdown,
     /// The address visitors connect to when a connection cannot tell its
     /// own (the destination of a PROXY header to the app).
     pub https_addr: SocketAddr,
@@ -267,7 +269,8 @@ impl Proxy {
         if let (true, Some(visitor_upgrade), Some(ws_slot)) = (switching, upgrade, ws_slot) {
             let log = seen.map(|seen| log::WebSocketLog::new(seen, tunnel, self.access_log));
             let origin_upgrade = hyper::upgrade::on(&mut response);
-            websocket::relay(limits, visitor_upgrade, origin_upgrade, ws_slot, log);
+            let upgrades = (visitor_upgrade, origin_upgrade);
+            websocket::relay(&self.shutdown, limits, upgrades, ws_slot, log);
         }
         rewrite::strip_hop_by_hop(response.headers_mut(), switching);
         rewrite::add_safety_headers(response.headers_mut());

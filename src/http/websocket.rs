@@ -11,12 +11,14 @@ use crate::config::LimitArgs;
 use crate::counters::Gauge;
 use crate::limits::http::Slot;
 use crate::pipe::relay::{self, Moved, RelayEnd, RelayLimits};
+use crate::shutdown::Shutdown;
 
-/// Relays the upgraded connections in a task of their own.
+/// Relays the upgraded connections in a task of their own, which shutdown
+/// waits for (it ends at the latest when shutdown's last phase begins).
 pub fn relay(
+    shutdown: &Shutdown,
     limits: &LimitArgs,
-    visitor: OnUpgrade,
-    origin: OnUpgrade,
+    (visitor, origin): (OnUpgrade, OnUpgrade),
     slot: Slot,
     log: Option<WebSocketLog>,
 ) {
@@ -27,7 +29,8 @@ pub fn relay(
         flags: "websocket",
         bandwidth: None,
     };
-    tokio::spawn(async move {
+    let stop = shutdown.clone();
+    shutdown.spawn(async move {
         let _held = (gauge, slot);
         let (visitor, origin) = match tokio::try_join!(visitor, origin) {
             Ok(pair) => pair,
@@ -41,7 +44,10 @@ pub fn relay(
         }
         let moved = Moved::default();
         let (visitor, origin) = (TokioIo::new(visitor), TokioIo::new(origin));
-        let end = relay::relay_counted(visitor, origin, &limits, &moved).await;
+        let end = tokio::select! {
+            end = relay::relay_counted(visitor, origin, &limits, &moved) => end,
+            _ = stop.finishing() => RelayEnd::Closed,
+        };
         tracing::debug!(end = %end.describe(&limits), "upgraded connection ended");
         if let Some(log) = log {
             // Only a limit is burrow's doing; a visitor or app that hangs
