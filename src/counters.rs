@@ -61,6 +61,14 @@ pub struct Metrics {
     /// write of every stream.
     bytes_in: Counter,
     bytes_out: Counter,
+    /// Cluster: visitors' requests and connections forwarded to the node
+    /// holding their tunnel, by kind (`http`, `raw`).
+    pub forwarded: Family<Labels, Counter>,
+    /// Cluster: bytes sent to (`out`) and received from (`in`) other nodes
+    /// on forwarded streams.
+    pub forwarded_bytes: Family<Labels, Counter>,
+    /// Cluster: link connections that failed or broke.
+    pub link_errors: Counter,
 }
 
 impl Default for Metrics {
@@ -78,6 +86,9 @@ impl Default for Metrics {
             channel_open_failures: Family::default(),
             // 0.5 ms … ~16 s.
             channel_open_duration: Histogram::new(exponential_buckets(0.0005, 2.0, 16)),
+            forwarded: Family::default(),
+            forwarded_bytes: Family::default(),
+            link_errors: Counter::default(),
         }
     }
 }
@@ -243,6 +254,28 @@ impl Counters {
             bytes_in: self.metrics.bytes_in.get(),
             bytes_out: self.metrics.bytes_out.get(),
         }
+    }
+
+    /// A visitor's request (`http`) or connection (`raw`) went to the node
+    /// holding its tunnel.
+    pub fn forwarded(&self, kind: &'static str) {
+        self.metrics
+            .forwarded
+            .get_or_create(&vec![("kind", kind)])
+            .inc();
+    }
+
+    /// Bytes moved on forwarded streams (`in`: from other nodes).
+    pub fn forwarded_bytes(&self, direction: &'static str, n: u64) {
+        self.metrics
+            .forwarded_bytes
+            .get_or_create(&vec![("direction", direction)])
+            .inc_by(n);
+    }
+
+    /// A link connection to another node failed or broke.
+    pub fn link_error(&self) {
+        self.metrics.link_errors.inc();
     }
 
     /// Requests in flight now.

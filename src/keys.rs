@@ -38,6 +38,9 @@ pub struct Grant {
 /// One parsed keys file.
 #[derive(Debug, Default)]
 pub struct KeysFile {
+    /// SHA-256 of the file's text (hex; empty without a file): cluster
+    /// nodes compare theirs.
+    hash: String,
     by_fingerprint: HashMap<String, Grant>,
     name_owners: HashMap<String, Vec<String>>,
     port_owners: HashMap<u16, Vec<String>>,
@@ -50,7 +53,12 @@ pub fn fingerprint(key: &PublicKey) -> String {
 
 impl KeysFile {
     pub fn parse(text: &str) -> Result<KeysFile> {
-        let mut file = KeysFile::default();
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(text.as_bytes());
+        let mut file = KeysFile {
+            hash: digest.iter().map(|b| format!("{b:02x}")).collect(),
+            ..KeysFile::default()
+        };
         for (index, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -69,6 +77,11 @@ impl KeysFile {
             file.by_fingerprint.insert(fp, grant);
         }
         Ok(file)
+    }
+
+    /// SHA-256 of the file's text (hex), empty without a file.
+    pub fn hash(&self) -> &str {
+        &self.hash
     }
 
     /// The grant of the key with fingerprint `fp`, if it is listed.

@@ -14,6 +14,8 @@
 //! - [`http`]: the reverse proxy and its pages;
 //! - [`pipe`]: the bytes — channels, spools, relays, public TCP ports;
 //! - [`ops`]: stats, metrics, the admin API and the dashboard;
+//! - [`cluster`]: several nodes as one service (the directory on Redis,
+//!   the link between nodes);
 //! - leaves every layer uses: [`config`], [`counters`], [`limits`],
 //!   [`listen`], [`shutdown`], [`request_log`], [`subdomain`], [`keys`],
 //!   [`forwarded`], [`state`], [`tls`], [`systemd`]; and the certificate
@@ -23,6 +25,7 @@
 //! starts), then serves until the shutdown signal resolves.
 
 pub mod acme;
+pub mod cluster;
 pub mod config;
 pub mod counters;
 pub mod custom;
@@ -116,6 +119,24 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         Arc::clone(&relays),
         shutdown.clone(),
     ));
+    let mut name_secret: Arc<[u8]> = Arc::from(state.name_secret.as_slice());
+    let cluster = match config.cluster.enabled() {
+        true => {
+            let parts = cluster::Parts {
+                registry: Arc::clone(&registry),
+                ip_guard: Arc::clone(&ip_guard),
+                spool: Arc::clone(&spool),
+                keys: Arc::clone(&keys),
+                tcp: Arc::clone(&tcp),
+            };
+            let cluster = cluster::Cluster::join(&config, parts).await?;
+            // The same key gets the same stable name on every node.
+            name_secret = Arc::from(cluster.shared_name_secret(&state.name_secret).await?);
+            registry.set_directory(Arc::clone(&cluster) as Arc<dyn tunnel::directory::Directory>);
+            Some(cluster)
+        }
+        false => None,
+    };
     let server = Arc::new(ssh::Server {
         registry: Arc::clone(&registry),
         limits: config.limits.clone(),
@@ -128,7 +149,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         ip_guard: Arc::clone(&ip_guard),
         refusals: Arc::clone(&refusals),
         trusted: trusted.clone(),
-        name_secret: Arc::from(state.name_secret.as_slice()),
+        name_secret,
         russh: ssh::russh_config(host_key),
         spool: Arc::clone(&spool),
         shutdown: shutdown.clone(),
@@ -150,7 +171,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
             https_addr: addrs.https,
             shutdown: shutdown.clone(),
         },
-        relays,
+        relays: Arc::clone(&relays),
         custom: Arc::clone(&custom),
         challenges,
         http_mode: config.http_mode,
@@ -166,6 +187,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         acme: acme.clone(),
         history: Arc::clone(&history),
         block_duration: config.limits.block_duration,
+        cluster: cluster.clone(),
     });
     let reload = reload::Reload {
         keys,
@@ -190,6 +212,21 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     };
     shutdown.spawn(ssh::serve(listeners.ssh, server));
     shutdown.spawn(edge::redirect::serve(listeners.http, Arc::clone(&edge)));
+    if let (Some(cluster), Some(listener)) = (&cluster, listeners.cluster) {
+        let link = Arc::new(cluster::serve::LinkServer {
+            tls: cluster.link_tls()?.server,
+            edge: Arc::clone(&edge),
+            relays,
+            views: ops::admin::views(&ops),
+            spool: Arc::clone(&ops.spool),
+            shutdown: shutdown.clone(),
+        });
+        shutdown.spawn(cluster::serve::serve(listener, link));
+        shutdown.spawn(Arc::clone(cluster).run(shutdown.clone()));
+    }
+    if let Some(listener) = listeners.health {
+        shutdown.spawn(ops::health::serve(listener, shutdown.clone()));
+    }
     shutdown.spawn(edge::https::serve(listeners.https, tls, edge));
     let stats_shutdown = shutdown.clone();
     let limits = config.limits.clone();
@@ -214,7 +251,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     // Installed now so it only sees signals sent from here on.
     let second = shutdown::signal().context("cannot install signal handlers")?;
     tokio::select! {
-        _ = drain(config.shutdown_grace, &shutdown) => Ok(()),
+        _ = drain(config.shutdown_grace, &shutdown, cluster.as_deref()) => Ok(()),
         _ = second => {
             tracing::warn!("second signal: exiting now");
             std::process::exit(1);
@@ -223,8 +260,10 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
 }
 
 /// The graceful shutdown: stop accepting, tell the SSH users, let in-flight
-/// HTTP requests finish (at most `grace`), then close everything.
-async fn drain(grace: Duration, shutdown: &Shutdown) {
+/// HTTP requests finish (at most `grace`), then close everything — in a
+/// cluster, releasing this node's names at once (no wait for its heartbeat
+/// to expire), so its clients' reconnections elsewhere get them back.
+async fn drain(grace: Duration, shutdown: &Shutdown, cluster: Option<&cluster::Cluster>) {
     tracing::info!(grace = %limits::human(grace), "shutdown requested: no new connections, finishing in-flight requests");
     systemd::stopping();
     shutdown.trigger();
@@ -245,6 +284,9 @@ async fn drain(grace: Duration, shutdown: &Shutdown) {
         poll.tick().await;
     }
     shutdown.finish();
+    if let Some(cluster) = cluster {
+        cluster.leave().await;
+    }
     if !shutdown.drain(CLOSE_TIME).await {
         tracing::warn!("some connections did not close in time");
     }

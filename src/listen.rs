@@ -44,6 +44,10 @@ pub struct Listeners {
     pub http: TcpListener,
     pub https: TcpListener,
     pub stats: TcpListener,
+    /// The cluster link (`--cluster-listen`), in a cluster.
+    pub cluster: Option<TcpListener>,
+    /// The load balancer's health check (`--health-addr`), if asked for.
+    pub health: Option<TcpListener>,
 }
 
 /// Where each listener is bound (ports may be 0 in the flags).
@@ -76,6 +80,18 @@ impl Listeners {
             http: bind("--http-addr", config.http_addr).await?,
             https: bind("--https-addr", config.https_addr).await?,
             stats: bind("--stats-addr", config.stats_addr).await?,
+            cluster: match config
+                .cluster
+                .cluster_listen
+                .filter(|_| config.cluster.enabled())
+            {
+                Some(addr) => Some(bind("--cluster-listen", addr).await?),
+                None => None,
+            },
+            health: match config.cluster.health_addr {
+                Some(addr) => Some(bind("--health-addr", addr).await?),
+                None => None,
+            },
         })
     }
 

@@ -5,10 +5,13 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use burrow::config::{Config, LogFormat};
+use burrow::config::{ClusterCommand, Command, Config, LogFormat};
 
 fn main() -> ExitCode {
     let config = Config::from_args();
+    if let Some(command) = &config.command {
+        return run_command(command);
+    }
     init_logging(config.log_format);
 
     // One provider for the whole process, chosen explicitly: with several
@@ -40,6 +43,27 @@ fn main() -> ExitCode {
             eprintln!("burrow: error: {err:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `burrow SUBCOMMAND`: a tool, not the server.
+fn run_command(command: &Command) -> ExitCode {
+    match command {
+        Command::Cluster {
+            command: ClusterCommand::Init { file, force },
+        } => match burrow::cluster::secret::init(file, *force) {
+            Ok(()) => {
+                println!(
+                    "wrote a new cluster secret to {} (mode 0600); copy it to every node and give it with --cluster-secret",
+                    file.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                eprintln!("burrow: error: {err:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

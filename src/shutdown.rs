@@ -27,6 +27,11 @@ impl Shutdown {
         Self::default()
     }
 
+    /// Whether shutdown has begun.
+    pub fn is_requested(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
     /// Resolves once shutdown has begun.
     pub async fn requested(&self) {
         self.token.cancelled().await

@@ -5,6 +5,7 @@
 //! Parsing errors are reduced to one line that names the flag and the cause.
 
 mod acme;
+mod cluster;
 mod limits;
 mod parse;
 
@@ -16,6 +17,7 @@ use anyhow::{bail, Result};
 use clap::Parser;
 
 pub use self::acme::{AcmeArgs, CustomDomainArgs, LETSENCRYPT, LETSENCRYPT_STAGING};
+pub use self::cluster::{valid_node_id, ClusterArgs, ClusterCommand};
 pub use self::limits::{LimitArgs, PoolArgs, RequestLogArgs, SpoolArgs, WarningArgs};
 pub use self::parse::{
     parse_cidr, parse_duration, parse_port_ranges, parse_rate, parse_resolver, parse_size,
@@ -158,6 +160,22 @@ pub struct Config {
 
     #[command(flatten)]
     pub custom: CustomDomainArgs,
+
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What `burrow SUBCOMMAND` does instead of serving.
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Cluster tools (`burrow cluster init FILE`).
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
 }
 
 /// A feature switch.
@@ -285,6 +303,7 @@ impl Config {
         }
         self.reserved_names = reserved;
         self.acme.validate()?;
+        self.cluster.validate()?;
         Ok(self)
     }
 }

@@ -23,9 +23,10 @@ use crate::config::HttpMode;
 use crate::counters::COUNTERS;
 use crate::custom::CustomDomains;
 use crate::http::proxy::Proxy;
-use crate::http::{pages, Body, ConnLimits, Scheme};
+use crate::http::{forward, pages, Body, ConnLimits, Scheme};
 use crate::pipe::relay::Relays;
 use crate::shutdown::Shutdown;
+use crate::tunnel::directory::Holder;
 use crate::tunnel::registry::Pick;
 
 /// What the visitor's edge works with.
@@ -53,23 +54,52 @@ impl Edge {
         peer: SocketAddr,
         scheme: Scheme,
     ) -> Response<Body> {
+        self.counted(req, peer, scheme, Scope::Anywhere).await
+    }
+
+    /// A request another node of the cluster forwarded (from `visitor`):
+    /// served by this node's own tunnels only, never forwarded again.
+    pub async fn request_here(
+        &self,
+        req: Request<Incoming>,
+        visitor: SocketAddr,
+        scheme: Scheme,
+    ) -> Response<Body> {
+        self.counted(req, visitor, scheme, Scope::Here).await
+    }
+
+    async fn counted(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        scheme: Scheme,
+        scope: Scope,
+    ) -> Response<Body> {
         let started = Instant::now();
-        let (response, tunnel) = self.route(req, peer, scheme).await;
-        let traffic = tunnel.as_ref().map(|t| &**t.traffic());
-        COUNTERS.response(response.status().as_u16(), started.elapsed(), traffic);
+        let (response, served) = self.route(req, peer, scheme, scope).await;
+        match served {
+            // The node that serves a forwarded request counts it.
+            Served::Elsewhere => {}
+            Served::Here(tunnel) => {
+                let traffic = tunnel.as_ref().map(|t| &**t.traffic());
+                COUNTERS.response(response.status().as_u16(), started.elapsed(), traffic);
+            }
+        }
         response
     }
 
-    /// Routes by host: the landing page, a tunnel, or an error page.
+    /// Routes by host: the landing page, a tunnel (here or on another
+    /// node), or an error page.
     async fn route(
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
         scheme: Scheme,
-    ) -> (Response<Body>, Option<Arc<crate::tunnel::Tunnel>>) {
+        scope: Scope,
+    ) -> (Response<Body>, Served) {
         let Some(host) = request_host(&req) else {
             let page = pages::bad_request("The request names no host.");
-            return (page.render(req.headers()), None);
+            return (page.render(req.headers()), Served::Here(None));
         };
         let domain = self.router.domain();
         let page = match self.router.route(&host) {
@@ -84,17 +114,62 @@ impl Edge {
             }
             Route::Foreign => pages::foreign_host(domain).render(req.headers()),
             Route::Malformed => pages::not_found(&host).render(req.headers()),
-            Route::Tunnel(name) => match self.proxy.registry.lookup(&name, Pick::Next).await {
-                Some(tunnel) => {
+            Route::Tunnel(name) => match self.holder(&name, scope).await {
+                Holder::Here(tunnel) => {
                     let served = self.proxy.serve(tunnel, &name, req, peer, &host, scheme);
                     let (response, tunnel) = served.await;
-                    return (response, Some(tunnel));
+                    return (response, Served::Here(Some(tunnel)));
                 }
-                None => pages::not_found(&host).render(req.headers()),
+                Holder::There(remote) => {
+                    let visitor = self.proxy.trusted.visitor(req.headers(), peer);
+                    let local = local_addr(&req).unwrap_or(self.proxy.https_addr);
+                    let registry = &self.proxy.registry;
+                    let to = (visitor, local, scheme);
+                    let response = forward::forward(registry, &self.shutdown, &remote, req, to);
+                    return (response.await, Served::Elsewhere);
+                }
+                Holder::Gone => forward::gone(req.headers(), &host),
+                Holder::Nobody => pages::not_found(&host).render(req.headers()),
             },
         };
-        (page, None)
+        (page, Served::Here(None))
     }
+
+    /// Who serves `name` for a request from `scope`.
+    async fn holder(&self, name: &str, scope: Scope) -> Holder {
+        let registry = &self.proxy.registry;
+        match scope {
+            Scope::Anywhere => registry.route(name, Pick::Next).await,
+            Scope::Here => registry
+                .lookup(name, Pick::Next)
+                .await
+                .map_or(Holder::Nobody, Holder::Here),
+        }
+    }
+}
+
+/// Which tunnels may serve a request.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    /// Any node's (a visitor's request).
+    Anywhere,
+    /// This node's only (forwarded here by another node).
+    Here,
+}
+
+/// Where a request was served, for counting it once cluster-wide.
+enum Served {
+    /// Here: by a tunnel, or with one of burrow's pages.
+    Here(Option<Arc<crate::tunnel::Tunnel>>),
+    /// Forwarded to the node holding the tunnel, which counts it.
+    Elsewhere,
+}
+
+/// The address the visitor connected to, if the listener recorded it.
+fn local_addr(req: &Request<Incoming>) -> Option<SocketAddr> {
+    req.extensions()
+        .get::<crate::http::LocalAddr>()
+        .and_then(|l| l.0)
 }
 
 /// The host the visitor asked for: `:authority` for HTTP/2, else `Host`.

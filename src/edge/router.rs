@@ -7,8 +7,12 @@ use std::sync::Arc;
 
 use crate::custom::CustomDomains;
 use crate::subdomain::{is_valid_label, strip_port};
+use crate::tunnel::directory::{Holder, Remote};
 use crate::tunnel::registry::Pick;
-use crate::tunnel::{Kind, Registry};
+use crate::tunnel::{Kind, Registry, OPTIONS_WAIT};
+
+/// How often a remote name's options are looked for while they settle.
+const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Where a request's Host points, relative to the server's domain.
 #[derive(Debug, PartialEq, Eq)]
@@ -100,17 +104,39 @@ impl Router {
             Route::Apex | Route::Malformed => return TlsRoute::Terminate,
             Route::Tunnel(key) => key,
         };
-        let Some(tunnel) = self.registry.lookup(&key, Pick::Oldest).await else {
-            return TlsRoute::Terminate;
+        let passthrough = match self.registry.route(&key, Pick::Oldest).await {
+            Holder::Here(tunnel) if tunnel.kind() == Kind::Name => {
+                tunnel.options_settled().await;
+                tunnel.passthrough()
+            }
+            Holder::There(remote) => self.remote_passthrough(&key, remote).await,
+            _ => return TlsRoute::Terminate,
         };
-        if tunnel.kind() != Kind::Name {
-            return TlsRoute::Terminate;
-        }
-        tunnel.options_settled().await;
-        match (tunnel.passthrough(), crate::tunnel::is_custom_key(&key)) {
+        match (passthrough, crate::tunnel::is_custom_key(&key)) {
             (true, _) => TlsRoute::Passthrough(key),
             (false, true) => TlsRoute::TerminateCustom(key),
             (false, false) => TlsRoute::Terminate,
+        }
+    }
+
+    /// Whether a name held on another node passes TLS through: its client's
+    /// options may still be on their way there, so this waits (at most
+    /// `OPTIONS_WAIT`) for the directory to learn them.
+    async fn remote_passthrough(&self, key: &str, mut remote: Remote) -> bool {
+        let deadline = tokio::time::Instant::now() + OPTIONS_WAIT;
+        loop {
+            if let Some(raw) = remote.member.raw {
+                return raw;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(SETTLE_POLL).await;
+            match self.registry.route(key, Pick::Oldest).await {
+                Holder::There(next) => remote = next,
+                Holder::Here(tunnel) => return tunnel.passthrough(),
+                _ => return false,
+            }
         }
     }
 
@@ -121,13 +147,14 @@ impl Router {
         let Route::Tunnel(key) = self.route(host) else {
             return false;
         };
-        match self.registry.find(&key, Pick::Oldest) {
-            Some(tunnel) => {
+        match self.registry.route(&key, Pick::Oldest).await {
+            Holder::Here(tunnel) => {
                 // A new tunnel's `tls=` may still be on its way.
                 tunnel.options_settled().await;
                 !tunnel.passthrough()
             }
-            None => true,
+            Holder::There(remote) => !self.remote_passthrough(&key, remote).await,
+            Holder::Gone | Holder::Nobody => true,
         }
     }
 }

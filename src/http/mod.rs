@@ -13,6 +13,7 @@
 //! - [`metered`], [`watchdog`]: body limits and guards, connection timeouts.
 
 pub mod access;
+pub mod forward;
 pub mod interstitial;
 pub mod log;
 pub mod metered;

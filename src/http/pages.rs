@@ -225,6 +225,28 @@ pub fn local_app_failed(host: &str, error: &str) -> Page {
         .why(format!("your local app closed the connection without a valid HTTP response ({error})"))
 }
 
+/// A cluster node holding the tunnel could not be reached (`why`).
+pub fn node_unreachable(node: &str, why: &str) -> Page {
+    Page::new(
+        StatusCode::BAD_GATEWAY,
+        "The tunnel's server cannot be reached",
+    )
+    .text(format!(
+        "This tunnel is served by node {node} of this service, which does not answer now: {why}."
+    ))
+    .text("Try again in a few seconds: its client reconnects to another node if that one is gone.")
+}
+
+/// Every client of the tunnel was on a node that is gone: they are
+/// reconnecting elsewhere.
+pub fn tunnel_moving(host: &str) -> Page {
+    Page::new(StatusCode::SERVICE_UNAVAILABLE, "The tunnel is moving")
+        .text(format!(
+            "The server that held {host} went away; its client is reconnecting to another one."
+        ))
+        .text("Try again in a few seconds.")
+}
+
 pub fn channel_timeout(host: &str) -> Page {
     Page::new(StatusCode::GATEWAY_TIMEOUT, "The tunnel did not answer")
         .text(format!("The SSH client behind {host} did not open a connection to its local app within 10 seconds."))

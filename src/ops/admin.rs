@@ -22,7 +22,10 @@ use hyper::header::{HeaderValue, ALLOW, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
+use std::sync::{Arc, Weak};
+
 use super::Ops;
+use crate::cluster::serve::Views;
 use crate::http::{pages, Body};
 use crate::tunnel::notice::CLOSED_BY_OPERATOR;
 use crate::tunnel::{Kind, Tunnel};
@@ -36,7 +39,7 @@ pub async fn handle(ops: &Ops, req: Request<Incoming>) -> Option<Response<Body>>
     let method = req.method().clone();
     let response = if path == "/tunnels" {
         match method {
-            Method::GET => json(StatusCode::OK, &list_tunnels(ops)),
+            Method::GET => json(StatusCode::OK, &list_tunnels(ops).await),
             _ => not_allowed("GET"),
         }
     } else if path == "/bans" {
@@ -47,7 +50,7 @@ pub async fn handle(ops: &Ops, req: Request<Incoming>) -> Option<Response<Body>>
         }
     } else if let Some(name) = path.strip_prefix("/tunnels/") {
         match method {
-            Method::DELETE => close(ops, &decode(name)),
+            Method::DELETE => close(ops, &decode(name)).await,
             _ => not_allowed("DELETE"),
         }
     } else if let Some(ip) = path.strip_prefix("/bans/") {
@@ -79,9 +82,22 @@ struct TunnelInfo {
     errors: u64,
     open_connections: u32,
     clients: usize,
+    /// In a cluster: the node whose client it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node: Option<String>,
 }
 
-fn list_tunnels(ops: &Ops) -> Vec<TunnelInfo> {
+/// Every tunnel: this node's, and in a cluster every node's.
+async fn list_tunnels(ops: &Ops) -> Vec<serde_json::Value> {
+    let local = local_tunnels(ops);
+    match &ops.cluster {
+        Some(cluster) => super::cluster::all_tunnels(cluster, local).await,
+        None => local,
+    }
+}
+
+/// This node's tunnels, sorted by name and age.
+pub fn local_tunnels(ops: &Ops) -> Vec<serde_json::Value> {
     let mut tunnels: Vec<TunnelInfo> = ops
         .registry
         .tunnels()
@@ -90,6 +106,9 @@ fn list_tunnels(ops: &Ops) -> Vec<TunnelInfo> {
         .collect();
     tunnels.sort_by(|a, b| (&a.name, &a.created).cmp(&(&b.name, &b.created)));
     tunnels
+        .into_iter()
+        .filter_map(|t| serde_json::to_value(t).ok())
+        .collect()
 }
 
 fn describe(ops: &Ops, tunnel: &Tunnel) -> TunnelInfo {
@@ -117,27 +136,38 @@ fn describe(ops: &Ops, tunnel: &Tunnel) -> TunnelInfo {
         errors: traffic.errors.load(Ordering::Relaxed),
         open_connections: tunnel.gate().open(),
         clients: ops.registry.clients(tunnel.key()),
+        node: ops.cluster.as_ref().map(|c| c.node_id().to_string()),
     }
 }
 
-/// `DELETE /tunnels/{name}`: every client of the name is told and loses it.
-fn close(ops: &Ops, name: &str) -> Response<Body> {
-    let clients = ops.registry.members(name);
-    if clients.is_empty() {
-        return error(StatusCode::NOT_FOUND, &format!("no tunnel named {name:?}"));
+/// `DELETE /tunnels/{name}`: every client of the name (on every node) is
+/// told and loses it.
+async fn close(ops: &Ops, name: &str) -> Response<Body> {
+    let mut closed = close_here(ops, name);
+    if let Some(cluster) = &ops.cluster {
+        closed += super::cluster::close_elsewhere(cluster, name).await;
     }
-    for tunnel in &clients {
-        ops.registry.close(tunnel, CLOSED_BY_OPERATOR);
+    if closed == 0 {
+        return error(StatusCode::NOT_FOUND, &format!("no tunnel named {name:?}"));
     }
     tracing::info!(
         name,
-        clients = clients.len(),
+        clients = closed,
         "tunnel closed through the admin API"
     );
     json(
         StatusCode::OK,
-        &serde_json::json!({ "name": name, "closed": clients.len() }),
+        &serde_json::json!({ "name": name, "closed": closed }),
     )
+}
+
+/// Closes this node's clients of `name`; how many there were.
+pub fn close_here(ops: &Ops, name: &str) -> usize {
+    let clients = ops.registry.members(name);
+    for tunnel in &clients {
+        ops.registry.close(tunnel, CLOSED_BY_OPERATOR);
+    }
+    clients.len()
 }
 
 /// One entry of `GET /bans`.
@@ -231,7 +261,7 @@ async fn ban(ops: &Ops, req: Request<Incoming>) -> Response<Body> {
         .filter(|r| !r.trim().is_empty())
         .unwrap_or_else(|| "banned by the server operator".into());
     let block = ops.ip_guard.block_for(ip, duration, reason);
-    let closed = ops.registry.close_ip(ip, &block.until_utc(), &block.reason);
+    let closed = ops.registry.close_ip(ip, &block);
     json(
         StatusCode::CREATED,
         &serde_json::json!({
@@ -254,6 +284,9 @@ fn unban(ops: &Ops, ip: &str) -> Response<Body> {
     if !ops.ip_guard.unblock(parsed) {
         return error(StatusCode::NOT_FOUND, &format!("{ip} is not banned"));
     }
+    if let Some(directory) = ops.registry.directory() {
+        directory.unblocked(parsed);
+    }
     tracing::info!(ip = %parsed, "ban lifted through the admin API");
     json(
         StatusCode::OK,
@@ -266,7 +299,7 @@ fn rfc3339(time: SystemTime) -> String {
 }
 
 /// Percent-decodes a path segment (`tcp%3A20001`, `2001%3Adb8%3A%3A1`).
-fn decode(segment: &str) -> String {
+pub fn decode(segment: &str) -> String {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -306,6 +339,32 @@ fn not_allowed(allow: &'static str) -> Response<Body> {
         .headers_mut()
         .insert(ALLOW, HeaderValue::from_static(allow));
     response
+}
+
+/// What this node answers other nodes about itself.
+pub struct OpsViews(pub Weak<Ops>);
+
+impl Views for OpsViews {
+    fn tunnels(&self) -> Vec<u8> {
+        let list = self
+            .0
+            .upgrade()
+            .map(|ops| local_tunnels(&ops))
+            .unwrap_or_default();
+        serde_json::to_vec(&list).unwrap_or_else(|_| b"[]".to_vec())
+    }
+
+    fn close(&self, name: &str) -> usize {
+        let Some(ops) = self.0.upgrade() else {
+            return 0;
+        };
+        close_here(&ops, &decode(name))
+    }
+}
+
+/// The views, for the link's server.
+pub fn views(ops: &Arc<Ops>) -> Arc<dyn Views> {
+    Arc::new(OpsViews(Arc::downgrade(ops)))
 }
 
 #[cfg(test)]

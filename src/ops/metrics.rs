@@ -76,6 +76,7 @@ pub fn render(ops: &Ops) -> String {
     );
     register_state(&mut registry, ops);
     register_custom_certs(&mut registry, ops);
+    register_cluster(&mut registry, ops);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)
         .expect("writing to a String cannot fail");
@@ -175,6 +176,38 @@ fn register_state(registry: &mut Registry, ops: &Ops) {
         "streams_cut",
         "Streams cut because a spool limit was reached",
         ConstCounter::new(ops.spool.streams_cut()),
+    );
+}
+
+/// The cluster: forwarding between nodes, the link, the node table.
+fn register_cluster(registry: &mut Registry, ops: &Ops) {
+    let Some(cluster) = &ops.cluster else {
+        return;
+    };
+    let m = &COUNTERS.metrics;
+    registry.register(
+        "cluster_forwarded",
+        "Visitors' requests (http) and connections (raw) forwarded to the node holding their tunnel",
+        m.forwarded.clone(),
+    );
+    registry.register_with_unit(
+        "cluster_forwarded",
+        "Bytes on forwarded streams, to (out) and from (in) other nodes",
+        Unit::Bytes,
+        m.forwarded_bytes.clone(),
+    );
+    registry.register(
+        "cluster_link_errors",
+        "Link connections to other nodes that failed or broke",
+        m.link_errors.clone(),
+    );
+    let gauge = |v: usize| ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));
+    let alive = cluster.nodes().iter().filter(|n| n.alive).count();
+    registry.register("cluster_nodes", "Live nodes of the cluster", gauge(alive));
+    registry.register(
+        "cluster_redis_up",
+        "1 while Redis answers the heartbeat, 0 while it is down",
+        gauge(usize::from(cluster.redis_up())),
     );
 }
 

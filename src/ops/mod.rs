@@ -8,7 +8,9 @@
 //! in the operator's browser would otherwise reach it).
 
 pub mod admin;
+pub mod cluster;
 pub mod dashboard;
+pub mod health;
 pub mod metrics;
 pub mod stats;
 
@@ -42,6 +44,8 @@ pub struct Ops {
     pub history: Arc<dashboard::History>,
     /// `--block-duration`: a ban without a duration lasts this long.
     pub block_duration: Duration,
+    /// This node's cluster, when it is in one.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 /// Serves the stats endpoint until shutdown.

@@ -47,6 +47,10 @@ struct Snapshot {
     /// expiry in unix seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     certificates: Option<std::collections::BTreeMap<String, u64>>,
+    /// In a cluster: this node, the nodes with their address, tunnels and
+    /// last heartbeat, and whether Redis answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<super::cluster::ClusterStats>,
 }
 
 #[derive(Serialize)]
@@ -100,6 +104,7 @@ fn snapshot(ops: &Ops, with_subdomains: bool) -> Snapshot {
             .acme
             .as_ref()
             .map(|acme| acme.expiries().into_iter().collect()),
+        cluster: ops.cluster.as_deref().map(super::cluster::stats),
     }
 }
 

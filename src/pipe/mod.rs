@@ -10,4 +10,5 @@
 pub mod channel;
 pub mod relay;
 pub mod spool;
+pub mod spooled;
 pub mod tcp;

@@ -18,7 +18,9 @@ use crate::counters::COUNTERS;
 use crate::limits::http::{Slot, TunnelGate};
 use crate::limits::ssh::IpGuard;
 use crate::limits::{human, Activity, Refusals, Side};
+use crate::tunnel::directory::{Carry, Forwarded, Holder, Remote};
 use crate::tunnel::options::ProxyHeader;
+use crate::tunnel::registry::Pick;
 use crate::tunnel::{ByteStream, Registry, Tunnel};
 
 /// What raw relays (TCP ports, TLS passthrough) work with.
@@ -182,10 +184,91 @@ pub async fn idle_expired(activity: &Activity, idle: Duration) {
 
 impl Relays {
     /// Relays one visitor connection of a raw tunnel (a TCP port, or TLS
-    /// passed through by SNI) to a client serving `key`. `prefix` holds
-    /// bytes already read from the visitor (a peeked ClientHello); `local`
-    /// is the address the visitor connected to.
+    /// passed through by SNI) to a client serving `key` — on this node, or
+    /// (in a cluster) on the node that holds it. `prefix` holds bytes
+    /// already read from the visitor (a peeked ClientHello); `local` is the
+    /// address the visitor connected to.
     pub async fn serve_visitor<S>(
+        &self,
+        key: &str,
+        stream: S,
+        prefix: &[u8],
+        visitor: SocketAddr,
+        local: SocketAddr,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        if self.registry.directory().is_some() {
+            match self.registry.route(key, Pick::Next).await {
+                Holder::There(remote) => {
+                    return self.forward(&remote, stream, prefix, visitor, local).await;
+                }
+                Holder::Gone | Holder::Nobody => {
+                    tracing::debug!(%key, %visitor, "no live client for the connection");
+                    return;
+                }
+                Holder::Here(_) => {}
+            }
+        }
+        self.serve_here_with(key, stream, prefix, visitor, local)
+            .await
+    }
+
+    /// A connection another node forwarded: served by this node's own
+    /// clients of `key` only.
+    pub async fn serve_here<S>(&self, key: &str, stream: S, visitor: SocketAddr, local: SocketAddr)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        self.serve_here_with(key, stream, &[], visitor, local).await
+    }
+
+    /// Relays to the node holding `remote`; its limits and PROXY header
+    /// apply there. A ban cuts it here too.
+    async fn forward<S>(
+        &self,
+        remote: &Remote,
+        stream: S,
+        prefix: &[u8],
+        visitor: SocketAddr,
+        local: SocketAddr,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let Some(directory) = self.registry.directory() else {
+            return;
+        };
+        if self.ip_guard.blocked(visitor.ip()).is_some() {
+            return;
+        }
+        crate::counters::COUNTERS.forwarded("raw");
+        let forwarded = Forwarded {
+            carry: Carry::Raw,
+            visitor,
+            local,
+        };
+        let mut link = match directory.open(remote, forwarded).await {
+            Ok(link) => link,
+            Err(err) => {
+                tracing::debug!(key = %remote.key, node = %remote.member.node, error = ?err, "forwarding the connection failed");
+                return;
+            }
+        };
+        if !prefix.is_empty() && link.write_all(prefix).await.is_err() {
+            return;
+        }
+        let limits = RelayLimits {
+            idle: self.idle,
+            flags: "tcp",
+            ..RelayLimits::default()
+        };
+        tokio::select! {
+            _ = relay(stream, link, &limits) => {}
+            _ = self.ip_guard.until_blocked(visitor.ip()) => {}
+        }
+    }
+
+    async fn serve_here_with<S>(
         &self,
         key: &str,
         stream: S,

@@ -35,6 +35,9 @@ pub struct TcpPorts {
     closing: Arc<DashMap<u16, ()>>,
     /// Where accepted visitors go.
     relays: Arc<Relays>,
+    /// In a cluster: listeners of ports held on other nodes (their
+    /// visitors are relayed there), so every node accepts on every port.
+    standby: DashMap<u16, Listening>,
     /// Accept loops and relays are tasks shutdown waits for.
     shutdown: Shutdown,
 }
@@ -62,8 +65,31 @@ impl TcpPorts {
             bind,
             closing: Arc::new(DashMap::new()),
             relays,
+            standby: DashMap::new(),
             shutdown,
         }
+    }
+
+    /// In a cluster: `port` is held on another node; accept its visitors
+    /// here too. A port this node cannot bind is left alone (logged).
+    pub async fn stand_by(&self, port: u16) {
+        if self.standby.contains_key(&port) || !self.enabled() {
+            return;
+        }
+        match TcpListener::bind(SocketAddr::new(self.bind, port)).await {
+            Ok(listener) => {
+                let listening = self.serve(port, listener);
+                self.standby.insert(port, listening);
+            }
+            Err(err) => {
+                tracing::debug!(port, error = %err, "cannot accept for a port held elsewhere")
+            }
+        }
+    }
+
+    /// In a cluster: `port` is held nowhere else any more.
+    pub fn stand_down(&self, port: u16) {
+        self.standby.remove(&port);
     }
 
     /// Whether TCP tunnels are enabled (`--tcp-ports` is not empty).
@@ -82,6 +108,8 @@ impl TcpPorts {
     /// Binds `port` on `--tcp-bind`. If our own listener for it is still
     /// closing, waits for it (bounded) first.
     pub async fn bind(&self, port: u16) -> std::io::Result<TcpListener> {
+        // A port this node accepted for another node's clients is ours now.
+        self.stand_down(port);
         let deadline = tokio::time::Instant::now() + CLOSING_WAIT;
         while self.closing.contains_key(&port) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;

@@ -246,11 +246,15 @@ impl Forwards {
         })
     }
 
-    /// The tunnel limits, checked before a forward is granted.
-    fn check_tunnel_limits(&self) -> Result<(), Refusal> {
+    /// The tunnel limits, checked before a forward is granted; in a
+    /// cluster they count every node's tunnels (from the heartbeats and the
+    /// shared per-IP counts, so approximately).
+    async fn check_tunnel_limits(&self) -> Result<(), Refusal> {
         let limits = &self.server.limits;
         let registry = &self.server.registry;
-        if limits.max_tunnels > 0 && registry.len() >= limits.max_tunnels as usize {
+        let directory = registry.directory();
+        let total = directory.map_or(registry.len(), |d| d.tunnels_total());
+        if limits.max_tunnels > 0 && total >= limits.max_tunnels as usize {
             return Err(Refusal::new(
                 "max-tunnels",
                 format!(
@@ -259,7 +263,14 @@ impl Forwards {
                 ),
             ));
         }
-        let mine = registry.count_for_ip(self.ip);
+        let here = registry.count_for_ip(self.ip);
+        let everywhere = match directory {
+            Some(directory) if limits.max_tunnels_per_ip > 0 => {
+                directory.tunnels_of_ip(self.ip).await
+            }
+            _ => None,
+        };
+        let mine = everywhere.map_or(here, |n| (n as usize).max(here));
         if limits.max_tunnels_per_ip > 0 && mine >= limits.max_tunnels_per_ip as usize {
             return Err(Refusal::new(
                 "max-tunnels-per-ip",
@@ -278,7 +289,7 @@ impl Forwards {
     }
 
     /// The limits every forward passes; `Err` is the line for the user.
-    fn admit_forward(&self, address: &str, port: u32) -> Result<(), Line> {
+    async fn admit_forward(&self, address: &str, port: u32) -> Result<(), Line> {
         let twice = self
             .granted
             .iter()
@@ -287,7 +298,7 @@ impl Forwards {
             self.refused(address, port, "duplicate forward");
             return Err(banner::duplicate_forward(address, port));
         }
-        self.check_tunnel_limits().map_err(|refusal| {
+        self.check_tunnel_limits().await.map_err(|refusal| {
             let ip = self.ip;
             self.server
                 .refusals
@@ -331,7 +342,7 @@ impl Forwards {
             0 => self.allocate_port(address),
             port => port,
         };
-        self.admit_forward(address, port)?;
+        self.admit_forward(address, port).await?;
         let chosen = match names::requested(address, &self.server.registry.public().domain) {
             Ok(wanted) => self.choose_name(wanted).await,
             Err(address) => Err(banner::invalid_name(&address)),
@@ -394,7 +405,7 @@ impl Forwards {
                 &server.registry.public().domain,
             ));
         }
-        self.admit_forward(address, requested)?;
+        self.admit_forward(address, requested).await?;
         let wanted = u16::try_from(requested).ok().filter(|p| *p > 0);
         let mut note = None;
         let mut claimed = None;

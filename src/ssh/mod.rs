@@ -148,6 +148,15 @@ async fn admit(server: Arc<Server>, conn: ConnId, mut socket: TcpStream, peer: S
     };
     match server.ip_guard.admit(peer.ip()) {
         Admission::Allowed(permit) => {
+            if let Some(refusal) = cluster_rate(&server, peer.ip()).await {
+                COUNTERS.ssh_outcome(SshOutcome::Refused);
+                let ip = peer.ip();
+                server
+                    .refusals
+                    .refuse(&refusal, ip, Side::Client, "ssh connection");
+                let text = format!("burrow: {}: {}\r\n", refusal.limit, refusal.message);
+                return refuse_before_version(socket, &text).await;
+            }
             serve_connection(server, conn, socket, peer, Some(permit), None).await
         }
         Admission::Blocked(block) => {
@@ -172,9 +181,7 @@ async fn admit(server: Arc<Server>, conn: ConnId, mut socket: TcpStream, peer: S
                 .refusals
                 .refuse(&refusal, ip, Side::Client, "ssh connection");
             if let Some(block) = newly_blocked {
-                server
-                    .registry
-                    .close_ip(ip, &block.until_utc(), &block.reason);
+                server.registry.close_ip(ip, &block);
             }
             if before_version {
                 let text = format!("burrow: {}: {}\r\n", refusal.limit, refusal.message);
@@ -187,6 +194,24 @@ async fn admit(server: Arc<Server>, conn: ConnId, mut socket: TcpStream, peer: S
             }
         }
     }
+}
+
+/// In a cluster, `--max-conns-per-minute` counts the IP's connections to
+/// every node (a shared per-minute counter: approximate at the minute's
+/// edges). `Some` when this one is over it.
+async fn cluster_rate(server: &Server, ip: std::net::IpAddr) -> Option<crate::limits::Refusal> {
+    let limit = server.limits.max_conns_per_minute;
+    let directory = server.registry.directory().filter(|_| limit > 0)?;
+    let count = directory.count_connection(ip).await?;
+    (count > u64::from(limit)).then(|| {
+        crate::limits::Refusal::new(
+            "max-conns-per-minute",
+            format!(
+                "more than {limit} new SSH connections per minute from your IP to this service; try again in a minute"
+            ),
+        )
+        .retry_after(Duration::from_secs(60))
+    })
 }
 
 /// Writes one line and closes, without speaking SSH at all.

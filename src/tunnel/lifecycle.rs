@@ -12,6 +12,7 @@ use super::names::{Denied, Grants};
 use super::registry::{Claimed, Registry, Removed};
 use super::{ConnId, Kind, Notice, Tunnel};
 use crate::counters::COUNTERS;
+use crate::limits::ssh::Block;
 
 impl Registry {
     /// Closes `tunnel` on the server's initiative: the user is told why
@@ -61,18 +62,53 @@ impl Registry {
         if let Some(old) = &claimed.replaced {
             self.taken_over(old);
         }
+        if let Some(clients) = claimed.clients_elsewhere {
+            // In a cluster, every node tells its own clients (the change
+            // reaches them all as an event); only the new one hears it here.
+            return (clients > 1).then(|| self.clients_notice(&claimed.tunnel, clients));
+        }
         if claimed.joined.is_empty() {
             return None;
         }
-        let notice = Notice::Clients {
-            url: self.url(&claimed.tunnel),
-            count: claimed.joined.len() + 1,
-            balance: self.balance(),
-        };
+        let notice = self.clients_notice(&claimed.tunnel, claimed.joined.len() + 1);
         for other in &claimed.joined {
             other.client().notify(notice.clone());
         }
         Some(notice)
+    }
+
+    /// "`count` clients serve `tunnel`'s name now."
+    fn clients_notice(&self, tunnel: &Tunnel, count: usize) -> Notice {
+        Notice::Clients {
+            url: self.url(tunnel),
+            count,
+            balance: self.balance(),
+        }
+    }
+
+    /// In a cluster: `key` is served by `count` clients now, after a change
+    /// made by `by` (a node and connection, told already): this node's
+    /// other clients of it hear the new count.
+    pub fn clients_changed(&self, key: &str, count: usize, by: Option<(&str, ConnId)>) {
+        let me = self.directory().map(|d| d.node().to_string());
+        for tunnel in self.members(key) {
+            let told =
+                by.is_some_and(|(node, conn)| Some(node) == me.as_deref() && conn == tunnel.conn());
+            if !told && count > 0 {
+                tunnel.client().notify(self.clients_notice(&tunnel, count));
+            }
+        }
+    }
+
+    /// In a cluster: connection `conn` of this node lost `key` to a newer
+    /// claim on another node (it learned from the shared directory).
+    pub fn lost(&self, key: &str, conn: ConnId) {
+        let Some(tunnel) = self.members(key).into_iter().find(|t| t.conn() == conn) else {
+            return;
+        };
+        if self.release(key, conn).is_some() {
+            self.taken_over(&tunnel);
+        }
     }
 
     /// A newer connection of the same key took `old`'s name: tell the old
@@ -87,7 +123,16 @@ impl Registry {
     /// Applies a fresh block of `ip`: every connection of the IP (with its
     /// tunnels) is closed, with a line saying until when. Returns how many
     /// connections were closed.
-    pub fn close_ip(&self, ip: IpAddr, until_utc: &str, reason: &str) -> usize {
+    pub fn close_ip(&self, ip: IpAddr, block: &Block) -> usize {
+        if let Some(directory) = self.directory() {
+            directory.blocked(ip, block);
+        }
+        self.close_ip_here(ip, &block.until_utc(), &block.reason)
+    }
+
+    /// [`Registry::close_ip`] for a block that came from another node
+    /// (this node only closes its own connections).
+    pub fn close_ip_here(&self, ip: IpAddr, until_utc: &str, reason: &str) -> usize {
         COUNTERS.blocked();
         tracing::warn!(%ip, until = %until_utc, reason = %reason, "ip blocked");
         let clients = self.clients_of_ip(ip);
@@ -118,8 +163,12 @@ impl Registry {
         }
     }
 
-    /// Tells the clients still serving a name how many they are now.
+    /// Tells the clients still serving a name how many they are now (in a
+    /// cluster their nodes do, on the directory's event).
     fn tell_remaining(&self, removed: &Removed) {
+        if self.directory().is_some() {
+            return;
+        }
         let Some(first) = removed.remaining.first() else {
             return;
         };
@@ -322,7 +371,7 @@ mod tests {
         }
         registry.claim(tunnel(&a, "api", None), None).await.unwrap();
         let closed =
-            registry.close_ip("192.0.2.1".parse().unwrap(), "2026-12-02 14:00:00", "abuse");
+            registry.close_ip_here("192.0.2.1".parse().unwrap(), "2026-12-02 14:00:00", "abuse");
         assert_eq!(closed, 2);
         assert!(registry.is_empty());
         assert!(a.ended().unwrap().contains("blocked until"));

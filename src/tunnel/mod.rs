@@ -17,6 +17,7 @@
 //! - [`notice`]: what the core tells users, typed (rendered by `ssh::banner`).
 //! - [`public`]: the public addresses users are told (URLs, connect command).
 
+pub mod directory;
 pub mod expiry;
 pub mod lifecycle;
 pub mod names;
@@ -43,7 +44,7 @@ use crate::request_log::Event;
 pub use crate::counters::Traffic;
 pub use notice::Notice;
 pub use options::TunnelOptions;
-pub use registry::Registry;
+pub use registry::{ClaimError, Registry};
 
 /// Identifies one client connection for the lifetime of the process.
 pub type ConnId = u64;
@@ -193,6 +194,9 @@ pub struct Tunnel {
     /// Cancelled when the tunnel leaves the registry: raw relays to it end
     /// then, even if the connection lives on with other tunnels.
     closed: CancellationToken,
+    /// When it claimed its key (unix ms): the oldest client serves first
+    /// (failover), the newest wins a takeover, cluster-wide.
+    claimed_ms: u64,
     /// Per-protocol state that lives as long as the tunnel.
     extensions: Extensions,
 }
@@ -219,8 +223,14 @@ impl Tunnel {
             warned: expiry::Warned::default(),
             skip_until: Mutex::new(None),
             closed: CancellationToken::new(),
+            claimed_ms: unix_ms(SystemTime::now()),
             extensions: Extensions::default(),
         }
+    }
+
+    /// When it claimed its key (unix ms).
+    pub fn claimed_ms(&self) -> u64 {
+        self.claimed_ms
     }
 
     /// The registry key (name, custom domain or `tcp:PORT`).
@@ -349,6 +359,14 @@ impl Tunnel {
     pub fn existing_extension<T: Any + Send + Sync>(&self) -> Option<Arc<T>> {
         self.extensions.get()
     }
+}
+
+/// Milliseconds since the unix epoch.
+pub fn unix_ms(time: SystemTime) -> u64 {
+    let since = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Per-protocol state hanging off a tunnel, by type: the core holds it

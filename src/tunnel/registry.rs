@@ -27,11 +27,12 @@
 use std::any::Any;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
 
+use super::directory::{Directory, Holder, Member, Members, Remote};
 use super::public::Public;
 use super::{Client, ConnId, Kind, Tunnel};
 use crate::config::Balance;
@@ -117,6 +118,10 @@ pub struct Registry {
     clients: DashMap<ConnId, Arc<dyn Client>>,
     /// Woken whenever a tunnel is inserted.
     inserted: tokio::sync::Notify,
+    /// The cluster's view of other nodes, when this node is in one.
+    directory: OnceLock<Arc<dyn Directory>>,
+    /// Round-robin positions over names' cluster-wide members.
+    turns: DashMap<String, usize>,
 }
 
 /// A name announced to a connection that has not asked for its forward
@@ -158,9 +163,12 @@ pub struct Claimed {
     pub tunnel: Arc<Tunnel>,
     /// The same key's older tunnel it took the name from (`replace`).
     pub replaced: Option<Arc<Tunnel>>,
-    /// The clients already serving the name that it joined (round-robin or
-    /// failover); empty when it serves the name alone.
+    /// The clients of this node already serving the name that it joined
+    /// (round-robin or failover); empty when it serves the name alone here.
     pub joined: Vec<Arc<Tunnel>>,
+    /// In a cluster: how many clients serve the name now, on every node
+    /// (their nodes tell the others).
+    pub clients_elsewhere: Option<usize>,
 }
 
 /// What the removal of a tunnel left behind.
@@ -189,7 +197,20 @@ impl Registry {
             reserved: DashMap::new(),
             clients: DashMap::new(),
             inserted: tokio::sync::Notify::new(),
+            directory: OnceLock::new(),
+            turns: DashMap::new(),
         }
+    }
+
+    /// Makes this node part of a cluster: claims and lookups consult
+    /// `directory` from now on.
+    pub fn set_directory(&self, directory: Arc<dyn Directory>) {
+        let _ = self.directory.set(directory);
+    }
+
+    /// The cluster's directory, when this node is in one.
+    pub fn directory(&self) -> Option<&Arc<dyn Directory>> {
+        self.directory.get()
     }
 
     pub fn balance(&self) -> Balance {
@@ -225,6 +246,9 @@ impl Registry {
                 registry: Arc::clone(self),
             });
             if fresh && !self.tunnels.contains_key(&name) {
+                if let Some(directory) = self.directory() {
+                    directory.announce(&name);
+                }
                 return reservation.expect("just made");
             }
         }
@@ -234,6 +258,9 @@ impl Registry {
     /// holds it: lookups of it wait for the forward instead of failing.
     pub fn announce(self: &Arc<Self>, name: &str) -> Reservation {
         *self.reserved.entry(name.to_string()).or_insert(0) += 1;
+        if let Some(directory) = self.directory() {
+            directory.announce(name);
+        }
         Reservation {
             name: name.to_string(),
             registry: Arc::clone(self),
@@ -258,7 +285,17 @@ impl Registry {
         tunnel: Tunnel,
         holding: Option<Holding>,
     ) -> Result<Claimed, ClaimError> {
-        self.claim_here(Arc::new(tunnel), holding)
+        let Some(directory) = self.directory() else {
+            return self.claim_here(Arc::new(tunnel), holding);
+        };
+        // The cluster's verdict first: it sees every node's clients.
+        let tunnel = Arc::new(tunnel);
+        let verdict = directory.claim(&tunnel, self.balance).await?;
+        let mut claimed = self
+            .claim_here(Arc::clone(&tunnel), holding)
+            .inspect_err(|_| directory.released(&tunnel))?;
+        claimed.clients_elsewhere = Some(verdict.clients);
+        Ok(claimed)
     }
 
     fn claim_here(
@@ -270,6 +307,7 @@ impl Registry {
             tunnel: Arc::clone(&tunnel),
             replaced: None,
             joined: Vec::new(),
+            clients_elsewhere: None,
         };
         match self.tunnels.entry(tunnel.key().to_string()) {
             dashmap::Entry::Occupied(mut held) => {
@@ -307,6 +345,73 @@ impl Registry {
         }
         self.inserted.notify_waiters();
         Ok(claimed)
+    }
+
+    /// Who serves `key` for a visitor: a client here, a client of another
+    /// node (in a cluster), only nodes that are gone, or nobody. Waits for
+    /// an announced name like [`Registry::lookup`].
+    pub async fn route(&self, key: &str, pick: Pick) -> Holder {
+        let Some(directory) = self.directory() else {
+            return self
+                .lookup(key, pick)
+                .await
+                .map_or(Holder::Nobody, Holder::Here);
+        };
+        let members = match directory.members(key).await {
+            Members::Known(members) if !members.is_empty() => members,
+            Members::Orphaned => return Holder::Gone,
+            // Nobody elsewhere, or the store cannot tell: this node's own.
+            _ => {
+                return self
+                    .lookup(key, pick)
+                    .await
+                    .map_or(Holder::Nobody, Holder::Here)
+            }
+        };
+        let me = directory.node();
+        for member in self.order(key, members, pick) {
+            if &*member.node != me {
+                let remote = Remote {
+                    key: key.to_string(),
+                    member,
+                };
+                return Holder::There(remote);
+            }
+            // Ours: the registry has it, unless it just left.
+            let here = self
+                .members(key)
+                .into_iter()
+                .find(|t| t.conn() == member.conn);
+            if let Some(tunnel) = here {
+                return Holder::Here(tunnel);
+            }
+        }
+        self.lookup(key, pick)
+            .await
+            .map_or(Holder::Nobody, Holder::Here)
+    }
+
+    /// `members` (oldest first) in the order `pick` tries them: the
+    /// policy's choice first; this node's clients that recently failed go
+    /// last.
+    fn order(&self, key: &str, mut members: Vec<Member>, pick: Pick) -> Vec<Member> {
+        let n = members.len();
+        if pick == Pick::Next && self.balance == Balance::RoundRobin && n > 1 {
+            let mut turn = self.turns.entry(key.to_string()).or_insert(0);
+            let start = *turn % n;
+            *turn = turn.wrapping_add(1);
+            members.rotate_left(start);
+        }
+        let Some(directory) = self.directory() else {
+            return members;
+        };
+        let local = self.members(key);
+        let failing = |m: &Member| match &*m.node == directory.node() {
+            true => local.iter().any(|t| t.conn() == m.conn && t.skipped()),
+            false => directory.node_failing(&m.node),
+        };
+        let (healthy, failing): (Vec<_>, Vec<_>) = members.into_iter().partition(|m| !failing(m));
+        healthy.into_iter().chain(failing).collect()
     }
 
     /// The client `pick` chooses for `key` now; if the name is only
@@ -394,6 +499,9 @@ impl Registry {
         let index = members.iter().position(|t| t.conn() == conn)?;
         let tunnel = members.remove(index);
         tunnel.closed.cancel();
+        if let Some(directory) = self.directory() {
+            directory.released(&tunnel);
+        }
         let remaining = members.clone();
         if remaining.is_empty() {
             entry.remove();

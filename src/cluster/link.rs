@@ -1,0 +1,336 @@
+//! The inter-node link: HTTP/2 over mutual TLS (see `super::tls`), one
+//! connection per pair of nodes, reused by everything. Each forwarded unit
+//! (one HTTP request, one WebSocket, one TCP connection) is one HTTP/2
+//! CONNECT stream, carrying bytes both ways; its headers say what it
+//! carries and for whom. Streams are read through spools on both ends
+//! ([`crate::pipe::spooled`]), so a slow reader never holds the
+//! connection's flow-control window and cannot stall the other streams.
+//!
+//! Plain HTTP/2 requests on the link serve the operator's cluster-wide
+//! views (a node's tunnels, closing one), see `super::serve`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper::client::conn::http2::SendRequest;
+use hyper::header::HeaderValue;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
+
+use super::tls::{LinkTls, LINK_NAME};
+use crate::http::Body;
+use crate::pipe::spool::Budget;
+use crate::pipe::spooled::Spooled;
+use crate::tunnel::directory::{Carry, Forwarded};
+use crate::tunnel::ByteStream;
+
+/// HTTP/2 stream window: one SSH window's worth (streams are drained into
+/// spools, so this bounds memory in flight, not throughput).
+pub const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+/// HTTP/2 connection window: room for many streams at full speed.
+pub const CONNECTION_WINDOW: u32 = 64 * 1024 * 1024;
+/// HTTP/2 pings on an idle link, and how long an answer may take: a dead
+/// peer is noticed within both.
+pub const PING_EVERY: Duration = Duration::from_secs(10);
+pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a TCP connect, TLS and HTTP/2 handshake to a peer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest wait for a peer to accept a stream.
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Back-off after a failed connect: doubles per failure, up to the max.
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Header names of a link stream.
+pub mod header {
+    /// What the stream carries: `http`, `https` or `raw`.
+    pub const CARRY: &str = "burrow-carry";
+    /// The registry key the stream is for.
+    pub const KEY: &str = "burrow-key";
+    /// The visitor's real address.
+    pub const VISITOR: &str = "burrow-visitor";
+    /// The address the visitor connected to.
+    pub const LOCAL: &str = "burrow-local";
+    /// The node that opened the stream.
+    pub const FROM: &str = "burrow-from";
+}
+
+/// Why a stream to a peer could not be opened, in words for the page the
+/// visitor gets and the log.
+#[derive(Debug)]
+pub struct LinkError(pub String);
+
+impl std::fmt::Display for LinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One peer's connection, and its back-off after failures.
+#[derive(Default)]
+struct Peer {
+    sender: Option<SendRequest<Body>>,
+    /// Where the sender connects; a new address means a new connection.
+    addr: String,
+    failures: u32,
+    retry_at: Option<Instant>,
+    /// The last failure was logged (logged once until it works again).
+    logged: bool,
+}
+
+/// The client side: streams to other nodes.
+pub struct Links {
+    tls: tokio_rustls::TlsConnector,
+    me: String,
+    peers: Mutex<HashMap<String, Peer>>,
+    /// Connections are being made (one at a time per peer).
+    connecting: tokio::sync::Mutex<()>,
+    spool: Arc<Budget>,
+}
+
+impl Links {
+    pub fn new(tls: &LinkTls, me: &str, spool: Arc<Budget>) -> Links {
+        Links {
+            tls: tokio_rustls::TlsConnector::from(Arc::clone(&tls.client)),
+            me: me.to_string(),
+            peers: Mutex::default(),
+            connecting: tokio::sync::Mutex::new(()),
+            spool,
+        }
+    }
+
+    /// Opens a stream to `node` (its link at `addr`) for `key`.
+    pub async fn open(
+        &self,
+        node: &str,
+        addr: &str,
+        key: &str,
+        forwarded: Forwarded,
+    ) -> Result<ByteStream, LinkError> {
+        let opened = tokio::time::timeout(OPEN_TIMEOUT, self.try_open(node, addr, key, forwarded));
+        match opened.await {
+            Ok(result) => result,
+            Err(_) => Err(LinkError(format!(
+                "node {node} did not accept the stream within {}",
+                crate::limits::human(OPEN_TIMEOUT)
+            ))),
+        }
+    }
+
+    async fn try_open(
+        &self,
+        node: &str,
+        addr: &str,
+        key: &str,
+        forwarded: Forwarded,
+    ) -> Result<ByteStream, LinkError> {
+        let mut sender = self.sender(node, addr).await?;
+        let request = connect_request(&self.me, key, forwarded);
+        let response = sender.send_request(request).await.map_err(|err| {
+            self.forget(node);
+            LinkError(format!("the link to node {node} broke: {err}"))
+        })?;
+        if response.status() != StatusCode::OK {
+            return Err(LinkError(format!(
+                "node {node} refused the stream ({})",
+                response.status()
+            )));
+        }
+        let upgraded = hyper::upgrade::on(response)
+            .await
+            .map_err(|err| LinkError(format!("node {node}: stream failed: {err}")))?;
+        let stream = Spooled::new(TokioIo::new(upgraded), Arc::clone(&self.spool));
+        Ok(Box::new(stream))
+    }
+
+    /// Sends a plain request (the operator's views) to `node`.
+    pub async fn request(
+        &self,
+        node: &str,
+        addr: &str,
+        request: Request<Body>,
+    ) -> Result<(StatusCode, Bytes), LinkError> {
+        let mut sender = self.sender(node, addr).await?;
+        let exchange = async {
+            let response = sender.send_request(request).await?;
+            let status = response.status();
+            let body = response.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>((status, body))
+        };
+        match tokio::time::timeout(OPEN_TIMEOUT, exchange).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(err)) => {
+                self.forget(node);
+                Err(LinkError(format!("the link to node {node} broke: {err}")))
+            }
+            Err(_) => Err(LinkError(format!("node {node} did not answer"))),
+        }
+    }
+
+    /// A ready connection to `node`, made if needed (one at a time; failed
+    /// peers are not dialled again before their back-off is over).
+    async fn sender(&self, node: &str, addr: &str) -> Result<SendRequest<Body>, LinkError> {
+        if let Some(sender) = self.ready(node, addr)? {
+            return Ok(sender);
+        }
+        let _one = self.connecting.lock().await;
+        if let Some(sender) = self.ready(node, addr)? {
+            return Ok(sender);
+        }
+        match tokio::time::timeout(CONNECT_TIMEOUT, self.connect(addr)).await {
+            Ok(Ok(sender)) => {
+                self.connected(node, addr, sender.clone());
+                Ok(sender)
+            }
+            Ok(Err(err)) => Err(self.failed(node, addr, err)),
+            Err(_) => Err(self.failed(node, addr, "no answer within 3 s".into())),
+        }
+    }
+
+    /// The current connection to `node` if it can take a stream; `Err`
+    /// while the peer is backing off.
+    fn ready(&self, node: &str, addr: &str) -> Result<Option<SendRequest<Body>>, LinkError> {
+        let peers = self.peers.lock().expect("peers lock");
+        let Some(peer) = peers.get(node).filter(|p| p.addr == addr) else {
+            return Ok(None);
+        };
+        if let Some(sender) = peer.sender.as_ref().filter(|s| s.is_ready()) {
+            return Ok(Some(sender.clone()));
+        }
+        if let Some(retry_at) = peer.retry_at.filter(|at| Instant::now() < *at) {
+            let wait = retry_at.saturating_duration_since(Instant::now());
+            return Err(LinkError(format!(
+                "the link to node {node} ({addr}) is down; retrying in {}",
+                crate::limits::human(wait)
+            )));
+        }
+        Ok(None)
+    }
+
+    async fn connect(&self, addr: &str) -> Result<SendRequest<Body>, String> {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
+        let _ = tcp.set_nodelay(true);
+        let tls = self
+            .tls
+            .connect(LinkTls::server_name(), tcp)
+            .await
+            .map_err(|e| format!("TLS with {addr} failed (another cluster secret?): {e}"))?;
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .keep_alive_interval(PING_EVERY)
+            .keep_alive_timeout(PING_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| format!("HTTP/2 with {addr} failed: {e}"))?;
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                tracing::debug!(error = %err, "cluster link connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    fn connected(&self, node: &str, addr: &str, sender: SendRequest<Body>) {
+        let mut peers = self.peers.lock().expect("peers lock");
+        let peer = peers.entry(node.to_string()).or_default();
+        if peer.logged {
+            tracing::info!(node, %addr, "cluster link up again");
+        }
+        *peer = Peer {
+            sender: Some(sender),
+            addr: addr.to_string(),
+            ..Peer::default()
+        };
+    }
+
+    /// Records a failed connect: back-off, one log line until it works.
+    fn failed(&self, node: &str, addr: &str, why: String) -> LinkError {
+        crate::counters::COUNTERS.link_error();
+        let mut peers = self.peers.lock().expect("peers lock");
+        let peer = peers.entry(node.to_string()).or_default();
+        if peer.addr != addr {
+            *peer = Peer {
+                addr: addr.to_string(),
+                ..Peer::default()
+            };
+        }
+        peer.sender = None;
+        peer.failures += 1;
+        let backoff = BACKOFF_MIN
+            .saturating_mul(1 << peer.failures.min(6))
+            .min(BACKOFF_MAX);
+        peer.retry_at = Some(Instant::now() + backoff);
+        if !peer.logged {
+            peer.logged = true;
+            tracing::warn!(node, %addr, error = %why, "cluster link down");
+        }
+        LinkError(format!("the link to node {node} failed: {why}"))
+    }
+
+    /// Drops a connection that broke, so the next stream makes a new one.
+    fn forget(&self, node: &str) {
+        crate::counters::COUNTERS.link_error();
+        if let Some(peer) = self.peers.lock().expect("peers lock").get_mut(node) {
+            peer.sender = None;
+        }
+    }
+}
+
+/// The CONNECT request that opens a stream for `key`.
+fn connect_request(me: &str, key: &str, forwarded: Forwarded) -> Request<Body> {
+    let carry = match forwarded.carry {
+        Carry::Http { https: true } => "https",
+        Carry::Http { https: false } => "http",
+        Carry::Raw => "raw",
+    };
+    let value = |text: String| HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static(""));
+    Request::builder()
+        .method(Method::CONNECT)
+        .uri(format!("{LINK_NAME}:443"))
+        .header(header::CARRY, carry)
+        .header(header::KEY, value(key.to_string()))
+        .header(header::VISITOR, value(forwarded.visitor.to_string()))
+        .header(header::LOCAL, value(forwarded.local.to_string()))
+        .header(header::FROM, value(me.to_string()))
+        .body(empty())
+        .expect("a valid CONNECT request")
+}
+
+/// What the receiving end reads from a stream's CONNECT request.
+pub fn forwarded_of(request: &Request<hyper::body::Incoming>) -> Option<(String, Forwarded)> {
+    let get = |name: &str| request.headers().get(name)?.to_str().ok();
+    let carry = match get(header::CARRY)? {
+        "https" => Carry::Http { https: true },
+        "http" => Carry::Http { https: false },
+        "raw" => Carry::Raw,
+        _ => return None,
+    };
+    let visitor: SocketAddr = get(header::VISITOR)?.parse().ok()?;
+    let local: SocketAddr = get(header::LOCAL)?.parse().ok()?;
+    let key = get(header::KEY)?.to_string();
+    Some((
+        key,
+        Forwarded {
+            carry,
+            visitor,
+            local,
+        },
+    ))
+}
+
+/// An empty body.
+pub fn empty() -> Body {
+    Empty::<Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}

@@ -1,0 +1,176 @@
+//! The link's server: another node's streams and requests, served as this
+//! node's own. A stream carrying HTTP runs through this node's edge (so
+//! the tunnel's options, limits, warning page and request log apply here,
+//! where its client is), a raw stream through its relays; plain requests
+//! answer the operator's cluster-wide views.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+
+use super::link::{self, CONNECTION_WINDOW, PING_EVERY, PING_TIMEOUT, STREAM_WINDOW};
+use crate::edge::Edge;
+use crate::http::{Body, LocalAddr, Scheme};
+use crate::pipe::relay::Relays;
+use crate::pipe::spool::Budget;
+use crate::pipe::spooled::Spooled;
+use crate::shutdown::Shutdown;
+use crate::tunnel::directory::{Carry, Forwarded};
+
+/// Longest a peer's TLS handshake may take.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The operator's views another node asks this one for.
+pub trait Views: Send + Sync + 'static {
+    /// This node's tunnels, as the admin API's JSON array.
+    fn tunnels(&self) -> Vec<u8>;
+    /// Closes this node's clients of `name`; how many there were.
+    fn close(&self, name: &str) -> usize;
+}
+
+/// What the link's server works with.
+pub struct LinkServer {
+    pub tls: Arc<rustls::ServerConfig>,
+    pub edge: Arc<Edge>,
+    pub relays: Arc<Relays>,
+    pub views: Arc<dyn Views>,
+    pub spool: Arc<Budget>,
+    pub shutdown: Shutdown,
+}
+
+/// Serves the link until shutdown.
+pub async fn serve(listener: TcpListener, server: Arc<LinkServer>) {
+    let shutdown = server.shutdown.clone();
+    crate::listen::accept_loop(
+        &listener,
+        "cluster link",
+        shutdown.requested(),
+        |socket, peer| {
+            let server = Arc::clone(&server);
+            shutdown.spawn(async move {
+                if let Err(err) = server.connection(socket).await {
+                    tracing::debug!(%peer, error = %err, "cluster link connection ended");
+                }
+            });
+        },
+    )
+    .await;
+}
+
+impl LinkServer {
+    /// One peer's connection: mutual TLS, then HTTP/2 until it ends (or
+    /// shutdown's last phase).
+    async fn connection(self: Arc<Self>, socket: TcpStream) -> anyhow::Result<()> {
+        let acceptor = TlsAcceptor::from(Arc::clone(&self.tls));
+        let tls = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(socket))
+            .await
+            .map_err(|_| anyhow::anyhow!("TLS handshake timed out"))?
+            .map_err(|e| anyhow::anyhow!("TLS handshake failed (another cluster secret?): {e}"))?;
+        let me = Arc::clone(&self);
+        let service = service_fn(move |req| {
+            let me = Arc::clone(&me);
+            async move { Ok::<_, Infallible>(me.request(req).await) }
+        });
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_concurrent_streams(None)
+            .keep_alive_interval(PING_EVERY)
+            .keep_alive_timeout(PING_TIMEOUT)
+            .serve_connection(TokioIo::new(tls), service);
+        tokio::select! {
+            served = conn => served.map_err(Into::into),
+            _ = self.shutdown.finishing() => Ok(()),
+        }
+    }
+
+    /// A stream (CONNECT) or one of the operator's views.
+    async fn request(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
+        if req.method() == Method::CONNECT {
+            return self.stream(req);
+        }
+        let path = req.uri().path().to_string();
+        match (req.method().clone(), path.strip_prefix("/tunnels")) {
+            (Method::GET, Some("")) => answer(StatusCode::OK, self.views.tunnels()),
+            (Method::DELETE, Some(name)) if name.starts_with('/') => {
+                let closed = self.views.close(&name[1..]);
+                let body = serde_json::json!({ "closed": closed }).to_string();
+                answer(StatusCode::OK, body.into_bytes())
+            }
+            _ => answer(StatusCode::NOT_FOUND, b"{}".to_vec()),
+        }
+    }
+
+    /// Accepts a stream and serves it in its own task.
+    fn stream(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
+        let Some((key, forwarded)) = link::forwarded_of(&req) else {
+            return answer(StatusCode::BAD_REQUEST, b"{}".to_vec());
+        };
+        let upgrade = hyper::upgrade::on(&mut req);
+        let tasks = self.shutdown.clone();
+        tasks.spawn(async move {
+            let upgraded = match upgrade.await {
+                Ok(upgraded) => upgraded,
+                Err(err) => {
+                    tracing::debug!(error = %err, "cluster stream did not open");
+                    return;
+                }
+            };
+            let stream = Spooled::new(TokioIo::new(upgraded), Arc::clone(&self.spool));
+            match forwarded.carry {
+                Carry::Raw => {
+                    let relays = &self.relays;
+                    let (visitor, local) = (forwarded.visitor, forwarded.local);
+                    relays.serve_here(&key, stream, visitor, local).await;
+                }
+                Carry::Http { https } => self.http(stream, forwarded, https).await,
+            }
+        });
+        answer(StatusCode::OK, Vec::new())
+    }
+
+    /// Serves HTTP/1.1 requests from a stream as if the visitor had come
+    /// here: this node's own tunnels only (a forwarded request is never
+    /// forwarded again).
+    async fn http(
+        &self,
+        stream: Spooled<TokioIo<hyper::upgrade::Upgraded>>,
+        forwarded: Forwarded,
+        https: bool,
+    ) {
+        let edge = Arc::clone(&self.edge);
+        let scheme = if https { Scheme::Https } else { Scheme::Http };
+        let local = LocalAddr(Some(forwarded.local));
+        let service = service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(local);
+            let edge = Arc::clone(&edge);
+            async move { Ok::<_, Infallible>(edge.request_here(req, forwarded.visitor, scheme).await) }
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        if let Err(err) = conn.await {
+            tracing::debug!(error = %err, "forwarded HTTP stream ended");
+        }
+    }
+}
+
+fn answer(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *response.status_mut() = status;
+    response
+}

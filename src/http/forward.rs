@@ -1,0 +1,146 @@
+//! A request for a tunnel held on another node of the cluster: it goes to
+//! that node over a link stream, as HTTP/1.1, and that node serves it as
+//! its own (options, limits, warning page, request log all apply there).
+//! This node only carries it: the visitor's request as it came (HTTP/2
+//! translated), the response as it comes back, an upgrade turned into a
+//! relay. One stream per request, so a browser's HTTP/2 connection can
+//! reach tunnels on several nodes.
+
+use std::net::SocketAddr;
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::TokioIo;
+
+use super::{pages, rewrite, Body, Scheme};
+use crate::counters::COUNTERS;
+use crate::pipe::relay::{self, RelayLimits};
+use crate::shutdown::Shutdown;
+use crate::tunnel::directory::{Carry, Forwarded, Remote};
+use crate::tunnel::Registry;
+
+/// Retry-After for a tunnel whose node cannot be reached: its client is
+/// reconnecting to another node meanwhile.
+pub const RETRY_SECS: u32 = 5;
+
+/// Sends `req` (for `host`) to the node holding `remote`.
+pub async fn forward(
+    registry: &Registry,
+    shutdown: &Shutdown,
+    remote: &Remote,
+    mut req: Request<Incoming>,
+    (visitor, local, scheme): (SocketAddr, SocketAddr, Scheme),
+) -> Response<Body> {
+    let Some(directory) = registry.directory() else {
+        return unreachable(&req, &remote.member.node, "not in a cluster");
+    };
+    COUNTERS.forwarded("http");
+    let forwarded = Forwarded {
+        carry: Carry::Http {
+            https: scheme == Scheme::Https,
+        },
+        visitor,
+        local,
+    };
+    let stream = match directory.open(remote, forwarded).await {
+        Ok(stream) => stream,
+        Err(err) => {
+            tracing::debug!(key = %remote.key, node = %remote.member.node, error = ?err, "forwarding failed");
+            return unreachable(&req, &remote.member.node, &describe(&err));
+        }
+    };
+    let upgrade = rewrite::wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
+    let headers = pages::negotiation_headers(req.headers());
+    let (mut sender, conn) = match hyper::client::conn::http1::Builder::new()
+        .handshake::<_, Body>(TokioIo::new(stream))
+        .await
+    {
+        Ok(pair) => pair,
+        Err(err) => return unreachable_with(&headers, &remote.member.node, &err.to_string()),
+    };
+    tokio::spawn(async move {
+        if let Err(err) = conn.with_upgrades().await {
+            tracing::debug!(error = %err, "forwarded connection ended");
+        }
+    });
+    let request = to_link_request(req).map(|body| body.map_err(Into::into).boxed_unsync());
+    let mut response = match sender.send_request(request).await {
+        Ok(response) => response,
+        Err(err) => return unreachable_with(&headers, &remote.member.node, &err.to_string()),
+    };
+    if let (StatusCode::SWITCHING_PROTOCOLS, Some(visitor_side)) = (response.status(), upgrade) {
+        let node_side = hyper::upgrade::on(&mut response);
+        relay_upgrade(shutdown, visitor_side, node_side);
+    }
+    response.map(|body| body.map_err(Into::into).boxed_unsync())
+}
+
+/// The visitor's request as HTTP/1.1 for the other node: origin-form, the
+/// host in `Host` (HTTP/2 carries it in `:authority`), hop-by-hop headers
+/// gone (an upgrade's kept). Forwarding headers are left to the node that
+/// serves it: it states the visitor's address itself.
+fn to_link_request(mut req: Request<Incoming>) -> Request<Incoming> {
+    let authority = req.uri().authority().map(|a| a.as_str().to_string());
+    let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    *req.uri_mut() = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
+    let upgrade = rewrite::wants_upgrade(&req);
+    *req.version_mut() = Version::HTTP_11;
+    let headers = req.headers_mut();
+    rewrite::strip_hop_by_hop(headers, upgrade);
+    if let Some(host) = authority.and_then(|a| HeaderValue::from_str(&a).ok()) {
+        headers.entry(header::HOST).or_insert(host);
+    }
+    req
+}
+
+/// After a 101 from the other node, relays the visitor's connection to it
+/// (the limits of WebSockets apply there, where the app is).
+fn relay_upgrade(
+    shutdown: &Shutdown,
+    visitor: hyper::upgrade::OnUpgrade,
+    node: hyper::upgrade::OnUpgrade,
+) {
+    let stop = shutdown.clone();
+    shutdown.spawn(async move {
+        let Ok((visitor, node)) = tokio::try_join!(visitor, node) else {
+            return;
+        };
+        let (visitor, node) = (TokioIo::new(visitor), TokioIo::new(node));
+        let (moved, limits) = (relay::Moved::default(), RelayLimits::default());
+        tokio::select! {
+            _ = relay::relay_counted(visitor, node, &limits, &moved) => {}
+            _ = stop.finishing() => {}
+        }
+    });
+}
+
+fn describe(err: &crate::tunnel::OpenError) -> String {
+    match err {
+        crate::tunnel::OpenError::Refused(why) => why.clone(),
+        crate::tunnel::OpenError::Timeout => "no answer".into(),
+        crate::tunnel::OpenError::Gone => "the node is gone".into(),
+    }
+}
+
+fn unreachable(req: &Request<Incoming>, node: &str, why: &str) -> Response<Body> {
+    unreachable_with(req.headers(), node, why)
+}
+
+/// 502 naming the node and the cause, with `Retry-After`.
+fn unreachable_with(headers: &hyper::HeaderMap, node: &str, why: &str) -> Response<Body> {
+    let mut page = pages::node_unreachable(node, why).render(headers);
+    page.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_SECS));
+    page
+}
+
+/// The page for a name whose clients were all on nodes that are gone:
+/// 503, try again in a few seconds (they are reconnecting elsewhere).
+pub fn gone(headers: &hyper::HeaderMap, host: &str) -> Response<Body> {
+    let mut page = pages::tunnel_moving(host).render(headers);
+    page.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_SECS));
+    page
+}
