@@ -83,9 +83,9 @@ pub struct Cluster {
     store: Store,
     nodes: Nodes,
     links: Links,
-    /// Names looked up lately: their members as stored (whether announced
-    /// is not cached: announced names are asked for again).
-    cache: DashMap<String, Vec<(String, Stored)>>,
+    /// Names looked up lately: their members as stored (announced names
+    /// are not cached: they are asked for again).
+    cache: DashMap<String, Cached>,
     /// Woken by every name event (lookups waiting for an announced name).
     changed: tokio::sync::Notify,
     /// Redis answered the last heartbeat.
@@ -355,9 +355,28 @@ impl Cluster {
     /// Forgets cached routes through `node` (it died).
     fn forget_routes_via(&self, node: &str) {
         let prefix = format!("{node}/");
-        self.cache
-            .retain(|_, members| !members.iter().any(|(id, _)| id.starts_with(&prefix)));
+        for mut entry in self.cache.iter_mut() {
+            if entry.members.iter().any(|(id, _)| id.starts_with(&prefix)) {
+                entry.fresh = false;
+            }
+        }
         self.changed.notify_waiters();
+    }
+
+    /// `key`'s members changed: read them again on the next lookup (the
+    /// old ones still serve while Redis is away).
+    fn stale(&self, key: &str) {
+        if let Some(mut entry) = self.cache.get_mut(key) {
+            entry.fresh = false;
+        }
+    }
+
+    /// Every cached route is read again on its next lookup (events may
+    /// have been missed).
+    fn all_stale(&self) {
+        for mut entry in self.cache.iter_mut() {
+            entry.fresh = false;
+        }
     }
 
     /// After Redis was down (or lost its data): registers every tunnel of
@@ -367,7 +386,7 @@ impl Cluster {
         let Some(registry) = self.registry() else {
             return;
         };
-        self.cache.clear();
+        self.all_stale();
         let balance = balance_name(self.balance);
         for tunnel in registry.tunnels() {
             let id = self.my_id(tunnel.conn());
@@ -431,7 +450,7 @@ impl Cluster {
             match subscribed {
                 Ok(pubsub) => {
                     backoff = RESUBSCRIBE_MIN;
-                    self.cache.clear();
+                    self.all_stale();
                     let mut messages = pubsub.into_on_message();
                     loop {
                         let message = tokio::select! {
@@ -447,7 +466,8 @@ impl Cluster {
                             Err(err) => tracing::debug!(error = %err, "unknown cluster event"),
                         }
                     }
-                    self.cache.clear();
+                    // Kept while Redis is away (routes keep working); dropped
+                    // when the subscription is back.
                 }
                 Err(err) => tracing::debug!(error = %err, "cluster event subscription failed"),
             }
@@ -469,7 +489,7 @@ impl Cluster {
                 replaced,
             } => self.on_name(&key, clients, by.as_deref(), replaced.as_deref()),
             Event::Settled { key } => {
-                self.cache.remove(&key);
+                self.stale(&key);
                 self.changed.notify_waiters();
             }
             Event::Ban {
@@ -496,7 +516,7 @@ impl Cluster {
     /// tunnel of this node that lost the name to another node, and tell
     /// this node's clients of it how many serve it now.
     fn on_name(&self, key: &str, clients: usize, by: Option<&str>, replaced: Option<&str>) {
-        self.cache.remove(key);
+        self.stale(key);
         self.changed.notify_waiters();
         let Some(registry) = self.registry() else {
             return;
@@ -562,24 +582,52 @@ impl Cluster {
         }
     }
 
-    /// The members of `key` as stored: cached, or read (and cached unless
-    /// the name is announced, which is asked for again). `None`: the store
-    /// cannot tell.
+    /// The members of `key` as stored, and whether the name is announced:
+    /// cached, or read (and cached unless announced and still unheld).
+    /// While Redis is away
+    /// a stale entry still answers. `None`: nobody can tell.
     async fn stored_members(&self, key: &str) -> Option<(Vec<(String, Stored)>, bool)> {
-        if let Some(members) = self.cache.get(key) {
-            return Some((members.clone(), false));
-        }
-        if !self.redis_up() {
-            return None;
-        }
-        let (members, reserved) = self.store.members(key).await.ok()?;
-        if !reserved {
+        let stale = match self.cache.get(key) {
+            Some(entry) if entry.fresh => return Some((entry.members.clone(), false)),
+            Some(entry) => Some(entry.members.clone()),
+            None => None,
+        };
+        let read = match self.redis_up() {
+            true => self.store.members(key).await.ok(),
+            false => None,
+        };
+        let Some((members, reserved)) = read else {
+            return stale.map(|members| (members, false));
+        };
+        // An announced name nobody holds yet is asked for again; one that
+        // is held is cached like any other.
+        if !reserved || !members.is_empty() {
             if self.cache.len() >= CACHE_MAX {
                 self.cache.clear();
             }
-            self.cache.insert(key.to_string(), members.clone());
+            let cached = Cached {
+                members: members.clone(),
+                fresh: true,
+            };
+            self.cache.insert(key.to_string(), cached);
         }
         Some((members, reserved))
+    }
+
+    /// Reads the node table again when `stored` names a node (or an
+    /// incarnation) it does not know yet: one that joined since the last
+    /// heartbeat.
+    async fn learn_nodes(&self, stored: &[(String, Stored)]) {
+        let unknown = stored.iter().any(|(id, _)| {
+            parse_member_id(id).is_some_and(|(node, inc, _)| {
+                !self.is_me(node, inc) && self.nodes.knows(node, inc).is_none()
+            })
+        });
+        if unknown {
+            if let Ok(read) = self.store.nodes().await {
+                self.nodes.update(read);
+            }
+        }
     }
 
     /// The live ones of `stored`, oldest first; whether any was dead.
@@ -639,6 +687,13 @@ impl Cluster {
     }
 }
 
+/// A name's members as last read.
+struct Cached {
+    members: Vec<(String, Stored)>,
+    /// No event said they changed since (else they are read again).
+    fresh: bool,
+}
+
 /// The name the claim script knows a balancing mode by.
 fn balance_name(balance: Balance) -> &'static str {
     balance.as_str()
@@ -676,7 +731,7 @@ impl Directory for Cluster {
                 balance: balance_name(balance),
                 reassert: false,
             };
-            self.cache.remove(tunnel.key());
+            self.stale(tunnel.key());
             let outcome = if self.redis_up() {
                 self.store.claim(claim).await
             } else {
@@ -713,7 +768,7 @@ impl Directory for Cluster {
     }
 
     fn released(&self, tunnel: &Tunnel) {
-        self.cache.remove(tunnel.key());
+        self.stale(tunnel.key());
         self.count_ip(tunnel, -1);
         let (store, key, id) = (
             self.store.clone(),
@@ -744,6 +799,7 @@ impl Directory for Cluster {
                 let Some((stored, reserved)) = self.stored_members(key).await else {
                     return Members::Unknown;
                 };
+                self.learn_nodes(&stored).await;
                 let (live, dead) = self.live(stored);
                 if !live.is_empty() {
                     return Members::Known(live);

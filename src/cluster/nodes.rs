@@ -98,6 +98,17 @@ impl Nodes {
             .is_some_and(|n| n.alive && n.info.incarnation == incarnation)
     }
 
+    /// Whether the table knows `node`'s incarnation `incarnation`: `None`
+    /// when it does not (a node, or an incarnation, newer than the last
+    /// read: the table should be read again before judging).
+    pub fn knows(&self, node: &str, incarnation: u64) -> Option<bool> {
+        let table = self.table.read().expect("nodes lock");
+        let known = table.get(node)?;
+        // Incarnations are random: one that is not the one listed is either
+        // older (dead) or newer than the last read: unknown either way.
+        (known.info.incarnation == incarnation).then_some(known.alive)
+    }
+
     /// Where `node`'s link listens, if it is alive.
     pub fn link(&self, node: &str) -> Option<String> {
         let table = self.table.read().expect("nodes lock");

@@ -129,6 +129,7 @@ impl Edge {
                     return (response.await, Served::Elsewhere);
                 }
                 Holder::Gone => forward::gone(req.headers(), &host),
+                Holder::Unresolved => forward::unresolved(req.headers(), &host),
                 Holder::Nobody => pages::not_found(&host).render(req.headers()),
             },
         };

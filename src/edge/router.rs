@@ -154,7 +154,7 @@ impl Router {
                 !tunnel.passthrough()
             }
             Holder::There(remote) => !self.remote_passthrough(&key, remote).await,
-            Holder::Gone | Holder::Nobody => true,
+            Holder::Gone | Holder::Nobody | Holder::Unresolved => true,
         }
     }
 }

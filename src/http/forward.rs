@@ -136,6 +136,15 @@ fn unreachable_with(headers: &hyper::HeaderMap, node: &str, why: &str) -> Respon
     page
 }
 
+/// The page for a name the cluster's directory cannot resolve now (Redis
+/// is down and this node never looked it up): 503, try again soon.
+pub fn unresolved(headers: &hyper::HeaderMap, host: &str) -> Response<Body> {
+    let mut page = pages::directory_down(host).render(headers);
+    page.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_SECS));
+    page
+}
+
 /// The page for a name whose clients were all on nodes that are gone:
 /// 503, try again in a few seconds (they are reconnecting elsewhere).
 pub fn gone(headers: &hyper::HeaderMap, host: &str) -> Response<Body> {

@@ -237,6 +237,19 @@ pub fn node_unreachable(node: &str, why: &str) -> Page {
     .text("Try again in a few seconds: its client reconnects to another node if that one is gone.")
 }
 
+/// The cluster cannot say where a tunnel is right now (its shared
+/// directory is unreachable).
+pub fn directory_down(host: &str) -> Page {
+    Page::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "The tunnel cannot be found right now",
+    )
+    .text(format!(
+        "This server cannot look up {host} at the moment: its directory is unreachable."
+    ))
+    .text("Try again in a few seconds.")
+}
+
 /// Every client of the tunnel was on a node that is gone: they are
 /// reconnecting elsewhere.
 pub fn tunnel_moving(host: &str) -> Page {

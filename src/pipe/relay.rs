@@ -203,7 +203,7 @@ impl Relays {
                 Holder::There(remote) => {
                     return self.forward(&remote, stream, prefix, visitor, local).await;
                 }
-                Holder::Gone | Holder::Nobody => {
+                Holder::Gone | Holder::Nobody | Holder::Unresolved => {
                     tracing::debug!(%key, %visitor, "no live client for the connection");
                     return;
                 }

@@ -62,6 +62,9 @@ pub enum Holder {
     There(Remote),
     /// Only clients of nodes that are gone: answer 503, try again soon.
     Gone,
+    /// The directory cannot tell now (its store is down and the name is
+    /// not cached) and no client here holds it: answer 503, try again soon.
+    Unresolved,
     /// Nobody holds the name.
     Nobody,
 }

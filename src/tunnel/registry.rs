@@ -360,8 +360,13 @@ impl Registry {
         let members = match directory.members(key).await {
             Members::Known(members) if !members.is_empty() => members,
             Members::Orphaned => return Holder::Gone,
-            // Nobody elsewhere, or the store cannot tell: this node's own.
-            _ => {
+            // The store cannot tell: this node's own, if any.
+            Members::Unknown => {
+                let here = self.lookup(key, pick).await;
+                return here.map_or(Holder::Unresolved, Holder::Here);
+            }
+            // Nobody elsewhere: this node's own (an announced name waits).
+            Members::Known(_) => {
                 return self
                     .lookup(key, pick)
                     .await

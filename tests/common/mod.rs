@@ -93,6 +93,7 @@ impl Drop for TempDir {
 // ---------------------------------------------------------------------------
 
 /// A self-signed certificate for `localhost` and `*.localhost`.
+#[derive(Clone)]
 pub struct TestCert {
     pub cert_pem: String,
     pub key_pem: String,
@@ -445,22 +446,42 @@ impl Burrow {
     pub async fn start_with_env(extra_args: &[&str], env: &[(&str, &str)]) -> Burrow {
         let dir = TempDir::new("burrow-test");
         let cert = TestCert::generate();
-        let (cert_path, key_path) = cert.write_to(dir.path());
-        let host_key = dir.path().join("host_key");
+        let mut args: Vec<String> = [
+            "--ssh-addr",
+            "127.0.0.1:0",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--https-addr",
+            "127.0.0.1:0",
+            "--stats-addr",
+            "127.0.0.1:0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.push("--host-key".into());
+        args.push(dir.path().join("host_key").display().to_string());
+        args.extend(extra_args.iter().map(|s| s.to_string()));
+        Self::launch(dir, cert, &args, env).await
+    }
 
+    /// Starts burrow with `--domain localhost`, `cert` as its certificate
+    /// (written into `dir`, which is also its working directory) and
+    /// `args` (listen addresses, host key, anything else).
+    pub async fn launch(
+        dir: TempDir,
+        cert: TestCert,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Burrow {
+        let (cert_path, key_path) = cert.write_to(dir.path());
         let mut cmd = Command::new(burrow_bin());
         cmd.args(["--domain", DOMAIN])
-            .args(["--ssh-addr", "127.0.0.1:0"])
-            .args(["--http-addr", "127.0.0.1:0"])
-            .args(["--https-addr", "127.0.0.1:0"])
-            .args(["--stats-addr", "127.0.0.1:0"])
-            .arg("--host-key")
-            .arg(&host_key)
             .arg("--tls-cert")
             .arg(&cert_path)
             .arg("--tls-key")
             .arg(&key_path)
-            .args(extra_args)
+            .args(args)
             // The default --state-dir is relative: keep it in the test's dir.
             .current_dir(dir.path())
             .env_clear()
@@ -1525,6 +1546,9 @@ pub struct SshSpec<'a> {
     /// A fresh throwaway key and BatchMode (the default), or neither.
     pub keyed: bool,
     pub user: &'a str,
+    /// The address ssh connects to (a node of a cluster may listen on
+    /// 127.0.0.2).
+    pub host: &'a str,
 }
 
 impl Default for SshSpec<'_> {
@@ -1536,6 +1560,7 @@ impl Default for SshSpec<'_> {
             stdin: SshStdin::Pipe,
             keyed: true,
             user: "test",
+            host: "127.0.0.1",
         }
     }
 }
@@ -1573,7 +1598,7 @@ impl SshSpec<'_> {
             .arg("-p")
             .arg(self.port.to_string())
             .args(self.args)
-            .arg(format!("{}@127.0.0.1", self.user))
+            .arg(format!("{}@{}", self.user, self.host))
             .args(self.remote_cmd)
             .stdin(match self.stdin {
                 SshStdin::Pipe => Stdio::piped(),

@@ -1,0 +1,732 @@
+//! Several nodes as one service (issue 15), end to end: a real
+//! `redis-server` of the test's own, three burrow nodes on 127.0.0.1,
+//! 127.0.0.2 and 127.0.0.3 with the same ports, stock `ssh -R` clients, a
+//! real origin, real HTTP/1.1, HTTP/2 and WebSocket clients, HAProxy in
+//! front for failover.
+//!
+//! * `served_*`: a tunnel held on node 1 is served through nodes 2 and 3;
+//! * `names_*`: one namespace (takeover, balancing) across nodes;
+//! * `faults_*`: a node killed or stopped, Redis killed and restarted;
+//! * `ops_*`: bans, the admin API and the stats across nodes;
+//! * `secret_*`: a node with another secret is refused.
+
+#[path = "common/cluster.rs"]
+mod cluster_harness;
+mod common;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cluster_harness::{node_ip, Cluster, Haproxy};
+use common::{
+    expect_status, random_bytes, time_seed, Origin, Ssh, SshKeyPair, SshSpec, SSH_LIMITS_OFF,
+};
+use futures_util::SinkExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A generous bound for anything that should happen "at once".
+const SOON: Duration = Duration::from_secs(10);
+
+/// `ssh -R 80:…` (pty, so the banner and the request log show) to node `i`.
+fn tunnel_to(cluster: &Cluster, i: usize, origin: &Origin, key: Option<&SshKeyPair>) -> Ssh {
+    let forward = format!("80:127.0.0.1:{}", origin.port);
+    let host = node_ip(i).to_string();
+    let args = ["-tt", "-R", forward.as_str()];
+    let spec = SshSpec {
+        port: cluster.shared.ports.ssh,
+        args: &args,
+        host: &host,
+        ..SshSpec::default()
+    };
+    match key {
+        Some(key) => spec.spawn_with_key(key),
+        None => spec.spawn(),
+    }
+}
+
+/// GETs `path` of `host` through node `via`; the response, or a panic
+/// naming the node.
+async fn get_via(cluster: &Cluster, via: usize, host: &str, path: &str) -> reqwest::Response {
+    cluster
+        .client_via(via)
+        .get(cluster.https_url(host, path))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {host}{path} via node {via}: {e}"))
+}
+
+/// Waits (bounded) until `host` answers `want` through node `via`.
+async fn wait_status(cluster: &Cluster, via: usize, host: &str, want: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let client = cluster.client_via(via);
+        let status = client
+            .get(cluster.https_url(host, "/hello"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16());
+        if status.as_ref().is_ok_and(|s| *s == want) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{host} via node {via} never answered {want} within {within:?} (last: {status:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_through_every_node_http1_http2_and_the_real_visitor() {
+    let cluster = Cluster::start(3, &[]).await;
+    let origin = Origin::start("owner").await;
+    let ssh = tunnel_to(&cluster, 1, &origin, None);
+    let host = ssh.url().await.host();
+    for via in [1, 2, 3] {
+        let resp = expect_status(get_via(&cluster, via, &host, "/hello").await, 200, "hello").await;
+        assert_eq!(resp.text().await.unwrap(), common::HELLO, "via node {via}");
+    }
+    // HTTP/2 from the visitor, translated once, on node 2.
+    let h2 = cluster.client_via(2);
+    let resp = h2
+        .get(cluster.https_url(&host, "/whoami"))
+        .version(reqwest::Version::HTTP_2)
+        .send()
+        .await
+        .expect("HTTP/2 via node 2");
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.text().await.unwrap(), "owner");
+    // The real visitor's address reaches the app through node 3.
+    let visitor: IpAddr = "127.0.0.9".parse().unwrap();
+    let client = cluster.client_via_from(3, Some(visitor));
+    let headers = json(
+        client
+            .get(cluster.https_url(&host, "/headers"))
+            .send()
+            .await
+            .expect("headers via node 3"),
+    )
+    .await;
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.9", "{headers}");
+    assert_eq!(headers["x-forwarded-proto"], "https", "{headers}");
+    // The owner's terminal shows the requests that entered nodes 2 and 3.
+    let seen = ssh
+        .stdout
+        .wait_for(SOON, |text| {
+            let lines = text.lines().filter(|l| l.contains("/hello")).count();
+            (lines >= 3 && text.contains("/headers") && text.contains("127.0.0.9")).then_some(())
+        })
+        .await;
+    assert!(
+        seen.is_ok(),
+        "request log in the owner's terminal: {}",
+        ssh.stdout.text()
+    );
+    // Counted once: by the node that served it.
+    let stats = cluster.stats(1).await;
+    assert_eq!(stats["total_requests"], 5, "{stats}");
+    assert_eq!(cluster.stats(2).await["total_requests"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_websocket_and_100_mib_both_ways_through_another_node() {
+    let cluster = Cluster::start(2, &[]).await;
+    let origin = Origin::start("bulk").await;
+    let ssh = tunnel_to(&cluster, 1, &origin, None);
+    let host = ssh.url().await.host();
+    // WebSocket through node 2.
+    let (mut ws, _) = cluster.node(2).ws_connect(&host, "/ws").await;
+    ws.send(tokio_tungstenite::tungstenite::Message::Text(
+        "ping across".into(),
+    ))
+    .await
+    .unwrap();
+    let echoed = common::ws_next(&mut ws).await;
+    assert_eq!(echoed.into_text().unwrap(), "ping across");
+    drop(ws);
+    // 100 MiB down, byte-exact (the origin's pattern), through node 2.
+    const SIZE: u64 = 100 * 1024 * 1024;
+    let client = cluster.client_via(2);
+    let mut resp = client
+        .get(cluster.https_url(&host, &format!("/bytes?n={SIZE}")))
+        .send()
+        .await
+        .expect("100 MiB download via node 2");
+    assert_eq!(resp.status(), 200);
+    let mut offset = 0u64;
+    while let Some(chunk) = resp.chunk().await.expect("download chunk") {
+        for (i, byte) in chunk.iter().enumerate() {
+            let want = common::pattern_byte(offset + i as u64);
+            assert_eq!(
+                *byte,
+                want,
+                "byte {} of the download differs",
+                offset + i as u64
+            );
+        }
+        offset += chunk.len() as u64;
+    }
+    assert_eq!(offset, SIZE);
+    // 100 MiB up, echoed back byte-exact, through node 2.
+    let body = random_bytes(SIZE as usize, time_seed());
+    let resp = client
+        .post(cluster.https_url(&host, "/echo"))
+        .body(body.clone())
+        .send()
+        .await
+        .expect("100 MiB upload via node 2");
+    assert_eq!(resp.status(), 200);
+    let back = resp.bytes().await.expect("echoed body");
+    assert!(
+        back.len() as u64 == SIZE && back[..] == body[..],
+        "upload echo differs"
+    );
+}
+
+/// A response's body as JSON.
+async fn json(resp: reqwest::Response) -> serde_json::Value {
+    let body = resp.bytes().await.expect("body");
+    serde_json::from_slice(&body).unwrap_or_else(|e| panic!("not JSON ({e}): {body:?}"))
+}
+
+/// A TCP echo app: every byte back.
+async fn echo_app() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = stream.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_tcp_tunnel_on_every_node() {
+    let range = common::free_port_range(10);
+    let ranges = range.arg();
+    let cluster = Cluster::start(3, &["--tcp-ports", &ranges]).await;
+    let app = echo_app().await;
+    let wanted = range.first + 3;
+    let forward = format!("{wanted}:127.0.0.1:{app}");
+    let host = node_ip(1).to_string();
+    let args = ["-tt", "-R", forward.as_str()];
+    let ssh = SshSpec {
+        port: cluster.shared.ports.ssh,
+        args: &args,
+        host: &host,
+        ..SshSpec::default()
+    }
+    .spawn();
+    ssh.stdout
+        .wait_contains(&format!("tcp://localhost:{wanted}"), SOON)
+        .await
+        .unwrap_or_else(|e| panic!("no TCP tunnel: {e}\n{}", ssh.all_output()));
+    for via in [1, 2, 3] {
+        let deadline = Instant::now() + SOON;
+        let mut stream = loop {
+            // Nodes 2 and 3 start listening when they hear of the port.
+            match TcpStream::connect((node_ip(via), wanted)).await {
+                Ok(stream) => break stream,
+                Err(err) if Instant::now() < deadline => {
+                    let _ = err;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(err) => panic!("node {via} never accepted on port {wanted}: {err}"),
+            }
+        };
+        let data = random_bytes(256 * 1024, time_seed() + via as u64);
+        stream.write_all(&data).await.unwrap();
+        let mut back = vec![0u8; data.len()];
+        tokio::time::timeout(SOON, stream.read_exact(&mut back))
+            .await
+            .expect("echo in time")
+            .expect("echo read");
+        assert!(back == data, "echo via node {via} differs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_tls_passthrough_through_another_node() {
+    let cluster = Cluster::start(3, &[]).await;
+    // The app terminates TLS itself, for any name under the domain.
+    let ck = rcgen::generate_simple_self_signed(vec!["*.localhost".to_string()]).unwrap();
+    let app_cert = ck.cert.der().clone();
+    let config = common::tls_server_config(app_cert.clone(), ck.key_pair.serialize_der());
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                if let Ok(mut tls) = acceptor.accept(stream).await {
+                    let mut line = [0u8; 5];
+                    if tls.read_exact(&mut line).await.is_ok() {
+                        let _ = tls.write_all(b"app saw ").await;
+                        let _ = tls.write_all(&line).await;
+                        let _ = tls.shutdown().await;
+                    }
+                }
+            });
+        }
+    });
+    let forward = format!("80:127.0.0.1:{app_port}");
+    let host_ip = node_ip(1).to_string();
+    let args = ["-tt", "-R", forward.as_str()];
+    let ssh = SshSpec {
+        port: cluster.shared.ports.ssh,
+        args: &args,
+        host: &host_ip,
+        remote_cmd: &["tls=passthrough"],
+        ..SshSpec::default()
+    }
+    .spawn();
+    let host = ssh.url().await.host();
+    // Through node 3, trusting only the app's own certificate.
+    let tls = common::tls_config_pinned(&app_cert, common::Alpn::Http1);
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let tcp = TcpStream::connect((node_ip(3), cluster.shared.ports.https))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from(host.clone()).unwrap();
+    let mut stream = tokio::time::timeout(SOON, connector.connect(name, tcp))
+        .await
+        .expect("handshake in time")
+        .expect("a handshake with the app itself, through node 3");
+    stream.write_all(b"hello").await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(SOON, stream.read_to_string(&mut answer))
+        .await
+        .expect("answer in time")
+        .ok();
+    assert_eq!(answer, "app saw hello");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_per_tunnel_rate_limit_holds_across_nodes() {
+    let cluster = Cluster::start(3, &["--tunnel-rate", "1/m", "--tunnel-burst", "4"]).await;
+    let origin = Origin::start("limited").await;
+    let ssh = tunnel_to(&cluster, 1, &origin, None);
+    let host = ssh.url().await.host();
+    let mut statuses = Vec::new();
+    for i in 0..9 {
+        let via = 1 + i % 3;
+        statuses.push(
+            get_via(&cluster, via, &host, "/hello")
+                .await
+                .status()
+                .as_u16(),
+        );
+    }
+    // The owner applies the tunnel's one bucket, whichever node it came in by.
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        4,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        5,
+        "{statuses:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_takeover_across_nodes() {
+    let cluster = Cluster::start(2, &[]).await;
+    let key = SshKeyPair::generate();
+    let (first_app, second_app) = (Origin::start("first").await, Origin::start("second").await);
+    let mut first = tunnel_to(&cluster, 1, &first_app, Some(&key));
+    let host = first.url().await.host();
+    let started = Instant::now();
+    let second = tunnel_to(&cluster, 2, &second_app, Some(&key));
+    assert_eq!(
+        second.url().await.host(),
+        host,
+        "the same key gets the same name on every node"
+    );
+    first
+        .stdout
+        .wait_contains("taken over", Duration::from_secs(5))
+        .await
+        .unwrap_or_else(|e| panic!("the old client was not told within 5 s: {e}"));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(
+        first.wait_exit(SOON).await.is_some(),
+        "the old client exits"
+    );
+    for via in [1, 2] {
+        let resp = expect_status(get_via(&cluster, via, &host, "/whoami").await, 200, "new").await;
+        assert_eq!(resp.text().await.unwrap(), "second", "via node {via}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_round_robin_across_clients_on_two_nodes() {
+    let cluster = Cluster::start(3, &["--balance", "round-robin"]).await;
+    let key = SshKeyPair::generate();
+    let (a, b) = (
+        Origin::start("on-node-1").await,
+        Origin::start("on-node-2").await,
+    );
+    let first = tunnel_to(&cluster, 1, &a, Some(&key));
+    let host = first.url().await.host();
+    let second = tunnel_to(&cluster, 2, &b, Some(&key));
+    assert_eq!(second.url().await.host(), host);
+    first
+        .stdout
+        .wait_contains("served by 2 clients", SOON)
+        .await
+        .unwrap_or_else(|e| panic!("the first client hears of the second: {e}"));
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..8 {
+        let body = get_via(&cluster, 3, &host, "/whoami")
+            .await
+            .text()
+            .await
+            .unwrap();
+        *seen.entry(body).or_insert(0) += 1;
+    }
+    assert_eq!(seen.get("on-node-1"), Some(&4), "{seen:?}");
+    assert_eq!(seen.get("on-node-2"), Some(&4), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_kill_9_then_autossh_through_haproxy_gets_the_url_back() {
+    let mut cluster = Cluster::start(3, &SSH_LIMITS_OFF).await;
+    let haproxy = Haproxy::start(&cluster.shared, 3).await;
+    let origin = Origin::start("survivor").await;
+    let key = SshKeyPair::generate();
+    let autossh = AutoSsh::start(haproxy.ssh, &key, &format!("80:127.0.0.1:{}", origin.port));
+    let host = autossh.url(1).await.host();
+    let holder = wait_holder(&cluster, &host).await;
+    // kill -9 the node holding it.
+    let killed = Instant::now();
+    let mut node = cluster.stop(holder).expect("running");
+    node.signal("KILL");
+    node.wait_exit(SOON).await;
+    // autossh reconnects through HAProxy to a node that is alive, and gets
+    // the same (stable) URL back.
+    let again = autossh.url(2).await.host();
+    assert_eq!(again, host, "the same URL after the failover");
+    let alive = if holder == 1 { 2 } else { 1 };
+    wait_status(&cluster, alive, &host, 200, Duration::from_secs(20)).await;
+    assert!(
+        killed.elapsed() < Duration::from_secs(20),
+        "served again after {:?}",
+        killed.elapsed()
+    );
+    assert_ne!(wait_holder(&cluster, &host).await, holder);
+}
+
+/// autossh (`-M 0`) keeping `ssh -tt -R FORWARD` up through `port`.
+struct AutoSsh {
+    child: std::process::Child,
+    stdout: common::OutputBuf,
+    _stderr: common::OutputBuf,
+}
+
+impl AutoSsh {
+    fn start(port: u16, key: &SshKeyPair, forward: &str) -> AutoSsh {
+        let found = std::process::Command::new("autossh")
+            .arg("-V")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok();
+        assert!(
+            found,
+            "autossh is not installed: apt-get install -y autossh (or run .ci/run)"
+        );
+        let mut child = std::process::Command::new("autossh")
+            .args(["-M", "0", "-F", "/dev/null", "-tt"])
+            .arg("-i")
+            .arg(&key.path)
+            .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args(["-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=2"])
+            .args(["-o", "ExitOnForwardFailure=yes", "-o", "ConnectTimeout=5"])
+            .args(["-p", &port.to_string(), "-R", forward, "test@127.0.0.1"])
+            .env("AUTOSSH_GATETIME", "0")
+            .env("AUTOSSH_POLL", "5")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn autossh");
+        let (stdout, stderr) = common::capture_output(&mut child, Some("autossh"));
+        AutoSsh {
+            child,
+            stdout,
+            _stderr: stderr,
+        }
+    }
+
+    /// The URL of the `n`-th session banner (1: the first connection).
+    async fn url(&self, n: usize) -> common::TunnelUrl {
+        self.stdout
+            .wait_for(Duration::from_secs(25), |text| {
+                let banner = text.split("Your tunnel is live").nth(n)?;
+                common::find_tunnel_urls(banner).into_iter().next()
+            })
+            .await
+            .unwrap_or_else(|seen| panic!("no banner #{n} from autossh: {seen}"))
+    }
+}
+
+impl Drop for AutoSsh {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The node whose terminal-less client holds `host` now (from the stats).
+async fn wait_holder(cluster: &Cluster, host: &str) -> usize {
+    let name = host.split('.').next().unwrap().to_string();
+    let deadline = Instant::now() + SOON;
+    loop {
+        for i in 1..=cluster.nodes.len() {
+            if cluster.nodes[i - 1].is_none() {
+                continue;
+            }
+            let url = format!(
+                "http://{}:{}/?subdomains=true",
+                node_ip(i),
+                cluster.shared.ports.stats
+            );
+            let stats: serde_json::Value = json(reqwest::get(url).await.unwrap()).await;
+            let names = stats["subdomains"].as_array().cloned().unwrap_or_default();
+            if names.iter().any(|n| n == name.as_str()) {
+                return i;
+            }
+        }
+        assert!(Instant::now() < deadline, "no node holds {host}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_graceful_stop_releases_names_at_once() {
+    let mut cluster = Cluster::start(2, &[]).await;
+    let origin = Origin::start("leaving").await;
+    let ssh = tunnel_to(&cluster, 1, &origin, None);
+    let host = ssh.url().await.host();
+    expect_status(get_via(&cluster, 2, &host, "/hello").await, 200, "before").await;
+    let mut node = cluster.stop(1).unwrap();
+    node.signal("TERM");
+    assert!(node.wait_exit(SOON).await.is_some(), "node 1 stops");
+    // Released at once: node 2 no longer routes to it (no TTL wait), and
+    // the name is free to claim.
+    let names = cluster
+        .redis
+        .command(&["KEYS", "{burrow}:name:*"])
+        .await
+        .unwrap();
+    assert!(names.trim().is_empty(), "names left in Redis: {names}");
+    expect_status(get_via(&cluster, 2, &host, "/hello").await, 404, "after").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_a_dead_nodes_names_answer_503_then_free() {
+    let mut cluster = Cluster::start(2, &[]).await;
+    let origin = Origin::start("dead").await;
+    let ssh = tunnel_to(&cluster, 1, &origin, None);
+    let host = ssh.url().await.host();
+    expect_status(get_via(&cluster, 2, &host, "/hello").await, 200, "before").await;
+    let mut node = cluster.stop(1).unwrap();
+    node.signal("KILL");
+    node.wait_exit(SOON).await;
+    // Right after: a clear page with Retry-After, never a hang.
+    let started = Instant::now();
+    let resp = get_via(&cluster, 2, &host, "/hello").await;
+    assert!(started.elapsed() < Duration::from_secs(5), "answered fast");
+    assert!(
+        [502, 503].contains(&resp.status().as_u16()),
+        "{}",
+        resp.status()
+    );
+    assert!(resp.headers().contains_key("retry-after"));
+    // After the node TTL (3 s here) the name is nobody's.
+    wait_status(&cluster, 2, &host, 404, Duration::from_secs(15)).await;
+    drop(ssh);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_redis_killed_then_restarted_empty() {
+    let mut cluster = Cluster::start(2, &[]).await;
+    let origin = Origin::start("steady").await;
+    let ssh = tunnel_to(&cluster, 1, &origin, None);
+    let host = ssh.url().await.host();
+    expect_status(get_via(&cluster, 2, &host, "/hello").await, 200, "before").await;
+    cluster.redis.kill();
+    // The owner keeps serving, and node 2 its cached route.
+    for via in [1, 2] {
+        let context = format!("via node {via} with Redis down");
+        expect_status(get_via(&cluster, via, &host, "/hello").await, 200, &context).await;
+    }
+    cluster
+        .wait_stats(1, SOON, |s| s["cluster"]["redis"] == "down")
+        .await;
+    // A new tunnel is accepted meanwhile (on its node).
+    let late_origin = Origin::start("late").await;
+    let late = tunnel_to(&cluster, 2, &late_origin, None);
+    let late_host = late.url().await.host();
+    expect_status(
+        get_via(&cluster, 2, &late_host, "/whoami").await,
+        200,
+        "local",
+    )
+    .await;
+    // Redis comes back empty: both tunnels are registered again within 10 s.
+    cluster.redis.restart().await;
+    let back = Instant::now();
+    wait_status(&cluster, 1, &late_host, 200, Duration::from_secs(10)).await;
+    wait_status(&cluster, 2, &host, 200, Duration::from_secs(10)).await;
+    assert!(back.elapsed() < Duration::from_secs(10));
+    let names = cluster
+        .redis
+        .command(&["KEYS", "{burrow}:name:*"])
+        .await
+        .unwrap();
+    assert_eq!(names.lines().count(), 2, "{names}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_a_ban_on_one_node_holds_on_the_others() {
+    let cluster = Cluster::start(3, &[]).await;
+    let origin = Origin::start("banned").await;
+    let ssh = tunnel_to(&cluster, 1, &origin, None);
+    let host = ssh.url().await.host();
+    let visitor: IpAddr = "127.0.0.7".parse().unwrap();
+    let ban = reqwest::Client::new()
+        .post(format!(
+            "http://{}:{}/bans",
+            node_ip(2),
+            cluster.shared.ports.stats
+        ))
+        .header("content-type", "application/json")
+        .body(r#"{"ip": "127.0.0.7", "duration_secs": 600}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ban.status(), 201);
+    for via in [1, 3] {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let status = cluster
+                .client_via_from(via, Some(visitor))
+                .get(cluster.https_url(&host, "/hello"))
+                .send()
+                .await
+                .unwrap()
+                .status();
+            if status == 403 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {via} still serves the banned IP ({status})"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let url = format!(
+            "http://{}:{}/bans",
+            node_ip(via),
+            cluster.shared.ports.stats
+        );
+        let bans = json(reqwest::get(url).await.unwrap()).await;
+        assert_eq!(bans[0]["ip"], "127.0.0.7", "node {via}: {bans}");
+    }
+    // Others are still served.
+    expect_status(
+        get_via(&cluster, 3, &host, "/hello").await,
+        200,
+        "other visitor",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_admin_lists_and_kicks_across_nodes() {
+    let cluster = Cluster::start(3, &[]).await;
+    let (a, b) = (Origin::start("a").await, Origin::start("b").await);
+    let on_one = tunnel_to(&cluster, 1, &a, None);
+    let on_two = tunnel_to(&cluster, 2, &b, None);
+    let (one, two) = (on_one.url().await.host(), on_two.url().await.host());
+    let url = format!(
+        "http://{}:{}/tunnels",
+        node_ip(3),
+        cluster.shared.ports.stats
+    );
+    let list = json(reqwest::get(url).await.unwrap()).await;
+    let entries = list.as_array().unwrap();
+    let node_of = |host: &str| {
+        let name = host.split('.').next().unwrap();
+        entries
+            .iter()
+            .find(|e| e["name"] == name)
+            .map(|e| e["node"].clone())
+    };
+    assert_eq!(node_of(&one), Some("node-1".into()), "{list}");
+    assert_eq!(node_of(&two), Some("node-2".into()), "{list}");
+    // Kick the one on node 1 from node 3.
+    let name = one.split('.').next().unwrap();
+    let kicked = reqwest::Client::new()
+        .delete(format!(
+            "http://{}:{}/tunnels/{name}",
+            node_ip(3),
+            cluster.shared.ports.stats
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(kicked.status(), 200);
+    assert_eq!(json(kicked).await["closed"], 1);
+    on_one
+        .stdout
+        .wait_contains("closed by the server operator", SOON)
+        .await
+        .unwrap_or_else(|e| panic!("the kicked client is told: {e}"));
+    wait_status(&cluster, 2, &one, 404, SOON).await;
+    let stats = cluster.stats(3).await;
+    let nodes = stats["cluster"]["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{stats}");
+    assert!(nodes.iter().all(|n| n["alive"] == true), "{stats}");
+    assert_eq!(stats["cluster"]["redis"], "up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secret_a_node_with_another_secret_is_refused() {
+    let cluster = Cluster::start(1, &[]).await;
+    let dir = common::TempDir::new("burrow-other-secret");
+    let other = dir.path().join("other.secret");
+    let status = std::process::Command::new(common::burrow_bin())
+        .args(["cluster", "init"])
+        .arg(&other)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut args = cluster.args(2, &[]);
+    let at = args.iter().position(|a| a == "--cluster-secret").unwrap();
+    args[at + 1] = other.display().to_string();
+    let run =
+        common::run_burrow_expect_exit(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert_ne!(run.status.code(), Some(0));
+    assert!(
+        run.stderr.contains("cluster secret is not the cluster's"),
+        "stderr: {}",
+        run.stderr
+    );
+}
