@@ -207,15 +207,18 @@ if #live == 0 then return commit(1, nil) end
 local oldest = live[1]
 local same = owner ~= '-' and oldest.owner == owner
 local share = same or (granted == '1' and oldest.granted == '1')
+-- Registering again after an outage: the newest claim wins a conflict
+-- (whoever made it), the loser is told by its node.
+local newer = mode == 'reassert' and my_ms > oldest.ms
 if balance == 'replace' then
-  if same or (mode == 'reassert' and my_ms > oldest.ms) then
+  if (mode == 'reassert' and newer) or (mode == 'claim' and same) then
     redis.call('HDEL', KEYS[1], oldest.id)
     return commit(1, oldest.id)
   end
   return {'taken'}
 end
 if share then return commit(#live + 1, nil) end
-if mode == 'reassert' and my_ms > oldest.ms then
+if newer then
   for _, m in ipairs(live) do redis.call('HDEL', KEYS[1], m.id) end
   return commit(1, oldest.id)
 end

@@ -419,6 +419,10 @@ impl Forwards {
                         Ok(c) => claimed = Some((port, c)),
                         Err(ClaimError::Taken) => {
                             note = Some(("is in use by another key's tunnel", port));
+                            // Held on another node: keep accepting for it here.
+                            if server.registry.directory().is_some() {
+                                server.tcp.stand_by(port).await;
+                            }
                         }
                         Err(ClaimError::Duplicate) => {
                             let url = server.registry.public().tcp_url(port);
