@@ -10,6 +10,12 @@
 //! a per-stream cap, then an unlinked temporary file up to a larger cap,
 //! both also inside process-wide budgets.
 //!
+//! A spool whose reader has read all of its file gives the file back at
+//! once: it is closed and its bytes return to both the stream's and the
+//! process-wide disk budget. A keep-alive channel idling in the pool after a
+//! large download thus holds no disk, and the next spill starts a fresh
+//! file with the stream's whole budget.
+//!
 //! A spool that cannot take more is *cut*: its reader gets an error, the
 //! channel is closed and a log line names the limit. Pausing just that one
 //! channel is not an option: with russh it would pause its neighbours too.
@@ -133,14 +139,21 @@ struct State {
     waker: Option<Waker>,
 }
 
-/// The on-disk part: bytes `[read, written)` of `file` are unread. Only the
-/// writer moves `written` or resets both offsets (when the reader has
-/// caught up), so a read in flight never sees its range reused.
+/// The on-disk part: bytes `[read, written)` of `file` are unread and
+/// `[written, charged)` are being written by the pump. The file only grows;
+/// once the reader has read all of it with no write in flight, the reader
+/// drops it ([`State::release_drained`]), so no offset is ever reused under
+/// a read or a write in flight.
 struct Spill {
+    /// The unlinked temporary file; reads and writes in flight hold clones.
     file: Arc<File>,
+    /// Bytes of the file the reader has taken (only the reader moves it).
     read: u64,
+    /// Bytes of the file written and readable (only the pump moves it).
     written: u64,
-    /// Size charged to the disk budget: the file's high-water mark.
+    /// Bytes taken from the disk budgets for this file: `written` plus the
+    /// write in flight. Larger than `written` exactly while the pump
+    /// writes, which tells the reader the file is not drained yet.
     charged: u64,
 }
 
@@ -158,6 +171,17 @@ impl State {
 
     fn file_backlog(&self) -> u64 {
         self.spill.as_ref().map_or(0, |s| s.written - s.read)
+    }
+
+    /// Takes the spill file away if the reader has read all of it and no
+    /// write is in flight, returning its bytes to the disk budget. The
+    /// caller closes the returned file (off the async threads).
+    fn release_drained(&mut self, budget: &Budget) -> Option<Arc<File>> {
+        // read <= written <= charged, so this means all three are equal.
+        self.spill.as_ref().filter(|s| s.read == s.charged)?;
+        let spill = self.spill.take()?;
+        budget.disk.fetch_sub(spill.charged, Ordering::Relaxed);
+        Some(spill.file)
     }
 }
 
@@ -178,14 +202,15 @@ impl Spool {
     /// Queues bytes that arrived on the channel: in memory if they fit,
     /// else appended to the spill file.
     pub async fn push(&self, data: Bytes) -> Result<(), Full> {
+        // Nothing to keep; and every write to the file must grow `charged`
+        // (see `Spill`), which an empty one would not.
+        if data.is_empty() {
+            return Ok(());
+        }
         let n = data.len() as u64;
         let limits = &self.budget.limits;
-        let (file, offset, new_charge) = {
+        let (file, offset) = {
             let mut state = self.lock();
-            if let Some(spill) = state.spill.as_mut().filter(|s| s.read == s.written) {
-                spill.read = 0;
-                spill.written = 0;
-            }
             // Memory only while nothing older waits on disk, so bytes stay
             // in order: all of memory precedes all of the file backlog.
             if state.file_backlog() == 0
@@ -197,6 +222,8 @@ impl Spool {
                 state.wake();
                 return Ok(());
             }
+            // Only the pump pushes, so no write is in flight: the file's
+            // charge is its length, and a drained file is already gone.
             let offset = state.spill.as_ref().map_or(0, |s| s.written);
             if offset + n > limits.disk_per_stream {
                 return Err(if limits.disk_per_stream == 0 {
@@ -205,23 +232,21 @@ impl Spool {
                     Full::limit("spool-disk-per-stream", limits.disk_per_stream)
                 });
             }
-            let charged = state.spill.as_ref().map_or(0, |s| s.charged);
-            let grow = (offset + n).saturating_sub(charged);
-            if !Budget::take(&self.budget.disk, grow, limits.disk_total) {
+            if !Budget::take(&self.budget.disk, n, limits.disk_total) {
                 return Err(Full::limit("spool-disk-total", limits.disk_total));
             }
             match state.spill.as_mut() {
                 Some(spill) => {
-                    spill.charged += grow;
-                    (Some(Arc::clone(&spill.file)), offset, 0)
+                    spill.charged += n;
+                    (Some(Arc::clone(&spill.file)), offset)
                 }
-                None => (None, 0, grow),
+                None => (None, 0),
             }
         };
         // Only the pump pushes, so nobody else creates or appends meanwhile.
         let file = match file {
             Some(file) => file,
-            None => self.create_spill(new_charge).await?,
+            None => self.create_spill(n).await?,
         };
         let writer = Arc::clone(&file);
         tokio::task::spawn_blocking(move || writer.write_all_at(&data, offset))
@@ -300,7 +325,7 @@ impl Drop for Spool {
 /// The reading end of a spool, as an `AsyncRead`-style poll function.
 pub struct SpoolReader {
     spool: Arc<Spool>,
-    /// A file read in flight, with the offset it started at.
+    /// A file read in flight.
     pending: Option<JoinHandle<io::Result<Bytes>>>,
     /// Bytes read from the file that did not fit the caller's buffer.
     leftover: Bytes,
@@ -331,8 +356,17 @@ impl SpoolReader {
                 let read = ready!(Pin::new(task).poll(cx));
                 self.pending = None;
                 let bytes = read.map_err(io::Error::other)??;
-                if let Some(spill) = self.spool.lock().spill.as_mut() {
-                    spill.read += bytes.len() as u64;
+                let drained = {
+                    let mut state = self.spool.lock();
+                    if let Some(spill) = state.spill.as_mut() {
+                        spill.read += bytes.len() as u64;
+                    }
+                    state.release_drained(&self.spool.budget)
+                };
+                if let Some(file) = drained {
+                    // Closing the last handle of an unlinked file frees its
+                    // blocks and page cache: slow for a large file.
+                    tokio::task::spawn_blocking(move || drop(file));
                 }
                 self.leftover = bytes;
                 continue;
@@ -433,8 +467,118 @@ mod tests {
         let mut reader = SpoolReader::new(Arc::clone(&spool));
         assert_eq!(read_all(&mut reader).await.unwrap(), expected);
         assert_eq!(budget.memory_used(), 0);
-        drop((reader, spool));
-        assert_eq!(budget.disk_used(), 0, "dropping a spool frees its disk");
+        assert_eq!(budget.disk_used(), 0);
+    }
+
+    /// Reads exactly `n` bytes (the spool stays open, as a pooled
+    /// keep-alive channel's does between responses).
+    async fn read_exactly(reader: &mut SpoolReader, n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            let mut raw = vec![0u8; (n - out.len()).min(7000)];
+            let mut buf = ReadBuf::new(&mut raw);
+            poll_fn(|cx| reader.poll_read(cx, &mut buf)).await.unwrap();
+            assert!(!buf.filled().is_empty(), "early end after {}", out.len());
+            out.extend_from_slice(buf.filled());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_drained_spool_gives_its_disk_back_at_once() {
+        let budget = budget(1000, 4000);
+        let spool = Spool::new(Arc::clone(&budget));
+        let mut reader = SpoolReader::new(Arc::clone(&spool));
+        for round in 0..3 {
+            let (first, second) = (chunk(round, 1000), chunk(round + 1, 4000));
+            spool.push(first.clone()).await.unwrap();
+            spool.push(second.clone()).await.unwrap();
+            assert_eq!(budget.disk_used(), 4000, "round {round}: spilled");
+            let got = read_exactly(&mut reader, 5000).await;
+            assert!(got == [first, second].concat(), "round {round}: bytes");
+            assert_eq!(budget.memory_used(), 0);
+            assert_eq!(
+                budget.disk_used(),
+                0,
+                "round {round}: the reader caught up, the disk is released"
+            );
+            // The next round spills the whole per-stream budget again.
+        }
+        let full = async {
+            spool.push(chunk(9, 1000)).await.unwrap();
+            spool.push(chunk(9, 4000)).await.unwrap();
+            spool.push(chunk(9, 1)).await.unwrap_err()
+        };
+        assert_eq!(full.await.limit, "spool-disk-per-stream", "and no more");
+    }
+
+    #[tokio::test]
+    async fn a_drained_idle_spool_leaves_the_total_to_others() {
+        let budget = Budget::new(SpoolLimits {
+            memory_per_stream: 1000,
+            disk_per_stream: 4000,
+            memory_total: 1 << 20,
+            disk_total: 4000,
+            dir: std::env::temp_dir(),
+        });
+        let idle = Spool::new(Arc::clone(&budget));
+        let mut reader = SpoolReader::new(Arc::clone(&idle));
+        idle.push(chunk(0, 1000)).await.unwrap();
+        idle.push(chunk(1, 4000)).await.unwrap();
+        read_exactly(&mut reader, 5000).await;
+        // `idle` stays open with nothing buffered; another stream needs
+        // the whole process-wide disk budget.
+        let other = Spool::new(Arc::clone(&budget));
+        other.push(chunk(2, 1000)).await.unwrap();
+        other.push(chunk(3, 4000)).await.unwrap();
+        assert_eq!(budget.disk_used(), 4000);
+        drop((reader, idle));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_spool_frees_what_it_holds() {
+        let budget = budget(1000, 1 << 20);
+        let spool = Spool::new(Arc::clone(&budget));
+        spool.push(chunk(0, 1000)).await.unwrap();
+        spool.push(chunk(1, 3000)).await.unwrap();
+        assert_eq!((budget.memory_used(), budget.disk_used()), (1000, 3000));
+        drop(spool);
+        assert_eq!((budget.memory_used(), budget.disk_used()), (0, 0));
+    }
+
+    /// A writer and a reader on two threads, the reader catching up with
+    /// the file again and again (and sometimes while a write is in flight):
+    /// the bytes stay in order and every drained file is given back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_drains_keep_order_and_free_the_disk() {
+        let budget = budget(4000, 1 << 20);
+        let spool = Spool::new(Arc::clone(&budget));
+        let mut reader = SpoolReader::new(Arc::clone(&spool));
+        let mut expected = Vec::new();
+        let chunks: Vec<Bytes> = (0..400).map(|i| chunk(i, 1 + (i * 613) % 3000)).collect();
+        for data in &chunks {
+            expected.extend_from_slice(data);
+        }
+        let writer = tokio::spawn({
+            let (spool, budget) = (Arc::clone(&spool), Arc::clone(&budget));
+            async move {
+                let mut spilled = false;
+                for (i, data) in chunks.into_iter().enumerate() {
+                    spool.push(data).await.unwrap();
+                    spilled |= budget.disk_used() > 0;
+                    if i % 7 == 0 {
+                        tokio::task::yield_now().await;
+                    }
+                }
+                spool.finish();
+                spilled
+            }
+        });
+        let got = read_all(&mut reader).await.unwrap();
+        assert!(writer.await.unwrap(), "the writer got ahead onto disk");
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "bytes reordered");
+        assert_eq!((budget.memory_used(), budget.disk_used()), (0, 0));
     }
 
     #[tokio::test]
