@@ -730,3 +730,173 @@ async fn secret_a_node_with_another_secret_is_refused() {
         run.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_partitioned_node_loses_its_name_to_a_newer_claim() {
+    let mut cluster = Cluster::start(0, &[]).await;
+    let redis = std::net::SocketAddr::from(([127, 0, 0, 1], cluster.redis.port));
+    let mut partition = cluster_harness::Relay::start(redis).await;
+    let via_relay = format!("redis://127.0.0.1:{}", partition.port);
+    let one = cluster.launch_with(1, &via_relay, &[]).await;
+    cluster.nodes.push(Some(one));
+    let two = cluster.launch(2, &[]).await;
+    cluster.nodes.push(Some(two));
+    let key = SshKeyPair::generate();
+    let (old_app, new_app) = (Origin::start("old").await, Origin::start("new").await);
+    let mut old = tunnel_to(&cluster, 1, &old_app, Some(&key));
+    let host = old.url().await.host();
+    // Node 1 loses Redis; its heartbeat expires (3 s); the same key
+    // reconnects to node 2 and claims the name there.
+    partition.cut();
+    cluster
+        .wait_stats(2, SOON, |s| {
+            let nodes = s["cluster"]["nodes"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            nodes
+                .iter()
+                .any(|n| n["id"] == "node-1" && n["alive"] == false)
+        })
+        .await;
+    let new = tunnel_to(&cluster, 2, &new_app, Some(&key));
+    assert_eq!(new.url().await.host(), host);
+    let served = get_via(&cluster, 2, &host, "/whoami")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(served, "new");
+    // The partition heals: node 1 sees the newer claim, closes its tunnel
+    // with a notice, and from then on forwards the name to node 2.
+    partition.restore().await;
+    old.stdout
+        .wait_contains("taken over", Duration::from_secs(10))
+        .await
+        .unwrap_or_else(|e| panic!("the partitioned client is told: {e}"));
+    assert!(old.wait_exit(SOON).await.is_some(), "and it exits");
+    let deadline = Instant::now() + SOON;
+    loop {
+        let body = get_via(&cluster, 1, &host, "/whoami")
+            .await
+            .text()
+            .await
+            .unwrap();
+        if body == "new" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node 1 still serves its stale tunnel: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_a_broken_link_gives_a_fast_502_then_recovers() {
+    let mut cluster = Cluster::start(0, &[]).await;
+    let link = std::net::SocketAddr::new(node_ip(1), cluster.shared.ports.link);
+    let mut wire = cluster_harness::Relay::start(link).await;
+    let advertise = format!("127.0.0.1:{}", wire.port);
+    let redis = cluster.redis.url();
+    let one = cluster
+        .launch_with(1, &redis, &["--cluster-advertise", &advertise])
+        .await;
+    cluster.nodes.push(Some(one));
+    let two = cluster.launch(2, &[]).await;
+    cluster.nodes.push(Some(two));
+    let origin = Origin::start("far").await;
+    let ssh = tunnel_to(&cluster, 1, &origin, None);
+    let host = ssh.url().await.host();
+    expect_status(get_via(&cluster, 2, &host, "/hello").await, 200, "before").await;
+    wire.cut();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let resp = get_via(&cluster, 2, &host, "/hello").await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "a fast answer, not a hang"
+        );
+        assert_eq!(resp.status(), 502);
+        assert!(resp.headers().contains_key("retry-after"));
+        let page = resp.text().await.unwrap();
+        assert!(page.contains("node-1"), "the page names the node: {page}");
+    }
+    let down = cluster
+        .node(2)
+        .stderr
+        .text()
+        .matches("cluster link down")
+        .count();
+    assert_eq!(down, 1, "logged once:\n{}", cluster.node(2).stderr.text());
+    wire.restore().await;
+    wait_status(&cluster, 2, &host, 200, Duration::from_secs(15)).await;
+    drop(ssh);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_tunnels_per_ip_count_across_nodes() {
+    let cluster = Cluster::start(2, &["--max-tunnels-per-ip", "1"]).await;
+    let origin = Origin::start("one-only").await;
+    let first = tunnel_to(&cluster, 1, &origin, None);
+    first.url().await;
+    // The same IP on node 2: over the cluster-wide limit.
+    let forward = format!("80:127.0.0.1:{}", origin.port);
+    let host = node_ip(2).to_string();
+    let args = ["-tt", "-R", forward.as_str()];
+    let second = SshSpec {
+        port: cluster.shared.ports.ssh,
+        args: &args,
+        host: &host,
+        ..SshSpec::default()
+    }
+    .spawn();
+    let refused = second
+        .stdout
+        .wait_contains("ERROR: max-tunnels-per-ip", SOON)
+        .await;
+    assert!(
+        refused.is_ok(),
+        "refused with the limit named:\n{}",
+        second.all_output()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_health_answers_draining_while_a_node_stops() {
+    let mut cluster = Cluster::start(1, &["--shutdown-grace", "20s"]).await;
+    let origin = Origin::start("slow").await;
+    let ssh = tunnel_to(&cluster, 1, &origin, None);
+    let host = ssh.url().await.host();
+    let health = format!(
+        "http://{}:{}/health",
+        node_ip(1),
+        cluster.shared.ports.health
+    );
+    let ok = reqwest::get(&health).await.unwrap();
+    assert_eq!(ok.status(), 200);
+    assert_eq!(ok.text().await.unwrap(), "ok\n");
+    // A download in flight keeps the node draining.
+    let mut download = get_via(&cluster, 1, &host, "/bytes?n=104857600").await;
+    assert_eq!(download.status(), 200);
+    download.chunk().await.unwrap();
+    let node = cluster.stop(1).unwrap();
+    node.signal("TERM");
+    let deadline = Instant::now() + SOON;
+    loop {
+        let answer = reqwest::get(&health).await.unwrap();
+        if answer.status() == 503 {
+            assert_eq!(answer.text().await.unwrap(), "draining\n");
+            break;
+        }
+        assert!(Instant::now() < deadline, "health never said draining");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(download);
+    let mut node = node;
+    assert!(
+        node.wait_exit(Duration::from_secs(25)).await.is_some(),
+        "the node stops"
+    );
+}

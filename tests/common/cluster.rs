@@ -206,6 +206,11 @@ impl Cluster {
 
     /// The arguments of node `i`.
     pub fn args(&self, i: usize, more: &[&str]) -> Vec<String> {
+        self.args_with(i, &self.redis.url(), more)
+    }
+
+    /// The arguments of node `i`, reaching Redis at `redis_url`.
+    pub fn args_with(&self, i: usize, redis_url: &str, more: &[&str]) -> Vec<String> {
         let ip = node_ip(i);
         let p = self.shared.ports;
         let addr = |port: u16| SocketAddr::new(ip, port).to_string();
@@ -221,7 +226,7 @@ impl Cluster {
             "--host-key".into(),
             self.shared.host_key.display().to_string(),
             "--cluster-redis".into(),
-            self.redis.url(),
+            redis_url.to_string(),
             "--cluster-listen".into(),
             addr(p.link),
             "--cluster-secret".into(),
@@ -247,6 +252,17 @@ impl Cluster {
         }
         let dir = TempDir::new(&format!("burrow-node-{i}"));
         Burrow::launch(dir, self.shared.cert.clone(), &self.args(i, more), &[]).await
+    }
+
+    /// Starts node `i` with its own Redis URL and flags (e.g. through a
+    /// [`Relay`] that can be cut).
+    pub async fn launch_with(&self, i: usize, redis_url: &str, more: &[&str]) -> Burrow {
+        if i > 1 {
+            wait_for_file(&self.shared.host_key).await;
+        }
+        let dir = TempDir::new(&format!("burrow-node-{i}"));
+        let args = self.args_with(i, redis_url, more);
+        Burrow::launch(dir, self.shared.cert.clone(), &args, &[]).await
     }
 
     /// Node `i`, running.
@@ -417,5 +433,59 @@ impl Drop for Haproxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A TCP relay on 127.0.0.1 to `target` that can be cut (every
+/// connection closed, new ones refused) and restored on the same port: a
+/// network partition between two parts of the test.
+pub struct Relay {
+    pub port: u16,
+    target: SocketAddr,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Relay {
+    pub async fn start(target: SocketAddr) -> Relay {
+        let port = port_free_on(&[node_ip(1)]);
+        let mut relay = Relay {
+            port,
+            target,
+            task: None,
+        };
+        relay.restore().await;
+        relay
+    }
+
+    /// Closes every relayed connection and refuses new ones.
+    pub fn cut(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    /// Accepts and relays again.
+    pub async fn restore(&mut self) {
+        self.cut();
+        let listener = tokio::net::TcpListener::bind((node_ip(1), self.port))
+            .await
+            .expect("relay port");
+        let target = self.target;
+        self.task = Some(tokio::spawn(async move {
+            let mut pipes = tokio::task::JoinSet::new();
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                pipes.spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.cut();
     }
 }
