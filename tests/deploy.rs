@@ -416,7 +416,17 @@ fn env_example_values_start_a_server() {
     for (name, value, _) in assignments {
         env.insert(name.to_owned(), value.to_owned());
     }
-    for name in ["TLS_CERT", "TLS_KEY"] {
+    // The cluster settings need a Redis and other nodes (tests/cluster.rs
+    // runs them): this server starts alone.
+    for name in [
+        "TLS_CERT",
+        "TLS_KEY",
+        "CLUSTER_REDIS",
+        "NODE_ID",
+        "CLUSTER_LISTEN",
+        "CLUSTER_ADVERTISE",
+        "CLUSTER_SECRET_FILE",
+    ] {
         env.remove(name);
     }
     let loopback = "127.0.0.1:0".to_owned();
@@ -431,6 +441,7 @@ fn env_example_values_start_a_server() {
         ("HOST_KEY_PATH", path(&dir.path().join("host_key"))),
         ("KEYS_FILE", path(&keys_file)),
         ("SPOOL_DIR", path(&spool)),
+        ("HEALTH_ADDR", "127.0.0.1:0".to_owned()),
     ] {
         env.insert(name.to_owned(), value);
     }
@@ -472,6 +483,26 @@ fn env_example_values_start_a_server() {
     assert!(
         ready.contains(&format!("domain={domain}")),
         "the ready line does not name DOMAIN={domain}: {ready}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// HAProxy
+// ---------------------------------------------------------------------------
+
+/// deploy/haproxy.cfg is a configuration HAProxy accepts (`haproxy -c`).
+#[test]
+fn haproxy_config_is_valid() {
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/haproxy.cfg");
+    let out = Command::new("haproxy")
+        .args(["-c", "-f", config])
+        .output()
+        .expect("haproxy is not installed: apt-get install -y haproxy (or run .ci/run)");
+    assert!(
+        out.status.success(),
+        "haproxy -c rejects deploy/haproxy.cfg:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 
