@@ -900,3 +900,48 @@ async fn ops_health_answers_draining_while_a_node_stops() {
         "the node stops"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ops_nodes_warn_when_their_keys_files_differ() {
+    let mut cluster = Cluster::start(0, &[]).await;
+    let key = SshKeyPair::generate();
+    let (same, other) = (
+        cluster.shared.dir.path().join("keys-a"),
+        cluster.shared.dir.path().join("keys-b"),
+    );
+    std::fs::write(&same, format!("names=api {}\n", key.public)).unwrap();
+    std::fs::write(&other, format!("names=web {}\n", key.public)).unwrap();
+    let redis = cluster.redis.url();
+    let flags =
+        |file: &std::path::Path| vec!["--keys-file".to_string(), file.display().to_string()];
+    let (a, b) = (flags(&same), flags(&other));
+    let (a, b): (Vec<&str>, Vec<&str>) = (
+        a.iter().map(String::as_str).collect(),
+        b.iter().map(String::as_str).collect(),
+    );
+    let one = cluster.launch_with(1, &redis, &a).await;
+    cluster.nodes.push(Some(one));
+    let two = cluster.launch_with(2, &redis, &a).await;
+    cluster.nodes.push(Some(two));
+    let three = cluster.launch_with(3, &redis, &b).await;
+    cluster.nodes.push(Some(three));
+    let warned = cluster
+        .node(1)
+        .stderr
+        .wait_contains("node reads a different keys file", SOON)
+        .await;
+    assert!(
+        warned.is_ok(),
+        "node 1 warns:\n{}",
+        cluster.node(1).stderr.text()
+    );
+    let log = cluster.node(1).stderr.text();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("different keys file"))
+        .collect();
+    assert!(
+        lines.iter().all(|l| l.contains("node-3")),
+        "only node 3 differs: {lines:?}"
+    );
+}

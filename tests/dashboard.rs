@@ -11,6 +11,8 @@
 
 #[path = "common/browser.rs"]
 mod browser;
+#[path = "common/cluster.rs"]
+mod cluster_harness;
 mod common;
 
 use std::time::{Duration, Instant};
@@ -302,6 +304,72 @@ async fn chromium_dashboard_shows_live_data() {
         is_blue,
         "request rate (narrow)",
     );
+    browser.close().await;
+}
+
+/// What the node table and the tunnels' node column show.
+const READ_NODES: &str = r##"
+const rows = Array.from(document.querySelectorAll("#nodes tbody tr"));
+const tunnels = Array.from(document.querySelectorAll("#tunnels tbody tr"));
+return {
+  hidden: document.getElementById("nodes-panel").hidden,
+  redis: document.getElementById("nodes-redis").textContent,
+  nodes: rows.map((tr) => Array.from(tr.cells).map((td) => td.textContent)),
+  tunnels: tunnels.map((tr) => tr.cells[tr.cells.length - 1].textContent),
+};
+"##;
+
+/// In a cluster the dashboard shows the nodes (alive, tunnels, heartbeat,
+/// Redis) and which node serves each tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_dashboard_shows_the_cluster_nodes() {
+    let Some(bins) = browser_or_skip("chromium_dashboard_shows_the_cluster_nodes") else {
+        return;
+    };
+    let cluster = cluster_harness::Cluster::start(2, &[]).await;
+    let origin = Origin::start("on-node-2").await;
+    let host = cluster_harness::node_ip(2).to_string();
+    let forward = format!("80:127.0.0.1:{}", origin.port);
+    let args = ["-tt", "-R", forward.as_str()];
+    let ssh = SshSpec {
+        port: cluster.shared.ports.ssh,
+        args: &args,
+        host: &host,
+        ..SshSpec::default()
+    }
+    .spawn();
+    ssh.url().await;
+    let browser = Browser::start(&bins).await;
+    let c = browser.client().clone();
+    // Node 1 listens on 127.0.0.1, which Chromium reaches as localhost.
+    let page = format!("http://localhost:{}/dashboard", cluster.shared.ports.stats);
+    step("open the dashboard", c.goto(&page)).await;
+    let deadline = Instant::now() + PAGE_WAIT;
+    let seen = loop {
+        let seen = step("read the nodes", c.execute(READ_NODES, vec![])).await;
+        let nodes = seen["nodes"].as_array().cloned().unwrap_or_default();
+        let alive = |id: &str| {
+            nodes
+                .iter()
+                .any(|row| row[0].as_str().is_some_and(|n| n.starts_with(id)) && row[2] == "alive")
+        };
+        let tunnel_on_two = seen["tunnels"]
+            .as_array()
+            .is_some_and(|t| t.iter().any(|n| n == "node-2"));
+        if seen["hidden"] == false && alive("node-1") && alive("node-2") && tunnel_on_two {
+            break seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the dashboard never showed both nodes: {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(seen["redis"], "· Redis up", "{seen}");
+    let this = seen["nodes"][0][0].as_str().unwrap();
+    assert!(this.contains("(this node)"), "{seen}");
+    let png = step("screenshot", c.screenshot()).await;
+    save_screenshot("dashboard-cluster.png", &png);
     browser.close().await;
 }
 

@@ -102,6 +102,7 @@
     drawChart($("chart-requests"), series, "requests");
     drawChart($("chart-errors"), series, "errors");
     renderTunnels();
+    renderNodes();
     renderBans();
     document.body.dataset.refreshes = String(state.refreshes);
   }
@@ -258,7 +259,7 @@
       let row = byName.get(t.name);
       if (!row) {
         row = { name: t.name, kind: t.kind, url: t.url, clients: 0, requests: 0, errors: 0,
-          bytes_in: 0, bytes_out: 0, open: 0, created: Infinity };
+          bytes_in: 0, bytes_out: 0, open: 0, created: Infinity, nodes: new Set() };
         byName.set(t.name, row);
       }
       row.clients++;
@@ -268,6 +269,7 @@
       row.bytes_out += t.bytes_out || 0;
       row.open += t.open_connections || 0;
       row.created = Math.min(row.created, Date.parse(t.created) || Date.now());
+      if (t.node) row.nodes.add(t.node);
     }
     return Array.from(byName.values()).sort((a, b) => b.requests - a.requests || a.name.localeCompare(b.name));
   }
@@ -296,11 +298,36 @@
         cell(bytes(t.bytes_out), "num"),
         cell(num(t.open), "num"),
         cell(duration((Date.now() - t.created) / 1000), "num"));
+      if (clustered()) tr.append(cell(Array.from(t.nodes).sort().join(", "), "node-col"));
       return tr;
     }));
+    for (const th of document.querySelectorAll("#tunnels th.node-col")) th.hidden = !clustered();
     $("tunnels-count").textContent = rows.length ? "(" + rows.length + ")" : "";
     $("tunnels").hidden = rows.length === 0;
     $("tunnels-empty").hidden = rows.length > 0;
+  }
+
+  // In a cluster the stats carry the node table.
+  function clustered() { return Boolean(state.stats && state.stats.cluster); }
+
+  function renderNodes() {
+    const cluster = state.stats && state.stats.cluster;
+    $("nodes-panel").hidden = !cluster;
+    if (!cluster) return;
+    const nodes = cluster.nodes || [];
+    $("nodes").tBodies[0].replaceChildren(...nodes.map((n) => {
+      const tr = el("tr");
+      tr.dataset.node = n.id;
+      const name = cell(n.id, "name");
+      if (n.id === cluster.node_id) name.appendChild(el("span", "muted", " (this node)"));
+      const stateCell = el("td");
+      stateCell.appendChild(el("span", "kind " + (n.alive ? "alive" : "dead"), n.alive ? "alive" : "gone"));
+      const beat = n.last_heartbeat ? String(n.last_heartbeat).replace("T", " ").replace("Z", "") : "–";
+      tr.append(name, cell(n.address, ""), stateCell, cell(num(n.tunnels), "num"), cell(beat, ""));
+      return tr;
+    }));
+    $("nodes-count").textContent = "(" + nodes.length + ")";
+    $("nodes-redis").textContent = "· Redis " + cluster.redis;
   }
 
   function renderBans() {
