@@ -898,6 +898,8 @@ pub struct Ssh {
     pub stdout: OutputBuf,
     pub stderr: OutputBuf,
     exit: Option<ExitStatus>,
+    /// What the client reads while it runs (its key, its HOME), removed
+    /// only once no client uses it.
     _key_dir: Arc<TempDir>,
 }
 
@@ -1606,8 +1608,20 @@ impl SshSpec<'_> {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("spawn ssh");
-        let (stdout, stderr) = capture_output(&mut child, Some("ssh"));
+        let child = cmd.spawn().expect("spawn ssh");
+        Ssh::adopt(child, "ssh", key_dir)
+    }
+}
+
+impl Ssh {
+    /// Wraps an SSH client process started elsewhere (any client: plink,
+    /// dbclient, a script), spawned with stdout and stderr piped and stdin
+    /// piped or null, so tests drive it like `ssh`: [`Ssh::url`],
+    /// [`Ssh::close_stdin`], [`Ssh::kill`]. Its output is echoed as
+    /// `[TAG stdout]`/`[TAG stderr]`; `keep` (its key files, its HOME)
+    /// lives as long as the client.
+    pub fn adopt(mut child: Child, tag: &str, keep: Arc<TempDir>) -> Ssh {
+        let (stdout, stderr) = capture_output(&mut child, Some(tag));
         let stdin = child.stdin.take();
         Ssh {
             child,
@@ -1615,7 +1629,7 @@ impl SshSpec<'_> {
             stdout,
             stderr,
             exit: None,
-            _key_dir: key_dir,
+            _key_dir: keep,
         }
     }
 }
