@@ -308,6 +308,33 @@ async fn served_tls_passthrough_through_another_node() {
     assert_eq!(answer, "app saw hello");
 }
 
+/// A visitor's malformed body through a node that does not hold the
+/// tunnel is still the visitor's fault: 400, not a 502 naming a node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_a_malformed_body_through_another_node_is_a_400() {
+    let cluster = Cluster::start(2, &[]).await;
+    let origin = Origin::start("owner").await;
+    let ssh = tunnel_to(&cluster, 1, &origin, None);
+    let host = ssh.url().await.host();
+    let tls = common::tls_config_accept_any();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let tcp = TcpStream::connect((node_ip(2), cluster.shared.ports.https))
+        .await
+        .unwrap();
+    let name = rustls::pki_types::ServerName::try_from(host.clone()).unwrap();
+    let mut stream = connector.connect(name, tcp).await.expect("TLS to node 2");
+    let request = format!(
+        "POST /echo HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n5\r\nhello\r\nzz\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(SOON, stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(answer.contains("Malformed request body"), "{answer}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn served_per_tunnel_rate_limit_holds_across_nodes() {
     let cluster = Cluster::start(3, &["--tunnel-rate", "1/m", "--tunnel-burst", "4"]).await;

@@ -391,3 +391,56 @@ async fn request_log_marks_lines_not_shown() {
         .unwrap_or_else(|text| panic!("markers must count 3:\n{text}"));
     assert_eq!(ssh.stdout.text().matches("/secret").count(), 1);
 }
+
+/// A visitor's malformed request body (an invalid chunk size) is the
+/// visitor's fault: 400, not a 502 blamed on the app; it is not counted as
+/// the tunnel's error, and the log line says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_request_body_is_the_visitors_fault() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let burrow = Burrow::start(&[]).await;
+    let origin = Origin::start("log").await;
+    let (ssh, host) = logged_tunnel(&burrow, origin.port, &["-T"], &[]).await;
+
+    let mut tls = burrow.tls_connect(&host, Alpn::Http1).await;
+    let request = format!(
+        "POST /echo HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n5\r\nhello\r\nzz\r\n"
+    );
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tls.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(answer.contains("Malformed request body"), "{answer}");
+
+    log_line(&ssh, &["POST", "/echo", "400"]).await;
+    log_line(&ssh, &["↳ the visitor sent a malformed request body"]).await;
+    let url = format!("http://{}/tunnels", burrow.addrs.stats);
+    let tunnels = burrow
+        .http_client()
+        .get(&url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let tunnels: serde_json::Value = serde_json::from_str(&tunnels).unwrap();
+    assert_eq!(tunnels[0]["requests"], 1, "{tunnels}");
+    assert_eq!(tunnels[0]["errors"], 0, "not the app's error: {tunnels}");
+    let metrics = burrow
+        .http_client()
+        .get(format!("http://{}/metrics", burrow.addrs.stats))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("burrow_http_requests_total{code=\"4xx\"} 1"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("code=\"5xx\"} 1"), "{metrics}");
+}

@@ -7,6 +7,7 @@
 //! reach tunnels on several nodes.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -14,6 +15,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
+use super::metered::{Cut, MeteredBody, Stopped};
 use super::{pages, rewrite, Body, Scheme};
 use crate::counters::COUNTERS;
 use crate::pipe::relay::{self, RelayLimits};
@@ -65,10 +67,21 @@ pub async fn forward(
             tracing::debug!(error = %err, "forwarded connection ended");
         }
     });
-    let request = to_link_request(req).map(|body| body.map_err(Into::into).boxed_unsync());
+    // A visitor's malformed body is the visitor's fault, not the node's.
+    let cut = Arc::new(Cut::default());
+    let request = to_link_request(req).map(|body| {
+        MeteredBody::new(body)
+            .watch(Arc::clone(&cut))
+            .boxed_unsync()
+    });
     let mut response = match sender.send_request(request).await {
         Ok(response) => response,
-        Err(err) => return unreachable_with(&headers, &remote.member.node, &err.to_string()),
+        Err(err) => {
+            return match cut.get() {
+                Some(Stopped::Broken(why)) => pages::malformed_body(why).render(&headers),
+                _ => unreachable_with(&headers, &remote.member.node, &err.to_string()),
+            }
+        }
     };
     if let (StatusCode::SWITCHING_PROTOCOLS, Some(visitor_side)) = (response.status(), upgrade) {
         let node_side = hyper::upgrade::on(&mut response);

@@ -10,11 +10,16 @@ use std::sync::Arc;
 use http_body_util::BodyExt;
 use hyper::{Response, StatusCode};
 
-use super::metered::MeteredBody;
+use super::metered::{Cut, MeteredBody, Stopped};
 use super::Body;
 use crate::pipe::relay::Moved;
 use crate::request_log::{Answered, Event, Seen};
 use crate::tunnel::{Client, Tunnel};
+
+/// What cut the visitor's request body, carried on the response so the
+/// log line can blame a malformed body rather than the response.
+#[derive(Clone)]
+pub struct RequestCut(pub Arc<Cut>);
 
 /// Writes the request's log line (and its access-log line) when the
 /// response body ends, with why it was cut if it was. A 101 is left to
@@ -31,6 +36,7 @@ pub fn when_done(
         return response;
     }
     let answered = response.extensions().get::<Answered>().cloned();
+    let request_cut = response.extensions().get::<RequestCut>().cloned();
     // HEAD, 204 and 304 have no body to finish.
     let bodyless =
         seen.is_head() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
@@ -39,13 +45,22 @@ pub fn when_done(
         MeteredBody::new(body)
             .on_end(move |ended| {
                 let sent = crate::limits::human_bytes(ended.bytes);
-                let why = match (answered.as_ref(), ended.error) {
-                    (Some(answered), _) => answered.0.clone(),
-                    (None, Some(error)) => Some(format!("response cut off after {sent}: {error}")),
-                    (None, None) if !ended.complete && !bodyless => Some(format!(
+                let broken = request_cut.as_ref().and_then(|cut| match cut.0.get() {
+                    Some(Stopped::Broken(why)) => Some(why.clone()),
+                    _ => None,
+                });
+                let why = match (answered.as_ref(), ended.error, broken) {
+                    (Some(answered), _, _) => answered.0.clone(),
+                    (None, Some(_), Some(broken)) => Some(format!(
+                        "the visitor sent a malformed request body ({broken}): connection closed after {sent}"
+                    )),
+                    (None, Some(error), None) => {
+                        Some(format!("response cut off after {sent}: {error}"))
+                    }
+                    (None, None, _) if !ended.complete && !bodyless => Some(format!(
                         "the visitor went away after {sent}, before the response ended"
                     )),
-                    (None, None) => None,
+                    (None, None, _) => None,
                 };
                 let duration = seen.elapsed();
                 let event = Event::Request {

@@ -7,7 +7,7 @@ use std::any::Any;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -40,6 +40,34 @@ impl std::fmt::Display for MeterError {
 
 impl std::error::Error for MeterError {}
 
+/// Why a watched body stopped early, kept for whoever answers for it (a
+/// 413 for a body over the limit, a 400 for a visitor's malformed one,
+/// the request log's reason). The first cut is the one kept.
+#[derive(Debug, Default)]
+pub struct Cut(OnceLock<Stopped>);
+
+/// What cut a body.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Stopped {
+    /// Over `max-body-size` (the limit in bytes).
+    TooLarge(u64),
+    /// No bytes moved for the idle timeout.
+    Idle,
+    /// The body itself failed (e.g. a malformed chunked encoding): why.
+    Broken(String),
+}
+
+impl Cut {
+    fn record(&self, stopped: Stopped) {
+        let _ = self.0.set(stopped);
+    }
+
+    /// What cut the body, if anything did.
+    pub fn get(&self) -> Option<&Stopped> {
+        self.0.get()
+    }
+}
+
 /// How a body ended: the bytes that went by, the error that cut it, if
 /// one did, and whether it was read to its end (`false`: the reader went
 /// away first, e.g. a visitor who cancelled).
@@ -57,9 +85,9 @@ pub struct MeteredBody<B> {
     inner: B,
     seen: u64,
     limit: u64,
-    /// Raised when the limit cut the body, so the caller can tell a 413 from
-    /// another failure.
-    exceeded: Option<Arc<AtomicBool>>,
+    /// Told what cut the body, so the caller can tell a 413 (the limit) or
+    /// a 400 (the body was malformed) from another failure.
+    cut: Option<Arc<Cut>>,
     activity: Option<Arc<Activity>>,
     idle: Duration,
     idle_sleep: Option<Pin<Box<Sleep>>>,
@@ -75,7 +103,7 @@ impl<B> MeteredBody<B> {
             inner,
             seen: 0,
             limit: 0,
-            exceeded: None,
+            cut: None,
             activity: None,
             idle: Duration::ZERO,
             idle_sleep: None,
@@ -102,11 +130,23 @@ impl<B> MeteredBody<B> {
         }
     }
 
-    /// Cuts the body after `limit` bytes (0 = no limit), raising `flag`.
-    pub fn limit(mut self, limit: u64, flag: Option<Arc<AtomicBool>>) -> Self {
+    /// Cuts the body after `limit` bytes (0 = no limit).
+    pub fn limit(mut self, limit: u64) -> Self {
         self.limit = limit;
-        self.exceeded = flag;
         self
+    }
+
+    /// Records in `cut` why the body stopped early, if it does.
+    pub fn watch(mut self, cut: Arc<Cut>) -> Self {
+        self.cut = Some(cut);
+        self
+    }
+
+    fn stopped(&mut self, stopped: Stopped, error: String) {
+        if let Some(cut) = &self.cut {
+            cut.record(stopped);
+        }
+        self.end(Some(error), false);
     }
 
     /// Touches `activity` on every data frame; with a non-zero `idle`, fails
@@ -167,7 +207,7 @@ where
             Poll::Pending => {
                 return match this.poll_idle(cx) {
                     Some(err) => {
-                        this.end(Some(err.to_string()), false);
+                        this.stopped(Stopped::Idle, err.to_string());
                         Poll::Ready(Some(Err(err.into())))
                     }
                     None => Poll::Pending,
@@ -183,13 +223,10 @@ where
                         activity.touch();
                     }
                     if this.limit > 0 && this.seen > this.limit {
-                        if let Some(flag) = &this.exceeded {
-                            flag.store(true, Ordering::Relaxed);
-                        }
                         let err = MeterError::TooLarge(this.limit);
                         // What was let through, not the frame that broke the cap.
                         this.seen -= data.len() as u64;
-                        this.end(Some(err.to_string()), false);
+                        this.stopped(Stopped::TooLarge(this.limit), err.to_string());
                         return Poll::Ready(Some(Err(err.into())));
                     }
                 }
@@ -200,7 +237,7 @@ where
             }
             Some(Err(err)) => {
                 let err: BoxError = err.into();
-                this.end(Some(err.to_string()), false);
+                this.stopped(Stopped::Broken(err.to_string()), err.to_string());
                 Poll::Ready(Some(Err(err)))
             }
             None => {
@@ -245,17 +282,45 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn cuts_at_the_limit_and_raises_the_flag() {
-        let flag = Arc::new(AtomicBool::new(false));
-        let body = MeteredBody::new(chunks(10, 100)).limit(550, Some(Arc::clone(&flag)));
+    async fn cuts_at_the_limit_and_says_so() {
+        let cut = Arc::new(Cut::default());
+        let body = MeteredBody::new(chunks(10, 100))
+            .limit(550)
+            .watch(Arc::clone(&cut));
         let err = body.collect().await.expect_err("cut off");
         assert!(err.to_string().contains("max-body-size"));
-        assert!(flag.load(Ordering::Relaxed));
+        assert_eq!(cut.get(), Some(&Stopped::TooLarge(550)));
+    }
+
+    #[tokio::test]
+    async fn a_failing_body_is_recorded_as_broken() {
+        let frames = vec![
+            Ok(Frame::data(Bytes::from_static(b"abc"))),
+            Err(std::io::Error::other("invalid chunk size")),
+        ];
+        let cut = Arc::new(Cut::default());
+        let body = MeteredBody::new(StreamBody::new(futures_util::stream::iter(frames)))
+            .watch(Arc::clone(&cut));
+        assert!(body.collect().await.is_err());
+        assert_eq!(
+            cut.get(),
+            Some(&Stopped::Broken("invalid chunk size".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_whole_body_is_not_cut() {
+        let cut = Arc::new(Cut::default());
+        let body = MeteredBody::new(chunks(3, 100))
+            .limit(1000)
+            .watch(Arc::clone(&cut));
+        assert_eq!(body.collect().await.unwrap().to_bytes().len(), 300);
+        assert_eq!(cut.get(), None);
     }
 
     #[tokio::test]
     async fn passes_bodies_under_the_limit() {
-        let body = MeteredBody::new(chunks(10, 100)).limit(1000, None);
+        let body = MeteredBody::new(chunks(10, 100)).limit(1000);
         assert_eq!(body.collect().await.unwrap().to_bytes().len(), 1000);
     }
 
@@ -274,7 +339,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let done = tx.clone();
         let body = MeteredBody::new(chunks(10, 100))
-            .limit(550, None)
+            .limit(550)
             .on_end(move |ended| done.send(ended).unwrap());
         assert!(body.collect().await.is_err());
         let ended = rx.try_recv().expect("called");

@@ -277,6 +277,17 @@ pub fn too_large(limit: u64) -> Page {
         ))
 }
 
+/// The visitor's request body broke off malformed (`error`, e.g. an
+/// invalid chunk size): the visitor's fault, not the app's.
+pub fn malformed_body(error: &str) -> Page {
+    Page::new(StatusCode::BAD_REQUEST, "Malformed request body")
+        .text("The body of this request could not be read: it is not valid HTTP.")
+        .code(error.to_string())
+        .why(format!(
+            "the visitor sent a malformed request body ({error}): answered 400, the request to your app was cancelled"
+        ))
+}
+
 pub fn response_too_large(host: &str, limit: u64) -> Page {
     Page::new(StatusCode::BAD_GATEWAY, "Response too large")
         .text(format!("The app behind {host} sent a response larger than this server relays ({limit} bytes, max-body-size)."))

@@ -20,7 +20,6 @@
 //! dev server).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +30,7 @@ use hyper::{Request, Response, StatusCode};
 
 use super::access::{self, Access};
 use super::interstitial::{self, Gate};
-use super::metered::MeteredBody;
+use super::metered::{Cut, MeteredBody, Stopped};
 use super::upstream::SendError;
 use super::{log, pages, rewrite, upstream, websocket, Body, Scheme};
 use crate::config::LimitArgs;
@@ -226,7 +225,9 @@ impl Proxy {
         let visitor_headers = pages::negotiation_headers(req.headers());
         let (host, limits) = (visitor.host, &self.limits);
         let activity = Arc::new(Activity::default());
-        let too_large = Arc::new(AtomicBool::new(false));
+        // What cut the visitor's body, if anything: too large (413) or
+        // malformed (400) are not the app's failures.
+        let cut = Arc::new(Cut::default());
 
         let upgrade = ws_slot.is_some().then(|| hyper::upgrade::on(&mut req));
         let seen = req.extensions().get::<Seen>().cloned();
@@ -241,7 +242,8 @@ impl Proxy {
         )
         .map(|body| {
             MeteredBody::new(body)
-                .limit(limits.max_body_size, Some(Arc::clone(&too_large)))
+                .limit(limits.max_body_size)
+                .watch(Arc::clone(&cut))
                 .activity(Arc::clone(&activity), Duration::ZERO)
                 .boxed_unsync()
         });
@@ -257,7 +259,7 @@ impl Proxy {
         };
         let mut response = match sent {
             Ok(response) => response,
-            Err(err) => return failed(tunnel, host, err, &too_large, limits, &visitor_headers),
+            Err(err) => return failed(tunnel, host, err, &cut, &visitor_headers),
         };
         if limits.max_body_size > 0
             && content_length(response.headers()).is_some_and(|len| len > limits.max_body_size)
@@ -272,12 +274,14 @@ impl Proxy {
             let upgrades = (visitor_upgrade, origin_upgrade);
             websocket::relay(&self.shutdown, limits, upgrades, ws_slot, log);
         }
+        // The visitor's body may still break after the head came back.
+        response.extensions_mut().insert(log::RequestCut(cut));
         rewrite::strip_hop_by_hop(response.headers_mut(), switching);
         rewrite::add_safety_headers(response.headers_mut());
         access::decorate(options, origin.as_ref(), response.headers_mut());
         response.map(|body| {
             MeteredBody::new(body)
-                .limit(limits.max_body_size, None)
+                .limit(limits.max_body_size)
                 .activity(activity, idle)
                 .guard(slot)
                 .guard(in_flight)
@@ -286,16 +290,27 @@ impl Proxy {
     }
 }
 
-/// The page for a request the app never answered.
+/// The page for a request the app never answered. A visitor's body that
+/// was too large or malformed is the visitor's fault (413, 400), whatever
+/// the connection to the app then said.
 fn failed(
     tunnel: &Tunnel,
     host: &str,
     err: SendError,
-    too_large: &AtomicBool,
-    limits: &LimitArgs,
+    cut: &Cut,
     visitor_headers: &HeaderMap,
 ) -> Response<Body> {
-    let page = match err {
+    let page = match (err, cut.get()) {
+        (_, Some(Stopped::TooLarge(limit))) => pages::too_large(*limit),
+        (_, Some(Stopped::Broken(why))) => pages::malformed_body(why),
+        (err, _) => app_failed(tunnel, host, err),
+    };
+    page.render(visitor_headers)
+}
+
+/// The page for a request the app (or the stream to it) failed.
+fn app_failed(tunnel: &Tunnel, host: &str, err: SendError) -> pages::Page {
+    match err {
         SendError::Open(OpenError::Timeout) => pages::channel_timeout(host),
         SendError::Open(err) => {
             tracing::debug!(subdomain = %tunnel.key(), error = ?err, "stream open failed");
@@ -308,15 +323,11 @@ fn failed(
             };
             pages::local_app_down(host, &hint, said)
         }
-        SendError::Failed(_) if too_large.load(Ordering::Relaxed) => {
-            pages::too_large(limits.max_body_size)
-        }
         SendError::Failed(err) => {
             tracing::debug!(subdomain = %tunnel.key(), error = %err, "local app gave no response");
             pages::local_app_failed(host, &err.to_string())
         }
-    };
-    page.render(visitor_headers)
+    }
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
