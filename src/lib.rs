@@ -154,6 +154,14 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         spool: Arc::clone(&spool),
         shutdown: shutdown.clone(),
     });
+    // SSH clients on the HTTPS port go to the SSH server.
+    let (ssh_handoff, ssh_handoffs) = match config.ssh_on_https {
+        config::Switch::On => {
+            let (give, take) = listen::handoff();
+            (Some(give), Some(take))
+        }
+        config::Switch::Off => (None, None),
+    };
     let edge = Arc::new(edge::Edge {
         router: edge::router::Router::new(Arc::clone(&registry), Arc::clone(&custom)),
         proxy: http::proxy::Proxy {
@@ -176,6 +184,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         challenges,
         http_mode: config.http_mode,
         conn_limits: http::ConnLimits::new(&config.limits, trusted),
+        ssh: ssh_handoff,
         shutdown: shutdown.clone(),
     });
     let history = Arc::new(ops::dashboard::History::start_now());
@@ -210,7 +219,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         idle: config.limits.tunnel_idle_timeout,
         lifetime: config.limits.tunnel_max_lifetime,
     };
-    shutdown.spawn(ssh::serve(listeners.ssh, server));
+    shutdown.spawn(ssh::serve(listeners.ssh, server, ssh_handoffs));
     shutdown.spawn(edge::redirect::serve(listeners.http, Arc::clone(&edge)));
     if let (Some(cluster), Some(listener)) = (&cluster, listeners.cluster) {
         let link = Arc::new(cluster::serve::LinkServer {

@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 
 /// How long to wait after a failed accept.
 const BACK_OFF: Duration = Duration::from_millis(50);
@@ -34,6 +35,39 @@ where
         };
         let _ = stream.set_nodelay(true);
         each(stream, peer);
+    }
+}
+
+/// Connections waiting to be handed over; more are refused (closed).
+const HANDOFF_QUEUE: usize = 256;
+
+/// The giving end of a hand-over: a connection accepted on one listener
+/// that belongs to another server (SSH arriving on :443), with its
+/// client's address already resolved (PROXY header read).
+#[derive(Clone)]
+pub struct Handoff(mpsc::Sender<(TcpStream, SocketAddr)>);
+
+/// The receiving end: the server the connections belong to.
+pub struct Handoffs(mpsc::Receiver<(TcpStream, SocketAddr)>);
+
+/// A new hand-over channel.
+pub fn handoff() -> (Handoff, Handoffs) {
+    let (tx, rx) = mpsc::channel(HANDOFF_QUEUE);
+    (Handoff(tx), Handoffs(rx))
+}
+
+impl Handoff {
+    /// Hands `stream` over; `false` (and the stream closed) when the
+    /// receiving server is gone or has too many waiting.
+    pub fn give(&self, stream: TcpStream, peer: SocketAddr) -> bool {
+        self.0.try_send((stream, peer)).is_ok()
+    }
+}
+
+impl Handoffs {
+    /// The next connection handed over; `None` once every giver is gone.
+    pub async fn next(&mut self) -> Option<(TcpStream, SocketAddr)> {
+        self.0.recv().await
     }
 }
 

@@ -2180,3 +2180,145 @@ async fn tcp_banner_warns_that_http_options_do_not_apply() {
     );
     wait_line(&ssh, &burrow, "NOTE: ", "apply to HTTP tunnels only").await;
 }
+
+// ===========================================================================
+// SSH on the HTTPS port
+// ===========================================================================
+
+/// `ssh -p HTTPS_PORT -R …` gets its tunnels (an HTTP one and a
+/// passthrough one) while HTTPS visitors on that same port are served as
+/// before, over HTTP/1.1 and HTTP/2, and passthrough still reaches the
+/// app's own TLS.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_on_the_https_port_next_to_https_h2_and_passthrough() {
+    let burrow = start(&[]).await;
+    let origin = Origin::start("via-the-https-port").await;
+    let forward = fwd("80", origin.port);
+    let ssh = SshSpec {
+        port: burrow.https_port(),
+        args: &["-R", &forward],
+        ..SshSpec::default()
+    }
+    .spawn();
+    let url = ssh.url().await;
+    for (client, version) in [
+        (burrow.https_client_h1(), reqwest::Version::HTTP_11),
+        (burrow.https_client_h2(), reqwest::Version::HTTP_2),
+    ] {
+        let resp = client
+            .get(burrow.https_url(&url.host(), "/whoami"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{version:?} through the same port: {e}"));
+        assert_eq!(resp.version(), version);
+        let resp = expect_status(resp, 200, "a tunnel made over the HTTPS port").await;
+        assert_eq!(resp.text().await.unwrap(), "via-the-https-port");
+    }
+
+    let host = format!("pt-on-https.{DOMAIN}");
+    let app = TlsApp::start(&host).await;
+    let forward = fwd("pt-on-https:443", app.port);
+    let pt = SshSpec {
+        port: burrow.https_port(),
+        args: &["-R", &forward],
+        remote_cmd: &["--", "tls=passthrough"],
+        ..SshSpec::default()
+    }
+    .spawn();
+    wait_out(
+        &pt,
+        &burrow,
+        &format!("https://{host}:{}", burrow.https_port()),
+    )
+    .await;
+    let answer = passthrough_exchange(&burrow, &host, &app, "over one port").await;
+    assert_eq!(
+        answer.trim_end(),
+        format!("tls-app sni={host} got=over one port")
+    );
+}
+
+/// `--ssh-on-https off`: the HTTPS port speaks only TLS, so an SSH client
+/// there fails (and HTTPS still works).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_on_https_off_leaves_the_port_to_tls() {
+    let burrow = start(&["--ssh-on-https", "off"]).await;
+    let origin = Origin::start("tls-only").await;
+    let forward = fwd("80", origin.port);
+    let mut ssh = SshSpec {
+        port: burrow.https_port(),
+        args: &["-o", "ConnectTimeout=5", "-R", &forward],
+        ..SshSpec::default()
+    }
+    .spawn();
+    let status = ssh
+        .wait_exit(Duration::from_secs(30))
+        .await
+        .expect("ssh gives up on a TLS-only port");
+    assert!(!status.success(), "{}", ssh.all_output());
+    assert!(find_tunnel_urls(&ssh.all_output()).is_empty());
+    let landing = burrow.get("localhost", "/").await;
+    expect_status(landing, 200, "HTTPS on the same port").await;
+}
+
+/// SSH through the HTTPS port counts toward the same SSH limits: with one
+/// handshake allowed per IP, a handshake held on :443 makes the next one
+/// (on the SSH port or the HTTPS port) get the limit's line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_on_the_https_port_counts_toward_the_ssh_limits() {
+    let burrow = Burrow::start(&[
+        "--max-handshakes-per-ip",
+        "1",
+        "--max-conns-per-minute",
+        "0",
+        "--violations-before-block",
+        "0",
+    ])
+    .await;
+    let mut held = ssh_client_on(burrow.addrs.https).await;
+    let (greeting, closed) = read_until_closed_or(&mut held, "\r\n").await;
+    assert!(greeting.starts_with("SSH-2.0-burrow"), "{greeting:?}");
+    assert!(!closed, "the held handshake stays open");
+
+    for (port, addr) in [("ssh", burrow.addrs.ssh), ("https", burrow.addrs.https)] {
+        let mut stream = ssh_client_on(addr).await;
+        let (text, closed) = read_until_closed_or(&mut stream, "\0").await;
+        assert!(closed, "over the limit on the {port} port: closed");
+        assert!(
+            text.starts_with("burrow: max-handshakes-per-ip: too many SSH handshakes"),
+            "over the limit on the {port} port: {text:?}"
+        );
+    }
+    drop(held);
+}
+
+/// A raw client that sends an SSH identification line, as OpenSSH does
+/// first thing.
+async fn ssh_client_on(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"SSH-2.0-test\r\n").await.unwrap();
+    stream
+}
+
+/// Reads until `until` shows up or the server closes (bounded). Returns
+/// the text and whether it closed (`"\0"` never shows up in text lines,
+/// but does in the binary key exchange that follows an admitted greeting).
+async fn read_until_closed_or(stream: &mut TcpStream, until: &str) -> (String, bool) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    let read = async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return true,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+            if String::from_utf8_lossy(&got).contains(until) {
+                return false;
+            }
+        }
+    };
+    let closed = tokio::time::timeout(IO_WAIT, read)
+        .await
+        .expect("an answer in time");
+    (String::from_utf8_lossy(&got).into_owned(), closed)
+}

@@ -50,6 +50,12 @@ pub struct Config {
     #[arg(long, env = "HTTPS_ADDR", default_value = "0.0.0.0:443")]
     pub https_addr: SocketAddr,
 
+    /// Also answer SSH on the HTTPS port, for networks that block port 22:
+    /// a connection whose first byte starts an SSH identification line
+    /// (`SSH-`) goes to the SSH server, anything else is TLS as usual.
+    #[arg(long, env = "SSH_ON_HTTPS", value_enum, default_value_t = Switch::On)]
+    pub ssh_on_https: Switch,
+
     /// Address of the JSON stats endpoint. Only loopback peers are answered,
     /// whatever it is bound to.
     #[arg(long, env = "STATS_ADDR", default_value = "127.0.0.1:9090")]

@@ -1,5 +1,6 @@
-//! The HTTPS listener: TCP accepted, the ClientHello read and routed by
-//! SNI (passthrough, terminate, or refuse), TLS terminated with rustls
+//! The HTTPS listener: TCP accepted, an SSH client handed to the SSH
+//! server (`--ssh-on-https`), the ClientHello read and routed by SNI
+//! (passthrough, terminate, or refuse), TLS terminated with rustls
 //! (HTTP/1.1 with upgrades, or HTTP/2 by ALPN), and each request handed to
 //! [`Edge::request`].
 
@@ -54,6 +55,9 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, edge: 
             let edge = Arc::clone(&edge);
             async move {
                 let local = LocalAddr::of(&stream);
+                let Some(stream) = ssh_or_tls(&edge, stream, peer).await else {
+                    return;
+                };
                 let Some(stream) = route_by_sni(&edge, stream, peer).await else {
                     return;
                 };
@@ -101,6 +105,36 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, edge: 
         },
     )
     .await;
+}
+
+/// With `--ssh-on-https`, tells an SSH client from a TLS one by the first
+/// byte, without consuming it: an SSH identification line starts with
+/// `S` (`SSH-2.0-…`, RFC 4253 §4.2), a TLS record with 0x16. SSH clients
+/// go to the SSH server (`None` here); TLS ones come back. A client that
+/// sends nothing is cut by the handshake timeout, as before.
+async fn ssh_or_tls(edge: &Edge, stream: TcpStream, peer: SocketAddr) -> Option<TcpStream> {
+    let Some(ssh) = &edge.ssh else {
+        return Some(stream);
+    };
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == b'S' => {
+            if !ssh.give(stream, peer) {
+                tracing::warn!(%peer, "SSH on the HTTPS port: the SSH server is not taking connections");
+            }
+            None
+        }
+        Ok(Ok(1)) => Some(stream),
+        Ok(Ok(_)) => None,
+        Ok(Err(err)) => {
+            tracing::debug!(%peer, error = %err, "https connection failed before its first byte");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "tls handshake timed out");
+            None
+        }
+    }
 }
 
 /// Reads the ClientHello and acts on its SNI. Returns the stream (with the

@@ -42,6 +42,9 @@ pub struct Edge {
     pub http_mode: HttpMode,
     /// Header and keep-alive timeouts, header size, trusted proxies.
     pub conn_limits: ConnLimits,
+    /// Where SSH clients that connect to the HTTPS port go
+    /// (`--ssh-on-https`); `None`: they get a failed TLS handshake.
+    pub ssh: Option<crate::listen::Handoff>,
     pub shutdown: Shutdown,
 }
 

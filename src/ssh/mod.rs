@@ -40,6 +40,7 @@ use crate::forwarded::TrustedProxies;
 use crate::keys::Keys;
 use crate::limits::ssh::{Admission, HandshakePermit, IpGuard};
 use crate::limits::{Refusals, Side};
+use crate::listen::Handoffs;
 use crate::pipe::spool::Budget;
 use crate::pipe::tcp::TcpPorts;
 use crate::shutdown::Shutdown;
@@ -123,28 +124,69 @@ pub fn load_or_create_host_key(path: &Path) -> Result<PrivateKey> {
     Ok(key)
 }
 
-/// Accepts SSH connections until shutdown.
-pub async fn serve(listener: TcpListener, server: Arc<Server>) {
-    static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+/// Accepts SSH connections until shutdown: on its own listener, and those
+/// another listener hands over (`handoffs`: SSH on the HTTPS port).
+pub async fn serve(listener: TcpListener, server: Arc<Server>, handoffs: Option<Handoffs>) {
     let shutdown = server.shutdown.clone();
+    if let Some(handoffs) = handoffs {
+        shutdown.spawn(take_handoffs(Arc::clone(&server), handoffs));
+    }
     crate::listen::accept_loop(&listener, "ssh", shutdown.requested(), |socket, peer| {
-        COUNTERS.ssh_connected();
-        let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
-        shutdown.spawn(admit(Arc::clone(&server), conn, socket, peer));
+        start(&server, socket, peer, Arrival::Direct);
     })
     .await;
 }
 
+/// Serves the connections handed over until shutdown.
+async fn take_handoffs(server: Arc<Server>, mut handoffs: Handoffs) {
+    let shutdown = server.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = shutdown.requested() => return,
+            next = handoffs.next() => match next {
+                Some((socket, peer)) => start(&server, socket, peer, Arrival::HandedOver),
+                None => return,
+            },
+        }
+    }
+}
+
+/// How a connection reached the SSH server.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    /// On the SSH listener: a PROXY header may come first.
+    Direct,
+    /// From another listener, whose PROXY header (if any) was read there.
+    HandedOver,
+}
+
+fn start(server: &Arc<Server>, socket: TcpStream, peer: SocketAddr, arrival: Arrival) {
+    static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+    COUNTERS.ssh_connected();
+    let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+    let task = admit(Arc::clone(server), conn, socket, peer, arrival);
+    server.shutdown.spawn(task);
+}
+
 /// Applies the per-IP admission limits to a new connection, then serves it
 /// (or refuses it as cheaply as the limit allows).
-async fn admit(server: Arc<Server>, conn: ConnId, mut socket: TcpStream, peer: SocketAddr) {
+async fn admit(
+    server: Arc<Server>,
+    conn: ConnId,
+    mut socket: TcpStream,
+    peer: SocketAddr,
+    arrival: Arrival,
+) {
     let timeout = server.limits.handshake_timeout;
-    let peer = match server.trusted.resolve(&mut socket, peer, timeout).await {
-        Ok(client) => client,
-        Err(err) => {
-            tracing::debug!(%peer, error = %err, "dropped: bad PROXY header");
-            return;
-        }
+    let peer = match arrival {
+        Arrival::HandedOver => peer,
+        Arrival::Direct => match server.trusted.resolve(&mut socket, peer, timeout).await {
+            Ok(client) => client,
+            Err(err) => {
+                tracing::debug!(%peer, error = %err, "dropped: bad PROXY header");
+                return;
+            }
+        },
     };
     match server.ip_guard.admit(peer.ip()) {
         Admission::Allowed(permit) => {
