@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cluster_harness::{node_ip, Cluster, Haproxy};
+use cluster_harness::{node_ip, AutoSsh, Cluster, Haproxy};
 use common::{
     expect_status, random_bytes, time_seed, Origin, Ssh, SshKeyPair, SshSpec, SSH_LIMITS_OFF,
 };
@@ -450,73 +450,6 @@ async fn faults_kill_9_then_autossh_through_haproxy_gets_the_url_back() {
         killed.elapsed()
     );
     assert_ne!(wait_holder(&cluster, &host).await, holder);
-}
-
-/// autossh (`-M 0`) keeping `ssh -tt -R FORWARD` up through `port`.
-struct AutoSsh {
-    child: std::process::Child,
-    stdout: common::OutputBuf,
-    _stderr: common::OutputBuf,
-}
-
-impl AutoSsh {
-    fn start(port: u16, key: &SshKeyPair, forward: &str) -> AutoSsh {
-        let found = std::process::Command::new("autossh")
-            .arg("-V")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok();
-        assert!(
-            found,
-            "autossh is not installed: apt-get install -y autossh (or run .ci/run)"
-        );
-        let mut child = std::process::Command::new("autossh")
-            .args(["-M", "0", "-F", "/dev/null", "-tt"])
-            .arg("-i")
-            .arg(&key.path)
-            .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
-            .args([
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-            ])
-            .args(["-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=2"])
-            .args(["-o", "ExitOnForwardFailure=yes", "-o", "ConnectTimeout=5"])
-            .args(["-p", &port.to_string(), "-R", forward, "test@127.0.0.1"])
-            .env("AUTOSSH_GATETIME", "0")
-            .env("AUTOSSH_POLL", "5")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("spawn autossh");
-        let (stdout, stderr) = common::capture_output(&mut child, Some("autossh"));
-        AutoSsh {
-            child,
-            stdout,
-            _stderr: stderr,
-        }
-    }
-
-    /// The URL of the `n`-th session banner (1: the first connection).
-    async fn url(&self, n: usize) -> common::TunnelUrl {
-        self.stdout
-            .wait_for(Duration::from_secs(25), |text| {
-                let banner = text.split("Your tunnel is live").nth(n)?;
-                common::find_tunnel_urls(banner).into_iter().next()
-            })
-            .await
-            .unwrap_or_else(|seen| panic!("no banner #{n} from autossh: {seen}"))
-    }
-}
-
-impl Drop for AutoSsh {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The node whose terminal-less client holds `host` now (from the stats).

@@ -71,12 +71,27 @@ impl std::fmt::Display for LinkError {
     }
 }
 
+/// Where a peer's link listens, and which incarnation of the peer is
+/// there: a restarted node (a new incarnation, often at the same address)
+/// gets a new connection at once, without the old one's back-off.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: String,
+    pub incarnation: u64,
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.addr)
+    }
+}
+
 /// One peer's connection, and its back-off after failures.
 #[derive(Default)]
 struct Peer {
     sender: Option<SendRequest<Body>>,
-    /// Where the sender connects; a new address means a new connection.
-    addr: String,
+    /// Where the sender connects; another endpoint means a new connection.
+    at: Endpoint,
     failures: u32,
     retry_at: Option<Instant>,
     /// The last failure was logged (logged once until it works again).
@@ -87,7 +102,7 @@ struct Peer {
 pub struct Links {
     tls: tokio_rustls::TlsConnector,
     me: String,
-    peers: Mutex<HashMap<String, Peer>>,
+    peers: Peers,
     /// Connections are being made (one at a time per peer).
     connecting: tokio::sync::Mutex<()>,
     spool: Arc<Budget>,
@@ -98,21 +113,21 @@ impl Links {
         Links {
             tls: tokio_rustls::TlsConnector::from(Arc::clone(&tls.client)),
             me: me.to_string(),
-            peers: Mutex::default(),
+            peers: Peers::default(),
             connecting: tokio::sync::Mutex::new(()),
             spool,
         }
     }
 
-    /// Opens a stream to `node` (its link at `addr`) for `key`.
+    /// Opens a stream to `node` (its link at `at`) for `key`.
     pub async fn open(
         &self,
         node: &str,
-        addr: &str,
+        at: &Endpoint,
         key: &str,
         forwarded: Forwarded,
     ) -> Result<ByteStream, LinkError> {
-        let opened = tokio::time::timeout(OPEN_TIMEOUT, self.try_open(node, addr, key, forwarded));
+        let opened = tokio::time::timeout(OPEN_TIMEOUT, self.try_open(node, at, key, forwarded));
         match opened.await {
             Ok(result) => result,
             Err(_) => Err(LinkError(format!(
@@ -125,14 +140,14 @@ impl Links {
     async fn try_open(
         &self,
         node: &str,
-        addr: &str,
+        at: &Endpoint,
         key: &str,
         forwarded: Forwarded,
     ) -> Result<ByteStream, LinkError> {
-        let mut sender = self.sender(node, addr).await?;
+        let mut sender = self.sender(node, at).await?;
         let request = connect_request(&self.me, key, forwarded);
         let response = sender.send_request(request).await.map_err(|err| {
-            self.forget(node);
+            self.peers.forget(node);
             LinkError(format!("the link to node {node} broke: {err}"))
         })?;
         if response.status() != StatusCode::OK {
@@ -152,10 +167,10 @@ impl Links {
     pub async fn request(
         &self,
         node: &str,
-        addr: &str,
+        at: &Endpoint,
         request: Request<Body>,
     ) -> Result<(StatusCode, Bytes), LinkError> {
-        let mut sender = self.sender(node, addr).await?;
+        let mut sender = self.sender(node, at).await?;
         let exchange = async {
             let response = sender.send_request(request).await?;
             let status = response.status();
@@ -165,7 +180,7 @@ impl Links {
         match tokio::time::timeout(OPEN_TIMEOUT, exchange).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(err)) => {
-                self.forget(node);
+                self.peers.forget(node);
                 Err(LinkError(format!("the link to node {node} broke: {err}")))
             }
             Err(_) => Err(LinkError(format!("node {node} did not answer"))),
@@ -174,42 +189,22 @@ impl Links {
 
     /// A ready connection to `node`, made if needed (one at a time; failed
     /// peers are not dialled again before their back-off is over).
-    async fn sender(&self, node: &str, addr: &str) -> Result<SendRequest<Body>, LinkError> {
-        if let Some(sender) = self.ready(node, addr)? {
+    async fn sender(&self, node: &str, at: &Endpoint) -> Result<SendRequest<Body>, LinkError> {
+        if let Some(sender) = self.peers.ready(node, at)? {
             return Ok(sender);
         }
         let _one = self.connecting.lock().await;
-        if let Some(sender) = self.ready(node, addr)? {
+        if let Some(sender) = self.peers.ready(node, at)? {
             return Ok(sender);
         }
-        match tokio::time::timeout(CONNECT_TIMEOUT, self.connect(addr)).await {
+        match tokio::time::timeout(CONNECT_TIMEOUT, self.connect(&at.addr)).await {
             Ok(Ok(sender)) => {
-                self.connected(node, addr, sender.clone());
+                self.peers.connected(node, at, sender.clone());
                 Ok(sender)
             }
-            Ok(Err(err)) => Err(self.failed(node, addr, err)),
-            Err(_) => Err(self.failed(node, addr, "no answer within 3 s".into())),
+            Ok(Err(err)) => Err(self.peers.failed(node, at, err)),
+            Err(_) => Err(self.peers.failed(node, at, "no answer within 3 s".into())),
         }
-    }
-
-    /// The current connection to `node` if it can take a stream; `Err`
-    /// while the peer is backing off.
-    fn ready(&self, node: &str, addr: &str) -> Result<Option<SendRequest<Body>>, LinkError> {
-        let peers = self.peers.lock().expect("peers lock");
-        let Some(peer) = peers.get(node).filter(|p| p.addr == addr) else {
-            return Ok(None);
-        };
-        if let Some(sender) = peer.sender.as_ref().filter(|s| s.is_ready()) {
-            return Ok(Some(sender.clone()));
-        }
-        if let Some(retry_at) = peer.retry_at.filter(|at| Instant::now() < *at) {
-            let wait = retry_at.saturating_duration_since(Instant::now());
-            return Err(LinkError(format!(
-                "the link to node {node} ({addr}) is down; retrying in {}",
-                crate::limits::human(wait)
-            )));
-        }
-        Ok(None)
     }
 
     async fn connect(&self, addr: &str) -> Result<SendRequest<Body>, String> {
@@ -239,28 +234,54 @@ impl Links {
         });
         Ok(sender)
     }
+}
 
-    fn connected(&self, node: &str, addr: &str, sender: SendRequest<Body>) {
-        let mut peers = self.peers.lock().expect("peers lock");
+/// Every peer's connection and back-off, by node id.
+#[derive(Default)]
+struct Peers(Mutex<HashMap<String, Peer>>);
+
+impl Peers {
+    /// The current connection to `node` if it can take a stream; `Err`
+    /// while the peer is backing off.
+    fn ready(&self, node: &str, at: &Endpoint) -> Result<Option<SendRequest<Body>>, LinkError> {
+        let peers = self.0.lock().expect("peers lock");
+        let Some(peer) = peers.get(node).filter(|p| p.at == *at) else {
+            return Ok(None);
+        };
+        if let Some(sender) = peer.sender.as_ref().filter(|s| s.is_ready()) {
+            return Ok(Some(sender.clone()));
+        }
+        if let Some(retry_at) = peer.retry_at.filter(|at| Instant::now() < *at) {
+            let wait = retry_at.saturating_duration_since(Instant::now());
+            return Err(LinkError(format!(
+                "the link to node {node} ({at}) is down; retrying in {}",
+                crate::limits::human(wait)
+            )));
+        }
+        Ok(None)
+    }
+
+    fn connected(&self, node: &str, at: &Endpoint, sender: SendRequest<Body>) {
+        let mut peers = self.0.lock().expect("peers lock");
         let peer = peers.entry(node.to_string()).or_default();
         if peer.logged {
-            tracing::info!(node, %addr, "cluster link up again");
+            tracing::info!(node, addr = %at, "cluster link up again");
         }
         *peer = Peer {
             sender: Some(sender),
-            addr: addr.to_string(),
+            at: at.clone(),
             ..Peer::default()
         };
     }
 
     /// Records a failed connect: back-off, one log line until it works.
-    fn failed(&self, node: &str, addr: &str, why: String) -> LinkError {
+    fn failed(&self, node: &str, at: &Endpoint, why: String) -> LinkError {
         crate::counters::COUNTERS.link_error();
-        let mut peers = self.peers.lock().expect("peers lock");
+        let mut peers = self.0.lock().expect("peers lock");
         let peer = peers.entry(node.to_string()).or_default();
-        if peer.addr != addr {
+        if peer.at != *at {
             *peer = Peer {
-                addr: addr.to_string(),
+                at: at.clone(),
                 ..Peer::default()
             };
         }
@@ -272,7 +293,7 @@ impl Links {
         peer.retry_at = Some(Instant::now() + backoff);
         if !peer.logged {
             peer.logged = true;
-            tracing::warn!(node, %addr, error = %why, "cluster link down");
+            tracing::warn!(node, addr = %at, error = %why, "cluster link down");
         }
         LinkError(format!("the link to node {node} failed: {why}"))
     }
@@ -280,7 +301,7 @@ impl Links {
     /// Drops a connection that broke, so the next stream makes a new one.
     fn forget(&self, node: &str) {
         crate::counters::COUNTERS.link_error();
-        if let Some(peer) = self.peers.lock().expect("peers lock").get_mut(node) {
+        if let Some(peer) = self.0.lock().expect("peers lock").get_mut(node) {
             peer.sender = None;
         }
     }
@@ -333,4 +354,44 @@ pub fn empty() -> Body {
     Empty::<Bytes>::new()
         .map_err(|never| match never {})
         .boxed_unsync()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(incarnation: u64) -> Endpoint {
+        Endpoint {
+            addr: "127.0.0.2:7000".into(),
+            incarnation,
+        }
+    }
+
+    #[test]
+    fn a_failing_peer_backs_off() {
+        let peers = Peers::default();
+        assert!(matches!(peers.ready("b", &at(1)), Ok(None)), "dial");
+        peers.failed("b", &at(1), "refused".into());
+        let err = peers.ready("b", &at(1)).expect_err("backing off");
+        assert!(err.0.contains("retrying in"), "{err}");
+    }
+
+    /// A restarted node (a new incarnation at the same address) is dialled
+    /// at once, without the back-off its dead incarnation earned.
+    #[test]
+    fn a_new_incarnation_starts_without_the_old_ones_back_off() {
+        let peers = Peers::default();
+        for _ in 0..6 {
+            peers.failed("b", &at(1), "refused".into());
+        }
+        assert!(peers.ready("b", &at(1)).is_err(), "the dead one backs off");
+        assert!(
+            matches!(peers.ready("b", &at(2)), Ok(None)),
+            "dial the new one"
+        );
+        peers.failed("b", &at(2), "refused".into());
+        peers
+            .ready("b", &at(2))
+            .expect_err("its own back-off, from the start");
+    }
 }

@@ -821,10 +821,10 @@ impl Directory for Cluster {
     ) -> BoxFuture<'a, Result<ByteStream, OpenError>> {
         Box::pin(async move {
             let node = &*remote.member.node;
-            let Some(addr) = self.nodes.link(node) else {
+            let Some(at) = self.nodes.link(node) else {
                 return Err(OpenError::Refused(format!("node {node} is not alive")));
             };
-            match self.links.open(node, &addr, &remote.key, forwarded).await {
+            match self.links.open(node, &at, &remote.key, forwarded).await {
                 Ok(stream) => {
                     self.nodes.recovered(node);
                     Ok(stream)

@@ -110,12 +110,15 @@ impl Nodes {
     }
 
     /// Where `node`'s link listens, if it is alive.
-    pub fn link(&self, node: &str) -> Option<String> {
+    pub fn link(&self, node: &str) -> Option<super::link::Endpoint> {
         let table = self.table.read().expect("nodes lock");
         table
             .get(node)
             .filter(|n| n.alive)
-            .map(|n| n.info.link.clone())
+            .map(|n| super::link::Endpoint {
+                addr: n.info.link.clone(),
+                incarnation: n.info.incarnation,
+            })
     }
 
     /// Every node, sorted by id.
@@ -205,6 +208,7 @@ mod tests {
         assert_eq!(changed.came_up, ["a"]);
         assert_eq!(nodes.live_incarnations(), ["a/5"]);
         assert_eq!(nodes.link("b"), None);
+        assert_eq!(nodes.link("a").map(|at| at.incarnation), Some(5));
         nodes.mark_failing("a");
         assert!(nodes.failing("a"));
         nodes.recovered("a");

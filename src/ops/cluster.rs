@@ -52,13 +52,19 @@ pub fn stats(cluster: &Cluster) -> ClusterStats {
     }
 }
 
-/// The other live nodes: id and link address.
-fn others(cluster: &Cluster) -> Vec<(String, String)> {
+/// The other live nodes: id and link endpoint.
+fn others(cluster: &Cluster) -> Vec<(String, link::Endpoint)> {
     cluster
         .nodes()
         .into_iter()
         .filter(|n| n.alive && n.id != cluster.node_id())
-        .map(|n| (n.id, n.info.link))
+        .map(|n| {
+            let at = link::Endpoint {
+                addr: n.info.link,
+                incarnation: n.info.incarnation,
+            };
+            (n.id, at)
+        })
         .collect()
 }
 
@@ -70,13 +76,13 @@ pub async fn all_tunnels(
     local: Vec<serde_json::Value>,
 ) -> Vec<serde_json::Value> {
     let mut all = local;
-    for (node, addr) in others(cluster) {
+    for (node, at) in others(cluster) {
         let request = Request::builder()
             .method(Method::GET)
             .uri("/tunnels")
             .body(link::empty())
             .expect("a valid request");
-        match cluster.links().request(&node, &addr, request).await {
+        match cluster.links().request(&node, &at, request).await {
             Ok((StatusCode::OK, body)) => {
                 let list: Vec<serde_json::Value> =
                     serde_json::from_slice(&body).unwrap_or_default();
@@ -108,13 +114,13 @@ pub async fn all_tunnels(
 pub async fn close_elsewhere(cluster: &Cluster, name: &str) -> usize {
     let mut closed = 0;
     let path = format!("/tunnels/{}", encode(name));
-    for (node, addr) in others(cluster) {
+    for (node, at) in others(cluster) {
         let request = Request::builder()
             .method(Method::DELETE)
             .uri(path.as_str())
             .body(link::empty())
             .expect("a valid request");
-        match cluster.links().request(&node, &addr, request).await {
+        match cluster.links().request(&node, &at, request).await {
             Ok((StatusCode::OK, body)) => {
                 let answer: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
                 closed += answer["closed"].as_u64().unwrap_or(0) as usize;

@@ -489,3 +489,70 @@ impl Drop for Relay {
         self.cut();
     }
 }
+
+/// autossh (`-M 0`) keeping `ssh -tt -R FORWARD` up through `port`.
+pub struct AutoSsh {
+    child: std::process::Child,
+    stdout: crate::common::OutputBuf,
+    _stderr: crate::common::OutputBuf,
+}
+
+impl AutoSsh {
+    pub fn start(port: u16, key: &crate::common::SshKeyPair, forward: &str) -> AutoSsh {
+        let found = std::process::Command::new("autossh")
+            .arg("-V")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok();
+        assert!(
+            found,
+            "autossh is not installed: apt-get install -y autossh (or run .ci/run)"
+        );
+        let mut child = std::process::Command::new("autossh")
+            .args(["-M", "0", "-F", "/dev/null", "-tt"])
+            .arg("-i")
+            .arg(&key.path)
+            .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
+            .args([
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+            ])
+            .args(["-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=2"])
+            .args(["-o", "ExitOnForwardFailure=yes", "-o", "ConnectTimeout=5"])
+            .args(["-p", &port.to_string(), "-R", forward, "test@127.0.0.1"])
+            .env("AUTOSSH_GATETIME", "0")
+            .env("AUTOSSH_POLL", "5")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn autossh");
+        let (stdout, stderr) = crate::common::capture_output(&mut child, Some("autossh"));
+        AutoSsh {
+            child,
+            stdout,
+            _stderr: stderr,
+        }
+    }
+
+    /// The URL of the `n`-th session banner (1: the first connection).
+    pub async fn url(&self, n: usize) -> crate::common::TunnelUrl {
+        self.stdout
+            .wait_for(Duration::from_secs(25), |text| {
+                let banner = text.split("Your tunnel is live").nth(n)?;
+                crate::common::find_tunnel_urls(banner).into_iter().next()
+            })
+            .await
+            .unwrap_or_else(|seen| panic!("no banner #{n} from autossh: {seen}"))
+    }
+}
+
+impl Drop for AutoSsh {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -429,8 +429,13 @@ fn passthrough_env() -> Vec<(String, String)> {
     .collect()
 }
 
+/// The burrow binary under test: the one cargo built, or `BURROW_BIN`
+/// (a long soak runs a copy, so rebuilding meanwhile cannot swap it).
 pub fn burrow_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_burrow")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("BURROW_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_burrow").to_string())
+    })
 }
 
 impl Burrow {
