@@ -47,6 +47,12 @@
 #   burrow-http-N    the same with an `ssh -N` client
 #   burrow-https     wrk → burrow HTTPS (HTTP/1.1, Host header), pty client's tunnel
 #   burrow-h2        h2load -m1 → burrow HTTPS (HTTP/2), pty client's tunnel
+#   cluster-owner    two burrow nodes on one redis-server (127.0.0.1 and
+#                    127.0.0.2, --http-mode proxy); a pty client on node 1;
+#                    wrk → node 1, which holds the tunnel
+#   cluster-via      the same tunnel, wrk → node 2, which forwards every
+#                    request over the cluster link to node 1 (CPU and RSS
+#                    count both nodes)
 #
 # Measured per target and round: req/s (wrk -t2 -c64 -dDURATION), p99 latency
 # (wrk -t1 -c1 --latency), 100 MiB download and upload (curl), server CPU per
@@ -85,7 +91,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HELPER="$ROOT/benches/compare_report.py"
-ALL_TARGETS=(origin sshd-pty sshd-N nginx-sshd sandhole burrow-http-pty burrow-http-N burrow-https burrow-h2)
+ALL_TARGETS=(origin sshd-pty sshd-N nginx-sshd sandhole burrow-http-pty burrow-http-N burrow-https burrow-h2 cluster-owner cluster-via)
 DOMAIN=bench.test
 MIB=1048576
 BIG_BYTES=$((100 * MIB))
@@ -237,7 +243,10 @@ if wanted_any sshd-pty sshd-N nginx-sshd; then
         done
     fi
 fi
-if wanted_any sshd-pty sshd-N nginx-sshd burrow-http-pty burrow-http-N burrow-https burrow-h2 sandhole; then
+if wanted_any cluster-owner cluster-via && ! ensure redis-server redis-server; then
+    for t in cluster-owner cluster-via; do skip "$t" "redis-server not found and could not be installed (apt-get install redis-server)"; done
+fi
+if wanted_any sshd-pty sshd-N nginx-sshd burrow-http-pty burrow-http-N burrow-https burrow-h2 sandhole cluster-owner cluster-via; then
     command -v ssh >/dev/null 2>&1 || ensure ssh openssh-client || die "the OpenSSH client (ssh) is required"
     command -v ssh-keygen >/dev/null 2>&1 || die "ssh-keygen is required"
 fi
@@ -251,7 +260,7 @@ fi
 
 # ---------------------------------------------------------------- burrow binary
 HAS_HTTP_MODE=0
-if wanted_any burrow-http-pty burrow-http-N burrow-https burrow-h2; then
+if wanted_any burrow-http-pty burrow-http-N burrow-https burrow-h2 cluster-owner cluster-via; then
     if [[ -n ${BURROW_BIN:-} ]]; then
         [[ -x $BURROW_BIN ]] || die "BURROW_BIN=$BURROW_BIN is not an executable"
     else
@@ -264,7 +273,7 @@ if wanted_any burrow-http-pty burrow-http-N burrow-https burrow-h2; then
     if "$BURROW_BIN" --help 2>/dev/null | grep -q -- '--http-mode'; then
         HAS_HTTP_MODE=1
     else
-        for t in burrow-http-pty burrow-http-N; do
+        for t in burrow-http-pty burrow-http-N cluster-owner cluster-via; do
             skip "$t" "this burrow has no --http-mode (plain HTTP only redirects); HTTPS targets still run"
         done
     fi
@@ -354,7 +363,7 @@ NGINX_USER=""
 
 # 11 free ports, distinct from each other: origin, front nginx, sshd, the two
 # sshd remote ports, sandhole ssh/http/https, spares.
-read -r P_ORIGIN P_FRONT P_SSHD P_RPTY P_RN P_SH_SSH P_SH_HTTP P_SH_HTTPS _ < <(helper ports 11)
+read -r P_ORIGIN P_FRONT P_SSHD P_RPTY P_RN P_SH_SSH P_SH_HTTP P_SH_HTTPS P_REDIS P_LINK1 P_LINK2 _ < <(helper ports 13)
 
 declare -A URL=() HOSTH=() PIDS_OF=()
 
@@ -601,6 +610,77 @@ if wanted_any burrow-http-pty burrow-http-N burrow-https burrow-h2; then
         fi
     fi
     for t in burrow-http-pty burrow-http-N burrow-https burrow-h2; do PIDS_OF[$t]=$BURROW_PID; done
+fi
+
+# ---------------------------------------------------------------- a two-node cluster and its client
+# burrow_node N IP: starts node N of the cluster on IP (every listener on a
+# port of its own), sets NODE_PID and NODE_READY.
+NODE_PID=
+NODE_READY=
+burrow_node() {
+    local n=$1 ip=$2 link=$3 i
+    spawn "$TMP/logs/node$n.log" server env RUST_LOG=info,rustls=error "$BURROW_BIN" "${B_COMMON[@]}" \
+        --ssh-addr "$ip:0" --http-addr "$ip:0" --https-addr "$ip:0" --stats-addr "$ip:0" \
+        --state-dir "$TMP/cluster/state$n" --cluster-redis "redis://127.0.0.1:$P_REDIS" \
+        --node-id "node-$n" --cluster-listen "$ip:$link" --cluster-secret "$TMP/cluster/secret"
+    NODE_PID=$SPAWNED
+    NODE_READY=
+    for ((i = 0; i < 300; i++)); do
+        NODE_READY=$(grep -a -m1 '^burrow ready:' "$TMP/logs/node$n.log" || true)
+        [[ -n $NODE_READY ]] && return 0
+        kill -0 "$NODE_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    return 1
+}
+if wanted_any cluster-owner cluster-via; then
+    mkdir -p "$TMP/cluster"
+    B_COMMON=(--domain "$DOMAIN" --host-key "$TMP/cluster/host_key" --no-browser-warning
+        --visitor-rate 1000000/s --visitor-burst 1000000 --tunnel-rate 1000000/s --tunnel-burst 1000000
+        --max-inflight-per-visitor 100000 --max-inflight-per-tunnel 100000
+        --max-body-size 1GiB --max-conns-per-minute 1000 --http-mode proxy)
+    # shellcheck disable=SC2206 # word splitting of the extra flags is wanted
+    B_COMMON+=(${BURROW_ARGS:-})
+    spawn "$TMP/logs/redis.log" server redis-server --port "$P_REDIS" --bind 127.0.0.1 --save "" --appendonly no
+    REDIS_PID=$SPAWNED
+    "$BURROW_BIN" cluster init "$TMP/cluster/secret" >/dev/null
+    if ! wait_port "$P_REDIS" 10 "$REDIS_PID"; then
+        for t in cluster-owner cluster-via; do skip "$t" "redis-server did not start: $(tail -3 "$TMP/logs/redis.log")"; done
+    elif ! burrow_node 1 127.0.0.1 "$P_LINK1"; then
+        for t in cluster-owner cluster-via; do skip "$t" "node 1 did not start: $(tail -3 "$TMP/logs/node1.log")"; done
+    else
+        N1_PID=$NODE_PID
+        N1_SSH=$(sed -E 's/.* ssh=127\.0\.0\.1:([0-9]+).*/\1/' <<<"$NODE_READY")
+        N1_HTTP=$(sed -E 's/.* http=127\.0\.0\.1:([0-9]+).*/\1/' <<<"$NODE_READY")
+        if ! burrow_node 2 127.0.0.2 "$P_LINK2"; then
+            for t in cluster-owner cluster-via; do skip "$t" "node 2 did not start: $(tail -3 "$TMP/logs/node2.log")"; done
+        else
+            N2_PID=$NODE_PID
+            N2_HTTP=$(sed -E 's/.* http=127\.0\.0\.2:([0-9]+).*/\1/' <<<"$NODE_READY")
+            spawn "$TMP/logs/cluster-client.log" client ssh "${SSH_OPTS[@]}" -tt -p "$N1_SSH" \
+                -R "80:127.0.0.1:$P_ORIGIN" "random@127.0.0.1"
+            C_HOST=
+            for ((i = 0; i < 150; i++)); do
+                C_HOST=$(grep -aoE "https://[a-z0-9-]+\.$DOMAIN" "$TMP/logs/cluster-client.log" | head -1 | sed 's#https://##' || true)
+                [[ -n $C_HOST ]] && break
+                sleep 0.1
+            done
+            if [[ -n $C_HOST ]] && wait_200 "http://127.0.0.1:$N1_HTTP/1k" "$C_HOST" 20 &&
+                wait_200 "http://127.0.0.2:$N2_HTTP/1k" "$C_HOST" 20; then
+                log "cluster: node 1 holds $C_HOST; node 2 forwards"
+                URL[cluster-owner]="http://127.0.0.1:$N1_HTTP"
+                HOSTH[cluster-owner]=$C_HOST
+                PIDS_OF[cluster-owner]=$N1_PID
+                URL[cluster-via]="http://127.0.0.2:$N2_HTTP"
+                HOSTH[cluster-via]=$C_HOST
+                PIDS_OF[cluster-via]="$N1_PID $N2_PID"
+            else
+                for t in cluster-owner cluster-via; do
+                    skip "$t" "no working tunnel through both nodes: $(tail -3 "$TMP/logs/cluster-client.log" | tr -d '\r')"
+                done
+            fi
+        fi
+    fi
 fi
 
 # ---------------------------------------------------------------- sandhole and its client

@@ -164,6 +164,8 @@ TARGETS = [
     ("burrow-http-N", "**burrow HTTP**, `-N` client", None),
     ("burrow-https", "**burrow HTTPS** (HTTP/1.1, wrk), pty client", None),
     ("burrow-h2", "**burrow HTTPS** (HTTP/2, h2load -m1), pty client", None),
+    ("cluster-owner", "**cluster**: straight to the node holding the tunnel (HTTP, pty client)", None),
+    ("cluster-via", "**cluster**: through the other node (cluster link), same tunnel", None),
 ]
 SANDHOLE_REF_RPS = 6500.0
 
@@ -286,6 +288,7 @@ def cmd_report(results, meta):
         ("burrow-https", "burrow-http-pty", "burrow HTTPS ÷ burrow HTTP (pty)"),
         ("burrow-h2", "burrow-http-pty", "burrow HTTPS h2 ÷ burrow HTTP (pty)"),
         ("burrow-http-pty", "origin", "burrow HTTP pty ÷ origin direct"),
+        ("cluster-via", "cluster-owner", "cluster: through another node ÷ straight to the owner"),
     ]
     w("### burrow / baseline ratios (of the medians)\n")
     w("| comparison | req/s | p99 | down | up | CPU/req |")
@@ -338,6 +341,13 @@ def cmd_report(results, meta):
     ratio_check("100 MiB download vs sshd -R (pty)", "burrow-http-pty", "sshd-pty", "dl_mibs", "≥", 0.9)
     ratio_check("100 MiB upload vs sshd -R (pty)", "burrow-http-pty", "sshd-pty", "ul_mibs", "≥", 0.9)
     ratio_check("server CPU per request vs sshd -R (pty)", "burrow-http-pty", "sshd-pty", "cpu_us", "≤", 1.5)
+    ratio_check("cluster: req/s through another node vs the owner", "cluster-via", "cluster-owner", "rps", "≥", 0.8)
+    if all(t in selected and t not in skips for t in ("cluster-via", "cluster-owner")):
+        added = _median(data, "cluster-via", "p99_ms") - _median(data, "cluster-owner", "p99_ms")
+        check("cluster: p99 added by another node", _fmt(added, "ms") + " ms",
+              None if math.isnan(added) else added <= 1.0, "≤ 1 ms")
+    ratio_check("cluster: 100 MiB down through another node", "cluster-via", "cluster-owner", "dl_mibs", "≥", 0.8)
+    ratio_check("cluster: 100 MiB up through another node", "cluster-via", "cluster-owner", "ul_mibs", "≥", 0.8)
     w("### The issue's targets\n")
     w("| target | measured | needed | verdict |")
     w("|---|---:|---|---|")
