@@ -12,7 +12,17 @@
 //! cargo build --release
 //! ulimit -n 65536    # or as high as the hard limit allows
 //! cargo bench --bench idle_tunnels
+//! # a cluster: three nodes on one redis-server, 10,000 tunnels spread over them
+//! NODES=3 TUNNELS=10000 cargo bench --bench idle_tunnels
 //! ```
+//!
+//! With `NODES` > 1 it starts a `redis-server` of its own and the nodes on
+//! 127.0.0.1, 127.0.0.2, … (one cluster, one shared host key and secret),
+//! opens the tunnels round-robin over them, and also measures Redis: its
+//! memory per tunnel (`used_memory`) and the commands per second it
+//! serves at rest (`total_commands_processed` over `REST_SECS`), before
+//! any tunnel and with all of them open (independent of the count is the
+//! target).
 //!
 //! Environment:
 //! - `BURROW_BIN` — the binary (default `target/release/burrow`)
@@ -24,6 +34,9 @@
 //! - `ROUNDS` — open and close all of them this many times (default 1);
 //!   VmRSS after each round tells a leak from memory the allocator keeps
 //! - `MAX_KIB_PER_TUNNEL` — the pass/fail threshold (default 100)
+//! - `NODES` — burrow nodes (default 1: no cluster, no Redis)
+//! - `REST_SECS` — how long Redis's commands are counted at rest (default 60)
+//! - `REDIS_BIN` — the redis-server binary (default `redis-server`)
 //!
 //! Exits 0 on pass, 1 on any failure, with a line saying which step failed.
 //! Not run by `cargo test`: without cargo bench's `--bench` argument it only
@@ -78,6 +91,8 @@ struct Settings {
     hold: Duration,
     rounds: u32,
     max_kib_per_tunnel: f64,
+    nodes: usize,
+    rest: Duration,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T, Fail> {
@@ -115,6 +130,8 @@ fn settings() -> Result<Settings, Fail> {
         hold: Duration::from_secs(env_or("HOLD_SECS", 0)?),
         rounds: env_or("ROUNDS", 1)?,
         max_kib_per_tunnel: env_or("MAX_KIB_PER_TUNNEL", 100.0)?,
+        nodes: env_or("NODES", 1usize)?.max(1),
+        rest: Duration::from_secs(env_or("REST_SECS", 60)?),
     })
 }
 
@@ -133,17 +150,19 @@ fn run() -> Result<bool, Fail> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the tokio runtime: {e}"))?;
-    let mut burrow = Burrow::start(&settings)?;
-    let result = runtime.block_on(measure(&settings, &burrow));
+    let fleet = Fleet::start(&settings)?;
+    let result = runtime.block_on(measure(&settings, &fleet));
     if result.is_err() {
-        if let Err(gone) = burrow.check_alive() {
-            eprintln!("idle_tunnels: {gone}");
+        for burrow in &fleet.nodes {
+            if let Err(gone) = burrow.check_alive() {
+                eprintln!("idle_tunnels: {gone}");
+            }
+            burrow.print_log_tail();
         }
-        burrow.print_log_tail();
     }
     // Kill burrow before the clients go, so that 2,000 disconnects are not
     // part of anyone's measurement (the guard would do it anyway).
-    drop(burrow);
+    drop(fleet);
     runtime.shutdown_timeout(Duration::from_secs(2));
     result
 }
@@ -179,34 +198,37 @@ fn raise_nofile_limit() -> Result<u64, Fail> {
 /// The burrow process under test, killed (and its directory removed) when
 /// dropped, including on panic.
 struct Burrow {
-    child: Child,
+    child: std::sync::Mutex<Child>,
     dir: PathBuf,
     ssh: SocketAddr,
     stats: SocketAddr,
 }
 
 impl Burrow {
-    fn start(settings: &Settings) -> Result<Burrow, Fail> {
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default();
-        let dir = std::env::temp_dir().join(format!("burrow-idle-{}-{stamp}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    /// Starts burrow with every listener on `ip` (port 0), its host key at
+    /// `host_key`, plus `extra` flags.
+    fn start(
+        settings: &Settings,
+        ip: &str,
+        host_key: &Path,
+        extra: &[String],
+    ) -> Result<Burrow, Fail> {
+        let dir = scratch_dir("idle")?;
         let log = std::fs::File::create(dir.join("burrow.log"))
             .map_err(|e| format!("cannot create the log file: {e}"))?;
         let allowance = (settings.tunnels + 10).to_string();
+        let any_port = format!("{ip}:0");
         let child = Command::new(&settings.bin)
             .current_dir(&dir)
-            .args(["--ssh-addr", "127.0.0.1:0"])
-            .args(["--http-addr", "127.0.0.1:0"])
-            .args(["--https-addr", "127.0.0.1:0"])
-            .args(["--stats-addr", "127.0.0.1:0"])
+            .args(["--ssh-addr", &any_port])
+            .args(["--http-addr", &any_port])
+            .args(["--https-addr", &any_port])
+            .args(["--stats-addr", &any_port])
             .arg("--state-dir")
             .arg(dir.join("state"))
             .arg("--host-key")
-            .arg(dir.join("host_key"))
+            .arg(host_key)
+            .args(extra)
             .args(["--max-tunnels-per-ip", &allowance])
             .args(["--max-tunnels", &allowance])
             .args(["--max-conns-per-minute", "100000"])
@@ -227,7 +249,7 @@ impl Burrow {
         };
         let stdout = child.stdout.take().expect("stdout is piped");
         let mut burrow = Burrow {
-            child,
+            child: std::sync::Mutex::new(child),
             dir,
             ssh: SocketAddr::from(([127, 0, 0, 1], 0)),
             stats: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -250,7 +272,7 @@ impl Burrow {
             Ok(line) => line,
             Err(_) => {
                 burrow.print_log_tail();
-                let status = match burrow.child.try_wait() {
+                let status = match burrow.child.lock().expect("child lock").try_wait() {
                     Ok(Some(status)) => format!("it exited with {status}"),
                     _ => format!("nothing within {READY_TIMEOUT:?}"),
                 };
@@ -264,7 +286,7 @@ impl Burrow {
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.lock().expect("child lock").id()
     }
 
     fn print_log_tail(&self) {
@@ -285,8 +307,8 @@ impl Burrow {
     }
 
     /// Fails if burrow is no longer running.
-    fn check_alive(&mut self) -> Result<(), Fail> {
-        match self.child.try_wait() {
+    fn check_alive(&self) -> Result<(), Fail> {
+        match self.child.lock().expect("child lock").try_wait() {
             Ok(None) => Ok(()),
             Ok(Some(status)) => Err(format!("burrow exited during the run ({status})")),
             Err(e) => Err(format!("cannot check on burrow: {e}")),
@@ -295,6 +317,190 @@ impl Burrow {
 }
 
 impl Drop for Burrow {
+    fn drop(&mut self) {
+        let child = self.child.get_mut().expect("child lock");
+        let _ = child.kill();
+        let _ = child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A fresh scratch directory under the system's temp dir.
+fn scratch_dir(what: &str) -> Result<PathBuf, Fail> {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let dir = std::env::temp_dir().join(format!("burrow-{what}-{}-{stamp}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    Ok(dir)
+}
+
+/// What runs under test: one burrow, or `NODES` cluster nodes on a Redis
+/// of their own. Dropped nodes first, then Redis.
+struct Fleet {
+    nodes: Vec<Burrow>,
+    redis: Option<Redis>,
+    /// The host key and cluster secret every node shares.
+    shared: PathBuf,
+}
+
+impl Fleet {
+    fn start(settings: &Settings) -> Result<Fleet, Fail> {
+        let shared = scratch_dir("idle-shared")?;
+        let host_key = shared.join("host_key");
+        if settings.nodes == 1 {
+            let node = Burrow::start(settings, "127.0.0.1", &host_key, &[])?;
+            return Ok(Fleet {
+                nodes: vec![node],
+                redis: None,
+                shared,
+            });
+        }
+        let redis = Redis::start()?;
+        let secret = shared.join("cluster.secret");
+        let made = Command::new(&settings.bin)
+            .args(["cluster", "init"])
+            .arg(&secret)
+            .stdout(Stdio::null())
+            .status()
+            .map_err(|e| format!("burrow cluster init: {e}"))?;
+        if !made.success() {
+            return Err("burrow cluster init failed".into());
+        }
+        let mut nodes = Vec::new();
+        for i in 1..=settings.nodes {
+            let ip = format!("127.0.0.{i}");
+            let extra = [
+                "--cluster-redis".to_string(),
+                redis.url(),
+                "--node-id".into(),
+                format!("node-{i}"),
+                "--cluster-listen".into(),
+                format!("{ip}:{}", free_port(&ip)?),
+                "--cluster-secret".into(),
+                secret.display().to_string(),
+            ];
+            nodes.push(Burrow::start(settings, &ip, &host_key, &extra)?);
+        }
+        Ok(Fleet {
+            nodes,
+            redis: Some(redis),
+            shared,
+        })
+    }
+
+    fn ssh_addrs(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.ssh).collect()
+    }
+
+    /// Tunnels every node counts as its own, summed.
+    async fn active_tunnels(&self) -> Result<u64, Fail> {
+        let mut sum = 0;
+        for node in &self.nodes {
+            sum += active_tunnels(node.stats).await?;
+        }
+        Ok(sum)
+    }
+
+    /// Every node's memory, summed.
+    fn memory(&self) -> Result<Memory, Fail> {
+        let mut sum = Memory::default();
+        for node in &self.nodes {
+            let m = memory(node.pid())?;
+            sum.rss += m.rss;
+            sum.anon += m.anon;
+            sum.file += m.file;
+            sum.threads += m.threads;
+        }
+        Ok(sum)
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.nodes.clear();
+        self.redis = None;
+        let _ = std::fs::remove_dir_all(&self.shared);
+    }
+}
+
+/// A port free on `ip` right now.
+fn free_port(ip: &str) -> Result<u16, Fail> {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port on {ip}: {e}"))
+}
+
+/// A `redis-server` of the run's own (no persistence), killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl Redis {
+    fn start() -> Result<Redis, Fail> {
+        let bin = std::env::var("REDIS_BIN").unwrap_or_else(|_| "redis-server".into());
+        let port = free_port("127.0.0.1")?;
+        let dir = scratch_dir("idle-redis")?;
+        let child = Command::new(&bin)
+            .current_dir(&dir)
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {bin} (apt-get install redis-server): {e}"))?;
+        let redis = Redis { child, port, dir };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while redis.info().is_err() {
+            if Instant::now() >= deadline {
+                return Err(format!("redis-server did not answer on port {port}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(redis)
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// `INFO` through redis-cli (redis-tools, installed with the server).
+    fn info(&self) -> Result<String, Fail> {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "INFO"])
+            .output()
+            .map_err(|e| format!("redis-cli: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        match out.status.success() && text.contains("redis_version") {
+            true => Ok(text),
+            false => Err(format!("redis-cli INFO: {text}")),
+        }
+    }
+
+    /// One numeric field of `INFO`.
+    fn field(&self, name: &str) -> Result<u64, Fail> {
+        let info = self.info()?;
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| format!("no {name} in Redis INFO"))
+    }
+
+    /// Commands per second Redis serves over `secs` (our own INFO calls
+    /// taken out).
+    async fn commands_per_sec(&self, secs: Duration) -> Result<f64, Fail> {
+        let before = self.field("total_commands_processed")?;
+        tokio::time::sleep(secs).await;
+        let after = self.field("total_commands_processed")?;
+        Ok(after.saturating_sub(before + 1) as f64 / secs.as_secs_f64().max(1.0))
+    }
+}
+
+impl Drop for Redis {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -408,11 +614,12 @@ async fn open_tunnel(
         .unwrap_or_else(|_| Err(format!("no tunnel within {PER_TUNNEL_TIMEOUT:?}")))
 }
 
-/// Opens `count` tunnels, `concurrency` at a time, into `into`.
+/// Opens `count` tunnels, `concurrency` at a time, into `into`, taking
+/// `addrs` (the nodes) in turn.
 async fn open_tunnels(
     count: usize,
     concurrency: usize,
-    addr: SocketAddr,
+    addrs: &[SocketAddr],
     into: &mut Vec<client::Handle<Idle>>,
 ) -> Result<(), Fail> {
     let config = Arc::new(client::Config {
@@ -423,7 +630,7 @@ async fn open_tunnels(
         ..client::Config::default()
     });
     let mut results = stream::iter(0..count)
-        .map(|_| open_tunnel(Arc::clone(&config), addr))
+        .map(|i| open_tunnel(Arc::clone(&config), addrs[i % addrs.len()]))
         .buffer_unordered(concurrency);
     let mut errors = Vec::new();
     let mut failed = 0usize;
@@ -461,11 +668,11 @@ async fn open_tunnels(
     Ok(())
 }
 
-/// Polls the stats endpoint until it reports `want` tunnels.
-async fn wait_for_count(stats: SocketAddr, want: usize) -> Result<(), Fail> {
+/// Polls the stats endpoints until they report `want` tunnels in all.
+async fn wait_for_count(fleet: &Fleet, want: usize) -> Result<(), Fail> {
     let deadline = Instant::now() + COUNT_TIMEOUT;
     loop {
-        let seen = active_tunnels(stats).await?;
+        let seen = fleet.active_tunnels().await?;
         if seen == want as u64 {
             return Ok(());
         }
@@ -486,17 +693,22 @@ fn kib(value: f64) -> String {
     }
 }
 
-async fn measure(settings: &Settings, burrow: &Burrow) -> Result<bool, Fail> {
+async fn measure(settings: &Settings, fleet: &Fleet) -> Result<bool, Fail> {
     let n = settings.tunnels;
-    let pid = burrow.pid();
+    let addrs = fleet.ssh_addrs();
     // Let start-up allocations finish before the baseline.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = memory(pid)?;
+    let before = fleet.memory()?;
     println!(
-        "burrow pid {pid}: VmRSS {} before any tunnel ({} threads)",
+        "burrow ({} node(s)): VmRSS {} before any tunnel ({} threads)",
+        fleet.nodes.len(),
         kib(before.rss as f64),
         before.threads
     );
+    let redis_before = match &fleet.redis {
+        Some(redis) => Some(redis_at_rest(redis, settings.rest, "no tunnel").await?),
+        None => None,
+    };
 
     // A first tenth, measured on its own: what the remaining nine tenths add
     // is the marginal cost per tunnel, free of one-time start-up costs
@@ -504,12 +716,12 @@ async fn measure(settings: &Settings, burrow: &Burrow) -> Result<bool, Fail> {
     let first = (n / 10).max(1).min(n);
     let mut handles = Vec::with_capacity(n);
     let started = Instant::now();
-    open_tunnels(first, settings.concurrency, burrow.ssh, &mut handles).await?;
-    wait_for_count(burrow.stats, first).await?;
-    let at_first = memory(pid)?;
-    open_tunnels(n - first, settings.concurrency, burrow.ssh, &mut handles).await?;
+    open_tunnels(first, settings.concurrency, &addrs, &mut handles).await?;
+    wait_for_count(fleet, first).await?;
+    let at_first = fleet.memory()?;
+    open_tunnels(n - first, settings.concurrency, &addrs, &mut handles).await?;
     let establish = started.elapsed();
-    wait_for_count(burrow.stats, n).await?;
+    wait_for_count(fleet, n).await?;
     println!(
         "{n} tunnels up in {:.2} s ({:.0} tunnels/s, {} at a time); stats agree",
         establish.as_secs_f64(),
@@ -518,8 +730,8 @@ async fn measure(settings: &Settings, burrow: &Burrow) -> Result<bool, Fail> {
     );
 
     tokio::time::sleep(settings.settle).await;
-    let after = memory(pid)?;
-    if active_tunnels(burrow.stats).await? != n as u64 {
+    let after = fleet.memory()?;
+    if fleet.active_tunnels().await? != n as u64 {
         return Err("tunnels dropped while memory settled".into());
     }
 
@@ -557,19 +769,22 @@ async fn measure(settings: &Settings, burrow: &Burrow) -> Result<bool, Fail> {
         settings.max_kib_per_tunnel
     );
 
+    if let (Some(redis), Some(idle)) = (&fleet.redis, redis_before) {
+        pass &= redis_per_tunnel(redis, settings, idle).await?;
+    }
     if !settings.hold.is_zero() {
-        pass &= hold(settings, burrow, &handles).await?;
+        pass &= hold(settings, fleet, &handles).await?;
     }
 
     // Closing the connections must remove every tunnel at once.
     let closing = Instant::now();
     drop(handles);
-    wait_for_count(burrow.stats, 0)
+    wait_for_count(fleet, 0)
         .await
         .map_err(|e| format!("after closing every connection: {e}"))?;
     let gone = closing.elapsed();
     tokio::time::sleep(settings.settle).await;
-    let closed = memory(pid)?;
+    let closed = fleet.memory()?;
     println!();
     println!(
         "closed             all {n} gone from stats {:.2} s after the clients closed",
@@ -584,16 +799,16 @@ async fn measure(settings: &Settings, burrow: &Burrow) -> Result<bool, Fail> {
     // every round, memory merely kept by the allocator gets reused.
     for round in 2..=settings.rounds {
         let mut handles = Vec::with_capacity(n);
-        open_tunnels(n, settings.concurrency, burrow.ssh, &mut handles).await?;
-        wait_for_count(burrow.stats, n).await?;
+        open_tunnels(n, settings.concurrency, &addrs, &mut handles).await?;
+        wait_for_count(fleet, n).await?;
         tokio::time::sleep(settings.settle).await;
-        let open = memory(pid)?;
+        let open = fleet.memory()?;
         drop(handles);
-        wait_for_count(burrow.stats, 0)
+        wait_for_count(fleet, 0)
             .await
             .map_err(|e| format!("round {round}, after closing: {e}"))?;
         tokio::time::sleep(settings.settle).await;
-        let closed = memory(pid)?;
+        let closed = fleet.memory()?;
         println!(
             "round {round:<3}          VmRSS {} with {n} open, {} after closing",
             kib(open.rss as f64),
@@ -603,12 +818,56 @@ async fn measure(settings: &Settings, burrow: &Burrow) -> Result<bool, Fail> {
     Ok(pass)
 }
 
+/// Redis at rest: `used_memory` and commands per second over `rest`.
+#[derive(Clone, Copy)]
+struct RedisRest {
+    memory: u64,
+    per_sec: f64,
+}
+
+async fn redis_at_rest(redis: &Redis, rest: Duration, label: &str) -> Result<RedisRest, Fail> {
+    let per_sec = redis.commands_per_sec(rest).await?;
+    let memory = redis.field("used_memory")?;
+    println!(
+        "Redis at rest, {label}: {per_sec:.2} commands/s over {} s, used_memory {}",
+        rest.as_secs(),
+        kib(memory as f64 / 1024.0)
+    );
+    Ok(RedisRest { memory, per_sec })
+}
+
+/// Redis with every tunnel open, against `idle` (before any): memory per
+/// tunnel (target ≤ 300 bytes) and commands per second at rest (target
+/// ≤ 10/s, independent of the tunnel count).
+async fn redis_per_tunnel(
+    redis: &Redis,
+    settings: &Settings,
+    idle: RedisRest,
+) -> Result<bool, Fail> {
+    let n = settings.tunnels;
+    let busy = redis_at_rest(redis, settings.rest, &format!("{n} tunnels")).await?;
+    let per_tunnel = busy.memory.saturating_sub(idle.memory) as f64 / n as f64;
+    let pass_memory = per_tunnel <= 300.0;
+    let pass_rate = busy.per_sec <= 10.0;
+    println!(
+        "Redis / tunnel     {per_tunnel:.0} bytes ({}; target ≤ 300)",
+        if pass_memory { "PASS" } else { "FAIL" }
+    );
+    println!(
+        "Redis at rest      {:.2} commands/s with {n} tunnels, {:.2} with none ({}; target ≤ 10/s, independent of the count)",
+        busy.per_sec,
+        idle.per_sec,
+        if pass_rate { "PASS" } else { "FAIL" }
+    );
+    Ok(pass_memory && pass_rate)
+}
+
 /// Keeps every tunnel open and silent for `HOLD_SECS`, checking that
 /// burrow's keepalives keep them all (none closed on our side, all counted
 /// on burrow's).
 async fn hold(
     settings: &Settings,
-    burrow: &Burrow,
+    fleet: &Fleet,
     handles: &[client::Handle<Idle>],
 ) -> Result<bool, Fail> {
     let n = settings.tunnels;
@@ -627,8 +886,8 @@ async fn hold(
         }
         tokio::time::sleep((end - now).min(Duration::from_secs(15))).await;
         let closed = handles.iter().filter(|h| h.is_closed()).count();
-        let seen = active_tunnels(burrow.stats).await?;
-        let rss = memory(burrow.pid())?.rss;
+        let seen = fleet.active_tunnels().await?;
+        let rss = fleet.memory()?.rss;
         println!(
             "  t+{:>4} s: {seen} tunnels on burrow, {closed} closed here, VmRSS {}",
             start.elapsed().as_secs(),

@@ -12,7 +12,8 @@
 //! {burrow}:name:KEY          hash NODE/INCARNATION/CONN → "CLAIMED_MS OWNER GRANTED RAW"
 //! {burrow}:held:NODE/INC     set of the keys that incarnation holds (cleanup after a crash)
 //! {burrow}:ports             set of `tcp:PORT` keys held anywhere (every node listens on them)
-//! {burrow}:reserved:NAME     a name announced to a logging-in client (expires in 10 s)
+//! {burrow}:reserved:NAME     a name announced to a logging-in client (expires in 10 s,
+//!                            deleted when it is claimed)
 //! {burrow}:bans              hash IP → "UNTIL_MS REASON"
 //! {burrow}:ipt:NODE/INC      hash IP → tunnels of that IP on that node
 //! {burrow}:conns:IP:MINUTE   SSH connections of that IP in that minute (expires)
@@ -196,6 +197,8 @@ end
 table.sort(live, function(a, b) return a.ms < b.ms or (a.ms == b.ms and a.id < b.id) end)
 local function commit(count, replaced)
   redis.call('HSET', KEYS[1], mine, value)
+  -- Live now: nobody need wait for it any more (nor after it dies).
+  redis.call('DEL', prefix .. 'reserved:' .. key)
   redis.call('SADD', KEYS[2], key)
   if string.sub(key, 1, 4) == 'tcp:' then redis.call('SADD', KEYS[3], key) end
   local event = {t = 'name', key = key, clients = count, by = mine}
