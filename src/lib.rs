@@ -101,12 +101,6 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         Arc::clone(&certs),
         Arc::clone(&registry),
     ));
-    if let Some(acme) = &acme {
-        // Custom domains get their certificates from the same CA.
-        custom
-            .certs
-            .set_issuer(Arc::new(acme::OnDemandIssuer(Arc::clone(acme))));
-    }
     let relays = Arc::new(pipe::relay::Relays {
         registry: Arc::clone(&registry),
         ip_guard: Arc::clone(&ip_guard),
@@ -137,6 +131,24 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         }
         false => None,
     };
+    // Certificates: in a cluster every node serves the same ones, kept in
+    // Redis. Custom domains get theirs from the CA when ACME is on.
+    let shared_certs = cluster.as_ref().map(|cluster| cluster.certs());
+    if let Some(shared) = &shared_certs {
+        challenges.share(shared.clone());
+        custom.certs.share(shared.clone());
+        if let Some(acme) = &acme {
+            acme.share(shared.clone());
+        }
+    }
+    let issuer: Option<Arc<dyn custom::issuer::Issuer>> = match (&acme, shared_certs) {
+        (Some(acme), _) => Some(Arc::new(acme::OnDemandIssuer(Arc::clone(acme)))),
+        (None, Some(shared)) => Some(Arc::new(custom::issuer::SharedSelfSigned::new(shared))),
+        (None, None) => None,
+    };
+    if let Some(issuer) = issuer {
+        custom.certs.set_issuer(issuer);
+    }
     let server = Arc::new(ssh::Server {
         registry: Arc::clone(&registry),
         limits: config.limits.clone(),
@@ -211,7 +223,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         // Before the ready line, so a stored certificate is served from the
         // first handshake on. HTTP-01 works already: :80 is bound (and its
         // accept loop starts right below, before any order gets that far).
-        acme.start();
+        acme.start().await;
     }
     addrs.announce(registry.public());
 

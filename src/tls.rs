@@ -204,6 +204,14 @@ fn self_signed(domain: &str) -> Result<CertifiedKey> {
     self_signed_for(vec![domain.to_string(), format!("*.{domain}")])
 }
 
+/// A fresh self-signed certificate for `names`, as a PEM chain and a PEM
+/// key (to be stored).
+pub fn self_signed_pem(names: Vec<String>) -> Result<(String, String)> {
+    let generated = rcgen::generate_simple_self_signed(names)
+        .context("generating the self-signed certificate")?;
+    Ok((generated.cert.pem(), generated.key_pair.serialize_pem()))
+}
+
 /// A fresh self-signed certificate (and key) for `names`.
 pub fn self_signed_for(names: Vec<String>) -> Result<CertifiedKey> {
     let generated = rcgen::generate_simple_self_signed(names)

@@ -14,17 +14,23 @@
 //! there at start while still valid; [`renew`] keeps each one fresh. A
 //! failing CA never stops the server: issuance runs in background tasks
 //! that log and retry.
+//!
+//! In a cluster ([`shared`]) the account and the certificates live in
+//! Redis instead, their keys sealed with the cluster secret; one node at a
+//! time orders each certificate (a lock) and the others install it.
 
 pub mod dns;
 pub mod http01;
 pub mod renew;
+pub mod shared;
 pub mod store;
 
 use std::collections::{BTreeMap, HashSet};
 use std::num::NonZeroU32;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context, Result};
 use governor::{DefaultDirectRateLimiter, Quota};
@@ -35,6 +41,7 @@ use instant_acme::{
 use rustls::sign::CertifiedKey;
 use sha2::Digest;
 
+use crate::cluster::certs::SharedCerts;
 use crate::config::{AcmeArgs, Config};
 use crate::shutdown::Shutdown;
 use crate::tls::Certs;
@@ -81,7 +88,23 @@ pub struct Acme {
     issued: Mutex<BTreeMap<String, Issued>>,
     /// Labels that have a renewal task.
     renewing: Mutex<HashSet<String>>,
+    /// In a cluster: where the account, the certificates and the HTTP-01
+    /// answers are kept, and the lock on ordering each certificate.
+    shared: OnceLock<SharedCerts>,
+    /// Certificates this node got from the CA (in a cluster, the others'
+    /// are adopted, not counted): the stats and the metrics show it.
+    ordered: AtomicU64,
     shutdown: Shutdown,
+}
+
+/// What one attempt at getting a certificate came to.
+pub enum Obtained {
+    /// Ordered from the CA by this node.
+    Issued(Issued),
+    /// In a cluster: another node's, not due yet, now served here too.
+    Adopted(Issued),
+    /// In a cluster: another node is ordering it now.
+    Busy,
 }
 
 impl Acme {
@@ -117,8 +140,21 @@ impl Acme {
             account: tokio::sync::Mutex::new(None),
             issued: Mutex::default(),
             renewing: Mutex::default(),
+            shared: OnceLock::new(),
+            ordered: AtomicU64::new(0),
             shutdown,
         })))
+    }
+
+    /// Keeps the account and the certificates in the cluster's Redis from
+    /// now on (call before [`Acme::start`]).
+    pub fn share(&self, shared: SharedCerts) {
+        let _ = self.shared.set(shared);
+    }
+
+    /// How many certificates this node got from the CA since it started.
+    pub fn ordered(&self) -> u64 {
+        self.ordered.load(Ordering::Relaxed)
     }
 
     /// The main certificate: wildcard with DNS-01, else the apex alone.
@@ -140,6 +176,16 @@ impl Acme {
         }
     }
 
+    /// The certificate stored under `file`, as managed here: the main one,
+    /// or a single name.
+    fn managed(&self, file: &str) -> Option<Managed> {
+        match file {
+            MAIN_FILE => Some(self.main_cert()),
+            name if crate::subdomain::is_valid_domain(name) => Some(Acme::single(name)),
+            _ => None,
+        }
+    }
+
     fn single(name: &str) -> Managed {
         Managed {
             file: name.to_string(),
@@ -149,9 +195,14 @@ impl Acme {
         }
     }
 
-    /// Serves what the state directory holds and starts a renewal task for
-    /// the main certificate and every stored single name.
-    pub fn start(self: &Arc<Self>) {
+    /// Serves what the state directory (in a cluster: Redis) holds and
+    /// starts a renewal task for the main certificate and every stored
+    /// single name.
+    pub async fn start(self: &Arc<Self>) {
+        if let Some(shared) = self.shared.get() {
+            shared::start(self, shared).await;
+            return;
+        }
         let main = self.main_cert();
         self.load_stored(&main);
         renew::spawn(self, main);
@@ -225,7 +276,14 @@ impl Acme {
         // A certificate in hand that is not due yet is simply handed out:
         // asking again must not cost an issuance.
         if let Some(issued) = self.current(&managed) {
-            if issued.renew_at() > std::time::SystemTime::now() {
+            if issued.renew_at() > SystemTime::now() {
+                return Ok(issued.certified);
+            }
+        }
+        // Nor one another node of the cluster got.
+        if let Some(shared) = self.shared.get() {
+            if let Some(issued) = self.adopt_fresh(shared, &managed).await? {
+                renew::spawn(self, managed);
                 return Ok(issued.certified);
             }
         }
@@ -241,13 +299,23 @@ impl Acme {
                 crate::limits::human(wait)
             );
         }
-        let issued = self.obtain(&managed).await?;
+        let issued = self.obtain_now(&managed).await?;
         renew::spawn(self, managed);
         Ok(issued.certified)
     }
 
+    /// Gets a certificate for `managed`: orders it; in a cluster, adopts
+    /// the stored one if it is not due, else orders it if this node gets
+    /// the lock on it.
+    pub async fn obtain(&self, managed: &Managed) -> Result<Obtained> {
+        match self.shared.get() {
+            None => self.issue(managed).await.map(Obtained::Issued),
+            Some(shared) => self.obtain_shared(shared, managed).await,
+        }
+    }
+
     /// Orders, validates, stores and installs one certificate.
-    pub async fn obtain(&self, managed: &Managed) -> Result<Issued> {
+    async fn issue(&self, managed: &Managed) -> Result<Issued> {
         let label = managed.label().to_string();
         let (chain, key) = tokio::time::timeout(self.args.acme_order_timeout, self.order(managed))
             .await
@@ -258,8 +326,15 @@ impl Acme {
                 )
             })??;
         let issued = Issued::from_pem(&chain, &key).context("the CA's certificate")?;
-        store::save(&store::dir(&self.state_dir), &managed.file, &chain, &key)
-            .with_context(|| format!("--state-dir {}", self.state_dir.display()))?;
+        self.ordered.fetch_add(1, Ordering::Relaxed);
+        match self.shared.get() {
+            None => store::save(&store::dir(&self.state_dir), &managed.file, &chain, &key)
+                .with_context(|| format!("--state-dir {}", self.state_dir.display()))?,
+            Some(shared) => shared
+                .save(shared::KIND, &managed.file, &chain, &key)
+                .await
+                .context("storing the certificate in Redis")?,
+        }
         tracing::info!(cert = %label, names = ?issued.names, expires = %humantime::format_rfc3339_seconds(issued.not_after), "certificate issued");
         self.install(managed, issued.clone());
         Ok(issued)
@@ -368,8 +443,12 @@ impl Acme {
                 provider.set(&fqdn, &value).await?;
                 published.txt.push((fqdn, value));
             } else {
-                self.challenges.insert(&challenge.token, key_auth.as_str());
+                let ttl = self.args.acme_order_timeout;
+                let answer = self
+                    .challenges
+                    .publish(&challenge.token, key_auth.as_str(), ttl);
                 published.tokens.push(challenge.token.clone());
+                answer.await.context("publishing the HTTP-01 answer")?;
             }
             pending += 1;
         }
@@ -379,7 +458,7 @@ impl Acme {
     /// Removes published challenge responses; failures are logged only.
     async fn withdraw(&self, published: Published) {
         for token in &published.tokens {
-            self.challenges.remove(token);
+            self.challenges.withdraw(token).await;
         }
         let Some(provider) = &self.dns else {
             return;
@@ -415,18 +494,8 @@ impl Acme {
         // production.
         let digest = sha2::Sha256::digest(directory.as_bytes());
         let tag: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-        let dir = self.state_dir.join("acme");
-        let path = dir.join(format!("account-{tag}.json"));
-        if path.exists() {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            let credentials: AccountCredentials = serde_json::from_str(&text)
-                .with_context(|| format!("{} is corrupt", path.display()))?;
-            return self
-                .builder()?
-                .from_credentials(credentials)
-                .await
-                .with_context(|| format!("ACME directory {directory}"));
+        if let Some(json) = self.stored_account(&tag).await? {
+            return self.account_from(&json, &tag, &directory).await;
         }
         let contact = format!("mailto:{}", self.args.acme_email.as_deref().unwrap_or(""));
         let (account, credentials) = self
@@ -442,11 +511,71 @@ impl Acme {
             )
             .await
             .with_context(|| format!("ACME directory {directory}: creating the account"))?;
-        store::create_private_dir(&dir)?;
-        crate::state::write_private_file(&path, serde_json::to_string(&credentials)?.as_bytes())
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        let json = serde_json::to_vec(&credentials)?;
+        let in_force = self.store_account(&tag, &json).await?;
+        if in_force != json {
+            tracing::info!("another node of the cluster created the ACME account first: using it");
+            return self.account_from(&in_force, &tag, &directory).await;
+        }
         tracing::info!(directory, id = account.id(), "ACME account created");
         Ok(account)
+    }
+
+    /// The account whose credentials (JSON) are stored for `tag`.
+    async fn account_from(&self, json: &[u8], tag: &str, directory: &str) -> Result<Account> {
+        let whence = match self.shared.get() {
+            Some(_) => format!("the ACME account in Redis (acme:account:{tag})"),
+            None => self.account_path(tag).display().to_string(),
+        };
+        let credentials: AccountCredentials =
+            serde_json::from_slice(json).with_context(|| format!("{whence} is corrupt"))?;
+        self.builder()?
+            .from_credentials(credentials)
+            .await
+            .with_context(|| format!("ACME directory {directory}"))
+    }
+
+    /// Where directory `tag`'s account is kept on a single node.
+    fn account_path(&self, tag: &str) -> PathBuf {
+        self.state_dir
+            .join("acme")
+            .join(format!("account-{tag}.json"))
+    }
+
+    /// The stored account (its credentials as JSON): the file, or in a
+    /// cluster Redis — which the first node to join gives its own, so a
+    /// single node that becomes a cluster keeps its account.
+    async fn stored_account(&self, tag: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.account_path(tag);
+        let file = match path.exists() {
+            true => Some(
+                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?,
+            ),
+            false => None,
+        };
+        let Some(shared) = self.shared.get() else {
+            return Ok(file);
+        };
+        if let Some(json) = shared.account(tag).await? {
+            return Ok(Some(json));
+        }
+        match file {
+            Some(json) => Ok(Some(shared.save_account(tag, &json).await?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores a new account; returns the one in force (in a cluster,
+    /// another node's if it stored one first).
+    async fn store_account(&self, tag: &str, json: &[u8]) -> Result<Vec<u8>> {
+        if let Some(shared) = self.shared.get() {
+            return shared.save_account(tag, json).await;
+        }
+        let path = self.account_path(tag);
+        store::create_private_dir(&self.state_dir.join("acme"))?;
+        crate::state::write_private_file(&path, json)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        Ok(json.to_vec())
     }
 
     fn builder(&self) -> Result<instant_acme::AccountBuilder> {
@@ -488,6 +617,10 @@ pub struct OnDemandIssuer(pub Arc<Acme>);
 impl crate::custom::issuer::Issuer for OnDemandIssuer {
     fn issue<'a>(&'a self, name: &'a str) -> crate::custom::issuer::IssueFuture<'a> {
         Box::pin(self.0.issue_single(name))
+    }
+
+    fn issued_elsewhere<'a>(&'a self, name: &'a str) -> crate::custom::issuer::ElsewhereFuture<'a> {
+        Box::pin(self.0.issued_elsewhere(name))
     }
 
     fn kind(&self) -> &'static str {

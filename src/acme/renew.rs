@@ -4,11 +4,15 @@
 //! `--acme-retry-max`, each wait jittered by ±25% so that many servers (or
 //! many names) do not retry in step. The current certificate is served
 //! until the new one is in hand.
+//!
+//! In a cluster every node runs the schedule, but an attempt may find the
+//! certificate renewed by another node (adopted) or being ordered there
+//! (busy: look again a little later); see [`super::shared`].
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::{Acme, Managed};
+use super::{Acme, Managed, Obtained};
 
 /// Starts the renewal task of `managed` unless one runs already.
 pub fn spawn(acme: &Arc<Acme>, managed: Managed) {
@@ -45,7 +49,7 @@ async fn run(acme: Arc<Acme>, managed: Managed, shutdown: crate::shutdown::Shutd
             attempt = acme.obtain(&managed) => attempt,
         };
         match attempt {
-            Ok(_) => {
+            Ok(Obtained::Issued(_)) => {
                 if renewal {
                     tracing::info!(
                         cert = managed.label(),
@@ -54,10 +58,13 @@ async fn run(acme: Arc<Acme>, managed: Managed, shutdown: crate::shutdown::Shutd
                 }
                 failures = 0;
             }
+            Ok(Obtained::Adopted(_)) => failures = 0,
+            Ok(Obtained::Busy) => retry = Some(acme.busy_wait()),
             Err(err) => {
                 failures = failures.saturating_add(1);
                 let wait = backoff(&acme, failures);
                 retry = Some(wait);
+                acme.hold_after_failure(&managed, wait).await;
                 tracing::warn!(
                     cert = managed.label(),
                     failures,
@@ -89,7 +96,7 @@ fn backoff(acme: &Acme, failures: u32) -> Duration {
 }
 
 /// ±25%.
-fn jitter(wait: Duration) -> Duration {
+pub(super) fn jitter(wait: Duration) -> Duration {
     wait.mul_f64(0.75 + rand::random::<f64>() * 0.5)
 }
 

@@ -75,6 +75,17 @@ pub fn dir(state_dir: &Path) -> PathBuf {
 
 /// Loads `FILE.crt`/`FILE.key`; `Ok(None)` when there is none.
 pub fn load(dir: &Path, file: &str) -> Result<Option<Issued>> {
+    let Some((chain, key)) = load_pem(dir, file)? else {
+        return Ok(None);
+    };
+    let issued = Issued::from_pem(&chain, &key)
+        .with_context(|| format!("{}: unusable", paths(dir, file).0.display()))?;
+    Ok(Some(issued))
+}
+
+/// The PEM chain and key in `FILE.crt`/`FILE.key`; `Ok(None)` when there
+/// is none.
+pub fn load_pem(dir: &Path, file: &str) -> Result<Option<(String, String)>> {
     let (crt, key) = paths(dir, file);
     if !crt.exists() || !key.exists() {
         return Ok(None);
@@ -82,9 +93,7 @@ pub fn load(dir: &Path, file: &str) -> Result<Option<Issued>> {
     let read = |p: &Path| {
         std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))
     };
-    let issued = Issued::from_pem(&read(&crt)?, &read(&key)?)
-        .with_context(|| format!("{}: unusable", crt.display()))?;
-    Ok(Some(issued))
+    Ok(Some((read(&crt)?, read(&key)?)))
 }
 
 /// Stores a chain and its key (key first: a chain is never without it).

@@ -5,6 +5,7 @@
 //! - [`store`]: the shared state in Redis (keys, Lua scripts, events);
 //! - [`nodes`]: the node table read from the heartbeats;
 //! - [`secret`], [`tls`]: the cluster secret and the link's mutual TLS;
+//! - [`certs`]: the certificates every node serves (ACME, custom domains);
 //! - [`link`]: HTTP/2 streams between nodes; [`serve`]: serving them;
 //! - this module: [`Cluster`], the node's membership — the
 //!   [`Directory`](crate::tunnel::directory::Directory) the registry
@@ -16,6 +17,7 @@
 //! lost its data). Lookups are cached per name and invalidated by events,
 //! so serving a request does not ask Redis.
 
+pub mod certs;
 pub mod link;
 pub mod nodes;
 pub mod secret;
@@ -32,6 +34,7 @@ use anyhow::{Context, Result};
 use dashmap::{DashMap, DashSet};
 use futures_util::StreamExt;
 
+use self::certs::{CertChange, SharedCerts};
 use self::link::Links;
 use self::nodes::Nodes;
 use self::secret::Secret;
@@ -104,6 +107,9 @@ pub struct Cluster {
     from_events: DashSet<(IpAddr, u64)>,
     /// Nodes whose keys file differs from ours, warned about once.
     keys_warned: DashSet<String>,
+    /// Certificates stored by any node: the certificate side follows
+    /// them (see [`certs`]).
+    cert_changes: tokio::sync::broadcast::Sender<CertChange>,
 }
 
 impl Cluster {
@@ -150,6 +156,7 @@ impl Cluster {
             started_ms: unix_ms(SystemTime::now()),
             from_events: DashSet::new(),
             keys_warned: DashSet::new(),
+            cert_changes: tokio::sync::broadcast::channel(certs::CHANGES).0,
             node,
         });
         cluster
@@ -216,6 +223,13 @@ impl Cluster {
 
     pub fn secret(&self) -> &Secret {
         &self.secret
+    }
+
+    /// The certificates the nodes share.
+    pub fn certs(&self) -> SharedCerts {
+        let token = format!("{}/{}", self.node, self.incarnation);
+        let changes = self.cert_changes.clone();
+        SharedCerts::new(self.store.clone(), self.secret.clone(), token, changes)
     }
 
     fn registry(&self) -> Option<Arc<Registry>> {
@@ -451,6 +465,7 @@ impl Cluster {
                 Ok(pubsub) => {
                     backoff = RESUBSCRIBE_MIN;
                     self.all_stale();
+                    let _ = self.cert_changes.send(CertChange::Resync);
                     let mut messages = pubsub.into_on_message();
                     loop {
                         let message = tokio::select! {
@@ -508,6 +523,10 @@ impl Cluster {
                         registry.close(&tunnel, &reason);
                     }
                 }
+            }
+            Event::Cert { kind, name } => {
+                // Nobody following (ACME off, no custom domains) is fine.
+                let _ = self.cert_changes.send(CertChange::Stored { kind, name });
             }
         }
     }

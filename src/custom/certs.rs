@@ -3,10 +3,15 @@
 //! let anyone make the server issue certificates for any name), cached per
 //! name in [`crate::tls::Certs`], and rate-limited with one token bucket for
 //! all names (`--custom-cert-rate`, `--custom-cert-burst`).
+//!
+//! In a cluster a name bound on one node is served by every node: the
+//! node holding the tunnel issues the certificate (the issuer stores it in
+//! Redis), and a node without it fetches it at the first handshake,
+//! waiting for it if it is still on its way.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -14,6 +19,7 @@ use governor::DefaultDirectRateLimiter;
 use rustls::sign::CertifiedKey;
 
 use super::issuer::Issuer;
+use crate::cluster::certs::{CertChange, SharedCerts};
 use crate::config::CustomDomainArgs;
 use crate::limits::{human, Refusal};
 use crate::tls::Certs;
@@ -51,6 +57,9 @@ pub struct OnDemand {
     failed: Mutex<HashSet<String>>,
     /// Woken whenever an issuance ends, either way.
     finished: tokio::sync::Notify,
+    /// In a cluster: where other nodes' certificates are announced (a
+    /// handshake for a name bound elsewhere waits for its certificate).
+    shared: OnceLock<SharedCerts>,
     pub counters: CertCounters,
 }
 
@@ -72,8 +81,15 @@ impl OnDemand {
             pending: Mutex::new(HashSet::new()),
             failed: Mutex::new(HashSet::new()),
             finished: tokio::sync::Notify::new(),
+            shared: OnceLock::new(),
             counters: CertCounters::default(),
         }
+    }
+
+    /// In a cluster: names bound on other nodes get their certificates
+    /// from there.
+    pub fn share(&self, shared: SharedCerts) {
+        let _ = self.shared.set(shared);
     }
 
     /// Replaces the issuer (ACME once its account is ready); names issued
@@ -216,9 +232,13 @@ impl OnDemand {
     /// Waits (at most `limit`) until bound name `name` has its certificate:
     /// the first visitors right after a bind would otherwise get the
     /// server's own. Returns at once when the certificate is there or the
-    /// last issuance failed.
+    /// last issuance failed. In a cluster the name may be bound on another
+    /// node, which issues it: it is looked for in Redis, and again each
+    /// time a certificate is stored.
     pub async fn wait_ready(&self, name: &str, limit: Duration) {
         let deadline = tokio::time::Instant::now() + limit;
+        let mut changes = self.shared.get().map(SharedCerts::changes);
+        let mut look = changes.is_some();
         loop {
             let finished = self.finished.notified();
             tokio::pin!(finished);
@@ -227,10 +247,46 @@ impl OnDemand {
             if failed || self.certs.named(name).is_some() {
                 return;
             }
-            if tokio::time::timeout_at(deadline, finished).await.is_err() {
-                tracing::debug!(name, "custom domain certificate not ready in time");
+            let pending = self.pending.lock().expect("pending lock").contains(name);
+            if look && !pending && self.adopt_elsewhere(name).await {
                 return;
             }
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::debug!(name, "custom domain certificate not ready in time");
+                    return;
+                }
+                _ = finished => look = false,
+                stored = next_change(&mut changes) => look = stored,
+            }
+        }
+    }
+
+    /// Serves the certificate another node issued for `name`, if it is
+    /// stored: `true` when it did.
+    async fn adopt_elsewhere(&self, name: &str) -> bool {
+        let issuer = Arc::clone(&self.issuer.read().expect("issuer lock"));
+        let Some(cert) = issuer.issued_elsewhere(name).await else {
+            return false;
+        };
+        tracing::debug!(name, "custom domain certificate from the cluster");
+        self.finish(name, Some(&cert));
+        true
+    }
+}
+
+/// Resolves at the next certificate change (`true`: one was stored, or
+/// some may have been missed); never without a cluster.
+async fn next_change(changes: &mut Option<tokio::sync::broadcast::Receiver<CertChange>>) -> bool {
+    use tokio::sync::broadcast::error::RecvError;
+    let Some(receiver) = changes else {
+        return std::future::pending().await;
+    };
+    match receiver.recv().await {
+        Ok(_) | Err(RecvError::Lagged(_)) => true,
+        Err(RecvError::Closed) => {
+            *changes = None;
+            false
         }
     }
 }

@@ -20,7 +20,9 @@ use std::sync::Arc;
 use crate::config::{Config, Switch};
 use crate::shutdown::Shutdown;
 use crate::subdomain;
+use crate::tunnel::directory::Holder;
 use crate::tunnel::options::Tls;
+use crate::tunnel::registry::Pick;
 use crate::tunnel::{is_custom_key, Client, ConnId, Kind, Notice, Registry};
 
 pub struct CustomDomains {
@@ -65,6 +67,29 @@ impl CustomDomains {
             .registry
             .find(&name, crate::tunnel::registry::Pick::Oldest)?;
         (tunnel.kind() == Kind::Name).then_some(name)
+    }
+
+    /// [`CustomDomains::bound_name`], and in a cluster a custom domain
+    /// bound on another node (or on one that just died: its clients are
+    /// reconnecting), as the directory says.
+    pub async fn bound_anywhere(&self, host: &str) -> Option<String> {
+        if let Some(name) = self.bound_name(host) {
+            return Some(name);
+        }
+        if !self.enabled || self.registry.directory().is_none() {
+            return None;
+        }
+        let name = subdomain::strip_port(host)
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        if !subdomain::is_custom_name(&name, &self.registry.public().domain) {
+            return None;
+        }
+        match self.registry.route(&name, Pick::Oldest).await {
+            Holder::There(_) | Holder::Gone => Some(name),
+            Holder::Here(tunnel) => (tunnel.kind() == Kind::Name).then_some(name),
+            Holder::Nobody | Holder::Unresolved => None,
+        }
     }
 
     /// After `name` was bound by `client`: issues its certificate in the

@@ -105,7 +105,7 @@ impl Edge {
             return (page.render(req.headers()), Served::Here(None));
         };
         let domain = self.router.domain();
-        let page = match self.router.route(&host) {
+        let page = match self.router.route(&host).await {
             Route::Apex => {
                 let connect = self.proxy.registry.public().connect_command();
                 let mut page = pages::landing(domain, &connect).render(req.headers());

@@ -7,7 +7,8 @@
 //! (over plain HTTP); the apex and `tls=passthrough` tunnels still redirect.
 //!
 //! Before any of that, `/.well-known/acme-challenge/TOKEN` is answered from
-//! the pending ACME HTTP-01 challenges (any host: a custom domain too).
+//! the pending ACME HTTP-01 challenges (any host: a custom domain too; in a
+//! cluster, any node's).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -29,13 +30,13 @@ pub async fn serve(listener: TcpListener, edge: Arc<Edge>) {
     crate::http::serve_plain(listener, limits, shutdown, move |req, peer| {
         let edge = Arc::clone(&edge);
         async move {
-            if let Some(answer) = edge.challenges.respond(req.uri().path()) {
+            if let Some(answer) = edge.challenges.answer(req.uri().path()).await {
                 return Ok(acme_challenge(answer));
             }
             if edge.http_mode == HttpMode::Proxy && is_tunnel(&edge, &req).await {
                 return Ok(edge.request(req, peer, Scheme::Http).await);
             }
-            Ok::<_, Infallible>(handle(&edge, &req))
+            Ok::<_, Infallible>(handle(&edge, &req).await)
         }
     })
     .await;
@@ -72,8 +73,8 @@ async fn is_tunnel(edge: &Edge, req: &Request<Incoming>) -> bool {
     }
 }
 
-fn handle(edge: &Edge, req: &Request<Incoming>) -> Response<Body> {
-    match location(edge, req) {
+async fn handle(edge: &Edge, req: &Request<Incoming>) -> Response<Body> {
+    match location(edge, req).await {
         Some(location) => {
             let text = format!("Moved to {}\n", location.to_str().unwrap_or_default());
             let mut response = Response::new(pages::full(text));
@@ -87,11 +88,11 @@ fn handle(edge: &Edge, req: &Request<Incoming>) -> Response<Body> {
 }
 
 /// The HTTPS URL for this request, or `None` when the host is not ours.
-fn location(edge: &Edge, req: &Request<Incoming>) -> Option<HeaderValue> {
+async fn location(edge: &Edge, req: &Request<Incoming>) -> Option<HeaderValue> {
     let name = subdomain::strip_port(host(req)?)
         .trim_end_matches('.')
         .to_ascii_lowercase();
-    match edge.router.route(&name) {
+    match edge.router.route(&name).await {
         Route::Apex | Route::Tunnel(_) => {}
         Route::Malformed | Route::Foreign => return None,
     }

@@ -79,12 +79,13 @@ impl Router {
     }
 
     /// Where a Host or SNI value points: a custom domain bound right now
-    /// is a tunnel too.
-    pub fn route(&self, host: &str) -> Route {
+    /// (in a cluster, on any node) is a tunnel too.
+    pub async fn route(&self, host: &str) -> Route {
         match route(host, self.domain()) {
             Route::Foreign => self
                 .custom
-                .bound_name(host)
+                .bound_anywhere(host)
+                .await
                 .map(Route::Tunnel)
                 .unwrap_or(Route::Foreign),
             route => route,
@@ -99,7 +100,7 @@ impl Router {
         let Some(name) = server_name else {
             return TlsRoute::Terminate;
         };
-        let key = match self.route(name) {
+        let key = match self.route(name).await {
             Route::Foreign => return TlsRoute::Reject,
             Route::Apex | Route::Malformed => return TlsRoute::Terminate,
             Route::Tunnel(key) => key,
@@ -144,7 +145,7 @@ impl Router {
     /// `--http-mode proxy`): a tunnel, unless it only speaks TLS
     /// (`tls=passthrough`).
     pub async fn serves_plain_http(&self, host: &str) -> bool {
-        let Route::Tunnel(key) = self.route(host) else {
+        let Route::Tunnel(key) = self.route(host).await else {
             return false;
         };
         match self.registry.route(&key, Pick::Oldest).await {

@@ -172,6 +172,13 @@ fn register_state(registry: &mut Registry, ops: &Ops) {
         "Expiry (unix seconds) of each ACME certificate in hand, by its first name",
         expiry,
     );
+    if let Some(acme) = &ops.acme {
+        registry.register(
+            "acme_orders",
+            "Certificates this node got from the ACME CA (in a cluster, one node orders each)",
+            ConstCounter::new(acme.ordered()),
+        );
+    }
     registry.register(
         "streams_cut",
         "Streams cut because a spool limit was reached",

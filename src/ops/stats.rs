@@ -47,6 +47,10 @@ struct Snapshot {
     /// expiry in unix seconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     certificates: Option<std::collections::BTreeMap<String, u64>>,
+    /// With ACME on: certificates this node got from the CA since it
+    /// started (in a cluster, one node orders each; the others adopt it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    acme_orders: Option<u64>,
     /// In a cluster: this node, the nodes with their address, tunnels and
     /// last heartbeat, and whether Redis answers.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -104,6 +108,7 @@ fn snapshot(ops: &Ops, with_subdomains: bool) -> Snapshot {
             .acme
             .as_ref()
             .map(|acme| acme.expiries().into_iter().collect()),
+        acme_orders: ops.acme.as_ref().map(|acme| acme.ordered()),
         cluster: ops.cluster.as_deref().map(super::cluster::stats),
     }
 }

@@ -11,7 +11,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::common::{burrow_bin, tls_config_pinned, Alpn, Burrow, TempDir, TestCert};
+use crate::common::{
+    burrow_bin, free_port_range, tls_config_pinned, Alpn, Burrow, TempDir, TestCert,
+};
 
 /// How long Redis and HAProxy get to come up.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -21,12 +23,14 @@ pub fn node_ip(i: usize) -> IpAddr {
     IpAddr::from([127, 0, 0, i as u8])
 }
 
-/// A free port on every one of `ips` (bound and released at once).
+/// A free port on every one of `ips` (bound and released at once). It is
+/// taken below the kernel's ephemeral ports (from
+/// [`free_port_range`], never handed out twice in one test process), so an
+/// outgoing connection cannot take it before the node binds it.
 pub fn port_free_on(ips: &[IpAddr]) -> u16 {
     for _ in 0..200 {
-        let first = StdTcpListener::bind((ips[0], 0)).expect("bind a free port");
-        let port = first.local_addr().unwrap().port();
-        let free = ips[1..]
+        let port = *free_port_range(1).ports().start();
+        let free = ips
             .iter()
             .all(|ip| StdTcpListener::bind((*ip, port)).is_ok());
         if free {
@@ -152,6 +156,16 @@ impl Ports {
     }
 }
 
+/// Where the nodes' certificate comes from.
+#[derive(Clone, Debug)]
+pub enum NodeCerts {
+    /// The shared test certificate for `localhost` (`--tls-cert`).
+    Test,
+    /// Their own for `domain`: ACME (its flags among the extra ones), or
+    /// self-signed.
+    Own { domain: String },
+}
+
 /// What every node shares.
 pub struct Shared {
     pub dir: TempDir,
@@ -169,11 +183,20 @@ pub struct Cluster {
     pub nodes: Vec<Option<Burrow>>,
     /// Flags every node gets (besides the cluster's own).
     pub extra: Vec<String>,
+    /// Where the nodes' certificate comes from (a node started later or
+    /// again gets it the same way).
+    pub certs: NodeCerts,
 }
 
 impl Cluster {
     /// Redis and `n` nodes with `extra` flags each.
     pub async fn start(n: usize, extra: &[&str]) -> Cluster {
+        Cluster::start_with(n, extra, Ports::free(n.max(3)), NodeCerts::Test).await
+    }
+
+    /// [`Cluster::start`] on `ports` (chosen beforehand, e.g. for a CA
+    /// that must know the HTTP port), the nodes getting `certs`.
+    pub async fn start_with(n: usize, extra: &[&str], ports: Ports, certs: NodeCerts) -> Cluster {
         let redis = Redis::start().await;
         let dir = TempDir::new("burrow-cluster");
         let secret = dir.path().join("cluster.secret");
@@ -188,7 +211,7 @@ impl Cluster {
             host_key: dir.path().join("host_key"),
             secret,
             cert: TestCert::generate(),
-            ports: Ports::free(n.max(3)),
+            ports,
             dir,
         });
         let mut cluster = Cluster {
@@ -196,6 +219,7 @@ impl Cluster {
             shared,
             nodes: Vec::new(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            certs,
         };
         for i in 1..=n {
             let node = cluster.launch(i, &[]).await;
@@ -251,7 +275,15 @@ impl Cluster {
             wait_for_file(&self.shared.host_key).await;
         }
         let dir = TempDir::new(&format!("burrow-node-{i}"));
-        Burrow::launch(dir, self.shared.cert.clone(), &self.args(i, more), &[]).await
+        let cert = self.shared.cert.clone();
+        match &self.certs {
+            NodeCerts::Test => Burrow::launch(dir, cert, &self.args(i, more), &[]).await,
+            NodeCerts::Own { domain } => {
+                let mut args = vec!["--domain".to_string(), domain.clone()];
+                args.extend(self.args(i, more));
+                Burrow::launch_as(dir, cert, domain, &args, &[]).await
+            }
+        }
     }
 
     /// Starts node `i` with its own Redis URL and flags (e.g. through a
@@ -275,10 +307,23 @@ impl Cluster {
         self.nodes[i - 1].take()
     }
 
+    /// Starts node `i` (once more, or for the first time) and adds it.
+    pub async fn add(&mut self, i: usize) {
+        let node = self.launch(i, &[]).await;
+        if self.nodes.len() < i {
+            self.nodes.resize_with(i, || None);
+        }
+        self.nodes[i - 1] = Some(node);
+    }
+
+    /// The HTTPS address of node `i`.
+    pub fn https_addr(&self, i: usize) -> SocketAddr {
+        SocketAddr::new(node_ip(i), self.shared.ports.https)
+    }
+
     /// Starts node `i` again.
     pub async fn restart(&mut self, i: usize) {
-        let node = self.launch(i, &[]).await;
-        self.nodes[i - 1] = Some(node);
+        self.add(i).await;
     }
 
     /// An HTTPS client that reaches every name on node `i`.

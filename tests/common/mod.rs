@@ -480,13 +480,27 @@ impl Burrow {
         env: &[(&str, &str)],
     ) -> Burrow {
         let (cert_path, key_path) = cert.write_to(dir.path());
+        let mut all: Vec<String> = vec!["--domain".into(), DOMAIN.into()];
+        all.push("--tls-cert".into());
+        all.push(cert_path.display().to_string());
+        all.push("--tls-key".into());
+        all.push(key_path.display().to_string());
+        all.extend(args.iter().cloned());
+        Self::launch_as(dir, cert, DOMAIN, &all, env).await
+    }
+
+    /// Starts burrow with exactly `args` (its domain, and certificate flags
+    /// if any) in `dir`; its ready line must name `domain`. `cert` is what
+    /// the test's HTTPS clients trust.
+    pub async fn launch_as(
+        dir: TempDir,
+        cert: TestCert,
+        domain: &str,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Burrow {
         let mut cmd = Command::new(burrow_bin());
-        cmd.args(["--domain", DOMAIN])
-            .arg("--tls-cert")
-            .arg(&cert_path)
-            .arg("--tls-key")
-            .arg(&key_path)
-            .args(args)
+        cmd.args(args)
             // The default --state-dir is relative: keep it in the test's dir.
             .current_dir(dir.path())
             .env_clear()
@@ -512,7 +526,7 @@ impl Burrow {
                 );
             }
         };
-        assert_eq!(addrs.domain, DOMAIN, "ready line domain");
+        assert_eq!(addrs.domain, domain, "ready line domain");
         for a in [addrs.ssh, addrs.http, addrs.https, addrs.stats] {
             assert!(a.ip().is_loopback(), "listener not on loopback: {a}");
             assert_ne!(a.port(), 0, "ready line must show the bound port");
