@@ -46,6 +46,12 @@ pub struct Stats {
     pub channels_opened: AtomicU64,
     /// Requests sent over a pooled keep-alive connection instead.
     pub channels_reused: AtomicU64,
+    /// SSH connections (`ssh -J`, `-L`, `-W`) let through to a private
+    /// alias.
+    pub private_connections: AtomicU64,
+    /// `direct-tcpip` opens refused: no such alias, a key not allowed,
+    /// or a target that is no private alias at all.
+    pub private_refused: AtomicU64,
 }
 
 /// Event metrics (Prometheus), rendered by `ops::metrics`.
@@ -69,6 +75,9 @@ pub struct Metrics {
     pub forwarded_bytes: Family<Labels, Counter>,
     /// Cluster: link connections that failed or broke.
     pub link_errors: Counter,
+    /// `direct-tcpip` opens to private aliases, by result (`relayed`, or
+    /// the refusal: `not-private`, `needs-key`, `not-allowed`, `no-device`).
+    pub private_connections: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -89,6 +98,7 @@ impl Default for Metrics {
             forwarded: Family::default(),
             forwarded_bytes: Family::default(),
             link_errors: Counter::default(),
+            private_connections: Family::default(),
         }
     }
 }
@@ -271,6 +281,19 @@ impl Counters {
             .forwarded_bytes
             .get_or_create(&vec![("direction", direction)])
             .inc_by(n);
+    }
+
+    /// A `direct-tcpip` to a private alias was let through (`relayed`) or
+    /// refused (the reason).
+    pub fn private_connection(&self, result: &'static str) {
+        match result {
+            "relayed" => bump(&self.stats.private_connections),
+            _ => bump(&self.stats.private_refused),
+        }
+        self.metrics
+            .private_connections
+            .get_or_create(&vec![("result", result)])
+            .inc();
     }
 
     /// A link connection to another node failed or broke.

@@ -14,7 +14,9 @@
 //! Options are comma-separated `key=value` items; a bare item continues the
 //! list of the previous key (`names=a,b` grants `a` and `b`); values may be
 //! quoted (`names="a,b"`). Known options: `names` (DNS labels), `ports`
-//! (1–65535, for raw TCP tunnels). A malformed line rejects the whole file
+//! (1–65535, for raw TCP tunnels) and `connect` (private aliases the key
+//! may reach through SSH: labels, `*` matching any run of characters, e.g.
+//! `connect=db,fleet-*`). A malformed line rejects the whole file
 //! with its line number, and the previous file stays in force.
 
 use std::collections::HashMap;
@@ -32,7 +34,36 @@ use crate::subdomain;
 pub struct Grant {
     pub names: Vec<String>,
     pub ports: Vec<u16>,
+    /// Private aliases this key may connect to (`connect=`): labels with
+    /// `*` wildcards.
+    pub connect: Vec<String>,
     pub comment: String,
+}
+
+impl Grant {
+    /// Whether `connect=` lets this key reach the private alias `name`.
+    pub fn may_connect(&self, name: &str) -> bool {
+        self.connect.iter().any(|pattern| glob(pattern, name))
+    }
+}
+
+/// `*`-only glob matching: `*` is any run of characters (possibly empty).
+fn glob(pattern: &str, text: &str) -> bool {
+    let Some((head, rest)) = pattern.split_once('*') else {
+        return pattern == text;
+    };
+    let Some(mut text) = text.strip_prefix(head) else {
+        return false;
+    };
+    let mut parts: Vec<&str> = rest.split('*').collect();
+    let tail = parts.pop().unwrap_or_default();
+    for part in parts {
+        match text.find(part) {
+            Some(at) => text = &text[at + part.len()..],
+            None => return false,
+        }
+    }
+    text.len() >= tail.len() && text.ends_with(tail)
 }
 
 /// One parsed keys file.
@@ -135,13 +166,14 @@ fn parse_options(options: &str) -> Result<Grant> {
                 current = Some(match key.trim() {
                     "names" => "names",
                     "ports" => "ports",
-                    other => bail!("unknown option {other:?} (known: names, ports)"),
+                    "connect" => "connect",
+                    other => bail!("unknown option {other:?} (known: names, ports, connect)"),
                 });
                 (current.expect("just set"), value)
             }
             None => (
                 current.ok_or_else(|| {
-                    anyhow!("{item:?} is not an option (expected names=… or ports=…)")
+                    anyhow!("{item:?} is not an option (expected names=…, ports=… or connect=…)")
                 })?,
                 item.as_str(),
             ),
@@ -157,6 +189,14 @@ fn parse_options(options: &str) -> Result<Grant> {
                         );
                     }
                     grant.names.push(name);
+                }
+                "connect" => {
+                    let pattern = value.to_ascii_lowercase();
+                    let label = pattern.replace('*', "a");
+                    if !subdomain::is_valid_label(&label) {
+                        bail!("connect: {value:?} is not a DNS label or a pattern with '*'");
+                    }
+                    grant.connect.push(pattern);
                 }
                 _ => {
                     let port: u16 =
@@ -279,6 +319,19 @@ mod tests {
         assert_eq!(file.owners("api"), [fp(KEY_A)]);
         assert!(file.owners("other").is_empty());
         assert_eq!(file.len(), 2);
+    }
+
+    #[test]
+    fn connect_patterns() {
+        let file = KeysFile::parse(&format!("connect=db,fleet-*,*-lab-* {KEY_A}")).unwrap();
+        let a = file.grant(&fp(KEY_A)).unwrap();
+        for name in ["db", "fleet-7", "fleet-", "x-lab-1"] {
+            assert!(a.may_connect(name), "{name}");
+        }
+        for name in ["dbx", "fleet", "other", "lab-1", "x-lab"] {
+            assert!(!a.may_connect(name), "{name}");
+        }
+        assert!(KeysFile::parse(&format!("connect=bad_name {KEY_A}")).is_err());
     }
 
     #[test]

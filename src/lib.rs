@@ -157,6 +157,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         reserved_names: config.reserved_names.clone(),
         keys: Arc::clone(&keys),
         tcp,
+        relays: Arc::clone(&relays),
         custom: Arc::clone(&custom),
         ip_guard: Arc::clone(&ip_guard),
         refusals: Arc::clone(&refusals),

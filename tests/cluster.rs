@@ -921,3 +921,88 @@ async fn ops_nodes_warn_when_their_keys_files_differ() {
         "only node 3 differs: {lines:?}"
     );
 }
+
+/// `ssh -W TARGET` to node `i` with `key`, sending one HTTP request (the
+/// origin plays the device's service); the output once it exits.
+async fn stdio_forward_to(
+    cluster: &Cluster,
+    i: usize,
+    key: &SshKeyPair,
+    target: &str,
+) -> std::process::Output {
+    let mut child = tokio::process::Command::new("ssh")
+        .args([
+            "-F",
+            "/dev/null",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "BatchMode=yes",
+        ])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .arg("-i")
+        .arg(&key.path)
+        .args(["-p", &cluster.shared.ports.ssh.to_string(), "-W", target])
+        .arg(format!("admin@{}", node_ip(i)))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let out = tokio::time::timeout(SOON, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("ssh -W {target} hung"))
+        .unwrap();
+    drop(stdin);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_a_private_alias_on_one_node_through_another() {
+    let cluster = Cluster::start(2, &SSH_LIMITS_OFF).await;
+    let origin = Origin::start("device").await;
+    let (owner, stranger) = (SshKeyPair::generate(), SshKeyPair::generate());
+    let forward = format!("pi-7:22:127.0.0.1:{}", origin.port);
+    let host = node_ip(1).to_string();
+    let _device = SshSpec {
+        port: cluster.shared.ports.ssh,
+        args: &["-N", "-R", &forward],
+        host: &host,
+        ..SshSpec::default()
+    }
+    .spawn_with_key(&owner);
+    // Through node 2, once the directory knows the alias (bounded).
+    let deadline = Instant::now() + SOON;
+    let out = loop {
+        let out = stdio_forward_to(&cluster, 2, &owner, "pi-7:22").await;
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(common::HELLO),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Another key is refused on node 2 too: the owner's key is known
+    // cluster-wide.
+    let out = stdio_forward_to(&cluster, 2, &stranger, "pi-7:22").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("may not connect to pi-7:22"), "{stderr}");
+    let stats = cluster.stats(2).await;
+    assert!(stats["private_connections"].as_u64() >= Some(1), "{stats}");
+}

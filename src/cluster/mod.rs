@@ -251,7 +251,7 @@ impl Cluster {
             owner: tunnel.owner().map(str::to_string),
             granted: tunnel.granted(),
             raw: match tunnel.kind() {
-                Kind::Tcp(_) => Some(true),
+                Kind::Tcp(_) | Kind::Private(_) => Some(true),
                 Kind::Name => None,
             },
         }

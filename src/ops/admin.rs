@@ -123,7 +123,7 @@ fn describe(ops: &Ops, tunnel: &Tunnel) -> TunnelInfo {
         kind: tunnel.kind_name(),
         url: ops.registry.url(tunnel),
         port: match tunnel.kind() {
-            Kind::Tcp(port) => Some(port),
+            Kind::Tcp(port) | Kind::Private(port) => Some(port),
             Kind::Name => None,
         },
         client_ip: tunnel.client_ip().to_canonical().to_string(),

@@ -139,6 +139,11 @@ fn register_state(registry: &mut Registry, ops: &Ops) {
         "Requests sent over a pooled keep-alive connection",
         ConstCounter::new(load(&s.channels_reused)),
     );
+    registry.register(
+        "private_connections",
+        "direct-tcpip opens to private aliases, relayed or refused (by reason)",
+        COUNTERS.metrics.private_connections.clone(),
+    );
     registry.register_with_unit(
         "spool_memory",
         "Memory holding data for slow visitors",

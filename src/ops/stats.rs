@@ -34,6 +34,12 @@ struct Snapshot {
     /// Distinct names and TCP ports served (`active_tunnels` counts each
     /// client of a shared name).
     active_names: u64,
+    /// Private aliases (`-R NAME:PORT`, reached through SSH) served now,
+    /// SSH connections let through to them, and `direct-tcpip` opens
+    /// refused.
+    private_tunnels: u64,
+    private_connections: u64,
+    private_refused: u64,
     /// Certificates of custom domains: the issuer, issued, failed, binds
     /// refused by the issuance limit, passthrough names that need none, and
     /// how many names hold one.
@@ -101,6 +107,9 @@ fn snapshot(ops: &Ops, with_subdomains: bool) -> Snapshot {
         spool_disk_bytes: ops.spool.disk_used(),
         streams_cut: ops.spool.streams_cut(),
         active_names: registry.names_len() as u64,
+        private_tunnels: registry.count_private() as u64,
+        private_connections: load(&s.private_connections),
+        private_refused: load(&s.private_refused),
         custom_certs: custom_certs(ops),
         subdomains: with_subdomains.then(|| registry.names()),
         clients: with_subdomains.then(|| registry.client_counts()),

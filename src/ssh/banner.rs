@@ -290,6 +290,22 @@ pub fn name_not_yours(name: &str) -> Line {
     ))
 }
 
+/// A private alias asked for without a key.
+pub fn private_needs_key(alias: &crate::tunnel::private::Alias) -> Line {
+    Line::error(format!(
+        "-R {alias} asks for a private alias, and private aliases are for SSH keys: connect with a key \
+         (ssh -i KEY …). For a public TCP port use -R {}:… without a name",
+        alias.port
+    ))
+}
+
+/// A private alias another key's connection holds.
+pub fn private_in_use(alias: &crate::tunnel::private::Alias) -> Line {
+    Line::error(format!(
+        "the private alias {alias} is held by another connection; pick another name, or connect with the key that holds it"
+    ))
+}
+
 pub fn name_reserved(name: &str) -> Line {
     Line::error(format!(
         "the name {name:?} is reserved by the operator (reserved-names); only a key the keys file grants it to can use it"

@@ -3,7 +3,9 @@
 //! registry, and what the user is told about it.
 //!
 //! Ports 80, 443 and 0 make a name tunnel (`0` asks the server to pick a
-//! port to echo); any other port, or the bind address `tcp`, a raw TCP
+//! port to echo); a name with any other port (`-R pi-7:22:localhost:22`) a
+//! private alias, reached only through SSH ([`crate::tunnel::private`]);
+//! any other port without a name, or the bind address `tcp`, a raw TCP
 //! tunnel. Who may hold a name or port is the grant rule's call
 //! ([`crate::tunnel::names::Grants`]).
 
@@ -16,12 +18,14 @@ use super::Server;
 use crate::config::AuthMode;
 use crate::limits::{Refusal, Side};
 use crate::tunnel::names::{self, ClientKey, Denied, Grants, Namer, Requested};
+use crate::tunnel::private::{self, Alias};
 use crate::tunnel::registry::{ClaimError, Claimed, Holding, Reservation};
 use crate::tunnel::{is_custom_key, tcp_key, Bind, Client, Kind, Owner, Tunnel};
 
 /// Ports that make an HTTPS tunnel. `0` asks the server to pick a port and
-/// is treated as HTTP too (any other port is a raw TCP tunnel).
-const HTTP_PORTS: [u32; 3] = [80, 443, 0];
+/// is treated as HTTP too (any other port is a private alias or a raw TCP
+/// tunnel).
+const HTTP_PORTS: [u32; 3] = private::NAME_PORTS;
 /// The bind address that asks for a raw TCP tunnel on a random port:
 /// `ssh -R tcp:0:localhost:5432` (plain `-R 0` stays HTTPS, as it always was).
 const TCP_ADDRESS: &str = "tcp";
@@ -136,6 +140,7 @@ impl Forwards {
         match forward.kind {
             Kind::Tcp(_) if forward.requested == 0 => format!("-R {TCP_ADDRESS}:0"),
             Kind::Tcp(_) => format!("-R {}", forward.requested),
+            Kind::Private(port) => format!("-R {}:{port}, private", forward.address),
             Kind::Name => banner::forward_spec(forward.requested, forward.port),
         }
     }
@@ -147,12 +152,13 @@ impl Forwards {
         banner::tunnel_event(&banner::TunnelEvent {
             kind: match forward.kind {
                 Kind::Tcp(_) => "tcp",
+                Kind::Private(_) => "private",
                 Kind::Name if passthrough => "tls",
                 Kind::Name => "http",
             },
             url: self.url(forward),
             port: match forward.kind {
-                Kind::Tcp(port) => Some(port),
+                Kind::Tcp(port) | Kind::Private(port) => Some(port),
                 Kind::Name => None,
             },
             key: forward.key.clone(),
@@ -323,7 +329,9 @@ impl Forwards {
     /// the forward is then in [`Forwards::list`]. `Err` is the line saying
     /// why not.
     pub async fn open(&mut self, address: &str, requested: u32) -> Result<(u32, Vec<Line>), Line> {
-        let (forward, notes) = if address == TCP_ADDRESS || !HTTP_PORTS.contains(&requested) {
+        let (forward, notes) = if let Some(alias) = self.private_alias(address, requested) {
+            self.open_private_forward(address, requested, alias).await?
+        } else if address == TCP_ADDRESS || !HTTP_PORTS.contains(&requested) {
             self.open_tcp_forward(address, requested).await?
         } else {
             self.open_name_forward(address, requested).await?
@@ -386,6 +394,74 @@ impl Forwards {
             kind: Kind::Name,
         };
         Ok((forward, notes.collect()))
+    }
+
+    /// The private alias a forward asks for: a name (`NAME` or
+    /// `NAME.DOMAIN`) with a port that makes no HTTPS tunnel.
+    fn private_alias(&self, address: &str, requested: u32) -> Option<Alias> {
+        if HTTP_PORTS.contains(&requested) || address == TCP_ADDRESS {
+            return None;
+        }
+        private::alias(address, requested, &self.server.registry.public().domain)
+    }
+
+    /// Checks and claims one private alias (`-R NAME:PORT:…`): for a key
+    /// the grant rule lets hold NAME, never for keyless clients.
+    async fn open_private_forward(
+        &mut self,
+        address: &str,
+        requested: u32,
+        alias: Alias,
+    ) -> Result<(Forward, Vec<Line>), Line> {
+        self.admit_forward(address, requested).await?;
+        if self.key.is_none() {
+            self.refused(address, requested, "private alias without a key");
+            return Err(banner::private_needs_key(&alias));
+        }
+        let keys = self.server.keys.current();
+        let granted = match self.grants(&keys).name(self.owner_key(), &alias.name) {
+            Ok(granted) => granted,
+            Err(denied) => {
+                self.refused(address, requested, "private alias refused");
+                return Err(match denied {
+                    Denied::Reserved => banner::name_reserved(&alias.name),
+                    _ => banner::name_not_yours(&alias.name),
+                });
+            }
+        };
+        let key = alias.key();
+        let bind = Bind {
+            address: address.to_string(),
+            port: requested,
+        };
+        let tunnel = self.tunnel((key.clone(), Kind::Private(alias.port)), bind, granted);
+        let shared = match self.server.registry.claim(tunnel, None).await {
+            Ok(claimed) => self.server.registry.announce_claim(&claimed),
+            Err(ClaimError::Taken) => {
+                self.refused(address, requested, "private alias in use");
+                return Err(banner::private_in_use(&alias));
+            }
+            Err(ClaimError::Duplicate) => {
+                self.refused(
+                    address,
+                    requested,
+                    "alias already served by this connection",
+                );
+                return Err(banner::duplicate_forward(address, requested));
+            }
+        };
+        tracing::info!(conn = self.session.id(), ip = %self.ip, alias = %alias, fingerprint = self.owner_key(), "private alias opened");
+        let forward = Forward {
+            address: address.to_string(),
+            requested,
+            port: requested,
+            key,
+            kind: Kind::Private(alias.port),
+        };
+        Ok((
+            forward,
+            shared.map(|n| banner::notice(&n)).into_iter().collect(),
+        ))
     }
 
     /// Checks and claims one raw TCP forward: the requested port when the

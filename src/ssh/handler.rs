@@ -333,7 +333,7 @@ impl Handler for ClientHandler {
 
     async fn channel_open_direct_tcpip(
         &mut self,
-        _channel: Channel<Msg>,
+        channel: Channel<Msg>,
         host_to_connect: &str,
         port_to_connect: u32,
         _originator_address: &str,
@@ -341,15 +341,14 @@ impl Handler for ClientHandler {
         reply: ChannelOpenHandle,
         _session: &mut Russh,
     ) -> Result<(), Self::Error> {
-        tracing::debug!(
-            conn = self.session_id(),
-            host = host_to_connect,
-            port = port_to_connect,
-            "refused direct-tcpip (-L/-D)"
-        );
-        reply
-            .reject(ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
+        let request = super::direct::Request {
+            host: host_to_connect.to_string(),
+            port: port_to_connect,
+            peer: self.peer,
+            conn: self.session_id(),
+            key: self.forwards.key().map(|k| k.fingerprint.clone()),
+        };
+        super::direct::open(Arc::clone(&self.server), request, channel, reply);
         Ok(())
     }
 

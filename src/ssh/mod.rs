@@ -13,6 +13,7 @@
 
 mod auth;
 pub mod banner;
+mod direct;
 mod forward;
 pub mod handler;
 mod killable;
@@ -41,6 +42,7 @@ use crate::keys::Keys;
 use crate::limits::ssh::{Admission, HandshakePermit, IpGuard};
 use crate::limits::{Refusals, Side};
 use crate::listen::Handoffs;
+use crate::pipe::relay::Relays;
 use crate::pipe::spool::Budget;
 use crate::pipe::tcp::TcpPorts;
 use crate::shutdown::Shutdown;
@@ -58,6 +60,9 @@ pub struct Server {
     pub keys: Arc<Keys>,
     /// Public TCP ports for raw tunnels.
     pub tcp: Arc<TcpPorts>,
+    /// Relays raw connections to tunnels: private aliases' SSH
+    /// connections go through it like TCP visitors.
+    pub relays: Arc<Relays>,
     pub custom: Arc<CustomDomains>,
     pub ip_guard: Arc<IpGuard>,
     pub refusals: Arc<Refusals>,

@@ -156,6 +156,10 @@ impl Registry {
                 .and_then(|()| match tunnel.kind() {
                     Kind::Tcp(port) => grants.port(tunnel.owner(), port).map(drop),
                     Kind::Name => grants.name(tunnel.owner(), tunnel.key()).map(drop),
+                    Kind::Private(_) => {
+                        let name = super::private::name_of(tunnel.key());
+                        grants.name(tunnel.owner(), name).map(drop)
+                    }
                 });
             if let Err(denied) = verdict {
                 self.close(&tunnel, revoked(&denied, tunnel.kind()));
@@ -203,7 +207,9 @@ fn revoked(denied: &Denied, kind: Kind) -> &'static str {
     match (denied, kind) {
         (Denied::KeyNotListed, _) => "your key was removed from the keys file",
         (Denied::OtherKey, Kind::Tcp(_)) => "the keys file now grants this port to another key",
-        (Denied::OtherKey, Kind::Name) => "the keys file now grants this name to another key",
+        (Denied::OtherKey, Kind::Name | Kind::Private(_)) => {
+            "the keys file now grants this name to another key"
+        }
         (Denied::Reserved, _) => "the keys file no longer grants this reserved name to your key",
         (Denied::OutOfRange, _) => "the keys file no longer grants this port to your key",
     }

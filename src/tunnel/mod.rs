@@ -23,6 +23,7 @@ pub mod lifecycle;
 pub mod names;
 pub mod notice;
 pub mod options;
+pub mod private;
 pub mod public;
 pub mod registry;
 
@@ -75,11 +76,20 @@ pub enum Kind {
     Name,
     /// Reached on its own public TCP port.
     Tcp(u16),
+    /// A private alias `NAME:PORT`: reached only through SSH (`ssh -J`,
+    /// `ssh -L`) by keys allowed to, never published (see [`private`]).
+    Private(u16),
 }
 
 /// The registry key of TCP port `port` (a key no Host header can name).
 pub fn tcp_key(port: u16) -> String {
     format!("tcp:{port}")
+}
+
+/// The registry key of the private alias `name`:`port` (a key no Host
+/// header can name).
+pub fn private_key(name: &str, port: u16) -> String {
+    format!("private:{name}:{port}")
 }
 
 /// Whether a registry key is a custom domain (labels under DOMAIN have no
@@ -303,13 +313,14 @@ impl Tunnel {
     /// Whether the tunnel takes raw bytes (a TCP port, or TLS passed
     /// through): a ClientHello must never reach an app expecting HTTP.
     pub fn relays_raw(&self) -> bool {
-        matches!(self.kind, Kind::Tcp(_)) || self.passthrough()
+        matches!(self.kind, Kind::Tcp(_) | Kind::Private(_)) || self.passthrough()
     }
 
     /// `http`, `tls` or `tcp`, as the admin API and metrics show it.
     pub fn kind_name(&self) -> &'static str {
         match self.kind {
             Kind::Tcp(_) => "tcp",
+            Kind::Private(_) => "private",
             Kind::Name if self.passthrough() => "tls",
             Kind::Name => "http",
         }

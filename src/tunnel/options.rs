@@ -26,6 +26,8 @@ Options (apply to every tunnel of the connection):
   auth=USER:PASS          protect the tunnel with HTTP Basic auth
   allow=CIDR[,CIDR...]    only these visitor networks (IPv4/IPv6; repeatable; others get 403)
   cors=ORIGIN[,ORIGIN]|*  answer CORS preflights for these origins
+  allow-keys=FP[,FP...]   private aliases (-R NAME:PORT:...): these keys may connect
+                          too (SHA256:... as ssh-keygen -lf prints them)
   output=text|json        session output as text (default) or one JSON object per line
   qr=on|off               a QR code of the URL under the banner (on a terminal; default on)
   tls=passthrough         do not terminate TLS: visitors' TLS goes, by SNI, straight to
@@ -129,6 +131,9 @@ pub struct TunnelOptions {
     pub proxy: Option<ProxyHeader>,
     /// `qr=off`: no QR code under the URL.
     pub qr_off: bool,
+    /// `allow-keys=`: keys (fingerprints) that may connect to this
+    /// connection's private aliases besides its own.
+    pub allow_keys: Vec<String>,
 }
 
 impl TunnelOptions {
@@ -156,6 +161,10 @@ impl TunnelOptions {
             Some(Cors::Origins(list)) => parts.push(format!("CORS for {}", list.join(", "))),
             None => {}
         }
+        if !self.allow_keys.is_empty() {
+            let n = self.allow_keys.len();
+            parts.push(format!("private aliases open to {n} more key(s)"));
+        }
         if self.tls == Tls::Passthrough {
             parts.push("TLS passed through to your app".into());
         }
@@ -165,6 +174,23 @@ impl TunnelOptions {
             None => {}
         }
         parts.join("; ")
+    }
+}
+
+/// A key fingerprint as `ssh-keygen -lf` prints it: `SHA256:` and 43
+/// base64 characters.
+fn parse_fingerprint(text: &str) -> Result<String, String> {
+    let valid = text.strip_prefix("SHA256:").is_some_and(|b64| {
+        b64.len() == 43
+            && b64
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+    });
+    match valid {
+        true => Ok(text.to_string()),
+        false => Err(format!(
+            "allow-keys: {text:?} is not a key fingerprint (SHA256:… as `ssh-keygen -lf KEY` prints it)"
+        )),
     }
 }
 
@@ -209,6 +235,17 @@ pub fn parse(command: &str) -> Result<Command, String> {
                 }
             }
             "cors" => options.cors = Some(parse_cors(value)?),
+            "allow-keys" => {
+                for fp in value.split(',').filter(|f| !f.is_empty()) {
+                    options.allow_keys.push(parse_fingerprint(fp)?);
+                }
+                if options.allow_keys.len() > MAX_ALLOW {
+                    return Err(format!("allow-keys= takes at most {MAX_ALLOW} keys"));
+                }
+                if value.is_empty() {
+                    return Err("allow-keys= needs at least one SHA256:… fingerprint".into());
+                }
+            }
             "qr" => {
                 options.qr_off = match value {
                     "on" => false,
@@ -321,12 +358,24 @@ mod tests {
     }
 
     #[test]
+    fn allow_keys_takes_fingerprints() {
+        let fp = "SHA256:47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU";
+        let Ok(Command::Options(o)) = parse(&format!("-- allow-keys={fp},{fp}")) else {
+            panic!("allow-keys= refused");
+        };
+        assert_eq!(o.allow_keys, [fp, fp]);
+        assert!(parse("allow-keys=MD5:aa:bb").is_err());
+    }
+
+    #[test]
     fn help_and_errors() {
         assert!(matches!(parse("help"), Ok(Command::Help)));
         for bad in [
             "colour=red",
             "auth=nopass",
             "auth=:x",
+            "allow-keys=SHA256:short",
+            "allow-keys=",
             "allow=10.0.0.0/33",
             "allow=",
             "cors=app.example",

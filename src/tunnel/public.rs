@@ -36,11 +36,32 @@ impl Public {
         format!("tcp://{}:{port}", self.domain)
     }
 
-    /// The public address of a tunnel: its HTTPS URL, or `tcp://DOMAIN:PORT`.
+    /// The public address of a tunnel: its HTTPS URL, `tcp://DOMAIN:PORT`,
+    /// or for a private alias the command that reaches it.
     pub fn tunnel_url(&self, key: &str, kind: Kind) -> String {
         match kind {
             Kind::Tcp(port) => self.tcp_url(port),
             Kind::Name => self.url(key),
+            Kind::Private(port) => self.private_command(super::private::name_of(key), port),
+        }
+    }
+
+    /// How an allowed key reaches the private alias `name`:`port`: a jump
+    /// for SSH (port 22), a local forward for anything else.
+    pub fn private_command(&self, name: &str, port: u16) -> String {
+        let host = match self.ssh_port {
+            22 => self.domain.clone(),
+            ssh => format!("{}:{ssh}", self.domain),
+        };
+        match port {
+            22 => format!("ssh -J {host} USER@{name}"),
+            port => {
+                let p = match self.ssh_port {
+                    22 => String::new(),
+                    ssh => format!("-p {ssh} "),
+                };
+                format!("ssh {p}-N -L {port}:{name}:{port} {}", self.domain)
+            }
         }
     }
 
@@ -76,6 +97,14 @@ mod tests {
         assert_eq!(
             public.tunnel_url("tcp:20001", Kind::Tcp(20001)),
             "tcp://tunnel.example:20001"
+        );
+        assert_eq!(
+            public.tunnel_url("private:pi-7:22", Kind::Private(22)),
+            "ssh -J tunnel.example:2200 USER@pi-7"
+        );
+        assert_eq!(
+            public.tunnel_url("private:db:5432", Kind::Private(5432)),
+            "ssh -p 2200 -N -L 5432:db:5432 tunnel.example"
         );
         assert_eq!(
             public.connect_command_as(Some("random")),

@@ -541,6 +541,15 @@ impl Registry {
         self.tunnels.len()
     }
 
+    /// Number of private aliases' clients (`-R NAME:PORT`).
+    pub fn count_private(&self) -> usize {
+        let private = |t: &&Arc<Tunnel>| matches!(t.kind(), Kind::Private(_));
+        self.tunnels
+            .iter()
+            .map(|g| g.members.iter().filter(private).count())
+            .sum()
+    }
+
     /// Number of distinct client IPs that own at least one tunnel.
     pub fn unique_ips(&self) -> usize {
         let mut ips = std::collections::HashSet::new();

@@ -1,0 +1,155 @@
+//! `direct-tcpip` (what `ssh -J`, `-L` and `-W` send): burrow offers no
+//! outbound forwarding, so a channel is opened only to a private alias a
+//! device registered (`-R NAME:PORT:…`) and only for a key allowed to reach
+//! it ([`crate::tunnel::private`]). Everything else is refused, with the
+//! reason in the open-failure text the client prints, and a log line.
+//!
+//! An accepted channel is relayed to the device like a visitor of a raw
+//! tunnel ([`Relays::serve_visitor`]): the same spool on this side, the
+//! same per-tunnel connection limits, idle timeout and bans, and in a
+//! cluster the same forwarding to the node the device is on.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use russh::server::{ChannelOpenHandle, Msg};
+use russh::{Channel, ChannelOpenFailure};
+
+use super::Server;
+use crate::counters::{Traffic, COUNTERS};
+use crate::pipe::channel::ChannelIo;
+use crate::tunnel::directory::Holder;
+use crate::tunnel::private::{self, Access, Alias, Refused};
+use crate::tunnel::registry::Pick;
+
+/// One `direct-tcpip` open, as the client sent it.
+pub struct Request {
+    /// The target host and port.
+    pub host: String,
+    pub port: u32,
+    /// The connecting client's address (the "visitor" of the alias).
+    pub peer: SocketAddr,
+    /// Its connection id, for the log.
+    pub conn: crate::tunnel::ConnId,
+    /// The fingerprint of the key it logged in with, if any.
+    pub key: Option<String>,
+}
+
+/// Why a `direct-tcpip` open is refused: the counter label and the text
+/// the client prints after "open failed:".
+struct Refusal {
+    label: &'static str,
+    reason: ChannelOpenFailure,
+}
+
+impl Refusal {
+    fn prohibited(label: &'static str, text: String) -> Refusal {
+        Refusal {
+            label,
+            reason: ChannelOpenFailure::Other {
+                code: 1,
+                reason: text,
+            },
+        }
+    }
+
+    fn connect_failed(label: &'static str, text: String) -> Refusal {
+        Refusal {
+            label,
+            reason: ChannelOpenFailure::Other {
+                code: 2,
+                reason: text,
+            },
+        }
+    }
+}
+
+/// Answers one `direct-tcpip` open (in its own task: it may wait for the
+/// cluster directory, and a russh callback must not).
+pub fn open(
+    server: Arc<Server>,
+    request: Request,
+    channel: Channel<Msg>,
+    reply: ChannelOpenHandle,
+) {
+    let shutdown = server.shutdown.clone();
+    shutdown.spawn(async move {
+        let alias = match admit(&server, &request).await {
+            Ok(alias) => alias,
+            Err(refusal) => {
+                COUNTERS.private_connection(refusal.label);
+                tracing::info!(conn = request.conn, ip = %request.peer.ip(), host = %request.host, port = request.port, reason = refusal.reason.description(), "direct-tcpip refused");
+                reply.reject(refusal.reason).await;
+                return;
+            }
+        };
+        COUNTERS.private_connection("relayed");
+        tracing::info!(conn = request.conn, ip = %request.peer.ip(), alias = %alias, fingerprint = request.key.as_deref(), "private connection opened");
+        reply.accept().await;
+        let io = ChannelIo::new(channel, Arc::clone(&server.spool), Arc::new(Traffic::default()));
+        let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), alias.port);
+        server
+            .relays
+            .serve_visitor(&alias.key(), io, &[], request.peer, local)
+            .await;
+        tracing::debug!(conn = request.conn, alias = %alias, "private connection closed");
+    });
+}
+
+/// The alias `request` may reach, or why not.
+async fn admit(server: &Server, request: &Request) -> Result<Alias, Refusal> {
+    let public = server.registry.public();
+    let Some(alias) = private::alias(&request.host, request.port, &public.domain) else {
+        return Err(Refusal::prohibited(
+            "not-private",
+            format!(
+                "burrow forwards only to private aliases (a device's -R NAME:PORT); {}:{} is none",
+                request.host, request.port
+            ),
+        ));
+    };
+    let (owner, allow_keys) = match server.registry.route(&alias.key(), Pick::Oldest).await {
+        Holder::Here(tunnel) => {
+            let options = tunnel.options_settled().await;
+            (
+                tunnel.owner().map(str::to_string),
+                options.allow_keys.clone(),
+            )
+        }
+        // The device is on another node: its key is known cluster-wide,
+        // its allow-keys= only there.
+        Holder::There(remote) => (remote.member.owner, Vec::new()),
+        Holder::Gone => {
+            return Err(Refusal::connect_failed(
+                "no-device",
+                format!("{alias} is reconnecting to another node; try again in a few seconds"),
+            ))
+        }
+        Holder::Nobody | Holder::Unresolved => {
+            return Err(Refusal::connect_failed(
+                "no-device",
+                format!("no device holds the private alias {alias} now"),
+            ))
+        }
+    };
+    let keys = server.keys.current();
+    let access = Access {
+        owner: owner.as_deref(),
+        allow_keys: &allow_keys,
+        keys: &keys,
+    };
+    match access.check(request.key.as_deref(), &alias.name) {
+        Ok(()) => Ok(alias),
+        Err(Refused::NeedsKey) => Err(Refusal::prohibited(
+            "needs-key",
+            format!("{alias} is private: connect with an SSH key it allows"),
+        )),
+        Err(Refused::NotAllowed) => Err(Refusal::prohibited(
+            "not-allowed",
+            format!(
+                "your key {} may not connect to {alias} (its owner can add it with allow-keys=, the operator with connect= in the keys file)",
+                request.key.as_deref().unwrap_or_default()
+            ),
+        )),
+    }
+}
