@@ -285,7 +285,11 @@ impl Handler for ClientHandler {
         session: &mut Russh,
     ) -> Result<bool, Self::Error> {
         self.session.set_handle(session.handle());
-        match self.forwards.open(address, *port).await {
+        // Boxed: russh keeps each callback's future inside its session
+        // future, which lives as long as the connection; inline, this one
+        // (name choice, limits, the claim, the cluster directory) would
+        // make every idle connection's task kilobytes larger.
+        match Box::pin(self.forwards.open(address, *port)).await {
             Ok((granted, notes)) => {
                 *port = granted;
                 for note in notes {
