@@ -297,8 +297,10 @@ async fn serve_connection(
     // client ignores a disconnect (or stalls the key exchange, when russh
     // cannot send one at all).
     let socket = killable::KillableStream::new(socket, session.kill_switch());
-    let started =
-        tokio::time::timeout_at(deadline, russh::server::run_stream(config, socket, handler)).await;
+    // Boxed, so the connection's task stays small once the handshake is
+    // over (an idle tunnel keeps its task for as long as it lives).
+    let handshake = Box::pin(russh::server::run_stream(config, socket, handler));
+    let started = tokio::time::timeout_at(deadline, handshake).await;
     let running = match started {
         Ok(Ok(running)) => running,
         Ok(Err(err)) => {
