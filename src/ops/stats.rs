@@ -34,6 +34,8 @@ struct Snapshot {
     /// Distinct names and TCP ports served (`active_tunnels` counts each
     /// client of a shared name).
     active_names: u64,
+    /// Request inspector streams open now (`-L 4040:localhost:4040`).
+    inspector_connections: u64,
     /// Certificates of custom domains: the issuer, issued, failed, binds
     /// refused by the issuance limit, passthrough names that need none, and
     /// how many names hold one.
@@ -101,6 +103,7 @@ fn snapshot(ops: &Ops, with_subdomains: bool) -> Snapshot {
         spool_disk_bytes: ops.spool.disk_used(),
         streams_cut: ops.spool.streams_cut(),
         active_names: registry.names_len() as u64,
+        inspector_connections: ops.inspect_watchers.open_streams() as u64,
         custom_certs: custom_certs(ops),
         subdomains: with_subdomains.then(|| registry.names()),
         clients: with_subdomains.then(|| registry.client_counts()),

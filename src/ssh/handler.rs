@@ -136,6 +136,9 @@ impl ClientHandler {
                 &public.connect_command_as(Some("random")),
             ));
         }
+        if names.clone().next().is_some() && options.tls != options::Tls::Passthrough {
+            text.push_str(&banner::inspector_hint());
+        }
         let summary = options.summary();
         if !summary.is_empty() {
             text.push_str(&banner::line(&format!("  Options: {summary}")));
@@ -333,7 +336,7 @@ impl Handler for ClientHandler {
 
     async fn channel_open_direct_tcpip(
         &mut self,
-        _channel: Channel<Msg>,
+        channel: Channel<Msg>,
         host_to_connect: &str,
         port_to_connect: u32,
         _originator_address: &str,
@@ -341,6 +344,12 @@ impl Handler for ClientHandler {
         reply: ChannelOpenHandle,
         _session: &mut Russh,
     ) -> Result<(), Self::Error> {
+        // The request inspector (-L 4040:localhost:4040), answered here.
+        if crate::inspect::is_inspector(host_to_connect, port_to_connect) {
+            let inspector = Arc::clone(&self.server.inspect);
+            crate::inspect::serve::accept(inspector, self.session_id(), channel, reply).await;
+            return Ok(());
+        }
         tracing::debug!(
             conn = self.session_id(),
             host = host_to_connect,
