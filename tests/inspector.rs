@@ -506,17 +506,29 @@ async fn nothing_is_captured_while_no_inspector_is_open() {
     assert_eq!(entries[0]["path"], "/hello?after");
 }
 
-/// The banner names the flag.
+/// The banner names the flag, and so does the `output=json` tunnel event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_banner_names_the_inspector() {
     let burrow = burrow(&[]).await;
     let origin = Origin::start("inspect-banner").await;
-    let ssh = Ssh::spawn(&burrow, &["-R", &format!("80:127.0.0.1:{}", origin.port)]);
+    let forward = format!("80:127.0.0.1:{}", origin.port);
+    let ssh = Ssh::spawn(&burrow, &["-R", &forward]);
     ssh.url().await;
     ssh.stdout
         .wait_contains("-L 4040:localhost:4040", WAIT)
         .await
         .unwrap_or_else(|seen| panic!("no inspector hint in the banner: {seen}"));
+    let json = Ssh::spawn_cmd(&burrow, &["-R", &forward], &["--", "output=json"]);
+    let event = json
+        .stdout
+        .wait_for(WAIT, |text| {
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l.trim()).ok())
+                .find(|e| e["event"] == "tunnel")
+        })
+        .await
+        .unwrap_or_else(|seen| panic!("no tunnel event: {seen}"));
+    assert_eq!(event["inspector"], "http://localhost:4040", "{event}");
 }
 
 /// What the page shows, read from the DOM.
@@ -645,6 +657,46 @@ async fn chromium_shows_requests_live_and_replays() {
         }) && v["detailShown"] == true
             && v["title"] == "POST /echo"
     })
+    .await;
+
+    // Filters: by path, by status.
+    let set_filter = "document.getElementById(arguments[0]).value = arguments[1]; \
+        document.getElementById(arguments[0]).dispatchEvent(new Event(arguments[2])); return true;";
+    assert_eq!(
+        burrow.get(&me.tunnel.host(), "/missing").await.status(),
+        404
+    );
+    wait_page(&c, "the 404", |v| row_with(v, "/missing").is_some()).await;
+    let args = |id: &str, value: &str, event: &str| vec![json!(id), json!(value), json!(event)];
+    browser::step(
+        "filter by status",
+        c.execute(set_filter, args("filter-status", "4", "change")),
+    )
+    .await;
+    let seen = wait_page(&c, "only the 404", |v| {
+        v["rows"].as_array().is_some_and(|r| r.len() == 1)
+    })
+    .await;
+    assert!(row_with(&seen, "/missing").is_some(), "{seen}");
+    browser::step(
+        "clear the status filter",
+        c.execute(set_filter, args("filter-status", "", "change")),
+    )
+    .await;
+    browser::step(
+        "filter by path",
+        c.execute(set_filter, args("filter-path", "/echo", "input")),
+    )
+    .await;
+    let seen = wait_page(&c, "only /echo", |v| {
+        v["rows"].as_array().is_some_and(|r| r.len() == 2)
+    })
+    .await;
+    assert!(row_with(&seen, "/missing").is_none(), "{seen}");
+    browser::step(
+        "clear the path filter",
+        c.execute(set_filter, args("filter-path", "", "input")),
+    )
     .await;
 
     // Markup from a visitor stays text.
