@@ -58,7 +58,9 @@ impl Watchers {
 
 /// One open inspector stream.
 pub struct WatchGuard {
+    /// Where the stream is counted, to uncount it on drop.
     watchers: Arc<Watchers>,
+    /// The connection it inspects.
     conn: ConnId,
 }
 
@@ -75,7 +77,9 @@ impl Drop for WatchGuard {
 /// The start of a body as it goes by.
 #[derive(Default)]
 struct Tap {
+    /// The first [`BODY_LIMIT`] bytes.
     kept: BytesMut,
+    /// Every byte that went by (the body's size, once it ended).
     size: u64,
 }
 
@@ -105,8 +109,11 @@ fn lock(tap: &SharedTap) -> std::sync::MutexGuard<'_, Tap> {
 /// A body that copies the start of its frames into a [`Tap`] and calls
 /// `done` once when it ends or is dropped.
 struct Tee<B> {
+    /// The body on its way, untouched.
     inner: B,
+    /// Where the start of it is copied.
     tap: SharedTap,
+    /// Keeps the entry (the response's tee), once.
     done: Option<Box<dyn FnOnce() + Send>>,
 }
 
@@ -169,8 +176,11 @@ pub fn header_list(headers: &HeaderMap) -> Vec<(String, String)> {
 
 /// Where a capture's entry is going: which connection and tunnel, from whom.
 pub struct Origin {
+    /// The connection whose inspector sees the entry.
     pub conn: ConnId,
+    /// The tunnel's registry key (a replay goes through it again).
     pub tunnel: String,
+    /// Who sent it (a replay names the same visitor to the app).
     pub visitor: SocketAddr,
     /// The entry this exchange replays, for a replay.
     pub replay_of: Option<u64>,
@@ -179,10 +189,13 @@ pub struct Origin {
 /// One exchange being captured. Dropped before a response was recorded,
 /// it keeps the entry as failed.
 pub struct Capture {
+    /// Where the entry goes.
     store: Arc<Store>,
     /// The entry so far; taken when it is kept.
     entry: Option<Entry>,
+    /// When the request arrived, for the duration.
     started: Instant,
+    /// The start of the request body, filled as the app reads it.
     request_tap: SharedTap,
     /// Receives the id the entry got, once it is kept.
     kept_as: Arc<OnceLock<u64>>,
@@ -309,9 +322,13 @@ impl Drop for Capture {
 
 /// What keeping an entry needs once the exchange is over.
 struct Keep {
+    /// Where the entry goes.
     store: Arc<Store>,
+    /// When the request arrived, for the duration.
     started: Instant,
+    /// The start of the request body.
     request_tap: SharedTap,
+    /// Told the entry's id.
     kept_as: Arc<OnceLock<u64>>,
 }
 
@@ -335,9 +352,11 @@ fn elapsed_ms(since: Instant) -> u64 {
 
 /// Records a WebSocket's close as its own entry.
 pub struct WebSocketClose {
+    /// Where the close entry goes.
     store: Arc<Store>,
     /// The open entry, the close's template.
     entry: Entry,
+    /// When the upgrade request arrived: the WebSocket's duration.
     started: Instant,
 }
 

@@ -23,7 +23,9 @@ const REPLAY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Changes to the captured request, as the page sends them.
 #[derive(Debug, Default, serde::Deserialize)]
 pub struct Edits {
+    /// Replaces the method when given.
     pub method: Option<String>,
+    /// Replaces the path and query when given (must start with `/`).
     pub path: Option<String>,
     /// Replaces every header when given.
     pub headers: Option<Vec<(String, String)>>,

@@ -93,9 +93,11 @@ pub struct Entry {
     pub conn: ConnId,
     /// The tunnel's registry key (its name).
     pub tunnel: String,
+    /// A request, or a WebSocket's open or close.
     pub kind: Kind,
     /// The entry this one replayed, for a replay.
     pub replay_of: Option<u64>,
+    /// The request method, as the visitor sent it.
     pub method: String,
     /// Path and query, as the visitor sent them.
     pub path: String,
@@ -109,7 +111,9 @@ pub struct Entry {
     pub at_ms: u64,
     /// How long it took to the end of the response (or of the WebSocket).
     pub duration_ms: u64,
+    /// The request as it went to the app.
     pub request: Part,
+    /// The response as the app sent it.
     pub response: Part,
 }
 
@@ -124,12 +128,15 @@ impl Entry {
 /// One tunnel's entries, oldest first.
 #[derive(Default)]
 struct Ring {
+    /// Its entries' ids, oldest first: the front goes at a cap.
     ids: VecDeque<u64>,
+    /// What its entries cost together, for the per-tunnel byte cap.
     bytes: u64,
 }
 
 #[derive(Default)]
 struct Inner {
+    /// The last id given out.
     next_id: u64,
     /// Every entry by id: the first is the oldest anywhere.
     entries: BTreeMap<u64, Arc<Entry>>,
@@ -151,7 +158,10 @@ impl Inner {
             return;
         };
         if let Some(ring) = rings.get_mut(&entry.tunnel) {
-            ring.ids.retain(|i| *i != id);
+            match ring.ids.front() {
+                Some(&oldest) if oldest == id => drop(ring.ids.pop_front()),
+                _ => ring.ids.retain(|i| *i != id),
+            }
             ring.bytes -= cost;
             if ring.ids.is_empty() {
                 rings.remove(&entry.tunnel);
@@ -189,7 +199,9 @@ impl Inner {
 
 /// The captured entries of every connection.
 pub struct Store {
+    /// `--inspect-*`.
     caps: Caps,
+    /// The entries and their rings.
     inner: Mutex<Inner>,
     /// The id of the newest entry (0: none yet), for live feeds to wait on.
     newest: tokio::sync::watch::Sender<u64>,

@@ -24,19 +24,33 @@ const HEX_BYTES: usize = 1024;
 
 /// An entry in the list.
 #[derive(Serialize)]
+/// The fields mean what [`Entry`]'s do; the sizes are the whole bodies'.
 pub struct Summary<'a> {
+    /// The entry's id (newer entries have larger ones).
     id: u64,
+    /// The tunnel's name.
     tunnel: &'a str,
+    /// `request`, `websocket_open` or `websocket_close`.
     kind: Kind,
+    /// The entry it replayed, for a replay.
     replay_of: Option<u64>,
+    /// The request method.
     method: &'a str,
+    /// Path and query as the visitor sent them.
     path: &'a str,
+    /// The app's status (`null`: no answer).
     status: Option<u16>,
+    /// Why there is no answer.
     error: Option<&'a str>,
+    /// The visitor's IP.
     visitor: String,
+    /// When it arrived (unix ms).
     at_ms: u64,
+    /// How long it took.
     duration_ms: u64,
+    /// The request body's size.
     request_bytes: u64,
+    /// The response body's size.
     response_bytes: u64,
 }
 
@@ -61,22 +75,29 @@ pub fn summary(entry: &Entry) -> Summary<'_> {
 /// An entry with its headers and bodies.
 #[derive(Serialize)]
 pub struct Detail<'a> {
+    /// What the list shows.
     #[serde(flatten)]
     summary: Summary<'a>,
+    /// The request as the app got it.
     request: PartView,
+    /// The response as the app sent it.
     response: PartView,
 }
 
 /// One side's headers and body.
 #[derive(Serialize)]
 struct PartView {
+    /// In order, secrets masked unless revealed.
     headers: Vec<HeaderView>,
+    /// The captured start of the body, rendered.
     body: BodyView,
 }
 
 #[derive(Serialize)]
 struct HeaderView {
+    /// As sent (case kept).
     name: String,
+    /// The value, or [`MASK`].
     value: String,
     /// A secret (credentials, cookies): `value` is [`MASK`] unless revealed.
     secret: bool,
