@@ -3,7 +3,8 @@
 //! JSON API through the `-L` forward (capture, details, masking, replay,
 //! isolation between connections, caps, capture off while nobody
 //! inspects, the DNS-rebinding and CSRF defences), the refusal of every
-//! other `direct-tcpip`, and the page itself in headless Chromium.
+//! other `direct-tcpip`, and the page itself in headless Chromium (its
+//! screenshot goes to `target/screenshots/inspector.png`).
 
 #[path = "common/browser.rs"]
 mod browser;
@@ -731,5 +732,12 @@ async fn chromium_shows_requests_live_and_replays() {
     assert_eq!(seen["scripts"], 1, "only the page's own script: {seen}");
     assert_eq!(seen["xss"], Value::Null, "no visitor script ran");
     assert!(c.get_alert_text().await.is_err(), "no alert is open");
+
+    let png = browser::step("screenshot", c.screenshot()).await;
+    let path = browser::screenshot_path("inspector.png");
+    std::fs::create_dir_all(path.parent().unwrap()).expect("create screenshot dir");
+    std::fs::write(&path, &png).expect("write screenshot");
+    eprintln!("screenshot: {}", path.display());
+    browser::check_screenshot(&png);
     browser.close().await;
 }
