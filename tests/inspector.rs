@@ -507,6 +507,42 @@ async fn nothing_is_captured_while_no_inspector_is_open() {
     assert_eq!(entries[0]["path"], "/hello?after");
 }
 
+/// With `inspect=on`, requests are kept even before an inspector opens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_on_keeps_requests_before_the_inspector_opens() {
+    let burrow = burrow(&[]).await;
+    let origin = Origin::start("inspect-optin").await;
+    let port = dead_port();
+    let ssh = Ssh::spawn_cmd(
+        &burrow,
+        &[
+            "-R",
+            &format!("80:127.0.0.1:{}", origin.port),
+            "-L",
+            &format!("127.0.0.1:{port}:localhost:4040"),
+        ],
+        &["--", "inspect=on"],
+    );
+    let tunnel = ssh.url().await;
+    ssh.stdout
+        .wait_contains("requests kept for the inspector", WAIT)
+        .await
+        .unwrap_or_else(|seen| panic!("the option is not in the banner: {seen}"));
+    burrow.wait_stat("inspector_connections", 0, WAIT).await;
+    assert_eq!(
+        burrow.get(&tunnel.host(), "/hello?early").await.status(),
+        200
+    );
+    wait_listening(port, &ssh).await;
+    let me = Inspected {
+        _ssh: ssh,
+        tunnel,
+        port,
+    };
+    let entries = me.wait_entries(1).await;
+    assert_eq!(entries[0]["path"], "/hello?early", "{entries:?}");
+}
+
 /// The banner names the flag, and so does the `output=json` tunnel event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_banner_names_the_inspector() {

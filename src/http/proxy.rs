@@ -235,7 +235,7 @@ impl Proxy {
         let seen = req.extensions().get::<Seen>().cloned();
         let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
         let mut capture = self.inspect.capture(
-            (tunnel.conn(), tunnel.key()),
+            (tunnel.conn(), tunnel.key(), options.inspect),
             visitor.addr,
             req.method().as_str(),
             path,

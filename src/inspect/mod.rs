@@ -58,17 +58,18 @@ impl Inspector {
     }
 
     /// A capture for a request through `tunnel` of `conn`, if that
-    /// connection has an inspector open (else nothing, at the cost of one
-    /// atomic load while no inspector is open anywhere).
+    /// connection has an inspector open or `always` (its `inspect=on`
+    /// option); else nothing, at the cost of one atomic load while no
+    /// inspector is open anywhere.
     #[inline]
     pub fn capture(
         &self,
-        (conn, tunnel): (ConnId, &str),
+        (conn, tunnel, always): (ConnId, &str, bool),
         visitor: SocketAddr,
         method: &str,
         path: &str,
     ) -> Option<Capture> {
-        if !self.watchers.watching(conn) {
+        if !always && !self.watchers.watching(conn) {
             return None;
         }
         let origin = Origin {
