@@ -8,8 +8,9 @@
 #
 #   BURROW_BIN=target/release/burrow DURATION=10 PAIRS=3 benches/inspector.sh
 #
-# Prints one line per run: mode, req/s, and the inspector streams burrow
-# counted at the end of the run.
+# Prints one line per run: mode, req/s, burrow's CPU time per request, the
+# inspector streams burrow counted at the end of the run, and the newest
+# captured entry's id (how many requests were captured so far).
 set -euo pipefail
 BURROW_BIN=${BURROW_BIN:-target/release/burrow}
 DURATION=${DURATION:-10}
@@ -23,6 +24,8 @@ cleanup() {
 }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# burrow's CPU time so far, in clock ticks (utime + stime).
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$BURROW_PID/stat"; }
 stat_streams() { curl -s "http://127.0.0.1:$B_STATS/" | grep -oE '"inspector_connections":[0-9]+' | cut -d: -f2; }
 
 P_ORIGIN=$(free_port)
@@ -50,6 +53,7 @@ nginx -p "$TMP/nginx" -c "$TMP/nginx.conf" 2>/dev/null
     --visitor-rate 1000000/s --visitor-burst 1000000 --tunnel-rate 1000000/s --tunnel-burst 1000000 \
     --max-inflight-per-visitor 100000 --max-inflight-per-tunnel 100000 >"$TMP/burrow.log" 2>&1 &
 PIDS+=($!)
+BURROW_PID=$!
 for _ in $(seq 100); do grep -q '^burrow ready:' "$TMP/burrow.log" && break; sleep 0.1; done
 ready=$(grep -m1 '^burrow ready:' "$TMP/burrow.log")
 B_SSH=$(sed -E 's/.* ssh=127\.0\.0\.1:([0-9]+).*/\1/' <<<"$ready")
@@ -74,7 +78,7 @@ for _ in $(seq 50); do curl -sf -o /dev/null -H "Host: $HOST" "http://127.0.0.1:
 curl -sf -o /dev/null -H "Host: $HOST" "http://127.0.0.1:$B_HTTP/1k" || { echo "the tunnel does not answer 200" >&2; exit 1; }
 
 run() {
-    local mode=$1 holder='' out rps bad streams newest
+    local mode=$1 holder='' out rps bad streams newest cpu0 cpu1 requests us
     # Nobody inspecting: wait for the last run's streams to close.
     for _ in $(seq 100); do
         [[ $mode == on || $(stat_streams) -eq 0 ]] && break
@@ -89,8 +93,14 @@ run() {
             sleep 0.1
         done
     fi
+    cpu0=$(cpu_ticks)
     out=$(wrk -t2 -c64 -d"${DURATION}s" -H "Host: $HOST" "http://127.0.0.1:$B_HTTP/1k")
+    cpu1=$(cpu_ticks)
     rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+    requests=$(awk '/requests in/ {print $1}' <<<"$out")
+    # burrow's CPU per request, in microseconds: steadier than req/s on a
+    # loaded machine.
+    us=$(awk -v t=$((cpu1 - cpu0)) -v hz="$(getconf CLK_TCK)" -v n="$requests" 'BEGIN {printf "%.1f", t * 1e6 / hz / n}')
     bad=$(awk '/Non-2xx/ {print $NF}' <<<"$out")
     streams=$(stat_streams)
     if [[ -n $holder ]]; then
@@ -100,7 +110,7 @@ run() {
     fi
     # The newest entry id: how many requests were captured so far.
     newest=$(curl -s "http://127.0.0.1:$P_INSPECT/api/entries" | grep -oE '"kept":\[[0-9,]*\]' | grep -oE '[0-9]+' | tail -1 || true)
-    echo "$mode req/s=$rps non2xx=${bad:-0} inspector_connections=$streams captured_so_far=${newest:-0}"
+    echo "$mode req/s=$rps cpu_us/req=$us non2xx=${bad:-0} inspector_connections=$streams captured_so_far=${newest:-0}"
 }
 for _ in $(seq "$PAIRS"); do
     run off
