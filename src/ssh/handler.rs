@@ -1,7 +1,9 @@
 //! The russh callbacks of one SSH connection, and only those: each one
 //! hands over to [`super::auth`] (who may log in, and as what), to
 //! [`super::forward`] (`tcpip-forward` → a tunnel) or to the session
-//! channel below (banner, options, Ctrl+C), and refuses the rest politely.
+//! channel below (banner, options, Ctrl+C), to [`crate::inspect`] (the one
+//! `direct-tcpip` answered: the request inspector), and refuses the rest
+//! politely.
 //!
 //! Two russh rules shape this file:
 //! - Callbacks run inside russh's session loop, so they never await a
