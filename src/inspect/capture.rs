@@ -2,7 +2,7 @@
 //! (is anyone inspecting this connection? one atomic load while nobody
 //! inspects anything), and only then a [`Capture`] that records the
 //! request's and response's heads and tees the first
-//! [`BODY_LIMIT`](super::store::BODY_LIMIT) bytes of each body as the
+//! [`BODY_LIMIT`] bytes of each body as the
 //! frames pass, never holding a frame back. The entry is kept when the
 //! response body ends (or the exchange fails, or the WebSocket closes).
 
