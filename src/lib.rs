@@ -32,6 +32,7 @@ pub mod custom;
 pub mod edge;
 pub mod forwarded;
 pub mod http;
+pub mod inspect;
 pub mod keys;
 pub mod limits;
 pub mod listen;
@@ -149,6 +150,15 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     if let Some(issuer) = issuer {
         custom.certs.set_issuer(issuer);
     }
+    let pools = http::pool::Pools {
+        max_idle: config.pool.channel_pool_size,
+        idle_timeout: config.pool.channel_pool_idle,
+    };
+    let inspector = Arc::new(inspect::Inspector::new(
+        &config.inspect,
+        Arc::clone(&registry),
+        pools,
+    ));
     let server = Arc::new(ssh::Server {
         registry: Arc::clone(&registry),
         limits: config.limits.clone(),
@@ -165,6 +175,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         name_secret,
         russh: ssh::russh_config(host_key),
         spool: Arc::clone(&spool),
+        inspect: Arc::clone(&inspector),
         shutdown: shutdown.clone(),
     });
     // SSH clients on the HTTPS port go to the SSH server.
@@ -185,11 +196,9 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
             refusals: Arc::clone(&refusals),
             access_log: config.access_log,
             browser_warning: !config.warning.no_browser_warning,
-            pools: http::pool::Pools {
-                max_idle: config.pool.channel_pool_size,
-                idle_timeout: config.pool.channel_pool_idle,
-            },
+            pools,
             https_addr: addrs.https,
+            inspect: Arc::clone(&inspector),
             shutdown: shutdown.clone(),
         },
         relays: Arc::clone(&relays),
@@ -210,6 +219,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         history: Arc::clone(&history),
         block_duration: config.limits.block_duration,
         cluster: cluster.clone(),
+        inspect_watchers: Arc::clone(&inspector.watchers),
     });
     let reload = reload::Reload {
         keys,

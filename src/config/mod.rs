@@ -6,6 +6,7 @@
 
 mod acme;
 mod cluster;
+mod inspect;
 mod limits;
 mod parse;
 
@@ -18,6 +19,7 @@ use clap::Parser;
 
 pub use self::acme::{AcmeArgs, CustomDomainArgs, LETSENCRYPT, LETSENCRYPT_STAGING};
 pub use self::cluster::{valid_node_id, ClusterArgs, ClusterCommand};
+pub use self::inspect::InspectArgs;
 pub use self::limits::{LimitArgs, PoolArgs, RequestLogArgs, SpoolArgs, WarningArgs};
 pub use self::parse::{
     parse_cidr, parse_duration, parse_port_ranges, parse_rate, parse_resolver, parse_size,
@@ -160,6 +162,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub warning: WarningArgs,
+
+    #[command(flatten)]
+    pub inspect: InspectArgs,
 
     #[command(flatten)]
     pub acme: AcmeArgs,

@@ -63,6 +63,8 @@ pub struct Proxy {
     /// The address visitors connect to when a connection cannot tell its
     /// own (the destination of a PROXY header to the app).
     pub https_addr: SocketAddr,
+    /// Captures the requests of connections with an inspector open.
+    pub inspect: Arc<crate::inspect::Inspector>,
 }
 
 /// Who asked, for what host, over which scheme.
@@ -231,6 +233,13 @@ impl Proxy {
 
         let upgrade = ws_slot.is_some().then(|| hyper::upgrade::on(&mut req));
         let seen = req.extensions().get::<Seen>().cloned();
+        let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let mut capture = self.inspect.capture(
+            (tunnel.conn(), tunnel.key(), options.inspect),
+            visitor.addr,
+            req.method().as_str(),
+            path,
+        );
         let origin = req.headers().get(header::ORIGIN).cloned();
         let req = rewrite::to_origin_request(
             req,
@@ -247,6 +256,10 @@ impl Proxy {
                 .activity(Arc::clone(&activity), Duration::ZERO)
                 .boxed_unsync()
         });
+        let req = match &mut capture {
+            Some(capture) => capture.request(req),
+            None => req,
+        };
 
         let idle = limits.request_idle_timeout;
         let proxy_header = options.proxy.map(|v| (v, visitor.local));
@@ -261,6 +274,9 @@ impl Proxy {
             Ok(response) => response,
             Err(err) => return failed(tunnel, host, err, &cut, &visitor_headers),
         };
+        if let Some(capture) = &mut capture {
+            capture.answered(&response);
+        }
         if limits.max_body_size > 0
             && content_length(response.headers()).is_some_and(|len| len > limits.max_body_size)
         {
@@ -272,21 +288,26 @@ impl Proxy {
             let log = seen.map(|seen| log::WebSocketLog::new(seen, tunnel, self.access_log));
             let origin_upgrade = hyper::upgrade::on(&mut response);
             let upgrades = (visitor_upgrade, origin_upgrade);
-            websocket::relay(&self.shutdown, limits, upgrades, ws_slot, log);
+            let inspect = capture.as_ref().and_then(|c| c.websocket());
+            websocket::relay(&self.shutdown, limits, upgrades, ws_slot, (log, inspect));
         }
         // The visitor's body may still break after the head came back.
         response.extensions_mut().insert(log::RequestCut(cut));
         rewrite::strip_hop_by_hop(response.headers_mut(), switching);
         rewrite::add_safety_headers(response.headers_mut());
         access::decorate(options, origin.as_ref(), response.headers_mut());
-        response.map(|body| {
+        let response = response.map(|body| {
             MeteredBody::new(body)
                 .limit(limits.max_body_size)
                 .activity(activity, idle)
                 .guard(slot)
                 .guard(in_flight)
                 .boxed_unsync()
-        })
+        });
+        match capture {
+            Some(capture) => capture.finish(response),
+            None => response,
+        }
     }
 }
 

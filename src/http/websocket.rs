@@ -9,6 +9,7 @@ use hyper_util::rt::TokioIo;
 use super::log::WebSocketLog;
 use crate::config::LimitArgs;
 use crate::counters::Gauge;
+use crate::inspect::capture::WebSocketClose;
 use crate::limits::http::Slot;
 use crate::pipe::relay::{self, Moved, RelayEnd, RelayLimits};
 use crate::shutdown::Shutdown;
@@ -20,7 +21,7 @@ pub fn relay(
     limits: &LimitArgs,
     (visitor, origin): (OnUpgrade, OnUpgrade),
     slot: Slot,
-    log: Option<WebSocketLog>,
+    (log, inspect): (Option<WebSocketLog>, Option<WebSocketClose>),
 ) {
     let gauge = Gauge::websocket();
     let limits = RelayLimits {
@@ -49,11 +50,16 @@ pub fn relay(
             _ = stop.finishing() => RelayEnd::Closed,
         };
         tracing::debug!(end = %end.describe(&limits), "upgraded connection ended");
+        // Only a limit is burrow's doing; a visitor or app that hangs up,
+        // politely or not, is not.
+        let cut = matches!(end, RelayEnd::TooManyBytes | RelayEnd::Idle);
+        let why = cut.then(|| format!("WebSocket {}", end.describe(&limits)));
+        if let Some(inspect) = inspect {
+            let load =
+                |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+            inspect.closed(load(&moved.a_to_b), load(&moved.b_to_a), why.clone());
+        }
         if let Some(log) = log {
-            // Only a limit is burrow's doing; a visitor or app that hangs
-            // up, politely or not, is not.
-            let cut = matches!(end, RelayEnd::TooManyBytes | RelayEnd::Idle);
-            let why = cut.then(|| format!("WebSocket {}", end.describe(&limits)));
             log.closed(&moved, why);
         }
     });

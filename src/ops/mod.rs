@@ -46,6 +46,8 @@ pub struct Ops {
     pub block_duration: Duration,
     /// This node's cluster, when it is in one.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Who inspects what (`inspector_connections` in the stats).
+    pub inspect_watchers: Arc<crate::inspect::capture::Watchers>,
 }
 
 /// Serves the stats endpoint until shutdown.

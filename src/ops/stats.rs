@@ -40,6 +40,8 @@ struct Snapshot {
     private_tunnels: u64,
     private_connections: u64,
     private_refused: u64,
+    /// Request inspector streams open now (`-L 4040:localhost:4040`).
+    inspector_connections: u64,
     /// Certificates of custom domains: the issuer, issued, failed, binds
     /// refused by the issuance limit, passthrough names that need none, and
     /// how many names hold one.
@@ -110,6 +112,7 @@ fn snapshot(ops: &Ops, with_subdomains: bool) -> Snapshot {
         private_tunnels: registry.count_private() as u64,
         private_connections: load(&s.private_connections),
         private_refused: load(&s.private_refused),
+        inspector_connections: ops.inspect_watchers.open_streams() as u64,
         custom_certs: custom_certs(ops),
         subdomains: with_subdomains.then(|| registry.names()),
         clients: with_subdomains.then(|| registry.client_counts()),

@@ -173,8 +173,21 @@ pub fn tunnel_event(tunnel: &TunnelEvent) -> String {
         "forward": tunnel.spec,
         "idle_timeout_secs": tunnel.idle.as_secs(),
         "lifetime_secs": tunnel.lifetime.as_secs(),
+        "inspector": (tunnel.kind == "http").then_some(INSPECTOR_URL),
     });
     format!("{event}\r\n")
+}
+
+/// Where the request inspector shows up with [`INSPECTOR_FLAG`].
+pub const INSPECTOR_URL: &str = "http://localhost:4040";
+/// The one extra ssh flag the request inspector needs.
+pub const INSPECTOR_FLAG: &str = "-L 4040:localhost:4040";
+
+/// The hint under HTTP tunnels: how to open the request inspector.
+pub fn inspector_hint() -> String {
+    line(&format!(
+        "  Inspect and replay requests: add {INSPECTOR_FLAG} to ssh, open {INSPECTOR_URL}"
+    ))
 }
 
 /// The banner shown once when the session starts. `expiry` says how long

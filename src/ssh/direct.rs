@@ -1,7 +1,9 @@
 //! `direct-tcpip` (what `ssh -J`, `-L` and `-W` send): burrow offers no
-//! outbound forwarding, so a channel is opened only to a private alias a
-//! device registered (`-R NAME:PORT:…`) and only for a key allowed to reach
-//! it ([`crate::tunnel::private`]). Everything else is refused, with the
+//! outbound forwarding, so a channel is opened only to the request
+//! inspector (`-L 4040:localhost:4040`, answered by burrow itself, see
+//! [`crate::inspect`]) or to a private alias a device registered
+//! (`-R NAME:PORT:…`), and only for a key allowed to reach it
+//! ([`crate::tunnel::private`]). Everything else is refused, with the
 //! reason in the open-failure text the client prints, and a log line.
 //!
 //! An accepted channel is relayed to the device like a visitor of a raw
@@ -74,6 +76,11 @@ pub fn open(
 ) {
     let shutdown = server.shutdown.clone();
     shutdown.spawn(async move {
+        if crate::inspect::is_inspector(&request.host, request.port) {
+            let inspector = Arc::clone(&server.inspect);
+            crate::inspect::serve::accept(inspector, request.conn, channel, reply).await;
+            return;
+        }
         let alias = match admit(&server, &request).await {
             Ok(alias) => alias,
             Err(refusal) => {

@@ -1,7 +1,9 @@
 //! The russh callbacks of one SSH connection, and only those: each one
 //! hands over to [`super::auth`] (who may log in, and as what), to
 //! [`super::forward`] (`tcpip-forward` → a tunnel) or to the session
-//! channel below (banner, options, Ctrl+C), and refuses the rest politely.
+//! channel below (banner, options, Ctrl+C), to [`crate::inspect`] (the one
+//! `direct-tcpip` answered: the request inspector), and refuses the rest
+//! politely.
 //!
 //! Two russh rules shape this file:
 //! - Callbacks run inside russh's session loop, so they never await a
@@ -135,6 +137,9 @@ impl ClientHandler {
                 self.forwards.key().map(|k| k.fingerprint.as_str()),
                 &public.connect_command_as(Some("random")),
             ));
+        }
+        if names.clone().next().is_some() && options.tls != options::Tls::Passthrough {
+            text.push_str(&banner::inspector_hint());
         }
         let summary = options.summary();
         if !summary.is_empty() {

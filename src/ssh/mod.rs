@@ -73,6 +73,8 @@ pub struct Server {
     pub russh: Arc<RusshConfig>,
     /// Memory and disk for slow visitors of every channel.
     pub spool: Arc<Budget>,
+    /// The request inspector connections open with `-L 4040:localhost:4040`.
+    pub inspect: Arc<crate::inspect::Inspector>,
     pub shutdown: Shutdown,
 }
 
@@ -325,6 +327,7 @@ async fn serve_connection(
     }
     run_to_end(&server, &session, (running, handle), deadline, peer).await;
     server.registry.remove_client(id);
+    server.inspect.forget(id);
     tracing::debug!(conn = id, %peer, "ssh connection closed");
 }
 

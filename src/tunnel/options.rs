@@ -35,6 +35,8 @@ Options (apply to every tunnel of the connection):
   proxy=v1|v2             start every connection to your app with a HAProxy PROXY
                           header carrying the visitor's address (HTTP tunnels then
                           use one connection per request)
+  inspect=on|off          keep requests for the inspector (-L 4040:localhost:4040) even
+                          while it is not open (default off: only while it is)
   help                    print this and exit
 ";
 
@@ -134,6 +136,9 @@ pub struct TunnelOptions {
     /// `allow-keys=`: keys (fingerprints) that may connect to this
     /// connection's private aliases besides its own.
     pub allow_keys: Vec<String>,
+    /// `inspect=on`: requests are captured for the request inspector even
+    /// while none is open (by default only while one is).
+    pub inspect: bool,
 }
 
 impl TunnelOptions {
@@ -172,6 +177,9 @@ impl TunnelOptions {
             Some(ProxyHeader::V1) => parts.push("PROXY v1 header to your app".into()),
             Some(ProxyHeader::V2) => parts.push("PROXY v2 header to your app".into()),
             None => {}
+        }
+        if self.inspect {
+            parts.push("requests kept for the inspector".into());
         }
         parts.join("; ")
     }
@@ -251,6 +259,13 @@ pub fn parse(command: &str) -> Result<Command, String> {
                     "on" => false,
                     "off" => true,
                     other => return Err(format!("qr={other:?}: use on or off")),
+                }
+            }
+            "inspect" => {
+                options.inspect = match value {
+                    "on" => true,
+                    "off" => false,
+                    other => return Err(format!("inspect={other:?}: use on or off")),
                 }
             }
             "output" => {
@@ -365,6 +380,15 @@ mod tests {
         };
         assert_eq!(o.allow_keys, [fp, fp]);
         assert!(parse("allow-keys=MD5:aa:bb").is_err());
+    }
+
+    #[test]
+    fn inspect_is_off_unless_asked_for() {
+        assert!(!options("").inspect);
+        let o = options("inspect=on");
+        assert!(o.inspect && o.summary().contains("kept for the inspector"));
+        assert!(!options("inspect=off").inspect);
+        assert!(parse("inspect=maybe").is_err());
     }
 
     #[test]
