@@ -46,6 +46,7 @@ pub mod state;
 pub mod subdomain;
 pub mod systemd;
 pub mod tls;
+pub mod trim;
 pub mod tunnel;
 
 use std::future::Future;
@@ -276,6 +277,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     shutdown.spawn(limits::housekeep(ip_guard, refusals, shutdown.clone()));
     shutdown.spawn(Arc::clone(&custom).recheck(shutdown.clone()));
     shutdown.spawn(reload::watch(reload, hangup, shutdown.clone()));
+    shutdown.spawn(trim::run(config.memory_trim_interval, shutdown.clone()));
 
     systemd::ready();
 

@@ -136,6 +136,12 @@ pub struct Config {
     #[arg(long, env = "SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Every this long, freed heap memory goes back to the system (glibc's
+    /// malloc_trim), so the footprint falls back after a peak of tunnels.
+    /// 0 = never.
+    #[arg(long, env = "MEMORY_TRIM_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub memory_trim_interval: Duration,
+
     /// Log lines as human-readable text or as one JSON object per line.
     /// The level comes from RUST_LOG (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
