@@ -29,7 +29,11 @@ pub async fn run(every: Duration, shutdown: Shutdown) {
         }
         let started = std::time::Instant::now();
         let released = tokio::task::spawn_blocking(trim).await.unwrap_or(false);
-        tracing::trace!(released, took_us = started.elapsed().as_micros() as u64, "heap trimmed");
+        tracing::trace!(
+            released,
+            took_us = started.elapsed().as_micros() as u64,
+            "heap trimmed"
+        );
     }
 }
 

@@ -1003,6 +1003,32 @@ async fn served_a_private_alias_on_one_node_through_another() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(stderr.contains("may not connect to pi-7:22"), "{stderr}");
+
+    // A device on node 1 that lets the stranger in with allow-keys=: node
+    // 2 knows it from the directory.
+    let forward = format!("pi-8:22:127.0.0.1:{}", origin.port);
+    let allow = format!("allow-keys={}", stranger.fingerprint);
+    let _shared = SshSpec {
+        port: cluster.shared.ports.ssh,
+        args: &["-R", &forward],
+        remote_cmd: &["--", &allow],
+        host: &host,
+        ..SshSpec::default()
+    }
+    .spawn_with_key(&owner);
+    let deadline = Instant::now() + SOON;
+    let out = loop {
+        let out = stdio_forward_to(&cluster, 2, &stranger, "pi-8:22").await;
+        if out.status.success() || Instant::now() > deadline {
+            break out;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains(common::HELLO),
+        "allow-keys= not honoured through node 2: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stats = cluster.stats(2).await;
     assert!(stats["private_connections"].as_u64() >= Some(1), "{stats}");
 }

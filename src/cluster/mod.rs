@@ -254,7 +254,25 @@ impl Cluster {
                 Kind::Tcp(_) | Kind::Private(_) => Some(true),
                 Kind::Name => None,
             },
+            allow_keys: Vec::new(),
         }
+    }
+
+    /// `stored` once `options` are final: the raw flag of a name (TLS
+    /// passed through or not), the `allow-keys=` of a private alias.
+    fn settled(
+        kind: Kind,
+        mut stored: Stored,
+        options: &crate::tunnel::options::TunnelOptions,
+    ) -> Stored {
+        match kind {
+            Kind::Name => {
+                stored.raw = Some(options.tls == crate::tunnel::options::Tls::Passthrough)
+            }
+            Kind::Private(_) => stored.allow_keys = options.allow_keys.clone(),
+            Kind::Tcp(_) => {}
+        }
+        stored
     }
 
     /// Runs the heartbeat and the event subscription until shutdown, then
@@ -405,8 +423,9 @@ impl Cluster {
         for tunnel in registry.tunnels() {
             let id = self.my_id(tunnel.conn());
             let mut stored = self.stored(&tunnel);
-            if tunnel.kind() == Kind::Name && tunnel.client().options_final() {
-                stored.raw = Some(tunnel.passthrough());
+            if tunnel.client().options_final() {
+                let options = tunnel.client().options();
+                stored = Self::settled(tunnel.kind(), stored, &options);
             }
             let claim = Claim {
                 key: tunnel.key(),
@@ -665,6 +684,7 @@ impl Cluster {
                     owner: stored.owner,
                     granted: stored.granted,
                     raw: stored.raw,
+                    allow_keys: stored.allow_keys,
                 };
                 alive.then(|| (id.clone(), member))
             })
@@ -673,9 +693,12 @@ impl Cluster {
         (live.into_iter().map(|(_, m)| m).collect(), dead)
     }
 
-    /// Records `tunnel`'s raw flag once its options are final.
+    /// Records what `tunnel`'s options decide once they are final: a
+    /// name's raw flag, a private alias's `allow-keys=`.
     fn watch_settle(&self, tunnel: &Arc<Tunnel>, id: String) {
-        let Some(cluster) = self.me.upgrade().filter(|_| tunnel.kind() == Kind::Name) else {
+        let kind = tunnel.kind();
+        let settles = matches!(kind, Kind::Name | Kind::Private(_));
+        let Some(cluster) = self.me.upgrade().filter(|_| settles) else {
             return;
         };
         let tunnel = Arc::downgrade(tunnel);
@@ -685,11 +708,13 @@ impl Cluster {
             };
             let client = Arc::clone(strong.client());
             let key = strong.key().to_string();
-            let mut stored = cluster.stored(&strong);
+            let stored = cluster.stored(&strong);
             drop(strong);
             let options = crate::tunnel::options_settled(&*client).await;
-            stored.raw = Some(options.tls == crate::tunnel::options::Tls::Passthrough);
-            if tunnel.upgrade().is_some() {
+            let stored = Self::settled(kind, stored, &options);
+            // A private alias without allow-keys= has nothing to record.
+            let changed = kind == Kind::Name || !stored.allow_keys.is_empty();
+            if changed && tunnel.upgrade().is_some() {
                 let _ = cluster.store.settle(&key, &id, &stored).await;
             }
         });

@@ -59,13 +59,17 @@ pub fn parse_member_id(id: &str) -> Option<(&str, u64, u64)> {
     Some((parts.next()?, incarnation, conn))
 }
 
-/// A member as stored: when it claimed, its key, grant and raw flag.
+/// A member as stored: when it claimed, its key, grant and raw flag, and
+/// for a private alias the keys its `allow-keys=` lets connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stored {
     pub claimed_ms: u64,
     pub owner: Option<String>,
     pub granted: bool,
     pub raw: Option<bool>,
+    /// Fingerprints (no spaces or commas in them); written only when there
+    /// are some, as a fifth field.
+    pub allow_keys: Vec<String>,
 }
 
 impl Stored {
@@ -76,11 +80,16 @@ impl Stored {
             Some(true) => "1",
             Some(false) => "0",
         };
-        format!(
+        let mut text = format!(
             "{} {owner} {} {raw}",
             self.claimed_ms,
             u8::from(self.granted)
-        )
+        );
+        if !self.allow_keys.is_empty() {
+            text.push(' ');
+            text.push_str(&self.allow_keys.join(","));
+        }
+        text
     }
 
     pub fn decode(text: &str) -> Option<Stored> {
@@ -93,11 +102,16 @@ impl Stored {
             "0" => Some(false),
             _ => None,
         };
+        let allow_keys = parts
+            .next()
+            .map(|keys| keys.split(',').map(str::to_string).collect())
+            .unwrap_or_default();
         Some(Stored {
             claimed_ms,
             owner: (owner != "-").then(|| owner.to_string()),
             granted,
             raw,
+            allow_keys,
         })
     }
 }
@@ -494,7 +508,8 @@ impl Store {
         Ok(())
     }
 
-    /// Records member `id`'s final stored value (its raw flag).
+    /// Records member `id`'s final stored value (its raw flag, its
+    /// `allow-keys=`).
     pub async fn settle(&self, key_name: &str, id: &str, stored: &Stored) -> Result<()> {
         let _: i64 = Script::new(SETTLE)
             .key(key(&format!("name:{key_name}")))
@@ -841,13 +856,23 @@ mod tests {
             owner: Some("SHA256:abc+/=".into()),
             granted: true,
             raw: None,
+            allow_keys: Vec::new(),
         };
         assert_eq!(Stored::decode(&stored.encode()), Some(stored));
+        let private = Stored {
+            claimed_ms: 9,
+            owner: Some("SHA256:abc".into()),
+            granted: false,
+            raw: Some(true),
+            allow_keys: vec!["SHA256:def".into(), "SHA256:g+/h".into()],
+        };
+        assert_eq!(Stored::decode(&private.encode()), Some(private));
         let anonymous = Stored {
             claimed_ms: 5,
             owner: None,
             granted: false,
             raw: Some(true),
+            allow_keys: Vec::new(),
         };
         assert_eq!(Stored::decode(&anonymous.encode()), Some(anonymous));
     }

@@ -123,9 +123,9 @@ async fn admit(server: &Server, request: &Request) -> Result<Alias, Refusal> {
                 options.allow_keys.clone(),
             )
         }
-        // The device is on another node: its key is known cluster-wide,
-        // its allow-keys= only there.
-        Holder::There(remote) => (remote.member.owner, Vec::new()),
+        // The device is on another node: the directory has its key and
+        // its allow-keys= (once its options are final).
+        Holder::There(remote) => (remote.member.owner, remote.member.allow_keys),
         Holder::Gone => {
             return Err(Refusal::connect_failed(
                 "no-device",

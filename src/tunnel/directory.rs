@@ -30,6 +30,8 @@ pub struct Member {
     /// Whether it takes raw bytes (a TCP port, or `tls=passthrough`);
     /// `None` until its options are final.
     pub raw: Option<bool>,
+    /// A private alias's `allow-keys=` (empty until its options are final).
+    pub allow_keys: Vec<String>,
 }
 
 /// A name's clients across the cluster, as the directory knows them.
