@@ -554,7 +554,13 @@ impl Cluster {
     /// tunnel of this node that lost the name to another node, and tell
     /// this node's clients of it how many serve it now.
     fn on_name(&self, key: &str, clients: usize, by: Option<&str>, replaced: Option<&str>) {
-        self.stale(key);
+        // Nobody holds it any more: its cached members are all gone, so
+        // the entry goes too (with random names churning, stale entries
+        // of dead names would otherwise pile up to `CACHE_MAX`).
+        match clients {
+            0 => drop(self.cache.remove(key)),
+            _ => self.stale(key),
+        }
         self.changed.notify_waiters();
         let Some(registry) = self.registry() else {
             return;
