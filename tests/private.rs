@@ -389,29 +389,11 @@ async fn direct_tcpip_is_refused_unless_it_is_an_allowed_private_alias() {
     .await;
 
     // The owner gets through (the origin answers HTTP over the stream).
-    let mut cmd = tokio::process::Command::new("ssh");
-    cmd.args(burrow_opts(&burrow, &owner.path))
-        .args(["-W", "pi-7:22", "admin@127.0.0.1"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().unwrap();
-    use tokio::io::AsyncWriteExt;
-    let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let out = tokio::time::timeout(SOON, child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = stdio_forward_http(&burrow, &owner.path, "pi-7:22").await;
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(HELLO),
         "{out:?}"
     );
-    drop(stdin);
 
     let stats = burrow.stats().await;
     assert_eq!(
