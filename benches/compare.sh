@@ -46,7 +46,9 @@
 #   burrow-http-pty  wrk → burrow plain HTTP (--http-mode proxy), pty client
 #   burrow-http-N    the same with an `ssh -N` client
 #   burrow-https     wrk → burrow HTTPS (HTTP/1.1, Host header), pty client's tunnel
+#   burrow-https-N   wrk → burrow HTTPS (HTTP/1.1), the -N client's tunnel
 #   burrow-h2        h2load -m1 → burrow HTTPS (HTTP/2), pty client's tunnel
+#   burrow-h2-m10    h2load -m10 (ten streams at a time per connection), same
 #   cluster-owner    two burrow nodes on one redis-server (127.0.0.1 and
 #                    127.0.0.2, --http-mode proxy); a pty client on node 1;
 #                    wrk → node 1, which holds the tunnel
@@ -91,7 +93,7 @@ export PATH="$PATH:/usr/sbin:/sbin"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HELPER="$ROOT/benches/compare_report.py"
-ALL_TARGETS=(origin sshd-pty sshd-N nginx-sshd sandhole burrow-http-pty burrow-http-N burrow-https burrow-h2 cluster-owner cluster-via)
+ALL_TARGETS=(origin sshd-pty sshd-N nginx-sshd sandhole burrow-http-pty burrow-http-N burrow-https burrow-https-N burrow-h2 burrow-h2-m10 cluster-owner cluster-via)
 DOMAIN=bench.test
 MIB=1048576
 BIG_BYTES=$((100 * MIB))
@@ -231,8 +233,10 @@ ensure python3 python3 || die "python3 is required"
 ensure curl curl || die "curl is required (apt-get install curl)"
 ensure wrk wrk || die "wrk is required (apt-get install wrk)"
 ensure nginx nginx || die "nginx is required for the origin (apt-get install nginx)"
-if wanted burrow-h2 && ! ensure h2load nghttp2-client; then
-    skip burrow-h2 "h2load not found and could not be installed (apt-get install nghttp2-client)"
+if wanted_any burrow-h2 burrow-h2-m10 && ! ensure h2load nghttp2-client; then
+    for t in burrow-h2 burrow-h2-m10; do
+        skip "$t" "h2load not found and could not be installed (apt-get install nghttp2-client)"
+    done
 fi
 if wanted_any sshd-pty sshd-N nginx-sshd; then
     if [[ ! -x $SSHD_BIN ]]; then ensure sshd openssh-server || true; fi
@@ -246,7 +250,7 @@ fi
 if wanted_any cluster-owner cluster-via && ! ensure redis-server redis-server; then
     for t in cluster-owner cluster-via; do skip "$t" "redis-server not found and could not be installed (apt-get install redis-server)"; done
 fi
-if wanted_any sshd-pty sshd-N nginx-sshd burrow-http-pty burrow-http-N burrow-https burrow-h2 sandhole cluster-owner cluster-via; then
+if wanted_any sshd-pty sshd-N nginx-sshd burrow-http-pty burrow-http-N burrow-https burrow-https-N burrow-h2 burrow-h2-m10 sandhole cluster-owner cluster-via; then
     command -v ssh >/dev/null 2>&1 || ensure ssh openssh-client || die "the OpenSSH client (ssh) is required"
     command -v ssh-keygen >/dev/null 2>&1 || die "ssh-keygen is required"
 fi
@@ -260,7 +264,7 @@ fi
 
 # ---------------------------------------------------------------- burrow binary
 HAS_HTTP_MODE=0
-if wanted_any burrow-http-pty burrow-http-N burrow-https burrow-h2 cluster-owner cluster-via; then
+if wanted_any burrow-http-pty burrow-http-N burrow-https burrow-https-N burrow-h2 burrow-h2-m10 cluster-owner cluster-via; then
     if [[ -n ${BURROW_BIN:-} ]]; then
         [[ -x $BURROW_BIN ]] || die "BURROW_BIN=$BURROW_BIN is not an executable"
     else
@@ -341,7 +345,7 @@ HEADER="$TMP/header.md"
     echo "- OpenSSH: $(version_of ssh -V); server: $(dpkg-query -W -f '${Package} ${Version}' openssh-server 2>/dev/null || echo "$SSHD_BIN")"
     echo "- $(version_of nginx -v); $(version_of wrk --version | sed 's/ Copyright.*//'); $(command -v h2load >/dev/null && version_of h2load --version || echo 'h2load: none'); $(version_of curl --version | cut -d' ' -f1-2)"
     if [[ -n $SH_BIN ]]; then echo "- sandhole: $(version_of "$SH_BIN" --version) (\`$SH_BIN\`)"; fi
-    echo "- load: \`wrk -t2 -c64 -d${DURATION}s\` on /1k (1 KiB); p99: \`wrk -t1 -c1 -d${LAT_DURATION}s --latency\`; bulk: one \`curl\` GET of /100m and POST of 100 MiB to /upload; h2: \`h2load -t2 -c64 -m1 -D $DURATION\`"
+    echo "- load: \`wrk -t2 -c64 -d${DURATION}s\` on /1k (1 KiB); p99: \`wrk -t1 -c1 -d${LAT_DURATION}s --latency\`; bulk: one \`curl\` GET of /100m and POST of 100 MiB to /upload; h2: \`h2load -t2 -c64 -m1 -D $DURATION\` (and \`-m10\`)"
     echo "- every ssh client: \`ssh -c chacha20-poly1305@openssh.com\` with a throwaway ed25519 key, one connection per tunnel; ${ROUNDS} round(s), order reversed every other round, ${WARMUP}s warm-up per target"
     echo
 } >"$HEADER"
@@ -553,7 +557,7 @@ burrow_client() {
     done
     return 1
 }
-if wanted_any burrow-http-pty burrow-http-N burrow-https burrow-h2; then
+if wanted_any burrow-http-pty burrow-http-N burrow-https burrow-https-N burrow-h2 burrow-h2-m10; then
     mkdir -p "$TMP/burrow"
     B_ARGS=(--domain "$DOMAIN" --ssh-addr 127.0.0.1:0 --http-addr 127.0.0.1:0
         --https-addr 127.0.0.1:0 --stats-addr 127.0.0.1:0
@@ -580,7 +584,7 @@ if wanted_any burrow-http-pty burrow-http-N burrow-https burrow-h2; then
     B_HTTPS=$(sed -E 's/.* https=127\.0\.0\.1:([0-9]+).*/\1/' <<<"$ready")
     B_STATS=$(sed -E 's/.* stats=127\.0\.0\.1:([0-9]+).*/\1/' <<<"$ready")
     log "$ready"
-    if wanted_any burrow-http-pty burrow-https burrow-h2; then
+    if wanted_any burrow-http-pty burrow-https burrow-h2 burrow-h2-m10; then
         if burrow_client burrow-client-pty pty && B_HOST_PTY=$B_HOST &&
             wait_200 "https://127.0.0.1:$B_HTTPS/1k" "$B_HOST_PTY" 20; then
             log "burrow pty tunnel: $B_HOST_PTY"
@@ -588,28 +592,34 @@ if wanted_any burrow-http-pty burrow-http-N burrow-https burrow-h2; then
             HOSTH[burrow-http-pty]=$B_HOST_PTY
             URL[burrow-https]="https://127.0.0.1:$B_HTTPS"
             HOSTH[burrow-https]=$B_HOST_PTY
-            URL[burrow-h2]="https://127.0.0.1:$B_HTTPS"
-            HOSTH[burrow-h2]=$B_HOST_PTY
+            for t in burrow-h2 burrow-h2-m10; do
+                URL[$t]="https://127.0.0.1:$B_HTTPS"
+                HOSTH[$t]=$B_HOST_PTY
+            done
             if wanted burrow-http-pty && ! wait_200 "${URL[burrow-http-pty]}/1k" "$B_HOST_PTY" 10; then
                 skip burrow-http-pty "plain HTTP with --http-mode proxy does not answer 200"
             fi
         else
-            for t in burrow-http-pty burrow-https burrow-h2; do
+            for t in burrow-http-pty burrow-https burrow-h2 burrow-h2-m10; do
                 skip "$t" "the pty client got no working tunnel: $(tail -3 "$TMP/logs/burrow-client-pty.log" | tr -d '\r')"
             done
         fi
     fi
-    if wanted burrow-http-N; then
+    if wanted_any burrow-http-N burrow-https-N; then
         if burrow_client burrow-client-N N && B_HOST_N=$B_HOST &&
-            wait_200 "http://127.0.0.1:$B_HTTP/1k" "$B_HOST_N" 20; then
+            wait_200 "https://127.0.0.1:$B_HTTPS/1k" "$B_HOST_N" 20; then
             log "burrow -N tunnel: $B_HOST_N"
             URL[burrow-http-N]="http://127.0.0.1:$B_HTTP"
             HOSTH[burrow-http-N]=$B_HOST_N
+            URL[burrow-https-N]="https://127.0.0.1:$B_HTTPS"
+            HOSTH[burrow-https-N]=$B_HOST_N
         else
-            skip burrow-http-N "the -N client got no working tunnel: $(tail -3 "$TMP/logs/burrow-client-N.log")"
+            for t in burrow-http-N burrow-https-N; do
+                skip "$t" "the -N client got no working tunnel: $(tail -3 "$TMP/logs/burrow-client-N.log")"
+            done
         fi
     fi
-    for t in burrow-http-pty burrow-http-N burrow-https burrow-h2; do PIDS_OF[$t]=$BURROW_PID; done
+    for t in burrow-http-pty burrow-http-N burrow-https burrow-https-N burrow-h2 burrow-h2-m10; do PIDS_OF[$t]=$BURROW_PID; done
 fi
 
 # ---------------------------------------------------------------- a two-node cluster and its client
@@ -750,6 +760,9 @@ server_pids() {
     echo "$out"
 }
 is_tls() { [[ ${URL[$1]} == https://* ]]; }
+is_h2() { [[ $1 == burrow-h2* ]]; }
+# h2_streams TARGET: h2load's -m, the streams one connection keeps open.
+h2_streams() { if [[ $1 == burrow-h2-m10 ]]; then echo 10; else echo 1; fi; }
 
 upload_lines() { if [[ -f $TMP/origin/upload.log ]]; then wc -l <"$TMP/origin/upload.log"; else echo 0; fi; }
 
@@ -759,7 +772,7 @@ measure() { # measure TARGET ROUND
     [[ -n $host ]] && h=(-H "Host: $host") && a=(-H ":authority: $host")
     if is_tls "$t"; then
         c+=(-k)
-        if [[ $t == burrow-h2 ]]; then c+=(--http2); else c+=(--http1.1); fi
+        if is_h2 "$t"; then c+=(--http2); else c+=(--http1.1); fi
     fi
     local out="$TMP/out/$t.r$r"
     local pids c0 c1 tck rps reqs p99 errs rss hwm
@@ -768,8 +781,8 @@ measure() { # measure TARGET ROUND
     pids=$(server_pids "$t")
     # shellcheck disable=SC2086
     read -r c0 tck < <(helper cpu $pids)
-    if [[ $t == burrow-h2 ]]; then
-        h2load -t2 -c64 -m1 -D "$DURATION" "${a[@]}" "$base/1k" >"$out.load" 2>&1 || true
+    if is_h2 "$t"; then
+        h2load -t2 -c64 -m"$(h2_streams "$t")" -D "$DURATION" "${a[@]}" "$base/1k" >"$out.load" 2>&1 || true
         # shellcheck disable=SC2086
         read -r c1 _ < <(helper cpu $pids)
         read -r rps reqs _ errs < <(helper h2load "$out.load")
@@ -791,7 +804,7 @@ measure() { # measure TARGET ROUND
     local summary="$rps req/s"
 
     # p99 with one connection (wrk only)
-    if [[ $t != burrow-h2 ]]; then
+    if ! is_h2 "$t"; then
         wrk -t1 -c1 -d"${LAT_DURATION}s" --latency "${h[@]}" "$base/1k" >"$out.lat" 2>&1 || true
         read -r _ _ p99 errs < <(helper wrk "$out.lat")
         record "$t" p99_ms "$r" "$p99"
@@ -837,8 +850,8 @@ warm() { # warm TARGET
     local t=$1 host=${HOSTH[$1]:-}
     local -a h=() a=()
     [[ -n $host ]] && h=(-H "Host: $host") && a=(-H ":authority: $host")
-    if [[ $t == burrow-h2 ]]; then
-        h2load -t1 -c8 -m1 -D "$WARMUP" "${a[@]}" "${URL[$t]}/1k" >/dev/null 2>&1 || true
+    if is_h2 "$t"; then
+        h2load -t1 -c8 -m"$(h2_streams "$t")" -D "$WARMUP" "${a[@]}" "${URL[$t]}/1k" >/dev/null 2>&1 || true
     else
         wrk -t1 -c8 -d"${WARMUP}s" "${h[@]}" "${URL[$t]}/1k" >/dev/null 2>&1 || true
     fi
