@@ -94,6 +94,14 @@ export PATH="$PATH:/usr/sbin:/sbin"
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HELPER="$ROOT/benches/compare_report.py"
 ALL_TARGETS=(origin sshd-pty sshd-N nginx-sshd sandhole burrow-http-pty burrow-http-N burrow-https burrow-https-N burrow-h2 burrow-h2-m10 cluster-owner cluster-via)
+# Groups of targets that share a set-up: the one burrow process serves
+# BURROW_PTY through the pty client's tunnel and BURROW_N through the -N
+# client's; H2 needs h2load; CLUSTER runs its own two nodes.
+BURROW_PTY=(burrow-http-pty burrow-https burrow-h2 burrow-h2-m10)
+BURROW_N=(burrow-http-N burrow-https-N)
+BURROW_ONE=("${BURROW_PTY[@]}" "${BURROW_N[@]}")
+H2=(burrow-h2 burrow-h2-m10)
+CLUSTER=(cluster-owner cluster-via)
 DOMAIN=bench.test
 MIB=1048576
 BIG_BYTES=$((100 * MIB))
@@ -233,8 +241,8 @@ ensure python3 python3 || die "python3 is required"
 ensure curl curl || die "curl is required (apt-get install curl)"
 ensure wrk wrk || die "wrk is required (apt-get install wrk)"
 ensure nginx nginx || die "nginx is required for the origin (apt-get install nginx)"
-if wanted_any burrow-h2 burrow-h2-m10 && ! ensure h2load nghttp2-client; then
-    for t in burrow-h2 burrow-h2-m10; do
+if wanted_any "${H2[@]}" && ! ensure h2load nghttp2-client; then
+    for t in "${H2[@]}"; do
         skip "$t" "h2load not found and could not be installed (apt-get install nghttp2-client)"
     done
 fi
@@ -247,10 +255,10 @@ if wanted_any sshd-pty sshd-N nginx-sshd; then
         done
     fi
 fi
-if wanted_any cluster-owner cluster-via && ! ensure redis-server redis-server; then
-    for t in cluster-owner cluster-via; do skip "$t" "redis-server not found and could not be installed (apt-get install redis-server)"; done
+if wanted_any "${CLUSTER[@]}" && ! ensure redis-server redis-server; then
+    for t in "${CLUSTER[@]}"; do skip "$t" "redis-server not found and could not be installed (apt-get install redis-server)"; done
 fi
-if wanted_any sshd-pty sshd-N nginx-sshd burrow-http-pty burrow-http-N burrow-https burrow-https-N burrow-h2 burrow-h2-m10 sandhole cluster-owner cluster-via; then
+if wanted_any sshd-pty sshd-N nginx-sshd "${BURROW_ONE[@]}" sandhole "${CLUSTER[@]}"; then
     command -v ssh >/dev/null 2>&1 || ensure ssh openssh-client || die "the OpenSSH client (ssh) is required"
     command -v ssh-keygen >/dev/null 2>&1 || die "ssh-keygen is required"
 fi
@@ -264,7 +272,7 @@ fi
 
 # ---------------------------------------------------------------- burrow binary
 HAS_HTTP_MODE=0
-if wanted_any burrow-http-pty burrow-http-N burrow-https burrow-https-N burrow-h2 burrow-h2-m10 cluster-owner cluster-via; then
+if wanted_any "${BURROW_ONE[@]}" "${CLUSTER[@]}"; then
     if [[ -n ${BURROW_BIN:-} ]]; then
         [[ -x $BURROW_BIN ]] || die "BURROW_BIN=$BURROW_BIN is not an executable"
     else
@@ -557,7 +565,7 @@ burrow_client() {
     done
     return 1
 }
-if wanted_any burrow-http-pty burrow-http-N burrow-https burrow-https-N burrow-h2 burrow-h2-m10; then
+if wanted_any "${BURROW_ONE[@]}"; then
     mkdir -p "$TMP/burrow"
     B_ARGS=(--domain "$DOMAIN" --ssh-addr 127.0.0.1:0 --http-addr 127.0.0.1:0
         --https-addr 127.0.0.1:0 --stats-addr 127.0.0.1:0
@@ -584,7 +592,7 @@ if wanted_any burrow-http-pty burrow-http-N burrow-https burrow-https-N burrow-h
     B_HTTPS=$(sed -E 's/.* https=127\.0\.0\.1:([0-9]+).*/\1/' <<<"$ready")
     B_STATS=$(sed -E 's/.* stats=127\.0\.0\.1:([0-9]+).*/\1/' <<<"$ready")
     log "$ready"
-    if wanted_any burrow-http-pty burrow-https burrow-h2 burrow-h2-m10; then
+    if wanted_any "${BURROW_PTY[@]}"; then
         if burrow_client burrow-client-pty pty && B_HOST_PTY=$B_HOST &&
             wait_200 "https://127.0.0.1:$B_HTTPS/1k" "$B_HOST_PTY" 20; then
             log "burrow pty tunnel: $B_HOST_PTY"
@@ -592,7 +600,7 @@ if wanted_any burrow-http-pty burrow-http-N burrow-https burrow-https-N burrow-h
             HOSTH[burrow-http-pty]=$B_HOST_PTY
             URL[burrow-https]="https://127.0.0.1:$B_HTTPS"
             HOSTH[burrow-https]=$B_HOST_PTY
-            for t in burrow-h2 burrow-h2-m10; do
+            for t in "${H2[@]}"; do
                 URL[$t]="https://127.0.0.1:$B_HTTPS"
                 HOSTH[$t]=$B_HOST_PTY
             done
@@ -600,12 +608,12 @@ if wanted_any burrow-http-pty burrow-http-N burrow-https burrow-https-N burrow-h
                 skip burrow-http-pty "plain HTTP with --http-mode proxy does not answer 200"
             fi
         else
-            for t in burrow-http-pty burrow-https burrow-h2 burrow-h2-m10; do
+            for t in "${BURROW_PTY[@]}"; do
                 skip "$t" "the pty client got no working tunnel: $(tail -3 "$TMP/logs/burrow-client-pty.log" | tr -d '\r')"
             done
         fi
     fi
-    if wanted_any burrow-http-N burrow-https-N; then
+    if wanted_any "${BURROW_N[@]}"; then
         if burrow_client burrow-client-N N && B_HOST_N=$B_HOST &&
             wait_200 "https://127.0.0.1:$B_HTTPS/1k" "$B_HOST_N" 20; then
             log "burrow -N tunnel: $B_HOST_N"
@@ -614,12 +622,12 @@ if wanted_any burrow-http-pty burrow-http-N burrow-https burrow-https-N burrow-h
             URL[burrow-https-N]="https://127.0.0.1:$B_HTTPS"
             HOSTH[burrow-https-N]=$B_HOST_N
         else
-            for t in burrow-http-N burrow-https-N; do
+            for t in "${BURROW_N[@]}"; do
                 skip "$t" "the -N client got no working tunnel: $(tail -3 "$TMP/logs/burrow-client-N.log")"
             done
         fi
     fi
-    for t in burrow-http-pty burrow-http-N burrow-https burrow-https-N burrow-h2 burrow-h2-m10; do PIDS_OF[$t]=$BURROW_PID; done
+    for t in "${BURROW_ONE[@]}"; do PIDS_OF[$t]=$BURROW_PID; done
 fi
 
 # ---------------------------------------------------------------- a two-node cluster and its client
@@ -643,7 +651,7 @@ burrow_node() {
     done
     return 1
 }
-if wanted_any cluster-owner cluster-via; then
+if wanted_any "${CLUSTER[@]}"; then
     mkdir -p "$TMP/cluster"
     B_COMMON=(--domain "$DOMAIN" --host-key "$TMP/cluster/host_key" --no-browser-warning
         --visitor-rate 1000000/s --visitor-burst 1000000 --tunnel-rate 1000000/s --tunnel-burst 1000000
@@ -655,15 +663,15 @@ if wanted_any cluster-owner cluster-via; then
     REDIS_PID=$SPAWNED
     "$BURROW_BIN" cluster init "$TMP/cluster/secret" >/dev/null
     if ! wait_port "$P_REDIS" 10 "$REDIS_PID"; then
-        for t in cluster-owner cluster-via; do skip "$t" "redis-server did not start: $(tail -3 "$TMP/logs/redis.log")"; done
+        for t in "${CLUSTER[@]}"; do skip "$t" "redis-server did not start: $(tail -3 "$TMP/logs/redis.log")"; done
     elif ! burrow_node 1 127.0.0.1 "$P_LINK1"; then
-        for t in cluster-owner cluster-via; do skip "$t" "node 1 did not start: $(tail -3 "$TMP/logs/node1.log")"; done
+        for t in "${CLUSTER[@]}"; do skip "$t" "node 1 did not start: $(tail -3 "$TMP/logs/node1.log")"; done
     else
         N1_PID=$NODE_PID
         N1_SSH=$(sed -E 's/.* ssh=127\.0\.0\.1:([0-9]+).*/\1/' <<<"$NODE_READY")
         N1_HTTP=$(sed -E 's/.* http=127\.0\.0\.1:([0-9]+).*/\1/' <<<"$NODE_READY")
         if ! burrow_node 2 127.0.0.2 "$P_LINK2"; then
-            for t in cluster-owner cluster-via; do skip "$t" "node 2 did not start: $(tail -3 "$TMP/logs/node2.log")"; done
+            for t in "${CLUSTER[@]}"; do skip "$t" "node 2 did not start: $(tail -3 "$TMP/logs/node2.log")"; done
         else
             N2_PID=$NODE_PID
             N2_HTTP=$(sed -E 's/.* http=127\.0\.0\.2:([0-9]+).*/\1/' <<<"$NODE_READY")
@@ -685,7 +693,7 @@ if wanted_any cluster-owner cluster-via; then
                 HOSTH[cluster-via]=$C_HOST
                 PIDS_OF[cluster-via]="$N1_PID $N2_PID"
             else
-                for t in cluster-owner cluster-via; do
+                for t in "${CLUSTER[@]}"; do
                     skip "$t" "no working tunnel through both nodes: $(tail -3 "$TMP/logs/cluster-client.log" | tr -d '\r')"
                 done
             fi
