@@ -471,6 +471,45 @@ async fn requests_reuse_pooled_channels() {
     assert_eq!(opened + reused, 20, "{stats}");
 }
 
+/// A burst of concurrent requests (well inside the in-flight cap) leaves
+/// every channel it opened in the pool, and the next burst reuses them all
+/// instead of opening and closing a channel per request beyond the pool.
+#[tokio::test]
+async fn a_burst_reuses_every_channel_it_opened() {
+    const BURST: usize = 100;
+    let burrow = start(&["--channel-pool-idle", "30s"]).await;
+    let origin = Origin::start("flow-burst").await;
+    let (_ssh, host) = tunnel_to(&burrow, &origin, &[]).await;
+    let burst = || {
+        // Each request holds its channel long enough for all to overlap.
+        let requests = (0..BURST).map(|_| burrow.get(&host, "/delay?ms=500"));
+        futures_util::future::join_all(requests)
+    };
+    for resp in burst().await {
+        assert_eq!(resp.text().await.unwrap(), HELLO);
+    }
+    let stats = burrow.stats().await;
+    let opened = stats["channels_opened"].as_u64().unwrap();
+    let reused = stats["channels_reused"].as_u64().unwrap();
+    assert!(
+        opened > 64,
+        "the burst overlapped on only {opened} channels"
+    );
+    wait_stat_where(
+        &burrow,
+        "idle_channels",
+        |n| n == opened,
+        Duration::from_secs(10),
+    )
+    .await;
+    for resp in burst().await {
+        assert_eq!(resp.text().await.unwrap(), HELLO);
+    }
+    let stats = burrow.stats().await;
+    assert_eq!(stats["channels_opened"], opened, "{stats}");
+    assert_eq!(stats["channels_reused"], reused + BURST as u64, "{stats}");
+}
+
 /// `Connection: close` from the app and an app that closed an idle
 /// connection both mean a fresh channel, never a failed request.
 #[tokio::test]

@@ -194,8 +194,11 @@ impl SpoolArgs {
 #[command(next_help_heading = "Connection pool")]
 pub struct PoolArgs {
     /// Idle keep-alive connections (each one SSH channel) kept per tunnel
-    /// for reuse by later requests. 0 = a new channel per request.
-    #[arg(long, env = "CHANNEL_POOL_SIZE", default_value_t = 64)]
+    /// for reuse by later requests. 0 = a new channel per request. The
+    /// default matches `--max-inflight-per-tunnel`: every connection an
+    /// admitted burst opened can be reused, instead of a channel opened
+    /// and closed per request beyond the pool.
+    #[arg(long, env = "CHANNEL_POOL_SIZE", default_value_t = 512)]
     pub channel_pool_size: usize,
     /// An idle pooled connection is closed after this long; keep it below
     /// the local app's keep-alive timeout.
