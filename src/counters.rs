@@ -54,10 +54,16 @@ pub struct Stats {
     pub private_refused: AtomicU64,
 }
 
+/// The `code` label of `http_requests`, in the order of `Metrics::responses`.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
 /// Event metrics (Prometheus), rendered by `ops::metrics`.
 pub struct Metrics {
     pub ssh_connections: Family<Labels, Counter>,
     pub http_requests: Family<Labels, Counter>,
+    /// The series of `http_requests` by class (1xx … 5xx), looked up once:
+    /// every response counts into one.
+    responses: [Counter; 5],
     pub http_duration: Histogram,
     pub refusals: Family<Labels, Counter>,
     pub channel_open_failures: Family<Labels, Counter>,
@@ -83,12 +89,15 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let bytes: Family<Labels, Counter> = Family::default();
+        let http_requests: Family<Labels, Counter> = Family::default();
         Metrics {
+            responses: STATUS_CLASSES
+                .map(|class| http_requests.get_or_create_owned(&vec![("code", class)])),
+            http_requests,
             bytes_in: bytes.get_or_create_owned(&vec![("direction", "in")]),
             bytes_out: bytes.get_or_create_owned(&vec![("direction", "out")]),
             bytes,
             ssh_connections: Family::default(),
-            http_requests: Family::default(),
             // 1 ms … ~33 s.
             http_duration: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             refusals: Family::default(),
@@ -192,16 +201,13 @@ impl Counters {
     /// error.
     pub fn response(&self, status: u16, took: Duration, traffic: Option<&Traffic>) {
         let class = match status {
-            100..=199 => "1xx",
-            200..=299 => "2xx",
-            300..=399 => "3xx",
-            400..=499 => "4xx",
-            _ => "5xx",
+            100..=199 => 0,
+            200..=299 => 1,
+            300..=399 => 2,
+            400..=499 => 3,
+            _ => 4,
         };
-        self.metrics
-            .http_requests
-            .get_or_create(&vec![("code", class)])
-            .inc();
+        self.metrics.responses[class].inc();
         self.metrics.http_duration.observe(took.as_secs_f64());
         if let (Some(traffic), 500..) = (traffic, status) {
             bump(&traffic.errors);
@@ -249,18 +255,10 @@ impl Counters {
     /// The running totals the dashboard's history samples, derived from the
     /// responses by class, so a request is counted once.
     pub fn totals(&self) -> Totals {
-        let responses = |class: &'static str| {
-            self.metrics
-                .http_requests
-                .get_or_create(&vec![("code", class)])
-                .get()
-        };
+        let responses = &self.metrics.responses;
         Totals {
-            requests: ["1xx", "2xx", "3xx", "4xx", "5xx"]
-                .map(responses)
-                .iter()
-                .sum(),
-            errors: responses("5xx"),
+            requests: responses.iter().map(Counter::get).sum(),
+            errors: responses[4].get(),
             bytes_in: self.metrics.bytes_in.get(),
             bytes_out: self.metrics.bytes_out.get(),
         }

@@ -17,6 +17,7 @@
 //! the terminal: control characters and Unicode bidi/format characters
 //! become `\u{…}` escapes, so nobody can paint or reorder the user's screen.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -49,8 +50,13 @@ const MARKER_DELAY: Duration = Duration::from_millis(300);
 pub struct Answered(pub Option<String>);
 
 /// A request as it arrived: what the log needs once its response is done.
+/// A shared handle: the request, its response and its log line hold one
+/// copy between them.
 #[derive(Clone, Debug)]
-pub struct Seen {
+pub struct Seen(Arc<Arrival>);
+
+#[derive(Debug)]
+struct Arrival {
     at: SystemTime,
     started: Instant,
     method: String,
@@ -61,22 +67,22 @@ pub struct Seen {
 
 impl Seen {
     pub fn new(method: &str, path: &str, visitor: IpAddr, host: &str) -> Seen {
-        Seen {
+        Seen(Arc::new(Arrival {
             at: SystemTime::now(),
             started: Instant::now(),
             method: method.to_string(),
             path: path.to_string(),
             visitor: visitor.to_canonical(),
             host: host.to_string(),
-        }
+        }))
     }
 
     pub fn is_head(&self) -> bool {
-        self.method == "HEAD"
+        self.0.method == "HEAD"
     }
 
     pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
+        self.0.started.elapsed()
     }
 }
 
@@ -104,11 +110,11 @@ pub enum Event {
 }
 
 impl Event {
-    fn seen(&self) -> &Seen {
+    fn seen(&self) -> &Arrival {
         match self {
             Event::Request { seen, .. }
             | Event::WebSocketOpen { seen }
-            | Event::WebSocketClose { seen, .. } => seen,
+            | Event::WebSocketClose { seen, .. } => &seen.0,
         }
     }
 
@@ -327,7 +333,7 @@ fn render(event: &Event, style: Style, out: &mut String) {
     let paint = |code: &'static str| if style.colour { code } else { "" };
     let reset = paint(RESET);
     let (dim, bold) = (paint(DIM), paint(BOLD));
-    let time = clock(seen.at);
+    let time = Clock(seen.at);
     let method = escape(&seen.method);
     let path = shorten(&seen.path);
     let ip = seen.visitor;
@@ -471,49 +477,65 @@ pub fn is_unsafe(c: char) -> bool {
             | '\u{E0000}'..='\u{E007F}')
 }
 
-/// `text` with every unsafe character as a visible `\u{…}` escape.
-pub fn escape(text: &str) -> String {
-    units(text).concat()
+/// `text` with every unsafe character as a visible `\u{…}` escape
+/// (borrowed as it is when it has none, as nearly every request's has).
+pub fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_unsafe) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    push_escaped(&mut out, text.chars());
+    Cow::Owned(out)
 }
 
-/// The display units of `text`: one per character, escapes kept whole so
-/// shortening never cuts one in half.
-fn units(text: &str) -> Vec<String> {
-    text.chars()
-        .map(|c| {
-            if is_unsafe(c) {
-                format!("\\u{{{:x}}}", c as u32)
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+/// Appends `chars` to `out`, each unsafe one as its escape. A display unit
+/// is one character, its escape kept whole, so shortening by characters
+/// never cuts an escape in half.
+fn push_escaped(out: &mut String, chars: impl Iterator<Item = char>) {
+    for c in chars {
+        if is_unsafe(c) {
+            let _ = write!(out, "\\u{{{:x}}}", c as u32);
+        } else {
+            out.push(c);
+        }
+    }
 }
 
 /// The escaped path, shortened in the middle to [`PATH_WIDTH`] units: the
 /// start says where, the end says which.
-pub fn shorten(path: &str) -> String {
+pub fn shorten(path: &str) -> Cow<'_, str> {
     shorten_to(path, PATH_WIDTH)
 }
 
-fn shorten_to(text: &str, width: usize) -> String {
-    let units = units(text);
-    if units.len() <= width {
-        return units.concat();
+fn shorten_to(text: &str, width: usize) -> Cow<'_, str> {
+    let units = text.chars().count();
+    if units <= width {
+        return escape(text);
     }
     let head = width * 2 / 3;
     let tail = width - head - 1;
-    format!(
-        "{}…{}",
-        units[..head].concat(),
-        units[units.len() - tail..].concat()
-    )
+    let mut out = String::with_capacity(width + 16);
+    push_escaped(&mut out, text.chars().take(head));
+    out.push('…');
+    push_escaped(&mut out, text.chars().skip(units - tail));
+    Cow::Owned(out)
 }
 
-/// `HH:MM:SS` in UTC.
-fn clock(at: SystemTime) -> String {
-    let stamp = humantime::format_rfc3339_seconds(at).to_string();
-    stamp.get(11..19).unwrap_or(&stamp).to_string()
+/// `HH:MM:SS` in UTC, written where it is shown.
+struct Clock(SystemTime);
+
+impl std::fmt::Display for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let since_epoch = self.0.duration_since(std::time::UNIX_EPOCH);
+        let secs = since_epoch.map_or(0, |d| d.as_secs()) % 86_400;
+        write!(
+            f,
+            "{:02}:{:02}:{:02}",
+            secs / 3600,
+            secs / 60 % 60,
+            secs % 60
+        )
+    }
 }
 
 fn took(d: Duration) -> String {

@@ -32,18 +32,22 @@ pub enum Route {
 /// case-insensitive, port and trailing dot stripped. Custom domains are
 /// not known here (see [`Router::route`]).
 pub fn route(host: &str, domain: &str) -> Route {
-    let host = strip_port(host).trim_end_matches('.').to_ascii_lowercase();
-    if host == domain {
+    let host = strip_port(host).trim_end_matches('.');
+    if host.eq_ignore_ascii_case(domain) {
         return Route::Apex;
     }
+    // The domain is lowercase ASCII (checked at start-up).
     let Some(label) = host
-        .strip_suffix(domain)
-        .and_then(|rest| rest.strip_suffix('.'))
+        .len()
+        .checked_sub(domain.len())
+        .filter(|&at| host.is_char_boundary(at) && host[at..].eq_ignore_ascii_case(domain))
+        .and_then(|at| host[..at].strip_suffix('.'))
     else {
         return Route::Foreign;
     };
-    if is_valid_label(label) {
-        Route::Tunnel(label.to_string())
+    let label = label.to_ascii_lowercase();
+    if is_valid_label(&label) {
+        Route::Tunnel(label)
     } else {
         Route::Malformed
     }

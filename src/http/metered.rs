@@ -94,7 +94,8 @@ pub struct MeteredBody<B> {
     on_end: Option<OnEnd>,
     /// The inner body said it has nothing more (it may be dropped unpolled).
     inner_ended: AtomicBool,
-    _guards: Vec<Box<dyn Any + Send + Sync>>,
+    /// Held until the body is dropped (one box, however many were given).
+    _guard: Option<Box<dyn Any + Send + Sync>>,
 }
 
 impl<B> MeteredBody<B> {
@@ -109,7 +110,7 @@ impl<B> MeteredBody<B> {
             idle_sleep: None,
             on_end: None,
             inner_ended: AtomicBool::new(false),
-            _guards: Vec::new(),
+            _guard: None,
         }
     }
 
@@ -160,7 +161,10 @@ impl<B> MeteredBody<B> {
 
     /// Keeps `guard` alive until the body is finished or dropped.
     pub fn guard(mut self, guard: impl Any + Send + Sync) -> Self {
-        self._guards.push(Box::new(guard));
+        self._guard = Some(match self._guard.take() {
+            None => Box::new(guard),
+            Some(held) => Box::new((held, guard)),
+        });
         self
     }
 

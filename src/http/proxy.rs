@@ -74,6 +74,8 @@ pub(super) struct Visitor<'a> {
     pub local: SocketAddr,
     pub host: &'a str,
     pub scheme: Scheme,
+    /// The request as it arrived, for its log lines.
+    pub seen: &'a Seen,
 }
 
 impl Proxy {
@@ -85,7 +87,7 @@ impl Proxy {
         &self,
         picked: Arc<Tunnel>,
         name: &str,
-        mut req: Request<Incoming>,
+        req: Request<Incoming>,
         peer: SocketAddr,
         host: &str,
         scheme: Scheme,
@@ -96,15 +98,16 @@ impl Proxy {
             .get::<super::LocalAddr>()
             .and_then(|l| l.0)
             .unwrap_or(self.https_addr);
+        let addr = self.trusted.visitor(req.headers(), peer);
+        let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let seen = Seen::new(req.method().as_str(), path, addr.ip(), host);
         let visitor = Visitor {
-            addr: self.trusted.visitor(req.headers(), peer),
+            addr,
             local,
             host,
             scheme,
+            seen: &seen,
         };
-        let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        let seen = Seen::new(req.method().as_str(), path, visitor.addr.ip(), host);
-        req.extensions_mut().insert(seen.clone());
         if let Some(block) = self.ip_guard.blocked(visitor.addr.ip()) {
             let page = pages::blocked(&block.until_utc(), &block.reason).render(req.headers());
             return (log::when_done(self.access_log, &picked, seen, page), picked);
@@ -232,7 +235,6 @@ impl Proxy {
         let cut = Arc::new(Cut::default());
 
         let upgrade = ws_slot.is_some().then(|| hyper::upgrade::on(&mut req));
-        let seen = req.extensions().get::<Seen>().cloned();
         let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
         let mut capture = self.inspect.capture(
             (tunnel.conn(), tunnel.key(), options.inspect),
@@ -285,7 +287,7 @@ impl Proxy {
 
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if let (true, Some(visitor_upgrade), Some(ws_slot)) = (switching, upgrade, ws_slot) {
-            let log = seen.map(|seen| log::WebSocketLog::new(seen, tunnel, self.access_log));
+            let log = log::WebSocketLog::new(visitor.seen.clone(), tunnel, self.access_log);
             let origin_upgrade = hyper::upgrade::on(&mut response);
             let upgrades = (visitor_upgrade, origin_upgrade);
             let inspect = capture.as_ref().and_then(|c| c.websocket());
@@ -300,8 +302,7 @@ impl Proxy {
             MeteredBody::new(body)
                 .limit(limits.max_body_size)
                 .activity(activity, idle)
-                .guard(slot)
-                .guard(in_flight)
+                .guard((slot, in_flight))
                 .boxed_unsync()
         });
         match capture {

@@ -26,20 +26,18 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_ROBOTS_TAG: HeaderName = HeaderName::from_static("x-robots-tag");
 
 /// Proxied responses: `nosniff` and a Referrer-Policy unless the app chose
 /// its own; never indexed by search engines. Framing is left to the app.
 pub fn add_safety_headers(headers: &mut HeaderMap) {
     headers
-        .entry("x-content-type-options")
+        .entry(header::X_CONTENT_TYPE_OPTIONS)
         .or_insert(HeaderValue::from_static("nosniff"));
     headers
         .entry(header::REFERRER_POLICY)
         .or_insert(HeaderValue::from_static("strict-origin-when-cross-origin"));
-    headers.insert(
-        "x-robots-tag",
-        HeaderValue::from_static("noindex, nofollow"),
-    );
+    headers.insert(X_ROBOTS_TAG, HeaderValue::from_static("noindex, nofollow"));
 }
 
 /// Whether the visitor asks for an HTTP/1.1 protocol upgrade (WebSocket).
@@ -65,7 +63,14 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     let upgrade_to = upgrade
         .then(|| headers.get(header::UPGRADE).cloned())
         .flatten();
+    // `keep-alive`, `close` and `upgrade` (the usual tokens) are handled
+    // below without making a header name of them.
     let named: Vec<HeaderName> = connection_tokens(headers)
+        .filter(|t| {
+            !["keep-alive", "close", "upgrade"]
+                .iter()
+                .any(|k| t.eq_ignore_ascii_case(k))
+        })
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in named.iter().chain(HOP_BY_HOP.iter()) {
@@ -87,12 +92,12 @@ pub fn to_origin_request<B>(
     upgrade: bool,
     scheme: Scheme,
 ) -> Request<B> {
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|pq| pq.as_str())
-        .unwrap_or("/");
-    *req.uri_mut() = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
+    // HTTP/1.1 visitors send origin-form already; HTTP/2's carries the
+    // scheme and authority, which the app must not see.
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        *req.uri_mut() = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
+    }
     *req.version_mut() = Version::HTTP_11;
 
     let headers = req.headers_mut();
@@ -110,13 +115,16 @@ pub fn to_origin_request<B>(
     for name in spoofable {
         headers.remove(name);
     }
-    if let Ok(ip) = HeaderValue::from_str(&visitor.ip().to_canonical().to_string()) {
+    let ip = visitor.ip().to_canonical().to_string();
+    if let Ok(ip) = HeaderValue::from_maybe_shared(bytes::Bytes::from(ip)) {
         headers.insert(X_FORWARDED_FOR, ip);
     }
     if let Ok(public_host) = HeaderValue::from_str(host) {
-        headers.insert(X_FORWARDED_HOST, public_host.clone());
         // HTTP/2 carries the host in :authority; HTTP/1.1 needs Host.
-        headers.entry(header::HOST).or_insert(public_host);
+        if !headers.contains_key(header::HOST) {
+            headers.insert(header::HOST, public_host.clone());
+        }
+        headers.insert(X_FORWARDED_HOST, public_host);
     }
     // host=: for dev servers that only answer to their own name.
     if let Some(value) = rewrite_host.and_then(|h| HeaderValue::from_str(h).ok()) {
@@ -129,18 +137,19 @@ pub fn to_origin_request<B>(
 
 /// Removes burrow's own cookies (warning page) from what the app sees.
 fn strip_burrow_cookies(headers: &mut HeaderMap) {
+    let ours = |v: &HeaderValue| {
+        v.to_str()
+            .is_ok_and(|v| v.contains("burrow_warned_") || v.contains("burrow_csrf_"))
+    };
+    if !headers.get_all(header::COOKIE).iter().any(ours) {
+        return;
+    }
     let values: Vec<String> = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .map(str::to_string)
         .collect();
-    if !values
-        .iter()
-        .any(|v| v.contains("burrow_warned_") || v.contains("burrow_csrf_"))
-    {
-        return;
-    }
     let kept: Vec<&str> = values
         .iter()
         .flat_map(|v| v.split(';'))

@@ -21,7 +21,7 @@ pub fn relay(
     limits: &LimitArgs,
     (visitor, origin): (OnUpgrade, OnUpgrade),
     slot: Slot,
-    (log, inspect): (Option<WebSocketLog>, Option<WebSocketClose>),
+    (log, inspect): (WebSocketLog, Option<WebSocketClose>),
 ) {
     let gauge = Gauge::websocket();
     let limits = RelayLimits {
@@ -40,9 +40,7 @@ pub fn relay(
                 return;
             }
         };
-        if let Some(log) = &log {
-            log.opened();
-        }
+        log.opened();
         let moved = Moved::default();
         let (visitor, origin) = (TokioIo::new(visitor), TokioIo::new(origin));
         let end = tokio::select! {
@@ -59,8 +57,6 @@ pub fn relay(
                 |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
             inspect.closed(load(&moved.a_to_b), load(&moved.b_to_a), why.clone());
         }
-        if let Some(log) = log {
-            log.closed(&moved, why);
-        }
+        log.closed(&moved, why);
     });
 }

@@ -17,6 +17,7 @@ mod direct;
 mod forward;
 pub mod handler;
 mod killable;
+mod read_ahead;
 pub mod session;
 
 use std::net::SocketAddr;
@@ -299,6 +300,7 @@ async fn serve_connection(
     // client ignores a disconnect (or stalls the key exchange, when russh
     // cannot send one at all).
     let socket = killable::KillableStream::new(socket, session.kill_switch());
+    let socket = read_ahead::ReadAhead::new(socket);
     // Boxed, so the connection's task stays small once the handshake is
     // over (an idle tunnel keeps its task for as long as it lives).
     let handshake = Box::pin(russh::server::run_stream(config, socket, handler));
