@@ -4,8 +4,9 @@
 //! trip to the SSH client plus a TCP connect on the user's machine; reuse
 //! saves both on every request but the first.
 //!
-//! A connection returns to the pool only when hyper says it can take
-//! another request: the response was read to its end and neither side said
+//! A connection returns to the pool when its response was read to its end
+//! (a response cut short leaves it unusable), and is taken again only once
+//! hyper says it can take another request, so neither side said
 //! `Connection: close`. Broken connections are dropped, the pool holds at
 //! most `--channel-pool-size` idle connections per tunnel, and one idle for
 //! `--channel-pool-idle` is closed (keep that below the app's own keep-alive
@@ -78,6 +79,25 @@ impl Pools {
 /// The sending half of one HTTP/1.1 connection to the local app.
 pub type Sender = SendRequest<Body>;
 
+/// A pooled connection out on one request. Given back when its response
+/// ended in full; dropped otherwise (a response cut short leaves the
+/// connection unusable, and hyper closes it).
+pub struct Lent {
+    pool: Weak<Pool>,
+    sender: Sender,
+}
+
+impl Lent {
+    /// The response was read to its end: the connection can take another
+    /// request (unless the app said `Connection: close`, which the pool
+    /// notices as a closed sender).
+    pub fn give_back(self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.put(self.sender);
+        }
+    }
+}
+
 /// Idle connections of one tunnel, most recently used last.
 pub struct Pool {
     idle: Mutex<Vec<Idle>>,
@@ -96,30 +116,32 @@ impl Pool {
     }
 
     /// The most recently used idle connection that can take a request now.
+    /// Connections that expired or closed are dropped on the way; one given
+    /// back a moment ago may still be finishing its last response (hyper
+    /// marks it ready just after the body ended) and is left for later.
     pub fn take(&self) -> Option<Sender> {
         let mut idle = self.lock();
-        while let Some(entry) = idle.pop() {
-            if entry.since.elapsed() < self.idle_timeout && entry.sender.is_ready() {
-                return Some(entry.sender);
+        let mut at = idle.len();
+        while at > 0 {
+            at -= 1;
+            let entry = &idle[at];
+            if entry.since.elapsed() >= self.idle_timeout || entry.sender.is_closed() {
+                idle.remove(at);
+            } else if entry.sender.is_ready() {
+                return Some(idle.remove(at).sender);
             }
         }
         None
     }
 
-    /// Puts `sender` back once its connection is ready for another request;
-    /// drops it if the connection closes instead (or the tunnel is gone).
-    pub fn recycle(self: &Arc<Self>, mut sender: Sender) {
-        if self.max_idle == 0 {
-            return;
-        }
-        let pool = Arc::downgrade(self);
-        tokio::spawn(async move {
-            if sender.ready().await.is_ok() {
-                if let Some(pool) = Weak::upgrade(&pool) {
-                    pool.put(sender);
-                }
-            }
-        });
+    /// Lends `sender` out for the request it just sent: it comes back once
+    /// the response has been read to its end ([`Lent::give_back`]).
+    /// `None` when the pool keeps nothing.
+    pub fn lend(self: &Arc<Self>, sender: Sender) -> Option<Lent> {
+        (self.max_idle > 0).then(|| Lent {
+            pool: Arc::downgrade(self),
+            sender,
+        })
     }
 
     fn put(&self, sender: Sender) {

@@ -272,8 +272,8 @@ impl Proxy {
                 return pages::request_idle(host, idle).render(&visitor_headers);
             }
         };
-        let mut response = match sent {
-            Ok(response) => response,
+        let (mut response, lent) = match sent {
+            Ok(sent) => sent,
             Err(err) => return failed(tunnel, host, err, &cut, &visitor_headers),
         };
         if let Some(capture) = &mut capture {
@@ -299,11 +299,20 @@ impl Proxy {
         rewrite::add_safety_headers(response.headers_mut());
         access::decorate(options, origin.as_ref(), response.headers_mut());
         let response = response.map(|body| {
-            MeteredBody::new(body)
+            let body = MeteredBody::new(body)
                 .limit(limits.max_body_size)
                 .activity(activity, idle)
-                .guard((slot, in_flight))
-                .boxed_unsync()
+                .guard((slot, in_flight));
+            // A connection that switched protocols is the WebSocket's now.
+            match lent.filter(|_| !switching) {
+                Some(lent) => body.on_end(|ended| {
+                    if ended.complete && ended.error.is_none() {
+                        lent.give_back();
+                    }
+                }),
+                None => body,
+            }
+            .boxed_unsync()
         });
         match capture {
             Some(capture) => capture.finish(response),

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
-use super::pool::{Pools, Sender};
+use super::pool::{Lent, Pools, Sender};
 use super::{pages, Body};
 use crate::counters::COUNTERS;
 use crate::pipe::relay;
@@ -26,6 +26,8 @@ pub enum SendError {
 }
 
 /// Sends the request over a pooled keep-alive connection, or a new one.
+/// With the response comes the connection, lent out until the response
+/// body has been read to its end (then [`Lent::give_back`]).
 ///
 /// With `proxy=`, every request gets a fresh connection that starts with a
 /// PROXY header naming its own visitor (a pooled one would name whoever
@@ -44,7 +46,7 @@ pub async fn send(
     mut req: Request<Body>,
     visitor: SocketAddr,
     proxy: Option<(ProxyHeader, SocketAddr)>,
-) -> Result<Response<Incoming>, SendError> {
+) -> Result<(Response<Incoming>, Option<Lent>), SendError> {
     let pooling = proxy.is_none();
     let mut tunnel = Arc::clone(tunnel);
     let mut pooled = if pooling {
@@ -78,10 +80,8 @@ pub async fn send(
                 if reused {
                     COUNTERS.stream_reused();
                 }
-                if pooling {
-                    pools.of(&tunnel).recycle(sender);
-                }
-                return Ok(response);
+                let lent = pooling.then(|| pools.of(&tunnel).lend(sender)).flatten();
+                return Ok((response, lent));
             }
             Err(mut err) => match (err.take_message(), replay) {
                 (Some(unsent), _) if reused => req = unsent,

@@ -92,7 +92,9 @@ pub async fn replay(
     let registry = (&*inspector.registry, &inspector.pools);
     let exchange = async {
         match upstream::send(registry, &tunnel, req, entry.visitor, None).await {
-            Ok(response) => {
+            // The connection is not given back: a replay is rare, and
+            // dropping it closes the connection once the response is in.
+            Ok((response, _lent)) => {
                 capture.answered(&response);
                 let response = response.map(|body| body.map_err(Into::into));
                 let body = capture.finish(response).into_body();
