@@ -57,6 +57,17 @@ pub struct Stats {
 /// The `code` label of `http_requests`, in the order of `Metrics::responses`.
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
+/// Where `status` counts in `STATUS_CLASSES`.
+fn class_of(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
 /// Event metrics (Prometheus), rendered by `ops::metrics`.
 pub struct Metrics {
     pub ssh_connections: Family<Labels, Counter>,
@@ -200,14 +211,7 @@ impl Counters {
     /// how long it took until its head. A 5xx for a tunnel counts as its
     /// error.
     pub fn response(&self, status: u16, took: Duration, traffic: Option<&Traffic>) {
-        let class = match status {
-            100..=199 => 0,
-            200..=299 => 1,
-            300..=399 => 2,
-            400..=499 => 3,
-            _ => 4,
-        };
-        self.metrics.responses[class].inc();
+        self.metrics.responses[class_of(status)].inc();
         self.metrics.http_duration.observe(took.as_secs_f64());
         if let (Some(traffic), 500..) = (traffic, status) {
             bump(&traffic.errors);
@@ -258,7 +262,7 @@ impl Counters {
         let responses = &self.metrics.responses;
         Totals {
             requests: responses.iter().map(Counter::get).sum(),
-            errors: responses[4].get(),
+            errors: responses[class_of(500)].get(),
             bytes_in: self.metrics.bytes_in.get(),
             bytes_out: self.metrics.bytes_out.get(),
         }

@@ -478,7 +478,7 @@ pub fn is_unsafe(c: char) -> bool {
 }
 
 /// `text` with every unsafe character as a visible `\u{…}` escape
-/// (borrowed as it is when it has none, as nearly every request's has).
+/// (borrowed unchanged when it has none, as for nearly every request).
 pub fn escape(text: &str) -> Cow<'_, str> {
     if !text.chars().any(is_unsafe) {
         return Cow::Borrowed(text);
