@@ -930,42 +930,26 @@ async fn stdio_forward_to(
     key: &SshKeyPair,
     target: &str,
 ) -> std::process::Output {
-    let mut child = tokio::process::Command::new("ssh")
-        .args([
-            "-F",
-            "/dev/null",
-            "-o",
-            "IdentitiesOnly=yes",
-            "-o",
-            "BatchMode=yes",
-        ])
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ])
-        .arg("-i")
-        .arg(&key.path)
-        .args(["-p", &cluster.shared.ports.ssh.to_string(), "-W", target])
-        .arg(format!("admin@{}", node_ip(i)))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let out = tokio::time::timeout(SOON, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("ssh -W {target} hung"))
-        .unwrap();
-    drop(stdin);
-    out
+    let args: Vec<String> = [
+        "-F",
+        "/dev/null",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-i",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([key.path.display().to_string(), "-p".into()])
+    .chain([cluster.shared.ports.ssh.to_string()])
+    .collect();
+    let destination = format!("admin@{}", node_ip(i));
+    common::ssh_w_get_hello(&args, target, &destination, SOON).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

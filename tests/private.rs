@@ -536,25 +536,8 @@ async fn allow_keys_and_keys_file_connect_grants_let_other_keys_in() {
 /// `ssh -W target` sending one HTTP request (the origin plays the device's
 /// service); the output once it exits.
 async fn stdio_forward_http(burrow: &Burrow, key: &Path, target: &str) -> Output {
-    use tokio::io::AsyncWriteExt;
-    let mut cmd = tokio::process::Command::new("ssh");
-    cmd.args(burrow_opts(burrow, key))
-        .args(["-W", target, "admin@127.0.0.1"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    let mut child = cmd.spawn().unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    stdin
-        .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let out = tokio::time::timeout(SOON, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("ssh -W {target} hung"))
-        .unwrap();
-    drop(stdin);
+    let args = burrow_opts(burrow, key);
+    let out = ssh_w_get_hello(&args, target, "admin@127.0.0.1", SOON).await;
     assert!(String::from_utf8_lossy(&out.stdout).contains(HELLO) || !out.status.success());
     out
 }

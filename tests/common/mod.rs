@@ -1887,3 +1887,35 @@ pub fn tls_server_config(
         )
         .expect("test origin certificate and key")
 }
+
+/// `ssh ARGS -W TARGET DESTINATION` sending one HTTP/1.1 `GET /hello` (an
+/// [`Origin`] plays the device's service behind a private alias); its
+/// output once it exits, within `within`.
+pub async fn ssh_w_get_hello(
+    args: &[String],
+    target: &str,
+    destination: &str,
+    within: Duration,
+) -> std::process::Output {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new("ssh")
+        .args(args)
+        .args(["-W", target, destination])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run ssh -W");
+    let mut stdin = child.stdin.take().expect("ssh's stdin");
+    stdin
+        .write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("write the request to ssh -W");
+    let out = tokio::time::timeout(within, child.wait_with_output())
+        .await
+        .unwrap_or_else(|_| panic!("ssh -W {target} hung"))
+        .expect("wait for ssh -W");
+    drop(stdin);
+    out
+}
