@@ -930,24 +930,7 @@ async fn stdio_forward_to(
     key: &SshKeyPair,
     target: &str,
 ) -> std::process::Output {
-    let args: Vec<String> = [
-        "-F",
-        "/dev/null",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-i",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([key.path.display().to_string(), "-p".into()])
-    .chain([cluster.shared.ports.ssh.to_string()])
-    .collect();
+    let args = common::keyed_ssh_opts(cluster.shared.ports.ssh, &key.path);
     let destination = format!("admin@{}", node_ip(i));
     common::ssh_w_get_hello(&args, target, &destination, SOON).await
 }

@@ -118,26 +118,7 @@ async fn wait_private(burrow: &Burrow, n: u64) {
 
 /// The options every `ssh` to burrow gets.
 fn burrow_opts(burrow: &Burrow, key: &Path) -> Vec<String> {
-    [
-        "-F",
-        "/dev/null",
-        "-o",
-        "IdentitiesOnly=yes",
-        "-o",
-        "BatchMode=yes",
-        "-o",
-        "StrictHostKeyChecking=no",
-        "-o",
-        "UserKnownHostsFile=/dev/null",
-        "-o",
-        "ConnectTimeout=10",
-        "-p",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([burrow.ssh_port().to_string(), "-i".into()])
-    .chain([key.display().to_string()])
-    .collect()
+    keyed_ssh_opts(burrow.ssh_port(), key)
 }
 
 /// `ssh -W TARGET burrow` with `key` and empty stdin: what ProxyJump runs.

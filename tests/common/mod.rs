@@ -1919,3 +1919,27 @@ pub async fn ssh_w_get_hello(
     drop(stdin);
     out
 }
+
+/// The options of a keyed, non-interactive throwaway `ssh` to a test
+/// server on loopback `port`: no config file, no known hosts, only `key`.
+pub fn keyed_ssh_opts(port: u16, key: &Path) -> Vec<String> {
+    [
+        "-F",
+        "/dev/null",
+        "-o",
+        "IdentitiesOnly=yes",
+        "-o",
+        "BatchMode=yes",
+        "-o",
+        "StrictHostKeyChecking=no",
+        "-o",
+        "UserKnownHostsFile=/dev/null",
+        "-o",
+        "ConnectTimeout=10",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain(["-p".into(), port.to_string(), "-i".into()])
+    .chain([key.display().to_string()])
+    .collect()
+}
