@@ -23,6 +23,7 @@ use super::{sni, Edge};
 use crate::http::metered::MeteredBody;
 use crate::http::watchdog::{ConnWatch, WatchedIo};
 use crate::http::{accept_loop, LocalAddr, Scheme};
+use crate::pipe::rewind::Rewind;
 
 /// Time a client gets to finish the TLS handshake (and, before that, to
 /// send its ClientHello).
@@ -144,7 +145,7 @@ async fn route_by_sni(
     edge: &Edge,
     mut stream: TcpStream,
     peer: SocketAddr,
-) -> Option<sni::Rewind<TcpStream>> {
+) -> Option<Rewind<TcpStream>> {
     let read = sni::read_client_hello(&mut stream);
     let hello = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, read).await {
         Ok(Ok(hello)) => hello,
@@ -158,14 +159,14 @@ async fn route_by_sni(
         }
     };
     match edge.router.tls(hello.server_name.as_deref()).await {
-        TlsRoute::Terminate => Some(sni::Rewind::new(hello.bytes, stream)),
+        TlsRoute::Terminate => Some(Rewind::new(hello.bytes, stream)),
         TlsRoute::TerminateCustom(name) => {
             // The bound name's certificate may still be on its way.
             let certs = &edge.custom.certs;
             certs
                 .wait_ready(&name, crate::custom::certs::CERT_WAIT)
                 .await;
-            Some(sni::Rewind::new(hello.bytes, stream))
+            Some(Rewind::new(hello.bytes, stream))
         }
         TlsRoute::Reject => {
             tracing::debug!(%peer, sni = ?hello.server_name, "tls for a name outside the domain refused");

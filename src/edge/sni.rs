@@ -2,7 +2,8 @@
 //! visitor's ClientHello (without answering it), the router decides
 //! ([`super::router::Router::tls`]), and then the raw bytes go to a
 //! `tls=passthrough` tunnel, or TLS is terminated as usual (the bytes
-//! already read are replayed to rustls through [`Rewind`]), or a name
+//! already read are replayed to rustls through
+//! [`crate::pipe::rewind::Rewind`]), or a name
 //! outside the domain is refused with an `unrecognized_name` alert
 //! ([`reject`]). A custom domain counts as ours only while it is bound, so
 //! no handshake ever reaches the certificate resolver for a name nobody
@@ -13,11 +14,8 @@
 //! handshake would accept.
 
 use std::io;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 /// The most bytes read while looking for a complete ClientHello (rustls
 /// accepts hellos up to a few records; post-quantum key shares make them
@@ -71,73 +69,12 @@ pub async fn reject<S: AsyncWrite + Unpin>(stream: &mut S) {
     let _ = stream.shutdown().await;
 }
 
-/// A stream that first replays bytes already read from it.
-pub struct Rewind<S> {
-    prefix: Arc<[u8]>,
-    offset: usize,
-    inner: S,
-}
-
-impl<S> Rewind<S> {
-    pub fn new(prefix: Vec<u8>, inner: S) -> Self {
-        Rewind {
-            prefix: prefix.into(),
-            offset: 0,
-            inner,
-        }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.offset < self.prefix.len() {
-            let rest = &self.prefix[self.offset..];
-            let n = rest.len().min(buf.remaining());
-            buf.put_slice(&rest[..n]);
-            self.offset += n;
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::pipe::rewind::Rewind;
     use tokio::io::AsyncWriteExt;
 
     /// A real ClientHello, as rustls's client writes it.

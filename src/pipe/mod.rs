@@ -5,10 +5,12 @@
 //!   never stalls the SSH connection it shares);
 //! - [`relay`]: byte relays (WebSocket, raw TCP, TLS passthrough), their
 //!   limits, the PROXY header;
+//! - [`rewind`]: a stream read from after bytes already read from it;
 //! - [`tcp`]: the public TCP ports of raw tunnels and their accept loops.
 
 pub mod channel;
 pub mod relay;
+pub mod rewind;
 pub mod spool;
 pub mod spooled;
 pub mod tcp;

@@ -15,36 +15,19 @@ use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::pipe::rewind::Rewind;
+
 /// Bytes asked of the socket when russh asks for fewer. Reads at least
 /// this large go straight into russh's buffer.
 const READ_AHEAD: usize = 16 * 1024;
 
-/// `S` with its reads batched; writes pass straight through.
-pub struct ReadAhead<S> {
-    inner: S,
-    /// Bytes read from the socket and not yet handed out, from `at` on.
-    spare: Vec<u8>,
-    at: usize,
-}
+/// `S` with its reads batched; writes pass straight through. The spare
+/// bytes are put back in front of the stream ([`Rewind`]).
+pub struct ReadAhead<S>(Rewind<S>);
 
 impl<S> ReadAhead<S> {
     pub fn new(inner: S) -> Self {
-        ReadAhead {
-            inner,
-            spare: Vec::new(),
-            at: 0,
-        }
-    }
-
-    /// Hands out spare bytes, releasing the buffer once it is drained.
-    fn take_spare(&mut self, buf: &mut ReadBuf<'_>) {
-        let n = buf.remaining().min(self.spare.len() - self.at);
-        buf.put_slice(&self.spare[self.at..self.at + n]);
-        self.at += n;
-        if self.at == self.spare.len() {
-            self.spare = Vec::new();
-            self.at = 0;
-        }
+        ReadAhead(Rewind::new(Vec::new(), inner))
     }
 }
 
@@ -54,22 +37,18 @@ impl<S: AsyncRead + Unpin> AsyncRead for ReadAhead<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        if this.at < this.spare.len() {
-            this.take_spare(buf);
-            return Poll::Ready(Ok(()));
-        }
-        if buf.remaining() >= READ_AHEAD {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        let rewind = &mut self.get_mut().0;
+        if rewind.pending() || buf.remaining() >= READ_AHEAD {
+            return Pin::new(rewind).poll_read(cx, buf);
         }
         let mut landing = [MaybeUninit::<u8>::uninit(); READ_AHEAD];
         let mut ahead = ReadBuf::uninit(&mut landing);
-        ready!(Pin::new(&mut this.inner).poll_read(cx, &mut ahead))?;
+        ready!(Pin::new(rewind.inner_mut()).poll_read(cx, &mut ahead))?;
         let got = ahead.filled();
         let n = buf.remaining().min(got.len());
         buf.put_slice(&got[..n]);
         if n < got.len() {
-            this.spare = got[n..].to_vec();
+            rewind.replay(got[n..].to_vec());
         }
         Poll::Ready(Ok(()))
     }
@@ -81,7 +60,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        Pin::new(&mut self.0).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -89,19 +68,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ReadAhead<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.0.is_write_vectored()
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        Pin::new(&mut self.0).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
@@ -138,7 +117,7 @@ mod tests {
             reader.read_exact(&mut body).await.unwrap();
             assert_eq!(&packet[4..], &body[..]);
         }
-        assert!(reader.spare.is_empty() && reader.spare.capacity() == 0);
+        assert!(!reader.0.pending());
         writer.await.unwrap();
         let mut rest = Vec::new();
         reader.read_to_end(&mut rest).await.unwrap();
