@@ -777,3 +777,43 @@ async fn chromium_shows_requests_live_and_replays() {
     browser::check_screenshot(&png);
     browser.close().await;
 }
+
+/// The inspector's channel is read through a spool like every channel: a
+/// client that pipelines requests into it and never reads the answers
+/// fills burrow's buffers, not russh's queue, so the tunnels of the same
+/// SSH connection keep answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_inspector_client_does_not_stall_its_tunnels() {
+    use tokio::io::AsyncWriteExt;
+    let burrow = burrow(&[]).await;
+    let origin = Origin::start("inspect-stall").await;
+    let inspected = connect(&burrow, &origin).await;
+    let mut stalled = TcpStream::connect(("127.0.0.1", inspected.port))
+        .await
+        .expect("connect -L");
+    // 8 MiB of pipelined requests, each answered by the whole page; the
+    // answers are never read, so the inspector soon cannot write them and
+    // stops reading what the client keeps sending.
+    let requests = "GET / HTTP/1.1\r\nHost: localhost:4040\r\n\r\n".repeat(200_000);
+    let writer = tokio::spawn(async move {
+        let _ = stalled.write_all(requests.as_bytes()).await;
+        stalled // held open, unread, until the test ends
+    });
+    // Let the flood reach burrow: the page's answers pile up unread.
+    let flooded = Instant::now() + Duration::from_secs(3);
+    while !writer.is_finished() && Instant::now() < flooded {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for i in 0..3 {
+        let answered = tokio::time::timeout(
+            Duration::from_secs(10),
+            visit_echo(&burrow, &inspected.tunnel.host(), &format!("{{\"n\":{i}}}")),
+        )
+        .await;
+        assert!(
+            answered.is_ok(),
+            "request {i} through the tunnel stalled behind the unread inspector"
+        );
+    }
+    drop(writer);
+}

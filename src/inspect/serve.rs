@@ -52,18 +52,6 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest replay edit accepted.
 const MAX_EDIT_BYTES: usize = 256 * 1024;
 
-/// Accepts an inspector channel of connection `conn` and serves it in a
-/// task of its own (never waiting on the session loop meanwhile).
-pub async fn accept(
-    inspector: Arc<Inspector>,
-    conn: ConnId,
-    channel: russh::Channel<russh::server::Msg>,
-    reply: russh::server::ChannelOpenHandle,
-) {
-    reply.accept().await;
-    tokio::spawn(serve(inspector, conn, channel.into_stream()));
-}
-
 /// Serves the inspector of connection `conn` on `stream` until it closes;
 /// the connection counts as inspected meanwhile.
 pub async fn serve<S>(inspector: Arc<Inspector>, conn: ConnId, stream: S)

@@ -78,7 +78,8 @@ pub fn open(
     shutdown.spawn(async move {
         if crate::inspect::is_inspector(&request.host, request.port) {
             let inspector = Arc::clone(&server.inspect);
-            crate::inspect::serve::accept(inspector, request.conn, channel, reply).await;
+            let io = accept(&server, channel, reply).await;
+            crate::inspect::serve::serve(inspector, request.conn, io).await;
             return;
         }
         let alias = match admit(&server, &request).await {
@@ -92,8 +93,7 @@ pub fn open(
         };
         COUNTERS.private_connection("relayed");
         tracing::info!(conn = request.conn, ip = %request.peer.ip(), alias = %alias, fingerprint = request.key.as_deref(), "private connection opened");
-        reply.accept().await;
-        let io = ChannelIo::new(channel, Arc::clone(&server.spool), Arc::new(Traffic::default()));
+        let io = accept(&server, channel, reply).await;
         let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), alias.port);
         server
             .relays
@@ -101,6 +101,18 @@ pub fn open(
             .await;
         tracing::debug!(conn = request.conn, alias = %alias, "private connection closed");
     });
+}
+
+/// Accepts the client's open: the channel is read through a spool like
+/// every channel, so a slow reader on our side cannot stall the client's
+/// connection.
+async fn accept(server: &Server, channel: Channel<Msg>, reply: ChannelOpenHandle) -> ChannelIo {
+    reply.accept().await;
+    ChannelIo::new(
+        channel,
+        Arc::clone(&server.spool),
+        Arc::new(Traffic::default()),
+    )
 }
 
 /// The alias `request` may reach, or why not.
