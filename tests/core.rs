@@ -576,6 +576,47 @@ async fn unanswered_channel_open_gives_504() {
     assert_eq!(header(&resp, "x-content-type-options"), Some("nosniff"));
 }
 
+/// An open the client answers only after the visitor got its 504 is not
+/// left dangling: burrow closes the channel as soon as it is confirmed, so
+/// the client closes its connection to the app instead of holding it for
+/// as long as the SSH connection lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_confirmed_after_the_visitor_left_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let burrow = Burrow::start(&[]).await;
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let fwd = format!("80:127.0.0.1:{}", app.local_addr().unwrap().port());
+    let ssh = Ssh::spawn(&burrow, &["-R", &fwd]);
+    let url = ssh.url().await;
+    let signal = |sig: &str| {
+        let status = std::process::Command::new("kill")
+            .args([sig, &ssh.pid().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    let resp = burrow
+        .https_client_no_timeout()
+        .get(burrow.https_url(&url.host(), "/hello"))
+        .send()
+        .await
+        .unwrap();
+    expect_status(resp, 504, "the client is stopped").await;
+    // Now the client wakes, connects to the app and confirms the open.
+    signal("-CONT");
+    let (mut conn, _) = tokio::time::timeout(Duration::from_secs(10), app.accept())
+        .await
+        .expect("the woken client connects to the app")
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let read = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await;
+    assert!(
+        matches!(read, Ok(Ok(0))),
+        "the app connection of an abandoned open should be closed, got {read:?}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Tunnel lifecycle and stats
 // ---------------------------------------------------------------------------

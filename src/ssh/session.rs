@@ -219,19 +219,25 @@ impl Client for Session {
         visitor: SocketAddr,
         traffic: &'a Arc<Traffic>,
     ) -> BoxFuture<'a, Result<ByteStream, OpenError>> {
+        let handle = self.handle.get().cloned();
+        let (spool, traffic) = (Arc::clone(&self.spool), Arc::clone(traffic));
+        let (address, port) = (bind.address.clone(), bind.port);
         Box::pin(async move {
-            let handle = self.handle.get().ok_or(OpenError::Gone)?;
-            let open = handle.channel_open_forwarded_tcpip(
-                bind.address.clone(),
-                bind.port,
-                visitor.ip().to_string(),
-                u32::from(visitor.port()),
-            );
-            match open.await {
-                Ok(channel) => {
-                    let io = ChannelIo::new(channel, Arc::clone(&self.spool), Arc::clone(traffic));
-                    Ok(Box::new(io) as ByteStream)
-                }
+            let handle = handle.ok_or(OpenError::Gone)?;
+            // In a task of its own: a visitor who gives up while the client
+            // is still connecting to its app must not leave the channel,
+            // once confirmed, open with nobody to close it.
+            let opened = tokio::spawn(async move {
+                let open = handle.channel_open_forwarded_tcpip(
+                    address,
+                    port,
+                    visitor.ip().to_string(),
+                    u32::from(visitor.port()),
+                );
+                Ok(ChannelIo::new(open.await?, spool, traffic))
+            });
+            match opened.await.map_err(|_| OpenError::Gone)? {
+                Ok(io) => Ok(Box::new(io) as ByteStream),
                 Err(russh::Error::ChannelOpenFailure(reason)) => {
                     Err(OpenError::Refused(format!("{reason:?}")))
                 }
