@@ -38,8 +38,13 @@ struct Inspected {
 }
 
 async fn connect(burrow: &Burrow, origin: &Origin) -> Inspected {
+    connect_with(burrow, origin, &[]).await
+}
+
+/// [`connect`], with `options` as the SSH command.
+async fn connect_with(burrow: &Burrow, origin: &Origin, options: &[&str]) -> Inspected {
     let port = dead_port();
-    let ssh = Ssh::spawn(
+    let ssh = Ssh::spawn_cmd(
         burrow,
         &[
             "-R",
@@ -47,6 +52,7 @@ async fn connect(burrow: &Burrow, origin: &Origin) -> Inspected {
             "-L",
             &format!("127.0.0.1:{port}:localhost:4040"),
         ],
+        options,
     );
     let tunnel = ssh.url().await;
     wait_listening(port, &ssh).await;
@@ -386,6 +392,61 @@ async fn an_inspector_sees_only_its_own_connection() {
     assert_eq!(origin.hits("/echo"), 1);
     let tunnels = bob.get("/api/entries").await["tunnels"].clone();
     assert_eq!(tunnels, json!([bob.tunnel.name]));
+}
+
+/// What burrow answers itself (here the tunnel's Basic auth) is an entry
+/// too, marked as burrow's, with the visitor's request as it arrived and
+/// burrow's page as the response; the app never sees it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn burrows_own_answers_are_captured_and_marked() {
+    let burrow = burrow(&[]).await;
+    let origin = Origin::start("inspect-own").await;
+    let me = connect_with(&burrow, &origin, &["auth=ann:s3cr3t"]).await;
+    let _open = me.open().await;
+    let url = burrow.https_url(&me.tunnel.host(), "/hello");
+    let resp = burrow.https_client().get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    let resp = burrow
+        .https_client()
+        .get(&url)
+        .basic_auth("ann", Some("s3cr3t"));
+    assert_eq!(resp.send().await.unwrap().status(), 200);
+
+    let entries = me.wait_entries(2).await;
+    let own = entries
+        .iter()
+        .find(|e| e["status"] == 401)
+        .expect("the 401");
+    let app = entries
+        .iter()
+        .find(|e| e["status"] == 200)
+        .expect("the 200");
+    assert_eq!(own["by_burrow"], true, "{own}");
+    assert_eq!(app["by_burrow"], false, "{app}");
+    assert_eq!(
+        (&own["method"], &own["path"]),
+        (&json!("GET"), &json!("/hello"))
+    );
+    assert_eq!(
+        origin.hits("/hello"),
+        1,
+        "only the authorised request reached the app"
+    );
+
+    let detail = me.get(&format!("/api/entries/{}", own["id"])).await;
+    assert!(
+        header(&detail["request"], "x-forwarded-for").is_none()
+            && header(&detail["request"], "accept").is_some(),
+        "the request as the visitor sent it: {detail}"
+    );
+    assert!(
+        header(&detail["response"], "www-authenticate").is_some(),
+        "burrow's answer: {detail}"
+    );
+    let page = detail["response"]["body"]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(!page.is_empty(), "burrow's page is kept: {detail}");
 }
 
 /// Every other `direct-tcpip` is still refused: other ports, other hosts.

@@ -36,6 +36,7 @@ use super::{log, pages, rewrite, upstream, websocket, Body, Scheme};
 use crate::config::LimitArgs;
 use crate::counters::{Gauge, COUNTERS};
 use crate::forwarded::TrustedProxies;
+use crate::inspect::capture::Capture;
 use crate::limits::http::Slot;
 use crate::limits::ssh::IpGuard;
 use crate::limits::{Activity, Refusal, Refusals, Side};
@@ -145,7 +146,8 @@ impl Proxy {
         Some((other, options))
     }
 
-    /// The access, warning and limit phases; then the request is sent.
+    /// The access, warning and limit phases; then the request is sent. A
+    /// watched connection's inspector sees burrow's own answers too.
     async fn admit(
         &self,
         tunnel: &Arc<Tunnel>,
@@ -153,9 +155,40 @@ impl Proxy {
         req: Request<Incoming>,
         visitor: &Visitor<'_>,
     ) -> Response<Body> {
+        let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+        let mut capture = self.inspect.capture(
+            (tunnel.conn(), tunnel.key(), options.inspect),
+            visitor.addr,
+            req.method().as_str(),
+            path,
+        );
+        if let Some(capture) = &mut capture {
+            capture.arrived(&req);
+        }
+        match self.gates(tunnel, options, req, visitor).await {
+            Gates::Pass(req, slots) => {
+                self.proxy(tunnel, req, visitor, options, slots, capture)
+                    .await
+            }
+            Gates::Answer(response) => match capture {
+                Some(capture) => capture.answered_here(response),
+                None => response,
+            },
+        }
+    }
+
+    /// The access, warning and limit phases: the request with its slots,
+    /// or burrow's answer.
+    async fn gates(
+        &self,
+        tunnel: &Arc<Tunnel>,
+        options: &TunnelOptions,
+        req: Request<Incoming>,
+        visitor: &Visitor<'_>,
+    ) -> Gates {
         // access
         let req = match access::check(tunnel, options, req, visitor.addr) {
-            Access::Answer(response) => return response,
+            Access::Answer(response) => return Gates::Answer(response),
             Access::Pass(req) => req,
         };
         // warning: names the operator granted to a known key are trusted.
@@ -163,30 +196,32 @@ impl Proxy {
             req
         } else {
             match interstitial::gate(req, tunnel.key(), visitor.host, visitor.scheme).await {
-                Gate::Answer(response) => return response,
+                Gate::Answer(response) => return Gates::Answer(response),
                 Gate::Pass(req) => req,
             }
         };
         // limits
         let ip = visitor.addr.ip();
+        let refused = |refusal, req: &Request<Incoming>| {
+            Gates::Answer(self.refused(tunnel, visitor.addr, &refusal, req.headers()))
+        };
         let slot = match tunnel.gate().admit_request(ip) {
             Ok(slot) => slot,
-            Err(refusal) => return self.refused(tunnel, visitor.addr, &refusal, req.headers()),
+            Err(refusal) => return refused(refusal, &req),
         };
         let max_body = self.limits.max_body_size;
         if max_body > 0 && content_length(req.headers()).is_some_and(|len| len > max_body) {
-            return pages::too_large(max_body).render(req.headers());
+            return Gates::Answer(pages::too_large(max_body).render(req.headers()));
         }
         let ws_slot = if rewrite::wants_upgrade(&req) {
             match tunnel.gate().admit_websocket(ip) {
                 Ok(slot) => Some(slot),
-                Err(refusal) => return self.refused(tunnel, visitor.addr, &refusal, req.headers()),
+                Err(refusal) => return refused(refusal, &req),
             }
         } else {
             None
         };
-        self.proxy(tunnel, req, visitor, options, (slot, ws_slot))
-            .await
+        Gates::Pass(req, (slot, ws_slot))
     }
 
     /// A limit said no: 429 (or 503 when the whole tunnel is busy) with
@@ -223,6 +258,7 @@ impl Proxy {
         visitor: &Visitor<'_>,
         options: &TunnelOptions,
         (slot, ws_slot): (Slot, Option<Slot>),
+        mut capture: Option<Capture>,
     ) -> Response<Body> {
         COUNTERS.request_proxied(tunnel.traffic());
         let in_flight = Gauge::request();
@@ -235,13 +271,6 @@ impl Proxy {
         let cut = Arc::new(Cut::default());
 
         let upgrade = ws_slot.is_some().then(|| hyper::upgrade::on(&mut req));
-        let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        let mut capture = self.inspect.capture(
-            (tunnel.conn(), tunnel.key(), options.inspect),
-            visitor.addr,
-            req.method().as_str(),
-            path,
-        );
         let origin = req.headers().get(header::ORIGIN).cloned();
         let req = rewrite::to_origin_request(
             req,
@@ -319,6 +348,14 @@ impl Proxy {
             None => response,
         }
     }
+}
+
+/// What the access, warning and limit phases decided.
+enum Gates {
+    /// On to the app, holding its request slot (and WebSocket slot).
+    Pass(Request<Incoming>, (Slot, Option<Slot>)),
+    /// burrow answers itself.
+    Answer(Response<Body>),
 }
 
 /// The page for a request the app never answered. A visitor's body that

@@ -86,6 +86,7 @@ function row(entry) {
   if (entry.kind === 'websocket_open') path.append(el('span', 'tag', 'websocket open'));
   if (entry.kind === 'websocket_close') path.append(el('span', 'tag', 'websocket closed'));
   if (entry.replay_of) path.append(el('span', 'tag replay', 'replay of #' + entry.replay_of));
+  if (entry.by_burrow) path.append(el('span', 'tag burrow', 'answered by burrow'));
   tr.append(path);
   tr.append(el('td', 'status ' + statusClass(entry), statusText(entry)));
   tr.append(el('td', 'duration', entry.duration_ms + ' ms'));
@@ -134,6 +135,7 @@ function showDetail(detail) {
   const meta = [detail.tunnel, statusText(detail), detail.duration_ms + ' ms', 'from ' + detail.visitor];
   if (detail.replay_of) meta.push('replay of #' + detail.replay_of);
   if (detail.error) meta.push(detail.error);
+  if (detail.by_burrow) meta.push('answered by burrow: the app never saw it');
   $('detail-meta').textContent = meta.join(' · ');
   $('replay').disabled = detail.kind !== 'request';
   $('edit-method').value = detail.method;

@@ -217,6 +217,7 @@ impl Capture {
             visitor: origin.visitor,
             at_ms: unix_ms(SystemTime::now()),
             duration_ms: 0,
+            by_burrow: false,
             request: Part::default(),
             response: Part::default(),
         };
@@ -237,9 +238,7 @@ impl Capture {
     /// Records the request as it goes to the app (headers as rewritten),
     /// teeing its body.
     pub fn request(&mut self, req: Request<Body>) -> Request<Body> {
-        if let Some(entry) = &mut self.entry {
-            entry.request.headers = header_list(req.headers());
-        }
+        self.arrived(&req);
         let tap = Arc::clone(&self.request_tap);
         req.map(|body| {
             Tee {
@@ -249,6 +248,25 @@ impl Capture {
             }
             .boxed_unsync()
         })
+    }
+
+    /// Records the request as the visitor sent it: what shows if burrow
+    /// answers it itself ([`Capture::answered_here`]); [`Capture::request`]
+    /// replaces it with what went to the app.
+    pub fn arrived<B>(&mut self, req: &Request<B>) {
+        if let Some(entry) = &mut self.entry {
+            entry.request.headers = header_list(req.headers());
+        }
+    }
+
+    /// burrow answered the request itself: the entry says so and keeps
+    /// burrow's answer, tee'd on its way to the visitor like an app's.
+    pub fn answered_here(mut self, response: Response<Body>) -> Response<Body> {
+        self.answered(&response);
+        if let Some(entry) = &mut self.entry {
+            entry.by_burrow = true;
+        }
+        self.finish(response)
     }
 
     /// Records the app's answer: status and headers as the app sent them.

@@ -105,6 +105,9 @@ pub struct Entry {
     pub status: Option<u16>,
     /// Why there is no answer, or what cut it.
     pub error: Option<String>,
+    /// burrow answered itself (an access rule, the browser warning, a
+    /// limit): the request never reached the app.
+    pub by_burrow: bool,
     /// Who sent it (the visitor's address as the proxy saw it).
     pub visitor: SocketAddr,
     /// When it arrived (unix ms).
@@ -318,6 +321,7 @@ mod tests {
             visitor: "127.0.0.1:1".parse().unwrap(),
             at_ms: 0,
             duration_ms: 0,
+            by_burrow: false,
             request: Part::default(),
             response: Part {
                 body: Bytes::from(vec![b'x'; body]),

@@ -42,6 +42,8 @@ pub struct Summary<'a> {
     status: Option<u16>,
     /// Why there is no answer.
     error: Option<&'a str>,
+    /// burrow answered itself; the app never saw the request.
+    by_burrow: bool,
     /// The visitor's IP.
     visitor: String,
     /// When it arrived (unix ms).
@@ -64,6 +66,7 @@ pub fn summary(entry: &Entry) -> Summary<'_> {
         path: &entry.path,
         status: entry.status,
         error: entry.error.as_deref(),
+        by_burrow: entry.by_burrow,
         visitor: entry.visitor.ip().to_canonical().to_string(),
         at_ms: entry.at_ms,
         duration_ms: entry.duration_ms,
