@@ -93,7 +93,8 @@ pub struct Metrics {
     /// Cluster: link connections that failed or broke.
     pub link_errors: Counter,
     /// `direct-tcpip` opens to private aliases, by result (`relayed`, or
-    /// the refusal: `not-private`, `needs-key`, `not-allowed`, `no-device`).
+    /// the refusal: `not-private`, `needs-key`, `not-allowed`, `no-device`,
+    /// `device-failed`).
     pub private_connections: Family<Labels, Counter>,
 }
 

@@ -385,6 +385,37 @@ async fn direct_tcpip_is_refused_unless_it_is_an_allowed_private_alias() {
     assert!(burrow.stderr.text().contains("direct-tcpip refused"));
 }
 
+/// A device whose own service is down: the admin's ssh prints why as the
+/// open failure (burrow reaches the device before it accepts the channel),
+/// instead of a channel that opens and closes at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_whose_service_is_down_is_an_open_failure() {
+    let burrow = Burrow::start(&[]).await;
+    let owner = SshKeyPair::generate();
+    let _device = device(
+        &burrow,
+        &owner,
+        &format!("pi-9:22:127.0.0.1:{}", dead_port()),
+    );
+    wait_private(&burrow, 1).await;
+    let out = stdio_forward(&burrow, &owner.path, "pi-9:22").await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "-W went through: {stderr}");
+    assert!(
+        stderr.contains(
+            "open failed: connect failed: pi-9:22 did not take the connection: \
+             the client could not open it: Connect failed"
+        ),
+        "{stderr}"
+    );
+    let stats = burrow.stats().await;
+    assert_eq!(
+        (&stats["private_refused"], &stats["private_connections"]),
+        (&serde_json::json!(1), &serde_json::json!(0)),
+        "{stats}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyless_clients_can_neither_bind_nor_connect() {
     let burrow = Burrow::start(&[]).await;

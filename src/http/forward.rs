@@ -50,7 +50,7 @@ pub async fn forward(
         Ok(stream) => stream,
         Err(err) => {
             tracing::debug!(key = %remote.key, node = %remote.member.node, error = ?err, "forwarding failed");
-            return unreachable(&req, &remote.member.node, &describe(&err));
+            return unreachable(&req, &remote.member.node, &err.to_string());
         }
     };
     let upgrade = rewrite::wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
@@ -127,14 +127,6 @@ fn relay_upgrade(
             _ = stop.finishing() => {}
         }
     });
-}
-
-fn describe(err: &crate::tunnel::OpenError) -> String {
-    match err {
-        crate::tunnel::OpenError::Refused(why) => why.clone(),
-        crate::tunnel::OpenError::Timeout => "no answer".into(),
-        crate::tunnel::OpenError::Gone => "the node is gone".into(),
-    }
 }
 
 fn unreachable(req: &Request<Incoming>, node: &str, why: &str) -> Response<Body> {

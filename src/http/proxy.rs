@@ -383,13 +383,7 @@ fn app_failed(tunnel: &Tunnel, host: &str, err: SendError) -> pages::Page {
         SendError::Open(err) => {
             tracing::debug!(subdomain = %tunnel.key(), error = ?err, "stream open failed");
             let hint = format!("the client's -R {} forward", tunnel.bind().port);
-            let said = match &err {
-                OpenError::Refused(why) if !why.is_empty() => why.as_str(),
-                OpenError::Refused(_) => "refused",
-                OpenError::Gone => "the SSH connection is gone",
-                OpenError::Timeout => "no answer",
-            };
-            pages::local_app_down(host, &hint, said)
+            pages::local_app_down(host, &hint, &err.to_string())
         }
         SendError::Failed(err) => {
             tracing::debug!(subdomain = %tunnel.key(), error = %err, "local app gave no response");

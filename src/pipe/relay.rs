@@ -198,20 +198,10 @@ impl Relays {
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        if self.registry.directory().is_some() {
-            match self.registry.route(key, Pick::Next).await {
-                Holder::There(remote) => {
-                    return self.forward(&remote, stream, prefix, visitor, local).await;
-                }
-                Holder::Gone | Holder::Nobody | Holder::Unresolved => {
-                    tracing::debug!(%key, %visitor, "no live client for the connection");
-                    return;
-                }
-                Holder::Here(_) => {}
-            }
+        match self.connect(key, visitor, local).await {
+            Ok(upstream) => self.relay(upstream, stream, prefix, visitor, local).await,
+            Err(why) => tracing::debug!(%key, %visitor, why = %why, "connection not served"),
         }
-        self.serve_here_with(key, stream, prefix, visitor, local)
-            .await
     }
 
     /// A connection another node forwarded: served by this node's own
@@ -220,57 +210,40 @@ impl Relays {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        self.serve_here_with(key, stream, &[], visitor, local).await
-    }
-
-    /// Relays to the node holding `remote`; its limits and PROXY header
-    /// apply there. A ban cuts it here too.
-    async fn forward<S>(
-        &self,
-        remote: &Remote,
-        stream: S,
-        prefix: &[u8],
-        visitor: SocketAddr,
-        local: SocketAddr,
-    ) where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
-    {
-        let Some(directory) = self.registry.directory() else {
-            return;
-        };
-        if self.ip_guard.blocked(visitor.ip()).is_some() {
-            return;
-        }
-        crate::counters::COUNTERS.forwarded("raw");
-        let forwarded = Forwarded {
-            carry: Carry::Raw,
-            visitor,
-            local,
-        };
-        let mut link = match directory.open(remote, forwarded).await {
-            Ok(link) => link,
-            Err(err) => {
-                tracing::debug!(key = %remote.key, node = %remote.member.node, error = ?err, "forwarding the connection failed");
-                return;
-            }
-        };
-        if !prefix.is_empty() && link.write_all(prefix).await.is_err() {
-            return;
-        }
-        let limits = RelayLimits {
-            idle: self.idle,
-            flags: "tcp",
-            ..RelayLimits::default()
-        };
-        tokio::select! {
-            _ = relay(stream, link, &limits) => {}
-            _ = self.ip_guard.until_blocked(visitor.ip()) => {}
+        match self.open_here(key, visitor).await {
+            Ok(upstream) => self.relay(upstream, stream, &[], visitor, local).await,
+            Err(why) => tracing::debug!(%key, %visitor, why = %why, "connection not served"),
         }
     }
 
-    async fn serve_here_with<S>(
+    /// Admits a visitor of `key` and opens the app's side of its
+    /// connection, before anything is accepted from the visitor: a caller
+    /// that can still refuse (an SSH `direct-tcpip` open) passes the reason
+    /// on.
+    pub async fn connect(
         &self,
         key: &str,
+        visitor: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<Upstream, Unserved> {
+        if self.registry.directory().is_some() {
+            match self.registry.route(key, Pick::Next).await {
+                Holder::There(remote) => return self.open_there(&remote, visitor, local).await,
+                Holder::Gone | Holder::Nobody | Holder::Unresolved => {
+                    return Err(Unserved::NoClient)
+                }
+                Holder::Here(_) => {}
+            }
+        }
+        self.open_here(key, visitor).await
+    }
+
+    /// Relays `stream` (after `prefix`, bytes already read from it) through
+    /// `upstream` until either side ends, the visitor is blocked or, here,
+    /// the tunnel closes.
+    pub async fn relay<S>(
+        &self,
+        upstream: Upstream,
         stream: S,
         prefix: &[u8],
         visitor: SocketAddr,
@@ -278,16 +251,13 @@ impl Relays {
     ) where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
-        if let Some(block) = self.ip_guard.blocked(visitor.ip()) {
-            tracing::debug!(%key, %visitor, until = %block.until_utc(), "blocked visitor cut");
-            return;
-        }
-        let Some((tunnel, mut io, _slot)) = self.open(key, visitor).await else {
-            return;
+        let (tunnel, mut io, _slot) = match upstream {
+            Upstream::Here { tunnel, io, slot } => (Some(tunnel), io, Some(slot)),
+            // Its limits and PROXY header apply on the holding node.
+            Upstream::There(link) => (None, link, None),
         };
-        let options = tunnel.client().options();
-        let mut head = options
-            .proxy
+        let proxy = tunnel.as_ref().and_then(|t| t.client().options().proxy);
+        let mut head = proxy
             .map(|version| proxy_header(version, visitor, local))
             .unwrap_or_default();
         head.extend_from_slice(prefix);
@@ -298,61 +268,134 @@ impl Relays {
             max_bytes: 0,
             idle: self.idle,
             flags: "tcp",
-            bandwidth: Some(Arc::clone(tunnel.gate())),
+            bandwidth: tunnel.as_ref().map(|t| Arc::clone(t.gate())),
+        };
+        let closed = async {
+            match &tunnel {
+                Some(tunnel) => tunnel.closed().await,
+                None => std::future::pending().await,
+            }
         };
         // A visitor blocked (or a tunnel closed) mid-connection is cut at
         // once, not when the connection ends by itself.
         tokio::select! {
             end = relay(stream, io, &limits) => {
-                tracing::debug!(%key, %visitor, end = %end.describe(&limits), "relayed connection ended");
+                tracing::debug!(%visitor, end = %end.describe(&limits), "relayed connection ended");
             }
             _ = self.ip_guard.until_blocked(visitor.ip()) => {
-                tracing::debug!(%key, %visitor, "relayed connection cut: the visitor was blocked");
+                tracing::debug!(%visitor, "relayed connection cut: the visitor was blocked");
             }
-            _ = tunnel.closed() => {
-                tracing::debug!(%key, %visitor, "relayed connection cut: the tunnel was closed");
+            _ = closed => {
+                tracing::debug!(%visitor, "relayed connection cut: the tunnel was closed");
             }
+        }
+    }
+
+    /// Opens a stream over the cluster link to the node holding `remote`.
+    /// A ban cuts it here too.
+    async fn open_there(
+        &self,
+        remote: &Remote,
+        visitor: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<Upstream, Unserved> {
+        let directory = self.registry.directory().ok_or(Unserved::NoClient)?;
+        if self.ip_guard.blocked(visitor.ip()).is_some() {
+            return Err(Unserved::Blocked);
+        }
+        COUNTERS.forwarded("raw");
+        let forwarded = Forwarded {
+            carry: Carry::Raw,
+            visitor,
+            local,
+        };
+        match directory.open(remote, forwarded).await {
+            Ok(link) => Ok(Upstream::There(link)),
+            Err(err) => Err(Unserved::Failed(format!(
+                "node {} did not take it ({err})",
+                remote.member.node
+            ))),
         }
     }
 
     /// Admits the visitor and opens a stream through the first client of
     /// `key` that takes one; clients that fail are passed over for a while.
-    async fn open(
-        &self,
-        key: &str,
-        visitor: SocketAddr,
-    ) -> Option<(Arc<Tunnel>, ByteStream, Slot)> {
+    async fn open_here(&self, key: &str, visitor: SocketAddr) -> Result<Upstream, Unserved> {
+        if self.ip_guard.blocked(visitor.ip()).is_some() {
+            return Err(Unserved::Blocked);
+        }
         // Only clients that relay raw bytes: a name's clients may differ in
         // `tls=` (options are per connection), and a ClientHello must never
         // reach an app that expects HTTP.
         let candidates = self.registry.candidates(key);
+        let mut failed = Unserved::NoClient;
         for tunnel in candidates.into_iter().filter(|t| t.relays_raw()) {
             let options = tunnel.options_settled().await;
             if !options.allows(visitor.ip()) {
-                tracing::debug!(%key, %visitor, "visitor not in the tunnel's allow-list");
-                return None;
+                return Err(Unserved::NotAllowed);
             }
             let slot = match tunnel.gate().admit_connection(visitor.ip()) {
                 Ok(slot) => slot,
                 Err(refusal) => {
                     self.refusals
                         .refuse(&refusal, visitor.ip(), Side::Visitor, key);
-                    return None;
+                    return Err(Unserved::Limited(refusal.message));
                 }
             };
             match tunnel.open(visitor).await {
-                Ok(stream) => {
+                Ok(io) => {
                     COUNTERS.connection_relayed(tunnel.traffic());
-                    return Some((tunnel, stream, slot));
+                    return Ok(Upstream::Here { tunnel, io, slot });
                 }
                 Err(err) => {
                     tracing::debug!(%key, conn = tunnel.conn(), error = ?err, "stream open failed; trying the next client");
                     tunnel.mark_failing();
+                    failed = Unserved::Failed(err.to_string());
                 }
             }
         }
-        tracing::debug!(%key, %visitor, "no client could take the connection");
-        None
+        Err(failed)
+    }
+}
+
+/// The app's side of a visitor's connection, admitted and open.
+pub enum Upstream {
+    /// A stream through a client on this node, holding the visitor's
+    /// connection slot of its tunnel.
+    Here {
+        tunnel: Arc<Tunnel>,
+        io: ByteStream,
+        slot: Slot,
+    },
+    /// A stream over the cluster link to the node holding the tunnel.
+    There(ByteStream),
+}
+
+/// Why a visitor's connection reached no app; the text is what an SSH
+/// client that asked for it is told.
+#[derive(Debug)]
+pub enum Unserved {
+    /// The visitor's address is blocked.
+    Blocked,
+    /// No client serves the name now.
+    NoClient,
+    /// The tunnel's `allow=` list leaves the visitor out.
+    NotAllowed,
+    /// A connection limit said no (its refusal, which names it).
+    Limited(String),
+    /// Every client (or the holding node) failed to open it: the last error.
+    Failed(String),
+}
+
+impl std::fmt::Display for Unserved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unserved::Blocked => f.write_str("your address is blocked"),
+            Unserved::NoClient => f.write_str("no client serves it now"),
+            Unserved::NotAllowed => f.write_str("your address is not in its allow= list"),
+            Unserved::Limited(refusal) => f.write_str(refusal),
+            Unserved::Failed(err) => write!(f, "the client could not open it: {err}"),
+        }
     }
 }
 

@@ -6,10 +6,12 @@
 //! ([`crate::tunnel::private`]). Everything else is refused, with the
 //! reason in the open-failure text the client prints, and a log line.
 //!
-//! An accepted channel is relayed to the device like a visitor of a raw
-//! tunnel ([`Relays::serve_visitor`]): the same spool on this side, the
-//! same per-tunnel connection limits, idle timeout and bans, and in a
-//! cluster the same forwarding to the node the device is on.
+//! An allowed open is first connected to the device like a visitor of a
+//! raw tunnel ([`Relays::connect`](crate::pipe::relay::Relays::connect): the same per-tunnel connection limits,
+//! bans, `allow=`, and in a cluster the same forwarding to the node the
+//! device is on), and only then accepted, so whatever stops it there is
+//! the open failure the client prints too. The channel is then relayed
+//! ([`Relays::relay`](crate::pipe::relay::Relays::relay)) through a spool, with the same idle timeout.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -20,6 +22,7 @@ use russh::{Channel, ChannelOpenFailure};
 use super::Server;
 use crate::counters::{Traffic, COUNTERS};
 use crate::pipe::channel::ChannelIo;
+use crate::pipe::relay::Upstream;
 use crate::tunnel::directory::Holder;
 use crate::tunnel::private::{self, Access, Alias, Refused};
 use crate::tunnel::registry::Pick;
@@ -82,8 +85,8 @@ pub fn open(
             crate::inspect::serve::serve(inspector, request.conn, io).await;
             return;
         }
-        let alias = match admit(&server, &request).await {
-            Ok(alias) => alias,
+        let (alias, upstream, local) = match reach(&server, &request).await {
+            Ok(reached) => reached,
             Err(refusal) => {
                 COUNTERS.private_connection(refusal.label);
                 tracing::info!(conn = request.conn, ip = %request.peer.ip(), host = %request.host, port = request.port, reason = refusal.reason.description(), "direct-tcpip refused");
@@ -94,11 +97,8 @@ pub fn open(
         COUNTERS.private_connection("relayed");
         tracing::info!(conn = request.conn, ip = %request.peer.ip(), alias = %alias, fingerprint = request.key.as_deref(), "private connection opened");
         let io = accept(&server, channel, reply).await;
-        let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), alias.port);
-        server
-            .relays
-            .serve_visitor(&alias.key(), io, &[], request.peer, local)
-            .await;
+        let relays = &server.relays;
+        relays.relay(upstream, io, &[], request.peer, local).await;
         tracing::debug!(conn = request.conn, alias = %alias, "private connection closed");
     });
 }
@@ -113,6 +113,28 @@ async fn accept(server: &Server, channel: Channel<Msg>, reply: ChannelOpenHandle
         Arc::clone(&server.spool),
         Arc::new(Traffic::default()),
     )
+}
+
+/// The alias `request` may reach, with the device's side of the
+/// connection already open (so that the device's failure, too, is the
+/// open failure the client prints), and the address it was reached at.
+async fn reach(
+    server: &Server,
+    request: &Request,
+) -> Result<(Alias, Upstream, SocketAddr), Refusal> {
+    let alias = admit(server, request).await?;
+    let local = SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), alias.port);
+    match server
+        .relays
+        .connect(&alias.key(), request.peer, local)
+        .await
+    {
+        Ok(upstream) => Ok((alias, upstream, local)),
+        Err(why) => Err(Refusal::connect_failed(
+            "device-failed",
+            format!("{alias} did not take the connection: {why}"),
+        )),
+    }
 }
 
 /// The alias `request` may reach, or why not.

@@ -239,7 +239,7 @@ impl Client for Session {
             match opened.await.map_err(|_| OpenError::Gone)? {
                 Ok(io) => Ok(Box::new(io) as ByteStream),
                 Err(russh::Error::ChannelOpenFailure(reason)) => {
-                    Err(OpenError::Refused(format!("{reason:?}")))
+                    Err(OpenError::Refused(reason.description().to_string()))
                 }
                 Err(_) => Err(OpenError::Gone),
             }

@@ -119,6 +119,18 @@ pub enum OpenError {
     Gone,
 }
 
+/// In the words an error page or an SSH open failure shows.
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Refused(why) if !why.is_empty() => f.write_str(why),
+            OpenError::Refused(_) => f.write_str("refused"),
+            OpenError::Timeout => f.write_str("no answer"),
+            OpenError::Gone => f.write_str("the connection is gone"),
+        }
+    }
+}
+
 /// The connection behind one or more tunnels, as the core uses it.
 pub trait Client: Send + Sync + 'static {
     /// The connection's id, unique for the process's lifetime.
