@@ -612,7 +612,7 @@ impl Burrow {
             .get(self.https_url(host, path))
             .send()
             .await
-            .unwrap_or_else(|e| panic!("GET https://{host}{path}: {e}"))
+            .unwrap_or_else(|e| panic!("GET https://{host}{path}: {e:?}"))
     }
 
     pub fn https_client_no_timeout(&self) -> reqwest::Client {
