@@ -7,11 +7,14 @@
 //! reason in the open-failure text the client prints, and a log line.
 //!
 //! An allowed open is first connected to the device like a visitor of a
-//! raw tunnel ([`Relays::connect`](crate::pipe::relay::Relays::connect): the same per-tunnel connection limits,
+//! raw tunnel ([`Relays::connect`]: the same per-tunnel connection limits,
 //! bans, `allow=`, and in a cluster the same forwarding to the node the
 //! device is on), and only then accepted, so whatever stops it there is
 //! the open failure the client prints too. The channel is then relayed
-//! ([`Relays::relay`](crate::pipe::relay::Relays::relay)) through a spool, with the same idle timeout.
+//! ([`Relays::relay`]) through a spool, with the same idle timeout.
+//!
+//! [`Relays::connect`]: crate::pipe::relay::Relays::connect
+//! [`Relays::relay`]: crate::pipe::relay::Relays::relay
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
