@@ -8,7 +8,7 @@
 //! - [`certs`]: the certificates every node serves (ACME, custom domains);
 //! - [`link`]: HTTP/2 streams between nodes; [`serve`]: serving them;
 //! - this module: [`Cluster`], the node's membership — the
-//!   [`Directory`](crate::tunnel::directory::Directory) the registry
+//!   [`crate::tunnel::directory::Directory`] the registry
 //!   consults, the heartbeat, the event subscription, clean-ups, the
 //!   graceful leave.
 //!

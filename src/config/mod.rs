@@ -35,7 +35,7 @@ pub use self::parse::{
     long_about = None,
 )]
 pub struct Config {
-    /// Domain the tunnels live under: tunnels are served as https://NAME.DOMAIN.
+    /// Domain the tunnels live under: tunnels are served as `https://NAME.DOMAIN`.
     /// Needs a wildcard DNS record `*.DOMAIN` (and `DOMAIN`) pointing at this server.
     #[arg(long, env = "DOMAIN", default_value = "localhost")]
     pub domain: String,

@@ -32,7 +32,7 @@ const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Serves HTTPS (HTTP/1.1 with upgrades, and HTTP/2) until shutdown. Each
 /// connection's SNI is read first ([`super::sni`]): `tls=passthrough`
 /// tunnels get the raw bytes, names outside the domain an alert.
-/// Terminated connections run next to a [`watchdog::ConnWatch`] that
+/// Terminated connections run next to a [`ConnWatch`] that
 /// enforces the header and keep-alive timeouts.
 pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, edge: Arc<Edge>) {
     let limits = edge.conn_limits.clone();

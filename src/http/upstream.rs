@@ -1,5 +1,5 @@
 //! Sending a request to a tunnel's app: over an idle keep-alive connection
-//! from the tunnel's [`Pool`], or over a fresh HTTP/1.1 connection on a new
+//! from the tunnel's [`Pool`](super::pool::Pool), or over a fresh HTTP/1.1 connection on a new
 //! stream through the tunnel's client; another client of the same key
 //! stands in when one fails to open a stream.
 

@@ -1,5 +1,5 @@
 //! Raw byte relays: the one behind an HTTP/1.1 upgrade (WebSocket) and the
-//! one behind raw TCP tunnels and TLS passthrough ([`serve_visitor`]).
+//! one behind raw TCP tunnels and TLS passthrough ([`Relays::serve_visitor`]).
 //!
 //! Both directions are copied at once; each may be capped in bytes, the
 //! whole relay is closed after an idle timeout with no bytes either way, and

@@ -5,7 +5,7 @@
 //! awaits each channel's bounded queue. A channel whose queue sits unread
 //! (a visitor downloading slowly) would therefore park the whole SSH
 //! connection: every other channel of it, other forwards, keepalives. So a
-//! pump ([`crate::channel`]) drains every channel the moment data arrives
+//! pump ([`super::channel`]) drains every channel the moment data arrives
 //! into a [`Spool`], the way nginx buffers a proxied response: memory up to
 //! a per-stream cap, then an unlinked temporary file up to a larger cap,
 //! both also inside process-wide budgets.

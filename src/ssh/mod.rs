@@ -7,7 +7,7 @@
 //! - [`auth`]: who may log in, and as what;
 //! - [`forward`]: `tcpip-forward` → a tunnel in the registry;
 //! - [`session`]: the connection as the tunnel core sees it (its
-//!   [`Client`](crate::tunnel::Client)): channels, options, notices;
+//!   [`crate::tunnel::Client`]): channels, options, notices;
 //! - [`banner`]: every line the user reads, as text or `output=json`;
 //! - [`killable`]: cutting a connection that ignores a disconnect.
 

@@ -1,6 +1,6 @@
 //! The last hour of traffic for the dashboard's charts: a bounded ring of
 //! per-interval samples (requests, 5xx errors, bytes) taken from the
-//! process-wide [`crate::metrics`] totals by a sampler task.
+//! process-wide [`crate::ops::metrics`] totals by a sampler task.
 //!
 //! The ring holds [`CAPACITY`] samples of [`INTERVAL`] each (one hour of
 //! ten-second buckets, a few kilobytes), so it never grows with uptime.
