@@ -143,6 +143,15 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
             acme.share(shared.clone());
         }
     }
+    if let Some(acme) = &acme {
+        // Custom domains' certificates are renewed while a tunnel binds
+        // the name, not for ever.
+        let custom = Arc::clone(&custom);
+        acme.renew_only_while(Arc::new(move |name| {
+            let custom = Arc::clone(&custom);
+            Box::pin(async move { custom.wants_certificate(&name).await })
+        }));
+    }
     let issuer: Option<Arc<dyn custom::issuer::Issuer>> = match (&acme, shared_certs) {
         (Some(acme), _) => Some(Arc::new(acme::OnDemandIssuer(Arc::clone(acme)))),
         (None, Some(shared)) => Some(Arc::new(custom::issuer::SharedSelfSigned::new(shared))),

@@ -584,27 +584,24 @@ async fn static_certificate_wins_over_acme() {
     assert!(!dir.path().join("state/acme").exists(), "ACME stayed off");
 }
 
-/// Custom domains with ACME on: a name the client's key proves in DNS gets
-/// a certificate from the CA over HTTP-01 (through burrow's redirector) as
-/// soon as it is bound, served by SNI; the request reaches the local app.
-#[tokio::test]
-async fn custom_domain_gets_its_certificate_from_the_ca() {
-    let pebble = Pebble::launch(0).await;
-    let dir = TempDir::new("acme-custom");
-    let domain = "tunnels.example.com";
-    let name = "app.example.org";
+/// burrow with ACME from `pebble` and custom domains resolved through
+/// pebble's DNS (challtestsrv answers 127.0.0.1 for every name: "pointing
+/// here").
+async fn custom_acme_burrow(state: &Path, domain: &str, pebble: &Pebble) -> AcmeBurrow {
     let resolver = pebble.dns_addr().to_string();
     let args = [
         "--dns-resolver",
         &resolver,
-        // challtestsrv answers 127.0.0.1 for every name: "pointing here".
         "--custom-domain-ips",
         "127.0.0.1",
         "--no-browser-warning",
     ];
-    let burrow = AcmeBurrow::start(dir.path(), domain, &pebble, &args).await;
-    let root = pebble.root().await;
+    AcmeBurrow::start(state, domain, pebble, &args).await
+}
 
+/// A client with a fresh key that proves and binds the custom domain
+/// `name` to the app on `port`, once burrow shows its URL.
+async fn bind_custom(burrow: &AcmeBurrow, pebble: &Pebble, name: &str, port: u16) -> Ssh {
     let key = SshKeyPair::generate();
     let txt = serde_json::json!({"host": format!("_burrow.{name}."), "value": key.fingerprint});
     let resp = reqwest::Client::new()
@@ -614,9 +611,7 @@ async fn custom_domain_gets_its_certificate_from_the_ca() {
         .await
         .unwrap();
     assert!(resp.status().is_success(), "{resp:?}");
-
-    let origin = Origin::start("custom-acme").await;
-    let spec = format!("{name}:80:127.0.0.1:{}", origin.port);
+    let spec = format!("{name}:80:127.0.0.1:{port}");
     let ssh = SshSpec {
         port: burrow.addrs.ssh.port(),
         args: &["-R", &spec],
@@ -627,6 +622,73 @@ async fn custom_domain_gets_its_certificate_from_the_ca() {
         .wait_contains(&format!("https://{name}"), ISSUE_WAIT)
         .await
         .unwrap_or_else(|seen| panic!("no URL for {name}: {seen}\n{}", ssh.all_output()));
+    ssh
+}
+
+/// A custom domain's certificate is renewed while a tunnel binds the name,
+/// and retired at the renewal after none does: not ordered again, no
+/// longer in the state directory or the metrics.
+#[tokio::test]
+async fn custom_domain_certificate_is_renewed_only_while_bound() {
+    // 12 s certificates: renewal is due after 8 s.
+    let pebble = Pebble::launch(12).await;
+    let dir = TempDir::new("acme-custom-renew");
+    let name = "kept.example.org";
+    let burrow = custom_acme_burrow(dir.path(), "tunnels.example.com", &pebble).await;
+    let root = pebble.root().await;
+    let origin = Origin::start("custom-renew").await;
+    let ssh = bind_custom(&burrow, &pebble, name, origin.port).await;
+    let first = serial(&wait_verified(burrow.addrs.https, name, &root).await);
+
+    // Bound: renewed like any certificate.
+    poll(
+        "a renewed certificate while bound",
+        Duration::from_secs(30),
+        || {
+            let (root, first) = (root.clone(), first.clone());
+            async move {
+                let tls = connect(burrow.addrs.https, name, &root).await.ok()?;
+                (serial(&tls) != first).then_some(())
+            }
+        },
+    )
+    .await;
+
+    // Nobody binds it: the next renewal retires it instead.
+    drop(ssh);
+    burrow
+        .stderr
+        .wait_contains("certificate retired", Duration::from_secs(30))
+        .await
+        .unwrap_or_else(|seen| panic!("never retired: {seen}"));
+    let log = burrow.stderr.text();
+    let retired = log.find("certificate retired").unwrap();
+    assert!(
+        !log[retired..].contains("certificate renewed"),
+        "ordered again after it was retired: {log}"
+    );
+    let stored = dir.path().join(format!("state/acme/certs/{name}.crt"));
+    assert!(!stored.exists(), "{} is still stored", stored.display());
+    let metrics = burrow.metrics().await;
+    assert!(
+        !metrics.contains(&format!("name=\"{name}\"")),
+        "a retired certificate is not tracked: {metrics}"
+    );
+}
+
+/// Custom domains with ACME on: a name the client's key proves in DNS gets
+/// a certificate from the CA over HTTP-01 (through burrow's redirector) as
+/// soon as it is bound, served by SNI; the request reaches the local app.
+#[tokio::test]
+async fn custom_domain_gets_its_certificate_from_the_ca() {
+    let pebble = Pebble::launch(0).await;
+    let dir = TempDir::new("acme-custom");
+    let domain = "tunnels.example.com";
+    let name = "app.example.org";
+    let burrow = custom_acme_burrow(dir.path(), domain, &pebble).await;
+    let root = pebble.root().await;
+    let origin = Origin::start("custom-acme").await;
+    let ssh = bind_custom(&burrow, &pebble, name, origin.port).await;
 
     // Verified against pebble's root only: the CA issued it for the name.
     let mut tls = wait_verified(burrow.addrs.https, name, &root).await;

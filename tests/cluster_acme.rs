@@ -293,6 +293,46 @@ async fn custom_domain_certificate_from_the_ca_served_by_every_node() {
     drop(ssh);
 }
 
+/// A custom domain nobody binds any more is retired at its renewal by every
+/// node: its certificate leaves Redis (hash and list) instead of being
+/// ordered again.
+#[tokio::test]
+async fn custom_domain_certificate_nobody_binds_leaves_redis() {
+    // 15 s certificates: a renewal is due after 10 s.
+    let ports = Ports::free(2);
+    let pebble = Pebble::launch_on(ports.http, 15).await;
+    let key = SshKeyPair::generate();
+    prove_name(&pebble, &key, 1).await;
+    let cluster = acme_cluster(2, ports, &pebble, &custom_args(&pebble)).await;
+    let root = pebble.root().await;
+    let origin = Origin::start("custom-retire").await;
+    let ssh = custom_tunnel(&cluster, 1, &key, &origin);
+    for i in 1..=2 {
+        wait_verified(cluster.https_addr(i), NAME, &root).await;
+    }
+    let hash = format!("{{burrow}}:acme:cert:{NAME}");
+    assert_eq!(redis_text(&cluster, &["EXISTS", &hash]).await.trim(), "1");
+
+    drop(ssh);
+    let cluster = &cluster;
+    for i in 1..=2 {
+        poll(&format!("node {i} retiring {NAME}"), WAIT, || async move {
+            logged(cluster, i, &["certificate retired", NAME]).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(redis_text(cluster, &["EXISTS", &hash]).await.trim(), "0");
+    let listed = redis_text(cluster, &["SISMEMBER", "{burrow}:acme:stored:cert", NAME]).await;
+    assert_eq!(listed.trim(), "0", "still listed");
+    for i in 1..=2 {
+        assert!(
+            !logged(cluster, i, &["certificate renewed", NAME]),
+            "node {i} ordered it again: {}",
+            cluster.node(i).stderr.text()
+        );
+    }
+}
+
 /// A TLS connection for [`NAME`] to `addr` accepting any certificate, and
 /// the certificate it got (DER).
 async fn handshake_any(addr: std::net::SocketAddr) -> (Tls, Vec<u8>) {

@@ -70,6 +70,10 @@ impl Managed {
     }
 }
 
+/// Whether the single name given is still wanted (a tunnel binds it, here
+/// or on another node); see [`Acme::renew_only_while`].
+pub type Wanted = Arc<dyn Fn(String) -> crate::tunnel::BoxFuture<'static, bool> + Send + Sync>;
+
 /// The ACME handle, shared by the renewal tasks and the proxy.
 pub struct Acme {
     args: AcmeArgs,
@@ -88,6 +92,9 @@ pub struct Acme {
     issued: Mutex<BTreeMap<String, Issued>>,
     /// Labels that have a renewal task.
     renewing: Mutex<HashSet<String>>,
+    /// Asked before a single name is renewed: does a tunnel still bind it?
+    /// Unset: always.
+    wanted: OnceLock<Wanted>,
     /// In a cluster: where the account, the certificates and the HTTP-01
     /// answers are kept, and the lock on ordering each certificate.
     shared: OnceLock<SharedCerts>,
@@ -140,6 +147,7 @@ impl Acme {
             account: tokio::sync::Mutex::new(None),
             issued: Mutex::default(),
             renewing: Mutex::default(),
+            wanted: OnceLock::new(),
             shared: OnceLock::new(),
             ordered: AtomicU64::new(0),
             shutdown,
@@ -150,6 +158,49 @@ impl Acme {
     /// now on (call before [`Acme::start`]).
     pub fn share(&self, shared: SharedCerts) {
         let _ = self.shared.set(shared);
+    }
+
+    /// From now on a single name's certificate is renewed only while
+    /// `wanted` says a tunnel binds the name; else it is retired: no longer
+    /// served, stored or renewed (call before [`Acme::start`]).
+    pub fn renew_only_while(&self, wanted: Wanted) {
+        let _ = self.wanted.set(wanted);
+    }
+
+    /// Whether `managed` is worth renewing now: the main certificate always,
+    /// a single name while it is wanted.
+    pub(crate) async fn still_wanted(&self, managed: &Managed) -> bool {
+        match self.wanted.get() {
+            Some(wanted) if managed.file != MAIN_FILE => wanted(managed.label().to_string()).await,
+            _ => true,
+        }
+    }
+
+    /// Stops serving, storing and renewing a single name no tunnel binds:
+    /// a tunnel that binds it again later gets a new certificate on demand.
+    pub(crate) async fn retire(&self, managed: &Managed) {
+        if let Some(name) = &managed.sni {
+            self.certs.remove_named(name);
+        }
+        self.issued
+            .lock()
+            .expect("issued lock")
+            .remove(managed.label());
+        let forgotten = match self.shared.get() {
+            Some(shared) => shared.forget(shared::KIND, &managed.file).await,
+            None => store::remove(&store::dir(&self.state_dir), &managed.file),
+        };
+        if let Err(err) = forgotten {
+            tracing::warn!(cert = managed.label(), error = %format!("{err:#}"), "retired certificate not removed from the store");
+        }
+        self.renewing
+            .lock()
+            .expect("renewing lock")
+            .remove(managed.label());
+        tracing::info!(
+            cert = managed.label(),
+            "certificate retired, not renewed: no tunnel binds the name any more"
+        );
     }
 
     /// How many certificates this node got from the CA since it started.

@@ -5,6 +5,10 @@
 //! many names) do not retry in step. The current certificate is served
 //! until the new one is in hand.
 //!
+//! A single name (a custom domain) is renewed only while a tunnel binds it
+//! ([`Acme::renew_only_while`]); when none does at renewal time it is
+//! retired, and a tunnel that binds it later gets a new one on demand.
+//!
 //! In a cluster every node runs the schedule, but an attempt may find the
 //! certificate renewed by another node (adopted) or being ordered there
 //! (busy: look again a little later); see [`super::shared`].
@@ -42,6 +46,10 @@ async fn run(acme: Arc<Acme>, managed: Managed, shutdown: crate::shutdown::Shutd
         tokio::select! {
             _ = shutdown.requested() => return,
             _ = tokio::time::sleep(wait) => {}
+        }
+        if !acme.still_wanted(&managed).await {
+            acme.retire(&managed).await;
+            return;
         }
         let renewal = acme.current(&managed).is_some();
         let attempt = tokio::select! {

@@ -106,6 +106,21 @@ pub fn save(dir: &Path, file: &str, chain: &str, key: &str) -> Result<()> {
         .with_context(|| format!("cannot write {}", crt.display()))
 }
 
+/// Removes the stored certificate `file` (chain and key), if any.
+pub fn remove(dir: &Path, file: &str) -> Result<()> {
+    let (crt, key) = paths(dir, file);
+    for path in [crt, key] {
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => {
+                return Err(err).with_context(|| format!("cannot remove {}", path.display()))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// File stems of the stored certificates.
 pub fn stored(dir: &Path) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(dir) else {

@@ -91,6 +91,11 @@ impl SharedCerts {
         self.open(kind, name, stored)
     }
 
+    /// Removes `name` of `kind` (no node renews it any more).
+    pub async fn forget(&self, kind: CertKind, name: &str) -> Result<()> {
+        self.store.forget_cert(kind, name).await
+    }
+
     /// The names stored of `kind`.
     pub async fn names(&self, kind: CertKind) -> Result<Vec<String>> {
         self.store.cert_names(kind).await

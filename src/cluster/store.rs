@@ -770,6 +770,18 @@ impl Store {
             .map(|(chain, sealed_key)| StoredCert { chain, sealed_key }))
     }
 
+    /// Removes the certificate `name` of `kind` and its name from the list.
+    pub async fn forget_cert(&self, kind: CertKind, name: &str) -> Result<()> {
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .del(key(&cert_name(kind, name)))
+            .ignore()
+            .srem(key(&format!("acme:stored:{}", kind.tag())), name)
+            .ignore();
+        let _: () = pipe.query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
     /// The names of the certificates of `kind` stored.
     pub async fn cert_names(&self, kind: CertKind) -> Result<Vec<String>> {
         let mut names: Vec<String> = self

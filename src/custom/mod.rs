@@ -92,6 +92,22 @@ impl CustomDomains {
         }
     }
 
+    /// Whether `name`'s certificate is worth renewing: a tunnel binds it
+    /// here, or in a cluster on another node (or one reconnecting), or the
+    /// directory cannot say now (then it is kept, to be asked again).
+    pub async fn wants_certificate(&self, name: &str) -> bool {
+        if self.bound_name(name).is_some() {
+            return true;
+        }
+        if self.registry.directory().is_none() {
+            return false;
+        }
+        !matches!(
+            self.registry.route(name, Pick::Oldest).await,
+            Holder::Nobody
+        )
+    }
+
     /// After `name` was bound by `client`: issues its certificate in the
     /// background once the connection's options are known (a
     /// `tls=passthrough` tunnel terminates TLS itself and gets none). A
