@@ -185,6 +185,11 @@ impl CertKind {
     }
 }
 
+/// The key of the set listing the stored certificates of `kind`.
+fn stored_list(kind: CertKind) -> String {
+    key(&format!("acme:stored:{}", kind.tag()))
+}
+
 /// The name (without the prefix) a shared certificate is stored under;
 /// also the context its key is sealed for, so a sealed key cannot be
 /// passed off as another name's.
@@ -747,7 +752,7 @@ impl Store {
         })?;
         let (chain, sealed_key): (String, Vec<u8>) = Script::new(SAVE_CERT)
             .key(key(&cert_name(kind, name)))
-            .key(key(&format!("acme:stored:{}", kind.tag())))
+            .key(stored_list(kind))
             .arg(key("events"))
             .arg(&cert.chain)
             .arg(&cert.sealed_key)
@@ -776,7 +781,7 @@ impl Store {
         pipe.atomic()
             .del(key(&cert_name(kind, name)))
             .ignore()
-            .srem(key(&format!("acme:stored:{}", kind.tag())), name)
+            .srem(stored_list(kind), name)
             .ignore();
         let _: () = pipe.query_async(&mut self.conn()).await?;
         Ok(())
@@ -784,10 +789,7 @@ impl Store {
 
     /// The names of the certificates of `kind` stored.
     pub async fn cert_names(&self, kind: CertKind) -> Result<Vec<String>> {
-        let mut names: Vec<String> = self
-            .conn()
-            .smembers(key(&format!("acme:stored:{}", kind.tag())))
-            .await?;
+        let mut names: Vec<String> = self.conn().smembers(stored_list(kind)).await?;
         names.sort();
         Ok(names)
     }
