@@ -999,3 +999,35 @@ async fn served_a_private_alias_on_one_node_through_another() {
     let stats = cluster.stats(2).await;
     assert!(stats["private_connections"].as_u64() >= Some(1), "{stats}");
 }
+
+/// A device on node 1 whose own service is down, reached through node 2:
+/// node 1 reaches the device before it answers the link stream, so the
+/// admin's ssh prints why, as on a single node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_private_alias_failing_on_another_node_is_an_open_failure() {
+    let cluster = Cluster::start(2, &SSH_LIMITS_OFF).await;
+    let owner = SshKeyPair::generate();
+    let forward = format!("pi-9:22:127.0.0.1:{}", common::dead_port());
+    let host = node_ip(1).to_string();
+    let _device = SshSpec {
+        port: cluster.shared.ports.ssh,
+        args: &["-N", "-R", &forward],
+        host: &host,
+        ..SshSpec::default()
+    }
+    .spawn_with_key(&owner);
+    let failure = "open failed: connect failed: pi-9:22 did not take the connection: \
+                   the client could not open it: Connect failed";
+    // Once the directory knows the alias (bounded).
+    let deadline = Instant::now() + SOON;
+    let stderr = loop {
+        let out = stdio_forward_to(&cluster, 2, &owner, "pi-9:22").await;
+        assert!(!out.status.success(), "-W went through");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if stderr.contains(failure) || Instant::now() > deadline {
+            break stderr;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(stderr.contains(failure), "{stderr}");
+}

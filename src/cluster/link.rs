@@ -71,6 +71,20 @@ impl std::fmt::Display for LinkError {
     }
 }
 
+/// Why a stream did not open.
+#[derive(Debug)]
+pub enum StreamError {
+    /// The link failed (connect, TLS, HTTP/2): the node may be down.
+    Link(LinkError),
+    /// The node works, but what the stream was for did not open there (a
+    /// raw connection's client could not reach its app): the node's words.
+    Refused(String),
+}
+
+/// The status a node answers a raw stream with when it could not open the
+/// connection on its side; the body says why.
+pub const REFUSED: StatusCode = StatusCode::BAD_GATEWAY;
+
 /// Where a peer's link listens, and which incarnation of the peer is
 /// there: a restarted node (a new incarnation, often at the same address)
 /// gets a new connection at once, without the old one's back-off.
@@ -126,14 +140,14 @@ impl Links {
         at: &Endpoint,
         key: &str,
         forwarded: Forwarded,
-    ) -> Result<ByteStream, LinkError> {
+    ) -> Result<ByteStream, StreamError> {
         let opened = tokio::time::timeout(OPEN_TIMEOUT, self.try_open(node, at, key, forwarded));
         match opened.await {
             Ok(result) => result,
-            Err(_) => Err(LinkError(format!(
+            Err(_) => Err(StreamError::Link(LinkError(format!(
                 "node {node} did not accept the stream within {}",
                 crate::limits::human(OPEN_TIMEOUT)
-            ))),
+            )))),
         }
     }
 
@@ -143,22 +157,29 @@ impl Links {
         at: &Endpoint,
         key: &str,
         forwarded: Forwarded,
-    ) -> Result<ByteStream, LinkError> {
-        let mut sender = self.sender(node, at).await?;
+    ) -> Result<ByteStream, StreamError> {
+        let mut sender = self.sender(node, at).await.map_err(StreamError::Link)?;
         let request = connect_request(&self.me, key, forwarded);
         let response = sender.send_request(request).await.map_err(|err| {
             self.peers.forget(node);
-            LinkError(format!("the link to node {node} broke: {err}"))
+            StreamError::Link(LinkError(format!("the link to node {node} broke: {err}")))
         })?;
+        if response.status() == REFUSED {
+            let body = response.into_body().collect().await;
+            let why = body.map(|b| b.to_bytes()).unwrap_or_default();
+            return Err(StreamError::Refused(
+                String::from_utf8_lossy(&why).into_owned(),
+            ));
+        }
         if response.status() != StatusCode::OK {
-            return Err(LinkError(format!(
+            return Err(StreamError::Link(LinkError(format!(
                 "node {node} refused the stream ({})",
                 response.status()
-            )));
+            ))));
         }
-        let upgraded = hyper::upgrade::on(response)
-            .await
-            .map_err(|err| LinkError(format!("node {node}: stream failed: {err}")))?;
+        let upgraded = hyper::upgrade::on(response).await.map_err(|err| {
+            StreamError::Link(LinkError(format!("node {node}: stream failed: {err}")))
+        })?;
         let stream = Spooled::new(TokioIo::new(upgraded), Arc::clone(&self.spool));
         Ok(Box::new(stream))
     }

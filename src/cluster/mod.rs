@@ -35,7 +35,7 @@ use dashmap::{DashMap, DashSet};
 use futures_util::StreamExt;
 
 use self::certs::{CertChange, SharedCerts};
-use self::link::Links;
+use self::link::{Links, StreamError};
 use self::nodes::Nodes;
 use self::secret::Secret;
 use self::store::{
@@ -879,7 +879,12 @@ impl Directory for Cluster {
                     self.nodes.recovered(node);
                     Ok(stream)
                 }
-                Err(err) => {
+                // The node answered: it is not the one failing.
+                Err(StreamError::Refused(why)) => {
+                    self.nodes.recovered(node);
+                    Err(OpenError::Refused(why))
+                }
+                Err(StreamError::Link(err)) => {
                     self.nodes.mark_failing(node);
                     Err(OpenError::Refused(err.to_string()))
                 }

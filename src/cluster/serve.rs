@@ -97,7 +97,7 @@ impl LinkServer {
     /// A stream (CONNECT) or one of the operator's views.
     async fn request(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         if req.method() == Method::CONNECT {
-            return self.stream(req);
+            return self.stream(req).await;
         }
         let path = req.uri().path().to_string();
         match (req.method().clone(), path.strip_prefix("/tunnels")) {
@@ -111,10 +111,20 @@ impl LinkServer {
         }
     }
 
-    /// Accepts a stream and serves it in its own task.
-    fn stream(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
+    /// Accepts a stream and serves it in its own task. A raw connection's
+    /// client is reached first, so that its failure is the answer (the
+    /// node that asked passes it on, e.g. as an SSH open failure).
+    async fn stream(self: Arc<Self>, mut req: Request<Incoming>) -> Response<Body> {
         let Some((key, forwarded)) = link::forwarded_of(&req) else {
             return answer(StatusCode::BAD_REQUEST, b"{}".to_vec());
+        };
+        let (visitor, local) = (forwarded.visitor, forwarded.local);
+        let upstream = match forwarded.carry {
+            Carry::Raw => match self.relays.connect_here(&key, visitor).await {
+                Ok(upstream) => Some(upstream),
+                Err(why) => return answer(link::REFUSED, why.to_string().into_bytes()),
+            },
+            Carry::Http { .. } => None,
         };
         let upgrade = hyper::upgrade::on(&mut req);
         let tasks = self.shutdown.clone();
@@ -127,13 +137,13 @@ impl LinkServer {
                 }
             };
             let stream = Spooled::new(TokioIo::new(upgraded), Arc::clone(&self.spool));
-            match forwarded.carry {
-                Carry::Raw => {
+            match (forwarded.carry, upstream) {
+                (Carry::Raw, Some(upstream)) => {
                     let relays = &self.relays;
-                    let (visitor, local) = (forwarded.visitor, forwarded.local);
-                    relays.serve_here(&key, stream, visitor, local).await;
+                    relays.relay(upstream, stream, &[], visitor, local).await;
                 }
-                Carry::Http { https } => self.http(stream, forwarded, https).await,
+                (Carry::Http { https }, _) => self.http(stream, forwarded, https).await,
+                (Carry::Raw, None) => {}
             }
         });
         answer(StatusCode::OK, Vec::new())

@@ -204,18 +204,6 @@ impl Relays {
         }
     }
 
-    /// A connection another node forwarded: served by this node's own
-    /// clients of `key` only.
-    pub async fn serve_here<S>(&self, key: &str, stream: S, visitor: SocketAddr, local: SocketAddr)
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
-    {
-        match self.open_here(key, visitor).await {
-            Ok(upstream) => self.relay(upstream, stream, &[], visitor, local).await,
-            Err(why) => tracing::debug!(%key, %visitor, why = %why, "connection not served"),
-        }
-    }
-
     /// Admits a visitor of `key` and opens the app's side of its
     /// connection, before anything is accepted from the visitor: a caller
     /// that can still refuse (an SSH `direct-tcpip` open) passes the reason
@@ -235,7 +223,7 @@ impl Relays {
                 Holder::Here(_) => {}
             }
         }
-        self.open_here(key, visitor).await
+        self.connect_here(key, visitor).await
     }
 
     /// Relays `stream` (after `prefix`, bytes already read from it) through
@@ -311,16 +299,16 @@ impl Relays {
         };
         match directory.open(remote, forwarded).await {
             Ok(link) => Ok(Upstream::There(link)),
-            Err(err) => Err(Unserved::Failed(format!(
-                "node {} did not take it ({err})",
-                remote.member.node
-            ))),
+            // The node's own words when it answered, else the link's.
+            Err(err) => Err(Unserved::Failed(err.to_string())),
         }
     }
 
     /// Admits the visitor and opens a stream through the first client of
-    /// `key` that takes one; clients that fail are passed over for a while.
-    async fn open_here(&self, key: &str, visitor: SocketAddr) -> Result<Upstream, Unserved> {
+    /// `key` on this node that takes one (clients that fail are passed over
+    /// for a while): [`Relays::connect`] without the cluster hop, for a
+    /// connection another node forwarded.
+    pub async fn connect_here(&self, key: &str, visitor: SocketAddr) -> Result<Upstream, Unserved> {
         if self.ip_guard.blocked(visitor.ip()).is_some() {
             return Err(Unserved::Blocked);
         }
@@ -350,7 +338,7 @@ impl Relays {
                 Err(err) => {
                     tracing::debug!(%key, conn = tunnel.conn(), error = ?err, "stream open failed; trying the next client");
                     tunnel.mark_failing();
-                    failed = Unserved::Failed(err.to_string());
+                    failed = Unserved::Failed(format!("the client could not open it: {err}"));
                 }
             }
         }
@@ -383,7 +371,7 @@ pub enum Unserved {
     NotAllowed,
     /// A connection limit said no (its refusal, which names it).
     Limited(String),
-    /// Every client (or the holding node) failed to open it: the last error.
+    /// Every client (or the holding node) failed to open it: why, in words.
     Failed(String),
 }
 
@@ -394,7 +382,7 @@ impl std::fmt::Display for Unserved {
             Unserved::NoClient => f.write_str("no client serves it now"),
             Unserved::NotAllowed => f.write_str("your address is not in its allow= list"),
             Unserved::Limited(refusal) => f.write_str(refusal),
-            Unserved::Failed(err) => write!(f, "the client could not open it: {err}"),
+            Unserved::Failed(why) => f.write_str(why),
         }
     }
 }
