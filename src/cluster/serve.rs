@@ -20,7 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use super::link::{self, CONNECTION_WINDOW, PING_EVERY, PING_TIMEOUT, STREAM_WINDOW};
 use crate::edge::Edge;
 use crate::http::{Body, LocalAddr, Scheme};
-use crate::pipe::relay::Relays;
+use crate::pipe::relay::{Relays, Upstream};
 use crate::pipe::spool::Budget;
 use crate::pipe::spooled::Spooled;
 use crate::shutdown::Shutdown;
@@ -119,12 +119,12 @@ impl LinkServer {
             return answer(StatusCode::BAD_REQUEST, b"{}".to_vec());
         };
         let (visitor, local) = (forwarded.visitor, forwarded.local);
-        let upstream = match forwarded.carry {
+        let serve = match forwarded.carry {
             Carry::Raw => match self.relays.connect_here(&key, visitor).await {
-                Ok(upstream) => Some(upstream),
+                Ok(upstream) => Serve::Raw(upstream),
                 Err(why) => return answer(link::REFUSED, why.to_string().into_bytes()),
             },
-            Carry::Http { .. } => None,
+            Carry::Http { https } => Serve::Http { https },
         };
         let upgrade = hyper::upgrade::on(&mut req);
         let tasks = self.shutdown.clone();
@@ -137,13 +137,12 @@ impl LinkServer {
                 }
             };
             let stream = Spooled::new(TokioIo::new(upgraded), Arc::clone(&self.spool));
-            match (forwarded.carry, upstream) {
-                (Carry::Raw, Some(upstream)) => {
+            match serve {
+                Serve::Raw(upstream) => {
                     let relays = &self.relays;
                     relays.relay(upstream, stream, &[], visitor, local).await;
                 }
-                (Carry::Http { https }, _) => self.http(stream, forwarded, https).await,
-                (Carry::Raw, None) => {}
+                Serve::Http { https } => self.http(stream, forwarded, https).await,
             }
         });
         answer(StatusCode::OK, Vec::new())
@@ -173,6 +172,14 @@ impl LinkServer {
             tracing::debug!(error = %err, "forwarded HTTP stream ended");
         }
     }
+}
+
+/// How an accepted stream is served.
+enum Serve {
+    /// Relayed to the client already reached.
+    Raw(Upstream),
+    /// HTTP/1.1 requests for this node's own tunnels.
+    Http { https: bool },
 }
 
 fn answer(status: StatusCode, body: Vec<u8>) -> Response<Body> {
