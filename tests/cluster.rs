@@ -15,6 +15,7 @@ mod cluster_harness;
 mod common;
 
 use std::net::IpAddr;
+use std::process::Output;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -924,15 +925,41 @@ async fn ops_nodes_warn_when_their_keys_files_differ() {
 
 /// `ssh -W TARGET` to node `i` with `key`, sending one HTTP request (the
 /// origin plays the device's service); the output once it exits.
-async fn stdio_forward_to(
-    cluster: &Cluster,
-    i: usize,
-    key: &SshKeyPair,
-    target: &str,
-) -> std::process::Output {
+async fn stdio_forward_to(cluster: &Cluster, i: usize, key: &SshKeyPair, target: &str) -> Output {
     let args = common::keyed_ssh_opts(cluster.shared.ports.ssh, &key.path);
     let destination = format!("admin@{}", node_ip(i));
     common::ssh_w_get_hello(&args, target, &destination, SOON).await
+}
+
+/// [`stdio_forward_to`] node 2 with `key`, again until `done` says the
+/// output is the one awaited (the directory learns an alias a moment after
+/// its device binds it) or [`SOON`] has passed; the last output.
+async fn forward_until(
+    cluster: &Cluster,
+    key: &SshKeyPair,
+    target: &str,
+    done: impl Fn(&Output) -> bool,
+) -> Output {
+    let deadline = Instant::now() + SOON;
+    loop {
+        let out = stdio_forward_to(cluster, 2, key, target).await;
+        if done(&out) || Instant::now() > deadline {
+            return out;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A device: `ssh -N -R FORWARD` to node `i` with `key`.
+fn device_on(cluster: &Cluster, i: usize, key: &SshKeyPair, forward: &str) -> Ssh {
+    let host = node_ip(i).to_string();
+    SshSpec {
+        port: cluster.shared.ports.ssh,
+        args: &["-N", "-R", forward],
+        host: &host,
+        ..SshSpec::default()
+    }
+    .spawn_with_key(key)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -941,23 +968,9 @@ async fn served_a_private_alias_on_one_node_through_another() {
     let origin = Origin::start("device").await;
     let (owner, stranger) = (SshKeyPair::generate(), SshKeyPair::generate());
     let forward = format!("pi-7:22:127.0.0.1:{}", origin.port);
-    let host = node_ip(1).to_string();
-    let _device = SshSpec {
-        port: cluster.shared.ports.ssh,
-        args: &["-N", "-R", &forward],
-        host: &host,
-        ..SshSpec::default()
-    }
-    .spawn_with_key(&owner);
-    // Through node 2, once the directory knows the alias (bounded).
-    let deadline = Instant::now() + SOON;
-    let out = loop {
-        let out = stdio_forward_to(&cluster, 2, &owner, "pi-7:22").await;
-        if out.status.success() || Instant::now() > deadline {
-            break out;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let _device = device_on(&cluster, 1, &owner, &forward);
+    // Through node 2, once the directory knows the alias.
+    let out = forward_until(&cluster, &owner, "pi-7:22", |out| out.status.success()).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains(common::HELLO),
@@ -974,6 +987,7 @@ async fn served_a_private_alias_on_one_node_through_another() {
     // A device on node 1 that lets the stranger in with allow-keys=: node
     // 2 knows it from the directory.
     let forward = format!("pi-8:22:127.0.0.1:{}", origin.port);
+    let host = node_ip(1).to_string();
     let allow = format!("allow-keys={}", stranger.fingerprint);
     let _shared = SshSpec {
         port: cluster.shared.ports.ssh,
@@ -983,14 +997,7 @@ async fn served_a_private_alias_on_one_node_through_another() {
         ..SshSpec::default()
     }
     .spawn_with_key(&owner);
-    let deadline = Instant::now() + SOON;
-    let out = loop {
-        let out = stdio_forward_to(&cluster, 2, &stranger, "pi-8:22").await;
-        if out.status.success() || Instant::now() > deadline {
-            break out;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let out = forward_until(&cluster, &stranger, "pi-8:22", |out| out.status.success()).await;
     assert!(
         String::from_utf8_lossy(&out.stdout).contains(common::HELLO),
         "allow-keys= not honoured through node 2: {}",
@@ -1008,26 +1015,15 @@ async fn a_private_alias_failing_on_another_node_is_an_open_failure() {
     let cluster = Cluster::start(2, &SSH_LIMITS_OFF).await;
     let owner = SshKeyPair::generate();
     let forward = format!("pi-9:22:127.0.0.1:{}", common::dead_port());
-    let host = node_ip(1).to_string();
-    let _device = SshSpec {
-        port: cluster.shared.ports.ssh,
-        args: &["-N", "-R", &forward],
-        host: &host,
-        ..SshSpec::default()
-    }
-    .spawn_with_key(&owner);
+    let _device = device_on(&cluster, 1, &owner, &forward);
     let failure = "open failed: connect failed: pi-9:22 did not take the connection: \
                    the client could not open it: Connect failed";
-    // Once the directory knows the alias (bounded).
-    let deadline = Instant::now() + SOON;
-    let stderr = loop {
-        let out = stdio_forward_to(&cluster, 2, &owner, "pi-9:22").await;
-        assert!(!out.status.success(), "-W went through");
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        if stderr.contains(failure) || Instant::now() > deadline {
-            break stderr;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    // Once the directory knows the alias.
+    let answered = |out: &Output| {
+        out.status.success() || String::from_utf8_lossy(&out.stderr).contains(failure)
     };
+    let out = forward_until(&cluster, &owner, "pi-9:22", answered).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "-W went through");
     assert!(stderr.contains(failure), "{stderr}");
 }

@@ -551,14 +551,7 @@ async fn unanswered_channel_open_gives_504() {
     let fwd = format!("80:127.0.0.1:{}", origin.port);
     let ssh = Ssh::spawn(&burrow, &["-R", &fwd]);
     let url = ssh.url().await;
-    let signal = |sig: &str| {
-        let status = std::process::Command::new("kill")
-            .args([sig, &ssh.pid().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill {sig}");
-    };
-    signal("-STOP");
+    ssh.signal("STOP");
     let started = Instant::now();
     let resp = burrow
         .https_client_no_timeout()
@@ -567,7 +560,7 @@ async fn unanswered_channel_open_gives_504() {
         .await
         .unwrap();
     let waited = started.elapsed();
-    signal("-CONT");
+    ssh.signal("CONT");
     let resp = expect_status(resp, 504, "").await;
     assert!(
         waited >= Duration::from_secs(9) && waited < Duration::from_secs(20),
@@ -588,14 +581,7 @@ async fn a_channel_confirmed_after_the_visitor_left_is_closed() {
     let fwd = format!("80:127.0.0.1:{}", app.local_addr().unwrap().port());
     let ssh = Ssh::spawn(&burrow, &["-R", &fwd]);
     let url = ssh.url().await;
-    let signal = |sig: &str| {
-        let status = std::process::Command::new("kill")
-            .args([sig, &ssh.pid().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill {sig}");
-    };
-    signal("-STOP");
+    ssh.signal("STOP");
     let resp = burrow
         .https_client_no_timeout()
         .get(burrow.https_url(&url.host(), "/hello"))
@@ -604,7 +590,7 @@ async fn a_channel_confirmed_after_the_visitor_left_is_closed() {
         .unwrap();
     expect_status(resp, 504, "the client is stopped").await;
     // Now the client wakes, connects to the app and confirms the open.
-    signal("-CONT");
+    ssh.signal("CONT");
     let (mut conn, _) = tokio::time::timeout(Duration::from_secs(10), app.accept())
         .await
         .expect("the woken client connects to the app")

@@ -256,16 +256,6 @@ fn ssh(burrow: &Burrow, ident: Ident<'_>, args: &[&str], remote: &[&str]) -> Cli
     ssh_as(burrow, ident, batch, "test", args, remote)
 }
 
-/// Sends `sig` to `pid` through the shell's `kill` builtin (no procps
-/// needed).
-fn send_signal(pid: u32, sig: &str) {
-    let st = Command::new("sh")
-        .args(["-c", &format!("kill -{sig} {pid}")])
-        .status()
-        .expect("run sh -c kill");
-    assert!(st.success(), "kill -{sig} {pid} failed");
-}
-
 /// Like [`send_signal`], ignoring failures (for clean-up in `Drop`).
 fn try_signal(pid: u32, sig: &str) {
     let _ = Command::new("sh")

@@ -701,12 +701,7 @@ impl Burrow {
 
     /// Sends a signal with the `kill` command.
     pub fn signal(&self, sig: &str) {
-        let st = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(st.success(), "kill -{sig} failed");
+        send_signal(self.pid(), sig);
     }
 
     /// Waits (bounded) for the burrow process to exit.
@@ -1038,6 +1033,11 @@ impl Ssh {
         self.child.id()
     }
 
+    /// Sends a signal (`STOP`, `CONT`, …) to the ssh client.
+    pub fn signal(&self, sig: &str) {
+        send_signal(self.pid(), sig);
+    }
+
     /// SIGKILLs the ssh client and reaps it.
     pub fn kill(&mut self) {
         if self.exit.is_none() {
@@ -1307,6 +1307,16 @@ fn ws_upgrade(mut req: Request<Incoming>) -> Response<OriginBody> {
 }
 
 /// A loopback port with nothing listening on it (bound, then released).
+/// Sends signal `sig` (`STOP`, `TERM`, …) to `pid` with the `kill` command.
+pub fn send_signal(pid: u32, sig: &str) {
+    let st = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(st.success(), "kill -{sig} {pid} failed");
+}
+
 pub fn dead_port() -> u16 {
     let l = StdTcpListener::bind("127.0.0.1:0").expect("bind");
     let p = l.local_addr().unwrap().port();
