@@ -22,6 +22,46 @@ const V1_MAX: usize = 107;
 /// Largest v2 header accepted (16-byte preamble + addresses + TLVs).
 const V2_MAX: usize = 16 + 512;
 
+/// Which HAProxy PROXY protocol header a tunnel's app gets (`proxy=`), if
+/// any.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyHeader {
+    V1,
+    V2,
+}
+
+/// The HAProxy PROXY protocol header announcing `source` → `destination`.
+pub fn proxy_header(version: ProxyHeader, source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+    let (source, destination) = same_family(source, destination);
+    match version {
+        ProxyHeader::V1 => ppp::v1::Addresses::from((source, destination))
+            .to_string()
+            .into_bytes(),
+        ProxyHeader::V2 => ppp::v2::Builder::with_addresses(
+            ppp::v2::Version::Two | ppp::v2::Command::Proxy,
+            ppp::v2::Protocol::Stream,
+            (source, destination),
+        )
+        .build()
+        .expect("a PROXY v2 header with two addresses always encodes"),
+    }
+}
+
+/// Both addresses in one family (the header has one): IPv4 when both can
+/// be, else IPv6 with IPv4 addresses mapped.
+fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
+    let canonical = |s: SocketAddr| SocketAddr::new(s.ip().to_canonical(), s.port());
+    let (a, b) = (canonical(a), canonical(b));
+    if a.is_ipv4() == b.is_ipv4() {
+        return (a, b);
+    }
+    let v6 = |s: SocketAddr| match s.ip() {
+        std::net::IpAddr::V4(ip) => SocketAddr::new(ip.to_ipv6_mapped().into(), s.port()),
+        std::net::IpAddr::V6(_) => s,
+    };
+    (v6(a), v6(b))
+}
+
 /// The trusted proxy networks.
 #[derive(Clone, Default)]
 pub struct TrustedProxies(Arc<[IpNet]>);
@@ -173,6 +213,23 @@ fn parse(header: &[u8]) -> std::io::Result<Option<SocketAddr>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn proxy_headers_written_here_read_back_here() {
+        let source: SocketAddr = "203.0.113.9:51000".parse().unwrap();
+        let destination: SocketAddr = "[::ffff:192.0.2.1]:20001".parse().unwrap();
+        for version in [ProxyHeader::V1, ProxyHeader::V2] {
+            let bytes = proxy_header(version, source, destination);
+            assert!(
+                matches!(header_length(&bytes), Ok(Length::Complete(n)) if n == bytes.len()),
+                "{version:?}: the reader takes exactly the header"
+            );
+            assert_eq!(parse(&bytes).unwrap(), Some(source), "{version:?}");
+        }
+        let mixed = same_family(source, "[2001:db8::1]:443".parse().unwrap());
+        assert_eq!(mixed.0, "[::ffff:203.0.113.9]:51000".parse().unwrap());
+    }
+
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn through(bytes: Vec<u8>, trusted: &[&str]) -> (std::io::Result<SocketAddr>, Vec<u8>) {

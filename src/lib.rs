@@ -97,7 +97,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     let ip_guard = Arc::new(limits::ssh::IpGuard::new(&config.limits));
     let refusals = Arc::new(limits::Refusals::default());
     let trusted = forwarded::TrustedProxies::new(&config.limits.trusted_proxies);
-    let spool = pipe::spool::Budget::new(config.spool.spool());
+    let spool = pipe::spool::Budget::new((&config.spool).into());
     let custom = Arc::new(custom::CustomDomains::new(
         &config,
         Arc::clone(&certs),
@@ -246,7 +246,10 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         // accept loop starts right below, before any order gets that far).
         acme.start().await;
     }
-    addrs.announce(registry.public());
+    addrs.announce(
+        &registry.public().domain,
+        &registry.public().connect_command(),
+    );
 
     let expiry = tunnel::expiry::Limits {
         idle: config.limits.tunnel_idle_timeout,

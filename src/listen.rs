@@ -96,13 +96,13 @@ pub struct BoundAddrs {
 impl BoundAddrs {
     /// One machine-readable line for scripts and tests (ports may be 0 in
     /// the flags), then the command a user would type.
-    pub fn announce(&self, public: &crate::tunnel::public::Public) {
+    pub fn announce(&self, domain: &str, connect: &str) {
         use std::io::Write;
         println!(
-            "burrow ready: ssh={} http={} https={} stats={} domain={}",
-            self.ssh, self.http, self.https, self.stats, public.domain
+            "burrow ready: ssh={} http={} https={} stats={} domain={domain}",
+            self.ssh, self.http, self.https, self.stats
         );
-        println!("connect with: {}", public.connect_command());
+        println!("connect with: {connect}");
         let _ = std::io::stdout().flush();
     }
 }

@@ -41,13 +41,14 @@ pub fn hangup_signal() -> Result<tokio::signal::unix::Signal> {
 
 /// Runs until shutdown.
 pub async fn watch(reload: Reload, mut hangup: tokio::signal::unix::Signal, shutdown: Shutdown) {
-    let mut poll = tokio::time::interval(POLL);
-    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut poll = shutdown.ticker(POLL);
     loop {
         let forced = tokio::select! {
-            _ = shutdown.requested() => return,
+            polled = poll.tick() => match polled {
+                true => false,
+                false => return,
+            },
             _ = hangup.recv() => true,
-            _ = poll.tick() => false,
         };
         if forced {
             tracing::info!("SIGHUP: reloading the keys file and the TLS certificate");

@@ -61,11 +61,62 @@ impl Shutdown {
         self.tasks.spawn(task);
     }
 
+    /// A tick every `period` until shutdown begins: the loop of every
+    /// housekeeping task.
+    pub fn ticker(&self, period: Duration) -> Ticker {
+        Ticker {
+            shutdown: Some(self.clone()),
+            ..Ticker::every(period)
+        }
+    }
+
+    /// Runs `work` unless shutdown begins first (`None` then).
+    pub async fn unless_requested<T>(&self, work: impl Future<Output = T>) -> Option<T> {
+        tokio::select! {
+            _ = self.requested() => None,
+            done = work => Some(done),
+        }
+    }
+
     /// Waits for tracked tasks to finish, at most `grace`. Returns whether
     /// they all did.
     pub async fn drain(&self, grace: Duration) -> bool {
         self.tasks.close();
         tokio::time::timeout(grace, self.tasks.wait()).await.is_ok()
+    }
+}
+
+/// A periodic tick: the first one `period` after it was made, late ones
+/// delayed rather than bunched up (a slow pass never causes a burst).
+pub struct Ticker {
+    interval: tokio::time::Interval,
+    /// Ends the ticks once shutdown begins; `None`: they never end (the
+    /// task is dropped instead).
+    shutdown: Option<Shutdown>,
+}
+
+impl Ticker {
+    /// A tick every `period`, for as long as it is polled.
+    pub fn every(period: Duration) -> Ticker {
+        let start = tokio::time::Instant::now() + period;
+        let mut interval = tokio::time::interval_at(start, period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Ticker {
+            interval,
+            shutdown: None,
+        }
+    }
+
+    /// Waits for the next tick; `false` once shutdown has begun.
+    pub async fn tick(&mut self) -> bool {
+        let Some(shutdown) = &self.shutdown else {
+            self.interval.tick().await;
+            return true;
+        };
+        tokio::select! {
+            _ = shutdown.requested() => false,
+            _ = self.interval.tick() => true,
+        }
     }
 }
 

@@ -19,14 +19,8 @@ pub async fn run(every: Duration, shutdown: Shutdown) {
     if every.is_zero() || !supported() {
         return;
     }
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    tick.tick().await;
-    loop {
-        tokio::select! {
-            _ = shutdown.requested() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticker = shutdown.ticker(every);
+    while ticker.tick().await {
         let started = std::time::Instant::now();
         let released = tokio::task::spawn_blocking(trim).await.unwrap_or(false);
         tracing::trace!(

@@ -31,6 +31,7 @@ use tokio::sync::broadcast::error::RecvError;
 use super::{renew, store, Acme, Issued, Managed, Obtained, MAIN_FILE};
 use crate::cluster::certs::{CertChange, SharedCerts};
 use crate::cluster::store::CertKind;
+use crate::shutdown::Ticker;
 
 /// The kind ACME's certificates are stored as.
 pub const KIND: CertKind = CertKind::Acme;
@@ -264,11 +265,10 @@ impl Acme {
 /// Renews this node's lock on `managed` every third of `LOCK_TTL`, for as
 /// long as it is polled (the order runs); never returns.
 async fn keep_lock(shared: &SharedCerts, managed: &Managed) -> std::convert::Infallible {
-    let mut tick = tokio::time::interval(LOCK_TTL / 3);
-    tick.tick().await;
+    let mut ticker = Ticker::every(LOCK_TTL / 3);
     let mut lost = false;
     loop {
-        tick.tick().await;
+        ticker.tick().await;
         match shared.renew_lock(&managed.file, LOCK_TTL).await {
             Ok(true) => lost = false,
             Ok(false) if !lost => {

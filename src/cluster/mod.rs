@@ -46,8 +46,9 @@ use crate::limits::ip_key;
 use crate::limits::ssh::{Block, IpGuard};
 use crate::pipe::spool::Budget;
 use crate::shutdown::Shutdown;
-use crate::tunnel::directory::{Directory, Forwarded, Member, Members, Remote, Verdict};
+use crate::tunnel::directory::{Directory, Forwarded, Member, Members, Verdict};
 use crate::tunnel::registry::RESERVED_WAIT;
+use crate::tunnel::route::Remote;
 use crate::tunnel::{
     unix_ms, BoxFuture, ByteStream, ClaimError, Kind, OpenError, Registry, Tunnel,
 };
@@ -164,6 +165,7 @@ impl Cluster {
             .await
             .context("cannot register this node in Redis")?;
         cluster.resync_bans().await;
+        cluster.tcp.follow_cluster();
         cluster.follow_ports().await;
         tracing::info!(node = %cluster.node, link = %cluster.advertise, incarnation = cluster.incarnation, "joined the cluster");
         Ok(cluster)
@@ -306,13 +308,8 @@ impl Cluster {
     /// down and coming back (then registers every tunnel again), and nodes
     /// dying (then their names are cleaned up, by one node).
     async fn heartbeat(self: Arc<Self>, shutdown: Shutdown) {
-        let mut tick = tokio::time::interval(self.ttl / 3);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.requested() => return,
-                _ = tick.tick() => {}
-            }
+        let mut ticker = shutdown.ticker(self.ttl / 3);
+        while ticker.tick().await {
             let result = self.beat().await;
             let was_up = self.redis_up.swap(result.is_ok(), Ordering::Relaxed);
             match (was_up, result) {

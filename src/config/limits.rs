@@ -177,18 +177,6 @@ pub struct SpoolArgs {
     pub spool_dir: Option<PathBuf>,
 }
 
-impl SpoolArgs {
-    pub fn spool(&self) -> crate::pipe::spool::SpoolLimits {
-        crate::pipe::spool::SpoolLimits {
-            memory_per_stream: self.spool_memory_per_stream,
-            disk_per_stream: self.spool_disk_per_stream,
-            memory_total: self.spool_memory_total,
-            disk_total: self.spool_disk_total,
-            dir: self.spool_dir.clone().unwrap_or_else(std::env::temp_dir),
-        }
-    }
-}
-
 /// Keep-alive connections to users' apps, reused across requests.
 #[derive(clap::Args, Debug, Clone)]
 #[command(next_help_heading = "Connection pool")]

@@ -20,9 +20,9 @@ use std::sync::Arc;
 use crate::config::{Config, Switch};
 use crate::shutdown::Shutdown;
 use crate::subdomain;
-use crate::tunnel::directory::Holder;
 use crate::tunnel::options::Tls;
 use crate::tunnel::registry::Pick;
+use crate::tunnel::route::Held;
 use crate::tunnel::{is_custom_key, Client, ConnId, Kind, Notice, Registry};
 
 pub struct CustomDomains {
@@ -63,9 +63,7 @@ impl CustomDomains {
         if !subdomain::is_custom_name(&name, &self.registry.public().domain) {
             return None;
         }
-        let tunnel = self
-            .registry
-            .find(&name, crate::tunnel::registry::Pick::Oldest)?;
+        let tunnel = self.registry.find(&name, Pick::Oldest)?;
         (tunnel.kind() == Kind::Name).then_some(name)
     }
 
@@ -76,7 +74,7 @@ impl CustomDomains {
         if let Some(name) = self.bound_name(host) {
             return Some(name);
         }
-        if !self.enabled || self.registry.directory().is_none() {
+        if !self.enabled {
             return None;
         }
         let name = subdomain::strip_port(host)
@@ -85,10 +83,9 @@ impl CustomDomains {
         if !subdomain::is_custom_name(&name, &self.registry.public().domain) {
             return None;
         }
-        match self.registry.route(&name, Pick::Oldest).await {
-            Holder::There(_) | Holder::Gone => Some(name),
-            Holder::Here(tunnel) => (tunnel.kind() == Kind::Name).then_some(name),
-            Holder::Nobody | Holder::Unresolved => None,
+        match self.registry.held(&name).await {
+            Held::HereByName | Held::Elsewhere => Some(name),
+            Held::HereOtherwise | Held::Unknown | Held::Nowhere => None,
         }
     }
 
@@ -96,16 +93,7 @@ impl CustomDomains {
     /// here, or in a cluster on another node (or one reconnecting), or the
     /// directory cannot say now (then it is kept, to be asked again).
     pub async fn wants_certificate(&self, name: &str) -> bool {
-        if self.bound_name(name).is_some() {
-            return true;
-        }
-        if self.registry.directory().is_none() {
-            return false;
-        }
-        !matches!(
-            self.registry.route(name, Pick::Oldest).await,
-            Holder::Nobody
-        )
+        self.bound_name(name).is_some() || self.registry.held(name).await != Held::Nowhere
     }
 
     /// After `name` was bound by `client`: issues its certificate in the
@@ -150,19 +138,13 @@ impl CustomDomains {
             return;
         }
         let mut failed_once = HashSet::new();
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = shutdown.requested() => return,
-                _ = tick.tick() => {}
-            }
+        let mut ticker = shutdown.ticker(every);
+        while ticker.tick().await {
             let pass = self.check_all(&failed_once);
-            failed_once = tokio::select! {
-                _ = shutdown.requested() => return,
-                failing = pass => failing,
+            let Some(failing) = shutdown.unless_requested(pass).await else {
+                return;
             };
+            failed_once = failing;
         }
     }
 

@@ -26,8 +26,8 @@ use crate::http::proxy::Proxy;
 use crate::http::{forward, pages, Body, ConnLimits, Scheme};
 use crate::pipe::relay::Relays;
 use crate::shutdown::Shutdown;
-use crate::tunnel::directory::Holder;
 use crate::tunnel::registry::Pick;
+use crate::tunnel::route::Holder;
 
 /// What the visitor's edge works with.
 pub struct Edge {
@@ -126,9 +126,8 @@ impl Edge {
                 Holder::There(remote) => {
                     let visitor = self.proxy.trusted.visitor(req.headers(), peer);
                     let local = local_addr(&req).unwrap_or(self.proxy.https_addr);
-                    let registry = &self.proxy.registry;
                     let to = (visitor, local, scheme);
-                    let response = forward::forward(registry, &self.shutdown, &remote, req, to);
+                    let response = forward::forward(&self.shutdown, &remote, req, to);
                     return (response.await, Served::Elsewhere);
                 }
                 Holder::Gone => forward::gone(req.headers(), &host),

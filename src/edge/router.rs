@@ -7,12 +7,7 @@ use std::sync::Arc;
 
 use crate::custom::CustomDomains;
 use crate::subdomain::{is_valid_label, strip_port};
-use crate::tunnel::directory::{Holder, Remote};
-use crate::tunnel::registry::Pick;
-use crate::tunnel::{Kind, Registry, OPTIONS_WAIT};
-
-/// How often a remote name's options are looked for while they settle.
-const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+use crate::tunnel::Registry;
 
 /// Where a request's Host points, relative to the server's domain.
 #[derive(Debug, PartialEq, Eq)]
@@ -97,9 +92,9 @@ impl Router {
     }
 
     /// Whether TLS with SNI `server_name` is terminated, passed through or
-    /// refused. A new tunnel's `tls=` option may still be on its way: this
-    /// waits for it (bounded), so a first connection is never terminated
-    /// by mistake.
+    /// refused. A new tunnel's `tls=` option may still be on its way, here
+    /// or on another node: [`Registry::passthrough`] waits for it
+    /// (bounded), so a first connection is never terminated by mistake.
     pub async fn tls(&self, server_name: Option<&str>) -> TlsRoute {
         let Some(name) = server_name else {
             return TlsRoute::Terminate;
@@ -109,39 +104,13 @@ impl Router {
             Route::Apex | Route::Malformed => return TlsRoute::Terminate,
             Route::Tunnel(key) => key,
         };
-        let passthrough = match self.registry.route(&key, Pick::Oldest).await {
-            Holder::Here(tunnel) if tunnel.kind() == Kind::Name => {
-                tunnel.options_settled().await;
-                tunnel.passthrough()
-            }
-            Holder::There(remote) => self.remote_passthrough(&key, remote).await,
-            _ => return TlsRoute::Terminate,
+        let Some(passthrough) = self.registry.passthrough(&key).await else {
+            return TlsRoute::Terminate;
         };
         match (passthrough, crate::tunnel::is_custom_key(&key)) {
             (true, _) => TlsRoute::Passthrough(key),
             (false, true) => TlsRoute::TerminateCustom(key),
             (false, false) => TlsRoute::Terminate,
-        }
-    }
-
-    /// Whether a name held on another node passes TLS through: its client's
-    /// options may still be on their way there, so this waits (at most
-    /// `OPTIONS_WAIT`) for the directory to learn them.
-    async fn remote_passthrough(&self, key: &str, mut remote: Remote) -> bool {
-        let deadline = tokio::time::Instant::now() + OPTIONS_WAIT;
-        loop {
-            if let Some(raw) = remote.member.raw {
-                return raw;
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(SETTLE_POLL).await;
-            match self.registry.route(key, Pick::Oldest).await {
-                Holder::There(next) => remote = next,
-                Holder::Here(tunnel) => return tunnel.passthrough(),
-                _ => return false,
-            }
         }
     }
 
@@ -152,15 +121,7 @@ impl Router {
         let Route::Tunnel(key) = self.route(host).await else {
             return false;
         };
-        match self.registry.route(&key, Pick::Oldest).await {
-            Holder::Here(tunnel) => {
-                // A new tunnel's `tls=` may still be on its way.
-                tunnel.options_settled().await;
-                !tunnel.passthrough()
-            }
-            Holder::There(remote) => !self.remote_passthrough(&key, remote).await,
-            Holder::Gone | Holder::Nobody | Holder::Unresolved => true,
-        }
+        self.registry.passthrough(&key).await != Some(true)
     }
 }
 

@@ -20,8 +20,8 @@ use super::{pages, rewrite, Body, Scheme};
 use crate::counters::COUNTERS;
 use crate::pipe::relay::{self, RelayLimits};
 use crate::shutdown::Shutdown;
-use crate::tunnel::directory::{Carry, Forwarded, Remote};
-use crate::tunnel::Registry;
+use crate::tunnel::directory::{Carry, Forwarded};
+use crate::tunnel::route::Remote;
 
 /// Retry-After for a tunnel whose node cannot be reached: its client is
 /// reconnecting to another node meanwhile.
@@ -29,15 +29,11 @@ pub const RETRY_SECS: u32 = 5;
 
 /// Sends `req` (for `host`) to the node holding `remote`.
 pub async fn forward(
-    registry: &Registry,
     shutdown: &Shutdown,
     remote: &Remote,
     mut req: Request<Incoming>,
     (visitor, local, scheme): (SocketAddr, SocketAddr, Scheme),
 ) -> Response<Body> {
-    let Some(directory) = registry.directory() else {
-        return unreachable(&req, &remote.member.node, "not in a cluster");
-    };
     COUNTERS.forwarded("http");
     let forwarded = Forwarded {
         carry: Carry::Http {
@@ -46,11 +42,11 @@ pub async fn forward(
         visitor,
         local,
     };
-    let stream = match directory.open(remote, forwarded).await {
+    let stream = match remote.open(forwarded).await {
         Ok(stream) => stream,
         Err(err) => {
             tracing::debug!(key = %remote.key, node = %remote.member.node, error = ?err, "forwarding failed");
-            return unreachable(&req, &remote.member.node, &err.to_string());
+            return unreachable_with(req.headers(), &remote.member.node, &err.to_string());
         }
     };
     let upgrade = rewrite::wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
@@ -127,10 +123,6 @@ fn relay_upgrade(
             _ = stop.finishing() => {}
         }
     });
-}
-
-fn unreachable(req: &Request<Incoming>, node: &str, why: &str) -> Response<Body> {
-    unreachable_with(req.headers(), node, why)
 }
 
 /// 502 naming the node and the cause, with `Retry-After`.

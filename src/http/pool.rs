@@ -51,13 +51,8 @@ impl Pools {
     /// second until shutdown, so they expire within a second of their
     /// timeout.
     pub async fn prune(registry: Arc<Registry>, shutdown: Shutdown) {
-        let mut tick = tokio::time::interval(PRUNE_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.requested() => return,
-                _ = tick.tick() => {}
-            }
+        let mut ticker = shutdown.ticker(PRUNE_EVERY);
+        while ticker.tick().await {
             for tunnel in registry.tunnels() {
                 if let Some(pool) = tunnel.existing_extension::<Pool>() {
                     pool.prune();

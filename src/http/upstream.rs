@@ -13,7 +13,6 @@ use hyper_util::rt::TokioIo;
 use super::pool::{Lent, Pools, Sender};
 use super::{pages, Body};
 use crate::counters::COUNTERS;
-use crate::pipe::relay;
 use crate::tunnel::options::ProxyHeader;
 use crate::tunnel::{OpenError, Registry, Tunnel};
 
@@ -123,7 +122,7 @@ async fn connect(
     let mut io = tunnel.open(visitor).await.map_err(SendError::Open)?;
     if let Some((version, local)) = proxy {
         use tokio::io::AsyncWriteExt;
-        let header = relay::proxy_header(version, visitor, local);
+        let header = crate::forwarded::proxy_header(version, visitor, local);
         // A failed write shows up as the handshake's or the request's error.
         let _ = io.write_all(&header).await;
     }

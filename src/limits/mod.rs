@@ -184,13 +184,8 @@ pub async fn housekeep(
     refusals: std::sync::Arc<Refusals>,
     shutdown: crate::shutdown::Shutdown,
 ) {
-    let mut tick = tokio::time::interval(PRUNE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = shutdown.requested() => return,
-            _ = tick.tick() => {}
-        }
+    let mut ticker = shutdown.ticker(PRUNE_EVERY);
+    while ticker.tick().await {
         for (ip, block) in ip_guard.prune() {
             tracing::info!(%ip, reason = %block.reason, "ip unblocked: block expired");
         }

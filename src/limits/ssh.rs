@@ -60,6 +60,15 @@ pub enum Admission {
     },
 }
 
+/// Which connections `--max-conns-per-minute` counted.
+#[derive(Clone, Copy)]
+enum RateScope {
+    /// This node's, in its own sliding minute.
+    ThisNode,
+    /// Every node's, in the shared per-minute counter.
+    Cluster,
+}
+
 pub struct IpGuard {
     max_per_minute: u32,
     violations_before_block: u32,
@@ -169,15 +178,7 @@ impl IpGuard {
             if times.len() >= self.max_per_minute as usize {
                 let wait = MINUTE.saturating_sub(now.duration_since(times[0]));
                 drop(times);
-                let refusal = Refusal::new(
-                    "max-conns-per-minute",
-                    format!(
-                        "more than {} new SSH connections per minute from your IP; try again in {}",
-                        self.max_per_minute,
-                        human(wait)
-                    ),
-                )
-                .retry_after(wait);
+                let refusal = self.conn_rate_refusal(RateScope::ThisNode, wait);
                 return self.violation(key, refusal, false);
             }
             times.push_back(now);
@@ -189,6 +190,34 @@ impl IpGuard {
             guard: Arc::clone(self),
             key,
         })
+    }
+
+    /// `--max-conns-per-minute` over every node of a cluster: `count` is
+    /// the IP's connections this minute to any node (a shared counter, so
+    /// approximate at the minute's edges). `Some` when it is over. Not a
+    /// violation: the node that counted past the limit may not be this one.
+    pub fn over_cluster_rate(&self, count: u64) -> Option<Refusal> {
+        let over = self.limits_conn_rate() && count > u64::from(self.max_per_minute);
+        over.then(|| self.conn_rate_refusal(RateScope::Cluster, MINUTE))
+    }
+
+    /// Whether `--max-conns-per-minute` is on (a cluster need not count).
+    pub fn limits_conn_rate(&self) -> bool {
+        self.max_per_minute > 0
+    }
+
+    /// The one `--max-conns-per-minute` refusal.
+    fn conn_rate_refusal(&self, scope: RateScope, wait: Duration) -> Refusal {
+        let to = match scope {
+            RateScope::ThisNode => "",
+            RateScope::Cluster => " to this service",
+        };
+        let limit = self.max_per_minute;
+        let message = format!(
+            "more than {limit} new SSH connections per minute from your IP{to}; try again in {}",
+            human(wait)
+        );
+        Refusal::new("max-conns-per-minute", message).retry_after(wait)
     }
 
     /// Counts a violation for `key`; blocks it when the count is reached.

@@ -284,9 +284,7 @@ fn unban(ops: &Ops, ip: &str) -> Response<Body> {
     if !ops.ip_guard.unblock(parsed) {
         return error(StatusCode::NOT_FOUND, &format!("{ip} is not banned"));
     }
-    if let Some(directory) = ops.registry.directory() {
-        directory.unblocked(parsed);
-    }
+    ops.registry.unblocked(parsed);
     tracing::info!(ip = %parsed, "ban lifted through the admin API");
     json(
         StatusCode::OK,

@@ -18,9 +18,9 @@ use crate::counters::COUNTERS;
 use crate::limits::http::{Slot, TunnelGate};
 use crate::limits::ssh::IpGuard;
 use crate::limits::{human, Activity, Refusals, Side};
-use crate::tunnel::directory::{Carry, Forwarded, Holder, Remote};
-use crate::tunnel::options::ProxyHeader;
+use crate::tunnel::directory::{Carry, Forwarded};
 use crate::tunnel::registry::Pick;
+use crate::tunnel::route::{Holder, Remote};
 use crate::tunnel::{ByteStream, Registry, Tunnel};
 
 /// What raw relays (TCP ports, TLS passthrough) work with.
@@ -214,16 +214,11 @@ impl Relays {
         visitor: SocketAddr,
         local: SocketAddr,
     ) -> Result<Upstream, Unserved> {
-        if self.registry.directory().is_some() {
-            match self.registry.route(key, Pick::Next).await {
-                Holder::There(remote) => return self.open_there(&remote, visitor, local).await,
-                Holder::Gone | Holder::Nobody | Holder::Unresolved => {
-                    return Err(Unserved::NoClient)
-                }
-                Holder::Here(_) => {}
-            }
+        match self.registry.route(key, Pick::Next).await {
+            Holder::There(remote) => self.open_there(&remote, visitor, local).await,
+            Holder::Here(_) => self.connect_here(key, visitor).await,
+            Holder::Gone | Holder::Nobody | Holder::Unresolved => Err(Unserved::NoClient),
         }
-        self.connect_here(key, visitor).await
     }
 
     /// Relays `stream` (after `prefix`, bytes already read from it) through
@@ -246,7 +241,7 @@ impl Relays {
         };
         let proxy = tunnel.as_ref().and_then(|t| t.client().options().proxy);
         let mut head = proxy
-            .map(|version| proxy_header(version, visitor, local))
+            .map(|version| crate::forwarded::proxy_header(version, visitor, local))
             .unwrap_or_default();
         head.extend_from_slice(prefix);
         if !head.is_empty() && io.write_all(&head).await.is_err() {
@@ -287,7 +282,6 @@ impl Relays {
         visitor: SocketAddr,
         local: SocketAddr,
     ) -> Result<Upstream, Unserved> {
-        let directory = self.registry.directory().ok_or(Unserved::NoClient)?;
         if self.ip_guard.blocked(visitor.ip()).is_some() {
             return Err(Unserved::Blocked);
         }
@@ -297,7 +291,7 @@ impl Relays {
             visitor,
             local,
         };
-        match directory.open(remote, forwarded).await {
+        match remote.open(forwarded).await {
             Ok(link) => Ok(Upstream::There(link)),
             // The node's own words when it answered, else the link's.
             Err(err) => Err(Unserved::Failed(err.to_string())),
@@ -387,38 +381,6 @@ impl std::fmt::Display for Unserved {
     }
 }
 
-/// The HAProxy PROXY protocol header announcing `source` → `destination`.
-pub fn proxy_header(version: ProxyHeader, source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
-    let (source, destination) = same_family(source, destination);
-    match version {
-        ProxyHeader::V1 => ppp::v1::Addresses::from((source, destination))
-            .to_string()
-            .into_bytes(),
-        ProxyHeader::V2 => ppp::v2::Builder::with_addresses(
-            ppp::v2::Version::Two | ppp::v2::Command::Proxy,
-            ppp::v2::Protocol::Stream,
-            (source, destination),
-        )
-        .build()
-        .expect("a PROXY v2 header with two addresses always encodes"),
-    }
-}
-
-/// Both addresses in one family (the header has one): IPv4 when both can
-/// be, else IPv6 with IPv4 addresses mapped.
-fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
-    let canonical = |s: SocketAddr| SocketAddr::new(s.ip().to_canonical(), s.port());
-    let (a, b) = (canonical(a), canonical(b));
-    if a.is_ipv4() == b.is_ipv4() {
-        return (a, b);
-    }
-    let v6 = |s: SocketAddr| match s.ip() {
-        std::net::IpAddr::V4(ip) => SocketAddr::new(ip.to_ipv6_mapped().into(), s.port()),
-        std::net::IpAddr::V6(_) => s,
-    };
-    (v6(a), v6(b))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,20 +425,5 @@ mod tests {
         };
         let end = relay(a, b, &limits).await;
         assert_eq!(end, RelayEnd::Idle);
-    }
-
-    #[test]
-    fn proxy_headers_parse_back() {
-        let source: SocketAddr = "203.0.113.9:51000".parse().unwrap();
-        let destination: SocketAddr = "[::ffff:192.0.2.1]:20001".parse().unwrap();
-        for version in [ProxyHeader::V1, ProxyHeader::V2] {
-            let bytes = proxy_header(version, source, destination);
-            let parsed = ppp::HeaderResult::parse(&bytes);
-            let text = format!("{parsed:?}");
-            assert!(text.contains("203.0.113.9"), "{version:?}: {text}");
-            assert!(text.contains("51000"), "{version:?}: {text}");
-        }
-        let mixed = same_family(source, "[2001:db8::1]:443".parse().unwrap());
-        assert_eq!(mixed.0, "[::ffff:203.0.113.9]:51000".parse().unwrap());
     }
 }

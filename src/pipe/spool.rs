@@ -53,6 +53,18 @@ pub struct SpoolLimits {
     pub dir: PathBuf,
 }
 
+impl From<&crate::config::SpoolArgs> for SpoolLimits {
+    fn from(args: &crate::config::SpoolArgs) -> Self {
+        SpoolLimits {
+            memory_per_stream: args.spool_memory_per_stream,
+            disk_per_stream: args.spool_disk_per_stream,
+            memory_total: args.spool_memory_total,
+            disk_total: args.spool_disk_total,
+            dir: args.spool_dir.clone().unwrap_or_else(std::env::temp_dir),
+        }
+    }
+}
+
 /// Process-wide spool accounting, shared by every spool.
 pub struct Budget {
     limits: SpoolLimits,

@@ -8,6 +8,7 @@
 //! clients in the registry ([`Listening`] is dropped with the group).
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +39,9 @@ pub struct TcpPorts {
     /// In a cluster: listeners of ports held on other nodes (their
     /// visitors are relayed there), so every node accepts on every port.
     standby: DashMap<u16, Listening>,
+    /// Set when the node joins a cluster: it stands by for the ports other
+    /// nodes hold.
+    follows_cluster: AtomicBool,
     /// Accept loops and relays are tasks shutdown waits for.
     shutdown: Shutdown,
 }
@@ -66,6 +70,7 @@ impl TcpPorts {
             closing: Arc::new(DashMap::new()),
             relays,
             standby: DashMap::new(),
+            follows_cluster: AtomicBool::new(false),
             shutdown,
         }
     }
@@ -88,6 +93,21 @@ impl TcpPorts {
     }
 
     /// In a cluster: `port` is held nowhere else any more.
+    /// This node lost the claim of `port`, which it had bound, to another
+    /// key: a node standing by for other nodes' ports keeps accepting for
+    /// it (the binding took its stand-by listener down).
+    pub async fn held_by_another(&self, port: u16) {
+        if self.follows_cluster.load(Ordering::Relaxed) {
+            self.stand_by(port).await;
+        }
+    }
+
+    /// From now on this node accepts on ports held on other nodes of its
+    /// cluster (`stand_by`), and keeps doing so when a claim here fails.
+    pub fn follow_cluster(&self) {
+        self.follows_cluster.store(true, Ordering::Relaxed);
+    }
+
     pub fn stand_down(&self, port: u16) {
         self.standby.remove(&port);
     }

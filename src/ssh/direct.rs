@@ -26,9 +26,8 @@ use super::Server;
 use crate::counters::{Traffic, COUNTERS};
 use crate::pipe::channel::ChannelIo;
 use crate::pipe::relay::Upstream;
-use crate::tunnel::directory::Holder;
 use crate::tunnel::private::{self, Access, Alias, Refused};
-use crate::tunnel::registry::Pick;
+use crate::tunnel::route::{AliasOwner, NoDevice};
 
 /// One `direct-tcpip` open, as the client sent it.
 pub struct Request {
@@ -152,24 +151,15 @@ async fn admit(server: &Server, request: &Request) -> Result<Alias, Refusal> {
             ),
         ));
     };
-    let (owner, allow_keys) = match server.registry.route(&alias.key(), Pick::Oldest).await {
-        Holder::Here(tunnel) => {
-            let options = tunnel.options_settled().await;
-            (
-                tunnel.owner().map(str::to_string),
-                options.allow_keys.clone(),
-            )
-        }
-        // The device is on another node: the directory has its key and
-        // its allow-keys= (once its options are final).
-        Holder::There(remote) => (remote.member.owner, remote.member.allow_keys),
-        Holder::Gone => {
+    let AliasOwner { owner, allow_keys } = match server.registry.alias_owner(&alias.key()).await {
+        Ok(owner) => owner,
+        Err(NoDevice::Moving) => {
             return Err(Refusal::connect_failed(
                 "no-device",
                 format!("{alias} is reconnecting to another node; try again in a few seconds"),
             ))
         }
-        Holder::Nobody | Holder::Unresolved => {
+        Err(NoDevice::Nobody) => {
             return Err(Refusal::connect_failed(
                 "no-device",
                 format!("no device holds the private alias {alias} now"),

@@ -258,8 +258,7 @@ impl Forwards {
     async fn check_tunnel_limits(&self) -> Result<(), Refusal> {
         let limits = &self.server.limits;
         let registry = &self.server.registry;
-        let directory = registry.directory();
-        let total = directory.map_or(registry.len(), |d| d.tunnels_total());
+        let total = registry.tunnels_total();
         if limits.max_tunnels > 0 && total >= limits.max_tunnels as usize {
             return Err(Refusal::new(
                 "max-tunnels",
@@ -269,15 +268,11 @@ impl Forwards {
                 ),
             ));
         }
-        let here = registry.count_for_ip(self.ip);
-        let everywhere = match directory {
-            Some(directory) if limits.max_tunnels_per_ip > 0 => {
-                directory.tunnels_of_ip(self.ip).await
-            }
-            _ => None,
-        };
-        let mine = everywhere.map_or(here, |n| (n as usize).max(here));
-        if limits.max_tunnels_per_ip > 0 && mine >= limits.max_tunnels_per_ip as usize {
+        if limits.max_tunnels_per_ip == 0 {
+            return Ok(());
+        }
+        let mine = registry.tunnels_of_ip_everywhere(self.ip).await;
+        if mine >= limits.max_tunnels_per_ip as usize {
             return Err(Refusal::new(
                 "max-tunnels-per-ip",
                 format!(
@@ -495,10 +490,7 @@ impl Forwards {
                         Ok(c) => claimed = Some((port, c)),
                         Err(ClaimError::Taken) => {
                             note = Some(("is in use by another key's tunnel", port));
-                            // Held on another node: keep accepting for it here.
-                            if server.registry.directory().is_some() {
-                                server.tcp.stand_by(port).await;
-                            }
+                            server.tcp.held_by_another(port).await;
                         }
                         Err(ClaimError::Duplicate) => {
                             let url = server.registry.public().tcp_url(port);

@@ -247,21 +247,13 @@ async fn admit(
 }
 
 /// In a cluster, `--max-conns-per-minute` counts the IP's connections to
-/// every node (a shared per-minute counter: approximate at the minute's
-/// edges). `Some` when this one is over it.
+/// every node. `Some` when this one is over it.
 async fn cluster_rate(server: &Server, ip: std::net::IpAddr) -> Option<crate::limits::Refusal> {
-    let limit = server.limits.max_conns_per_minute;
-    let directory = server.registry.directory().filter(|_| limit > 0)?;
-    let count = directory.count_connection(ip).await?;
-    (count > u64::from(limit)).then(|| {
-        crate::limits::Refusal::new(
-            "max-conns-per-minute",
-            format!(
-                "more than {limit} new SSH connections per minute from your IP to this service; try again in a minute"
-            ),
-        )
-        .retry_after(Duration::from_secs(60))
-    })
+    if !server.ip_guard.limits_conn_rate() {
+        return None;
+    }
+    let count = server.registry.connections_this_minute(ip).await?;
+    server.ip_guard.over_cluster_rate(count)
 }
 
 /// Writes one line and closes, without speaking SSH at all.

@@ -2,13 +2,14 @@
 //! how to reach them. On a single node there is no directory and the
 //! registry is the whole truth; with one (`cluster::Directory`, on Redis)
 //! a claim is checked cluster-wide first, and a lookup may answer that the
-//! name is held elsewhere ([`Holder::There`]), which the edge then
-//! forwards to that node. Nothing above `tunnel/` knows how the directory
-//! works.
+//! name is held elsewhere ([`super::route::Holder::There`]), which the
+//! edge then forwards to that node. Nothing above `tunnel/` knows how the
+//! directory works, or asks it: [`super::route`] does.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use super::route::Remote;
 use super::{BoxFuture, ByteStream, ClaimError, ConnId, OpenError, Tunnel};
 use crate::config::Balance;
 use crate::limits::ssh::Block;
@@ -45,30 +46,6 @@ pub enum Members {
     /// The directory cannot tell now (the shared store is down and the
     /// name is not cached): only this node's own tunnels can be served.
     Unknown,
-}
-
-/// A name held by a client on another node.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Remote {
-    /// The registry key.
-    pub key: String,
-    /// The client that was picked.
-    pub member: Member,
-}
-
-/// What a lookup found.
-pub enum Holder {
-    /// A client of this node.
-    Here(Arc<Tunnel>),
-    /// A client of another node: forward to it.
-    There(Remote),
-    /// Only clients of nodes that are gone: answer 503, try again soon.
-    Gone,
-    /// The directory cannot tell now (its store is down and the name is
-    /// not cached) and no client here holds it: answer 503, try again soon.
-    Unresolved,
-    /// Nobody holds the name.
-    Nobody,
 }
 
 /// What a stream to another node carries.

@@ -55,14 +55,9 @@ impl Expiry {
 
 /// Checks every tunnel each second until shutdown.
 pub async fn run(registry: Arc<Registry>, limits: Limits, shutdown: Shutdown) {
-    let mut tick = tokio::time::interval(TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut ticker = shutdown.ticker(TICK);
     let mut last_prune = tokio::time::Instant::now();
-    loop {
-        tokio::select! {
-            _ = shutdown.requested() => return,
-            _ = tick.tick() => {}
-        }
+    while ticker.tick().await {
         let prune = last_prune.elapsed() >= PRUNE_EVERY;
         if prune {
             last_prune = tokio::time::Instant::now();

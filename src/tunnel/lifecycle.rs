@@ -130,6 +130,14 @@ impl Registry {
         self.close_ip_here(ip, &block.until_utc(), &block.reason)
     }
 
+    /// `ip`'s block was lifted here (by the operator): in a cluster, every
+    /// node lifts it.
+    pub fn unblocked(&self, ip: IpAddr) {
+        if let Some(directory) = self.directory() {
+            directory.unblocked(ip);
+        }
+    }
+
     /// [`Registry::close_ip`] for a block that came from another node
     /// (this node only closes its own connections).
     pub fn close_ip_here(&self, ip: IpAddr, until_utc: &str, reason: &str) -> usize {

@@ -26,6 +26,7 @@ pub mod options;
 pub mod private;
 pub mod public;
 pub mod registry;
+pub mod route;
 
 use std::any::{Any, TypeId};
 use std::future::Future;

@@ -58,12 +58,7 @@ pub enum Tls {
     Passthrough,
 }
 
-/// Which HAProxy PROXY protocol header the local app gets, if any.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProxyHeader {
-    V1,
-    V2,
-}
+pub use crate::forwarded::ProxyHeader;
 
 /// HTTP Basic credentials, kept only as a salted hash.
 #[derive(Debug, Clone)]

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-use super::directory::{Directory, Holder, Member, Members, Remote};
+use super::directory::Directory;
 use super::public::Public;
 use super::{Client, ConnId, Kind, Tunnel};
 use crate::config::Balance;
@@ -208,13 +208,23 @@ impl Registry {
         let _ = self.directory.set(directory);
     }
 
-    /// The cluster's directory, when this node is in one.
-    pub fn directory(&self) -> Option<&Arc<dyn Directory>> {
+    /// The cluster's directory, when this node is in one: only the core
+    /// asks it ([`super::route`] decides "here or there" for everyone).
+    pub(super) fn directory(&self) -> Option<&Arc<dyn Directory>> {
         self.directory.get()
     }
 
     pub fn balance(&self) -> Balance {
         self.balance
+    }
+
+    /// The round-robin position over `key`'s cluster-wide members, moved
+    /// on by one.
+    pub(super) fn next_turn(&self, key: &str) -> usize {
+        let mut turn = self.turns.entry(key.to_string()).or_insert(0);
+        let start = *turn;
+        *turn = turn.wrapping_add(1);
+        start
     }
 
     /// How users are told where their tunnels are.
@@ -345,78 +355,6 @@ impl Registry {
         }
         self.inserted.notify_waiters();
         Ok(claimed)
-    }
-
-    /// Who serves `key` for a visitor: a client here, a client of another
-    /// node (in a cluster), only nodes that are gone, or nobody. Waits for
-    /// an announced name like [`Registry::lookup`].
-    pub async fn route(&self, key: &str, pick: Pick) -> Holder {
-        let Some(directory) = self.directory() else {
-            return self
-                .lookup(key, pick)
-                .await
-                .map_or(Holder::Nobody, Holder::Here);
-        };
-        let members = match directory.members(key).await {
-            Members::Known(members) if !members.is_empty() => members,
-            Members::Orphaned => return Holder::Gone,
-            // The store cannot tell: this node's own, if any.
-            Members::Unknown => {
-                let here = self.lookup(key, pick).await;
-                return here.map_or(Holder::Unresolved, Holder::Here);
-            }
-            // Nobody elsewhere: this node's own (an announced name waits).
-            Members::Known(_) => {
-                return self
-                    .lookup(key, pick)
-                    .await
-                    .map_or(Holder::Nobody, Holder::Here)
-            }
-        };
-        let me = directory.node();
-        for member in self.order(key, members, pick) {
-            if &*member.node != me {
-                let remote = Remote {
-                    key: key.to_string(),
-                    member,
-                };
-                return Holder::There(remote);
-            }
-            // Ours: the registry has it, unless it just left.
-            let here = self
-                .members(key)
-                .into_iter()
-                .find(|t| t.conn() == member.conn);
-            if let Some(tunnel) = here {
-                return Holder::Here(tunnel);
-            }
-        }
-        self.lookup(key, pick)
-            .await
-            .map_or(Holder::Nobody, Holder::Here)
-    }
-
-    /// `members` (oldest first) in the order `pick` tries them: the
-    /// policy's choice first; this node's clients that recently failed go
-    /// last.
-    fn order(&self, key: &str, mut members: Vec<Member>, pick: Pick) -> Vec<Member> {
-        let n = members.len();
-        if pick == Pick::Next && self.balance == Balance::RoundRobin && n > 1 {
-            let mut turn = self.turns.entry(key.to_string()).or_insert(0);
-            let start = *turn % n;
-            *turn = turn.wrapping_add(1);
-            members.rotate_left(start);
-        }
-        let Some(directory) = self.directory() else {
-            return members;
-        };
-        let local = self.members(key);
-        let failing = |m: &Member| match &*m.node == directory.node() {
-            true => local.iter().any(|t| t.conn() == m.conn && t.skipped()),
-            false => directory.node_failing(&m.node),
-        };
-        let (healthy, failing): (Vec<_>, Vec<_>) = members.into_iter().partition(|m| !failing(m));
-        healthy.into_iter().chain(failing).collect()
     }
 
     /// The client `pick` chooses for `key` now; if the name is only
