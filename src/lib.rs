@@ -43,6 +43,7 @@ pub mod request_log;
 pub mod shutdown;
 pub mod ssh;
 pub mod state;
+pub mod store;
 pub mod subdomain;
 pub mod systemd;
 pub mod tls;
@@ -73,12 +74,13 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     let keys = Arc::new(keys::Keys::load(config.keys_file.as_deref())?);
     let shutdown = Shutdown::new();
     let challenges = Arc::new(acme::http01::Challenges::default());
+    let refusals = Arc::new(limits::Refusals::default());
     // Reads the TSIG key file, so it belongs with the other reads.
     let acme = acme::Acme::new(
         &config,
         Arc::clone(&certs),
         Arc::clone(&challenges),
-        shutdown.clone(),
+        (Arc::clone(&refusals), shutdown.clone()),
     )?;
     let hangup = reload::hangup_signal()?;
     let listeners = Listeners::bind(&config).await?;
@@ -95,7 +97,6 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     };
     let registry = Arc::new(tunnel::Registry::new(config.balance, public));
     let ip_guard = Arc::new(limits::ssh::IpGuard::new(&config.limits));
-    let refusals = Arc::new(limits::Refusals::default());
     let trusted = forwarded::TrustedProxies::new(&config.limits.trusted_proxies);
     let spool = pipe::spool::Budget::new((&config.spool).into());
     let custom = Arc::new(custom::CustomDomains::new(
@@ -258,7 +259,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     shutdown.spawn(ssh::serve(listeners.ssh, server, ssh_handoffs));
     shutdown.spawn(edge::redirect::serve(listeners.http, Arc::clone(&edge)));
     if let (Some(cluster), Some(listener)) = (&cluster, listeners.cluster) {
-        let link = Arc::new(cluster::serve::LinkServer {
+        let link = Arc::new(edge::link::LinkServer {
             tls: cluster.link_tls()?.server,
             edge: Arc::clone(&edge),
             relays,
@@ -266,7 +267,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
             spool: Arc::clone(&ops.spool),
             shutdown: shutdown.clone(),
         });
-        shutdown.spawn(cluster::serve::serve(listener, link));
+        shutdown.spawn(edge::link::serve(listener, link));
         shutdown.spawn(Arc::clone(cluster).run(shutdown.clone()));
     }
     if let Some(listener) = listeners.health {

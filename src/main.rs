@@ -51,7 +51,7 @@ fn run_command(command: &Command) -> ExitCode {
     match command {
         Command::Cluster {
             command: ClusterCommand::Init { file, force },
-        } => match burrow::cluster::secret::init(file, *force) {
+        } => match burrow::store::secret::init(file, *force) {
             Ok(()) => {
                 println!(
                     "wrote a new cluster secret to {} (mode 0600); copy it to every node and give it with --cluster-secret",

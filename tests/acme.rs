@@ -447,9 +447,15 @@ async fn issue_single_name_and_rate_limit() {
     .unwrap();
     let certs = burrow::tls::Certs::load(&config).unwrap();
     let shutdown = burrow::shutdown::Shutdown::new();
-    let acme = Acme::new(&config, Arc::clone(&certs), challenges, shutdown.clone())
-        .unwrap()
-        .expect("ACME on");
+    let refusals = Arc::new(burrow::limits::Refusals::default());
+    let acme = Acme::new(
+        &config,
+        Arc::clone(&certs),
+        challenges,
+        (refusals, shutdown.clone()),
+    )
+    .unwrap()
+    .expect("ACME on");
     let name = "app.customer.example.org";
     let certified = tokio::time::timeout(ISSUE_WAIT, acme.issue_single(name))
         .await

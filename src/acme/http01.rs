@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::Result;
 use dashmap::DashMap;
 
-use crate::cluster::certs::SharedCerts;
+use crate::store::shared::SharedCerts;
 
 /// Where HTTP-01 responses are looked up.
 pub const PATH_PREFIX: &str = "/.well-known/acme-challenge/";

@@ -19,8 +19,10 @@
 //! Redis instead, their keys sealed with the cluster secret; one node at a
 //! time orders each certificate (a lock) and the others install it.
 
+mod account;
 pub mod dns;
 pub mod http01;
+mod order;
 pub mod renew;
 pub mod shared;
 pub mod store;
@@ -30,20 +32,17 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use anyhow::{anyhow, bail, Context, Result};
 use governor::{DefaultDirectRateLimiter, Quota};
-use instant_acme::{
-    Account, AccountCredentials, AuthorizationStatus, ChallengeType, Identifier, NewAccount,
-    NewOrder, OrderStatus, RetryPolicy,
-};
+use instant_acme::Account;
 use rustls::sign::CertifiedKey;
-use sha2::Digest;
 
-use crate::cluster::certs::SharedCerts;
 use crate::config::{AcmeArgs, Config};
+use crate::limits::{Refusal, Refusals};
 use crate::shutdown::Shutdown;
+use crate::store::shared::SharedCerts;
 use crate::tls::Certs;
 use store::Issued;
 
@@ -101,6 +100,8 @@ pub struct Acme {
     /// Certificates this node got from the CA (in a cluster, the others'
     /// are adopted, not counted): the stats and the metrics show it.
     ordered: AtomicU64,
+    /// Where `--acme-issue-rate` refusals are recorded, like every other.
+    refusals: Arc<Refusals>,
     shutdown: Shutdown,
 }
 
@@ -121,7 +122,7 @@ impl Acme {
         config: &Config,
         certs: Arc<Certs>,
         challenges: Arc<http01::Challenges>,
-        shutdown: Shutdown,
+        (refusals, shutdown): (Arc<Refusals>, Shutdown),
     ) -> Result<Option<Arc<Acme>>> {
         if !config.acme.enabled() {
             return Ok(None);
@@ -150,6 +151,7 @@ impl Acme {
             wanted: OnceLock::new(),
             shared: OnceLock::new(),
             ordered: AtomicU64::new(0),
+            refusals,
             shutdown,
         })))
     }
@@ -342,13 +344,19 @@ impl Acme {
             let wait = not_until.wait_time_from(governor::clock::Clock::now(
                 &governor::clock::DefaultClock::default(),
             ));
-            crate::counters::COUNTERS.refused("acme-issue-rate");
-            bail!(
-                "certificate for {name} refused: --acme-issue-rate {} (burst {}) reached; next possible in {}",
-                self.args.acme_issue_rate,
-                self.args.acme_issue_burst,
-                crate::limits::human(wait)
-            );
+            let refusal = Refusal::new(
+                "acme-issue-rate",
+                format!(
+                    "certificate for {name} refused: --acme-issue-rate {} (burst {}) reached; next possible in {}",
+                    self.args.acme_issue_rate,
+                    self.args.acme_issue_burst,
+                    crate::limits::human(wait)
+                ),
+            )
+            .retry_after(wait);
+            self.refusals
+                .refuse_unattributed(&refusal, "certificate order");
+            bail!(refusal.message);
         }
         let issued = self.obtain_now(&managed).await?;
         renew::spawn(self, managed);
@@ -401,255 +409,6 @@ impl Acme {
             .lock()
             .expect("issued lock")
             .insert(managed.label().to_string(), issued);
-    }
-
-    /// The ACME conversation for one certificate: PEM chain and PEM key.
-    async fn order(&self, managed: &Managed) -> Result<(String, String)> {
-        let account = self.account().await?;
-        let identifiers: Vec<Identifier> = managed
-            .names
-            .iter()
-            .map(|n| Identifier::Dns(n.clone()))
-            .collect();
-        let mut order = account
-            .new_order(&NewOrder::new(&identifiers))
-            .await
-            .context("new order")?;
-        let mut published = Published::default();
-        let validated = self.validate(&mut order, managed, &mut published).await;
-        // Always withdrawn, whether validation worked or not.
-        self.withdraw(published).await;
-        validated?;
-        let key = order.finalize().await.context("finalize")?;
-        let chain = order
-            .poll_certificate(&self.retry_policy())
-            .await
-            .context("certificate download")?;
-        Ok((chain, key))
-    }
-
-    /// Publishes every challenge response first (so the DNS-01 values of
-    /// the apex and the wildcard coexist), then asks the CA to check them
-    /// and waits for the order to become ready.
-    async fn validate(
-        &self,
-        order: &mut instant_acme::Order,
-        managed: &Managed,
-        published: &mut Published,
-    ) -> Result<()> {
-        let kind = match managed.dns01 {
-            true => ChallengeType::Dns01,
-            false => ChallengeType::Http01,
-        };
-        let pending = self.publish_all(order, &kind, published).await?;
-        if pending > 0 && managed.dns01 && !self.args.acme_dns_propagation.is_zero() {
-            tokio::time::sleep(self.args.acme_dns_propagation).await;
-        }
-        let mut authorizations = order.authorizations();
-        while let Some(authz) = authorizations.next().await {
-            let mut authz = authz.context("authorization")?;
-            if authz.status != AuthorizationStatus::Pending {
-                continue;
-            }
-            if let Some(mut challenge) = authz.challenge(kind.clone()) {
-                challenge.set_ready().await.context("challenge ready")?;
-            }
-        }
-        match order.poll_ready(&self.retry_policy()).await {
-            Ok(OrderStatus::Ready) => Ok(()),
-            Ok(status) => Err(anyhow!("order is {status:?}: {}", order_problem(order))),
-            Err(err) => Err(anyhow!(err).context("validation")),
-        }
-    }
-
-    /// Publishes the response of every pending authorization; returns how
-    /// many there were. What was published is noted in `published` as it
-    /// goes, so a failure half-way still gets everything withdrawn.
-    async fn publish_all(
-        &self,
-        order: &mut instant_acme::Order,
-        kind: &ChallengeType,
-        published: &mut Published,
-    ) -> Result<usize> {
-        let mut pending = 0;
-        let mut authorizations = order.authorizations();
-        while let Some(authz) = authorizations.next().await {
-            let mut authz = authz.context("authorization")?;
-            match authz.status {
-                AuthorizationStatus::Pending => {}
-                AuthorizationStatus::Valid => continue,
-                status => bail!("authorization for {:?} is {status:?}", authz.identifier()),
-            }
-            let challenge = authz
-                .challenge(kind.clone())
-                .ok_or_else(|| anyhow!("the CA offers no {kind:?} challenge"))?;
-            let key_auth = challenge.key_authorization();
-            if *kind == ChallengeType::Dns01 {
-                let Identifier::Dns(name) = challenge.identifier().identifier else {
-                    bail!("not a DNS identifier");
-                };
-                let fqdn = format!("_acme-challenge.{name}");
-                let value = key_auth.dns_value();
-                let provider = self.dns.as_ref().context("no DNS-01 provider")?;
-                provider.set(&fqdn, &value).await?;
-                published.txt.push((fqdn, value));
-            } else {
-                let ttl = self.args.acme_order_timeout;
-                let answer = self
-                    .challenges
-                    .publish(&challenge.token, key_auth.as_str(), ttl);
-                published.tokens.push(challenge.token.clone());
-                answer.await.context("publishing the HTTP-01 answer")?;
-            }
-            pending += 1;
-        }
-        Ok(pending)
-    }
-
-    /// Removes published challenge responses; failures are logged only.
-    async fn withdraw(&self, published: Published) {
-        for token in &published.tokens {
-            self.challenges.withdraw(token).await;
-        }
-        let Some(provider) = &self.dns else {
-            return;
-        };
-        for (fqdn, value) in &published.txt {
-            if let Err(err) = provider.unset(fqdn, value).await {
-                tracing::warn!(error = %format!("{err:#}"), "could not remove a DNS-01 record");
-            }
-        }
-    }
-
-    fn retry_policy(&self) -> RetryPolicy {
-        RetryPolicy::new()
-            .initial_delay(Duration::from_millis(250))
-            .backoff(2.0)
-            .timeout(self.args.acme_order_timeout)
-    }
-
-    /// The account, created (and stored) or loaded on first use.
-    async fn account(&self) -> Result<Account> {
-        let mut slot = self.account.lock().await;
-        if let Some(account) = &*slot {
-            return Ok(account.clone());
-        }
-        let account = self.load_or_create_account().await?;
-        *slot = Some(account.clone());
-        Ok(account)
-    }
-
-    async fn load_or_create_account(&self) -> Result<Account> {
-        let directory = self.args.directory_url().to_string();
-        // One account per directory: a staging account means nothing to
-        // production.
-        let digest = sha2::Sha256::digest(directory.as_bytes());
-        let tag: String = digest.iter().take(6).map(|b| format!("{b:02x}")).collect();
-        if let Some(json) = self.stored_account(&tag).await? {
-            return self.account_from(&json, &tag, &directory).await;
-        }
-        let contact = format!("mailto:{}", self.args.acme_email.as_deref().unwrap_or(""));
-        let (account, credentials) = self
-            .builder()?
-            .create(
-                &NewAccount {
-                    contact: &[&contact],
-                    terms_of_service_agreed: true,
-                    only_return_existing: false,
-                },
-                directory.clone(),
-                None,
-            )
-            .await
-            .with_context(|| format!("ACME directory {directory}: creating the account"))?;
-        let json = serde_json::to_vec(&credentials)?;
-        let in_force = self.store_account(&tag, &json).await?;
-        if in_force != json {
-            tracing::info!("another node of the cluster created the ACME account first: using it");
-            return self.account_from(&in_force, &tag, &directory).await;
-        }
-        tracing::info!(directory, id = account.id(), "ACME account created");
-        Ok(account)
-    }
-
-    /// The account whose credentials (JSON) are stored for `tag`.
-    async fn account_from(&self, json: &[u8], tag: &str, directory: &str) -> Result<Account> {
-        let whence = match self.shared.get() {
-            Some(_) => format!("the ACME account in Redis (acme:account:{tag})"),
-            None => self.account_path(tag).display().to_string(),
-        };
-        let credentials: AccountCredentials =
-            serde_json::from_slice(json).with_context(|| format!("{whence} is corrupt"))?;
-        self.builder()?
-            .from_credentials(credentials)
-            .await
-            .with_context(|| format!("ACME directory {directory}"))
-    }
-
-    /// Where directory `tag`'s account is kept on a single node.
-    fn account_path(&self, tag: &str) -> PathBuf {
-        self.state_dir
-            .join("acme")
-            .join(format!("account-{tag}.json"))
-    }
-
-    /// The stored account (its credentials as JSON): the file, or in a
-    /// cluster Redis — which the first node to join gives its own, so a
-    /// single node that becomes a cluster keeps its account.
-    async fn stored_account(&self, tag: &str) -> Result<Option<Vec<u8>>> {
-        let path = self.account_path(tag);
-        let file = match path.exists() {
-            true => Some(
-                std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?,
-            ),
-            false => None,
-        };
-        let Some(shared) = self.shared.get() else {
-            return Ok(file);
-        };
-        if let Some(json) = shared.account(tag).await? {
-            return Ok(Some(json));
-        }
-        match file {
-            Some(json) => Ok(Some(shared.save_account(tag, &json).await?)),
-            None => Ok(None),
-        }
-    }
-
-    /// Stores a new account; returns the one in force (in a cluster,
-    /// another node's if it stored one first).
-    async fn store_account(&self, tag: &str, json: &[u8]) -> Result<Vec<u8>> {
-        if let Some(shared) = self.shared.get() {
-            return shared.save_account(tag, json).await;
-        }
-        let path = self.account_path(tag);
-        store::create_private_dir(&self.state_dir.join("acme"))?;
-        crate::state::write_private_file(&path, json)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        Ok(json.to_vec())
-    }
-
-    fn builder(&self) -> Result<instant_acme::AccountBuilder> {
-        match &self.args.acme_ca_root {
-            Some(root) => instant_acme::Account::builder_with_root(root)
-                .with_context(|| format!("--acme-ca-root {}", root.display())),
-            None => instant_acme::Account::builder().context("ACME HTTPS client"),
-        }
-    }
-}
-
-/// Challenge responses published for one order, to withdraw afterwards.
-#[derive(Default)]
-struct Published {
-    txt: Vec<(String, String)>,
-    tokens: Vec<String>,
-}
-
-/// What the CA said went wrong with an order, if it said.
-fn order_problem(order: &mut instant_acme::Order) -> String {
-    match &order.state().error {
-        Some(problem) => problem.to_string(),
-        None => "no detail from the CA".into(),
     }
 }
 

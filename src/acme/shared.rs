@@ -29,9 +29,9 @@ use rustls::sign::CertifiedKey;
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{renew, store, Acme, Issued, Managed, Obtained, MAIN_FILE};
-use crate::cluster::certs::{CertChange, SharedCerts};
-use crate::cluster::store::CertKind;
 use crate::shutdown::Ticker;
+use crate::store::shared::{CertChange, SharedCerts};
+use crate::store::CertKind;
 
 /// The kind ACME's certificates are stored as.
 pub const KIND: CertKind = CertKind::Acme;

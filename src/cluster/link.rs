@@ -377,6 +377,14 @@ pub fn empty() -> Body {
         .boxed_unsync()
 }
 
+/// The operator's views another node asks this one for.
+pub trait Views: Send + Sync + 'static {
+    /// This node's tunnels, as the admin API's JSON array.
+    fn tunnels(&self) -> Vec<u8>;
+    /// Closes this node's clients of `name`; how many there were.
+    fn close(&self, name: &str) -> usize;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

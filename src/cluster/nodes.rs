@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::store::{NodeInfo, NodeRead};
+use crate::store::{NodeInfo, NodeRead};
 
 /// How long a node whose link failed is passed over.
 const SKIP_AFTER_FAILURE: Duration = Duration::from_secs(5);

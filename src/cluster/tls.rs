@@ -12,7 +12,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
-use super::secret::Secret;
+use crate::store::secret::Secret;
 
 /// The name the link certificate is for (nodes dial addresses, so it is
 /// only a label; the pin is what is checked).
@@ -208,12 +208,12 @@ mod tests {
     fn every_node_derives_the_same_certificate() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("secret");
-        super::super::secret::init(&file, false).unwrap();
+        crate::store::secret::init(&file, false).unwrap();
         let secret = Secret::load(&file).unwrap();
         let (a, _) = identity(&secret).unwrap();
         let (b, _) = identity(&secret).unwrap();
         assert_eq!(a, b);
-        super::super::secret::init(&file, true).unwrap();
+        crate::store::secret::init(&file, true).unwrap();
         let other = Secret::load(&file).unwrap();
         assert_ne!(identity(&other).unwrap().0, a);
         assert!(LinkTls::new(&secret).is_ok());

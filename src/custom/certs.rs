@@ -19,9 +19,9 @@ use governor::DefaultDirectRateLimiter;
 use rustls::sign::CertifiedKey;
 
 use super::issuer::Issuer;
-use crate::cluster::certs::{CertChange, SharedCerts};
 use crate::config::CustomDomainArgs;
 use crate::limits::{human, Refusal};
+use crate::store::shared::{CertChange, SharedCerts};
 use crate::tls::Certs;
 
 /// Counters for the stats endpoint.

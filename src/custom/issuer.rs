@@ -11,8 +11,8 @@ use std::sync::Arc;
 use anyhow::Context;
 use rustls::sign::CertifiedKey;
 
-use crate::cluster::certs::SharedCerts;
-use crate::cluster::store::CertKind;
+use crate::store::shared::SharedCerts;
+use crate::store::CertKind;
 
 /// What [`Issuer::issue`] returns.
 pub type IssueFuture<'a> =

@@ -5,6 +5,7 @@
 //! a tunnel's proxy ([`Edge::request`]).
 
 pub mod https;
+pub mod link;
 pub mod redirect;
 pub mod router;
 pub mod sni;

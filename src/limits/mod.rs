@@ -132,6 +132,18 @@ impl Refusals {
         }
     }
 
+    /// `refusal` turned away something no visitor or client asked for
+    /// itself (a server-wide rate, such as certificate orders): counted
+    /// like every refusal, logged once per limit per minute.
+    pub fn refuse_unattributed(&self, refusal: &Refusal, what: &str) {
+        crate::counters::COUNTERS.refused(refusal.limit);
+        let nobody = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+        if self.logged.first(nobody, refusal.limit) {
+            let (limit, reason) = (refusal.limit, &refusal.message);
+            tracing::warn!(limit, %reason, what, "refused");
+        }
+    }
+
     /// Forgets refusals logged more than a minute ago.
     pub fn prune(&self) {
         self.logged.prune();

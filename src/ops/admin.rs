@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Weak};
 
 use super::Ops;
-use crate::cluster::serve::Views;
+use crate::cluster::link::Views;
 use crate::http::{pages, Body};
 use crate::tunnel::notice::CLOSED_BY_OPERATOR;
 use crate::tunnel::{Kind, Tunnel};

@@ -9,7 +9,6 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use super::route::Remote;
 use super::{BoxFuture, ByteStream, ClaimError, ConnId, OpenError, Tunnel};
 use crate::config::Balance;
 use crate::limits::ssh::Block;
@@ -105,11 +104,12 @@ pub trait Directory: Send + Sync + 'static {
     /// store is asked on a miss).
     fn members<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Members>;
 
-    /// Opens a stream to `remote`'s node, which serves it as `forwarded`
-    /// says; bounded by the link's own timeouts.
+    /// Opens a stream for `key` to `member`'s node, which serves it as
+    /// `forwarded` says; bounded by the link's own timeouts.
     fn open<'a>(
         &'a self,
-        remote: &'a Remote,
+        key: &'a str,
+        member: &'a Member,
         forwarded: Forwarded,
     ) -> BoxFuture<'a, Result<ByteStream, OpenError>>;
 

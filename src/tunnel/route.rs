@@ -43,7 +43,8 @@ impl Remote {
     /// Opens a stream to the member's node, which serves it as `forwarded`
     /// says; bounded by the link's own timeouts.
     pub async fn open(&self, forwarded: Forwarded) -> Result<ByteStream, OpenError> {
-        self.directory.open(self, forwarded).await
+        let (key, member) = (&self.key, &self.member);
+        self.directory.open(key, member, forwarded).await
     }
 }
 

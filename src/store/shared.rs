@@ -11,7 +11,7 @@ use anyhow::{Context, Result};
 use tokio::sync::broadcast;
 
 use super::secret::Secret;
-use super::store::{cert_name, CertKind, Store, StoredCert};
+use super::{cert_name, CertKind, Store, StoredCert};
 
 /// How many certificate changes wait for a follower that is behind; past
 /// that it is told it lagged, and reads everything again.
@@ -43,7 +43,7 @@ pub struct SharedCerts {
 }
 
 impl SharedCerts {
-    pub(super) fn new(
+    pub fn new(
         store: Store,
         secret: Secret,
         token: String,

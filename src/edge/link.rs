@@ -1,5 +1,5 @@
-//! The link's server: another node's streams and requests, served as this
-//! node's own. A stream carrying HTTP runs through this node's edge (so
+//! The cluster link's serving side: another node's visitors enter here,
+//! and are served as this node's own. A stream carrying HTTP runs through this node's edge (so
 //! the tunnel's options, limits, warning page and request log apply here,
 //! where its client is), a raw stream through its relays; plain requests
 //! answer the operator's cluster-wide views.
@@ -17,8 +17,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-use super::link::{self, CONNECTION_WINDOW, PING_EVERY, PING_TIMEOUT, STREAM_WINDOW};
-use crate::edge::Edge;
+use super::Edge;
+use crate::cluster::link::{
+    self, Views, CONNECTION_WINDOW, PING_EVERY, PING_TIMEOUT, STREAM_WINDOW,
+};
 use crate::http::{Body, LocalAddr, Scheme};
 use crate::pipe::relay::{Relays, Upstream};
 use crate::pipe::spool::Budget;
@@ -28,14 +30,6 @@ use crate::tunnel::directory::{Carry, Forwarded};
 
 /// Longest a peer's TLS handshake may take.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The operator's views another node asks this one for.
-pub trait Views: Send + Sync + 'static {
-    /// This node's tunnels, as the admin API's JSON array.
-    fn tunnels(&self) -> Vec<u8>;
-    /// Closes this node's clients of `name`; how many there were.
-    fn close(&self, name: &str) -> usize;
-}
 
 /// What the link's server works with.
 pub struct LinkServer {

@@ -1,0 +1,182 @@
+//! The cluster's shared state in Redis: the connection, the key layout and
+//! the typed operations on it, one file per concern — [`names`] (claims and
+//! lookups), [`nodes`] (heartbeats and the node table), [`bans`] (bans and
+//! counters), [`certs`] (certificates, the ACME account, HTTP-01 answers),
+//! [`values`] (raw values and locks) — plus [`secret`], the cluster secret
+//! that seals what must not be read from Redis, and [`shared`], the
+//! certificates every node serves. Everything else talks to Redis through
+//! here; nothing here knows tunnels, SSH or HTTP.
+//!
+//! Every key starts with `{burrow}:` — one hash tag, so all of them live in
+//! one slot and the Lua scripts below work on a single Redis, behind
+//! Sentinel, or on Redis Cluster alike:
+//!
+//! ```text
+//! {burrow}:check             the cluster secret's check value (a node with another secret stops)
+//! {burrow}:nodes             hash node → JSON (incarnation, link address, start, keys-file hash)
+//! {burrow}:alive:NODE        "INCARNATION TUNNELS", expires after the node TTL (the heartbeat)
+//! {burrow}:name:KEY          hash NODE/INCARNATION/CONN → "CLAIMED_MS OWNER GRANTED RAW"
+//! {burrow}:held:NODE/INC     set of the keys that incarnation holds (cleanup after a crash)
+//! {burrow}:ports             set of `tcp:PORT` keys held anywhere (every node listens on them)
+//! {burrow}:reserved:NAME     a name announced to a logging-in client (expires in 10 s,
+//!                            deleted when it is claimed)
+//! {burrow}:bans              hash IP → "UNTIL_MS REASON"
+//! {burrow}:ipt:NODE/INC      hash IP → tunnels of that IP on that node
+//! {burrow}:conns:IP:MINUTE   SSH connections of that IP in that minute (expires)
+//! {burrow}:acme:account:TAG  the ACME account (sealed), one per CA directory
+//! {burrow}:acme:cert:NAME    hash chain → PEM chain, key → PEM key (sealed): an ACME
+//!                            certificate (NAME: `main`, or a single name)
+//! {burrow}:acme:self-signed:NAME  the same, a custom domain's self-signed certificate
+//! {burrow}:acme:stored:KIND  set of the NAMEs stored of that kind (`cert`, `self-signed`)
+//! {burrow}:acme:lock:NAME    the node ordering NAME now (its token; expires)
+//! {burrow}:acme:http01:TOKEN  a pending HTTP-01 challenge's key authorization (expires)
+//! {burrow}:events            pub/sub channel: JSON events (names, bans, kicks, certificates)
+//! ```
+//!
+//! A member of a name is alive while its node's `alive` key holds the
+//! member's incarnation: a node that stops renewing it loses all its names
+//! at once, with no per-name expiry, so an idle cluster costs Redis one
+//! write per node per heartbeat whatever the number of tunnels.
+
+pub mod bans;
+pub mod certs;
+pub mod names;
+pub mod nodes;
+pub mod secret;
+pub mod shared;
+pub mod values;
+
+use std::time::Duration;
+
+use anyhow::{anyhow, Context, Result};
+use redis::aio::ConnectionManager;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+
+pub use self::certs::{cert_name, CertKind, StoredCert};
+pub use self::names::{member_id, parse_member_id, Claim, ClaimOutcome, Stored};
+pub use self::nodes::{NodeInfo, NodeRead};
+
+/// Every key's prefix (and hash tag).
+pub const PREFIX: &str = "{burrow}:";
+/// How long one Redis command may take before it counts as failed.
+const COMMAND_TIMEOUT: Duration = Duration::from_millis(1500);
+
+/// An event on `{burrow}:events`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub enum Event {
+    /// The members of `key` changed: `clients` serve it now, `by` made
+    /// the change, `replaced` lost it to `by`.
+    Name {
+        key: String,
+        clients: usize,
+        by: Option<String>,
+        replaced: Option<String>,
+    },
+    /// A member's options became final (whether it takes raw bytes).
+    Settled { key: String },
+    /// An IP was blocked until `until_ms`.
+    Ban {
+        ip: String,
+        until_ms: u64,
+        reason: String,
+    },
+    /// A block was lifted.
+    Unban { ip: String },
+    /// The operator closed `key` (all its clients, every node).
+    Kick { key: String, reason: String },
+    /// A certificate was stored (issued or renewed): every node serves it.
+    Cert { kind: CertKind, name: String },
+}
+
+/// A handle on the cluster's Redis.
+#[derive(Clone)]
+pub struct Store {
+    conn: ConnectionManager,
+    client: redis::Client,
+}
+
+fn key(rest: &str) -> String {
+    format!("{PREFIX}{rest}")
+}
+
+impl Store {
+    /// Connects to `url` (`redis://` or `rediss://`). Fails when Redis
+    /// cannot be reached now.
+    pub async fn connect(url: &str) -> Result<Store> {
+        let client = redis::Client::open(url).context("--cluster-redis")?;
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(COMMAND_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = client
+            .get_connection_manager_with_config(config)
+            .await
+            .context("cannot reach Redis")?;
+        Ok(Store { conn, client })
+    }
+
+    /// A separate connection for the event subscription.
+    pub async fn subscribe(&self) -> Result<redis::aio::PubSub> {
+        let mut pubsub = self.client.get_async_pubsub().await?;
+        pubsub.subscribe(key("events")).await?;
+        Ok(pubsub)
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Records the secret's check value, or compares it with the one the
+    /// cluster has: `Err` when they differ.
+    pub async fn check_secret(&self, value: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let _: bool = conn.set_nx(key("check"), value).await?;
+        let stored: String = conn.get(key("check")).await?;
+        if stored != value {
+            return Err(anyhow!(
+                "this node's cluster secret is not the cluster's (Redis holds another check value): copy the cluster's --cluster-secret file to this node"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Publishes `event` to every node.
+    pub async fn publish(&self, event: &Event) -> Result<()> {
+        let json = serde_json::to_string(event)?;
+        let _: i64 = self.conn().publish(key("events"), json).await?;
+        Ok(())
+    }
+
+    /// Round-trip time of one PING, for the stats.
+    pub async fn ping(&self) -> Result<Duration> {
+        let started = std::time::Instant::now();
+        let _: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
+        Ok(started.elapsed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_are_tagged_json() {
+        let event = Event::Name {
+            key: "api".into(),
+            clients: 2,
+            by: Some("a/1/3".into()),
+            replaced: None,
+        };
+        let json = serde_json::to_string(&event).unwrap();
+        assert!(json.contains(r#""t":"name""#), "{json}");
+        assert_eq!(serde_json::from_str::<Event>(&json).unwrap(), event);
+        let from_lua = r#"{"t":"name","key":"x","clients":1,"by":"a/1/2"}"#;
+        assert!(matches!(
+            serde_json::from_str::<Event>(from_lua).unwrap(),
+            Event::Name { replaced: None, .. }
+        ));
+    }
+}
