@@ -209,7 +209,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
             browser_warning: !config.warning.no_browser_warning,
             pools,
             https_addr: addrs.https,
-            inspect: Arc::clone(&inspector),
+            observer: Arc::clone(&inspector) as Arc<dyn http::observe::Observer>,
             shutdown: shutdown.clone(),
         },
         relays: Arc::clone(&relays),

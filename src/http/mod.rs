@@ -17,6 +17,7 @@ pub mod forward;
 pub mod interstitial;
 pub mod log;
 pub mod metered;
+pub mod observe;
 pub mod pages;
 pub mod pool;
 pub mod proxy;

@@ -31,12 +31,12 @@ use hyper::{Request, Response, StatusCode};
 use super::access::{self, Access};
 use super::interstitial::{self, Gate};
 use super::metered::{Cut, MeteredBody, Stopped};
+use super::observe::{Observation, Observer, Start};
 use super::upstream::SendError;
 use super::{log, pages, rewrite, upstream, websocket, Body, Scheme};
 use crate::config::LimitArgs;
 use crate::counters::{Gauge, COUNTERS};
 use crate::forwarded::TrustedProxies;
-use crate::inspect::capture::Capture;
 use crate::limits::http::Slot;
 use crate::limits::ssh::IpGuard;
 use crate::limits::{Activity, Refusal, Refusals, Side};
@@ -64,8 +64,8 @@ pub struct Proxy {
     /// The address visitors connect to when a connection cannot tell its
     /// own (the destination of a PROXY header to the app).
     pub https_addr: SocketAddr,
-    /// Captures the requests of connections with an inspector open.
-    pub inspect: Arc<crate::inspect::Inspector>,
+    /// Sees the requests someone watches (the request inspector).
+    pub observer: Arc<dyn Observer>,
 }
 
 /// Who asked, for what host, over which scheme.
@@ -146,8 +146,8 @@ impl Proxy {
         Some((other, options))
     }
 
-    /// The access, warning and limit phases; then the request is sent. A
-    /// watched connection's inspector sees burrow's own answers too.
+    /// The access, warning and limit phases; then the request is sent. An
+    /// observed request's observer sees burrow's own answers too.
     async fn admit(
         &self,
         tunnel: &Arc<Tunnel>,
@@ -156,22 +156,24 @@ impl Proxy {
         visitor: &Visitor<'_>,
     ) -> Response<Body> {
         let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        let mut capture = self.inspect.capture(
-            (tunnel.conn(), tunnel.key(), options.inspect),
-            visitor.addr,
-            req.method().as_str(),
+        let mut observed = self.observer.observe(Start {
+            conn: tunnel.conn(),
+            tunnel: tunnel.key(),
+            always: options.inspect,
+            visitor: visitor.addr,
+            method: req.method().as_str(),
             path,
-        );
-        if let Some(capture) = &mut capture {
-            capture.arrived(&req);
+        });
+        if let Some(observed) = &mut observed {
+            observed.arrived(req.headers());
         }
         match self.gates(tunnel, options, req, visitor).await {
             Gates::Pass(req, slots) => {
-                self.proxy(tunnel, req, visitor, options, slots, capture)
+                self.proxy(tunnel, req, visitor, options, slots, observed)
                     .await
             }
-            Gates::Answer(response) => match capture {
-                Some(capture) => capture.answered_here(response),
+            Gates::Answer(response) => match observed {
+                Some(observed) => observed.answered_here(response),
                 None => response,
             },
         }
@@ -258,7 +260,7 @@ impl Proxy {
         visitor: &Visitor<'_>,
         options: &TunnelOptions,
         (slot, ws_slot): (Slot, Option<Slot>),
-        mut capture: Option<Capture>,
+        mut observed: Option<Box<dyn Observation>>,
     ) -> Response<Body> {
         COUNTERS.request_proxied(tunnel.traffic());
         let in_flight = Gauge::request();
@@ -287,8 +289,8 @@ impl Proxy {
                 .activity(Arc::clone(&activity), Duration::ZERO)
                 .boxed_unsync()
         });
-        let req = match &mut capture {
-            Some(capture) => capture.request(req),
+        let req = match &mut observed {
+            Some(observed) => observed.request(req),
             None => req,
         };
 
@@ -305,8 +307,8 @@ impl Proxy {
             Ok(sent) => sent,
             Err(err) => return failed(tunnel, host, err, &cut, &visitor_headers),
         };
-        if let Some(capture) = &mut capture {
-            capture.answered(&response);
+        if let Some(observed) = &mut observed {
+            observed.answered(response.status(), response.headers());
         }
         if limits.max_body_size > 0
             && content_length(response.headers()).is_some_and(|len| len > limits.max_body_size)
@@ -319,8 +321,8 @@ impl Proxy {
             let log = log::WebSocketLog::new(visitor.seen.clone(), tunnel, self.access_log);
             let origin_upgrade = hyper::upgrade::on(&mut response);
             let upgrades = (visitor_upgrade, origin_upgrade);
-            let inspect = capture.as_ref().and_then(|c| c.websocket());
-            websocket::relay(&self.shutdown, limits, upgrades, ws_slot, (log, inspect));
+            let observed = observed.as_ref().and_then(|o| o.websocket());
+            websocket::relay(&self.shutdown, limits, upgrades, ws_slot, (log, observed));
         }
         // The visitor's body may still break after the head came back.
         response.extensions_mut().insert(log::RequestCut(cut));
@@ -343,8 +345,8 @@ impl Proxy {
             }
             .boxed_unsync()
         });
-        match capture {
-            Some(capture) => capture.finish(response),
+        match observed {
+            Some(observed) => observed.finish(response),
             None => response,
         }
     }

@@ -7,9 +7,9 @@ use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::log::WebSocketLog;
+use super::observe::WebSocketEnd;
 use crate::config::LimitArgs;
 use crate::counters::Gauge;
-use crate::inspect::capture::WebSocketClose;
 use crate::limits::http::Slot;
 use crate::pipe::relay::{self, Moved, RelayEnd, RelayLimits};
 use crate::shutdown::Shutdown;
@@ -21,7 +21,7 @@ pub fn relay(
     limits: &LimitArgs,
     (visitor, origin): (OnUpgrade, OnUpgrade),
     slot: Slot,
-    (log, inspect): (WebSocketLog, Option<WebSocketClose>),
+    (log, observed): (WebSocketLog, Option<WebSocketEnd>),
 ) {
     let gauge = Gauge::websocket();
     let limits = RelayLimits {
@@ -52,10 +52,10 @@ pub fn relay(
         // politely or not, is not.
         let cut = matches!(end, RelayEnd::TooManyBytes | RelayEnd::Idle);
         let why = cut.then(|| format!("WebSocket {}", end.describe(&limits)));
-        if let Some(inspect) = inspect {
+        if let Some(end) = observed {
             let load =
                 |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-            inspect.closed(load(&moved.a_to_b), load(&moved.b_to_a), why.clone());
+            end(load(&moved.a_to_b), load(&moved.b_to_a), why.clone());
         }
         log.closed(&moved, why);
     });

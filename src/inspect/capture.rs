@@ -17,9 +17,10 @@ use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
 use http_body_util::BodyExt;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use hyper::{HeaderMap, Request, Response};
+use hyper::{HeaderMap, Request, Response, StatusCode};
 
 use super::store::{Entry, Kind, Part, Store, BODY_LIMIT};
+use crate::http::observe::{Observation, WebSocketEnd};
 use crate::http::{Body, BoxError};
 use crate::tunnel::{unix_ms, ConnId};
 
@@ -238,7 +239,7 @@ impl Capture {
     /// Records the request as it goes to the app (headers as rewritten),
     /// teeing its body.
     pub fn request(&mut self, req: Request<Body>) -> Request<Body> {
-        self.arrived(&req);
+        self.arrived(req.headers());
         let tap = Arc::clone(&self.request_tap);
         req.map(|body| {
             Tee {
@@ -253,16 +254,16 @@ impl Capture {
     /// Records the request as the visitor sent it: what shows if burrow
     /// answers it itself ([`Capture::answered_here`]); [`Capture::request`]
     /// replaces it with what went to the app.
-    pub fn arrived<B>(&mut self, req: &Request<B>) {
+    pub fn arrived(&mut self, headers: &HeaderMap) {
         if let Some(entry) = &mut self.entry {
-            entry.request.headers = header_list(req.headers());
+            entry.request.headers = header_list(headers);
         }
     }
 
     /// burrow answered the request itself: the entry says so and keeps
     /// burrow's answer, tee'd on its way to the visitor like an app's.
     pub fn answered_here(mut self, response: Response<Body>) -> Response<Body> {
-        self.answered(&response);
+        self.answered(response.status(), response.headers());
         if let Some(entry) = &mut self.entry {
             entry.by_burrow = true;
         }
@@ -270,11 +271,11 @@ impl Capture {
     }
 
     /// Records the app's answer: status and headers as the app sent them.
-    pub fn answered<B>(&mut self, response: &Response<B>) {
+    pub fn answered(&mut self, status: StatusCode, headers: &HeaderMap) {
         if let Some(entry) = &mut self.entry {
-            entry.status = Some(response.status().as_u16());
-            entry.response.headers = header_list(response.headers());
-            if response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS {
+            entry.status = Some(status.as_u16());
+            entry.response.headers = header_list(headers);
+            if status == StatusCode::SWITCHING_PROTOCOLS {
                 entry.kind = Kind::WebsocketOpen;
             }
         }
@@ -317,6 +318,36 @@ impl Capture {
             }
             .boxed_unsync()
         })
+    }
+}
+
+/// The proxy's observation points, recorded.
+impl Observation for Capture {
+    fn arrived(&mut self, headers: &HeaderMap) {
+        Capture::arrived(self, headers)
+    }
+
+    fn request(&mut self, req: Request<Body>) -> Request<Body> {
+        Capture::request(self, req)
+    }
+
+    fn answered(&mut self, status: StatusCode, headers: &HeaderMap) {
+        Capture::answered(self, status, headers)
+    }
+
+    fn answered_here(self: Box<Self>, response: Response<Body>) -> Response<Body> {
+        Capture::answered_here(*self, response)
+    }
+
+    fn websocket(&self) -> Option<WebSocketEnd> {
+        let close = Capture::websocket(self)?;
+        Some(Box::new(move |bytes_in, bytes_out, why| {
+            close.closed(bytes_in, bytes_out, why)
+        }))
+    }
+
+    fn finish(self: Box<Self>, response: Response<Body>) -> Response<Body> {
+        Capture::finish(*self, response)
     }
 }
 

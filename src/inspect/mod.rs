@@ -24,6 +24,7 @@ use std::sync::Arc;
 use self::capture::{Capture, Origin, Watchers};
 use self::store::{Caps, Store};
 use crate::config::InspectArgs;
+use crate::http::observe::{Observation, Observer, Start};
 use crate::http::pool::Pools;
 use crate::tunnel::{ConnId, Registry};
 
@@ -84,5 +85,19 @@ impl Inspector {
     /// The connection ended: its entries go.
     pub fn forget(&self, conn: ConnId) {
         self.store.clear(conn);
+    }
+}
+
+/// The inspector watches the proxy through its observation points.
+impl Observer for Inspector {
+    #[inline]
+    fn observe(&self, start: Start<'_>) -> Option<Box<dyn Observation>> {
+        let capture = self.capture(
+            (start.conn, start.tunnel, start.always),
+            start.visitor,
+            start.method,
+            start.path,
+        )?;
+        Some(Box::new(capture))
     }
 }

@@ -95,7 +95,7 @@ pub async fn replay(
             // The connection is not given back: a replay is rare, and
             // dropping it closes the connection once the response is in.
             Ok((response, _lent)) => {
-                capture.answered(&response);
+                capture.answered(response.status(), response.headers());
                 let response = response.map(|body| body.map_err(Into::into));
                 let body = capture.finish(response).into_body();
                 // Read to its end so the entry gets its body and is kept.
