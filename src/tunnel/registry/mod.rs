@@ -6,7 +6,9 @@
 //! I reach it": nothing outside this module touches its maps. Its API is
 //! small — [`Registry::claim`], [`Registry::release`], lookups
 //! ([`Registry::lookup`] and friends, which may wait for an announced
-//! name), and listings — and its results are typed.
+//! name), and listings (`listings.rs`) — and its results are typed. Where
+//! a name is served when this node is part of a cluster is
+//! [`super::route`]'s question.
 //!
 //! A name may be served by several clients at once (`--balance`): every
 //! lookup picks one by the balancing policy, skipping clients that just
@@ -20,12 +22,13 @@
 //! name until the forward arrives; lookups of an announced name wait
 //! briefly for it.
 //!
-//! The registry also keeps the table of client connections, so limits,
-//! lifetimes and the operator can reach a user's terminal (or end their
-//! connection) from outside the connection's own task.
+//! The registry also keeps the table of client connections (`listings.rs`),
+//! so limits, lifetimes and the operator can reach a user's terminal (or
+//! end their connection) from outside the connection's own task.
+
+mod listings;
 
 use std::any::Any;
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -36,7 +39,6 @@ use super::directory::Directory;
 use super::public::Public;
 use super::{Client, ConnId, Kind, Tunnel};
 use crate::config::Balance;
-use crate::limits::ip_key;
 use crate::subdomain;
 
 /// How long a lookup of a reserved (announced, not yet forwarded) name
@@ -462,113 +464,6 @@ impl Registry {
             .collect();
         keys.iter()
             .filter_map(|key| self.release(key, conn))
-            .collect()
-    }
-
-    /// Number of tunnels (a name served by two clients counts twice).
-    pub fn len(&self) -> usize {
-        self.tunnels.iter().map(|g| g.members.len()).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tunnels.is_empty()
-    }
-
-    /// Number of distinct names and TCP ports served.
-    pub fn names_len(&self) -> usize {
-        self.tunnels.len()
-    }
-
-    /// Number of private aliases' clients (`-R NAME:PORT`).
-    pub fn count_private(&self) -> usize {
-        let private = |t: &&Arc<Tunnel>| matches!(t.kind(), Kind::Private(_));
-        self.tunnels
-            .iter()
-            .map(|g| g.members.iter().filter(private).count())
-            .sum()
-    }
-
-    /// Number of distinct client IPs that own at least one tunnel.
-    pub fn unique_ips(&self) -> usize {
-        let mut ips = std::collections::HashSet::new();
-        for group in self.tunnels.iter() {
-            ips.extend(group.members.iter().map(|t| t.client_ip()));
-        }
-        ips.len()
-    }
-
-    /// Tunnels owned by clients in the same limit group as `ip`.
-    pub fn count_for_ip(&self, ip: IpAddr) -> usize {
-        let key = ip_key(ip);
-        self.tunnels
-            .iter()
-            .map(|g| {
-                let mine = |t: &&Arc<Tunnel>| ip_key(t.client_ip()) == key;
-                g.members.iter().filter(mine).count()
-            })
-            .sum()
-    }
-
-    /// A snapshot of every live tunnel (every client of every name).
-    pub fn tunnels(&self) -> Vec<Arc<Tunnel>> {
-        self.tunnels
-            .iter()
-            .flat_map(|g| g.members.clone())
-            .collect()
-    }
-
-    /// The live tunnels of connection `conn`.
-    pub fn tunnels_of(&self, conn: ConnId) -> Vec<Arc<Tunnel>> {
-        let mut mine = self.tunnels();
-        mine.retain(|t| t.conn() == conn);
-        mine
-    }
-
-    /// Whether connection `conn` still owns any tunnel.
-    pub fn conn_has_tunnels(&self, conn: ConnId) -> bool {
-        self.tunnels
-            .iter()
-            .any(|g| g.members.iter().any(|t| t.conn() == conn))
-    }
-
-    /// Sorted names (and `tcp:PORT` keys) of all live tunnels.
-    pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.tunnels.iter().map(|t| t.key().clone()).collect();
-        names.sort();
-        names
-    }
-
-    /// How many clients serve each name.
-    pub fn client_counts(&self) -> std::collections::BTreeMap<String, usize> {
-        self.tunnels
-            .iter()
-            .map(|g| (g.key().clone(), g.members.len()))
-            .collect()
-    }
-
-    /// Registers a client connection (tunnels or not yet), so limits and
-    /// the operator can reach it.
-    pub fn add_client(&self, client: Arc<dyn Client>) {
-        self.clients.insert(client.id(), client);
-    }
-
-    /// Forgets a client connection that ended.
-    pub fn remove_client(&self, conn: ConnId) {
-        self.clients.remove(&conn);
-    }
-
-    /// Number of client connections.
-    pub fn client_conns(&self) -> usize {
-        self.clients.len()
-    }
-
-    /// Client connections from the same limit group as `ip`.
-    pub fn clients_of_ip(&self, ip: IpAddr) -> Vec<Arc<dyn Client>> {
-        let key = ip_key(ip);
-        self.clients
-            .iter()
-            .filter(|c| ip_key(c.ip()) == key)
-            .map(|c| Arc::clone(c.value()))
             .collect()
     }
 }
