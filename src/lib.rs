@@ -58,7 +58,7 @@ use anyhow::{Context, Result};
 
 use crate::config::{AuthMode, Config};
 use crate::counters::COUNTERS;
-use crate::listen::Listeners;
+use crate::listen::{BoundAddrs, Listeners};
 use crate::shutdown::Shutdown;
 
 /// After the grace period, how long closing connections get to say goodbye
@@ -66,232 +66,40 @@ use crate::shutdown::Shutdown;
 const CLOSE_TIME: Duration = Duration::from_secs(2);
 
 /// Runs the server until `signal` resolves, then shuts down gracefully.
+///
+/// Everything that only reads comes first, then the listeners, and only
+/// then what writes files: a bad flag never leaves a key or secret behind.
 pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()> {
-    // Everything that only reads comes first, then the listeners, and only
-    // then what writes files: a bad flag never leaves a key or secret behind.
-    let certs = tls::Certs::load(&config)?;
-    let tls = tls::server_config(Arc::clone(&certs));
-    let keys = Arc::new(keys::Keys::load(config.keys_file.as_deref())?);
     let shutdown = Shutdown::new();
-    let challenges = Arc::new(acme::http01::Challenges::default());
-    let refusals = Arc::new(limits::Refusals::default());
-    // Reads the TSIG key file, so it belongs with the other reads.
-    let acme = acme::Acme::new(
-        &config,
-        Arc::clone(&certs),
-        Arc::clone(&challenges),
-        (Arc::clone(&refusals), shutdown.clone()),
-    )?;
-    let hangup = reload::hangup_signal()?;
+    let inputs = Inputs::read(&config, &shutdown)?;
     let listeners = Listeners::bind(&config).await?;
     listen::raise_open_files_limit();
     let host_key = ssh::load_or_create_host_key(&config.host_key)?;
     let state = state::State::open(&config.state_dir)?;
     let addrs = listeners.addrs();
-
-    // The shared parts, from the core up.
-    let public = tunnel::public::Public {
-        domain: config.domain.clone(),
-        https_port: config.public_https_port.unwrap_or(addrs.https.port()),
-        ssh_port: addrs.ssh.port(),
+    let core = Core::new(&config, &inputs, &addrs, &shutdown);
+    let cluster = join_cluster(&config, &core, &inputs).await?;
+    let name_secret = match &cluster {
+        // The same key gets the same stable name on every node.
+        Some(cluster) => cluster.shared_name_secret(&state.name_secret).await?,
+        None => state.name_secret.to_vec(),
     };
-    let registry = Arc::new(tunnel::Registry::new(config.balance, public));
-    let ip_guard = Arc::new(limits::ssh::IpGuard::new(&config.limits));
-    let trusted = forwarded::TrustedProxies::new(&config.limits.trusted_proxies);
-    let spool = pipe::spool::Budget::new((&config.spool).into());
-    let custom = Arc::new(custom::CustomDomains::new(
+    share_certificates(&core, &inputs, cluster.as_deref());
+    let identity = (host_key, name_secret);
+    let layers = Layers::new(
         &config,
-        Arc::clone(&certs),
-        Arc::clone(&registry),
-    ));
-    let relays = Arc::new(pipe::relay::Relays {
-        registry: Arc::clone(&registry),
-        ip_guard: Arc::clone(&ip_guard),
-        refusals: Arc::clone(&refusals),
-        idle: config.limits.tcp_idle_timeout,
-    });
-    let tcp = Arc::new(pipe::tcp::TcpPorts::new(
-        config.tcp_ports.clone(),
-        config.tcp_bind,
-        Arc::clone(&relays),
-        shutdown.clone(),
-    ));
-    let mut name_secret: Arc<[u8]> = Arc::from(state.name_secret.as_slice());
-    let cluster = match config.cluster.enabled() {
-        true => {
-            let parts = cluster::Parts {
-                registry: Arc::clone(&registry),
-                ip_guard: Arc::clone(&ip_guard),
-                spool: Arc::clone(&spool),
-                keys: Arc::clone(&keys),
-                tcp: Arc::clone(&tcp),
-            };
-            let cluster = cluster::Cluster::join(&config, parts).await?;
-            // The same key gets the same stable name on every node.
-            name_secret = Arc::from(cluster.shared_name_secret(&state.name_secret).await?);
-            registry.set_directory(Arc::clone(&cluster) as Arc<dyn tunnel::directory::Directory>);
-            Some(cluster)
-        }
-        false => None,
-    };
-    // Certificates: in a cluster every node serves the same ones, kept in
-    // Redis. Custom domains get theirs from the CA when ACME is on.
-    let shared_certs = cluster.as_ref().map(|cluster| cluster.certs());
-    if let Some(shared) = &shared_certs {
-        challenges.share(shared.clone());
-        custom.certs.share(shared.clone());
-        if let Some(acme) = &acme {
-            acme.share(shared.clone());
-        }
-    }
-    if let Some(acme) = &acme {
-        // Custom domains' certificates are renewed while a tunnel binds
-        // the name, not for ever.
-        let custom = Arc::clone(&custom);
-        acme.renew_only_while(Arc::new(move |name| {
-            let custom = Arc::clone(&custom);
-            Box::pin(async move { custom.wants_certificate(&name).await })
-        }));
-    }
-    let issuer: Option<Arc<dyn custom::issuer::Issuer>> = match (&acme, shared_certs) {
-        (Some(acme), _) => Some(Arc::new(acme::OnDemandIssuer(Arc::clone(acme)))),
-        (None, Some(shared)) => Some(Arc::new(custom::issuer::SharedSelfSigned::new(shared))),
-        (None, None) => None,
-    };
-    if let Some(issuer) = issuer {
-        custom.certs.set_issuer(issuer);
-    }
-    let pools = http::pool::Pools {
-        max_idle: config.pool.channel_pool_size,
-        idle_timeout: config.pool.channel_pool_idle,
-    };
-    let inspector = Arc::new(inspect::Inspector::new(
-        &config.inspect,
-        Arc::clone(&registry),
-        pools,
-    ));
-    let server = Arc::new(ssh::Server {
-        registry: Arc::clone(&registry),
-        limits: config.limits.clone(),
-        request_log: config.request_log.clone(),
-        auth_mode: config.auth_mode,
-        reserved_names: config.reserved_names.clone(),
-        keys: Arc::clone(&keys),
-        tcp,
-        relays: Arc::clone(&relays),
-        custom: Arc::clone(&custom),
-        ip_guard: Arc::clone(&ip_guard),
-        refusals: Arc::clone(&refusals),
-        trusted: trusted.clone(),
-        name_secret,
-        russh: ssh::russh_config(host_key),
-        spool: Arc::clone(&spool),
-        inspect: Arc::clone(&inspector),
-        shutdown: shutdown.clone(),
-    });
-    // SSH clients on the HTTPS port go to the SSH server.
-    let (ssh_handoff, ssh_handoffs) = match config.ssh_on_https {
-        config::Switch::On => {
-            let (give, take) = listen::handoff();
-            (Some(give), Some(take))
-        }
-        config::Switch::Off => (None, None),
-    };
-    let edge = Arc::new(edge::Edge {
-        router: edge::router::Router::new(Arc::clone(&registry), Arc::clone(&custom)),
-        proxy: http::proxy::Proxy {
-            registry: Arc::clone(&registry),
-            limits: config.limits.clone(),
-            trusted: trusted.clone(),
-            ip_guard: Arc::clone(&ip_guard),
-            refusals: Arc::clone(&refusals),
-            access_log: config.access_log,
-            browser_warning: !config.warning.no_browser_warning,
-            pools,
-            https_addr: addrs.https,
-            observer: Arc::clone(&inspector) as Arc<dyn http::observe::Observer>,
-            shutdown: shutdown.clone(),
-        },
-        relays: Arc::clone(&relays),
-        custom: Arc::clone(&custom),
-        challenges,
-        http_mode: config.http_mode,
-        conn_limits: http::ConnLimits::new(&config.limits, trusted),
-        ssh: ssh_handoff,
-        shutdown: shutdown.clone(),
-    });
-    let history = Arc::new(ops::dashboard::History::start_now());
-    let ops = Arc::new(ops::Ops {
-        registry: Arc::clone(&registry),
-        ip_guard: Arc::clone(&ip_guard),
-        spool,
-        custom: Arc::clone(&custom),
-        acme: acme.clone(),
-        history: Arc::clone(&history),
-        block_duration: config.limits.block_duration,
-        cluster: cluster.clone(),
-        inspect_watchers: Arc::clone(&inspector.watchers),
-    });
-    let reload = reload::Reload {
-        keys,
-        certs,
-        registry: Arc::clone(&registry),
-        reserved: config.reserved_names.clone(),
-        tcp_ports: config.tcp_ports.clone(),
-        keys_only: config.auth_mode == AuthMode::Keys,
-    };
-
-    if let Some(acme) = &acme {
+        (&core, &inputs, cluster.as_ref()),
+        &addrs,
+        identity,
+    );
+    if let Some(acme) = &inputs.acme {
         // Before the ready line, so a stored certificate is served from the
         // first handshake on. HTTP-01 works already: :80 is bound (and its
         // accept loop starts right below, before any order gets that far).
         acme.start().await;
     }
-    addrs.announce(
-        &registry.public().domain,
-        &registry.public().connect_command(),
-    );
-
-    let expiry = tunnel::expiry::Limits {
-        idle: config.limits.tunnel_idle_timeout,
-        lifetime: config.limits.tunnel_max_lifetime,
-    };
-    shutdown.spawn(ssh::serve(listeners.ssh, server, ssh_handoffs));
-    shutdown.spawn(edge::redirect::serve(listeners.http, Arc::clone(&edge)));
-    if let (Some(cluster), Some(listener)) = (&cluster, listeners.cluster) {
-        let link = Arc::new(edge::link::LinkServer {
-            tls: cluster.link_tls()?.server,
-            edge: Arc::clone(&edge),
-            relays,
-            views: ops::admin::views(&ops),
-            spool: Arc::clone(&ops.spool),
-            shutdown: shutdown.clone(),
-        });
-        shutdown.spawn(edge::link::serve(listener, link));
-        shutdown.spawn(Arc::clone(cluster).run(shutdown.clone()));
-    }
-    if let Some(listener) = listeners.health {
-        shutdown.spawn(ops::health::serve(listener, shutdown.clone()));
-    }
-    shutdown.spawn(edge::https::serve(listeners.https, tls, edge));
-    let stats_shutdown = shutdown.clone();
-    let limits = config.limits.clone();
-    shutdown.spawn(async move { ops::serve(listeners.stats, ops, &limits, stats_shutdown).await });
-    shutdown.spawn(ops::dashboard::history::sample(history, shutdown.clone()));
-    shutdown.spawn(tunnel::expiry::run(
-        Arc::clone(&registry),
-        expiry,
-        shutdown.clone(),
-    ));
-    shutdown.spawn(http::pool::Pools::prune(
-        Arc::clone(&registry),
-        shutdown.clone(),
-    ));
-    shutdown.spawn(limits::housekeep(ip_guard, refusals, shutdown.clone()));
-    shutdown.spawn(Arc::clone(&custom).recheck(shutdown.clone()));
-    shutdown.spawn(reload::watch(reload, hangup, shutdown.clone()));
-    shutdown.spawn(trim::run(config.memory_trim_interval, shutdown.clone()));
-
+    addrs.announce(&config.domain, &core.registry.public().connect_command());
+    serve(&config, listeners, (inputs, core, layers), cluster.as_ref())?;
     systemd::ready();
 
     signal.await;
@@ -304,6 +112,302 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
             std::process::exit(1);
         }
     }
+}
+
+/// What is read before anything is bound or written: certificates, the
+/// keys file, the ACME set-up (its TSIG key file), the SIGHUP handler.
+struct Inputs {
+    certs: Arc<tls::Certs>,
+    keys: Arc<keys::Keys>,
+    challenges: Arc<acme::http01::Challenges>,
+    refusals: Arc<limits::Refusals>,
+    acme: Option<Arc<acme::Acme>>,
+    /// Installed early, so a SIGHUP never kills the process.
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Inputs {
+    fn read(config: &Config, shutdown: &Shutdown) -> Result<Inputs> {
+        let certs = tls::Certs::load(config)?;
+        let keys = Arc::new(keys::Keys::load(config.keys_file.as_deref())?);
+        let challenges = Arc::new(acme::http01::Challenges::default());
+        let refusals = Arc::new(limits::Refusals::default());
+        let acme = acme::Acme::new(
+            config,
+            Arc::clone(&certs),
+            Arc::clone(&challenges),
+            (Arc::clone(&refusals), shutdown.clone()),
+        )?;
+        Ok(Inputs {
+            certs,
+            keys,
+            challenges,
+            refusals,
+            acme,
+            hangup: reload::hangup_signal()?,
+        })
+    }
+}
+
+/// The shared parts, from the core up: every layer gets a narrow handle
+/// holding what it uses of these.
+struct Core {
+    registry: Arc<tunnel::Registry>,
+    ip_guard: Arc<limits::ssh::IpGuard>,
+    trusted: forwarded::TrustedProxies,
+    spool: Arc<pipe::spool::Budget>,
+    custom: Arc<custom::CustomDomains>,
+    relays: Arc<pipe::relay::Relays>,
+    tcp: Arc<pipe::tcp::TcpPorts>,
+    pools: http::pool::Pools,
+    inspector: Arc<inspect::Inspector>,
+    shutdown: Shutdown,
+}
+
+impl Core {
+    fn new(config: &Config, inputs: &Inputs, addrs: &BoundAddrs, shutdown: &Shutdown) -> Core {
+        let public = tunnel::public::Public {
+            domain: config.domain.clone(),
+            https_port: config.public_https_port.unwrap_or(addrs.https.port()),
+            ssh_port: addrs.ssh.port(),
+        };
+        let registry = Arc::new(tunnel::Registry::new(config.balance, public));
+        let ip_guard = Arc::new(limits::ssh::IpGuard::new(&config.limits));
+        let custom = Arc::new(custom::CustomDomains::new(
+            config,
+            Arc::clone(&inputs.certs),
+            Arc::clone(&registry),
+        ));
+        let relays = Arc::new(pipe::relay::Relays {
+            registry: Arc::clone(&registry),
+            ip_guard: Arc::clone(&ip_guard),
+            refusals: Arc::clone(&inputs.refusals),
+            idle: config.limits.tcp_idle_timeout,
+        });
+        let tcp = Arc::new(pipe::tcp::TcpPorts::new(
+            config.tcp_ports.clone(),
+            config.tcp_bind,
+            Arc::clone(&relays),
+            shutdown.clone(),
+        ));
+        let pools = http::pool::Pools {
+            max_idle: config.pool.channel_pool_size,
+            idle_timeout: config.pool.channel_pool_idle,
+        };
+        let inspector = Arc::new(inspect::Inspector::new(
+            &config.inspect,
+            Arc::clone(&registry),
+            pools,
+        ));
+        Core {
+            trusted: forwarded::TrustedProxies::new(&config.limits.trusted_proxies),
+            spool: pipe::spool::Budget::new((&config.spool).into()),
+            registry,
+            ip_guard,
+            custom,
+            relays,
+            tcp,
+            pools,
+            inspector,
+            shutdown: shutdown.clone(),
+        }
+    }
+}
+
+/// In cluster mode: joins the cluster, whose directory the registry
+/// consults from now on.
+async fn join_cluster(
+    config: &Config,
+    core: &Core,
+    inputs: &Inputs,
+) -> Result<Option<Arc<cluster::Cluster>>> {
+    if !config.cluster.enabled() {
+        return Ok(None);
+    }
+    let parts = cluster::Parts {
+        registry: Arc::clone(&core.registry),
+        ip_guard: Arc::clone(&core.ip_guard),
+        spool: Arc::clone(&core.spool),
+        keys: Arc::clone(&inputs.keys),
+        tcp: Arc::clone(&core.tcp),
+    };
+    let cluster = cluster::Cluster::join(config, parts).await?;
+    let directory = Arc::clone(&cluster) as Arc<dyn tunnel::directory::Directory>;
+    core.registry.set_directory(directory);
+    Ok(Some(cluster))
+}
+
+/// Where certificates come from: in a cluster every node serves the same
+/// ones, kept in Redis; custom domains get theirs from the CA when ACME is
+/// on (renewed only while a tunnel binds the name), else self-signed
+/// (shared in a cluster).
+fn share_certificates(core: &Core, inputs: &Inputs, cluster: Option<&cluster::Cluster>) {
+    let shared = cluster.map(|cluster| cluster.certs());
+    if let Some(shared) = &shared {
+        inputs.challenges.share(shared.clone());
+        core.custom.certs.share(shared.clone());
+        if let Some(acme) = &inputs.acme {
+            acme.share(shared.clone());
+        }
+    }
+    if let Some(acme) = &inputs.acme {
+        let custom = Arc::clone(&core.custom);
+        acme.renew_only_while(Arc::new(move |name| {
+            let custom = Arc::clone(&custom);
+            Box::pin(async move { custom.wants_certificate(&name).await })
+        }));
+    }
+    let issuer: Option<Arc<dyn custom::issuer::Issuer>> = match (&inputs.acme, shared) {
+        (Some(acme), _) => Some(Arc::new(acme::OnDemandIssuer(Arc::clone(acme)))),
+        (None, Some(shared)) => Some(Arc::new(custom::issuer::SharedSelfSigned::new(shared))),
+        (None, None) => None,
+    };
+    if let Some(issuer) = issuer {
+        core.custom.certs.set_issuer(issuer);
+    }
+}
+
+/// The layers above the core, each with its handle.
+struct Layers {
+    ssh: Arc<ssh::Server>,
+    /// SSH clients on the HTTPS port go to the SSH server
+    /// (`--ssh-on-https`).
+    ssh_handoffs: Option<listen::Handoffs>,
+    edge: Arc<edge::Edge>,
+    ops: Arc<ops::Ops>,
+    history: Arc<ops::dashboard::History>,
+    reload: reload::Reload,
+}
+
+impl Layers {
+    fn new(
+        config: &Config,
+        (core, inputs, cluster): (&Core, &Inputs, Option<&Arc<cluster::Cluster>>),
+        addrs: &BoundAddrs,
+        (host_key, name_secret): (russh::keys::PrivateKey, Vec<u8>),
+    ) -> Layers {
+        let ssh_parts = ssh::Parts {
+            registry: Arc::clone(&core.registry),
+            keys: Arc::clone(&inputs.keys),
+            tcp: Arc::clone(&core.tcp),
+            relays: Arc::clone(&core.relays),
+            custom: Arc::clone(&core.custom),
+            ip_guard: Arc::clone(&core.ip_guard),
+            refusals: Arc::clone(&inputs.refusals),
+            trusted: core.trusted.clone(),
+            spool: Arc::clone(&core.spool),
+            inspect: Arc::clone(&core.inspector),
+            shutdown: core.shutdown.clone(),
+        };
+        let ssh = ssh::Server::new(config, ssh_parts, host_key, Arc::from(name_secret));
+        let (handoff, ssh_handoffs) = match config.ssh_on_https {
+            config::Switch::On => {
+                let (give, take) = listen::handoff();
+                (Some(give), Some(take))
+            }
+            config::Switch::Off => (None, None),
+        };
+        let proxy_parts = http::proxy::Parts {
+            registry: Arc::clone(&core.registry),
+            trusted: core.trusted.clone(),
+            ip_guard: Arc::clone(&core.ip_guard),
+            refusals: Arc::clone(&inputs.refusals),
+            pools: core.pools,
+            observer: Arc::clone(&core.inspector) as Arc<dyn http::observe::Observer>,
+            shutdown: core.shutdown.clone(),
+        };
+        let proxy = http::proxy::Proxy::new(config, proxy_parts, addrs.https);
+        let edge_parts = edge::Parts {
+            relays: Arc::clone(&core.relays),
+            custom: Arc::clone(&core.custom),
+            challenges: Arc::clone(&inputs.challenges),
+            ssh: handoff,
+            shutdown: core.shutdown.clone(),
+        };
+        let history = Arc::new(ops::dashboard::History::start_now());
+        let ops_parts = ops::Parts {
+            registry: Arc::clone(&core.registry),
+            ip_guard: Arc::clone(&core.ip_guard),
+            spool: Arc::clone(&core.spool),
+            custom: Arc::clone(&core.custom),
+            acme: inputs.acme.clone(),
+            history: Arc::clone(&history),
+            cluster: cluster.cloned(),
+            inspect_watchers: Arc::clone(&core.inspector.watchers),
+        };
+        let reload = reload::Reload {
+            keys: Arc::clone(&inputs.keys),
+            certs: Arc::clone(&inputs.certs),
+            registry: Arc::clone(&core.registry),
+            reserved: config.reserved_names.clone(),
+            tcp_ports: config.tcp_ports.clone(),
+            keys_only: config.auth_mode == AuthMode::Keys,
+        };
+        Layers {
+            ssh: Arc::new(ssh),
+            ssh_handoffs,
+            edge: Arc::new(edge::Edge::new(config, proxy, edge_parts)),
+            ops: Arc::new(ops::Ops::new(config, ops_parts)),
+            history,
+            reload,
+        }
+    }
+}
+
+/// Starts every listener's accept loop and every background task; they
+/// run until shutdown.
+fn serve(
+    config: &Config,
+    listeners: Listeners,
+    (inputs, core, layers): (Inputs, Core, Layers),
+    cluster: Option<&Arc<cluster::Cluster>>,
+) -> Result<()> {
+    let shutdown = &core.shutdown;
+    let tls = tls::server_config(Arc::clone(&inputs.certs));
+    shutdown.spawn(ssh::serve(listeners.ssh, layers.ssh, layers.ssh_handoffs));
+    shutdown.spawn(edge::redirect::serve(
+        listeners.http,
+        Arc::clone(&layers.edge),
+    ));
+    if let (Some(cluster), Some(listener)) = (cluster, listeners.cluster) {
+        let link = Arc::new(edge::link::LinkServer {
+            tls: cluster.link_tls()?.server,
+            edge: Arc::clone(&layers.edge),
+            relays: Arc::clone(&core.relays),
+            views: ops::admin::views(&layers.ops),
+            spool: Arc::clone(&core.spool),
+            shutdown: shutdown.clone(),
+        });
+        shutdown.spawn(edge::link::serve(listener, link));
+        shutdown.spawn(Arc::clone(cluster).run(shutdown.clone()));
+    }
+    if let Some(listener) = listeners.health {
+        shutdown.spawn(ops::health::serve(listener, shutdown.clone()));
+    }
+    shutdown.spawn(edge::https::serve(listeners.https, tls, layers.edge));
+    let limits = config.limits.clone();
+    let stats = (listeners.stats, layers.ops, shutdown.clone());
+    shutdown.spawn(async move { ops::serve(stats.0, stats.1, &limits, stats.2).await });
+    let history = ops::dashboard::history::sample(layers.history, shutdown.clone());
+    shutdown.spawn(history);
+    let expiry = tunnel::expiry::Limits {
+        idle: config.limits.tunnel_idle_timeout,
+        lifetime: config.limits.tunnel_max_lifetime,
+    };
+    let registry = Arc::clone(&core.registry);
+    shutdown.spawn(tunnel::expiry::run(registry, expiry, shutdown.clone()));
+    let registry = Arc::clone(&core.registry);
+    shutdown.spawn(http::pool::Pools::prune(registry, shutdown.clone()));
+    let refusals = Arc::clone(&inputs.refusals);
+    shutdown.spawn(limits::housekeep(core.ip_guard, refusals, shutdown.clone()));
+    shutdown.spawn(Arc::clone(&core.custom).recheck(shutdown.clone()));
+    shutdown.spawn(reload::watch(
+        layers.reload,
+        inputs.hangup,
+        shutdown.clone(),
+    ));
+    shutdown.spawn(trim::run(config.memory_trim_interval, shutdown.clone()));
+    Ok(())
 }
 
 /// The graceful shutdown: stop accepting, tell the SSH users, let in-flight

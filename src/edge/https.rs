@@ -174,7 +174,7 @@ async fn route_by_sni(
             None
         }
         TlsRoute::Passthrough(name) => {
-            let local = stream.local_addr().unwrap_or(edge.proxy.https_addr);
+            let local = stream.local_addr().unwrap_or(edge.proxy.https_addr());
             let relays = &edge.relays;
             relays
                 .serve_visitor(&name, stream, &hello.bytes, peer, local)

@@ -20,7 +20,7 @@ use hyper::{Request, Response};
 
 use self::router::{Route, Router};
 use crate::acme::http01::Challenges;
-use crate::config::HttpMode;
+use crate::config::{Config, HttpMode};
 use crate::counters::COUNTERS;
 use crate::custom::CustomDomains;
 use crate::http::proxy::Proxy;
@@ -30,26 +30,60 @@ use crate::shutdown::Shutdown;
 use crate::tunnel::registry::Pick;
 use crate::tunnel::route::Holder;
 
-/// What the visitor's edge works with.
+/// What the visitor's edge works with. Built by [`Edge::new`]; its
+/// fields are this module's.
 pub struct Edge {
-    pub router: Router,
-    pub proxy: Proxy,
+    /// Host and SNI → route, over the same registry and custom domains as
+    /// the proxy.
+    router: Router,
+    proxy: Proxy,
     /// Raw relays for `tls=passthrough` tunnels.
-    pub relays: Arc<Relays>,
+    relays: Arc<Relays>,
     /// Certificates of custom domains (a handshake may wait for one).
-    pub custom: Arc<CustomDomains>,
+    custom: Arc<CustomDomains>,
     /// Pending ACME HTTP-01 challenges, answered on :80.
-    pub challenges: Arc<Challenges>,
-    pub http_mode: HttpMode,
+    challenges: Arc<Challenges>,
+    http_mode: HttpMode,
     /// Header and keep-alive timeouts, header size, trusted proxies.
-    pub conn_limits: ConnLimits,
+    conn_limits: ConnLimits,
     /// Where SSH clients that connect to the HTTPS port go
     /// (`--ssh-on-https`); `None`: they get a failed TLS handshake.
+    ssh: Option<crate::listen::Handoff>,
+    shutdown: Shutdown,
+}
+
+/// The node's shared parts the edge is built from, besides its proxy.
+pub struct Parts {
+    pub relays: Arc<Relays>,
+    pub custom: Arc<CustomDomains>,
+    pub challenges: Arc<Challenges>,
+    /// `Some` with `--ssh-on-https`.
     pub ssh: Option<crate::listen::Handoff>,
     pub shutdown: Shutdown,
 }
 
 impl Edge {
+    /// The edge `config` describes, in front of `proxy`.
+    pub fn new(config: &Config, proxy: Proxy, parts: Parts) -> Edge {
+        let registry = Arc::clone(proxy.registry());
+        Edge {
+            router: Router::new(registry, Arc::clone(&parts.custom)),
+            conn_limits: ConnLimits::new(&config.limits, proxy.trusted().clone()),
+            proxy,
+            relays: parts.relays,
+            custom: parts.custom,
+            challenges: parts.challenges,
+            http_mode: config.http_mode,
+            ssh: parts.ssh,
+            shutdown: parts.shutdown,
+        }
+    }
+
+    /// Shutdown, for what serves the edge's requests (the link).
+    pub fn shutdown(&self) -> &Shutdown {
+        &self.shutdown
+    }
+
     /// Every visitor request: routed by host to the landing page, an error
     /// page or a tunnel; counted once, with its status and time to head.
     pub async fn request(
@@ -108,7 +142,7 @@ impl Edge {
         let domain = self.router.domain();
         let page = match self.router.route(&host).await {
             Route::Apex => {
-                let connect = self.proxy.registry.public().connect_command();
+                let connect = self.proxy.registry().public().connect_command();
                 let mut page = pages::landing(domain, &connect).render(req.headers());
                 page.headers_mut().insert(
                     header::STRICT_TRANSPORT_SECURITY,
@@ -125,8 +159,8 @@ impl Edge {
                     return (response, Served::Here(Some(tunnel)));
                 }
                 Holder::There(remote) => {
-                    let visitor = self.proxy.trusted.visitor(req.headers(), peer);
-                    let local = local_addr(&req).unwrap_or(self.proxy.https_addr);
+                    let visitor = self.proxy.trusted().visitor(req.headers(), peer);
+                    let local = local_addr(&req).unwrap_or(self.proxy.https_addr());
                     let to = (visitor, local, scheme);
                     let response = forward::forward(&self.shutdown, &remote, req, to);
                     return (response.await, Served::Elsewhere);
@@ -141,7 +175,7 @@ impl Edge {
 
     /// Who serves `name` for a request from `scope`.
     async fn holder(&self, name: &str, scope: Scope) -> Holder {
-        let registry = &self.proxy.registry;
+        let registry = &self.proxy.registry();
         match scope {
             Scope::Anywhere => registry.route(name, Pick::Next).await,
             Scope::Here => registry

@@ -108,6 +108,6 @@ async fn location(edge: &Edge, req: &Request<Incoming>) -> Option<HeaderValue> {
     } else {
         "/"
     };
-    let port = edge.proxy.registry.public().port_suffix();
+    let port = edge.proxy.registry().public().port_suffix();
     HeaderValue::from_str(&format!("https://{name}{port}{path}")).ok()
 }

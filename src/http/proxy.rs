@@ -34,7 +34,7 @@ use super::metered::{Cut, MeteredBody, Stopped};
 use super::observe::{Observation, Observer, Start};
 use super::upstream::SendError;
 use super::{log, pages, rewrite, upstream, websocket, Body, Scheme};
-use crate::config::LimitArgs;
+use crate::config::{Config, LimitArgs};
 use crate::counters::{Gauge, COUNTERS};
 use crate::forwarded::TrustedProxies;
 use crate::limits::http::Slot;
@@ -45,27 +45,38 @@ use crate::request_log::Seen;
 use crate::tunnel::options::{Tls, TunnelOptions};
 use crate::tunnel::{OpenError, Registry, Tunnel};
 
-/// What the proxy works with, and nothing else.
+/// What the proxy works with, and nothing else. Built by [`Proxy::new`].
 pub struct Proxy {
+    registry: Arc<Registry>,
+    limits: LimitArgs,
+    trusted: TrustedProxies,
+    ip_guard: Arc<IpGuard>,
+    refusals: Arc<Refusals>,
+    /// `--access-log`: every request also goes to the server's log.
+    access_log: bool,
+    /// Browser navigations get the warning page first (unless the name
+    /// was granted to a known key).
+    browser_warning: bool,
+    /// Keep-alive connections to the apps (the same pools replays use).
+    pools: super::pool::Pools,
+    /// WebSocket relays are tasks shutdown waits for.
+    shutdown: crate::shutdown::Shutdown,
+    /// The address visitors connect to when a connection cannot tell its
+    /// own (the destination of a PROXY header to the app).
+    https_addr: SocketAddr,
+    /// Sees the requests someone watches (the request inspector).
+    observer: Arc<dyn Observer>,
+}
+
+/// The node's shared parts the proxy is built from.
+pub struct Parts {
     pub registry: Arc<Registry>,
-    pub limits: LimitArgs,
     pub trusted: TrustedProxies,
     pub ip_guard: Arc<IpGuard>,
     pub refusals: Arc<Refusals>,
-    /// `--access-log`: every request also goes to the server's log.
-    pub access_log: bool,
-    /// Browser navigations get the warning page first (unless the name
-    /// was granted to a known key).
-    pub browser_warning: bool,
-    /// Keep-alive connections to the apps.
     pub pools: super::pool::Pools,
-    /// WebSocket relays are tasks shutdown waits for.
-    pub shutdown: crate::shutdown::Shutdown,
-    /// The address visitors connect to when a connection cannot tell its
-    /// own (the destination of a PROXY header to the app).
-    pub https_addr: SocketAddr,
-    /// Sees the requests someone watches (the request inspector).
     pub observer: Arc<dyn Observer>,
+    pub shutdown: crate::shutdown::Shutdown,
 }
 
 /// Who asked, for what host, over which scheme.
@@ -80,6 +91,38 @@ pub(super) struct Visitor<'a> {
 }
 
 impl Proxy {
+    /// The proxy `config` describes; `https_addr` is where visitors
+    /// connect.
+    pub fn new(config: &Config, parts: Parts, https_addr: SocketAddr) -> Proxy {
+        Proxy {
+            registry: parts.registry,
+            limits: config.limits.clone(),
+            trusted: parts.trusted,
+            ip_guard: parts.ip_guard,
+            refusals: parts.refusals,
+            access_log: config.access_log,
+            browser_warning: !config.warning.no_browser_warning,
+            pools: parts.pools,
+            shutdown: parts.shutdown,
+            https_addr,
+            observer: parts.observer,
+        }
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Whose `X-Forwarded-For` is believed.
+    pub fn trusted(&self) -> &TrustedProxies {
+        &self.trusted
+    }
+
+    /// The HTTPS listener's address.
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https_addr
+    }
+
     /// A request for live tunnel `name` (`picked` from its clients). The
     /// response goes into the request log of the client that served it
     /// once its body has ended. Returns the tunnel that answered, whose

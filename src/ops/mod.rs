@@ -32,22 +32,52 @@ use crate::pipe::spool::Budget;
 use crate::shutdown::Shutdown;
 use crate::tunnel::Registry;
 
-/// What the operator's endpoints read and act on.
+/// What the operator's endpoints work with. Built by [`Ops::new`]; its
+/// fields are this module's.
 pub struct Ops {
+    registry: Arc<Registry>,
+    ip_guard: Arc<IpGuard>,
+    spool: Arc<Budget>,
+    custom: Arc<CustomDomains>,
+    /// ACME certificates, when on.
+    acme: Option<Arc<Acme>>,
+    /// The last hour of traffic, for the dashboard.
+    history: Arc<dashboard::History>,
+    /// `--block-duration`: a ban without a duration lasts this long.
+    block_duration: Duration,
+    /// This node's cluster, when it is in one.
+    cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Who inspects what (`inspector_connections` in the stats).
+    inspect_watchers: Arc<crate::inspect::capture::Watchers>,
+}
+
+/// The node's shared parts the operator's endpoints read.
+pub struct Parts {
     pub registry: Arc<Registry>,
     pub ip_guard: Arc<IpGuard>,
     pub spool: Arc<Budget>,
     pub custom: Arc<CustomDomains>,
-    /// ACME certificates, when on.
     pub acme: Option<Arc<Acme>>,
-    /// The last hour of traffic, for the dashboard.
     pub history: Arc<dashboard::History>,
-    /// `--block-duration`: a ban without a duration lasts this long.
-    pub block_duration: Duration,
-    /// This node's cluster, when it is in one.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
-    /// Who inspects what (`inspector_connections` in the stats).
     pub inspect_watchers: Arc<crate::inspect::capture::Watchers>,
+}
+
+impl Ops {
+    /// The endpoints `config` describes.
+    pub fn new(config: &crate::config::Config, parts: Parts) -> Ops {
+        Ops {
+            registry: parts.registry,
+            ip_guard: parts.ip_guard,
+            spool: parts.spool,
+            custom: parts.custom,
+            acme: parts.acme,
+            history: parts.history,
+            block_duration: config.limits.block_duration,
+            cluster: parts.cluster,
+            inspect_watchers: parts.inspect_watchers,
+        }
+    }
 }
 
 /// Serves the stats endpoint until shutdown.

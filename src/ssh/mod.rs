@@ -35,7 +35,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use self::session::Session;
-use crate::config::{AuthMode, LimitArgs, RequestLogArgs};
+use crate::config::{AuthMode, Config, LimitArgs, RequestLogArgs};
 use crate::counters::{SshOutcome, COUNTERS};
 use crate::custom::CustomDomains;
 use crate::forwarded::TrustedProxies;
@@ -49,34 +49,84 @@ use crate::pipe::tcp::TcpPorts;
 use crate::shutdown::Shutdown;
 use crate::tunnel::{Client, ConnId, Notice, Registry};
 
-/// What the SSH server works with, and nothing else.
+/// What the SSH server works with: the handle every connection of it
+/// holds. Built by [`Server::new`]; its fields are this module's.
 pub struct Server {
-    pub registry: Arc<Registry>,
-    pub limits: LimitArgs,
+    registry: Arc<Registry>,
+    limits: LimitArgs,
     /// The live request log's settings.
-    pub request_log: RequestLogArgs,
-    pub auth_mode: AuthMode,
+    request_log: RequestLogArgs,
+    auth_mode: AuthMode,
     /// `--reserved-names`.
-    pub reserved_names: Vec<String>,
-    pub keys: Arc<Keys>,
+    reserved_names: Vec<String>,
+    keys: Arc<Keys>,
     /// Public TCP ports for raw tunnels.
-    pub tcp: Arc<TcpPorts>,
+    tcp: Arc<TcpPorts>,
     /// Relays raw connections to tunnels: private aliases' SSH
     /// connections go through it like TCP visitors.
+    relays: Arc<Relays>,
+    custom: Arc<CustomDomains>,
+    ip_guard: Arc<IpGuard>,
+    refusals: Arc<Refusals>,
+    /// Whose PROXY header is believed.
+    trusted: TrustedProxies,
+    /// Keys the HMAC that turns an SSH key into its stable name (in a
+    /// cluster, the secret every node shares).
+    name_secret: Arc<[u8]>,
+    /// Always [`russh_config`]'s: keepalives paired with the inactivity
+    /// timeout, so idle `-N` tunnels live.
+    russh: Arc<RusshConfig>,
+    /// Memory and disk for slow visitors of every channel.
+    spool: Arc<Budget>,
+    /// The request inspector connections open with `-L 4040:localhost:4040`.
+    inspect: Arc<crate::inspect::Inspector>,
+    shutdown: Shutdown,
+}
+
+/// The node's shared parts the SSH server is built from.
+pub struct Parts {
+    pub registry: Arc<Registry>,
+    pub keys: Arc<Keys>,
+    pub tcp: Arc<TcpPorts>,
     pub relays: Arc<Relays>,
     pub custom: Arc<CustomDomains>,
     pub ip_guard: Arc<IpGuard>,
     pub refusals: Arc<Refusals>,
-    /// Whose PROXY header is believed.
     pub trusted: TrustedProxies,
-    /// Keys the HMAC that turns an SSH key into its stable name.
-    pub name_secret: Arc<[u8]>,
-    pub russh: Arc<RusshConfig>,
-    /// Memory and disk for slow visitors of every channel.
     pub spool: Arc<Budget>,
-    /// The request inspector connections open with `-L 4040:localhost:4040`.
     pub inspect: Arc<crate::inspect::Inspector>,
     pub shutdown: Shutdown,
+}
+
+impl Server {
+    /// The server `config` describes, answering with `host_key` and
+    /// naming keys with `name_secret`.
+    pub fn new(
+        config: &Config,
+        parts: Parts,
+        host_key: PrivateKey,
+        name_secret: Arc<[u8]>,
+    ) -> Server {
+        Server {
+            registry: parts.registry,
+            limits: config.limits.clone(),
+            request_log: config.request_log.clone(),
+            auth_mode: config.auth_mode,
+            reserved_names: config.reserved_names.clone(),
+            keys: parts.keys,
+            tcp: parts.tcp,
+            relays: parts.relays,
+            custom: parts.custom,
+            ip_guard: parts.ip_guard,
+            refusals: parts.refusals,
+            trusted: parts.trusted,
+            name_secret,
+            russh: russh_config(host_key),
+            spool: parts.spool,
+            inspect: parts.inspect,
+            shutdown: parts.shutdown,
+        }
+    }
 }
 
 /// Server keepalive period: a client that answers nothing for this long is
@@ -91,7 +141,7 @@ const KEEPALIVE_MAX: usize = 4;
 const INACTIVITY_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Builds the russh configuration around the host key.
-pub fn russh_config(host_key: PrivateKey) -> Arc<RusshConfig> {
+fn russh_config(host_key: PrivateKey) -> Arc<RusshConfig> {
     let methods = MethodSet::from(
         &[
             MethodKind::None,
