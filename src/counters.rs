@@ -52,6 +52,10 @@ pub struct Stats {
     /// `direct-tcpip` opens refused: no such alias, a key not allowed,
     /// or a target that is no private alias at all.
     pub private_refused: AtomicU64,
+    /// Visitors (a TLS handshake, a request, a raw connection) that waited
+    /// for a new tunnel's options, and for how long in all (ms).
+    pub held_for_options: AtomicU64,
+    pub held_for_options_ms: AtomicU64,
 }
 
 /// The `code` label of `http_requests`, in the order of `Metrics::responses`.
@@ -96,6 +100,8 @@ pub struct Metrics {
     /// the refusal: `not-private`, `needs-key`, `not-allowed`, `no-device`,
     /// `device-failed`).
     pub private_connections: Family<Labels, Counter>,
+    /// How long visitors waited for a new tunnel's options.
+    pub options_hold: Histogram,
 }
 
 impl Default for Metrics {
@@ -120,6 +126,8 @@ impl Default for Metrics {
             forwarded_bytes: Family::default(),
             link_errors: Counter::default(),
             private_connections: Family::default(),
+            // 1 ms … ~8 s.
+            options_hold: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
         }
     }
 }
@@ -217,6 +225,20 @@ impl Counters {
         if let (Some(traffic), 500..) = (traffic, status) {
             bump(&traffic.errors);
         }
+    }
+
+    /// A visitor waited `held` for a new tunnel's options (nothing is
+    /// counted when it did not wait).
+    pub fn held_for_options(&self, held: Duration) {
+        if held.is_zero() {
+            return;
+        }
+        bump(&self.stats.held_for_options);
+        let ms = u64::try_from(held.as_millis()).unwrap_or(u64::MAX);
+        self.stats
+            .held_for_options_ms
+            .fetch_add(ms, Ordering::Relaxed);
+        self.metrics.options_hold.observe(held.as_secs_f64());
     }
 
     /// A stream to a user's app was opened, `took` after asking.

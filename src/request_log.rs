@@ -63,6 +63,9 @@ struct Arrival {
     path: String,
     visitor: IpAddr,
     host: String,
+    /// How long the request was held until its tunnel's options were known
+    /// (µs): the line says so, and its duration includes it.
+    held_us: AtomicU64,
 }
 
 impl Seen {
@@ -74,7 +77,31 @@ impl Seen {
             path: path.to_string(),
             visitor: visitor.to_canonical(),
             host: host.to_string(),
+            held_us: AtomicU64::new(0),
         }))
+    }
+
+    /// The request was held `held` before it arrived here (its connection's
+    /// TLS handshake waited for the tunnel's options): it counts as the
+    /// request's own wait, and its time.
+    pub fn held_before(mut self, held: Duration) -> Seen {
+        if let Some(arrival) = Arc::get_mut(&mut self.0) {
+            arrival.started = arrival.started.checked_sub(held).unwrap_or(arrival.started);
+            arrival.at = arrival.at.checked_sub(held).unwrap_or(arrival.at);
+        }
+        self.add_held(held);
+        self
+    }
+
+    /// The request waited `held` more for its tunnel's options.
+    pub fn add_held(&self, held: Duration) {
+        let us = u64::try_from(held.as_micros()).unwrap_or(u64::MAX);
+        self.0.held_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// How long the request was held for its tunnel's options.
+    pub fn held(&self) -> Duration {
+        self.0.held()
     }
 
     pub fn is_head(&self) -> bool {
@@ -109,6 +136,12 @@ pub enum Event {
     },
 }
 
+impl Arrival {
+    fn held(&self) -> Duration {
+        Duration::from_micros(self.held_us.load(Ordering::Relaxed))
+    }
+}
+
 impl Event {
     fn seen(&self) -> &Arrival {
         match self {
@@ -130,7 +163,8 @@ impl Event {
                 why,
                 ..
             } => {
-                tracing::info!(target: "burrow::access", host = %seen.host, visitor = %seen.visitor, %method, %path, status, bytes, duration_ms = duration.as_millis() as u64, why = why.as_deref().unwrap_or(""), "request")
+                let held_ms = seen.held().as_millis() as u64;
+                tracing::info!(target: "burrow::access", host = %seen.host, visitor = %seen.visitor, %method, %path, status, bytes, duration_ms = duration.as_millis() as u64, held_ms, why = why.as_deref().unwrap_or(""), "request")
             }
             Event::WebSocketOpen { .. } => {
                 tracing::info!(target: "burrow::access", host = %seen.host, visitor = %seen.visitor, %path, "websocket open")
@@ -387,6 +421,14 @@ fn render(event: &Event, style: Style, out: &mut String) {
             shorten_to(why, WHY_WIDTH)
         );
     }
+    let held = seen.held();
+    if matches!(event, Event::Request { .. }) && !held.is_zero() {
+        let _ = write!(
+            out,
+            "          {dim}↳ held {} for the client's options{reset}\r\n",
+            took(held)
+        );
+    }
 }
 
 fn marker(lost: u64, style: Style, out: &mut String) {
@@ -424,6 +466,7 @@ fn json(event: &Event) -> String {
             "status": status,
             "bytes": bytes,
             "duration_ms": duration.as_secs_f64() * 1000.0,
+            "held_ms": seen.held().as_secs_f64() * 1000.0,
             "why": why.as_deref().map(|why| shorten_to(why, WHY_WIDTH)),
         }),
         Event::WebSocketOpen { .. } => serde_json::json!({"event": "websocket_open"}),

@@ -628,9 +628,17 @@ async fn keys_listed_in_dns_share_a_name_when_balancing() {
 /// silent): the bind is refused after `--dns-timeout`, saying so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_resolver_is_refused_after_the_dns_timeout() {
-    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let addr = udp.local_addr().unwrap();
-    let tcp = tokio::net::TcpListener::bind(addr).await.unwrap();
+    // A UDP port whose TCP twin is free too (another test may hold it).
+    let mut pair = None;
+    for _ in 0..50 {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = udp.local_addr().unwrap();
+        if let Ok(tcp) = tokio::net::TcpListener::bind(addr).await {
+            pair = Some((udp, addr, tcp));
+            break;
+        }
+    }
+    let (udp, addr, tcp) = pair.expect("a UDP and TCP port pair");
     let silent = tokio::spawn(async move {
         let mut held = Vec::new();
         while let Ok((stream, _)) = tcp.accept().await {

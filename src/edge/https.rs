@@ -22,7 +22,7 @@ use super::router::TlsRoute;
 use super::{sni, Edge};
 use crate::http::metered::MeteredBody;
 use crate::http::watchdog::{ConnWatch, WatchedIo};
-use crate::http::{accept_loop, LocalAddr, Scheme};
+use crate::http::{accept_loop, HeldForOptions, LocalAddr, Scheme};
 use crate::pipe::rewind::Rewind;
 
 /// Time a client gets to finish the TLS handshake (and, before that, to
@@ -59,9 +59,12 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, edge: 
                 let Some(stream) = ssh_or_tls(&edge, stream, peer).await else {
                     return;
                 };
-                let Some(stream) = route_by_sni(&edge, stream, peer).await else {
+                let Some((stream, held)) = route_by_sni(&edge, stream, peer).await else {
                     return;
                 };
+                // The handshake's wait for the options is the first
+                // request's.
+                let held = std::sync::Mutex::new(Some(HeldForOptions(held)));
                 // A fresh limit: routing may have waited for a new tunnel.
                 let handshake =
                     tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
@@ -82,6 +85,9 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, edge: 
                 let marks = Arc::clone(&watch);
                 let service = service_fn(move |mut req: Request<Incoming>| {
                     req.extensions_mut().insert(local);
+                    if let Some(held) = held.lock().ok().and_then(|mut h| h.take()) {
+                        req.extensions_mut().insert(held);
+                    }
                     let mark = marks.begin();
                     let edge = Arc::clone(&edge);
                     async move {
@@ -139,13 +145,14 @@ async fn ssh_or_tls(edge: &Edge, stream: TcpStream, peer: SocketAddr) -> Option<
 }
 
 /// Reads the ClientHello and acts on its SNI. Returns the stream (with the
-/// hello replayed) when TLS is to be terminated here; `None` when the
-/// connection was relayed, refused, or broke off.
+/// hello replayed) when TLS is to be terminated here, and how long routing
+/// held it for a new tunnel's options; `None` when the connection was
+/// relayed, refused, or broke off.
 async fn route_by_sni(
     edge: &Edge,
     mut stream: TcpStream,
     peer: SocketAddr,
-) -> Option<Rewind<TcpStream>> {
+) -> Option<(Rewind<TcpStream>, Duration)> {
     let read = sni::read_client_hello(&mut stream);
     let hello = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, read).await {
         Ok(Ok(hello)) => hello,
@@ -158,15 +165,16 @@ async fn route_by_sni(
             return None;
         }
     };
-    match edge.router.tls(hello.server_name.as_deref()).await {
-        TlsRoute::Terminate => Some(Rewind::new(hello.bytes, stream)),
+    let (route, held) = edge.router.tls(hello.server_name.as_deref()).await;
+    match route {
+        TlsRoute::Terminate => Some((Rewind::new(hello.bytes, stream), held)),
         TlsRoute::TerminateCustom(name) => {
             // The bound name's certificate may still be on its way.
             let certs = &edge.custom.certs;
             certs
                 .wait_ready(&name, crate::custom::certs::CERT_WAIT)
                 .await;
-            Some(Rewind::new(hello.bytes, stream))
+            Some((Rewind::new(hello.bytes, stream), held))
         }
         TlsRoute::Reject => {
             tracing::debug!(%peer, sni = ?hello.server_name, "tls for a name outside the domain refused");

@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use super::router::Route;
 use super::Edge;
 use crate::config::HttpMode;
-use crate::http::{pages, Body, Scheme};
+use crate::http::{pages, Body, HeldForOptions, Scheme};
 use crate::subdomain;
 
 /// Serves plain HTTP until shutdown.
@@ -33,8 +33,12 @@ pub async fn serve(listener: TcpListener, edge: Arc<Edge>) {
             if let Some(answer) = edge.challenges.answer(req.uri().path()).await {
                 return Ok(acme_challenge(answer));
             }
-            if edge.http_mode == HttpMode::Proxy && is_tunnel(&edge, &req).await {
-                return Ok(edge.request(req, peer, Scheme::Http).await);
+            if edge.http_mode == HttpMode::Proxy {
+                if let (true, held) = is_tunnel(&edge, &req).await {
+                    let mut req = req;
+                    req.extensions_mut().insert(HeldForOptions(held));
+                    return Ok(edge.request(req, peer, Scheme::Http).await);
+                }
             }
             Ok::<_, Infallible>(handle(&edge, &req).await)
         }
@@ -65,11 +69,12 @@ fn host(req: &Request<Incoming>) -> Option<&str> {
 }
 
 /// Whether the request is for a tunnel the proxy serves over plain HTTP:
-/// any but a `tls=passthrough` one, which only speaks TLS.
-async fn is_tunnel(edge: &Edge, req: &Request<Incoming>) -> bool {
+/// any but a `tls=passthrough` one, which only speaks TLS; and how long it
+/// was held for the tunnel's options.
+async fn is_tunnel(edge: &Edge, req: &Request<Incoming>) -> (bool, std::time::Duration) {
     match host(req) {
         Some(host) => edge.router.serves_plain_http(host).await,
-        None => false,
+        None => (false, std::time::Duration::ZERO),
     }
 }
 

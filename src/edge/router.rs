@@ -4,6 +4,7 @@
 //! is terminated here or passed through to the app (`tls=passthrough`).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::custom::CustomDomains;
 use crate::subdomain::{is_valid_label, strip_port};
@@ -95,33 +96,39 @@ impl Router {
     /// refused. A new tunnel's `tls=` option may still be on its way, here
     /// or on another node: [`Registry::passthrough`] waits for it
     /// (bounded), so a first connection is never terminated by mistake.
-    pub async fn tls(&self, server_name: Option<&str>) -> TlsRoute {
+    ///
+    /// With the route, how long the connection was held for the options.
+    pub async fn tls(&self, server_name: Option<&str>) -> (TlsRoute, Duration) {
         let Some(name) = server_name else {
-            return TlsRoute::Terminate;
+            return (TlsRoute::Terminate, Duration::ZERO);
         };
         let key = match self.route(name).await {
-            Route::Foreign => return TlsRoute::Reject,
-            Route::Apex | Route::Malformed => return TlsRoute::Terminate,
+            Route::Foreign => return (TlsRoute::Reject, Duration::ZERO),
+            Route::Apex | Route::Malformed => return (TlsRoute::Terminate, Duration::ZERO),
             Route::Tunnel(key) => key,
         };
-        let Some(passthrough) = self.registry.passthrough(&key).await else {
-            return TlsRoute::Terminate;
+        let (passthrough, held) = self.registry.passthrough(&key).await;
+        crate::counters::COUNTERS.held_for_options(held);
+        let route = match (passthrough, crate::tunnel::is_custom_key(&key)) {
+            (None, _) => TlsRoute::Terminate,
+            (Some(true), _) => TlsRoute::Passthrough(key),
+            (Some(false), true) => TlsRoute::TerminateCustom(key),
+            (Some(false), false) => TlsRoute::Terminate,
         };
-        match (passthrough, crate::tunnel::is_custom_key(&key)) {
-            (true, _) => TlsRoute::Passthrough(key),
-            (false, true) => TlsRoute::TerminateCustom(key),
-            (false, false) => TlsRoute::Terminate,
-        }
+        (route, held)
     }
 
     /// Whether a plain-HTTP request for `host` goes to the proxy (with
     /// `--http-mode proxy`): a tunnel, unless it only speaks TLS
     /// (`tls=passthrough`).
-    pub async fn serves_plain_http(&self, host: &str) -> bool {
+    /// With the answer, how long the request was held for the options.
+    pub async fn serves_plain_http(&self, host: &str) -> (bool, Duration) {
         let Route::Tunnel(key) = self.route(host).await else {
-            return false;
+            return (false, Duration::ZERO);
         };
-        self.registry.passthrough(&key).await != Some(true)
+        let (passthrough, held) = self.registry.passthrough(&key).await;
+        crate::counters::COUNTERS.held_for_options(held);
+        (passthrough != Some(true), held)
     }
 }
 

@@ -126,6 +126,13 @@ pub async fn accept_loop<F, Fut>(
     graceful.shutdown().await;
 }
 
+/// How long a request was held for its tunnel's options before it reached
+/// the proxy (its TLS handshake, or the plain-HTTP routing, waited): the
+/// request log and the inspector show it. Attached to the first request of
+/// a connection that waited.
+#[derive(Clone, Copy, Debug)]
+pub struct HeldForOptions(pub std::time::Duration);
+
 /// The address a visitor connected to, attached to each request (the
 /// destination of a PROXY header to the app).
 #[derive(Clone, Copy, Debug)]

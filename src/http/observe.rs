@@ -26,6 +26,8 @@ pub struct Start<'a> {
     pub method: &'a str,
     /// Path and query, as the visitor sent them.
     pub path: &'a str,
+    /// How long it was held for the tunnel's options before this.
+    pub held: std::time::Duration,
 }
 
 /// Decides, per request, whether it is observed.

@@ -144,7 +144,9 @@ impl Proxy {
             .unwrap_or(self.https_addr);
         let addr = self.trusted.visitor(req.headers(), peer);
         let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        let seen = Seen::new(req.method().as_str(), path, addr.ip(), host);
+        let held_before = req.extensions().get::<super::HeldForOptions>();
+        let held_before = held_before.map_or(Duration::ZERO, |held| held.0);
+        let seen = Seen::new(req.method().as_str(), path, addr.ip(), host).held_before(held_before);
         let visitor = Visitor {
             addr,
             local,
@@ -157,7 +159,8 @@ impl Proxy {
             return (log::when_done(self.access_log, &picked, seen, page), picked);
         }
         // client
-        let Some((tunnel, options)) = self.http_client(Arc::clone(&picked), name).await else {
+        let Some((tunnel, options)) = self.http_client(Arc::clone(&picked), name, &seen).await
+        else {
             let page = pages::misdirected(host).render(req.headers());
             return (log::when_done(self.access_log, &picked, seen, page), picked);
         };
@@ -174,19 +177,29 @@ impl Proxy {
     /// request came through burrow's TLS (its Host named another tunnel
     /// than its SNI) or, in `--http-mode proxy`, over plain HTTP while the
     /// options settled.
+    ///
+    /// A request held for the options is counted, and its log line and
+    /// inspector entry say so (`seen`).
     async fn http_client(
         &self,
         picked: Arc<Tunnel>,
         name: &str,
+        seen: &Seen,
     ) -> Option<(Arc<Tunnel>, Arc<TunnelOptions>)> {
-        let options = picked.options_settled().await;
-        if options.tls != Tls::Passthrough {
-            return Some((picked, options));
+        let settled = picked.settle_options().await;
+        let held = |held: Duration| {
+            COUNTERS.held_for_options(held);
+            seen.add_held(held);
+        };
+        held(settled.held);
+        if settled.options.tls != Tls::Passthrough {
+            return Some((picked, settled.options));
         }
         let members = self.registry.members(name);
         let other = members.into_iter().find(|t| !t.passthrough())?;
-        let options = other.options_settled().await;
-        Some((other, options))
+        let settled = other.settle_options().await;
+        held(settled.held);
+        Some((other, settled.options))
     }
 
     /// The access, warning and limit phases; then the request is sent. An
@@ -206,6 +219,7 @@ impl Proxy {
             visitor: visitor.addr,
             method: req.method().as_str(),
             path,
+            held: visitor.seen.held(),
         });
         if let Some(observed) = &mut observed {
             observed.arrived(req.headers());

@@ -42,6 +42,12 @@ function statusText(entry) {
   return String(entry.status);
 }
 
+// "held 1.8 s for the client's options", as the request log says it.
+function heldText(ms) {
+  const took = ms < 1000 ? ms + ' ms' : (ms / 1000).toFixed(1) + ' s';
+  return 'held ' + took + " for the client's options";
+}
+
 function statusClass(entry) {
   if (entry.status === null) return 'failed';
   return 's' + String(entry.status).charAt(0);
@@ -87,6 +93,7 @@ function row(entry) {
   if (entry.kind === 'websocket_close') path.append(el('span', 'tag', 'websocket closed'));
   if (entry.replay_of) path.append(el('span', 'tag replay', 'replay of #' + entry.replay_of));
   if (entry.by_burrow) path.append(el('span', 'tag burrow', 'answered by burrow'));
+  if (entry.held_ms > 0) path.append(el('span', 'tag held', heldText(entry.held_ms)));
   tr.append(path);
   tr.append(el('td', 'status ' + statusClass(entry), statusText(entry)));
   tr.append(el('td', 'duration', entry.duration_ms + ' ms'));
@@ -136,6 +143,7 @@ function showDetail(detail) {
   if (detail.replay_of) meta.push('replay of #' + detail.replay_of);
   if (detail.error) meta.push(detail.error);
   if (detail.by_burrow) meta.push('answered by burrow: the app never saw it');
+  if (detail.held_ms > 0) meta.push(heldText(detail.held_ms));
   $('detail-meta').textContent = meta.join(' · ');
   $('replay').disabled = detail.kind !== 'request';
   $('edit-method').value = detail.method;

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
@@ -185,6 +185,9 @@ pub struct Origin {
     pub visitor: SocketAddr,
     /// The entry this exchange replays, for a replay.
     pub replay_of: Option<u64>,
+    /// How long the request was held for its tunnel's options before the
+    /// capture began (it counts in the entry's duration).
+    pub held: Duration,
 }
 
 /// One exchange being captured. Dropped before a response was recorded,
@@ -205,6 +208,8 @@ pub struct Capture {
 impl Capture {
     /// Starts capturing a `method` request for `path` (as the visitor sent it).
     pub fn new(store: Arc<Store>, origin: Origin, method: &str, path: &str) -> Capture {
+        let now = SystemTime::now();
+        let arrived = now.checked_sub(origin.held).unwrap_or(now);
         let entry = Entry {
             id: 0,
             conn: origin.conn,
@@ -216,8 +221,9 @@ impl Capture {
             status: None,
             error: None,
             visitor: origin.visitor,
-            at_ms: unix_ms(SystemTime::now()),
+            at_ms: unix_ms(arrived),
             duration_ms: 0,
+            held_ms: u64::try_from(origin.held.as_millis()).unwrap_or(u64::MAX),
             by_burrow: false,
             request: Part::default(),
             response: Part::default(),
@@ -225,7 +231,9 @@ impl Capture {
         Capture {
             store,
             entry: Some(entry),
-            started: Instant::now(),
+            started: Instant::now()
+                .checked_sub(origin.held)
+                .unwrap_or_else(Instant::now),
             request_tap: SharedTap::default(),
             kept_as: Arc::default(),
         }

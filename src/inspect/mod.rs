@@ -18,7 +18,6 @@ pub mod serve;
 pub mod store;
 pub mod view;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use self::capture::{Capture, Origin, Watchers};
@@ -63,23 +62,19 @@ impl Inspector {
     /// option); else nothing, at the cost of one atomic load while no
     /// inspector is open anywhere.
     #[inline]
-    pub fn capture(
-        &self,
-        (conn, tunnel, always): (ConnId, &str, bool),
-        visitor: SocketAddr,
-        method: &str,
-        path: &str,
-    ) -> Option<Capture> {
-        if !always && !self.watchers.watching(conn) {
+    pub fn capture(&self, start: Start<'_>) -> Option<Capture> {
+        if !start.always && !self.watchers.watching(start.conn) {
             return None;
         }
         let origin = Origin {
-            conn,
-            tunnel: tunnel.to_string(),
-            visitor,
+            conn: start.conn,
+            tunnel: start.tunnel.to_string(),
+            visitor: start.visitor,
             replay_of: None,
+            held: start.held,
         };
-        Some(Capture::new(Arc::clone(&self.store), origin, method, path))
+        let store = Arc::clone(&self.store);
+        Some(Capture::new(store, origin, start.method, start.path))
     }
 
     /// The connection ended: its entries go.
@@ -92,12 +87,6 @@ impl Inspector {
 impl Observer for Inspector {
     #[inline]
     fn observe(&self, start: Start<'_>) -> Option<Box<dyn Observation>> {
-        let capture = self.capture(
-            (start.conn, start.tunnel, start.always),
-            start.visitor,
-            start.method,
-            start.path,
-        )?;
-        Some(Box::new(capture))
+        Some(Box::new(self.capture(start)?))
     }
 }

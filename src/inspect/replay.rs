@@ -75,6 +75,7 @@ pub async fn replay(
         tunnel: entry.tunnel.clone(),
         visitor: entry.visitor,
         replay_of: Some(id),
+        held: std::time::Duration::ZERO,
     };
     let path = req
         .uri()

@@ -112,8 +112,12 @@ pub struct Entry {
     pub visitor: SocketAddr,
     /// When it arrived (unix ms).
     pub at_ms: u64,
-    /// How long it took to the end of the response (or of the WebSocket).
+    /// How long it took to the end of the response (or of the WebSocket),
+    /// its wait for the tunnel's options included.
     pub duration_ms: u64,
+    /// How long it was held until the tunnel's options were known (0: not
+    /// at all).
+    pub held_ms: u64,
     /// The request as it went to the app.
     pub request: Part,
     /// The response as the app sent it.
@@ -321,6 +325,7 @@ mod tests {
             visitor: "127.0.0.1:1".parse().unwrap(),
             at_ms: 0,
             duration_ms: 0,
+            held_ms: 0,
             by_burrow: false,
             request: Part::default(),
             response: Part {

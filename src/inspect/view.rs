@@ -50,6 +50,8 @@ pub struct Summary<'a> {
     at_ms: u64,
     /// How long it took.
     duration_ms: u64,
+    /// How long it was held for the tunnel's options (0: not at all).
+    held_ms: u64,
     /// The request body's size.
     request_bytes: u64,
     /// The response body's size.
@@ -70,6 +72,7 @@ pub fn summary(entry: &Entry) -> Summary<'_> {
         visitor: entry.visitor.ip().to_canonical().to_string(),
         at_ms: entry.at_ms,
         duration_ms: entry.duration_ms,
+        held_ms: entry.held_ms,
         request_bytes: entry.request.size,
         response_bytes: entry.response.size,
     }

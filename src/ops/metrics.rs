@@ -69,6 +69,12 @@ pub fn render(ops: &Ops) -> String {
         m.channel_open_duration.clone(),
     );
     registry.register_with_unit(
+        "options_hold",
+        "Time visitors waited for a new tunnel's options (its auth=, allow=, tls=)",
+        Unit::Seconds,
+        m.options_hold.clone(),
+    );
+    registry.register_with_unit(
         "tunnel",
         "Bytes relayed to (in) and from (out) users' apps",
         Unit::Bytes,

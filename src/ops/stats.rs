@@ -40,6 +40,10 @@ struct Snapshot {
     private_tunnels: u64,
     private_connections: u64,
     private_refused: u64,
+    /// Visitors held until a new tunnel's options were known, and for how
+    /// long in all.
+    held_for_options: u64,
+    held_for_options_ms: u64,
     /// Request inspector streams open now (`-L 4040:localhost:4040`).
     inspector_connections: u64,
     /// Certificates of custom domains: the issuer, issued, failed, binds
@@ -112,6 +116,8 @@ fn snapshot(ops: &Ops, with_subdomains: bool) -> Snapshot {
         private_tunnels: registry.count_private() as u64,
         private_connections: load(&s.private_connections),
         private_refused: load(&s.private_refused),
+        held_for_options: load(&s.held_for_options),
+        held_for_options_ms: load(&s.held_for_options_ms),
         inspector_connections: ops.inspect_watchers.open_streams() as u64,
         custom_certs: custom_certs(ops),
         subdomains: with_subdomains.then(|| registry.names()),

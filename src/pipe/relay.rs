@@ -312,7 +312,9 @@ impl Relays {
         let candidates = self.registry.candidates(key);
         let mut failed = Unserved::NoClient;
         for tunnel in candidates.into_iter().filter(|t| t.relays_raw()) {
-            let options = tunnel.options_settled().await;
+            let settled = tunnel.settle_options().await;
+            COUNTERS.held_for_options(settled.held);
+            let options = settled.options;
             if !options.allows(visitor.ip()) {
                 return Err(Unserved::NotAllowed);
             }

@@ -16,7 +16,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use russh::server::{Auth, ChannelOpenHandle, Handler, Msg, Session as Russh};
 use russh::{Channel, ChannelId, ChannelOpenFailure, Pty};
@@ -25,17 +24,11 @@ use super::auth::Login;
 use super::banner::{self, Line};
 use super::forward::Forwards;
 use super::session::Session;
+use super::settle::{self, Ping};
 use super::Server;
 use crate::counters::{SshOutcome, COUNTERS};
 use crate::limits::ssh::HandshakePermit;
 use crate::tunnel::options::{self, Command, Output};
-
-/// Without a session channel this long after the first forward, the client
-/// runs `-N`: no options will come.
-const SETTLE_NO_SESSION: Duration = Duration::from_millis(500);
-/// With a session channel but no shell/exec request after this much more,
-/// stop waiting for options.
-const SETTLE_NO_COMMAND: Duration = Duration::from_secs(3);
 
 /// Ctrl+C and Ctrl+D as a raw terminal sends them.
 const STOP_BYTES: [u8; 2] = [0x03, 0x04];
@@ -167,22 +160,6 @@ impl ClientHandler {
         session.close(channel)
     }
 
-    /// Settles the options if the client shows no sign of sending any: no
-    /// session channel shortly after its first forward (`-N`), or no shell
-    /// or exec request a while after opening one.
-    fn watch_settling(&self) {
-        let session = Arc::clone(&self.session);
-        tokio::spawn(async move {
-            tokio::time::sleep(SETTLE_NO_SESSION).await;
-            if !session.has_session() {
-                session.settle();
-                return;
-            }
-            tokio::time::sleep(SETTLE_NO_COMMAND).await;
-            session.settle();
-        });
-    }
-
     /// Closes every tunnel of this connection.
     fn close_tunnels(&mut self, why: &str) -> usize {
         self.forwards.close_all(why)
@@ -192,8 +169,8 @@ impl ClientHandler {
         self.session.id()
     }
 
-    /// Shows a forward granted after the banner went up; starts watching
-    /// for the options with the first one.
+    /// Shows a forward granted after the banner went up; starts timing the
+    /// options with the first one ([`settle`]).
     fn show_forward(&mut self, session: &mut Russh) {
         let Some(forward) = self.forwards.list().last() else {
             return;
@@ -206,7 +183,7 @@ impl ClientHandler {
             let _ = session.data(channel, text.into_bytes());
         }
         if self.forwards.list().len() == 1 {
-            self.watch_settling();
+            settle::after_forward(Arc::clone(&self.session), Ping::send(session));
         }
     }
 
@@ -323,7 +300,7 @@ impl Handler for ClientHandler {
         &mut self,
         channel: Channel<Msg>,
         reply: ChannelOpenHandle,
-        _session: &mut Russh,
+        session: &mut Russh,
     ) -> Result<(), Self::Error> {
         if self.channel.is_some() {
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
@@ -336,7 +313,11 @@ impl Handler for ClientHandler {
         self.session.set_channel(Some(channel.id()));
         let (_input, output) = channel.split();
         self.session.start_log(output, &self.server.request_log);
+        // Written ahead of the confirmation, which russh sends once this
+        // returns: the client's exec comes right behind the ping's answer.
+        let ping = Ping::send(session);
         reply.accept().await;
+        settle::after_session(Arc::clone(&self.session), ping);
         Ok(())
     }
 

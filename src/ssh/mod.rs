@@ -19,6 +19,7 @@ pub mod handler;
 mod killable;
 mod read_ahead;
 pub mod session;
+mod settle;
 
 use std::net::SocketAddr;
 use std::path::Path;

@@ -100,6 +100,12 @@ impl Session {
         self.settled.send_replace(true);
     }
 
+    /// Resolves once the options are final.
+    pub async fn settled(&self) {
+        let mut settled = self.settled.subscribe();
+        let _ = settled.wait_for(|s| *s).await;
+    }
+
     pub fn has_session(&self) -> bool {
         self.channel.lock().expect("session lock").is_some()
     }

@@ -170,14 +170,38 @@ pub trait Client: Send + Sync + 'static {
 /// session's command, after the forward).
 pub const OPTIONS_WAIT: Duration = Duration::from_secs(5);
 
+/// A connection's options once final, and how long it took to get them.
+pub struct Settled {
+    pub options: Arc<TunnelOptions>,
+    /// How long the caller waited for them (zero when they were final
+    /// already): a visitor held this long is told so in the request log and
+    /// the inspector, and counted (`COUNTERS.held_for_options`) by the
+    /// caller that held it.
+    pub held: Duration,
+}
+
 /// Waits (at most [`OPTIONS_WAIT`]) until `client`'s options are final, so
 /// that a request or connection arriving between the forward and the
 /// `auth=`/`allow=`/`tls=` options never slips past them.
-pub async fn options_settled(client: &dyn Client) -> Arc<TunnelOptions> {
-    if !client.options_final() {
-        let _ = tokio::time::timeout(OPTIONS_WAIT, client.options_settle()).await;
+pub async fn settle_options(client: &dyn Client) -> Settled {
+    if client.options_final() {
+        let options = client.options();
+        return Settled {
+            options,
+            held: Duration::ZERO,
+        };
     }
-    client.options()
+    let started = Instant::now();
+    let _ = tokio::time::timeout(OPTIONS_WAIT, client.options_settle()).await;
+    Settled {
+        options: client.options(),
+        held: started.elapsed(),
+    }
+}
+
+/// [`settle_options`], for callers that only want the options.
+pub async fn options_settled(client: &dyn Client) -> Arc<TunnelOptions> {
+    settle_options(client).await.options
 }
 
 /// Who a tunnel belongs to.
@@ -316,6 +340,11 @@ impl Tunnel {
     /// The connection's options once they are final (bounded wait).
     pub async fn options_settled(&self) -> Arc<TunnelOptions> {
         options_settled(&*self.client).await
+    }
+
+    /// The connection's options once final, and how long that took.
+    pub async fn settle_options(&self) -> Settled {
+        settle_options(&*self.client).await
     }
 
     /// Whether visitors' TLS is relayed to the app instead of terminated.

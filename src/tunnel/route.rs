@@ -10,6 +10,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::directory::{Directory, Forwarded, Member, Members};
 use super::registry::{Pick, Registry};
@@ -17,7 +18,7 @@ use super::{ByteStream, Kind, OpenError, Tunnel, OPTIONS_WAIT};
 use crate::config::Balance;
 
 /// How often a remote name's options are looked for while they settle.
-const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+const SETTLE_POLL: Duration = Duration::from_millis(100);
 
 /// A name held by a client on another node, and the way to it.
 #[derive(Clone)]
@@ -166,27 +167,35 @@ impl Registry {
     /// here or, through the directory, on another node, so a first
     /// connection is never terminated by mistake. `None`: nobody serves it
     /// now (a remote client that leaves while its options settle counts as
-    /// not passing through).
-    pub async fn passthrough(&self, key: &str) -> Option<bool> {
-        let deadline = tokio::time::Instant::now() + OPTIONS_WAIT;
+    /// not passing through). With it, how long the visitor was held for the
+    /// options.
+    pub async fn passthrough(&self, key: &str) -> (Option<bool>, Duration) {
+        let started = tokio::time::Instant::now();
+        let deadline = started + OPTIONS_WAIT;
         let mut first = true;
         loop {
             let remote = match self.route(key, Pick::Oldest).await {
                 Holder::Here(tunnel) => {
-                    tunnel.options_settled().await;
-                    return Some(tunnel.passthrough());
+                    let held = tunnel.settle_options().await.held;
+                    let held = if first { held } else { started.elapsed() };
+                    return (Some(tunnel.passthrough()), held);
                 }
                 Holder::There(remote) => remote,
                 Holder::Gone | Holder::Unresolved | Holder::Nobody => {
-                    return (!first).then_some(false);
+                    return ((!first).then_some(false), started.elapsed());
                 }
             };
-            first = false;
             if let Some(raw) = remote.member.raw {
-                return Some(raw);
+                let held = if first {
+                    Duration::ZERO
+                } else {
+                    started.elapsed()
+                };
+                return (Some(raw), held);
             }
+            first = false;
             if tokio::time::Instant::now() >= deadline {
-                return Some(false);
+                return (Some(false), started.elapsed());
             }
             tokio::time::sleep(SETTLE_POLL).await;
         }

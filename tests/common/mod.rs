@@ -641,6 +641,19 @@ impl Burrow {
         self.stats_path("/?subdomains=true").await
     }
 
+    /// `GET /metrics` on the stats listener, as text.
+    pub async fn metrics(&self) -> String {
+        let url = format!("http://{}/metrics", self.addrs.stats);
+        let resp = self
+            .http_client()
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        assert_eq!(resp.status(), 200, "metrics status for {url}");
+        resp.text().await.expect("metrics body")
+    }
+
     async fn stats_path(&self, path: &str) -> serde_json::Value {
         let url = format!("http://{}{path}", self.addrs.stats);
         let resp = self
