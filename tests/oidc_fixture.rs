@@ -591,6 +591,52 @@ async fn code_flow_with_pkce() {
 }
 
 #[tokio::test]
+async fn clients_registered_later() {
+    let Some(op) = provider("clients_registered_later", &[]).await else {
+        return;
+    };
+    let c = client();
+    let mut rp = Rp::new(&op, &c);
+    // Unknown client: an error page at the provider, no redirect.
+    let authz = rp.authorize(&[]).await;
+    let Landing::Page { html, .. } = &authz.landing else {
+        panic!("{:?}", authz.landing)
+    };
+    assert!(html.contains("invalid_client"), "{html}");
+
+    assert_eq!(
+        op.set_clients(std::slice::from_ref(&c)).await,
+        std::slice::from_ref(&c.id)
+    );
+    rp.id_token("alice").await;
+
+    // A client oidc-provider refuses changes nothing.
+    let bad = OidcClient::new(
+        "bad",
+        "secret",
+        &["https://login.localhost:1/callback#frag"],
+    );
+    let resp = http_client()
+        .post(op.url("/__control/clients"))
+        .body(
+            serde_json::json!({ "clients": [{
+            "client_id": bad.id, "client_secret": bad.secret, "redirect_uris": bad.redirect_uris,
+        }] })
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let text = resp.text().await.unwrap();
+    assert_eq!(status, 400, "{text}");
+    assert!(text.contains("fragment"), "{text}");
+    // Still registered, still signed in.
+    let silent = rp.authorize(&[]).await;
+    code_from(&silent.landing, &c, &silent.state);
+}
+
+#[tokio::test]
 async fn pkce_is_required() {
     let c = client();
     let Some(op) = provider("pkce_is_required", std::slice::from_ref(&c)).await else {

@@ -26,9 +26,10 @@
 //!
 //! ```ignore
 //! let Some(node) = node_or_skip("sign_in_as_alice") else { return };
-//! let client = OidcClient::for_burrow("burrow", https_port);
-//! let op = OidcProvider::start(&node, &[client.clone()]).await;
-//! // burrow --oidc-issuer op.issuer() --oidc-client-id burrow ...
+//! let op = OidcProvider::start(&node, &[]).await;
+//! // burrow --oidc-issuer op.issuer() --oidc-client-id burrow ..., then with
+//! // its HTTPS port known (redirect URIs must match exactly, port included):
+//! op.set_clients(&[OidcClient::for_burrow("burrow", https_port)]).await;
 //! op.set_fault(Fault::Expired, Times::Next(1)).await;
 //! assert!(op.events("token").await[0]["code_verifier"] == true);
 //! ```
@@ -640,6 +641,26 @@ impl OidcProvider {
             )
             .await;
         v["kid"].as_str().expect("rotate: kid").to_string()
+    }
+
+    /// Replaces the registered clients (sessions and keys stay): for a
+    /// redirect URI known only once burrow is up, since the issuer must be
+    /// known before burrow starts. Returns the registered client ids.
+    pub async fn set_clients(&self, clients: &[OidcClient]) -> Vec<String> {
+        let metadata: Vec<Value> = clients.iter().map(OidcClient::metadata).collect();
+        let v = self
+            .control(
+                reqwest::Method::POST,
+                "/clients",
+                Some(json!({ "clients": metadata })),
+            )
+            .await;
+        v["clients"]
+            .as_array()
+            .expect("clients")
+            .iter()
+            .map(|c| c.as_str().unwrap().to_string())
+            .collect()
     }
 
     /// Mode, signing kid, published kids.

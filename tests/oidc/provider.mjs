@@ -83,6 +83,11 @@
 //     The ID token modes affect successful token endpoint responses only; the
 //     ID token keeps every other claim (and the access token is unchanged).
 //   POST   /__control/reset  back to mode normal (the log and rotated keys stay)
+//   POST   /__control/clients {"clients": [...]} replaces the registered clients
+//                            (same form as --clients), e.g. once the relying party's
+//                            port, and so its redirect URI, is known; sessions stay.
+//                            A client oidc-provider rejects (say, a redirect URI with
+//                            a fragment) gets a 400 and changes nothing.
 //   POST   /__control/rotate {"keep_old": true} a real key rotation: a new key signs
 //                            every ID token from now on and the JWKS lists it first;
 //                            the old key stays published unless keep_old is false.
@@ -160,19 +165,28 @@ if (Boolean(tlsCert) !== Boolean(tlsKey)) fail('--tls-cert and --tls-key go toge
 const scheme = tlsCert ? 'https' : 'http';
 const issuerHost = option('host', 'OIDC_HOST', '127.0.0.1');
 
-const clients = jsonOption('clients', 'OIDC_CLIENTS', []);
-if (!Array.isArray(clients)) fail('--clients must be a JSON array');
-const clientMetadata = clients.map((c) => {
-  if (!c.client_id || !c.client_secret || !Array.isArray(c.redirect_uris)) {
-    fail(`client needs client_id, client_secret and redirect_uris: ${JSON.stringify(c)}`);
-  }
-  return {
-    token_endpoint_auth_method: 'client_secret_basic',
-    ...c,
-    grant_types: ['authorization_code'],
-    response_types: ['code'],
-  };
-});
+// Client metadata as oidc-provider takes it; throws on a malformed list.
+function normalizeClients(list) {
+  if (!Array.isArray(list)) throw new Error('clients must be a JSON array');
+  return list.map((c) => {
+    if (!c || !c.client_id || !c.client_secret || !Array.isArray(c.redirect_uris)) {
+      throw new Error(`client needs client_id, client_secret and redirect_uris: ${JSON.stringify(c)}`);
+    }
+    return {
+      token_endpoint_auth_method: 'client_secret_basic',
+      ...c,
+      grant_types: ['authorization_code'],
+      response_types: ['code'],
+    };
+  });
+}
+
+let clientMetadata;
+try {
+  clientMetadata = normalizeClients(jsonOption('clients', 'OIDC_CLIENTS', []));
+} catch (err) {
+  fail(`--clients: ${err.message}`);
+}
 
 const users = new Map();
 function addUser(u) {
@@ -515,6 +529,14 @@ async function tokenMiddleware(ctx, next) {
   record(event);
 }
 
+// oidc-provider checks a static client's metadata when it first looks the
+// client up: do that now, so a bad client fails at once.
+async function checkClients() {
+  for (const { client_id: id } of clientMetadata) {
+    await provider.Client.find(id);
+  }
+}
+
 function rebuildProvider() {
   const next = new Provider(issuer, configuration());
   next.use(tokenMiddleware);
@@ -702,6 +724,19 @@ async function control(req, res, url) {
       return sendJson(res, 200, state());
     case 'POST /__control/rotate':
       return sendJson(res, 200, await rotate(body));
+    case 'POST /__control/clients': {
+      const previous = clientMetadata;
+      try {
+        clientMetadata = normalizeClients(body.clients);
+        rebuildProvider();
+        await checkClients();
+      } catch (err) {
+        clientMetadata = previous;
+        rebuildProvider();
+        return sendJson(res, 400, { error: err.error_description ?? err.message });
+      }
+      return sendJson(res, 200, { clients: clientMetadata.map((c) => c.client_id) });
+    }
     case 'POST /__control/mode': {
       const { mode, count = null, delay_ms: delayMs = 2000, endpoints } = body;
       if (mode === 'rotate') {
@@ -810,9 +845,14 @@ if (process.env.OIDC_IGNORE_STDIN !== '1') {
   process.stdin.resume();
 }
 
-server.listen(port, '127.0.0.1', () => {
+server.listen(port, '127.0.0.1', async () => {
   const actual = server.address().port;
   issuer = `${scheme}://${issuerHost}:${actual}`;
   rebuildProvider();
+  try {
+    await checkClients();
+  } catch (err) {
+    fail(`--clients: ${err.error_description ?? err.message}`);
+  }
   process.stdout.write(`oidc ready: ${issuer}\n`);
 });
