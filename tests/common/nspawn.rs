@@ -249,6 +249,21 @@ pub fn root(spec: &RootSpec) -> Root {
         }
     }
     std::fs::rename(&tmp, &path).expect("move the new root into the cache");
+    // Roots of an older package list are of no more use: one per suite.
+    if let Ok(entries) = std::fs::read_dir(&cache) {
+        let prefix = format!("{}-", spec.suite);
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) && !name.starts_with(&key) {
+                let old = entry.path();
+                let _ = if old.is_dir() {
+                    std::fs::remove_dir_all(&old)
+                } else {
+                    std::fs::remove_file(&old)
+                };
+            }
+        }
+    }
     let took = started.elapsed();
     eprintln!("debootstrap {} took {took:.1?}", spec.suite);
     Root {
@@ -406,7 +421,6 @@ pub fn boot(root: &Path, name: &str, binds: &[BindRo]) -> Machine {
         .arg("sh")
         .arg(which("systemd-nspawn").expect("systemd-nspawn"))
         .args([
-            "--quiet",
             "--boot",
             "--private-network",
             "--register=no",
@@ -604,14 +618,19 @@ impl Machine {
     }
 
     /// `systemctl poweroff` in the container, then waits for systemd-nspawn
-    /// to end. Returns its exit status and the processes still in the
-    /// container's cgroup afterwards (there should be none).
-    pub fn poweroff(mut self) -> (ExitStatus, Vec<(u32, PathBuf)>) {
+    /// to end.
+    pub fn poweroff(mut self) -> Halted {
+        let started = Instant::now();
         // systemctl may be cut off as the system goes down: its status
-        // tells nothing, nspawn's does.
+        // tells nothing, nspawn's does. Its output is not collected:
+        // whatever holds the pipes open then would make us wait for nothing.
         let mut cmd = self.command("systemctl poweroff");
-        cmd.stdin(Stdio::null());
-        let _ = run_bounded(cmd, EXEC_TIMEOUT);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        if let Ok(child) = cmd.spawn() {
+            let _ = wait_bounded(child, EXEC_TIMEOUT);
+        }
         let mut child = self.nspawn.take().expect("nspawn");
         let status = wait_bounded_ref(&mut child, POWEROFF_TIMEOUT);
         let Some(status) = status else {
@@ -623,9 +642,25 @@ impl Machine {
                 self.console()
             );
         };
-        let left = self.jail.processes();
-        (status, left)
+        Halted {
+            status,
+            left: self.jail.processes(),
+            console: self.console(),
+            took: started.elapsed(),
+        }
     }
+}
+
+/// How a [`Machine::poweroff`] went.
+pub struct Halted {
+    /// systemd-nspawn's exit status.
+    pub status: ExitStatus,
+    /// Processes still in the container's cgroup afterwards (there should
+    /// be none).
+    pub left: Vec<(u32, PathBuf)>,
+    /// Everything the container printed on its console.
+    pub console: String,
+    pub took: Duration,
 }
 
 impl Drop for Machine {
@@ -706,8 +741,7 @@ impl Background {
 
     pub fn kill(&mut self) {
         self.stdin = None;
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_nsenter(&mut self.child);
     }
 
     pub fn write_stdin(&mut self, data: &[u8]) {
@@ -745,10 +779,34 @@ fn collect(mut r: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
 fn wait_bounded(mut child: Child, timeout: Duration) -> Option<ExitStatus> {
     let status = wait_bounded_ref(&mut child, timeout);
     if status.is_none() {
-        let _ = child.kill();
-        let _ = child.wait();
+        kill_nsenter(&mut child);
     }
     status
+}
+
+/// Ends an `nsenter` and the command it forked into the container: the
+/// command first, so that nsenter reaps it. (Killing nsenter alone leaves
+/// the command to die of --pdeathsig as an orphan whose new parent, outside
+/// the container, may never reap it, and the container's shutdown then
+/// waits 10 s for that zombie.)
+fn kill_nsenter(child: &mut Child) {
+    if let Ok(None) = child.try_wait() {
+        let pid = child.id();
+        let inside =
+            std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        for p in inside
+            .split_whitespace()
+            .filter_map(|p| p.parse::<i32>().ok())
+        {
+            // SAFETY: kill(2) on a child of our own child.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        if wait_bounded_ref(child, Duration::from_secs(5)).is_some() {
+            return;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 fn wait_bounded_ref(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
@@ -787,8 +845,7 @@ fn run_bounded(mut cmd: Command, timeout: Duration) -> Result<Output, String> {
     );
     let text = |v: &Arc<Mutex<Vec<u8>>>| String::from_utf8_lossy(&v.lock().unwrap()).into_owned();
     let Some(status) = wait_bounded_ref(&mut child, timeout) else {
-        let _ = child.kill();
-        let _ = child.wait();
+        kill_nsenter(&mut child);
         return Err(format!(
             "--- stdout ---\n{}\n--- stderr ---\n{}",
             text(&stdout),
