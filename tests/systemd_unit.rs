@@ -109,6 +109,32 @@ struct Scenario {
 
 fn nothing(_: &Machine, _: &mut Walk) {}
 
+/// What a scenario does not change: `Scenario { name, env, check,
+/// ..DEFAULTS }` is a whole one. For instance, once plans exist:
+///
+/// ```ignore
+/// const PLANS: Scenario = Scenario {
+///     name: "burrow-plans",
+///     env: &["PLANS_FILE=/etc/burrow/plans.toml"],
+///     prepare: |m, _| m.write("/etc/burrow/plans.toml", PLANS.as_bytes(), 0o644),
+///     check: |m, _| { m.sh("test -s /var/lib/private/burrow/usage/..."); },
+///     ..DEFAULTS
+/// };
+/// #[test]
+/// fn unit_runs_with_plans() { run(&PLANS); }
+/// ```
+const DEFAULTS: Scenario = Scenario {
+    name: "",
+    env: &[],
+    runs_as: RunsAs::Dynamic,
+    warnings: &[],
+    prepare: nothing,
+    check: nothing,
+    before_reload: nothing,
+    after_reload: nothing,
+    after_restart: nothing,
+};
+
 /// The example as an operator following README step 4b deploys it: a
 /// certificate for DOMAIN and *.DOMAIN in /etc/burrow/tls (key readable by
 /// the group `burrow` only), the static user `burrow`, and a renewal: new
@@ -149,13 +175,9 @@ const README_CERTBOT: Scenario = Scenario {
 const DYNAMIC_USER: Scenario = Scenario {
     name: "burrow-dynamic-user",
     env: &["!TLS_CERT", "!TLS_KEY", "SPOOL_DIR=/var/tmp"],
-    runs_as: RunsAs::Dynamic,
     warnings: &["serving a self-signed certificate"],
-    prepare: nothing,
     check: spool_check,
-    before_reload: nothing,
-    after_reload: nothing,
-    after_restart: nothing,
+    ..DEFAULTS
 };
 
 /// burrow as its own ACME client (README "Certificates over ACME"): a
@@ -176,7 +198,6 @@ const ACME_DNS_HOOK: Scenario = Scenario {
         "ACME_DNS_HOOK=/etc/burrow/dns-hook",
         "ACME_DNS_PROPAGATION=0s",
     ],
-    runs_as: RunsAs::Dynamic,
     // Logged at every start with ACME on too, even when a stored ACME
     // certificate is served from the first handshake: misleading, but
     // burrow's wording, not the sandbox.
@@ -220,8 +241,6 @@ const ACME_DNS_HOOK: Scenario = Scenario {
             "not the wildcard and the apex: {issued}"
         );
     },
-    before_reload: nothing,
-    after_reload: nothing,
     after_restart: |m, walk| {
         // The stored certificate, at once: no second order.
         wait_verified(m, &walk.hosts[0]);
@@ -238,6 +257,7 @@ const ACME_DNS_HOOK: Scenario = Scenario {
             );
         }
     },
+    ..DEFAULTS
 };
 
 #[test]
@@ -323,10 +343,11 @@ fn run(s: &Scenario) {
         "{}: root {} in {root_time:.1?}, boot {boot_time:.1?}, {phases}, poweroff {:.1?}; \
          whole scenario {:.1?}",
         s.name,
-        if root.built_in.is_some() {
-            "built"
-        } else {
-            "from the cache"
+        match root.built_in {
+            Some(_) => "built",
+            // Waited for another test's build (the cache is locked meanwhile).
+            None if root_time > Duration::from_secs(1) => "built by another test",
+            None => "from the cache",
         },
         halted.took,
         started.elapsed()
