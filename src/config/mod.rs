@@ -8,6 +8,7 @@ mod acme;
 mod cluster;
 mod inspect;
 mod limits;
+mod login;
 mod parse;
 
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ pub use self::acme::{AcmeArgs, CustomDomainArgs, LETSENCRYPT, LETSENCRYPT_STAGIN
 pub use self::cluster::{valid_node_id, ClusterArgs, ClusterCommand};
 pub use self::inspect::InspectArgs;
 pub use self::limits::{LimitArgs, PoolArgs, RequestLogArgs, SpoolArgs, WarningArgs};
+pub use self::login::{read_secret, LoginArgs};
 pub use self::parse::{
     parse_cidr, parse_duration, parse_port_ranges, parse_rate, parse_resolver, parse_size,
     PortRanges, Rate,
@@ -173,6 +175,9 @@ pub struct Config {
     pub inspect: InspectArgs,
 
     #[command(flatten)]
+    pub login: LoginArgs,
+
+    #[command(flatten)]
     pub acme: AcmeArgs,
 
     #[command(flatten)]
@@ -317,6 +322,13 @@ impl Config {
                 bail!("--reserved-names: {name:?} is not a valid DNS label");
             }
             reserved.push(name);
+        }
+        self.login.validate(&self.domain)?;
+        // The sign-in host's label is nobody's tunnel while sign-in is on.
+        if let Some(label) = self.login.host_label(&self.domain) {
+            if !reserved.contains(&label) {
+                reserved.push(label);
+            }
         }
         self.reserved_names = reserved;
         self.acme.validate()?;

@@ -9,7 +9,8 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Uri, Version};
 
-use super::{interstitial, Scheme};
+use super::cookies::is_burrow_cookie;
+use super::Scheme;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -132,15 +133,37 @@ pub fn to_origin_request<B>(
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme.as_str()));
     strip_burrow_cookies(headers);
+    vouch(&mut req);
     req
 }
 
-/// Removes burrow's own cookies (warning page) from what the app sees.
+/// Headers burrow vouches for: a visitor's own copies never reach the app,
+/// whatever the tunnel; a guard's (sign-in) do.
+const VOUCHED_PREFIX: &str = "x-burrow-";
+
+/// Removes the visitor's `X-Burrow-*` headers and adds what a guard
+/// vouched for ([`super::guard::Vouched`]).
+fn vouch<B>(req: &mut Request<B>) {
+    let forged: Vec<HeaderName> = req
+        .headers()
+        .keys()
+        .filter(|name| name.as_str().starts_with(VOUCHED_PREFIX))
+        .cloned()
+        .collect();
+    for name in forged {
+        req.headers_mut().remove(name);
+    }
+    if let Some(vouched) = req.extensions_mut().remove::<super::guard::Vouched>() {
+        for (name, value) in vouched.0 {
+            req.headers_mut().insert(name, value);
+        }
+    }
+}
+
+/// Removes burrow's own cookies (warning page, sign-in) from what the app
+/// sees.
 fn strip_burrow_cookies(headers: &mut HeaderMap) {
-    let ours = |v: &HeaderValue| {
-        v.to_str()
-            .is_ok_and(|v| v.contains("burrow_warned_") || v.contains("burrow_csrf_"))
-    };
+    let ours = |v: &HeaderValue| v.to_str().is_ok_and(|v| v.contains("burrow_"));
     if !headers.get_all(header::COOKIE).iter().any(ours) {
         return;
     }
@@ -156,7 +179,7 @@ fn strip_burrow_cookies(headers: &mut HeaderMap) {
         .map(str::trim)
         .filter(|pair| {
             let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            !pair.is_empty() && !interstitial::is_burrow_cookie(name)
+            !pair.is_empty() && !is_burrow_cookie(name)
         })
         .collect();
     headers.remove(header::COOKIE);

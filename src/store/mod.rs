@@ -30,6 +30,7 @@
 //! {burrow}:acme:stored:KIND  set of the NAMEs stored of that kind (`cert`, `self-signed`)
 //! {burrow}:acme:lock:NAME    the node ordering NAME now (its token; expires)
 //! {burrow}:acme:http01:TOKEN  a pending HTTP-01 challenge's key authorization (expires)
+//! {burrow}:login:code:ID     a sign-in one-time code that was spent (expires with it)
 //! {burrow}:events            pub/sub channel: JSON events (names, bans, kicks, certificates)
 //! ```
 //!
