@@ -409,6 +409,59 @@ mod tests {
     }
 
     #[test]
+    fn cluster_redis_targets() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["burrow", "--cluster-secret", "s"];
+            all.extend_from_slice(&["--cluster-listen", "10.0.0.1:7000"]);
+            all.extend_from_slice(args);
+            Config::try_parse_from(all).unwrap().validate()
+        };
+        let error = |args: &[&str]| format!("{:#}", parse(args).unwrap_err());
+        let sentinel = "redis+sentinel://u:pw@h1,h2:26380/mymaster/1?sentinel_password=spw";
+        let config = parse(&["--cluster-redis", sentinel]).unwrap();
+        let target = config.cluster.redis_target().unwrap().unwrap();
+        assert!(!target.tls());
+        assert!(!target.to_string().contains("pw@"), "{target}");
+        let tls = [
+            "--cluster-redis",
+            "rediss://h:6380/0",
+            "--cluster-redis-ca",
+            "ca.pem",
+        ];
+        assert!(parse(&tls).is_ok());
+        let err = error(&[
+            "--cluster-redis",
+            "redis://h",
+            "--cluster-redis-ca",
+            "ca.pem",
+        ]);
+        assert!(
+            err.starts_with("--cluster-redis-ca ca.pem is for TLS"),
+            "{err}"
+        );
+        let err = error(&["--cluster-redis", "redis+sentinel://u:secret@h"]);
+        assert!(
+            err.starts_with("--cluster-redis \"redis+sentinel://u:***@h\""),
+            "{err}"
+        );
+        assert!(
+            err.contains("master's name is missing") && !err.contains("secret"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            Config::try_parse_from(["burrow", "--cluster-redis-ca", "ca.pem"])
+                .unwrap()
+                .validate()
+                .unwrap_err()
+        );
+        assert!(
+            err.starts_with("--cluster-redis-ca is set but --cluster-redis is not"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn acme_combinations() {
         let parse = |args: &[&str]| {
             let mut all = vec!["burrow"];
