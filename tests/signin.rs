@@ -9,6 +9,8 @@
 
 #[path = "common/browser.rs"]
 mod browser;
+#[path = "common/cluster.rs"]
+mod cluster_harness;
 mod common;
 #[path = "common/oidc.rs"]
 mod oidc;
@@ -832,4 +834,102 @@ async fn the_whole_flow_in_chromium() {
     let mut dave = Visitor::new();
     let hop = dave.sign_in(&si.url(&host, "/headers"), "dave").await;
     assert_eq!(hop.status, 403);
+}
+
+// ---------------------------------------------------------------------------
+// In a cluster
+// ---------------------------------------------------------------------------
+
+/// Two nodes with one provider: a visitor who signed in through node 1 is
+/// served through node 2 without signing in again (sessions are sealed
+/// with keys from the cluster secret); a sign-in started on node 1 can
+/// finish with its callback on node 2; a one-time code redeemed on node 1
+/// is refused on node 2 (single use through Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_codes_hold_across_the_cluster() {
+    use cluster_harness::{node_ip, Cluster};
+    let Some(bins) = oidc::node_or_skip("signin_cluster") else {
+        return;
+    };
+    let op = oidc::OidcProvider::start_with(
+        &bins,
+        oidc::OidcConfig {
+            host: Some("localhost".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let dir = TempDir::new("burrow-signin-cluster");
+    let secret_file = dir.path().join("client_secret");
+    let mut client = oidc::OidcClient::for_burrow(signin::CLIENT_ID, 0);
+    std::fs::write(&secret_file, &client.secret).unwrap();
+    let secret_path = secret_file.display().to_string();
+    let flags = [
+        "--oidc-issuer",
+        op.issuer(),
+        "--oidc-client-id",
+        signin::CLIENT_ID,
+        "--oidc-client-secret-file",
+        &secret_path,
+        "--oidc-scopes",
+        "openid,email,profile,groups",
+    ];
+    let cluster = Cluster::start(2, &flags).await;
+    let https = cluster.shared.ports.https;
+    client.redirect_uris = vec![format!("https://login.localhost:{https}/callback")];
+    op.set_clients(std::slice::from_ref(&client)).await;
+
+    let origin = Origin::start("signin-cluster").await;
+    let forward = format!("80:127.0.0.1:{}", origin.port);
+    let node_1 = node_ip(1).to_string();
+    let args = ["-R", forward.as_str()];
+    let ssh = SshSpec {
+        port: cluster.shared.ports.ssh,
+        args: &args,
+        remote_cmd: &["--", "login=*@example.com,bob@example.org"],
+        host: &node_1,
+        ..SshSpec::default()
+    }
+    .spawn();
+    let host = ssh.url().await.host();
+    let url = |path: &str| cluster.https_url(&host, path);
+    // The name is known cluster-wide once node 2 routes it.
+    let mut probe = Visitor::new();
+    probe.through(node_ip(2));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while probe.get(&url("/whoami")).await.status != 302 {
+        assert!(Instant::now() < deadline, "node 2 never routed {host}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Signed in through node 1, served through node 2.
+    let mut alice = Visitor::new();
+    alice.through(node_ip(1));
+    let hop = alice.sign_in(&url("/headers"), "alice").await;
+    assert_eq!(app_headers(&hop)["x-burrow-user"], "alice@example.com");
+    alice.through(node_ip(2));
+    let hop = alice.get(&url("/headers")).await;
+    assert_eq!(app_headers(&hop)["x-burrow-user"], "alice@example.com");
+
+    // Started on node 1, the callback lands on node 2, the code is
+    // redeemed on node 2.
+    let mut bob = Visitor::new();
+    bob.through(node_ip(1));
+    let callback = bob.sign_in_until_callback(&url("/whoami"), "bob").await;
+    bob.through(node_ip(2));
+    let hop = bob.get(callback.as_str()).await;
+    let code_url = hop.location().unwrap_or_else(|| panic!("no code: {hop:?}"));
+    assert_eq!(code_url.path(), "/.burrow/login");
+    let redeemed = bob.get(code_url.as_str()).await;
+    assert_eq!(redeemed.status, 303, "{}", redeemed.body);
+    let hop = bob.get(&url("/headers")).await;
+    assert_eq!(app_headers(&hop)["x-burrow-user"], "bob@example.org");
+
+    // The same code replayed on node 1 is refused: used already.
+    let mut replay = Visitor::new();
+    replay.through(node_ip(1));
+    let second = replay.get(code_url.as_str()).await;
+    assert_eq!(second.status, 403, "{}", second.body);
+    assert!(second.body.contains("used already"), "{}", second.body);
+    drop(ssh);
 }

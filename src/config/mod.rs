@@ -309,8 +309,13 @@ impl Config {
             );
         }
         self.domain = domain;
-        if self.auth_mode == AuthMode::Keys && self.keys_file.is_none() {
-            bail!("--auth-mode keys needs --keys-file: without it nobody could connect");
+        if self.auth_mode == AuthMode::Keys
+            && self.keys_file.is_none()
+            && self.login.auth_url.is_none()
+        {
+            bail!(
+                "--auth-mode keys needs --keys-file or --auth-url: without one nobody could connect"
+            );
         }
         let mut reserved = Vec::new();
         for name in &self.reserved_names {
