@@ -118,6 +118,18 @@ async fn signed_in_visitor_reaches_the_app_which_verifies_who_they_are() {
         )
         .await;
     assert_eq!(app_headers(&forged)["x-burrow-user"], "alice@example.com");
+
+    // The operator's tunnel list shows who reached the app.
+    let tunnels = si.burrow.admin_tunnels().await;
+    let listed = tunnels
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| host.starts_with(&format!("{}.", t["name"].as_str().unwrap())))
+        .unwrap_or_else(|| panic!("{host} not in {tunnels}"));
+    assert_eq!(listed["signed_in"][0]["user"], "alice@example.com");
+    assert_eq!(listed["signed_in"][0]["requests"], 2);
+    assert!(listed["signed_in"][0]["last_seen"].is_string());
 }
 
 /// Someone who can sign in but is not on the list gets a 403 page saying
@@ -742,8 +754,10 @@ async fn login_without_a_provider_is_refused() {
 
 /// The whole flow in Chromium: the tunnel sends the browser to the
 /// provider's login form, alice signs in, the app's page shows who she is;
-/// the request log line carries her address; she signs out with the
-/// button; dave, not on the list, gets the 403 page.
+/// the request log line carries her address; the page came over HTTP/2
+/// and a WebSocket from it works; she signs out with the button; on a
+/// tunnel only for bob she gets the 403 page naming her, and signs in as
+/// bob from its "sign in as someone else" link.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_flow_in_chromium() {
     use browser::*;
@@ -756,6 +770,7 @@ async fn the_whole_flow_in_chromium() {
     };
     let origin = Origin::start("signin-chromium").await;
     let (ssh, host) = tunnel(&si, &origin, &["login=*@example.com"]).await;
+    let (_ssh_b, only_bob) = tunnel(&si, &origin, &["login=bob@example.org"]).await;
     let b = Browser::start(&browser_bins).await;
     let c = b.client();
     step("open the tunnel", c.goto(&si.url(&host, "/headers"))).await;
@@ -803,6 +818,30 @@ async fn the_whole_flow_in_chromium() {
         .wait_contains("alice@example.com", Duration::from_secs(10))
         .await
         .expect("the request log names the signed-in visitor");
+    // The page came over HTTP/2, and a WebSocket from it carries the
+    // session too.
+    let protocol = step(
+        "protocol",
+        c.execute(
+            "return performance.getEntriesByType('navigation')[0].nextHopProtocol",
+            vec![],
+        ),
+    )
+    .await;
+    assert_eq!(protocol, "h2");
+    let echoed = step(
+        "a WebSocket",
+        c.execute_async(
+            "const done = arguments[arguments.length - 1];
+             const ws = new WebSocket(location.origin.replace('https:', 'wss:') + '/ws');
+             ws.onopen = () => ws.send('ping');
+             ws.onmessage = (e) => done(e.data);
+             ws.onclose = (e) => done('closed ' + e.code);",
+            vec![],
+        ),
+    )
+    .await;
+    assert_eq!(echoed, "ping");
     // Sign out with the button.
     step(
         "the sign-out page",
@@ -830,10 +869,43 @@ async fn the_whole_flow_in_chromium() {
             .for_element(Locator::XPath("//*[contains(., 'x-burrow-user')]")),
     )
     .await;
+    // Tunnel B lets in only bob: alice, signed in at the provider, gets
+    // the 403 page naming her, and signs in as bob from it.
+    step("tunnel B", c.goto(&si.url(&only_bob, "/headers"))).await;
+    step(
+        "the 403 page",
+        c.wait()
+            .for_element(Locator::XPath("//h1[contains(., 'Not for you')]")),
+    )
+    .await;
+    let text = step("the 403 page's text", c.find(Locator::Css("body"))).await;
+    let text = step("text", text.text()).await;
+    assert!(
+        text.contains("You are signed in as alice@example.com"),
+        "{text}"
+    );
+    step(
+        "sign in as someone else",
+        step(
+            "the link",
+            c.find(Locator::LinkText("Sign in as someone else")),
+        )
+        .await
+        .click(),
+    )
+    .await;
+    fill("bob").await;
+    let page = step(
+        "tunnel B as bob",
+        c.wait()
+            .for_element(Locator::XPath("//*[contains(., 'x-burrow-user')]")),
+    )
+    .await;
+    let text = step("tunnel B's page", page.text()).await;
+    assert!(text.contains("bob@example.org"), "{text}");
+    let current = step("url", c.current_url()).await;
+    assert_eq!(current.host_str(), Some(only_bob.as_str()));
     b.close().await;
-    let mut dave = Visitor::new();
-    let hop = dave.sign_in(&si.url(&host, "/headers"), "dave").await;
-    assert_eq!(hop.status, 403);
 }
 
 // ---------------------------------------------------------------------------

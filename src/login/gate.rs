@@ -68,7 +68,8 @@ impl Login {
         let Some(session) = session else {
             return Guarded::Answer(self.to_sign_in(&at, &policies, &req));
         };
-        at.seen.set_user(session.identity.label());
+        let user = session.identity.label();
+        at.seen.set_user(user.clone());
         if !policies.allow(&session.identity) {
             let again = self.start_url(&url_of(&at, &req), true);
             let sign_out = LOGOUT_PATH;
@@ -81,6 +82,7 @@ impl Login {
             );
             return Guarded::Answer(page);
         }
+        at.tunnel.traffic().signed_in.saw(&user);
         Guarded::Pass(self.vouch(&host, &session, req))
     }
 

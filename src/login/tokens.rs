@@ -205,4 +205,30 @@ mod tests {
         assert_eq!(sealer(1).open_session("a", &token), None);
         assert_eq!(sealer(1).open_session("a", "not base64 !"), None);
     }
+
+    #[test]
+    fn an_expired_code_or_state_does_not_open() {
+        let code = |expires| Code {
+            identity: alice(),
+            path: "/".into(),
+            id: random_id(),
+            expires,
+        };
+        let fresh = sealer(1).seal_code("a", &code(now() + CODE_LIFETIME));
+        assert!(sealer(1).open_code("a", &fresh).is_some());
+        let stale = sealer(1).seal_code("a", &code(now() - 1));
+        assert_eq!(sealer(1).open_code("a", &stale), None);
+        let state = |expires| State {
+            binding: random_id(),
+            verifier: random_id(),
+            nonce: random_id(),
+            back_to: "https://a/".into(),
+            provider: "default".into(),
+            expires,
+        };
+        let stale = sealer(1).seal_state(&state(now() - 1));
+        assert_eq!(sealer(1).open_state(&stale), None);
+        let fresh = sealer(1).seal_state(&state(now() + STATE_LIFETIME));
+        assert!(sealer(1).open_state(&fresh).is_some());
+    }
 }

@@ -85,6 +85,17 @@ struct TunnelInfo {
     /// In a cluster: the node whose client it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     node: Option<String>,
+    /// Behind sign-in: who reached the app lately, newest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    signed_in: Vec<SignedInInfo>,
+}
+
+/// One signed-in visitor in `GET /tunnels`.
+#[derive(Serialize)]
+struct SignedInInfo {
+    user: String,
+    requests: u64,
+    last_seen: String,
 }
 
 /// Every tunnel: this node's, and in a cluster every node's.
@@ -137,6 +148,16 @@ fn describe(ops: &Ops, tunnel: &Tunnel) -> TunnelInfo {
         open_connections: tunnel.gate().open(),
         clients: ops.registry.clients(tunnel.key()),
         node: ops.cluster.as_ref().map(|c| c.node_id().to_string()),
+        signed_in: traffic
+            .signed_in
+            .recent()
+            .into_iter()
+            .map(|v| SignedInInfo {
+                user: v.user,
+                requests: v.requests,
+                last_seen: rfc3339(v.last_seen),
+            })
+            .collect(),
     }
 }
 

@@ -641,6 +641,11 @@ impl Burrow {
         self.stats_path("/?subdomains=true").await
     }
 
+    /// `GET /tunnels` on the admin API, parsed.
+    pub async fn admin_tunnels(&self) -> serde_json::Value {
+        self.stats_path("/tunnels").await
+    }
+
     /// `GET /metrics` on the stats listener, as text.
     pub async fn metrics(&self) -> String {
         let url = format!("http://{}/metrics", self.addrs.stats);
