@@ -132,6 +132,72 @@ async fn signed_in_visitor_reaches_the_app_which_verifies_who_they_are() {
     assert!(listed["signed_in"][0]["last_seen"].is_string());
 }
 
+/// The owner sees who each request came from: the request log line and
+/// the inspector entry (`ssh -L …:localhost:4040`, `inspect=on`) name the
+/// signed-in visitor; a request without a session names nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_log_and_inspector_name_the_signed_in_visitor() {
+    let Some(si) = SignIn::start("log_and_inspector", &[]).await else {
+        return;
+    };
+    let origin = Origin::start("signin-inspected").await;
+    let inspector = dead_port();
+    let ssh = Ssh::spawn_cmd(
+        &si.burrow,
+        &[
+            "-R",
+            &format!("80:127.0.0.1:{}", origin.port),
+            "-L",
+            &format!("127.0.0.1:{inspector}:localhost:4040"),
+        ],
+        &["--", "login=*@example.com", "inspect=on"],
+    );
+    let host = ssh.url().await.host();
+    let mut alice = Visitor::new();
+    let hop = alice.sign_in(&si.url(&host, "/whoami"), "alice").await;
+    assert_eq!(hop.status, 200, "{}", hop.body);
+    let line = ssh
+        .stdout
+        .wait_for(Duration::from_secs(10), |text| {
+            text.lines()
+                .find(|l| l.contains("GET") && l.contains("/whoami") && l.contains("200"))
+                .map(str::to_string)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("no log line: {e}: {}", ssh.all_output()));
+    assert!(line.contains("alice@example.com"), "{line}");
+
+    let url = format!("http://127.0.0.1:{inspector}/api/entries");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let entries = loop {
+        let got = reqwest::get(&url).await;
+        if let Ok(resp) = got {
+            let seen: Value = resp.json().await.unwrap();
+            let entries = seen["entries"].as_array().cloned().unwrap_or_default();
+            if entries
+                .iter()
+                .any(|e| e["path"] == "/whoami" && e["status"] == 200)
+            {
+                break entries;
+            }
+        }
+        assert!(Instant::now() < deadline, "no inspector entry for /whoami");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let served = entries
+        .iter()
+        .find(|e| e["path"] == "/whoami" && e["status"] == 200)
+        .unwrap();
+    assert_eq!(served["user"], "alice@example.com");
+    assert_eq!(served["by_burrow"], false);
+    let anonymous = entries
+        .iter()
+        .find(|e| e["path"] == "/whoami" && e["status"] != 200)
+        .expect("the first, anonymous request is captured too");
+    assert!(anonymous["user"].is_null(), "{anonymous}");
+    assert_eq!(anonymous["by_burrow"], true);
+}
+
 /// Someone who can sign in but is not on the list gets a 403 page saying
 /// who they are signed in as, with a way to sign in as someone else; the
 /// app never sees the request.
