@@ -12,6 +12,8 @@ mod browser;
 #[path = "common/cluster.rs"]
 mod cluster_harness;
 mod common;
+#[path = "common/dns.rs"]
+mod dns;
 #[path = "common/oidc.rs"]
 mod oidc;
 #[path = "common/signin.rs"]
@@ -196,6 +198,55 @@ async fn the_request_log_and_inspector_name_the_signed_in_visitor() {
         .expect("the first, anonymous request is captured too");
     assert!(anonymous["user"].is_null(), "{anonymous}");
     assert_eq!(anonymous["by_burrow"], true);
+}
+
+/// A custom domain signs in like a tunnel name: the sign-in host accepts
+/// it as a return target (it is bound here), the one-time code lands on
+/// the custom name, whose own host-only cookie then lets alice in; a
+/// session of the custom name is no session on another tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_domain_signs_in_like_a_tunnel_name() {
+    let dns = dns::Dns::start().await;
+    let resolver = dns.addr.to_string();
+    let extra = ["--dns-resolver", resolver.as_str(), "--dns-timeout", "5s"];
+    let Some(si) = SignIn::start("custom_domain", &extra).await else {
+        return;
+    };
+    let origin = Origin::start("signin-custom").await;
+    let key = SshKeyPair::generate();
+    let name = "app.example.org";
+    dns.prove(name, &key).await;
+    let spec = format!("{name}:80:127.0.0.1:{}", origin.port);
+    let ssh = SshSpec {
+        port: si.burrow.ssh_port(),
+        args: &["-R", &spec],
+        remote_cmd: &["--", "login=*@example.com"],
+        ..SshSpec::default()
+    }
+    .spawn_with_key(&key);
+    let url = si.burrow.https_url(name, "");
+    ssh.stdout
+        .wait_contains(&url, Duration::from_secs(15))
+        .await
+        .unwrap_or_else(|e| panic!("no custom tunnel: {e}: {}", ssh.all_output()));
+    let (_other, other_host) = tunnel(&si, &origin, &["login=*@example.com"]).await;
+
+    let mut alice = Visitor::new();
+    alice.through(std::net::IpAddr::from([127, 0, 0, 1]));
+    let hop = alice.sign_in(&si.url(name, "/whoami"), "alice").await;
+    assert_eq!(hop.status, 200, "{}: {}", hop.url, hop.body);
+    assert_eq!(hop.body, "signin-custom");
+    assert_eq!(hop.url.host_str(), Some(name));
+    let session = alice
+        .cookie(name, SESSION)
+        .expect("the custom name's cookie");
+    let mut replay = Visitor::new();
+    replay.navigates = false;
+    let cookie = format!("{SESSION}={session}");
+    let elsewhere = replay
+        .http_get_with(&si.url(&other_host, "/whoami"), &[("cookie", &cookie)])
+        .await;
+    assert_eq!(elsewhere.status, 401, "{}", elsewhere.body);
 }
 
 /// Someone who can sign in but is not on the list gets a 403 page saying
