@@ -1,0 +1,375 @@
+"""An authenticated SSH client that misbehaves on purpose, at the packet
+level where it must: what stock clients never send, for tests/hostile.rs.
+
+paramiko's Transport sends any message through `_send_message` (encrypted
+and sequenced like every other), so each misbehaviour below is a few
+messages built by hand on top of a normal login (`random@`, accepted at
+`none`, or a key given with --key). Everything the server answers that the test looks for is printed
+on stdout as one line:
+
+    granted PORT | refused-forward        a tcpip-forward's answer
+    open-ok KIND | open-failed CODE TEXT  a channel open's answer
+    request-ok | request-failed           a channel request's answer
+    session TEXT                          what the session channel said
+    url URL                               the tunnel URL the login banner gave
+    disconnected CODE TEXT                the server's disconnect message
+    closed                                the connection ended
+    done                                  the misbehaviour was sent
+    turned-away TEXT                      no login: the server refused it
+
+Usage: paramiko_hostile.py --port PORT [--source IP] [--key FILE] MODE
+       [--count N] [--origin-port P]
+"""
+
+import argparse
+import socket
+import sys
+import threading
+import time
+
+import paramiko
+from paramiko.common import (
+    cMSG_CHANNEL_DATA,
+    cMSG_CHANNEL_REQUEST,
+    cMSG_CHANNEL_WINDOW_ADJUST,
+    cMSG_IGNORE,
+    MSG_CHANNEL_OPEN_FAILURE,
+    MSG_KEXINIT,
+)
+
+OUT = threading.Lock()
+
+
+def say(*words):
+    with OUT:
+        print(" ".join(str(w) for w in words), flush=True)
+
+
+def tell_disconnect(transport, message):
+    code = message.get_int()
+    say("disconnected", code, message.get_text())
+
+
+def tell_open_failure(original):
+    def parse(transport, message):
+        copy = paramiko.Message(message.asbytes())
+        copy.get_int()  # the channel
+        code = copy.get_int()
+        say("open-failed", code, copy.get_text().replace("\n", " "))
+        original(transport, message)
+
+    return parse
+
+
+# The run loop calls `_parse_disconnect` by name, but the others through a
+# table of the functions themselves.
+paramiko.Transport._parse_disconnect = tell_disconnect
+paramiko.Transport._handler_table[MSG_CHANNEL_OPEN_FAILURE] = tell_open_failure(
+    paramiko.Transport._parse_channel_open_failure
+)
+
+
+def connect(port, source, key):
+    sock = socket.socket()
+    sock.bind((source, 0))
+    sock.connect(("127.0.0.1", port))
+    transport = paramiko.Transport(sock)
+    transport.start_client(timeout=10)
+    if key:
+        transport.auth_publickey("test", paramiko.Ed25519Key.from_private_key_file(key))
+    else:
+        transport.auth_none("random")
+    if not transport.is_authenticated():
+        sys.exit("paramiko_hostile: not authenticated")
+    for word in (transport.get_banner() or b"").decode("utf-8", "replace").split():
+        if word.startswith("https://"):
+            say("url", word)
+    return transport
+
+
+def send(transport, build):
+    """One hand-built message, sent in sequence with everything else."""
+    m = paramiko.Message()
+    build(m)
+    transport._send_message(m)
+
+
+def data_packet(transport, channel, payload):
+    def build(m):
+        m.add_byte(cMSG_CHANNEL_DATA)
+        m.add_int(channel.remote_chanid)
+        m.add_string(payload)
+
+    send(transport, build)
+
+
+def window_adjust(transport, channel, amount):
+    def build(m):
+        m.add_byte(cMSG_CHANNEL_WINDOW_ADJUST)
+        m.add_int(channel.remote_chanid)
+        m.add_int(amount)
+
+    send(transport, build)
+
+
+def channel_request(transport, channel, kind, fields):
+    """A channel request with `fields` as (type, value) pairs, want-reply
+    off: the answers are not waited for, so a flood is a flood."""
+
+    def build(m):
+        m.add_byte(cMSG_CHANNEL_REQUEST)
+        m.add_int(channel.remote_chanid)
+        m.add_string(kind)
+        m.add_boolean(False)
+        for kind_of, value in fields:
+            getattr(m, "add_" + kind_of)(value)
+
+    send(transport, build)
+
+
+def session_output(channel):
+    """Everything the session channel says, as `session` lines."""
+
+    def read():
+        while True:
+            data = channel.recv(65536)
+            if not data:
+                return
+            for line in data.decode("utf-8", "replace").splitlines():
+                if line.strip():
+                    say("session", line.strip())
+
+    threading.Thread(target=read, daemon=True).start()
+
+
+def open_session(transport):
+    channel = transport.open_session(timeout=10)
+    channel.set_combine_stderr(True)
+    session_output(channel)
+    return channel
+
+
+def inspector(transport):
+    return transport.open_channel("direct-tcpip", ("localhost", 4040), ("127.0.0.1", 50000), timeout=10)
+
+
+def try_open(transport, kind, *args):
+    try:
+        channel = transport.open_channel(kind, *args, timeout=10)
+        say("open-ok", kind)
+        return channel
+    except paramiko.ChannelException:
+        return None  # printed by the patched parser
+    except (paramiko.SSHException, EOFError, OSError):
+        return "gone"
+
+
+# --- the misbehaviours -------------------------------------------------------
+
+
+def session_flood(transport, count):
+    """Session channels, one after another, kept open."""
+    kept = []
+    for _ in range(count):
+        opened = try_open(transport, "session")
+        if opened == "gone" or not transport.is_active():
+            return
+        kept.append(opened)
+
+
+def direct_flood(transport, count):
+    """direct-tcpip opens: the inspector (kept open), a private alias nobody
+    holds, and targets burrow never forwards to, in turn."""
+    targets = [("localhost", 4040), ("pi-7", 22), ("example.com", 80), ("10.0.0.1", 5432)]
+    kept = []
+    for i in range(count):
+        opened = try_open(transport, "direct-tcpip", targets[i % len(targets)], ("127.0.0.1", 50000 + i % 1000))
+        if opened == "gone" or not transport.is_active():
+            return
+        kept.append(opened)
+
+
+def session_requests(transport, count):
+    """pty-req, env and window-change with absurd sizes on the session
+    channel, then an exec far over any command size."""
+    channel = open_session(transport)
+    huge = 0xFFFFFFFF
+    channel_request(transport, channel, "pty-req", [("string", "x" * 60000), ("int", huge), ("int", huge), ("int", huge), ("int", huge), ("string", b"\x00")])
+    for i in range(count):
+        if not transport.is_active():
+            return
+        channel_request(transport, channel, "window-change", [("int", huge), ("int", huge), ("int", i), ("int", huge)])
+        channel_request(transport, channel, "env", [("string", "BURROW_%d" % i), ("string", "v" * 30000)])
+    channel_request(transport, channel, "exec", [("string", "auth=a:" + "b" * 200000)])
+    # Answered when the session ends (the exec refused), or the connection.
+    return lambda: channel.closed
+
+
+def window_overflow(transport, count):
+    """A window adjust of 2^32-1 on top of the window the client gave."""
+    channel = open_session(transport)
+    for _ in range(count):
+        window_adjust(transport, channel, 0xFFFFFFFF)
+
+
+def oversized(transport, count):
+    """A data packet twice the maximum packet size the server gave."""
+    channel = open_session(transport)
+    size = channel.out_max_packet_size * 2
+    for _ in range(count):
+        data_packet(transport, channel, b"y" * size)
+
+
+def after_eof(transport, count):
+    """A long-poll to the inspector, EOF, then data anyway."""
+    channel = inspector(transport)
+    channel.sendall(b"GET /api/entries?after=1000000&wait=1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    channel.shutdown_write()
+    for _ in range(count):
+        if not transport.is_active():
+            return
+        data_packet(transport, channel, b"z" * 16384)
+
+
+def alias_after_eof(transport, count):
+    """A private alias (`pi-7:22`, held by a device of the same key):
+    some bytes, EOF, then data anyway, while the device's side stays open."""
+    channel = transport.open_channel("direct-tcpip", ("pi-7", 22), ("127.0.0.1", 50000), timeout=10)
+    channel.sendall(b"hello device\n")
+    channel.shutdown_write()
+    for _ in range(count):
+        if not transport.is_active():
+            return
+        data_packet(transport, channel, b"z" * 16384)
+
+
+def after_close(transport, count):
+    """A channel closed, then data on it anyway; then a normal request."""
+    channel = inspector(transport)
+    channel.close()
+    for _ in range(count):
+        data_packet(transport, channel, b"z" * 16384)
+    probe = inspector(transport)
+    probe.sendall(b"GET /api/entries HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+    answer = b""
+    while True:
+        data = probe.recv(65536)
+        if not data:
+            break
+        answer += data
+    say("inspector", answer.split(b"\r\n", 1)[0].decode())
+    return lambda: True
+
+
+def stall_kex(transport, count, origin_port):
+    """A forward, then a key exchange started and never finished, with
+    IGNORE packets (allowed during one) to look alive."""
+    transport.request_port_forward("", 80, handler=lambda *a: None)
+    transport._handler_table = dict(paramiko.Transport._handler_table)
+    transport._handler_table[MSG_KEXINIT] = lambda *a: None
+    transport._send_kex_init()
+    say("done")
+    for _ in range(count):
+        if not transport.is_active():
+            return
+        send(transport, lambda m: (m.add_byte(cMSG_IGNORE), m.add_string(b"")))
+        time.sleep(0.5)
+
+
+def relay(channel, origin_port):
+    """One forwarded connection relayed to the origin, as ssh -R does."""
+    origin = socket.create_connection(("127.0.0.1", origin_port), timeout=10)
+
+    def upstream():
+        try:
+            while True:
+                data = channel.recv(65536)
+                if not data:
+                    break
+                origin.sendall(data)
+            origin.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    threading.Thread(target=upstream, daemon=True).start()
+    try:
+        while True:
+            data = origin.recv(65536)
+            if not data:
+                break
+            channel.sendall(data)
+    except OSError:
+        pass
+    channel.close()
+
+
+def never_read(transport, count, origin_port):
+    """A forward whose first forwarded channel is never read (its window
+    is never adjusted once full); the others are relayed to the origin."""
+    kept = []
+
+    def on_forwarded(channel, _origin, _server):
+        if not kept:
+            kept.append(channel)
+            say("unread-channel")
+            return
+        threading.Thread(target=relay, args=(channel, origin_port), daemon=True).start()
+
+    transport.request_port_forward("", 80, handler=on_forwarded)
+    say("done")
+    deadline = time.time() + count
+    while transport.is_active() and time.time() < deadline:
+        time.sleep(0.1)
+
+
+MODES = {
+    "session-flood": session_flood,
+    "direct-flood": direct_flood,
+    "session-requests": session_requests,
+    "window-overflow": window_overflow,
+    "oversized": oversized,
+    "after-eof": after_eof,
+    "alias-after-eof": alias_after_eof,
+    "after-close": after_close,
+}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--count", type=int, default=1000)
+    p.add_argument("--origin-port", type=int, default=0)
+    p.add_argument("--source", default="127.0.0.1", help="the local address to connect from")
+    p.add_argument("--key", help="an OpenSSH ed25519 key to log in with (default: random@, keyless)")
+    p.add_argument("mode", choices=sorted(MODES) + ["stall-kex", "never-read"])
+    args = p.parse_args()
+    try:
+        transport = connect(args.port, args.source, args.key)
+    except (paramiko.SSHException, EOFError, OSError) as err:
+        # A limit of the IP (a block, the connection rate) said no first.
+        say("turned-away", str(err).replace("\n", " "))
+        say("closed")
+        return
+    answered = None
+    try:
+        if args.mode == "stall-kex":
+            stall_kex(transport, args.count, args.origin_port)
+        elif args.mode == "never-read":
+            never_read(transport, args.count, args.origin_port)
+        else:
+            answered = MODES[args.mode](transport, args.count)
+            say("done")
+        # Wait (bounded) for the server's answer to it all: the end of the
+        # connection, unless the mode says what else answers it.
+        answered = answered or (lambda: False)
+        deadline = time.time() + 30
+        while transport.is_active() and not answered() and time.time() < deadline:
+            time.sleep(0.05)
+    except (paramiko.SSHException, EOFError, OSError) as err:
+        say("error", type(err).__name__, err)
+    say("closed")
+    transport.close()
+
+
+if __name__ == "__main__":
+    main()
