@@ -1050,3 +1050,75 @@ async fn opens_confirmed_late_or_never_are_bounded() {
     rig.check_released(SPARE, 16 << 20, "opens confirmed late or never")
         .await;
 }
+
+// ---------------------------------------------------------------------------
+// What a stock client can run into
+// ---------------------------------------------------------------------------
+
+/// Stock OpenSSH `ssh`, as a user would meet these limits: more `-R`
+/// forwards on one command line than `--max-forwards-per-connection`
+/// (the ones past it are refused with an `ERROR:` line naming it, the
+/// others serve), and a command longer than `--max-command-size` (refused
+/// naming it, exit status 2, the connection not cut for a single strike).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn stock_ssh_is_told_the_connection_limits() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let burrow = Burrow::start(&flags(&[
+        "--max-forwards-per-connection",
+        "4",
+        "--max-tunnels-per-ip",
+        "10",
+    ]))
+    .await;
+    let origin = Origin::start("hostile-stock").await;
+    let forwards: Vec<String> = (0..6)
+        .map(|i| format!("stock-{i}:80:127.0.0.1:{}", origin.port))
+        .collect();
+    let mut args = Vec::new();
+    for forward in &forwards {
+        args.extend(["-R", forward.as_str()]);
+    }
+    let many = Ssh::spawn(&burrow, &args);
+    if let Err(seen) = many
+        .stdout
+        .wait_contains(
+            "ERROR: max-forwards-per-connection: this connection has made its 4 forward requests (-R)",
+            WAIT,
+        )
+        .await
+    {
+        panic!("no refusal naming the limit: {seen}\n{}", many.all_output());
+    }
+    let output = many.stdout.text();
+    assert_eq!(
+        output.matches("ERROR: max-forwards-per-connection").count(),
+        2,
+        "{output}"
+    );
+    for i in 0..4 {
+        let host = format!("stock-{i}.localhost");
+        assert!(output.contains(&format!("https://{host}:")), "{output}");
+        let resp = burrow.get(&host, "/hello").await;
+        assert_eq!(resp.text().await.unwrap(), HELLO, "{host}");
+    }
+    assert!(!output.contains("stock-4") && !output.contains("stock-5"));
+    assert_eq!(burrow.stats().await["active_tunnels"].as_u64(), Some(4));
+
+    let long = format!("auth=user:{}", "p".repeat(5000));
+    let mut refused = Ssh::spawn_full(
+        &burrow,
+        &["-R", &format!("80:127.0.0.1:{}", origin.port)],
+        &[&long],
+        SshStdin::Null,
+    );
+    let status = refused.wait_exit(WAIT).await.expect("ssh exits");
+    let said = refused.all_output();
+    assert_eq!(status.code(), Some(2), "{said}");
+    assert!(
+        said.contains("ERROR: max-command-size: the command is 5.0 kB long; options fit in 4.1 kB"),
+        "{said}"
+    );
+    // The first client's refused forwards cost it nothing more: it serves.
+    let resp = burrow.get("stock-0.localhost", "/hello").await;
+    assert_eq!(resp.text().await.unwrap(), HELLO);
+}
