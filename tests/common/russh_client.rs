@@ -50,6 +50,8 @@ pub struct Forwarder {
     /// Once the connection ended: the server's disconnect message, if
     /// it sent one.
     disconnect: Arc<Mutex<Option<Option<String>>>>,
+    /// The client's channel opens the server refused: `CODE TEXT` each.
+    open_failures: Arc<Mutex<Vec<String>>>,
 }
 
 impl client::Handler for Forwarder {
@@ -102,6 +104,22 @@ impl client::Handler for Forwarder {
             let mut stream = channel.into_stream();
             let _ = tokio::io::copy_bidirectional(&mut stream, &mut app).await;
         });
+        Ok(())
+    }
+
+    async fn channel_open_failure(
+        &mut self,
+        _channel: russh::ChannelId,
+        reason: russh::ChannelOpenFailure,
+        description: &str,
+        _language: &str,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        let code = reason.code();
+        self.open_failures
+            .lock()
+            .unwrap()
+            .push(format!("{code} {description}"));
         Ok(())
     }
 
@@ -173,6 +191,8 @@ pub struct RusshClient {
     disconnect: Arc<Mutex<Option<Option<String>>>>,
     /// Set to stop reading the socket ([`RusshClient::stop_reading`]).
     stopped: Arc<AtomicBool>,
+    /// The channel opens the server refused: `CODE TEXT` each.
+    open_failures: Arc<Mutex<Vec<String>>>,
 }
 
 impl RusshClient {
@@ -206,6 +226,17 @@ impl RusshClient {
         let key =
             russh::keys::PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
                 .expect("generate an ed25519 key");
+        Self::misbehaving_as(addr, from, target, on_forward, key).await
+    }
+
+    /// [`RusshClient::misbehaving`], logged in with `key`.
+    pub async fn misbehaving_as(
+        addr: SocketAddr,
+        from: std::net::IpAddr,
+        target: u16,
+        on_forward: OnForward,
+        key: russh::keys::PrivateKey,
+    ) -> Result<RusshClient, russh::Error> {
         let socket = tokio::net::TcpSocket::new_v4()?;
         socket.bind(SocketAddr::new(from, 0))?;
         let socket = socket.connect(addr).await?;
@@ -235,11 +266,13 @@ impl RusshClient {
             ..client::Config::default()
         });
         let disconnect = Arc::new(Mutex::new(None));
+        let open_failures = Arc::new(Mutex::new(Vec::new()));
         let forwarder = Forwarder {
             target,
             on_forward,
             kept: Arc::default(),
             disconnect: Arc::clone(&disconnect),
+            open_failures: Arc::clone(&open_failures),
         };
         let stopped = Arc::new(AtomicBool::new(false));
         socket.set_nodelay(true)?;
@@ -260,7 +293,20 @@ impl RusshClient {
             session_channel: None,
             disconnect,
             stopped,
+            open_failures,
         })
+    }
+
+    /// The channel opens the server refused so far, as `CODE TEXT` (the
+    /// open-failure reason code and the text burrow gave).
+    pub fn open_failures(&self) -> Vec<String> {
+        self.open_failures.lock().unwrap().clone()
+    }
+
+    /// The session channel's write half (after [`RusshClient::open_session`]),
+    /// for requests this file has no method for.
+    pub fn session_channel(&self) -> &russh::ChannelWriteHalf<Msg> {
+        self.session_channel.as_ref().expect("open_session first")
     }
 
     /// The connection's handle, for requests this file has no method for.

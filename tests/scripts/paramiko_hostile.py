@@ -1,24 +1,25 @@
-"""An authenticated SSH client that misbehaves on purpose, at the packet
-level where it must: what stock clients never send, for tests/hostile.rs.
+"""An authenticated SSH client that misbehaves on purpose at the packet
+level, for tests/hostile.rs: only what russh's client cannot be made to
+send (ARCHITECTURE.md, "Per SSH connection"; the rest is done in process
+by tests/common/russh_client.rs).
 
 paramiko's Transport sends any message through `_send_message` (encrypted
 and sequenced like every other), so each misbehaviour below is a few
 messages built by hand on top of a normal login (`random@`, accepted at
-`none`, or a key given with --key). Everything the server answers that the test looks for is printed
-on stdout as one line:
+`none`). Everything the server answers that the test looks for is
+printed on stdout as one line:
 
-    granted PORT | refused-forward        a tcpip-forward's answer
-    open-ok KIND | open-failed CODE TEXT  a channel open's answer
-    request-ok | request-failed           a channel request's answer
     session TEXT                          what the session channel said
     url URL                               the tunnel URL the login banner gave
+    unread-channel                        a forwarded channel left unread
+    inspector STATUS-LINE                 the inspector's answer
     disconnected CODE TEXT                the server's disconnect message
     closed                                the connection ended
     done                                  the misbehaviour was sent
     turned-away TEXT                      no login: the server refused it
 
-Usage: paramiko_hostile.py --port PORT [--source IP] [--key FILE] MODE
-       [--count N] [--origin-port P]
+Usage: paramiko_hostile.py --port PORT [--source IP] MODE [--count N]
+       [--origin-port P]
 """
 
 import argparse
@@ -30,10 +31,8 @@ import time
 import paramiko
 from paramiko.common import (
     cMSG_CHANNEL_DATA,
-    cMSG_CHANNEL_REQUEST,
     cMSG_CHANNEL_WINDOW_ADJUST,
     cMSG_IGNORE,
-    MSG_CHANNEL_OPEN_FAILURE,
     MSG_KEXINIT,
 )
 
@@ -50,35 +49,17 @@ def tell_disconnect(transport, message):
     say("disconnected", code, message.get_text())
 
 
-def tell_open_failure(original):
-    def parse(transport, message):
-        copy = paramiko.Message(message.asbytes())
-        copy.get_int()  # the channel
-        code = copy.get_int()
-        say("open-failed", code, copy.get_text().replace("\n", " "))
-        original(transport, message)
-
-    return parse
-
-
-# The run loop calls `_parse_disconnect` by name, but the others through a
-# table of the functions themselves.
+# The run loop calls `_parse_disconnect` by name.
 paramiko.Transport._parse_disconnect = tell_disconnect
-paramiko.Transport._handler_table[MSG_CHANNEL_OPEN_FAILURE] = tell_open_failure(
-    paramiko.Transport._parse_channel_open_failure
-)
 
 
-def connect(port, source, key):
+def connect(port, source):
     sock = socket.socket()
     sock.bind((source, 0))
     sock.connect(("127.0.0.1", port))
     transport = paramiko.Transport(sock)
     transport.start_client(timeout=10)
-    if key:
-        transport.auth_publickey("test", paramiko.Ed25519Key.from_private_key_file(key))
-    else:
-        transport.auth_none("random")
+    transport.auth_none("random")
     if not transport.is_authenticated():
         sys.exit("paramiko_hostile: not authenticated")
     for word in (transport.get_banner() or b"").decode("utf-8", "replace").split():
@@ -112,21 +93,6 @@ def window_adjust(transport, channel, amount):
     send(transport, build)
 
 
-def channel_request(transport, channel, kind, fields):
-    """A channel request with `fields` as (type, value) pairs, want-reply
-    off: the answers are not waited for, so a flood is a flood."""
-
-    def build(m):
-        m.add_byte(cMSG_CHANNEL_REQUEST)
-        m.add_int(channel.remote_chanid)
-        m.add_string(kind)
-        m.add_boolean(False)
-        for kind_of, value in fields:
-            getattr(m, "add_" + kind_of)(value)
-
-    send(transport, build)
-
-
 def session_output(channel):
     """Everything the session channel says, as `session` lines."""
 
@@ -153,56 +119,7 @@ def inspector(transport):
     return transport.open_channel("direct-tcpip", ("localhost", 4040), ("127.0.0.1", 50000), timeout=10)
 
 
-def try_open(transport, kind, *args):
-    try:
-        channel = transport.open_channel(kind, *args, timeout=10)
-        say("open-ok", kind)
-        return channel
-    except paramiko.ChannelException:
-        return None  # printed by the patched parser
-    except (paramiko.SSHException, EOFError, OSError):
-        return "gone"
-
-
 # --- the misbehaviours -------------------------------------------------------
-
-
-def session_flood(transport, count):
-    """Session channels, one after another, kept open."""
-    kept = []
-    for _ in range(count):
-        opened = try_open(transport, "session")
-        if opened == "gone" or not transport.is_active():
-            return
-        kept.append(opened)
-
-
-def direct_flood(transport, count):
-    """direct-tcpip opens: the inspector (kept open), a private alias nobody
-    holds, and targets burrow never forwards to, in turn."""
-    targets = [("localhost", 4040), ("pi-7", 22), ("example.com", 80), ("10.0.0.1", 5432)]
-    kept = []
-    for i in range(count):
-        opened = try_open(transport, "direct-tcpip", targets[i % len(targets)], ("127.0.0.1", 50000 + i % 1000))
-        if opened == "gone" or not transport.is_active():
-            return
-        kept.append(opened)
-
-
-def session_requests(transport, count):
-    """pty-req, env and window-change with absurd sizes on the session
-    channel, then an exec far over any command size."""
-    channel = open_session(transport)
-    huge = 0xFFFFFFFF
-    channel_request(transport, channel, "pty-req", [("string", "x" * 60000), ("int", huge), ("int", huge), ("int", huge), ("int", huge), ("string", b"\x00")])
-    for i in range(count):
-        if not transport.is_active():
-            return
-        channel_request(transport, channel, "window-change", [("int", huge), ("int", huge), ("int", i), ("int", huge)])
-        channel_request(transport, channel, "env", [("string", "BURROW_%d" % i), ("string", "v" * 30000)])
-    channel_request(transport, channel, "exec", [("string", "auth=a:" + "b" * 200000)])
-    # Answered when the session ends (the exec refused), or the connection.
-    return lambda: channel.closed
 
 
 def window_overflow(transport, count):
@@ -218,29 +135,6 @@ def oversized(transport, count):
     size = channel.out_max_packet_size * 2
     for _ in range(count):
         data_packet(transport, channel, b"y" * size)
-
-
-def after_eof(transport, count):
-    """A long-poll to the inspector, EOF, then data anyway."""
-    channel = inspector(transport)
-    channel.sendall(b"GET /api/entries?after=1000000&wait=1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
-    channel.shutdown_write()
-    for _ in range(count):
-        if not transport.is_active():
-            return
-        data_packet(transport, channel, b"z" * 16384)
-
-
-def alias_after_eof(transport, count):
-    """A private alias (`pi-7:22`, held by a device of the same key):
-    some bytes, EOF, then data anyway, while the device's side stays open."""
-    channel = transport.open_channel("direct-tcpip", ("pi-7", 22), ("127.0.0.1", 50000), timeout=10)
-    channel.sendall(b"hello device\n")
-    channel.shutdown_write()
-    for _ in range(count):
-        if not transport.is_active():
-            return
-        data_packet(transport, channel, b"z" * 16384)
 
 
 def after_close(transport, count):
@@ -323,13 +217,8 @@ def never_read(transport, count, origin_port):
 
 
 MODES = {
-    "session-flood": session_flood,
-    "direct-flood": direct_flood,
-    "session-requests": session_requests,
     "window-overflow": window_overflow,
     "oversized": oversized,
-    "after-eof": after_eof,
-    "alias-after-eof": alias_after_eof,
     "after-close": after_close,
 }
 
@@ -340,11 +229,10 @@ def main():
     p.add_argument("--count", type=int, default=1000)
     p.add_argument("--origin-port", type=int, default=0)
     p.add_argument("--source", default="127.0.0.1", help="the local address to connect from")
-    p.add_argument("--key", help="an OpenSSH ed25519 key to log in with (default: random@, keyless)")
     p.add_argument("mode", choices=sorted(MODES) + ["stall-kex", "never-read"])
     args = p.parse_args()
     try:
-        transport = connect(args.port, args.source, args.key)
+        transport = connect(args.port, args.source)
     except (paramiko.SSHException, EOFError, OSError) as err:
         # A limit of the IP (a block, the connection rate) said no first.
         say("turned-away", str(err).replace("\n", " "))
