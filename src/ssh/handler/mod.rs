@@ -528,6 +528,19 @@ impl Handler for ClientHandler {
         Ok(())
     }
 
+    /// Extended data from a client means nothing to burrow (the relays
+    /// drop it), but keeps to the same rules as data.
+    async fn extended_data(
+        &mut self,
+        channel: ChannelId,
+        _code: u32,
+        data: &[u8],
+        session: &mut Russh,
+    ) -> Result<(), Self::Error> {
+        self.data_allowed(channel, data.len(), session);
+        Ok(())
+    }
+
     async fn channel_eof(
         &mut self,
         channel: ChannelId,
