@@ -819,6 +819,44 @@ async fn session_requests_with_absurd_sizes_are_refused() {
         .await;
 }
 
+/// The options once, then `count` more execs and shells on the same
+/// session channel, each one waiting for its reply.
+async fn exec_flood(mut client: RusshClient, count: usize) -> Outcome {
+    client.open_session().await;
+    client.exec("qr=off").await;
+    let session = client.session_channel();
+    for i in 0..count {
+        let sent = match i % 2 {
+            0 => session.exec(true, "qr=off").await,
+            _ => session.request_shell(true).await,
+        };
+        if sent.is_err() || client.handle().send_ping().await.is_err() {
+            break;
+        }
+    }
+    Outcome::of(client, Vec::new()).await
+}
+
+/// Thousands of execs and shells after the options: the options are the
+/// connection's once (what visitors were admitted under cannot change
+/// under them, and no banner is written per request), so each one is
+/// refused and a strike, and the connection is ended naming the rule; its
+/// tunnel kept the options it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn execs_after_the_options_are_refused() {
+    let rig = Rig::start("hostile-execs", &[]).await;
+    let load = rig.load();
+    let outcome = rig.russh_attack(None, |c| exec_flood(c, 2000)).await;
+    rig.check_served(load, "exec flood").await;
+    let reason = outcome.reason();
+    assert!(
+        reason.starts_with("max-violations-per-connection: 20 requests")
+            && reason.contains("protocol: the options (exec or shell) come once per connection"),
+        "{reason}"
+    );
+    rig.check_released(SPARE, 16 << 20, "exec flood").await;
+}
+
 // ---------------------------------------------------------------------------
 // The SSH protocol itself
 // ---------------------------------------------------------------------------
