@@ -913,13 +913,22 @@ async fn alias_after_eof(client: &RusshClient, count: usize) -> usize {
     write.eof().await.expect("EOF");
     let mut sent = 0;
     for _ in 0..count {
-        let chunk = write.data_bytes(vec![b'z'; 16 << 10]);
-        match tokio::time::timeout(WAIT, chunk).await {
-            Ok(Ok(())) if !client.handle().is_closed() => sent += 1,
-            _ => break,
+        // A write waits for window, which a connection that has ended
+        // never gives: the end stops it.
+        tokio::select! {
+            chunk = write.data_bytes(vec![b'z'; 16 << 10]) => match chunk {
+                Ok(()) if !client.handle().is_closed() => sent += 1,
+                _ => break,
+            },
+            () = ended(client) => break,
         }
     }
     sent
+}
+
+/// Once `client`'s connection has ended (within [`WAIT`]).
+async fn ended(client: &RusshClient) {
+    let _ = client.wait_closed(WAIT).await;
 }
 
 /// The value of burrow's `burrow_refusals_total{limit="LIMIT"}`.
