@@ -45,7 +45,10 @@ pub struct Quota {
 }
 
 /// A slot of a per-connection limit, given back when dropped.
-pub struct Held(#[allow(dead_code)] Option<OwnedSemaphorePermit>);
+pub struct Held {
+    /// Held only to be dropped.
+    _permit: Option<OwnedSemaphorePermit>,
+}
 
 impl Quota {
     pub fn new(limits: &ConnectionArgs) -> Quota {
@@ -163,11 +166,11 @@ fn semaphore(max: u32) -> Option<Arc<Semaphore>> {
 /// A permit of `cap` if one is free (always, without a cap).
 fn take(cap: &Option<Arc<Semaphore>>) -> Option<Held> {
     match cap {
-        None => Some(Held(None)),
+        None => Some(Held { _permit: None }),
         Some(cap) => Arc::clone(cap)
             .try_acquire_owned()
             .ok()
-            .map(|p| Held(Some(p))),
+            .map(|p| Held { _permit: Some(p) }),
     }
 }
 
