@@ -213,6 +213,8 @@ pub enum OpenFailure {
     Refused,
     Timeout,
     Gone,
+    /// A limit of the client's connection (counted as a refusal too).
+    Limited,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -303,6 +305,7 @@ impl Counters {
             OpenFailure::Refused => "refused",
             OpenFailure::Timeout => "timeout",
             OpenFailure::Gone => "gone",
+            OpenFailure::Limited => "limited",
         };
         self.metrics
             .channel_open_failures

@@ -21,7 +21,9 @@ use clap::Parser;
 pub use self::acme::{AcmeArgs, CustomDomainArgs, LETSENCRYPT, LETSENCRYPT_STAGING};
 pub use self::cluster::{valid_node_id, ClusterArgs, ClusterCommand};
 pub use self::inspect::InspectArgs;
-pub use self::limits::{LimitArgs, PoolArgs, RequestLogArgs, SpoolArgs, WarningArgs};
+pub use self::limits::{
+    ConnectionArgs, LimitArgs, PoolArgs, RequestLogArgs, SpoolArgs, WarningArgs,
+};
 pub use self::login::{read_secret, LoginArgs};
 pub use self::parse::{
     parse_cidr, parse_duration, parse_port_ranges, parse_rate, parse_resolver, parse_size,
@@ -158,6 +160,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub limits: LimitArgs,
+
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
 
     #[command(flatten)]
     pub spool: SpoolArgs,
