@@ -733,7 +733,10 @@ async fn thousands_of_session_channels_are_refused_by_rate() {
         "{answered} opens answered: {:?}",
         outcome.refused
     );
-    assert!((19..=20).contains(&limited), "{:?}", outcome.refused);
+    // 20 strikes end the connection; an open already in flight when the
+    // 20th was refused may be answered before the disconnect lands (seen
+    // on a loaded machine), hence 21.
+    assert!((19..=21).contains(&limited), "{:?}", outcome.refused);
     let reason = outcome.reason();
     assert!(
         reason.starts_with("max-violations-per-connection")
