@@ -75,10 +75,12 @@ const CLOSE_TIME: Duration = Duration::from_secs(2);
 pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()> {
     let shutdown = Shutdown::new();
     let inputs = Inputs::read(&config, &shutdown)?;
+    let secrets = ops::auth::Secrets::read(&config.admin)?;
     let listeners = Listeners::bind(&config).await?;
     listen::raise_open_files_limit();
     let host_key = ssh::load_or_create_host_key(&config.host_key)?;
     let state = state::State::open(&config.state_dir)?;
+    let admin = secrets.into_auth(&state.dir)?;
     let addrs = listeners.addrs();
     let core = Core::new(&config, &inputs, &addrs, &shutdown);
     let cluster = join_cluster(&config, &core, &inputs).await?;
@@ -89,7 +91,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     };
     share_certificates(&core, &inputs, cluster.as_deref());
     let login = sign_in(&config, (&core, &inputs, cluster.as_deref()), &name_secret)?;
-    let identity = (host_key, name_secret);
+    let identity = (host_key, name_secret, admin);
     let layers = Layers::new(
         &config,
         (&core, &inputs, cluster.as_ref(), login),
@@ -342,7 +344,7 @@ impl Layers {
             Option<Arc<login::Login>>,
         ),
         addrs: &BoundAddrs,
-        (host_key, name_secret): (russh::keys::PrivateKey, Vec<u8>),
+        (host_key, name_secret, admin): (russh::keys::PrivateKey, Vec<u8>, ops::auth::AdminAuth),
     ) -> Layers {
         let ssh_parts = ssh::Parts {
             registry: Arc::clone(&core.registry),
@@ -399,6 +401,7 @@ impl Layers {
             history: Arc::clone(&history),
             cluster: cluster.cloned(),
             inspect_watchers: Arc::clone(&core.inspector.watchers),
+            auth: admin,
         };
         let reload = reload::Reload {
             keys: Arc::clone(&inputs.keys),

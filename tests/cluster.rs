@@ -467,7 +467,8 @@ async fn wait_holder(cluster: &Cluster, host: &str) -> usize {
                 node_ip(i),
                 cluster.shared.ports.stats
             );
-            let stats: serde_json::Value = json(reqwest::get(url).await.unwrap()).await;
+            let token = cluster.node(i).admin_token();
+            let stats: serde_json::Value = json(admin_get(url, &token).await).await;
             let names = stats["subdomains"].as_array().cloned().unwrap_or_default();
             if names.iter().any(|n| n == name.as_str()) {
                 return i;
@@ -593,6 +594,7 @@ async fn ops_a_ban_on_one_node_holds_on_the_others() {
             node_ip(2),
             cluster.shared.ports.stats
         ))
+        .bearer_auth(cluster.node(2).admin_token())
         .header("content-type", "application/json")
         .body(r#"{"ip": "127.0.0.7", "duration_secs": 600}"#)
         .send()
@@ -623,7 +625,7 @@ async fn ops_a_ban_on_one_node_holds_on_the_others() {
             node_ip(via),
             cluster.shared.ports.stats
         );
-        let bans = json(reqwest::get(url).await.unwrap()).await;
+        let bans = json(admin_get(url, &cluster.node(via).admin_token()).await).await;
         assert_eq!(bans[0]["ip"], "127.0.0.7", "node {via}: {bans}");
     }
     // Others are still served.
@@ -647,7 +649,7 @@ async fn ops_admin_lists_and_kicks_across_nodes() {
         node_ip(3),
         cluster.shared.ports.stats
     );
-    let list = json(reqwest::get(url).await.unwrap()).await;
+    let list = json(admin_get(url, &cluster.node(3).admin_token()).await).await;
     let entries = list.as_array().unwrap();
     let node_of = |host: &str| {
         let name = host.split('.').next().unwrap();
@@ -666,6 +668,7 @@ async fn ops_admin_lists_and_kicks_across_nodes() {
             node_ip(3),
             cluster.shared.ports.stats
         ))
+        .bearer_auth(cluster.node(3).admin_token())
         .send()
         .await
         .unwrap();
@@ -1026,4 +1029,14 @@ async fn a_private_alias_failing_on_another_node_is_an_open_failure() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "-W went through");
     assert!(stderr.contains(failure), "{stderr}");
+}
+
+/// `GET url` on a node's stats listener with its admin token.
+async fn admin_get(url: String, token: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
 }

@@ -257,7 +257,15 @@ async fn held_by_nodes<B: Backend>(cluster: &Cluster<B>) -> BTreeMap<String, Str
         node_ip(1),
         cluster.shared.ports.stats
     );
-    let body = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+    let body = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(cluster.node(1).admin_token())
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
     list.as_array()
         .unwrap()
@@ -756,6 +764,7 @@ async fn ban_on_node_2_holds_on_node_1<B: Backend>(cluster: &Cluster<B>, host: &
     let url = format!("http://{}:{}/bans", node_ip(2), cluster.shared.ports.stats);
     let ban = reqwest::Client::new()
         .post(url)
+        .bearer_auth(cluster.node(2).admin_token())
         .header("content-type", "application/json")
         .body(r#"{"ip": "127.0.0.7", "duration_secs": 600}"#)
         .send()

@@ -5,6 +5,7 @@
 //! Parsing errors are reduced to one line that names the flag and the cause.
 
 mod acme;
+mod admin;
 mod cluster;
 mod inspect;
 mod limits;
@@ -19,6 +20,7 @@ use anyhow::{bail, Result};
 use clap::Parser;
 
 pub use self::acme::{AcmeArgs, CustomDomainArgs, LETSENCRYPT, LETSENCRYPT_STAGING};
+pub use self::admin::{parse_stats_addr, AdminArgs, StatsAddr};
 pub use self::cluster::{valid_node_id, ClusterArgs, ClusterCommand};
 pub use self::inspect::InspectArgs;
 pub use self::limits::{
@@ -62,10 +64,11 @@ pub struct Config {
     #[arg(long, env = "SSH_ON_HTTPS", value_enum, default_value_t = Switch::On)]
     pub ssh_on_https: Switch,
 
-    /// Address of the JSON stats endpoint. Only loopback peers are answered,
-    /// whatever it is bound to.
-    #[arg(long, env = "STATS_ADDR", default_value = "127.0.0.1:9090")]
-    pub stats_addr: SocketAddr,
+    /// Address of the JSON stats endpoint, the admin API and the dashboard:
+    /// HOST:PORT (only loopback peers are answered, whatever it is bound
+    /// to) or unix:/PATH (a Unix socket, mode 0660).
+    #[arg(long, env = "STATS_ADDR", default_value = "127.0.0.1:9090", value_parser = parse_stats_addr)]
+    pub stats_addr: StatsAddr,
 
     /// SSH host key (OpenSSH format). An ed25519 key is generated there, mode
     /// 0600, when the file does not exist.
@@ -157,6 +160,9 @@ pub struct Config {
     /// server log has no per-request lines unless asked.
     #[arg(long, env = "ACCESS_LOG")]
     pub access_log: bool,
+
+    #[command(flatten)]
+    pub admin: AdminArgs,
 
     #[command(flatten)]
     pub limits: LimitArgs,

@@ -2,17 +2,20 @@
 //! JSON stats ([`stats`]), Prometheus metrics ([`metrics`]), the admin API
 //! ([`admin`]) and the live dashboard ([`dashboard`]).
 //!
-//! Every request passes two checks first: the peer must be a loopback
+//! Every request passes three checks first: the peer must be a loopback
 //! address (bound wider by mistake or not, strangers never see the
-//! numbers), and the `Host` must name a loopback host (a DNS-rebinding page
-//! in the operator's browser would otherwise reach it).
+//! numbers; on a Unix socket, file permissions decide), the `Host` must
+//! name a loopback host (a DNS-rebinding page in the operator's browser
+//! would otherwise reach it), and the path's token ([`auth`]).
 
 pub mod admin;
+pub mod auth;
 pub mod cluster;
 pub mod dashboard;
 pub mod health;
 pub mod metrics;
 pub mod stats;
+mod unix;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,14 +23,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper::{Request, Response, StatusCode};
-use tokio::net::TcpListener;
+use hyper::{Method, Request, Response, StatusCode};
 
 use crate::acme::Acme;
 use crate::config::LimitArgs;
 use crate::custom::CustomDomains;
 use crate::http::{pages, Body, ConnLimits};
 use crate::limits::ssh::IpGuard;
+use crate::listen::StatsListener;
 use crate::pipe::spool::Budget;
 use crate::shutdown::Shutdown;
 use crate::tunnel::Registry;
@@ -49,6 +52,8 @@ pub struct Ops {
     cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Who inspects what (`inspector_connections` in the stats).
     inspect_watchers: Arc<crate::inspect::capture::Watchers>,
+    /// The admin and metrics tokens.
+    auth: auth::AdminAuth,
 }
 
 /// The node's shared parts the operator's endpoints read.
@@ -61,6 +66,7 @@ pub struct Parts {
     pub history: Arc<dashboard::History>,
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     pub inspect_watchers: Arc<crate::inspect::capture::Watchers>,
+    pub auth: auth::AdminAuth,
 }
 
 impl Ops {
@@ -76,27 +82,44 @@ impl Ops {
             block_duration: config.limits.block_duration,
             cluster: parts.cluster,
             inspect_watchers: parts.inspect_watchers,
+            auth: parts.auth,
         }
     }
 }
 
+/// Who is asking: a TCP peer (loopback only) or a Unix socket's (the
+/// socket's mode decided).
+#[derive(Debug, Clone, Copy)]
+pub enum Peer {
+    Tcp(SocketAddr),
+    Unix,
+}
+
 /// Serves the stats endpoint until shutdown.
-pub async fn serve(listener: TcpListener, ops: Arc<Ops>, limits: &LimitArgs, shutdown: Shutdown) {
+pub async fn serve(listener: StatsListener, ops: Arc<Ops>, limits: &LimitArgs, shutdown: Shutdown) {
+    let listener = match listener {
+        StatsListener::Tcp(listener) => listener,
+        StatsListener::Unix(listener, file) => {
+            return unix::serve(listener, file, ops, limits, shutdown).await
+        }
+    };
     // Loopback peers only; no proxy is ever trusted here.
     let limits = ConnLimits::new(limits, Default::default());
     crate::http::serve_plain(listener, limits, shutdown, move |req, peer| {
         let ops = Arc::clone(&ops);
-        async move { Ok::<_, Infallible>(handle(&ops, req, peer).await) }
+        async move { Ok::<_, Infallible>(handle(&ops, req, Peer::Tcp(peer)).await) }
     })
     .await;
 }
 
-async fn handle(ops: &Ops, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
-    if !peer.ip().is_loopback() && !peer.ip().to_canonical().is_loopback() {
-        return pages::json_text(
-            StatusCode::FORBIDDEN,
-            r#"{"error":"stats are served to loopback peers only"}"#.into(),
-        );
+async fn handle(ops: &Ops, req: Request<Incoming>, peer: Peer) -> Response<Body> {
+    if let Peer::Tcp(peer) = peer {
+        if !peer.ip().is_loopback() && !peer.ip().to_canonical().is_loopback() {
+            return pages::json_text(
+                StatusCode::FORBIDDEN,
+                r#"{"error":"stats are served to loopback peers only"}"#.into(),
+            );
+        }
     }
     // DNS rebinding: a web page under an attacker's name that resolves to
     // 127.0.0.1 reaches this listener from the operator's browser with its
@@ -108,8 +131,22 @@ async fn handle(ops: &Ops, req: Request<Incoming>, peer: SocketAddr) -> Response
         );
     }
     let path = req.uri().path();
+    let need = auth::need(req.method(), path, req.uri().query());
+    if let Err(refused) = ops.auth.check(need, req.method(), req.headers()) {
+        // The page asks for the token; everything else says what is needed.
+        if matches!(path, "/dashboard" | "/dashboard/")
+            && !matches!(refused, auth::Refused::Locked(_))
+            && (req.method() == Method::GET || req.method() == Method::HEAD)
+        {
+            return dashboard::sign_in_page();
+        }
+        return ops.auth.refusal(need, refused);
+    }
     if path == "/metrics" {
         return metrics::response(ops);
+    }
+    if path == "/dashboard/login" {
+        return dashboard::sign_in(&ops.auth, req).await;
     }
     if let Some(response) = dashboard::handle(&ops.history, req.method(), path) {
         return response;
