@@ -379,6 +379,18 @@ async fn metrics_token_closes_the_counts() {
     assert_eq!(resp.status(), 401, "the metrics token is not the admin's");
 }
 
+/// `--metrics-token` (the token itself, for the env variable
+/// `METRICS_TOKEN`) closes the counts the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_token_given_directly_closes_the_counts() {
+    let metrics = "metrics-scraper-token-43";
+    let burrow = Burrow::start(&["--metrics-token", metrics]).await;
+    let resp = call(&burrow, Method::GET, "/metrics", None).await;
+    assert_eq!(resp.status(), 401);
+    let resp = call(&burrow, Method::GET, "/metrics", Some(metrics)).await;
+    assert_eq!(resp.status(), 200);
+}
+
 /// One HTTP/1.1 exchange over the Unix socket: status and body.
 async fn over_socket(path: &Path, request: &str) -> (u16, String) {
     let exchange = async {

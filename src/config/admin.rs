@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use super::parse::{parse_rate, Rate};
 
-/// `--admin-token-file`, `--metrics-token-file`, `--admin-token-failures`.
+/// `--admin-token-file`, `--metrics-token[-file]`, `--admin-token-failures`.
 #[derive(clap::Args, Debug, Clone)]
 #[command(next_help_heading = "Admin API, dashboard and metrics")]
 pub struct AdminArgs {
@@ -19,8 +19,12 @@ pub struct AdminArgs {
     /// Close the counts-only stats (`GET /`), `/metrics` and `/history` as
     /// well: a file whose first line is the bearer token they then require
     /// (the admin token works too). Unset: they stay open to loopback.
-    #[arg(long, env = "METRICS_TOKEN_FILE")]
+    #[arg(long, env = "METRICS_TOKEN_FILE", conflicts_with = "metrics_token")]
     pub metrics_token_file: Option<PathBuf>,
+    /// The same token given directly (prefer the env variable or the file:
+    /// a flag's value shows in `ps` to every local user).
+    #[arg(long, env = "METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
     /// Wrong tokens tolerated on the stats listener, e.g. `10/m` (a
     /// minute's worth at once); beyond, every request that presents a
     /// token is answered 429 until the next one is allowed.

@@ -97,9 +97,13 @@ pub struct Secrets {
 
 impl Secrets {
     pub fn read(args: &AdminArgs) -> Result<Secrets> {
-        let metrics = match &args.metrics_token_file {
-            Some(path) => Some(checked("--metrics-token-file", path)?),
-            None => None,
+        let metrics = match (&args.metrics_token_file, &args.metrics_token) {
+            (Some(path), _) => Some(checked("--metrics-token-file", path)?),
+            (None, Some(token)) if token.trim().len() < MIN_TOKEN_LEN => {
+                bail!("--metrics-token: the token is shorter than {MIN_TOKEN_LEN} characters")
+            }
+            (None, Some(token)) => Some(token.trim().to_string()),
+            (None, None) => None,
         };
         let admin_file = match &args.admin_token_file {
             Some(path) if path.exists() => {
