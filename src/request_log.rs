@@ -356,8 +356,9 @@ fn status_colour(status: u16) -> &'static str {
     }
 }
 
-/// Appends the line(s) for `event` to `out`.
-fn render(event: &Event, style: Style, out: &mut String) {
+/// Appends the line(s) for `event` to `out` (`pub(crate)` for
+/// `crate::fuzzing`, which checks that nothing unsafe gets through).
+pub(crate) fn render(event: &Event, style: Style, out: &mut String) {
     if style.json {
         out.push_str(&json(event));
         out.push_str("\r\n");

@@ -56,8 +56,9 @@ pub fn is_burrow_cookie(name: &str) -> bool {
     name.starts_with("burrow_warned_") || name.starts_with("burrow_csrf_")
 }
 
-/// The value of cookie `name` in the request, if any.
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// The value of cookie `name` in the request, if any (`pub(crate)` for
+/// `crate::fuzzing`).
+pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -275,8 +276,8 @@ fn keep_fragment_hash() -> String {
 }
 
 /// `next` if it is a path on this host (other than the Continue endpoint
-/// itself), else `/`.
-fn safe_path(next: &str) -> &str {
+/// itself), else `/` (`pub(crate)` for `crate::fuzzing`).
+pub(crate) fn safe_path(next: &str) -> &str {
     let on_this_host = next.starts_with('/')
         && !next.starts_with("//")
         && !next.starts_with("/\\")

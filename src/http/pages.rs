@@ -140,8 +140,12 @@ pub fn set_page_headers(headers: &mut HeaderMap) {
 /// A JSON answer of the operator's endpoints (stats, admin API, dashboard
 /// data): never cached, never sniffed.
 pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
-    let body = serde_json::to_string(value).expect("JSON answers serialize");
-    json_text(status, body)
+    json_text(status, json_body(value))
+}
+
+/// The text of a [`json`] answer (the fuzz target `render` checks it).
+pub fn json_body(value: &impl serde::Serialize) -> String {
+    serde_json::to_string(value).expect("JSON answers serialize")
 }
 
 /// [`json`] for a body already serialized.

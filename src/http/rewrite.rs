@@ -135,8 +135,9 @@ pub fn to_origin_request<B>(
     req
 }
 
-/// Removes burrow's own cookies (warning page) from what the app sees.
-fn strip_burrow_cookies(headers: &mut HeaderMap) {
+/// Removes burrow's own cookies (warning page) from what the app sees
+/// (`pub(crate)` for `crate::fuzzing`).
+pub(crate) fn strip_burrow_cookies(headers: &mut HeaderMap) {
     let ours = |v: &HeaderValue| {
         v.to_str()
             .is_ok_and(|v| v.contains("burrow_warned_") || v.contains("burrow_csrf_"))

@@ -101,7 +101,7 @@ async fn handle(ops: &Ops, req: Request<Incoming>, peer: SocketAddr) -> Response
     // DNS rebinding: a web page under an attacker's name that resolves to
     // 127.0.0.1 reaches this listener from the operator's browser with its
     // own Host header. Only loopback names are answered.
-    if !loopback_host(&req) {
+    if !loopback_host(req.headers()) {
         return pages::json_text(
             StatusCode::MISDIRECTED_REQUEST,
             r#"{"error":"the stats and admin endpoint answers only Host: localhost or a loopback IP"}"#.into(),
@@ -124,9 +124,9 @@ async fn handle(ops: &Ops, req: Request<Incoming>, peer: SocketAddr) -> Response
 }
 
 /// Whether the request names a loopback host (or none, as HTTP/1.0 may).
-fn loopback_host(req: &Request<Incoming>) -> bool {
-    let Some(host) = req
-        .headers()
+/// Takes the headers only, so `crate::fuzzing` can drive it.
+pub(crate) fn loopback_host(headers: &hyper::HeaderMap) -> bool {
+    let Some(host) = headers
         .get(hyper::header::HOST)
         .and_then(|h| h.to_str().ok())
     else {
