@@ -41,6 +41,15 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// A key listed on several lines holds what every line grants it (the
+    /// owner tables count each line, so its grant must too); the first
+    /// line's comment names it.
+    fn merge(&mut self, more: &Grant) {
+        self.names.extend(more.names.iter().cloned());
+        self.ports.extend(more.ports.iter().copied());
+        self.connect.extend(more.connect.iter().cloned());
+    }
+
     /// Whether `connect=` lets this key reach the private alias `name`.
     pub fn may_connect(&self, name: &str) -> bool {
         self.connect.iter().any(|pattern| glob(pattern, name))
@@ -105,7 +114,10 @@ impl KeysFile {
             for port in &grant.ports {
                 file.port_owners.entry(*port).or_default().push(fp.clone());
             }
-            file.by_fingerprint.insert(fp, grant);
+            file.by_fingerprint
+                .entry(fp)
+                .and_modify(|listed| listed.merge(&grant))
+                .or_insert(grant);
         }
         Ok(file)
     }
@@ -332,6 +344,19 @@ mod tests {
             assert!(!a.may_connect(name), "{name}");
         }
         assert!(KeysFile::parse(&format!("connect=bad_name {KEY_A}")).is_err());
+    }
+
+    #[test]
+    fn a_key_on_several_lines_holds_what_every_line_grants() {
+        let text = format!("names=api,connect=db {KEY_A}\nnames=web,ports=5432 {KEY_A}\n");
+        let file = KeysFile::parse(&text).unwrap();
+        let a = file.grant(&fp(KEY_A)).unwrap();
+        assert_eq!(a.names, ["api", "web"]);
+        assert_eq!(a.ports, [5432]);
+        assert!(a.may_connect("db"));
+        assert_eq!(file.owners("api"), [fp(KEY_A)]);
+        assert_eq!(a.comment, "alice@laptop");
+        assert_eq!(file.len(), 1);
     }
 
     #[test]
