@@ -493,8 +493,9 @@ fn json(event: &Event) -> String {
 
 /// serde_json leaves bidi/format characters as they are; a JSON line read
 /// on a terminal must not carry them either, so they become `\uXXXX`
-/// escapes (the decoded value is unchanged).
-fn json_safe(text: &str) -> String {
+/// escapes (the decoded value is unchanged). Also every JSON answer of
+/// `http::pages` (the inspector's entries, the operator's endpoints).
+pub fn json_safe(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if is_unsafe(c) {
