@@ -124,13 +124,15 @@ async fn handle(ops: &Ops, req: Request<Incoming>, peer: SocketAddr) -> Response
 }
 
 /// Whether the request names a loopback host (or none, as HTTP/1.0 may).
-/// Takes the headers only, so `crate::fuzzing` can drive it.
+/// A `Host` that is there but not text (obs-text bytes) names no loopback
+/// host: it is refused, not taken for a missing one. Takes the headers
+/// only, so `crate::fuzzing` can drive it.
 pub(crate) fn loopback_host(headers: &hyper::HeaderMap) -> bool {
-    let Some(host) = headers
-        .get(hyper::header::HOST)
-        .and_then(|h| h.to_str().ok())
-    else {
+    let Some(host) = headers.get(hyper::header::HOST) else {
         return true;
+    };
+    let Ok(host) = host.to_str() else {
+        return false;
     };
     let name = crate::subdomain::strip_port(host);
     let name = name.trim_start_matches('[').trim_end_matches(']');
@@ -138,4 +140,29 @@ pub(crate) fn loopback_host(headers: &hyper::HeaderMap) -> bool {
         || name
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.to_canonical().is_loopback())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::{HeaderValue, HOST};
+
+    fn with_host(value: HeaderValue) -> hyper::HeaderMap {
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert(HOST, value);
+        headers
+    }
+
+    #[test]
+    fn a_host_header_that_is_not_text_is_refused() {
+        let utf8 = HeaderValue::from_bytes("é.tunnel.example".as_bytes()).unwrap();
+        assert!(!loopback_host(&with_host(utf8)));
+        assert!(loopback_host(&with_host(HeaderValue::from_static(
+            "localhost:9090"
+        ))));
+        assert!(
+            loopback_host(&hyper::HeaderMap::new()),
+            "HTTP/1.0 without a Host"
+        );
+    }
 }
