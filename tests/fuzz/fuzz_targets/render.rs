@@ -143,6 +143,17 @@ fn inspector(visit: &Visit) {
         for ((name, value), header) in headers.iter().zip(shown) {
             assert_eq!(header["name"], name.as_str());
             let secret = header["secret"].as_bool().expect("a secret flag");
+            let credentials = [
+                "authorization",
+                "proxy-authorization",
+                "cookie",
+                "set-cookie",
+            ];
+            assert_eq!(
+                secret,
+                credentials.contains(&name.to_ascii_lowercase().as_str()),
+                "{name:?}"
+            );
             match secret && !reveal {
                 true => assert_eq!(header["value"], MASK),
                 false => assert_eq!(header["value"], value.as_str()),
