@@ -69,12 +69,13 @@ pub fn link_read(headers: HeaderMap) -> Option<(String, Forwarded)> {
 
 /// The value of cookie `name` (the warning page's cookies).
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    crate::http::interstitial::cookie(headers, name)
+    crate::http::cookies::cookie(headers, name)
 }
 
-/// The Continue button's redirect target: `next` or `/`.
+/// The Continue button's redirect target: `next` or `/`
+/// (`http::form::safe_path`, as the warning page calls it).
 pub fn safe_path(next: &str) -> &str {
-    crate::http::interstitial::safe_path(next)
+    crate::http::form::safe_path(next, &[crate::http::interstitial::CONTINUE_PATH])
 }
 
 /// burrow's cookies removed from what the app sees.

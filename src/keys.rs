@@ -14,9 +14,11 @@
 //! Options are comma-separated `key=value` items; a bare item continues the
 //! list of the previous key (`names=a,b` grants `a` and `b`); values may be
 //! quoted (`names="a,b"`). Known options: `names` (DNS labels), `ports`
-//! (1–65535, for raw TCP tunnels) and `connect` (private aliases the key
+//! (1–65535, for raw TCP tunnels), `connect` (private aliases the key
 //! may reach through SSH: labels, `*` matching any run of characters, e.g.
-//! `connect=db,fleet-*`). A malformed line rejects the whole file
+//! `connect=db,fleet-*`) and `login` (a sign-in policy every tunnel of the
+//! key carries, e.g. `login=*@example.com,group:eng`; see
+//! [`crate::identity`]). A malformed line rejects the whole file
 //! with its line number, and the previous file stays in force.
 
 use std::collections::HashMap;
@@ -27,6 +29,7 @@ use std::time::SystemTime;
 use anyhow::{anyhow, bail, Context, Result};
 use russh::keys::{HashAlg, PublicKey};
 
+use crate::identity::LoginPolicy;
 use crate::subdomain;
 
 /// What the file grants one key.
@@ -37,6 +40,9 @@ pub struct Grant {
     /// Private aliases this key may connect to (`connect=`): labels with
     /// `*` wildcards.
     pub connect: Vec<String>,
+    /// Who may visit this key's tunnels (`login=`): they always carry it,
+    /// whatever their owner asks for.
+    pub login: Option<LoginPolicy>,
     pub comment: String,
 }
 
@@ -44,35 +50,23 @@ impl Grant {
     /// A key listed on several lines holds what every line grants it (the
     /// owner tables count each line, so its grant must too); the first
     /// line's comment names it.
-    fn merge(&mut self, more: &Grant) {
-        self.names.extend(more.names.iter().cloned());
-        self.ports.extend(more.ports.iter().copied());
-        self.connect.extend(more.connect.iter().cloned());
+    /// A `login=` on any line binds every tunnel of the key (the file
+    /// rejects lines that ask for different ones).
+    fn merge(&mut self, more: Grant) {
+        self.names.extend(more.names);
+        self.ports.extend(more.ports);
+        self.connect.extend(more.connect);
+        if self.login.is_none() {
+            self.login = more.login;
+        }
     }
 
     /// Whether `connect=` lets this key reach the private alias `name`.
     pub fn may_connect(&self, name: &str) -> bool {
-        self.connect.iter().any(|pattern| glob(pattern, name))
+        self.connect
+            .iter()
+            .any(|pattern| subdomain::glob(pattern, name))
     }
-}
-
-/// `*`-only glob matching: `*` is any run of characters (possibly empty).
-fn glob(pattern: &str, text: &str) -> bool {
-    let Some((head, rest)) = pattern.split_once('*') else {
-        return pattern == text;
-    };
-    let Some(mut text) = text.strip_prefix(head) else {
-        return false;
-    };
-    let mut parts: Vec<&str> = rest.split('*').collect();
-    let tail = parts.pop().unwrap_or_default();
-    for part in parts {
-        match text.find(part) {
-            Some(at) => text = &text[at + part.len()..],
-            None => return false,
-        }
-    }
-    text.len() >= tail.len() && text.ends_with(tail)
 }
 
 /// One parsed keys file.
@@ -92,7 +86,13 @@ pub fn fingerprint(key: &PublicKey) -> String {
 }
 
 impl KeysFile {
+    /// Parses a whole file, with no sign-in providers configured.
     pub fn parse(text: &str) -> Result<KeysFile> {
+        Self::parse_for(text, &[])
+    }
+
+    /// Parses a whole file; `login=` items may name `providers`.
+    pub fn parse_for(text: &str, providers: &[String]) -> Result<KeysFile> {
         use sha2::Digest;
         let digest = sha2::Sha256::digest(text.as_bytes());
         let mut file = KeysFile {
@@ -104,22 +104,50 @@ impl KeysFile {
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (fp, grant) = parse_line(line).map_err(|e| anyhow!("line {}: {e}", index + 1))?;
-            for name in &grant.names {
-                file.name_owners
-                    .entry(name.clone())
-                    .or_default()
-                    .push(fp.clone());
+            let (fp, grant) =
+                parse_line(line, providers).map_err(|e| anyhow!("line {}: {e}", index + 1))?;
+            if let (Some(listed), Some(login)) = (
+                file.by_fingerprint.get(&fp).and_then(|g| g.login.as_ref()),
+                &grant.login,
+            ) {
+                if listed != login {
+                    bail!(
+                        "line {}: this key is listed above with another login= policy",
+                        index + 1
+                    );
+                }
             }
-            for port in &grant.ports {
-                file.port_owners.entry(*port).or_default().push(fp.clone());
-            }
-            file.by_fingerprint
-                .entry(fp)
-                .and_modify(|listed| listed.merge(&grant))
-                .or_insert(grant);
+            file.insert(fp, grant);
         }
         Ok(file)
+    }
+
+    /// A keys file made of `grants` (fingerprint → grant): what
+    /// `--auth-url` granted, for the grant rule to read like the file.
+    pub fn from_grants<'a>(grants: impl IntoIterator<Item = (&'a String, &'a Grant)>) -> KeysFile {
+        let mut file = KeysFile::default();
+        for (fp, grant) in grants {
+            file.insert(fp.clone(), grant.clone());
+        }
+        file
+    }
+
+    fn insert(&mut self, fp: String, grant: Grant) {
+        for name in &grant.names {
+            self.name_owners
+                .entry(name.clone())
+                .or_default()
+                .push(fp.clone());
+        }
+        for port in &grant.ports {
+            self.port_owners.entry(*port).or_default().push(fp.clone());
+        }
+        match self.by_fingerprint.get_mut(&fp) {
+            Some(listed) => listed.merge(grant),
+            None => {
+                self.by_fingerprint.insert(fp, grant);
+            }
+        }
     }
 
     /// SHA-256 of the file's text (hex), empty without a file.
@@ -151,7 +179,7 @@ impl KeysFile {
     }
 }
 
-fn parse_line(line: &str) -> Result<(String, Grant)> {
+fn parse_line(line: &str, providers: &[String]) -> Result<(String, Grant)> {
     const KEY_TYPES: [&str; 4] = ["ssh-", "ecdsa-sha2-", "sk-ssh-", "sk-ecdsa-"];
     let start = line
         .split_whitespace()
@@ -161,7 +189,7 @@ fn parse_line(line: &str) -> Result<(String, Grant)> {
     let options = tokens[..start].join(" ");
     let key_text = tokens[start..].join(" ");
     let key = PublicKey::from_openssh(&key_text).map_err(|e| anyhow!("bad public key: {e}"))?;
-    let mut grant = parse_options(&options)?;
+    let mut grant = parse_options(&options, providers)?;
     grant.comment = tokens
         .get(start + 2..)
         .map(|c| c.join(" "))
@@ -169,8 +197,8 @@ fn parse_line(line: &str) -> Result<(String, Grant)> {
     Ok((fingerprint(&key), grant))
 }
 
-fn parse_options(options: &str) -> Result<Grant> {
-    let mut grant = Grant::default();
+fn parse_options(options: &str, providers: &[String]) -> Result<Grant> {
+    let mut raw = RawGrant::default();
     let mut current: Option<&str> = None;
     for item in split_options(options)? {
         let (key, value) = match item.split_once('=') {
@@ -179,48 +207,77 @@ fn parse_options(options: &str) -> Result<Grant> {
                     "names" => "names",
                     "ports" => "ports",
                     "connect" => "connect",
-                    other => bail!("unknown option {other:?} (known: names, ports, connect)"),
+                    "login" => "login",
+                    other => bail!("unknown option {other:?} (known: names, ports, connect, login)"),
                 });
                 (current.expect("just set"), value)
             }
             None => (
                 current.ok_or_else(|| {
-                    anyhow!("{item:?} is not an option (expected names=…, ports=… or connect=…)")
+                    anyhow!("{item:?} is not an option (expected names=…, ports=…, connect=… or login=…)")
                 })?,
                 item.as_str(),
             ),
         };
         let value = value.trim().trim_matches('"');
         for value in value.split(',').map(str::trim).filter(|v| !v.is_empty()) {
-            match key {
-                "names" => {
-                    let name = value.to_ascii_lowercase();
-                    if !subdomain::is_valid_label(&name) {
-                        bail!(
-                            "names: {value:?} is not a valid DNS label (a-z, 0-9, '-', at most 63)"
-                        );
-                    }
-                    grant.names.push(name);
-                }
-                "connect" => {
-                    let pattern = value.to_ascii_lowercase();
-                    let label = pattern.replace('*', "a");
-                    if !subdomain::is_valid_label(&label) {
-                        bail!("connect: {value:?} is not a DNS label or a pattern with '*'");
-                    }
-                    grant.connect.push(pattern);
-                }
-                _ => {
-                    let port: u16 =
-                        value.parse().ok().filter(|p| *p > 0).ok_or_else(|| {
-                            anyhow!("ports: {value:?} is not a port number 1-65535")
-                        })?;
-                    grant.ports.push(port);
-                }
-            }
+            let list = match key {
+                "names" => &mut raw.names,
+                "ports" => &mut raw.ports,
+                "connect" => &mut raw.connect,
+                _ => &mut raw.login,
+            };
+            list.push(value.to_string());
         }
     }
-    Ok(grant)
+    raw.grant(providers)
+}
+
+/// What a key is granted, as written (in the keys file, or in
+/// `--auth-url`'s answer), before it is checked.
+#[derive(Debug, Default)]
+pub struct RawGrant {
+    pub names: Vec<String>,
+    pub ports: Vec<String>,
+    pub connect: Vec<String>,
+    /// Items of one `login=` policy.
+    pub login: Vec<String>,
+}
+
+impl RawGrant {
+    /// The grant, every value checked: the one place a key's grant is
+    /// validated, for the keys file and `--auth-url` alike.
+    pub fn grant(self, providers: &[String]) -> Result<Grant> {
+        let mut grant = Grant::default();
+        for value in self.names {
+            let name = value.to_ascii_lowercase();
+            if !subdomain::is_valid_label(&name) {
+                bail!("names: {value:?} is not a valid DNS label (a-z, 0-9, '-', at most 63)");
+            }
+            grant.names.push(name);
+        }
+        for value in self.connect {
+            let pattern = value.to_ascii_lowercase();
+            if !subdomain::is_valid_label(&pattern.replace('*', "a")) {
+                bail!("connect: {value:?} is not a DNS label or a pattern with '*'");
+            }
+            grant.connect.push(pattern);
+        }
+        for value in self.ports {
+            let port: u16 = value
+                .parse()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| anyhow!("ports: {value:?} is not a port number 1-65535"))?;
+            grant.ports.push(port);
+        }
+        if !self.login.is_empty() {
+            let policy =
+                LoginPolicy::parse(&self.login.join(","), providers).map_err(|e| anyhow!(e))?;
+            grant.login = Some(policy);
+        }
+        Ok(grant)
+    }
 }
 
 /// Splits on commas outside double quotes.
@@ -253,6 +310,8 @@ fn split_options(options: &str) -> Result<Vec<String>> {
 /// The live keys file, reloadable.
 pub struct Keys {
     pub(crate) path: Option<PathBuf>,
+    /// The sign-in providers `login=` items may name.
+    providers: Vec<String>,
     current: RwLock<Arc<KeysFile>>,
     stamp: Mutex<Option<(SystemTime, u64)>>,
 }
@@ -263,19 +322,21 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
 }
 
 impl Keys {
-    /// Loads `path` (or an empty set without one). A bad file is an error at
-    /// start-up.
-    pub fn load(path: Option<&Path>) -> Result<Keys> {
+    /// Loads `path` (or an empty set without one); `login=` items may name
+    /// `providers`. A bad file is an error at start-up.
+    pub fn load(path: Option<&Path>, providers: &[String]) -> Result<Keys> {
         let file = match path {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("--keys-file {}: cannot read", path.display()))?;
-                KeysFile::parse(&text).with_context(|| format!("--keys-file {}", path.display()))?
+                KeysFile::parse_for(&text, providers)
+                    .with_context(|| format!("--keys-file {}", path.display()))?
             }
             None => KeysFile::default(),
         };
         Ok(Keys {
             path: path.map(Path::to_path_buf),
+            providers: providers.to_vec(),
             stamp: Mutex::new(path.and_then(stamp)),
             current: RwLock::new(Arc::new(file)),
         })
@@ -301,7 +362,9 @@ impl Keys {
         *self.stamp.lock().expect("keys stamp lock") = stamp(path);
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("{}: cannot read", path.display()))?;
-        let file = Arc::new(KeysFile::parse(&text).with_context(|| path.display().to_string())?);
+        let file = KeysFile::parse_for(&text, &self.providers)
+            .with_context(|| path.display().to_string())?;
+        let file = Arc::new(file);
         *self.current.write().expect("keys lock") = Arc::clone(&file);
         Ok(file)
     }
@@ -357,6 +420,21 @@ mod tests {
         assert_eq!(file.owners("api"), [fp(KEY_A)]);
         assert_eq!(a.comment, "alice@laptop");
         assert_eq!(file.len(), 1);
+    }
+
+    #[test]
+    fn a_login_on_any_line_of_a_key_binds_the_key() {
+        let text = format!("names=api {KEY_A}\nnames=web,login=*@example.com {KEY_A}\n");
+        let file = KeysFile::parse(&text).unwrap();
+        let a = file.grant(&fp(KEY_A)).unwrap();
+        assert_eq!(a.names, ["api", "web"]);
+        let login = a.login.as_ref().expect("the second line's login=");
+        assert_eq!(login.text(), "*@example.com");
+        let same = format!("login=*@example.com {KEY_A}\nnames=web,login=*@example.com {KEY_A}\n");
+        assert!(KeysFile::parse(&same).is_ok());
+        let other = format!("login=*@example.com {KEY_A}\nnames=web,login=group:eng {KEY_A}\n");
+        let err = KeysFile::parse(&other).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]

@@ -25,6 +25,7 @@
 //! starts), then serves until the shutdown signal resolves.
 
 pub mod acme;
+pub mod authz;
 pub mod cluster;
 pub mod config;
 pub mod counters;
@@ -34,10 +35,12 @@ pub mod forwarded;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod identity;
 pub mod inspect;
 pub mod keys;
 pub mod limits;
 pub mod listen;
+pub mod login;
 pub mod ops;
 pub mod pipe;
 pub mod reload;
@@ -87,10 +90,11 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
         None => state.name_secret.to_vec(),
     };
     share_certificates(&core, &inputs, cluster.as_deref());
+    let login = sign_in(&config, (&core, &inputs, cluster.as_deref()), &name_secret)?;
     let identity = (host_key, name_secret);
     let layers = Layers::new(
         &config,
-        (&core, &inputs, cluster.as_ref()),
+        (&core, &inputs, cluster.as_ref(), login),
         &addrs,
         identity,
     );
@@ -124,6 +128,13 @@ struct Inputs {
     challenges: Arc<acme::http01::Challenges>,
     refusals: Arc<limits::Refusals>,
     acme: Option<Arc<acme::Acme>>,
+    /// The sign-in providers (read from the flags and the providers file).
+    providers: login::Providers,
+    /// The operator's side of sign-in (providers' names, the server's
+    /// policy).
+    operator: identity::Operator,
+    /// `--auth-url`, when set.
+    auth_url: Option<Arc<authz::AuthUrl>>,
     /// Installed early, so a SIGHUP never kills the process.
     hangup: tokio::signal::unix::Signal,
 }
@@ -131,7 +142,9 @@ struct Inputs {
 impl Inputs {
     fn read(config: &Config, shutdown: &Shutdown) -> Result<Inputs> {
         let certs = tls::Certs::load(config)?;
-        let keys = Arc::new(keys::Keys::load(config.keys_file.as_deref())?);
+        let providers = login::Providers::load(&config.login, &config.domain)?;
+        let keys = keys::Keys::load(config.keys_file.as_deref(), &providers.names())?;
+        let keys = Arc::new(keys);
         let challenges = Arc::new(acme::http01::Challenges::default());
         let refusals = Arc::new(limits::Refusals::default());
         let acme = acme::Acme::new(
@@ -140,12 +153,28 @@ impl Inputs {
             Arc::clone(&challenges),
             (Arc::clone(&refusals), shutdown.clone()),
         )?;
+        let names = providers.names();
+        let required = match &config.login.login_required {
+            Some(text) => Some(
+                identity::LoginPolicy::parse(text, &names)
+                    .map_err(|e| anyhow::anyhow!("--login-required: {e}"))?,
+            ),
+            None => None,
+        };
+        let operator = identity::Operator {
+            providers: names.clone(),
+            required,
+        };
+        let auth_url = authz::AuthUrl::new(&config.login, names, Arc::clone(&refusals))?;
         Ok(Inputs {
             certs,
             keys,
             challenges,
             refusals,
             acme,
+            providers,
+            operator,
+            auth_url,
             hangup: reload::hangup_signal()?,
         })
     }
@@ -269,6 +298,29 @@ fn share_certificates(core: &Core, inputs: &Inputs, cluster: Option<&cluster::Cl
     }
 }
 
+/// Sign-in at the edge, when a provider is configured: its keys come from
+/// the stable-name secret, which every node of a cluster shares.
+fn sign_in(
+    config: &Config,
+    (core, inputs, cluster): (&Core, &Inputs, Option<&cluster::Cluster>),
+    name_secret: &[u8],
+) -> Result<Option<Arc<login::Login>>> {
+    let root: [u8; 32] = name_secret
+        .try_into()
+        .context("the stable-name secret is not 32 bytes")?;
+    let parts = login::Parts {
+        providers: inputs.providers.clone(),
+        operator: inputs.operator.clone(),
+        root,
+        keys: Arc::clone(&inputs.keys),
+        auth_url: inputs.auth_url.clone(),
+        store: cluster.map(|c| c.store().clone()),
+        registry: Arc::clone(&core.registry),
+        custom: Arc::clone(&core.custom),
+    };
+    login::Login::new(config, parts)
+}
+
 /// The layers above the core, each with its handle.
 struct Layers {
     ssh: Arc<ssh::Server>,
@@ -279,18 +331,26 @@ struct Layers {
     ops: Arc<ops::Ops>,
     history: Arc<ops::dashboard::History>,
     reload: reload::Reload,
+    login: Option<Arc<login::Login>>,
 }
 
 impl Layers {
     fn new(
         config: &Config,
-        (core, inputs, cluster): (&Core, &Inputs, Option<&Arc<cluster::Cluster>>),
+        (core, inputs, cluster, login): (
+            &Core,
+            &Inputs,
+            Option<&Arc<cluster::Cluster>>,
+            Option<Arc<login::Login>>,
+        ),
         addrs: &BoundAddrs,
         (host_key, name_secret): (russh::keys::PrivateKey, Vec<u8>),
     ) -> Layers {
         let ssh_parts = ssh::Parts {
             registry: Arc::clone(&core.registry),
             keys: Arc::clone(&inputs.keys),
+            auth_url: inputs.auth_url.clone(),
+            signin: (!inputs.providers.is_empty()).then(|| inputs.operator.clone()),
             tcp: Arc::clone(&core.tcp),
             relays: Arc::clone(&core.relays),
             custom: Arc::clone(&core.custom),
@@ -316,6 +376,10 @@ impl Layers {
             refusals: Arc::clone(&inputs.refusals),
             pools: core.pools,
             observer: Arc::clone(&core.inspector) as Arc<dyn http::observe::Observer>,
+            guards: login
+                .iter()
+                .map(|l| Arc::new(login::gate::Gate(Arc::clone(l))) as Arc<dyn http::guard::Guard>)
+                .collect(),
             shutdown: core.shutdown.clone(),
         };
         let proxy = http::proxy::Proxy::new(config, proxy_parts, addrs.https);
@@ -323,6 +387,7 @@ impl Layers {
             relays: Arc::clone(&core.relays),
             custom: Arc::clone(&core.custom),
             challenges: Arc::clone(&inputs.challenges),
+            login: login.clone(),
             ssh: handoff,
             shutdown: core.shutdown.clone(),
         };
@@ -344,6 +409,7 @@ impl Layers {
             reserved: config.reserved_names.clone(),
             tcp_ports: config.tcp_ports.clone(),
             keys_only: config.auth_mode == AuthMode::Keys,
+            auth_url: inputs.auth_url.clone(),
         };
         Layers {
             ssh: Arc::new(ssh),
@@ -352,6 +418,7 @@ impl Layers {
             ops: Arc::new(ops::Ops::new(config, ops_parts)),
             history,
             reload,
+            login,
         }
     }
 }
@@ -409,7 +476,29 @@ fn serve(
         shutdown.clone(),
     ));
     shutdown.spawn(trim::run(config.memory_trim_interval, shutdown.clone()));
+    shutdown.spawn(prune_sign_in(
+        (layers.login, inputs.auth_url),
+        shutdown.clone(),
+    ));
     Ok(())
+}
+
+/// How often sign-in's per-visitor counts and caches are pruned.
+const SIGN_IN_PRUNE: Duration = Duration::from_secs(60);
+
+/// Prunes sign-in's and `--auth-url`'s caches until shutdown.
+async fn prune_sign_in(
+    (login, auth_url): (Option<Arc<login::Login>>, Option<Arc<authz::AuthUrl>>),
+    shutdown: Shutdown,
+) {
+    if login.is_none() && auth_url.is_none() {
+        return;
+    }
+    let mut ticker = shutdown.ticker(SIGN_IN_PRUNE);
+    while ticker.tick().await {
+        login.iter().for_each(|l| l.prune());
+        auth_url.iter().for_each(|a| a.prune());
+    }
 }
 
 /// The graceful shutdown: stop accepting, tell the SSH users, let in-flight

@@ -28,6 +28,8 @@ pub struct Reload {
     pub reserved: Vec<String>,
     pub tcp_ports: PortRanges,
     pub keys_only: bool,
+    /// `--auth-url`'s grants count in the grant rule too.
+    pub auth_url: Option<Arc<crate::authz::AuthUrl>>,
 }
 
 /// How often the files are checked for changes on disk.
@@ -67,12 +69,21 @@ pub async fn watch(reload: Reload, mut hangup: tokio::signal::unix::Signal, shut
 }
 
 impl Reload {
+    /// What `--auth-url` granted (empty without it).
+    fn granted(&self) -> Arc<crate::keys::KeysFile> {
+        self.auth_url
+            .as_ref()
+            .map_or_else(Default::default, |a| a.granted())
+    }
+
     fn reload_keys(&self) {
         match self.keys.reload() {
             Ok(file) => {
                 tracing::info!(keys = file.len(), "keys file reloaded");
+                let granted = self.granted();
                 self.registry.enforce(&Grants {
                     keys: &file,
+                    granted: &granted,
                     reserved: &self.reserved,
                     tcp_ports: &self.tcp_ports,
                     keys_only: self.keys_only,

@@ -21,7 +21,7 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -35,6 +35,9 @@ const PATH_WIDTH: usize = 64;
 /// Reasons can quote what a visitor sent (an Origin header, say): they are
 /// shortened too, so no visitor can flood the terminal through them.
 const WHY_WIDTH: usize = 240;
+/// A signed-in user's label (an e-mail, a name from the provider) is
+/// shortened past this many characters.
+const USER_WIDTH: usize = 64;
 /// Longest wait for the session's options (and so its banner) before the
 /// first line is written anyway.
 const BANNER_WAIT: Duration = Duration::from_secs(5);
@@ -66,6 +69,8 @@ struct Arrival {
     /// How long the request was held until its tunnel's options were known
     /// (µs): the line says so, and its duration includes it.
     held_us: AtomicU64,
+    /// Who the visitor is, when they signed in (their e-mail or name).
+    user: OnceLock<String>,
 }
 
 impl Seen {
@@ -78,7 +83,18 @@ impl Seen {
             visitor: visitor.to_canonical(),
             host: host.to_string(),
             held_us: AtomicU64::new(0),
+            user: OnceLock::new(),
         }))
+    }
+
+    /// The visitor signed in as `user` (shown on the line).
+    pub fn set_user(&self, user: String) {
+        let _ = self.0.user.set(user);
+    }
+
+    /// Who the visitor signed in as, if they did.
+    pub fn user(&self) -> Option<&str> {
+        self.0.user.get().map(String::as_str)
     }
 
     /// The request was held `held` before it arrived here (its connection's
@@ -164,7 +180,8 @@ impl Event {
                 ..
             } => {
                 let held_ms = seen.held().as_millis() as u64;
-                tracing::info!(target: "burrow::access", host = %seen.host, visitor = %seen.visitor, %method, %path, status, bytes, duration_ms = duration.as_millis() as u64, held_ms, why = why.as_deref().unwrap_or(""), "request")
+                let user = escape(seen.user.get().map_or("", String::as_str));
+                tracing::info!(target: "burrow::access", host = %seen.host, visitor = %seen.visitor, %user, %method, %path, status, bytes, duration_ms = duration.as_millis() as u64, held_ms, why = why.as_deref().unwrap_or(""), "request")
             }
             Event::WebSocketOpen { .. } => {
                 tracing::info!(target: "burrow::access", host = %seen.host, visitor = %seen.visitor, %path, "websocket open")
@@ -381,9 +398,14 @@ pub(crate) fn render(event: &Event, style: Style, out: &mut String) {
             ..
         } => {
             let colour = paint(status_colour(*status));
+            let user = seen
+                .user
+                .get()
+                .map(|u| format!("  {}", shorten_to(u, USER_WIDTH)))
+                .unwrap_or_default();
             let _ = write!(
                 out,
-                "{dim}{time}{reset}  {bold}{method:<7}{reset} {path}  {colour}{status}{reset}  {}  {}  {dim}{ip}{reset}\r\n",
+                "{dim}{time}{reset}  {bold}{method:<7}{reset} {path}  {colour}{status}{reset}  {}  {}  {dim}{ip}{reset}{user}\r\n",
                 crate::limits::human_bytes(*bytes),
                 took(*duration),
             );
@@ -454,6 +476,7 @@ fn json(event: &Event) -> String {
         "method": seen.method,
         "path": seen.path,
         "visitor": seen.visitor.to_string(),
+        "user": seen.user.get(),
     });
     let fields = match event {
         Event::Request {

@@ -120,6 +120,25 @@ pub fn strip_port(host: &str) -> &str {
     }
 }
 
+/// `*`-only glob matching: `*` is any run of characters (possibly empty).
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let Some((head, rest)) = pattern.split_once('*') else {
+        return pattern == text;
+    };
+    let Some(mut text) = text.strip_prefix(head) else {
+        return false;
+    };
+    let mut parts: Vec<&str> = rest.split('*').collect();
+    let tail = parts.pop().unwrap_or_default();
+    for part in parts {
+        match text.find(part) {
+            Some(at) => text = &text[at + part.len()..],
+            None => return false,
+        }
+    }
+    text.len() >= tail.len() && text.ends_with(tail)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -422,6 +422,7 @@ fn env_example_values_start_a_server() {
         "TLS_CERT",
         "TLS_KEY",
         "CLUSTER_REDIS",
+        "CLUSTER_REDIS_CA",
         "NODE_ID",
         "CLUSTER_LISTEN",
         "CLUSTER_ADVERTISE",

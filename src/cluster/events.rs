@@ -1,14 +1,12 @@
 //! The event channel: every node's changes (names, settled options, bans,
 //! kicks, certificates) as they happen, applied here — a cached route
 //! forgotten, a tunnel that lost its name closed, a ban applied, a port
-//! stood by for. Resubscribed with back-off after it breaks, forgetting
-//! every cached route (events may have been missed).
+//! stood by for. Resubscribed with back-off after it breaks or the primary
+//! moves, forgetting every cached route (events may have been missed).
 
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
-
-use futures_util::StreamExt;
 
 use super::{Cluster, RESUBSCRIBE_MAX, RESUBSCRIBE_MIN};
 use crate::limits::ip_key;
@@ -30,20 +28,17 @@ impl Cluster {
                 subscribed = self.store.subscribe() => subscribed,
             };
             match subscribed {
-                Ok(pubsub) => {
+                Ok(mut events) => {
                     backoff = RESUBSCRIBE_MIN;
                     self.all_stale();
                     let _ = self.cert_changes.send(CertChange::Resync);
-                    let mut messages = pubsub.into_on_message();
                     loop {
-                        let message = tokio::select! {
+                        let payload = tokio::select! {
                             _ = shutdown.requested() => return,
-                            message = messages.next() => message,
+                            payload = events.next() => payload,
                         };
-                        let Some(message) = message else { break };
-                        let Ok(payload) = message.get_payload::<String>() else {
-                            continue;
-                        };
+                        // The connection broke, or the primary moved.
+                        let Some(payload) = payload else { break };
                         match serde_json::from_str::<Event>(&payload) {
                             Ok(event) => self.on_event(event),
                             Err(err) => tracing::debug!(error = %err, "unknown cluster event"),

@@ -96,9 +96,10 @@ impl Cluster {
     /// After Redis was down (or lost its data): registers every tunnel of
     /// this node again. A conflict with a claim made meanwhile is settled
     /// by the takeover rule: the newest claim wins, the loser is told.
-    pub(super) async fn reassert(&self) {
+    /// `false` when Redis failed meanwhile (the next heartbeat retries).
+    pub(super) async fn reassert(&self) -> bool {
         let Some(registry) = self.registry() else {
-            return;
+            return true;
         };
         self.all_stale();
         let balance = balance_name(self.balance);
@@ -125,11 +126,12 @@ impl Cluster {
                 Err(err) => {
                     tracing::warn!(error = %err, "registering again failed; next heartbeat retries");
                     self.redis_up.store(false, Ordering::Relaxed);
-                    return;
+                    return false;
                 }
             }
         }
         self.recount_ips(&registry).await;
+        true
     }
 
     /// Writes this node's per-IP tunnel counts again (Redis may have lost

@@ -8,6 +8,7 @@
 //!   the registry consults (claims, cached lookups, streams, bans, counts);
 //! - `heartbeat`: the node's liveness, the node table, clean-ups, what
 //!   follows a Redis outage; `events`: the event channel applied here;
+//!   `reconcile`: what follows the primary moving (Sentinel failover);
 //! - [`nodes`]: the node table read from the heartbeats;
 //! - [`tls`]: the link's mutual TLS; [`link`]: HTTP/2 streams to other
 //!   nodes (their serving side is `crate::edge::link`, above the edge);
@@ -24,6 +25,7 @@ mod events;
 mod heartbeat;
 pub mod link;
 pub mod nodes;
+mod reconcile;
 pub mod tls;
 
 use std::net::IpAddr;
@@ -108,7 +110,7 @@ impl Cluster {
     /// clear error), checks the secret, registers this node.
     pub async fn join(config: &Config, parts: Parts) -> Result<Arc<Cluster>> {
         let args = &config.cluster;
-        let url = args.cluster_redis.as_deref().expect("cluster mode");
+        let target = args.redis_target()?.expect("cluster mode");
         let file = args.cluster_secret.as_deref().expect("validated");
         let secret = Secret::load(file)?;
         let node = match &args.node_id {
@@ -120,10 +122,11 @@ impl Cluster {
             .cluster_advertise
             .clone()
             .unwrap_or_else(|| listen.to_string());
-        let store = tokio::time::timeout(START_TIMEOUT, Store::connect(url))
+        let ca = args.cluster_redis_ca.as_deref();
+        let store = tokio::time::timeout(START_TIMEOUT, Store::connect(&target, ca))
             .await
-            .map_err(|_| anyhow::anyhow!("--cluster-redis {url}: no answer within 10 s"))?
-            .with_context(|| format!("--cluster-redis {url}"))?;
+            .map_err(|_| anyhow::anyhow!("--cluster-redis {target}: no answer within 10 s"))?
+            .with_context(|| format!("--cluster-redis {target}"))?;
         store.check_secret(&secret.check_value()).await?;
         let tls = tls::LinkTls::new(&secret)?;
         let cluster = Arc::new_cyclic(|me| Cluster {
@@ -267,12 +270,13 @@ impl Cluster {
         stored
     }
 
-    /// Runs the heartbeat and the event subscription until shutdown, then
-    /// leaves the cluster (this node's names are free at once).
+    /// Runs the heartbeat, the event subscription and (behind Sentinel)
+    /// the reconciliation after a failover until shutdown.
     pub async fn run(self: Arc<Self>, shutdown: Shutdown) {
         let beat = Arc::clone(&self).heartbeat(shutdown.clone());
         let events = Arc::clone(&self).subscribe(shutdown.clone());
-        tokio::join!(beat, events);
+        let primary = Arc::clone(&self).follow_primary(shutdown.clone());
+        tokio::join!(beat, events, primary);
     }
 
     /// Starts leaving: the health check answers `draining`.

@@ -6,19 +6,29 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{anyhow, bail, Result};
 
 use super::parse::parse_duration;
+use crate::store::target::{redact, Target};
 
 /// Cluster mode and the load balancer's health check.
 #[derive(clap::Args, Debug, Clone)]
 #[command(next_help_heading = "Cluster (several nodes sharing one namespace on Redis)")]
 pub struct ClusterArgs {
     /// Redis (or Valkey) holding the cluster's shared state:
-    /// `redis://[user:pass@]host:port/db`, or `rediss://…` for TLS. Unset: a
-    /// single node, nothing external needed.
+    /// `redis://[user:pass@]host:port/db`, or `rediss://…` for TLS; behind
+    /// Sentinel `redis+sentinel://[user:pass@]host:26379,host:26379/MASTER/db`
+    /// (`rediss+sentinel://…` for TLS; the sentinels' own credentials as
+    /// `?sentinel_user=U&sentinel_password=P`), following failovers. Unset:
+    /// a single node, nothing external needed.
     #[arg(long, env = "CLUSTER_REDIS")]
     pub cluster_redis: Option<String>,
+
+    /// PEM file of the CA that signed Redis's TLS certificate (a private
+    /// CA), trusted instead of the system's CAs for `rediss://` and
+    /// `rediss+sentinel://` (sentinels and data nodes).
+    #[arg(long, env = "CLUSTER_REDIS_CA")]
+    pub cluster_redis_ca: Option<PathBuf>,
 
     /// This node's name in the cluster (letters, digits, `.`, `_`, `-`).
     /// Default: the host name.
@@ -61,14 +71,26 @@ impl ClusterArgs {
         self.cluster_redis.is_some()
     }
 
+    /// Where the cluster's Redis is (`None`: no cluster); the error is one
+    /// line naming the flag, without the URL's passwords.
+    pub fn redis_target(&self) -> Result<Option<Target>> {
+        let Some(url) = &self.cluster_redis else {
+            return Ok(None);
+        };
+        Target::parse(url)
+            .map(Some)
+            .map_err(|err| anyhow!("--cluster-redis {:?}: {err:#}", redact(url)))
+    }
+
     /// Every combination that cannot work, as one line naming the flags.
     pub(super) fn validate(&self) -> Result<()> {
-        let Some(url) = &self.cluster_redis else {
+        let Some(target) = self.redis_target()? else {
             for (set, flag) in [
                 (self.cluster_listen.is_some(), "--cluster-listen"),
                 (self.cluster_advertise.is_some(), "--cluster-advertise"),
                 (self.cluster_secret.is_some(), "--cluster-secret"),
                 (self.node_id.is_some(), "--node-id"),
+                (self.cluster_redis_ca.is_some(), "--cluster-redis-ca"),
             ] {
                 if set {
                     bail!(
@@ -78,8 +100,10 @@ impl ClusterArgs {
             }
             return Ok(());
         };
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-            bail!("--cluster-redis {url:?}: give redis://host:port/db or rediss://host:port/db");
+        if let Some(ca) = &self.cluster_redis_ca {
+            if !target.tls() {
+                bail!("--cluster-redis-ca {} is for TLS: give rediss://… or rediss+sentinel://… to --cluster-redis", ca.display());
+            }
         }
         if self.cluster_secret.is_none() {
             bail!("--cluster-redis needs --cluster-secret FILE (write one with `burrow cluster init FILE` and copy it to every node)");

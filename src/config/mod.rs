@@ -8,6 +8,7 @@ mod acme;
 mod cluster;
 mod inspect;
 mod limits;
+mod login;
 mod parse;
 
 use std::net::SocketAddr;
@@ -21,6 +22,7 @@ pub use self::acme::{AcmeArgs, CustomDomainArgs, LETSENCRYPT, LETSENCRYPT_STAGIN
 pub use self::cluster::{valid_node_id, ClusterArgs, ClusterCommand};
 pub use self::inspect::InspectArgs;
 pub use self::limits::{LimitArgs, PoolArgs, RequestLogArgs, SpoolArgs, WarningArgs};
+pub use self::login::{read_secret, LoginArgs};
 pub use self::parse::{
     parse_cidr, parse_duration, parse_port_ranges, parse_rate, parse_resolver, parse_size,
     PortRanges, Rate,
@@ -173,6 +175,9 @@ pub struct Config {
     pub inspect: InspectArgs,
 
     #[command(flatten)]
+    pub login: LoginArgs,
+
+    #[command(flatten)]
     pub acme: AcmeArgs,
 
     #[command(flatten)]
@@ -318,6 +323,13 @@ impl Config {
             }
             reserved.push(name);
         }
+        self.login.validate(&self.domain)?;
+        // The sign-in host's label is nobody's tunnel while sign-in is on.
+        if let Some(label) = self.login.host_label(&self.domain) {
+            if !reserved.contains(&label) {
+                reserved.push(label);
+            }
+        }
         self.reserved_names = reserved;
         self.acme.validate()?;
         self.cluster.validate()?;
@@ -394,6 +406,59 @@ mod tests {
         assert_eq!(config.custom.dns_timeout, Duration::from_secs(5));
         assert_eq!(config.custom.custom_cert_rate.per_second, 10.0 / 3600.0);
         assert_eq!(config.custom.custom_cert_burst, 5);
+    }
+
+    #[test]
+    fn cluster_redis_targets() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["burrow", "--cluster-secret", "s"];
+            all.extend_from_slice(&["--cluster-listen", "10.0.0.1:7000"]);
+            all.extend_from_slice(args);
+            Config::try_parse_from(all).unwrap().validate()
+        };
+        let error = |args: &[&str]| format!("{:#}", parse(args).unwrap_err());
+        let sentinel = "redis+sentinel://u:pw@h1,h2:26380/mymaster/1?sentinel_password=spw";
+        let config = parse(&["--cluster-redis", sentinel]).unwrap();
+        let target = config.cluster.redis_target().unwrap().unwrap();
+        assert!(!target.tls());
+        assert!(!target.to_string().contains("pw@"), "{target}");
+        let tls = [
+            "--cluster-redis",
+            "rediss://h:6380/0",
+            "--cluster-redis-ca",
+            "ca.pem",
+        ];
+        assert!(parse(&tls).is_ok());
+        let err = error(&[
+            "--cluster-redis",
+            "redis://h",
+            "--cluster-redis-ca",
+            "ca.pem",
+        ]);
+        assert!(
+            err.starts_with("--cluster-redis-ca ca.pem is for TLS"),
+            "{err}"
+        );
+        let err = error(&["--cluster-redis", "redis+sentinel://u:secret@h"]);
+        assert!(
+            err.starts_with("--cluster-redis \"redis+sentinel://u:***@h\""),
+            "{err}"
+        );
+        assert!(
+            err.contains("master's name is missing") && !err.contains("secret"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            Config::try_parse_from(["burrow", "--cluster-redis-ca", "ca.pem"])
+                .unwrap()
+                .validate()
+                .unwrap_err()
+        );
+        assert!(
+            err.starts_with("--cluster-redis-ca is set but --cluster-redis is not"),
+            "{err}"
+        );
     }
 
     #[test]

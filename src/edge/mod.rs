@@ -25,6 +25,7 @@ use crate::counters::COUNTERS;
 use crate::custom::CustomDomains;
 use crate::http::proxy::Proxy;
 use crate::http::{forward, pages, Body, ConnLimits, Scheme};
+use crate::login::Login;
 use crate::pipe::relay::Relays;
 use crate::shutdown::Shutdown;
 use crate::tunnel::registry::Pick;
@@ -43,6 +44,8 @@ pub struct Edge {
     custom: Arc<CustomDomains>,
     /// Pending ACME HTTP-01 challenges, answered on :80.
     challenges: Arc<Challenges>,
+    /// Sign-in, when configured: its host is answered here.
+    login: Option<Arc<Login>>,
     http_mode: HttpMode,
     /// Header and keep-alive timeouts, header size, trusted proxies.
     conn_limits: ConnLimits,
@@ -57,6 +60,7 @@ pub struct Parts {
     pub relays: Arc<Relays>,
     pub custom: Arc<CustomDomains>,
     pub challenges: Arc<Challenges>,
+    pub login: Option<Arc<Login>>,
     /// `Some` with `--ssh-on-https`.
     pub ssh: Option<crate::listen::Handoff>,
     pub shutdown: Shutdown,
@@ -73,6 +77,7 @@ impl Edge {
             relays: parts.relays,
             custom: parts.custom,
             challenges: parts.challenges,
+            login: parts.login,
             http_mode: config.http_mode,
             ssh: parts.ssh,
             shutdown: parts.shutdown,
@@ -139,6 +144,10 @@ impl Edge {
             let page = pages::bad_request("The request names no host.");
             return (page.render(req.headers()), Served::Here(None));
         };
+        if let Some(login) = self.login.as_ref().filter(|l| l.is_host(&host)) {
+            let visitor = self.proxy.trusted().visitor(req.headers(), peer);
+            return (login.serve_host(req, visitor).await, Served::Here(None));
+        }
         let domain = self.router.domain();
         let page = match self.router.route(&host).await {
             Route::Apex => {

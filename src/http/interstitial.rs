@@ -17,13 +17,13 @@
 //! webhooks), `fetch()` calls and requests with a `burrow-skip-warning`
 //! header pass straight through.
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use subtle::ConstantTimeEq;
 
+use super::cookies::{cookie, CSRF_PREFIX, WARNED_PREFIX};
+use super::form::{self, see_other};
 use super::pages::{self, escape, Page};
 use super::{Body, Scheme};
 
@@ -32,7 +32,6 @@ pub const CONTINUE_PATH: &str = "/__burrow/continue";
 const SKIP_HEADER: &str = "burrow-skip-warning";
 /// How long a Continue lasts.
 const WARNED_MAX_AGE: u64 = 24 * 3600;
-const FORM_LIMIT: usize = 8 * 1024;
 
 /// Cookies set over HTTPS are `Secure`; over plain HTTP (`--http-mode
 /// proxy`) a browser would refuse to store them.
@@ -44,29 +43,11 @@ fn secure(scheme: Scheme) -> &'static str {
 }
 
 fn warned_cookie(name: &str) -> String {
-    format!("burrow_warned_{name}")
+    format!("{WARNED_PREFIX}{name}")
 }
 
 fn csrf_cookie(name: &str) -> String {
-    format!("burrow_csrf_{name}")
-}
-
-/// Whether `name` is one of burrow's own cookies (kept from the app).
-pub fn is_burrow_cookie(name: &str) -> bool {
-    name.starts_with("burrow_warned_") || name.starts_with("burrow_csrf_")
-}
-
-/// The value of cookie `name` in the request, if any (`pub(crate)` for
-/// `crate::fuzzing`).
-pub(crate) fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
+    format!("{CSRF_PREFIX}{name}")
 }
 
 fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> &str {
@@ -78,22 +59,13 @@ fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> &str {
 
 /// A browser asking for a page (not an API call, not a script).
 fn is_browser_navigation(req: &Request<Incoming>) -> bool {
-    if !matches!(*req.method(), Method::GET | Method::HEAD) {
-        return false;
-    }
     let agent = header_str(req.headers(), header::USER_AGENT);
     let browser = [
         "Mozilla", "Chrome", "Safari", "Firefox", "Edg", "Opera", "OPR",
     ]
     .iter()
     .any(|marker| agent.contains(marker));
-    if !browser {
-        return false;
-    }
-    match req.headers().get("sec-fetch-mode") {
-        Some(mode) => mode == "navigate",
-        None => header_str(req.headers(), header::ACCEPT).contains("text/html"),
-    }
+    browser && form::is_navigation(req)
 }
 
 /// What to do with a request before it is proxied.
@@ -195,27 +167,18 @@ async fn continue_(
             .text("Go back to the tunnel's address and load the warning page again.")
             .render(&parts.headers)
     };
-    let origin_ok = parts.headers.get(header::ORIGIN).is_none_or(|o| {
-        o.to_str()
-            .is_ok_and(|o| o.eq_ignore_ascii_case(&format!("{}://{host}", scheme.as_str())))
-    });
-    let site_ok = parts
-        .headers
-        .get("sec-fetch-site")
-        .is_none_or(|s| s == "same-origin");
-    if !origin_ok || !site_ok {
+    if !form::same_origin(&parts.headers, host, scheme) {
         return refuse("The Continue button must be clicked on the warning page of this tunnel.");
     }
-    let Ok(form) = Limited::new(body, FORM_LIMIT).collect().await else {
+    let Some(fields) = form::read_form(body).await else {
         return refuse("The form could not be read.");
     };
-    let form: Bytes = form.to_bytes();
     let mut next = String::from("/");
     let mut token = String::new();
-    for (key, value) in form_urlencoded::parse(&form) {
-        match &*key {
-            "next" => next = value.into_owned(),
-            "token" => token = value.into_owned(),
+    for (key, value) in fields {
+        match key.as_str() {
+            "next" => next = value,
+            "token" => token = value,
             _ => {}
         }
     }
@@ -224,7 +187,7 @@ async fn continue_(
         return refuse("The warning page expired or was not shown by this tunnel.");
     }
 
-    let mut response = see_other(safe_path(&next));
+    let mut response = see_other(form::safe_path(&next, &[CONTINUE_PATH]));
     let headers = response.headers_mut();
     for cookie in [
         format!(
@@ -245,21 +208,6 @@ async fn continue_(
     response
 }
 
-/// 303 to `location` (a path on this host), with the page headers.
-fn see_other(location: &str) -> Response<Body> {
-    let mut response = Response::new(pages::full(""));
-    *response.status_mut() = StatusCode::SEE_OTHER;
-    response
-        .extensions_mut()
-        .insert(crate::request_log::Answered(None));
-    let headers = response.headers_mut();
-    pages::set_page_headers(headers);
-    if let Ok(location) = HeaderValue::from_str(location) {
-        headers.insert(header::LOCATION, location);
-    }
-    response
-}
-
 /// Appends the page's `#fragment` (which browsers never send) to the form's
 /// `next`, so Continue lands exactly where the link pointed.
 const KEEP_FRAGMENT: &str = "document.getElementById('next').value += location.hash;";
@@ -275,21 +223,6 @@ fn keep_fragment_hash() -> String {
     )
 }
 
-/// `next` if it is a path on this host (other than the Continue endpoint
-/// itself), else `/` (`pub(crate)` for `crate::fuzzing`).
-pub(crate) fn safe_path(next: &str) -> &str {
-    let on_this_host = next.starts_with('/')
-        && !next.starts_with("//")
-        && !next.starts_with("/\\")
-        && !next.starts_with(CONTINUE_PATH)
-        && !next.chars().any(|c| c.is_control());
-    if on_this_host {
-        next
-    } else {
-        "/"
-    }
-}
-
 fn random_token() -> String {
     let bytes: [u8; 16] = rand::random();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -301,33 +234,3 @@ border-top:6px solid #d98b00;box-shadow:0 1px 4px #0002}h1{font-size:1.4rem;marg
 .name{font:600 1.1rem ui-monospace,monospace;background:#f3f4f6;padding:.4rem .6rem;border-radius:4px}\
 .warn{font-weight:600}button{font-size:1rem;padding:.6rem 1.2rem;border:0;border-radius:6px;\
 background:#1d2330;color:#fff;cursor:pointer}footer{margin-top:2rem;color:#8a90a0;font-size:.85rem}";
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_same_host_paths_are_redirect_targets() {
-        assert_eq!(safe_path("/a?b=1"), "/a?b=1");
-        assert_eq!(safe_path("//evil.example/"), "/");
-        assert_eq!(safe_path("/\\evil.example"), "/");
-        assert_eq!(safe_path("https://evil.example/"), "/");
-        assert_eq!(safe_path("/a\r\nSet-Cookie: x"), "/");
-        assert_eq!(safe_path("/__burrow/continue"), "/");
-        assert_eq!(safe_path("/a#frag"), "/a#frag");
-    }
-
-    #[test]
-    fn cookies_are_found_by_exact_name() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::COOKIE,
-            HeaderValue::from_static("a=1; burrow_warned_x-y=1; burrow_warned_x=2"),
-        );
-        assert_eq!(cookie(&h, "burrow_warned_x"), Some("2"));
-        assert_eq!(cookie(&h, "burrow_warned_x-y"), Some("1"));
-        assert_eq!(cookie(&h, "b"), None);
-        assert!(is_burrow_cookie("burrow_csrf_x"));
-        assert!(!is_burrow_cookie("session"));
-    }
-}

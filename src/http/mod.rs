@@ -13,7 +13,10 @@
 //! - [`metered`], [`watchdog`]: body limits and guards, connection timeouts.
 
 pub mod access;
+pub mod cookies;
+pub mod form;
 pub mod forward;
+pub mod guard;
 pub mod interstitial;
 pub mod log;
 pub mod metered;

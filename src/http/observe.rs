@@ -44,6 +44,8 @@ pub trait Observation: Send {
     /// The request's headers as the visitor sent them (what shows when
     /// burrow answers it itself).
     fn arrived(&mut self, headers: &HeaderMap);
+    /// The visitor signed in as `user` (a guard said so).
+    fn identified(&mut self, user: &str);
     /// The request as it goes to the app; its body may be wrapped (never
     /// held back).
     fn request(&mut self, req: Request<Body>) -> Request<Body>;

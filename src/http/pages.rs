@@ -16,6 +16,17 @@ pub enum Block {
     Text(String),
     /// A command the reader may copy.
     Code(String),
+    /// A link the reader may follow.
+    Link {
+        text: String,
+        href: String,
+    },
+    /// A button that POSTs `fields` (hidden) to `action`.
+    Form {
+        action: String,
+        fields: Vec<(String, String)>,
+        button: String,
+    },
 }
 
 /// A generated page before it is rendered for the client.
@@ -54,6 +65,27 @@ impl Page {
         self
     }
 
+    pub fn link(mut self, text: impl Into<String>, href: impl Into<String>) -> Self {
+        let (text, href) = (text.into(), href.into());
+        self.blocks.push(Block::Link { text, href });
+        self
+    }
+
+    /// A button POSTing `fields` to `action`.
+    pub fn form(
+        mut self,
+        action: impl Into<String>,
+        fields: Vec<(String, String)>,
+        button: impl Into<String>,
+    ) -> Self {
+        self.blocks.push(Block::Form {
+            action: action.into(),
+            fields,
+            button: button.into(),
+        });
+        self
+    }
+
     /// Renders as HTML when the client accepts it, else as plain text.
     pub fn render(self, request_headers: &HeaderMap) -> Response<Body> {
         let html = request_headers
@@ -82,6 +114,10 @@ impl Page {
             match block {
                 Block::Text(text) => out.push_str(&format!("{text}\n\n")),
                 Block::Code(code) => out.push_str(&format!("    {code}\n\n")),
+                Block::Link { text, href } => out.push_str(&format!("{text}: {href}\n\n")),
+                Block::Form { action, button, .. } => {
+                    out.push_str(&format!("{button}: POST {action}\n\n"))
+                }
             }
         }
         out
@@ -93,6 +129,16 @@ impl Page {
             match block {
                 Block::Text(text) => body.push_str(&format!("<p>{}</p>\n", escape(text))),
                 Block::Code(code) => body.push_str(&format!("<pre>{}</pre>\n", escape(code))),
+                Block::Link { text, href } => body.push_str(&format!(
+                    "<p><a href=\"{}\">{}</a></p>\n",
+                    escape(href),
+                    escape(text)
+                )),
+                Block::Form {
+                    action,
+                    fields,
+                    button,
+                } => body.push_str(&form_html(action, fields, button)),
             }
         }
         format!(
@@ -104,6 +150,24 @@ impl Page {
             title = escape(&self.title),
         )
     }
+}
+
+fn form_html(action: &str, fields: &[(String, String)], button: &str) -> String {
+    let inputs: String = fields
+        .iter()
+        .map(|(name, value)| {
+            format!(
+                "<input type=\"hidden\" name=\"{}\" value=\"{}\">",
+                escape(name),
+                escape(value)
+            )
+        })
+        .collect();
+    format!(
+        "<form method=\"post\" action=\"{}\">{inputs}<button type=\"submit\" id=\"submit\">{}</button></form>\n",
+        escape(action),
+        escape(button)
+    )
 }
 
 const STYLE: &str =

@@ -7,12 +7,14 @@
 //! 2. **client**: a client of the name that serves HTTP, with its options
 //!    (settled);
 //! 3. **access**: allow-list, CORS preflight, Basic auth ([`super::access`]);
-//! 4. **warning**: the browser warning page ([`super::interstitial`]);
-//! 5. **limits**: visitor and tunnel buckets, in-flight caps, body size,
+//! 4. **guards**: what plugs in to decide who may pass ([`super::guard`]:
+//!    sign-in at the edge);
+//! 5. **warning**: the browser warning page ([`super::interstitial`]);
+//! 6. **limits**: visitor and tunnel buckets, in-flight caps, body size,
 //!    WebSocket caps;
-//! 6. **send**: rewrite ([`super::rewrite`]), send over a pooled or fresh
+//! 7. **send**: rewrite ([`super::rewrite`]), send over a pooled or fresh
 //!    stream, with the request idle timeout;
-//! 7. **respond**: error pages for failures, headers, the response body
+//! 8. **respond**: error pages for failures, headers, the response body
 //!    metered, a 101 turned into a relay ([`super::websocket`]), and the
 //!    request-log line when the body ends ([`super::log`]).
 //!
@@ -29,6 +31,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 
 use super::access::{self, Access};
+use super::guard::{Checkpoint, Guard, Guarded, Vouched};
 use super::interstitial::{self, Gate};
 use super::metered::{Cut, MeteredBody, Stopped};
 use super::observe::{Observation, Observer, Start};
@@ -66,6 +69,8 @@ pub struct Proxy {
     https_addr: SocketAddr,
     /// Sees the requests someone watches (the request inspector).
     observer: Arc<dyn Observer>,
+    /// The guard phase's guards, in order (sign-in).
+    guards: Vec<Arc<dyn Guard>>,
 }
 
 /// The node's shared parts the proxy is built from.
@@ -76,6 +81,8 @@ pub struct Parts {
     pub refusals: Arc<Refusals>,
     pub pools: super::pool::Pools,
     pub observer: Arc<dyn Observer>,
+    /// Run in order in the guard phase.
+    pub guards: Vec<Arc<dyn Guard>>,
     pub shutdown: crate::shutdown::Shutdown,
 }
 
@@ -106,6 +113,7 @@ impl Proxy {
             shutdown: parts.shutdown,
             https_addr,
             observer: parts.observer,
+            guards: parts.guards,
         }
     }
 
@@ -224,7 +232,11 @@ impl Proxy {
         if let Some(observed) = &mut observed {
             observed.arrived(req.headers());
         }
-        match self.gates(tunnel, options, req, visitor).await {
+        let gates = self.gates(tunnel, options, req, visitor).await;
+        if let (Some(observed), Some(user)) = (&mut observed, visitor.seen.user()) {
+            observed.identified(user);
+        }
+        match gates {
             Gates::Pass(req, slots) => {
                 self.proxy(tunnel, req, visitor, options, slots, observed)
                     .await
@@ -246,12 +258,30 @@ impl Proxy {
         visitor: &Visitor<'_>,
     ) -> Gates {
         // access
-        let req = match access::check(tunnel, options, req, visitor.addr) {
+        let mut req = match access::check(tunnel, options, req, visitor.addr) {
             Access::Answer(response) => return Gates::Answer(response),
             Access::Pass(req) => req,
         };
-        // warning: names the operator granted to a known key are trusted.
-        let req = if !self.browser_warning || tunnel.granted() {
+        // guards
+        for guard in &self.guards {
+            let at = Checkpoint {
+                tunnel,
+                options,
+                visitor: visitor.addr,
+                host: visitor.host,
+                scheme: visitor.scheme,
+                seen: visitor.seen,
+            };
+            req = match guard.guard(at, req).await {
+                Guarded::Pass(req) => req,
+                Guarded::Answer(response) => return Gates::Answer(response),
+            };
+        }
+        // warning: names the operator granted to a known key are trusted,
+        // and so is a visitor a guard vouched for (signed in with the
+        // operator's provider to reach it).
+        let vouched = req.extensions().get::<Vouched>().is_some();
+        let req = if !self.browser_warning || tunnel.granted() || vouched {
             req
         } else {
             match interstitial::gate(req, tunnel.key(), visitor.host, visitor.scheme).await {

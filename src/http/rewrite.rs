@@ -9,7 +9,8 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Uri, Version};
 
-use super::{interstitial, Scheme};
+use super::cookies::is_burrow_cookie;
+use super::Scheme;
 
 /// Headers that describe one hop, never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -132,10 +133,34 @@ pub fn to_origin_request<B>(
     }
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme.as_str()));
     strip_burrow_cookies(headers);
+    vouch(&mut req);
     req
 }
 
-/// Removes burrow's own cookies (warning page) from what the app sees
+/// Headers burrow vouches for: a visitor's own copies never reach the app,
+/// whatever the tunnel; a guard's (sign-in) do.
+const VOUCHED_PREFIX: &str = "x-burrow-";
+
+/// Removes the visitor's `X-Burrow-*` headers and adds what a guard
+/// vouched for ([`super::guard::Vouched`]).
+fn vouch<B>(req: &mut Request<B>) {
+    let forged: Vec<HeaderName> = req
+        .headers()
+        .keys()
+        .filter(|name| name.as_str().starts_with(VOUCHED_PREFIX))
+        .cloned()
+        .collect();
+    for name in forged {
+        req.headers_mut().remove(name);
+    }
+    if let Some(vouched) = req.extensions_mut().remove::<super::guard::Vouched>() {
+        for (name, value) in vouched.0 {
+            req.headers_mut().insert(name, value);
+        }
+    }
+}
+
+/// Removes burrow's own cookies (warning page, sign-in) from what the app sees
 /// (`pub(crate)` for `crate::fuzzing`).
 ///
 /// Works on the bytes: a cookie value that is not ASCII (obs-text, UTF-8)
@@ -143,7 +168,7 @@ pub fn to_origin_request<B>(
 pub(crate) fn strip_burrow_cookies(headers: &mut HeaderMap) {
     let ours = |pair: &[u8]| {
         let name = pair.split(|b| *b == b'=').next().unwrap_or(pair);
-        interstitial::is_burrow_cookie(&String::from_utf8_lossy(name))
+        is_burrow_cookie(&String::from_utf8_lossy(name))
     };
     let pairs = |v: &HeaderValue| -> Vec<Vec<u8>> {
         v.as_bytes()

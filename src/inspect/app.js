@@ -99,7 +99,7 @@ function row(entry) {
   tr.append(el('td', 'duration', entry.duration_ms + ' ms'));
   tr.append(el('td', 'in', bytes(entry.request_bytes)));
   tr.append(el('td', 'out', bytes(entry.response_bytes)));
-  tr.append(el('td', 'visitor', entry.visitor));
+  tr.append(el('td', 'visitor', entry.user ? entry.user + ' · ' + entry.visitor : entry.visitor));
   tr.addEventListener('click', () => select(entry.id));
   return tr;
 }
@@ -139,7 +139,8 @@ function showDetail(detail) {
   state.detail = detail;
   $('detail').hidden = false;
   $('detail-title').textContent = detail.method + ' ' + detail.path;
-  const meta = [detail.tunnel, statusText(detail), detail.duration_ms + ' ms', 'from ' + detail.visitor];
+  const from = detail.user ? detail.user + ' (' + detail.visitor + ')' : detail.visitor;
+  const meta = [detail.tunnel, statusText(detail), detail.duration_ms + ' ms', 'from ' + from];
   if (detail.replay_of) meta.push('replay of #' + detail.replay_of);
   if (detail.error) meta.push(detail.error);
   if (detail.by_burrow) meta.push('answered by burrow: the app never saw it');

@@ -224,6 +224,7 @@ impl Capture {
             at_ms: unix_ms(arrived),
             duration_ms: 0,
             held_ms: u64::try_from(origin.held.as_millis()).unwrap_or(u64::MAX),
+            user: None,
             by_burrow: false,
             request: Part::default(),
             response: Part::default(),
@@ -333,6 +334,12 @@ impl Capture {
 impl Observation for Capture {
     fn arrived(&mut self, headers: &HeaderMap) {
         Capture::arrived(self, headers)
+    }
+
+    fn identified(&mut self, user: &str) {
+        if let Some(entry) = &mut self.entry {
+            entry.user = Some(user.to_string());
+        }
     }
 
     fn request(&mut self, req: Request<Body>) -> Request<Body> {

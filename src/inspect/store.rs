@@ -118,6 +118,8 @@ pub struct Entry {
     /// How long it was held until the tunnel's options were known (0: not
     /// at all).
     pub held_ms: u64,
+    /// Who the visitor signed in as, on a tunnel that requires sign-in.
+    pub user: Option<String>,
     /// The request as it went to the app.
     pub request: Part,
     /// The response as the app sent it.
@@ -326,6 +328,7 @@ mod tests {
             at_ms: 0,
             duration_ms: 0,
             held_ms: 0,
+            user: None,
             by_burrow: false,
             request: Part::default(),
             response: Part {

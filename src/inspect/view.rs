@@ -52,6 +52,8 @@ pub struct Summary<'a> {
     duration_ms: u64,
     /// How long it was held for the tunnel's options (0: not at all).
     held_ms: u64,
+    /// Who the visitor signed in as (`null`: no sign-in).
+    user: Option<&'a str>,
     /// The request body's size.
     request_bytes: u64,
     /// The response body's size.
@@ -73,6 +75,7 @@ pub fn summary(entry: &Entry) -> Summary<'_> {
         at_ms: entry.at_ms,
         duration_ms: entry.duration_ms,
         held_ms: entry.held_ms,
+        user: entry.user.as_deref(),
         request_bytes: entry.request.size,
         response_bytes: entry.response.size,
     }

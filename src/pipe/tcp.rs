@@ -18,8 +18,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::relay::Relays;
 use crate::config::PortRanges;
-use crate::keys::KeysFile;
 use crate::shutdown::Shutdown;
+use crate::tunnel::names::Grants;
 use crate::tunnel::{tcp_key, Registry};
 
 /// Most ports tried when picking a random one (each try is a bind).
@@ -142,7 +142,7 @@ impl TcpPorts {
     pub async fn bind_random(
         &self,
         registry: &Registry,
-        keys: &KeysFile,
+        grants: &Grants<'_>,
     ) -> Option<(u16, TcpListener)> {
         let count = self.ranges.count();
         if count == 0 {
@@ -152,7 +152,7 @@ impl TcpPorts {
         let mut tries = 0;
         for i in 0..count {
             let port = self.ranges.nth((start + i) % count)?;
-            if keys.port_owners(port).is_empty()
+            if !grants.port_owned(port)
                 && registry.clients(&tcp_key(port)) == 0
                 && !self.closing.contains_key(&port)
             {

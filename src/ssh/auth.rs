@@ -13,8 +13,14 @@
 //! scripts (the ones that want stable names) keep working.
 //!
 //! In `--auth-mode keys` only keys listed in the keys file get in.
+//!
+//! With `--auth-url`, the operator's service decides about every login
+//! the keys file does not answer (a key it does not list, a keyless login,
+//! a password): allowed, it gets what the answer grants; refused — or the
+//! service unavailable — the login goes through only to be disconnected at
+//! once with the reason, which OpenSSH prints ("Received disconnect …").
 
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use russh::keys::PublicKey;
@@ -22,6 +28,7 @@ use russh::server::Auth;
 use russh::{MethodKind, MethodSet};
 
 use super::banner::{self, NameKind};
+use crate::authz::{Ask, AuthUrl, Verdict};
 use crate::config::AuthMode;
 use crate::keys::{self, Keys};
 use crate::tunnel::names::ClientKey;
@@ -30,7 +37,13 @@ use crate::tunnel::names::ClientKey;
 pub struct Login {
     keys: Arc<Keys>,
     auth_mode: AuthMode,
-    ip: IpAddr,
+    /// The client's address (`remote_addr` for `--auth-url`).
+    peer: SocketAddr,
+    /// `--auth-url`, when set.
+    auth_url: Option<Arc<AuthUrl>>,
+    /// `--auth-url` refused this login (or could not be asked): the
+    /// connection is ended with this reason as soon as it is in.
+    denied: Option<String>,
     /// Over a limit: authentication fails while the disconnect is on its way.
     refused: bool,
     /// The user asked for a throwaway name (`random@host`).
@@ -40,11 +53,18 @@ pub struct Login {
 }
 
 impl Login {
-    pub fn new(keys: Arc<Keys>, auth_mode: AuthMode, ip: IpAddr, refused: bool) -> Login {
+    pub fn new(
+        (keys, auth_url): (Arc<Keys>, Option<Arc<AuthUrl>>),
+        auth_mode: AuthMode,
+        peer: SocketAddr,
+        refused: bool,
+    ) -> Login {
         Login {
             keys,
             auth_mode,
-            ip,
+            peer,
+            auth_url,
+            denied: None,
             refused,
             throwaway: false,
             keyed: false,
@@ -88,10 +108,15 @@ impl Login {
         if self.throwaway {
             return Auth::Accept;
         }
-        let methods: &[MethodKind] = if self.keys_only() {
-            &[MethodKind::PublicKey]
-        } else {
-            &[MethodKind::PublicKey, MethodKind::KeyboardInteractive]
+        let methods: &[MethodKind] = match (self.keys_only(), self.auth_url.is_some()) {
+            (true, false) => &[MethodKind::PublicKey],
+            (true, true) => &[MethodKind::PublicKey, MethodKind::Password],
+            (false, false) => &[MethodKind::PublicKey, MethodKind::KeyboardInteractive],
+            (false, true) => &[
+                MethodKind::PublicKey,
+                MethodKind::KeyboardInteractive,
+                MethodKind::Password,
+            ],
         };
         Auth::Reject {
             proceed_with_methods: Some(MethodSet::from(methods)),
@@ -103,7 +128,8 @@ impl Login {
     /// not get in anyway.
     pub fn key_offered(&self, key: &PublicKey) -> Auth {
         let listed = || self.listed(&keys::fingerprint(key));
-        if self.refused || self.throwaway || (self.keys_only() && !listed()) {
+        let askable = self.auth_url.is_some();
+        if self.refused || self.throwaway || (self.keys_only() && !askable && !listed()) {
             return Auth::reject();
         }
         Auth::Accept
@@ -111,13 +137,24 @@ impl Login {
 
     /// A key the client proved it holds: in, with its stable name (the key
     /// is returned for that).
-    pub fn key_verified(&mut self, key: &PublicKey) -> (Auth, Option<ClientKey>) {
+    pub async fn key_verified(&mut self, user: &str, key: &PublicKey) -> (Auth, Option<ClientKey>) {
         if self.refused || self.throwaway {
             return (Auth::reject(), None);
         }
         let fingerprint = keys::fingerprint(key);
-        if self.keys_only() && !self.listed(&fingerprint) {
-            tracing::info!(ip = %self.ip, %fingerprint, reason = "key not in the keys file", "authentication refused");
+        let listed = self.listed(&fingerprint);
+        if !listed && self.auth_url.is_some() {
+            let text = key.to_openssh().unwrap_or_default();
+            let key_type = key.algorithm().as_str().to_string();
+            let ask = Ask {
+                user,
+                key: Some((&key_type, &fingerprint, text)),
+                password: None,
+                remote: self.peer,
+            };
+            self.ask(&ask).await;
+        } else if self.keys_only() && !listed {
+            tracing::info!(ip = %self.peer.ip(), %fingerprint, reason = "key not in the keys file", "authentication refused");
             return (Auth::reject(), None);
         }
         let digest = key
@@ -135,11 +172,55 @@ impl Login {
     /// Keyless clients: in at once, no prompt (this step only exists
     /// because OpenSSH offers nothing else without a key; the URL was in
     /// the banner already).
-    pub fn keyboard_interactive(&self) -> Auth {
+    pub async fn keyboard_interactive(&mut self, user: &str) -> Auth {
         if self.refused || (self.keys_only() && !self.keyed) {
             return Auth::reject();
         }
+        if self.auth_url.is_some() && !self.keyed {
+            let ask = Ask {
+                user,
+                key: None,
+                password: None,
+                remote: self.peer,
+            };
+            self.ask(&ask).await;
+        }
         Auth::Accept
+    }
+
+    /// A password (offered only with `--auth-url`, which judges it).
+    pub async fn password(&mut self, user: &str, password: &str) -> Auth {
+        if self.refused || self.auth_url.is_none() {
+            return Auth::reject();
+        }
+        let ask = Ask {
+            user,
+            key: None,
+            password: Some(password),
+            remote: self.peer,
+        };
+        self.ask(&ask).await;
+        Auth::Accept
+    }
+
+    /// Why `--auth-url` refused this login, when it did: the connection is
+    /// ended with it as soon as the login completes.
+    pub fn denied(&self) -> Option<&str> {
+        self.denied.as_deref()
+    }
+
+    /// Asks `--auth-url` about this login; a refusal is remembered.
+    async fn ask(&mut self, ask: &Ask<'_>) {
+        let Some(auth_url) = &self.auth_url else {
+            return;
+        };
+        let reason = match auth_url.ask(ask).await {
+            Ok(Verdict::Allow(_)) => return,
+            Ok(Verdict::Deny(message)) => message,
+            Err(refusal) => refusal.message,
+        };
+        tracing::info!(ip = %self.peer.ip(), user = ask.user, %reason, "login refused by --auth-url");
+        self.denied = Some(reason);
     }
 
     fn listed(&self, fingerprint: &str) -> bool {

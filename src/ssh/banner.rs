@@ -158,6 +158,8 @@ pub struct TunnelEvent {
     pub spec: String,
     pub idle: Duration,
     pub lifetime: Duration,
+    /// Who must sign in to visit it (`None`: nobody needs to).
+    pub login: Option<String>,
 }
 
 /// The `tunnel` event of `output=json`, `\r\n` included.
@@ -174,6 +176,7 @@ pub fn tunnel_event(tunnel: &TunnelEvent) -> String {
         "idle_timeout_secs": tunnel.idle.as_secs(),
         "lifetime_secs": tunnel.lifetime.as_secs(),
         "inspector": (tunnel.kind == "http").then_some(INSPECTOR_URL),
+        "login": tunnel.login,
     });
     format!("{event}\r\n")
 }
@@ -182,6 +185,13 @@ pub fn tunnel_event(tunnel: &TunnelEvent) -> String {
 pub const INSPECTOR_URL: &str = "http://localhost:4040";
 /// The one extra ssh flag the request inspector needs.
 pub const INSPECTOR_FLAG: &str = "-L 4040:localhost:4040";
+
+/// Under name tunnels that require sign-in: who gets through.
+pub fn sign_in_required(who: &str) -> String {
+    line(&format!(
+        "  Sign-in required: visitors sign in first; only {who} get through"
+    ))
+}
 
 /// The hint under HTTP tunnels: how to open the request inspector.
 pub fn inspector_hint() -> String {

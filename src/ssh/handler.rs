@@ -60,9 +60,9 @@ impl ClientHandler {
         permit: Option<HandshakePermit>,
         refused: bool,
     ) -> Self {
-        let (keys, auth_mode) = (Arc::clone(&server.keys), server.auth_mode);
+        let keys = (Arc::clone(&server.keys), server.auth_url.clone());
         ClientHandler {
-            login: Login::new(keys, auth_mode, peer.ip(), refused),
+            login: Login::new(keys, server.auth_mode, peer, refused),
             forwards: Forwards::new(Arc::clone(&server), Arc::clone(&session), peer.ip()),
             server,
             session,
@@ -137,6 +137,11 @@ impl ClientHandler {
         let summary = options.summary();
         if !summary.is_empty() {
             text.push_str(&banner::line(&format!("  Options: {summary}")));
+        }
+        let owner = self.forwards.key().map(|k| k.fingerprint.as_str());
+        let login = self.server.login_policies(owner, &options);
+        if login.required() && names.clone().next().is_some() {
+            text.push_str(&banner::sign_in_required(&login.describe()));
         }
         let raw = options.tls == options::Tls::Passthrough || forwards.iter().any(|f| !f.is_name());
         let http_only = options.auth.is_some() || options.cors.is_some() || options.host.is_some();
@@ -234,10 +239,10 @@ impl Handler for ClientHandler {
 
     async fn auth_publickey(
         &mut self,
-        _user: &str,
+        user: &str,
         key: russh::server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        let (auth, key) = self.login.key_verified(key.public_key);
+        let (auth, key) = self.login.key_verified(user, key.public_key).await;
         if let Some(key) = key {
             self.forwards.identify(key);
         }
@@ -246,17 +251,28 @@ impl Handler for ClientHandler {
 
     async fn auth_keyboard_interactive<'a>(
         &'a mut self,
-        _user: &str,
+        user: &str,
         _submethods: &str,
         _response: Option<russh::server::Response<'a>>,
     ) -> Result<Auth, Self::Error> {
-        Ok(self.login.keyboard_interactive())
+        Ok(self.login.keyboard_interactive(user).await)
     }
 
-    async fn auth_succeeded(&mut self, _session: &mut Russh) -> Result<(), Self::Error> {
+    async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        Ok(self.login.password(user, password).await)
+    }
+
+    async fn auth_succeeded(&mut self, session: &mut Russh) -> Result<(), Self::Error> {
+        self.permit = None;
+        if let Some(reason) = self.login.denied() {
+            // In only to be told why not: OpenSSH prints a disconnect's
+            // reason, not a refused key's.
+            COUNTERS.ssh_outcome(SshOutcome::Refused);
+            let reason = format!("burrow: {reason}");
+            return session.disconnect(russh::Disconnect::ByApplication, &reason, "");
+        }
         COUNTERS.ssh_outcome(SshOutcome::Accepted);
         self.session.set_authenticated();
-        self.permit = None;
         Ok(())
     }
 
@@ -266,6 +282,9 @@ impl Handler for ClientHandler {
         port: &mut u32,
         session: &mut Russh,
     ) -> Result<bool, Self::Error> {
+        if self.login.denied().is_some() {
+            return Ok(false);
+        }
         self.session.set_handle(session.handle());
         // Boxed: russh keeps each callback's future inside its session
         // future, which lives as long as the connection; inline, this one
@@ -387,9 +406,9 @@ impl Handler for ClientHandler {
     ) -> Result<(), Self::Error> {
         let command = String::from_utf8_lossy(data);
         session.channel_success(channel)?;
-        match options::parse(&command) {
+        match options::parse_for(&command, self.server.signin_providers()) {
             Ok(Command::Options(options)) => {
-                self.session.set_options(options);
+                self.session.set_options(*options);
                 self.show_banner(channel, session);
                 Ok(())
             }

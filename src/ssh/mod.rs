@@ -61,6 +61,11 @@ pub struct Server {
     /// `--reserved-names`.
     reserved_names: Vec<String>,
     keys: Arc<Keys>,
+    /// `--auth-url`: asked at login about keys the keys file does not list.
+    auth_url: Option<Arc<crate::authz::AuthUrl>>,
+    /// Sign-in, when a provider is configured: `login=` is only accepted
+    /// then, naming its providers.
+    signin: Option<crate::identity::Operator>,
     /// Public TCP ports for raw tunnels.
     tcp: Arc<TcpPorts>,
     /// Relays raw connections to tunnels: private aliases' SSH
@@ -88,6 +93,8 @@ pub struct Server {
 pub struct Parts {
     pub registry: Arc<Registry>,
     pub keys: Arc<Keys>,
+    pub auth_url: Option<Arc<crate::authz::AuthUrl>>,
+    pub signin: Option<crate::identity::Operator>,
     pub tcp: Arc<TcpPorts>,
     pub relays: Arc<Relays>,
     pub custom: Arc<CustomDomains>,
@@ -100,6 +107,36 @@ pub struct Parts {
 }
 
 impl Server {
+    /// The providers `login=` may name; `None` when sign-in is off (then
+    /// `login=` is refused).
+    fn signin_providers(&self) -> Option<&[String]> {
+        self.signin.as_ref().map(|s| s.providers.as_slice())
+    }
+
+    /// Who must sign in to visit the tunnels of key `owner` with
+    /// `options`: the server's policy, the operator's for the key, the
+    /// owner's own (empty when sign-in is off).
+    fn login_policies(
+        &self,
+        owner: Option<&str>,
+        options: &crate::tunnel::options::TunnelOptions,
+    ) -> crate::identity::Policies {
+        let Some(signin) = &self.signin else {
+            return Default::default();
+        };
+        let auth_url = self.auth_url.as_deref();
+        let key = owner.and_then(|fp| crate::authz::operator_policy(&self.keys, auth_url, fp));
+        let all = [signin.required.clone(), key, options.login.clone()];
+        crate::identity::Policies::new(all.into_iter().flatten())
+    }
+
+    /// What `--auth-url` granted the keys it allowed (empty without it).
+    fn granted(&self) -> Arc<crate::keys::KeysFile> {
+        self.auth_url
+            .as_ref()
+            .map_or_else(Default::default, |a| a.granted())
+    }
+
     /// The server `config` describes, answering with `host_key` and
     /// naming keys with `name_secret`.
     pub fn new(
@@ -115,6 +152,8 @@ impl Server {
             auth_mode: config.auth_mode,
             reserved_names: config.reserved_names.clone(),
             keys: parts.keys,
+            auth_url: parts.auth_url,
+            signin: parts.signin,
             tcp: parts.tcp,
             relays: parts.relays,
             custom: parts.custom,
@@ -122,7 +161,7 @@ impl Server {
             refusals: parts.refusals,
             trusted: parts.trusted,
             name_secret,
-            russh: russh_config(host_key),
+            russh: russh_config(host_key, config.login.auth_url.is_some()),
             spool: parts.spool,
             inspect: parts.inspect,
             shutdown: parts.shutdown,
@@ -142,14 +181,17 @@ const KEEPALIVE_MAX: usize = 4;
 const INACTIVITY_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// Builds the russh configuration around the host key.
-fn russh_config(host_key: PrivateKey) -> Arc<RusshConfig> {
-    let methods = MethodSet::from(
-        &[
-            MethodKind::None,
-            MethodKind::PublicKey,
-            MethodKind::KeyboardInteractive,
-        ][..],
-    );
+/// `passwords`: `--auth-url` judges passwords too.
+fn russh_config(host_key: PrivateKey, passwords: bool) -> Arc<RusshConfig> {
+    let mut methods = vec![
+        MethodKind::None,
+        MethodKind::PublicKey,
+        MethodKind::KeyboardInteractive,
+    ];
+    if passwords {
+        methods.push(MethodKind::Password);
+    }
+    let methods = MethodSet::from(&methods[..]);
     Arc::new(RusshConfig {
         server_id: SshId::Standard(format!("SSH-2.0-burrow_{}", env!("CARGO_PKG_VERSION")).into()),
         methods,

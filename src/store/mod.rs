@@ -4,8 +4,11 @@
 //! counters), [`certs`] (certificates, the ACME account, HTTP-01 answers),
 //! [`values`] (raw values and locks) — plus [`secret`], the cluster secret
 //! that seals what must not be read from Redis, and [`shared`], the
-//! certificates every node serves. Everything else talks to Redis through
-//! here; nothing here knows tunnels, SSH or HTTP.
+//! certificates every node serves. Where Redis is: [`target`] (what
+//! `--cluster-redis` names), `primary` (the connection to the primary),
+//! `follow` (behind Sentinel, moving to a new primary), [`subscription`]
+//! (the event channel, on the primary of the moment). Everything else
+//! talks to Redis through here; nothing here knows tunnels, SSH or HTTP.
 //!
 //! Every key starts with `{burrow}:` — one hash tag, so all of them live in
 //! one slot and the Lua scripts below work on a single Redis, behind
@@ -30,6 +33,7 @@
 //! {burrow}:acme:stored:KIND  set of the NAMEs stored of that kind (`cert`, `self-signed`)
 //! {burrow}:acme:lock:NAME    the node ordering NAME now (its token; expires)
 //! {burrow}:acme:http01:TOKEN  a pending HTTP-01 challenge's key authorization (expires)
+//! {burrow}:login:code:ID     a sign-in one-time code that was spent (expires with it)
 //! {burrow}:events            pub/sub channel: JSON events (names, bans, kicks, certificates)
 //! ```
 //!
@@ -40,27 +44,36 @@
 
 pub mod bans;
 pub mod certs;
+mod follow;
 pub mod names;
 pub mod nodes;
+mod primary;
 pub mod secret;
 pub mod shared;
+pub mod subscription;
+pub mod target;
 pub mod values;
 
+use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{anyhow, Context, Result};
-use redis::aio::ConnectionManager;
+use anyhow::{anyhow, bail, Context, Result};
 use redis::AsyncCommands;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
 
 pub use self::certs::{cert_name, CertKind, StoredCert};
 pub use self::names::{member_id, parse_member_id, Claim, ClaimOutcome, Stored};
 pub use self::nodes::{NodeInfo, NodeRead};
+pub use self::subscription::Events;
+pub use self::target::Target;
+
+use self::primary::{Conn, Primary};
 
 /// Every key's prefix (and hash tag).
 pub const PREFIX: &str = "{burrow}:";
-/// How long one Redis command may take before it counts as failed.
-const COMMAND_TIMEOUT: Duration = Duration::from_millis(1500);
 
 /// An event on `{burrow}:events`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -90,11 +103,11 @@ pub enum Event {
     Cert { kind: CertKind, name: String },
 }
 
-/// A handle on the cluster's Redis.
+/// A handle on the cluster's Redis: on the primary of the moment (see
+/// [`Store::generations`]).
 #[derive(Clone)]
 pub struct Store {
-    conn: ConnectionManager,
-    client: redis::Client,
+    primary: Primary,
 }
 
 fn key(rest: &str) -> String {
@@ -102,31 +115,35 @@ fn key(rest: &str) -> String {
 }
 
 impl Store {
-    /// Connects to `url` (`redis://` or `rediss://`). Fails when Redis
-    /// cannot be reached now.
-    pub async fn connect(url: &str) -> Result<Store> {
-        let client = redis::Client::open(url).context("--cluster-redis")?;
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = client
-            .get_connection_manager_with_config(config)
-            .await
-            .context("cannot reach Redis")?;
-        Ok(Store { conn, client })
+    /// Connects to `target`: one Redis, or the primary its sentinels name
+    /// (then followed wherever it moves). `ca`: a PEM file with the CA(s)
+    /// to trust instead of the system's, for TLS. Fails when Redis cannot
+    /// be reached now.
+    pub async fn connect(target: &Target, ca: Option<&Path>) -> Result<Store> {
+        let ca = ca.map(read_ca).transpose()?;
+        let primary = match target {
+            Target::Single { url } => Primary::single(url, ca.as_deref()).await,
+            Target::Sentinel(sentinels) => follow::connect(sentinels, ca.as_deref()).await,
+        };
+        let primary = primary.map_err(|err| explain_tls(err, ca.is_some()))?;
+        Ok(Store { primary })
     }
 
-    /// A separate connection for the event subscription.
-    pub async fn subscribe(&self) -> Result<redis::aio::PubSub> {
-        let mut pubsub = self.client.get_async_pubsub().await?;
-        pubsub.subscribe(key("events")).await?;
-        Ok(pubsub)
+    /// Whether the primary can move (Sentinel): then watch
+    /// [`Store::generations`].
+    pub fn follows_primary(&self) -> bool {
+        self.primary.followed_by_sentinels()
     }
 
-    fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+    /// The primary's generation: a new one starts every time the store
+    /// moves to another primary, which may not have every write the last
+    /// one acknowledged. Never changes for one Redis.
+    pub fn generations(&self) -> watch::Receiver<u64> {
+        self.primary.generations()
+    }
+
+    fn conn(&self) -> Conn {
+        self.primary.conn()
     }
 
     /// Records the secret's check value, or compares it with the one the
@@ -155,6 +172,36 @@ impl Store {
         let started = std::time::Instant::now();
         let _: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
         Ok(started.elapsed())
+    }
+}
+
+/// The PEM file `--cluster-redis-ca` names, checked to hold a certificate.
+fn read_ca(file: &Path) -> Result<Vec<u8>> {
+    let context = || format!("--cluster-redis-ca {}", file.display());
+    let pem = std::fs::read(file).with_context(|| format!("{}: cannot read it", context()))?;
+    if CertificateDer::pem_slice_iter(&pem)
+        .filter_map(Result::ok)
+        .next()
+        .is_none()
+    {
+        bail!("{}: no PEM certificate in it", context());
+    }
+    Ok(pem)
+}
+
+/// A failed connection, with a hint when it was the server's certificate.
+fn explain_tls(err: anyhow::Error, own_ca: bool) -> anyhow::Error {
+    let text = format!("{err:#}");
+    if !(text.contains("certificate") || text.contains("UnknownIssuer")) {
+        return err;
+    }
+    match own_ca {
+        true => {
+            err.context("Redis's TLS certificate is not signed by the CA in --cluster-redis-ca")
+        }
+        false => err.context(
+            "Redis's TLS certificate is not trusted: give its CA with --cluster-redis-ca FILE",
+        ),
     }
 }
 

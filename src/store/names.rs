@@ -280,6 +280,15 @@ impl Store {
         Ok(())
     }
 
+    /// The keys incarnation `node_inc` (`NODE/INCARNATION`) holds as
+    /// Redis knows them (its `held` set).
+    pub async fn held(&self, node_inc: &str) -> Result<Vec<String>> {
+        Ok(self
+            .conn()
+            .smembers(key(&format!("held:{node_inc}")))
+            .await?)
+    }
+
     /// The TCP ports held anywhere (`tcp:PORT` keys).
     pub async fn ports(&self) -> Result<Vec<String>> {
         Ok(self.conn().smembers(key("ports")).await?)

@@ -3,7 +3,9 @@
 //! every key a node uses for its peers comes from it, each derived for one
 //! purpose (HKDF-SHA256 with a label) — the link's TLS identity, the key
 //! that seals secrets stored in Redis, and the check value that tells a
-//! node with another secret that it is in the wrong cluster.
+//! node with another secret that it is in the wrong cluster. Sign-in seals
+//! its cookies and codes with a [`Secret::child`] of the stable-name
+//! secret (shared by every node), through the same code.
 
 use std::path::Path;
 
@@ -40,6 +42,18 @@ pub fn init(file: &Path, force: bool) -> Result<()> {
 }
 
 impl Secret {
+    /// A secret of `bytes` (e.g. the stable-name secret, which every node
+    /// of a cluster shares), for keys derived from it.
+    pub fn from_bytes(bytes: [u8; LEN]) -> Secret {
+        Secret(bytes)
+    }
+
+    /// A secret for one purpose (`label`), independent of this one's other
+    /// uses: its own derived keys, its own sealing key.
+    pub fn child(&self, label: &str) -> Secret {
+        Secret(self.derive(label))
+    }
+
     /// Reads the secret `--cluster-secret` names.
     pub fn load(file: &Path) -> Result<Secret> {
         let context = || format!("--cluster-secret {}", file.display());

@@ -55,6 +55,21 @@ impl Store {
         Ok(taken.is_some())
     }
 
+    /// Marks `name` as used for `ttl`: `true` the first time only (every
+    /// node asking after that, until it expires, gets `false`). Sign-in's
+    /// one-time codes are spent this way.
+    pub async fn take_once(&self, name: &str, ttl: Duration) -> Result<bool> {
+        let taken: Option<String> = redis::cmd("SET")
+            .arg(key(name))
+            .arg(1)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(taken.is_some())
+    }
+
     /// Extends lock `name` to `ttl` from now if `token` holds it: `false`
     /// when it does not (any more).
     pub async fn renew_lock(&self, name: &str, token: &str, ttl: Duration) -> Result<bool> {

@@ -350,6 +350,7 @@ mod tests {
         let ranges = parse_port_ranges("20000-20009").unwrap();
         registry.enforce(&Grants {
             keys: &keys,
+            granted: &KeysFile::default(),
             reserved: &[],
             tcp_ports: &ranges,
             keys_only: false,

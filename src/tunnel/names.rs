@@ -31,10 +31,13 @@ pub enum Denied {
     OutOfRange,
 }
 
-/// The grant rule: what the keys file, the reserved names and the TCP port
-/// range allow each key.
+/// The grant rule: what the keys file (and `--auth-url`'s answers), the
+/// reserved names and the TCP port range allow each key.
 pub struct Grants<'a> {
     pub keys: &'a KeysFile,
+    /// What `--auth-url` granted the keys it allowed, read like the keys
+    /// file (empty without it).
+    pub granted: &'a KeysFile,
     pub reserved: &'a [String],
     pub tcp_ports: &'a PortRanges,
     /// `--auth-mode keys`: only listed keys may hold anything.
@@ -46,14 +49,16 @@ impl Grants<'_> {
     /// `name`? `Ok(true)`: the keys file grants it to that key (an
     /// operator-approved name); `Ok(false)`: nobody owns it.
     pub fn name(&self, owner: Option<&str>, name: &str) -> Result<bool, Denied> {
-        let owners = self.keys.owners(name);
-        if owners.is_empty() {
+        let owners = [self.keys.owners(name), self.granted.owners(name)];
+        if owners.iter().all(|o| o.is_empty()) {
             return match self.reserved.iter().any(|r| r == name) {
                 true => Err(Denied::Reserved),
                 false => Ok(false),
             };
         }
-        owned_by(owners, owner)
+        owners
+            .iter()
+            .any(|o| owned_by(o, owner))
             .then_some(true)
             .ok_or(Denied::OtherKey)
     }
@@ -62,21 +67,29 @@ impl Grants<'_> {
     /// grants it to that key (it may lie outside the range); `Ok(false)`:
     /// nobody owns it and it is in the range.
     pub fn port(&self, owner: Option<&str>, port: u16) -> Result<bool, Denied> {
-        let owners = self.keys.port_owners(port);
-        if owners.is_empty() {
+        let owners = [self.keys.port_owners(port), self.granted.port_owners(port)];
+        if owners.iter().all(|o| o.is_empty()) {
             return match self.tcp_ports.contains(port) {
                 true => Ok(false),
                 false => Err(Denied::OutOfRange),
             };
         }
-        owned_by(owners, owner)
+        owners
+            .iter()
+            .any(|o| owned_by(o, owner))
             .then_some(true)
             .ok_or(Denied::OtherKey)
     }
 
+    /// Whether anyone owns TCP port `port` (a random port never is one).
+    pub fn port_owned(&self, port: u16) -> bool {
+        !self.keys.port_owners(port).is_empty() || !self.granted.port_owners(port).is_empty()
+    }
+
     /// May the key `owner` hold anything at all?
     pub fn listed(&self, owner: Option<&str>) -> Result<(), Denied> {
-        let listed = owner.is_some_and(|fp| self.keys.grant(fp).is_some());
+        let granted = |fp: &str| self.keys.grant(fp).is_some() || self.granted.grant(fp).is_some();
+        let listed = owner.is_some_and(granted);
         match !self.keys_only || listed {
             true => Ok(()),
             false => Err(Denied::KeyNotListed),
@@ -222,6 +235,7 @@ mod tests {
         let ranges = crate::config::parse_port_ranges("20000-20009").unwrap();
         let grants = Grants {
             keys: &keys,
+            granted: &KeysFile::default(),
             reserved: &reserved,
             tcp_ports: &ranges,
             keys_only: true,

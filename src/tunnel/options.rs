@@ -8,6 +8,7 @@
 //! They apply to every tunnel of the connection. `help` prints the usage;
 //! anything invalid is an `ERROR:` line plus the usage and a non-zero exit.
 
+use crate::identity::LoginPolicy;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -37,6 +38,12 @@ Options (apply to every tunnel of the connection):
                           use one connection per request)
   inspect=on|off          keep requests for the inspector (-L 4040:localhost:4040) even
                           while it is not open (default off: only while it is)
+  login=WHO[,WHO...]      visitors sign in with the server's identity provider first; only
+                          these get through: *@example.com (verified e-mails, * any run),
+                          someone@example.org, group:NAME (the provider's groups), any
+                          (anyone who can sign in), PROVIDER:... with several providers.
+                          Your app gets X-Burrow-User, X-Burrow-User-Name and a signed
+                          X-Burrow-Identity (verify it with https://LOGIN_HOST/.well-known/jwks.json)
   help                    print this and exit
 ";
 
@@ -134,6 +141,9 @@ pub struct TunnelOptions {
     /// `inspect=on`: requests are captured for the request inspector even
     /// while none is open (by default only while one is).
     pub inspect: bool,
+    /// `login=`: who may visit, after signing in (on top of what the
+    /// operator requires).
+    pub login: Option<LoginPolicy>,
 }
 
 impl TunnelOptions {
@@ -176,6 +186,9 @@ impl TunnelOptions {
         if self.inspect {
             parts.push("requests kept for the inspector".into());
         }
+        if let Some(login) = &self.login {
+            parts.push(format!("sign-in required: {login}"));
+        }
         parts.join("; ")
     }
 }
@@ -200,12 +213,19 @@ fn parse_fingerprint(text: &str) -> Result<String, String> {
 /// What the SSH command asked for.
 #[derive(Debug)]
 pub enum Command {
-    Options(TunnelOptions),
+    Options(Box<TunnelOptions>),
     Help,
 }
 
-/// Parses the SSH command. `Err` is the message for the `ERROR:` line.
+/// Parses the SSH command, with no sign-in providers configured. `Err` is
+/// the message for the `ERROR:` line.
 pub fn parse(command: &str) -> Result<Command, String> {
+    parse_for(command, None)
+}
+
+/// Parses the SSH command; `login=` needs sign-in configured (`providers`:
+/// the names its items may use as `PROVIDER:`).
+pub fn parse_for(command: &str, providers: Option<&[String]>) -> Result<Command, String> {
     let mut options = TunnelOptions::default();
     for word in command.split_whitespace() {
         if word == "--" {
@@ -241,6 +261,12 @@ pub fn parse(command: &str) -> Result<Command, String> {
                 }
             }
             "cors" => options.cors = Some(parse_cors(value)?),
+            "login" => {
+                let providers = providers.ok_or(
+                    "login=: this server has no sign-in provider configured (ask its operator)",
+                )?;
+                options.login = Some(LoginPolicy::parse(value, providers)?);
+            }
             "allow-keys" => {
                 for fp in value.split(',').filter(|f| !f.is_empty()) {
                     options.allow_keys.push(parse_fingerprint(fp)?);
@@ -290,7 +316,7 @@ pub fn parse(command: &str) -> Result<Command, String> {
             other => return Err(format!("unknown option {other:?}")),
         }
     }
-    Ok(Command::Options(options))
+    Ok(Command::Options(Box::new(options)))
 }
 
 fn parse_host(value: &str) -> Result<String, String> {
@@ -349,7 +375,7 @@ mod tests {
 
     fn options(command: &str) -> TunnelOptions {
         match parse(command).unwrap() {
-            Command::Options(o) => o,
+            Command::Options(o) => *o,
             Command::Help => panic!("help"),
         }
     }

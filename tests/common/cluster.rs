@@ -1,5 +1,6 @@
 //! Harness for cluster tests: a throwaway `redis-server` on a random
-//! loopback port, N burrow nodes each on its own loopback address
+//! loopback port (or any other [`Backend`]: TLS, ACL users, Sentinel, see
+//! redis_topology.rs), N burrow nodes each on its own loopback address
 //! (127.0.0.1, 127.0.0.2, …) with the same ports (as in production, where
 //! every node has the same ports), sharing a cluster secret, a host key,
 //! a certificate and a keys file; and HAProxy in front of them.
@@ -131,6 +132,18 @@ impl Drop for Redis {
     }
 }
 
+/// What the nodes of a [`Cluster`] keep their shared state in.
+pub trait Backend {
+    /// The `--cluster-redis` URL every node gets.
+    fn url(&self) -> String;
+}
+
+impl Backend for Redis {
+    fn url(&self) -> String {
+        Redis::url(self)
+    }
+}
+
 /// The ports every node uses, each node on its own address.
 #[derive(Clone, Copy, Debug)]
 pub struct Ports {
@@ -175,9 +188,9 @@ pub struct Shared {
     pub ports: Ports,
 }
 
-/// A cluster of burrow nodes on one Redis.
-pub struct Cluster {
-    pub redis: Redis,
+/// A cluster of burrow nodes on one Redis (or another [`Backend`]).
+pub struct Cluster<B = Redis> {
+    pub redis: B,
     pub shared: Arc<Shared>,
     /// Node `i` (1-based) at index `i - 1`; `None` once stopped.
     pub nodes: Vec<Option<Burrow>>,
@@ -188,7 +201,7 @@ pub struct Cluster {
     pub certs: NodeCerts,
 }
 
-impl Cluster {
+impl Cluster<Redis> {
     /// Redis and `n` nodes with `extra` flags each.
     pub async fn start(n: usize, extra: &[&str]) -> Cluster {
         Cluster::start_with(n, extra, Ports::free(n.max(3)), NodeCerts::Test).await
@@ -198,6 +211,23 @@ impl Cluster {
     /// that must know the HTTP port), the nodes getting `certs`.
     pub async fn start_with(n: usize, extra: &[&str], ports: Ports, certs: NodeCerts) -> Cluster {
         let redis = Redis::start().await;
+        Cluster::assemble(redis, n, extra, ports, certs).await
+    }
+}
+
+impl<B: Backend> Cluster<B> {
+    /// `n` nodes with `extra` flags each, on `redis`.
+    pub async fn start_on(redis: B, n: usize, extra: &[&str]) -> Cluster<B> {
+        Cluster::assemble(redis, n, extra, Ports::free(n.max(3)), NodeCerts::Test).await
+    }
+
+    async fn assemble(
+        redis: B,
+        n: usize,
+        extra: &[&str],
+        ports: Ports,
+        certs: NodeCerts,
+    ) -> Cluster<B> {
         let dir = TempDir::new("burrow-cluster");
         let secret = dir.path().join("cluster.secret");
         let status = Command::new(burrow_bin())
@@ -259,9 +289,16 @@ impl Cluster {
             format!("node-{i}"),
             "--health-addr".into(),
             addr(p.health),
-            "--cluster-node-ttl".into(),
-            "3s".into(),
         ];
+        // A short TTL unless the test chose one.
+        let mut given = self
+            .extra
+            .iter()
+            .map(String::as_str)
+            .chain(more.iter().copied());
+        if !given.any(|a| a == "--cluster-node-ttl") {
+            args.extend(["--cluster-node-ttl".into(), "3s".into()]);
+        }
         args.extend(self.extra.iter().cloned());
         args.extend(more.iter().map(|s| s.to_string()));
         args

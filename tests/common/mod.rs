@@ -256,7 +256,7 @@ impl reqwest::dns::Resolve for LoopbackResolver {
     }
 }
 
-fn base_client_builder() -> reqwest::ClientBuilder {
+pub fn base_client_builder() -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())

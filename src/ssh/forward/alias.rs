@@ -32,8 +32,8 @@ impl Forwards {
             self.refused(address, requested, "private alias without a key");
             return Err(banner::private_needs_key(&alias));
         }
-        let keys = self.server.keys.current();
-        let granted = match self.grants(&keys).name(self.owner_key(), &alias.name) {
+        let files = self.files();
+        let granted = match self.grants(&files).name(self.owner_key(), &alias.name) {
             Ok(granted) => granted,
             Err(denied) => {
                 self.refused(address, requested, "private alias refused");

@@ -28,6 +28,7 @@ use super::banner::{self, Line};
 use super::session::Session;
 use super::Server;
 use crate::config::AuthMode;
+use crate::keys::KeysFile;
 use crate::tunnel::names::{ClientKey, Grants, Namer};
 use crate::tunnel::private::{self};
 use crate::tunnel::{is_custom_key, Bind, Client, Kind, Owner, Tunnel};
@@ -117,9 +118,15 @@ impl Forwards {
         self.server.auth_mode == AuthMode::Keys
     }
 
-    fn grants<'a>(&'a self, keys: &'a crate::keys::KeysFile) -> Grants<'a> {
+    /// The keys file and what `--auth-url` granted, as they are now.
+    fn files(&self) -> (Arc<KeysFile>, Arc<KeysFile>) {
+        (self.server.keys.current(), self.server.granted())
+    }
+
+    fn grants<'a>(&'a self, (keys, granted): &'a (Arc<KeysFile>, Arc<KeysFile>)) -> Grants<'a> {
         Grants {
             keys,
+            granted,
             reserved: &self.server.reserved_names,
             tcp_ports: self.server.tcp.ranges(),
             keys_only: self.keys_only(),
@@ -168,7 +175,18 @@ impl Forwards {
             spec: self.forward_spec(forward),
             idle: limits.tunnel_idle_timeout,
             lifetime: limits.tunnel_max_lifetime,
+            login: self.login(forward),
         })
+    }
+
+    /// Who must sign in to visit `forward` (name tunnels only).
+    fn login(&self, forward: &Forward) -> Option<String> {
+        if !forward.is_name() {
+            return None;
+        }
+        let options = self.session.options();
+        let policies = self.server.login_policies(self.owner_key(), &options);
+        policies.required().then(|| policies.describe())
     }
 
     pub fn tunnel_line(&self, forward: &Forward) -> String {

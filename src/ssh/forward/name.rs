@@ -34,8 +34,8 @@ impl Forwards {
         if self.key.is_none() {
             return Ok(self.default_name(index, Some(banner::name_needs_key(&name))));
         }
-        let keys = self.server.keys.current();
-        match self.grants(&keys).name(self.owner_key(), &name) {
+        let files = self.files();
+        match self.grants(&files).name(self.owner_key(), &name) {
             Ok(granted) => Ok(Chosen {
                 reservation: self.namer.hold(&name),
                 note: None,

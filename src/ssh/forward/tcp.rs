@@ -56,8 +56,10 @@ impl Forwards {
         let (port, claimed) = match claimed {
             Some(claimed) => claimed,
             None => {
-                let keys = server.keys.current();
-                let Some((port, listener)) = server.tcp.bind_random(&server.registry, &keys).await
+                let files = self.files();
+                let grants = self.grants(&files);
+                let Some((port, listener)) =
+                    server.tcp.bind_random(&server.registry, &grants).await
                 else {
                     self.refused(address, requested, "no free tcp port");
                     return Err(banner::tcp_ports_exhausted(&ranges()));
@@ -90,8 +92,8 @@ impl Forwards {
         &self,
         port: u16,
     ) -> Result<(Option<tokio::net::TcpListener>, bool), &'static str> {
-        let keys = self.server.keys.current();
-        let owned = match self.grants(&keys).port(self.owner_key(), port) {
+        let files = self.files();
+        let owned = match self.grants(&files).port(self.owner_key(), port) {
             Ok(owned) => owned,
             Err(Denied::OutOfRange) => return Err("is outside this server's TCP port range"),
             Err(_) => return Err("belongs to another key"),

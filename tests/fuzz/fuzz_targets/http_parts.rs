@@ -52,12 +52,14 @@ fn pairs(headers: &HeaderMap) -> Vec<Vec<u8>> {
 
 fn ours(pair: &[u8]) -> bool {
     let name = pair.split(|b| *b == b'=').next().unwrap_or(pair);
-    name.starts_with(b"burrow_warned_") || name.starts_with(b"burrow_csrf_")
+    name.starts_with(b"burrow_warned_")
+        || name.starts_with(b"burrow_csrf_")
+        || name == b"__Host-burrow_session"
 }
 
 fn cookies(data: &[u8]) {
     let headers = cookie_headers(data);
-    for name in ["burrow_warned_api", "burrow_csrf_api", "session"] {
+    for name in ["burrow_warned_api", "burrow_csrf_api", "__Host-burrow_session", "session"] {
         if let Some(value) = cookie(&headers, name) {
             let pair = format!("{name}={value}").into_bytes();
             assert!(pairs(&headers).contains(&pair), "{name}={value}");
