@@ -114,20 +114,29 @@ fn read_file(path: &Path) -> Result<Vec<Provider>> {
     let context = || format!("--login-providers {}", path.display());
     let text =
         std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", context()))?;
+    parse_text(&text, |file| read_secret("the secret file", file))
+        .map_err(|e| anyhow!("{}: {e}", context()))
+}
+
+/// The providers of a file's `text`; `secret` reads a line's SECRET_FILE
+/// (`pub(crate)` for `crate::fuzzing`, which reads none).
+pub(crate) fn parse_text(
+    text: &str,
+    secret: impl Fn(&Path) -> Result<String>,
+) -> Result<Vec<Provider>> {
     let mut out = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let provider =
-            parse_line(line).map_err(|e| anyhow!("{}: line {}: {e}", context(), index + 1))?;
+        let provider = parse_line(line, &secret).map_err(|e| anyhow!("line {}: {e}", index + 1))?;
         out.push(provider);
     }
     Ok(out)
 }
 
-fn parse_line(line: &str) -> Result<Provider> {
+fn parse_line(line: &str, secret: impl Fn(&Path) -> Result<String>) -> Result<Provider> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let [name, issuer, client_id, secret_file, options @ ..] = words.as_slice() else {
         bail!("expected NAME ISSUER CLIENT_ID SECRET_FILE [scopes=…] [groups=CLAIM]");
@@ -139,7 +148,7 @@ fn parse_line(line: &str) -> Result<Provider> {
         name: name.to_string(),
         issuer: check_issuer(issuer).map_err(|e| anyhow!(e))?,
         client_id: client_id.to_string(),
-        client_secret: read_secret("the secret file", Path::new(secret_file))?,
+        client_secret: secret(Path::new(secret_file))?,
         scopes: SCOPES.iter().map(|s| s.to_string()).collect(),
         groups_claim: GROUPS.into(),
     };
