@@ -134,12 +134,35 @@ pub(crate) fn loopback_host(headers: &hyper::HeaderMap) -> bool {
     let Ok(host) = host.to_str() else {
         return false;
     };
-    let name = crate::subdomain::strip_port(host);
-    let name = name.trim_start_matches('[').trim_end_matches(']');
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.to_canonical().is_loopback())
+    // `[v6]` or a name, then nothing or `:` and digits; nothing else
+    // (a stray bracket, bytes after `]`) names a host.
+    let (name, port, bracketed) = match host.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((name, rest)) => (name, rest, true),
+            None => return false,
+        },
+        None => match host.rsplit_once(':') {
+            Some((name, _)) => (name, &host[name.len()..], false),
+            None => (host, "", false),
+        },
+    };
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()));
+    if !port_ok {
+        return false;
+    }
+    if bracketed {
+        return name
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback());
+    }
+    !name.contains([':', '[', ']'])
+        && (name.eq_ignore_ascii_case("localhost")
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.to_canonical().is_loopback()))
 }
 
 #[cfg(test)]
@@ -164,5 +187,34 @@ mod tests {
             loopback_host(&hyper::HeaderMap::new()),
             "HTTP/1.0 without a Host"
         );
+    }
+
+    /// Found by the fuzz target host (campaign of 2026-12-07): the check
+    /// trimmed brackets from either end on their own and ignored what
+    /// follows `]`, so `::1]` or `[::1]x` passed for loopback.
+    #[test]
+    fn a_host_with_stray_brackets_is_refused() {
+        for host in [
+            "::1]",
+            "[::1]x",
+            "[::1]]",
+            "[::1",
+            "[localhost]",
+            "::1",
+            "localhost:x",
+        ] {
+            let value = HeaderValue::from_str(host).unwrap();
+            assert!(!loopback_host(&with_host(value)), "{host}");
+        }
+        for host in [
+            "[::1]:9090",
+            "[::1]",
+            "127.0.0.1:9090",
+            "localhost",
+            "LOCALHOST:1",
+        ] {
+            let value = HeaderValue::from_str(host).unwrap();
+            assert!(loopback_host(&with_host(value)), "{host}");
+        }
     }
 }
