@@ -47,6 +47,20 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// A key listed on several lines holds what every line grants it (the
+    /// owner tables count each line, so its grant must too); the first
+    /// line's comment names it.
+    /// A `login=` on any line binds every tunnel of the key (the file
+    /// rejects lines that ask for different ones).
+    fn merge(&mut self, more: Grant) {
+        self.names.extend(more.names);
+        self.ports.extend(more.ports);
+        self.connect.extend(more.connect);
+        if self.login.is_none() {
+            self.login = more.login;
+        }
+    }
+
     /// Whether `connect=` lets this key reach the private alias `name`.
     pub fn may_connect(&self, name: &str) -> bool {
         self.connect
@@ -92,6 +106,17 @@ impl KeysFile {
             }
             let (fp, grant) =
                 parse_line(line, providers).map_err(|e| anyhow!("line {}: {e}", index + 1))?;
+            if let (Some(listed), Some(login)) = (
+                file.by_fingerprint.get(&fp).and_then(|g| g.login.as_ref()),
+                &grant.login,
+            ) {
+                if listed != login {
+                    bail!(
+                        "line {}: this key is listed above with another login= policy",
+                        index + 1
+                    );
+                }
+            }
             file.insert(fp, grant);
         }
         Ok(file)
@@ -117,7 +142,12 @@ impl KeysFile {
         for port in &grant.ports {
             self.port_owners.entry(*port).or_default().push(fp.clone());
         }
-        self.by_fingerprint.insert(fp, grant);
+        match self.by_fingerprint.get_mut(&fp) {
+            Some(listed) => listed.merge(grant),
+            None => {
+                self.by_fingerprint.insert(fp, grant);
+            }
+        }
     }
 
     /// SHA-256 of the file's text (hex), empty without a file.
@@ -377,6 +407,34 @@ mod tests {
             assert!(!a.may_connect(name), "{name}");
         }
         assert!(KeysFile::parse(&format!("connect=bad_name {KEY_A}")).is_err());
+    }
+
+    #[test]
+    fn a_key_on_several_lines_holds_what_every_line_grants() {
+        let text = format!("names=api,connect=db {KEY_A}\nnames=web,ports=5432 {KEY_A}\n");
+        let file = KeysFile::parse(&text).unwrap();
+        let a = file.grant(&fp(KEY_A)).unwrap();
+        assert_eq!(a.names, ["api", "web"]);
+        assert_eq!(a.ports, [5432]);
+        assert!(a.may_connect("db"));
+        assert_eq!(file.owners("api"), [fp(KEY_A)]);
+        assert_eq!(a.comment, "alice@laptop");
+        assert_eq!(file.len(), 1);
+    }
+
+    #[test]
+    fn a_login_on_any_line_of_a_key_binds_the_key() {
+        let text = format!("names=api {KEY_A}\nnames=web,login=*@example.com {KEY_A}\n");
+        let file = KeysFile::parse(&text).unwrap();
+        let a = file.grant(&fp(KEY_A)).unwrap();
+        assert_eq!(a.names, ["api", "web"]);
+        let login = a.login.as_ref().expect("the second line's login=");
+        assert_eq!(login.text(), "*@example.com");
+        let same = format!("login=*@example.com {KEY_A}\nnames=web,login=*@example.com {KEY_A}\n");
+        assert!(KeysFile::parse(&same).is_ok());
+        let other = format!("login=*@example.com {KEY_A}\nnames=web,login=group:eng {KEY_A}\n");
+        let err = KeysFile::parse(&other).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]

@@ -32,6 +32,8 @@ pub mod counters;
 pub mod custom;
 pub mod edge;
 pub mod forwarded;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod identity;
 pub mod inspect;

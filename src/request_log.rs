@@ -373,8 +373,9 @@ fn status_colour(status: u16) -> &'static str {
     }
 }
 
-/// Appends the line(s) for `event` to `out`.
-fn render(event: &Event, style: Style, out: &mut String) {
+/// Appends the line(s) for `event` to `out` (`pub(crate)` for
+/// `crate::fuzzing`, which checks that nothing unsafe gets through).
+pub(crate) fn render(event: &Event, style: Style, out: &mut String) {
     if style.json {
         out.push_str(&json(event));
         out.push_str("\r\n");
@@ -515,8 +516,9 @@ fn json(event: &Event) -> String {
 
 /// serde_json leaves bidi/format characters as they are; a JSON line read
 /// on a terminal must not carry them either, so they become `\uXXXX`
-/// escapes (the decoded value is unchanged).
-fn json_safe(text: &str) -> String {
+/// escapes (the decoded value is unchanged). Also every JSON answer of
+/// `http::pages` (the inspector's entries, the operator's endpoints).
+pub fn json_safe(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
         if is_unsafe(c) {

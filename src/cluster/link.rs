@@ -328,8 +328,9 @@ impl Peers {
     }
 }
 
-/// The CONNECT request that opens a stream for `key`.
-fn connect_request(me: &str, key: &str, forwarded: Forwarded) -> Request<Body> {
+/// The CONNECT request that opens a stream for `key` (`pub(crate)` for
+/// `crate::fuzzing`'s write → read round trip).
+pub(crate) fn connect_request(me: &str, key: &str, forwarded: Forwarded) -> Request<Body> {
     let carry = match forwarded.carry {
         Carry::Http { https: true } => "https",
         Carry::Http { https: false } => "http",
@@ -348,8 +349,9 @@ fn connect_request(me: &str, key: &str, forwarded: Forwarded) -> Request<Body> {
         .expect("a valid CONNECT request")
 }
 
-/// What the receiving end reads from a stream's CONNECT request.
-pub fn forwarded_of(request: &Request<hyper::body::Incoming>) -> Option<(String, Forwarded)> {
+/// What the receiving end reads from a stream's CONNECT request (any body
+/// type: only the headers are read).
+pub fn forwarded_of<B>(request: &Request<B>) -> Option<(String, Forwarded)> {
     let get = |name: &str| request.headers().get(name)?.to_str().ok();
     let carry = match get(header::CARRY)? {
         "https" => Carry::Http { https: true },

@@ -318,6 +318,8 @@ fn rfc3339(time: SystemTime) -> String {
 }
 
 /// Percent-decodes a path segment (`tcp%3A20001`, `2001%3Adb8%3A%3A1`).
+/// Only `%` and two hex digits is an escape (`u8::from_str_radix` alone
+/// would also take a sign: `%+a` is not a newline).
 pub fn decode(segment: &str) -> String {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -325,6 +327,7 @@ pub fn decode(segment: &str) -> String {
     while i < bytes.len() {
         let hex = bytes
             .get(i + 1..i + 3)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
             .and_then(|h| std::str::from_utf8(h).ok())
             .and_then(|h| u8::from_str_radix(h, 16).ok());
         match (bytes[i], hex) {
@@ -396,5 +399,12 @@ mod tests {
         assert_eq!(decode("2001%3adb8%3A%3A1"), "2001:db8::1");
         assert_eq!(decode("plain-name"), "plain-name");
         assert_eq!(decode("bad%zz"), "bad%zz");
+    }
+
+    #[test]
+    fn a_percent_with_a_sign_is_not_an_escape() {
+        assert_eq!(decode("%+a"), "%+a");
+        assert_eq!(decode("a%+0b"), "a%+0b");
+        assert_eq!(decode("%2B"), "+");
     }
 }

@@ -124,7 +124,7 @@ async fn handle(ops: &Ops, req: Request<Incoming>, peer: Peer) -> Response<Body>
     // DNS rebinding: a web page under an attacker's name that resolves to
     // 127.0.0.1 reaches this listener from the operator's browser with its
     // own Host header. Only loopback names are answered.
-    if !loopback_host(&req) {
+    if !loopback_host(req.headers()) {
         return pages::json_text(
             StatusCode::MISDIRECTED_REQUEST,
             r#"{"error":"the stats and admin endpoint answers only Host: localhost or a loopback IP"}"#.into(),
@@ -161,18 +161,97 @@ async fn handle(ops: &Ops, req: Request<Incoming>, peer: Peer) -> Response<Body>
 }
 
 /// Whether the request names a loopback host (or none, as HTTP/1.0 may).
-fn loopback_host(req: &Request<Incoming>) -> bool {
-    let Some(host) = req
-        .headers()
-        .get(hyper::header::HOST)
-        .and_then(|h| h.to_str().ok())
-    else {
+/// A `Host` that is there but not text (obs-text bytes) names no loopback
+/// host: it is refused, not taken for a missing one. Takes the headers
+/// only, so `crate::fuzzing` can drive it.
+pub(crate) fn loopback_host(headers: &hyper::HeaderMap) -> bool {
+    let Some(host) = headers.get(hyper::header::HOST) else {
         return true;
     };
-    let name = crate::subdomain::strip_port(host);
-    let name = name.trim_start_matches('[').trim_end_matches(']');
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.to_canonical().is_loopback())
+    let Ok(host) = host.to_str() else {
+        return false;
+    };
+    // `[v6]` or a name, then nothing or `:` and digits; nothing else
+    // (a stray bracket, bytes after `]`) names a host.
+    let (name, port, bracketed) = match host.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((name, rest)) => (name, rest, true),
+            None => return false,
+        },
+        None => match host.rsplit_once(':') {
+            Some((name, _)) => (name, &host[name.len()..], false),
+            None => (host, "", false),
+        },
+    };
+    let port_ok = port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()));
+    if !port_ok {
+        return false;
+    }
+    if bracketed {
+        return name
+            .parse::<std::net::Ipv6Addr>()
+            .is_ok_and(|ip| ip.to_canonical().is_loopback());
+    }
+    !name.contains([':', '[', ']'])
+        && (name.eq_ignore_ascii_case("localhost")
+            || name
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.to_canonical().is_loopback()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::{HeaderValue, HOST};
+
+    fn with_host(value: HeaderValue) -> hyper::HeaderMap {
+        let mut headers = hyper::HeaderMap::new();
+        headers.insert(HOST, value);
+        headers
+    }
+
+    #[test]
+    fn a_host_header_that_is_not_text_is_refused() {
+        let utf8 = HeaderValue::from_bytes("é.tunnel.example".as_bytes()).unwrap();
+        assert!(!loopback_host(&with_host(utf8)));
+        assert!(loopback_host(&with_host(HeaderValue::from_static(
+            "localhost:9090"
+        ))));
+        assert!(
+            loopback_host(&hyper::HeaderMap::new()),
+            "HTTP/1.0 without a Host"
+        );
+    }
+
+    /// Found by the fuzz target host (campaign of 2026-12-07): the check
+    /// trimmed brackets from either end on their own and ignored what
+    /// follows `]`, so `::1]` or `[::1]x` passed for loopback.
+    #[test]
+    fn a_host_with_stray_brackets_is_refused() {
+        for host in [
+            "::1]",
+            "[::1]x",
+            "[::1]]",
+            "[::1",
+            "[localhost]",
+            "::1",
+            "localhost:x",
+        ] {
+            let value = HeaderValue::from_str(host).unwrap();
+            assert!(!loopback_host(&with_host(value)), "{host}");
+        }
+        for host in [
+            "[::1]:9090",
+            "[::1]",
+            "127.0.0.1:9090",
+            "localhost",
+            "LOCALHOST:1",
+        ] {
+            let value = HeaderValue::from_str(host).unwrap();
+            assert!(loopback_host(&with_host(value)), "{host}");
+        }
+    }
 }
