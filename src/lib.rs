@@ -31,6 +31,7 @@ pub mod config;
 pub mod counters;
 pub mod custom;
 pub mod edge;
+pub mod escape;
 pub mod forwarded;
 #[doc(hidden)]
 pub mod fuzzing;

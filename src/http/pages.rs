@@ -213,7 +213,7 @@ pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body>
 /// escapes, as in the request log's JSON lines, so the answer is safe on a
 /// terminal (`curl`) and decodes to the same values.
 pub fn json_body(value: &impl serde::Serialize) -> String {
-    crate::request_log::json_safe(&serde_json::to_string(value).expect("JSON answers serialize"))
+    crate::escape::json_safe(&serde_json::to_string(value).expect("JSON answers serialize"))
 }
 
 /// [`json`] for a body already serialized.
@@ -451,7 +451,7 @@ mod tests {
     fn json_answers_escape_controls_and_bidi_characters() {
         let path = "/a\u{7f}b\u{9b}31m\u{202e}gnp.exe";
         let body = json_body(&serde_json::json!({ "path": path }));
-        assert!(!body.chars().any(crate::request_log::is_unsafe), "{body}");
+        assert!(!body.chars().any(crate::escape::is_unsafe), "{body}");
         let back: serde_json::Value = serde_json::from_str(&body).unwrap();
         assert_eq!(back["path"], path);
     }

@@ -245,7 +245,7 @@ pub fn parse_for(command: &str, providers: Option<&[String]>) -> Result<Command,
                 let (user, password) = value
                     .split_once(':')
                     .filter(|(u, p)| !u.is_empty() && !p.is_empty())
-                    .filter(|(u, _)| !u.chars().any(crate::request_log::is_unsafe))
+                    .filter(|(u, _)| !u.chars().any(crate::escape::is_unsafe))
                     .ok_or("auth= needs USER:PASS, both non-empty, the user printable")?;
                 options.auth = Some(BasicAuth::new(user, password));
             }
@@ -465,7 +465,7 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
         let o = options("auth=ann:\u{202e}pw cors=https://app.example");
-        assert!(!o.summary().chars().any(crate::request_log::is_unsafe));
+        assert!(!o.summary().chars().any(crate::escape::is_unsafe));
     }
 
     #[test]

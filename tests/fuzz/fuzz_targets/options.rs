@@ -9,7 +9,7 @@
 //! an unknown option).
 #![no_main]
 
-use burrow::request_log::is_unsafe;
+use burrow::escape::is_unsafe;
 use burrow::tunnel::options::{parse, Command, Cors, TunnelOptions, MAX_ALLOW};
 use libfuzzer_sys::fuzz_target;
 

@@ -6,7 +6,7 @@
 //!
 //! Properties: never panics; no control character (C0 other than the
 //! `\r\n` line ends the log writes itself, DEL, C1) and no bidi or format
-//! character (`request_log::is_unsafe`) ever reaches the output; the text
+//! character (`escape::is_unsafe`) ever reaches the output; the text
 //! log's only escape sequences are its own colours; JSON output parses
 //! back and decodes to the strings the visitor sent; secret headers are
 //! masked unless revealed.
@@ -18,7 +18,8 @@ use std::time::Duration;
 use arbitrary::{Arbitrary, Unstructured};
 use burrow::inspect::store::{Entry, Kind, Part};
 use burrow::inspect::view::{self, MASK};
-use burrow::request_log::{is_unsafe, Event, Seen};
+use burrow::escape::is_unsafe;
+use burrow::request_log::{Event, Seen};
 use libfuzzer_sys::fuzz_target;
 use serde_json::Value;
 
