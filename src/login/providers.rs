@@ -177,6 +177,9 @@ fn parse_line(line: &str, secret: impl Fn(&Path) -> Result<String>) -> Result<Pr
 pub fn check_issuer(issuer: &str) -> Result<String, String> {
     use openidconnect::url::{Host, Url};
     let url = issuer.trim().trim_end_matches('/');
+    if url.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{url:?}: an issuer URL has no spaces or controls"));
+    }
     let parsed = Url::parse(url)
         .map_err(|e| format!("{url:?}: the issuer must be an https:// URL ({e})"))?;
     if !parsed.username().is_empty() || parsed.password().is_some() {
@@ -233,6 +236,23 @@ mod tests {
             check_issuer("http://127.0.0.1:9000/realms/x/").as_deref(),
             Ok("http://127.0.0.1:9000/realms/x")
         );
+    }
+
+    /// Found by the fuzz target login_providers: `https://a/b \n/\x0b`
+    /// came back with its inner whitespace (the URL parser drops newlines
+    /// and tabs, so the provider saw another issuer than the one shown),
+    /// and checking the answer again changed it.
+    #[test]
+    fn an_issuer_with_spaces_or_controls_is_refused() {
+        for issuer in [
+            "https://a/b \n/\u{b}",
+            "https://a/\tb",
+            "https://a b",
+            "https://a/\u{7f}",
+        ] {
+            assert!(check_issuer(issuer).is_err(), "{issuer:?}");
+        }
+        assert_eq!(check_issuer(" https://a/b/ ").as_deref(), Ok("https://a/b"));
     }
 
     #[test]
