@@ -55,6 +55,9 @@ fn request_log(visit: &Visit) {
     let visitor = IpAddr::from(visit.visitor);
     let duration = Duration::from_millis(visit.millis.into());
     let seen = Seen::new(&visit.method, &visit.path, visitor, &visit.host);
+    if let Some(user) = &visit.why {
+        seen.set_user(user.clone());
+    }
     let events = [
         Event::Request {
             seen: seen.clone(),
@@ -123,6 +126,9 @@ fn inspector(visit: &Visit) {
         at_ms: 0,
         duration_ms: visit.millis.into(),
         held_ms: 0,
+        // Who signed in comes from a provider's claims: as arbitrary as the
+        // rest (the `why` text stands in for it).
+        user: visit.why.clone(),
         request: part(&headers, &visit.body),
         response: part(&visit.headers, &visit.body),
     };
@@ -132,6 +138,7 @@ fn inspector(visit: &Visit) {
     assert_safe(&summary, "inspector list");
     let listed: Value = serde_json::from_str(&summary).expect("the list is JSON");
     assert_eq!(listed["entries"][0]["path"], visit.path.as_str());
+    assert_eq!(listed["entries"][0]["user"].as_str(), visit.why.as_deref());
     for reveal in [false, true] {
         let body = burrow::http::pages::json_body(&view::detail(&entry, reveal));
         assert_safe(&body, "inspector entry");
