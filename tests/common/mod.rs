@@ -708,7 +708,13 @@ impl Burrow {
 
     /// `GET /tunnels` on the admin API, parsed.
     pub async fn admin_tunnels(&self) -> serde_json::Value {
-        self.stats_path("/tunnels").await
+        let resp = self
+            .admin(reqwest::Method::GET, "/tunnels")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET /tunnels: {e}"));
+        assert_eq!(resp.status(), 200, "GET /tunnels");
+        resp.json().await.expect("the tunnel list is JSON")
     }
 
     /// `GET /metrics` on the stats listener, as text.
