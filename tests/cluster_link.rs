@@ -20,25 +20,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use cluster_harness::{node_ip, Cluster};
-use common::{expect_status, random_bytes, time_seed, Origin, Ssh, SshSpec};
+use common::{expect_status, random_bytes, time_seed, Origin};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A generous bound for anything that should happen "at once".
 const SOON: Duration = Duration::from_secs(10);
-
-/// `ssh -R 80:…` (pty) to node `i`.
-fn tunnel_to(cluster: &Cluster, i: usize, origin: &Origin) -> Ssh {
-    let forward = format!("80:127.0.0.1:{}", origin.port);
-    let host = node_ip(i).to_string();
-    let args = ["-tt", "-R", forward.as_str()];
-    SshSpec {
-        port: cluster.shared.ports.ssh,
-        args: &args,
-        host: &host,
-        ..SshSpec::default()
-    }
-    .spawn()
-}
 
 /// The headers the app got, as JSON.
 async fn app_headers(resp: reqwest::Response) -> serde_json::Value {
@@ -51,7 +37,7 @@ async fn app_headers(resp: reqwest::Response) -> serde_json::Value {
 async fn link_headers_a_visitor_sends_are_stripped_at_the_entry_node() {
     let cluster = Cluster::start(2, &[]).await;
     let origin = Origin::start("owner").await;
-    let ssh = tunnel_to(&cluster, 1, &origin);
+    let ssh = cluster.tunnel_to(1, &origin, None);
     let host = ssh.url().await.host();
     let visitor: IpAddr = "127.0.0.9".parse().unwrap();
     let forged = [
@@ -102,7 +88,7 @@ async fn link_headers_a_visitor_sends_are_stripped_at_the_entry_node() {
 async fn uploads_and_http2_visitors_through_another_node_arrive_whole() {
     let cluster = Cluster::start(2, &[]).await;
     let origin = Origin::start("owner").await;
-    let ssh = tunnel_to(&cluster, 1, &origin);
+    let ssh = cluster.tunnel_to(1, &origin, None);
     let host = ssh.url().await.host();
     // A 3 MiB upload (more than one link stream window) from an HTTP/2
     // visitor, echoed back.
@@ -140,7 +126,7 @@ const STALLED_BYTES: u64 = 5 * 1024 * 1024;
 async fn slow_visitors_through_another_node_stall_no_one_else() {
     let cluster = Cluster::start(2, &["--http-mode", "proxy"]).await;
     let origin = Origin::start("owner").await;
-    let ssh = tunnel_to(&cluster, 1, &origin);
+    let ssh = cluster.tunnel_to(1, &origin, None);
     let host = ssh.url().await.host();
     let entry = SocketAddr::new(node_ip(2), cluster.shared.ports.http);
     // Visitors that ask for 5 MiB each and never read a byte (with the
