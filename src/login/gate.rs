@@ -83,7 +83,7 @@ impl Login {
             return Guarded::Answer(page);
         }
         at.tunnel.traffic().signed_in.saw(&user);
-        Guarded::Pass(self.vouch(&host, &session, req))
+        Guarded::Pass(self.vouch(&host, &session, &user, req))
     }
 
     /// A visitor without a session: a navigation goes to sign in, anything
@@ -111,6 +111,7 @@ impl Login {
         &self,
         host: &str,
         session: &Session,
+        user: &str,
         mut req: Request<Incoming>,
     ) -> Request<Incoming> {
         let who = &session.identity;
@@ -120,7 +121,7 @@ impl Login {
                 vouched.push((HeaderName::from_static(name), value));
             }
         };
-        add("x-burrow-user", &who.label());
+        add("x-burrow-user", user);
         if let Some(name) = &who.name {
             add("x-burrow-user-name", name);
         }

@@ -15,6 +15,7 @@
 //! the authenticated data), nor a code as a session or the other way
 //! round; tampering fails the tag.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -22,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::Identity;
-use crate::store::secret::Secret;
+use crate::store::secret::{Sealing, Secret};
 
 /// How long a sign-in may take at the provider.
 pub const STATE_LIFETIME: u64 = 600;
@@ -82,12 +83,12 @@ pub struct Session {
 
 /// Seals and opens the tokens.
 #[derive(Clone)]
-pub struct Sealer(Secret);
+pub struct Sealer(Arc<Sealing>);
 
 impl Sealer {
     /// Tokens from `root` (the stable-name secret).
     pub fn new(root: &Secret) -> Sealer {
-        Sealer(root.child("sign-in tokens"))
+        Sealer(Arc::new(root.child("sign-in tokens").sealing()))
     }
 
     pub fn seal_state(&self, state: &State) -> String {
