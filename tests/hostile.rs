@@ -966,13 +966,18 @@ async fn data_after_eof_or_close_goes_nowhere() {
     let protocol = refusals_of(&rig.burrow.metrics().await, "protocol");
     assert!(protocol >= 200, "{protocol} packets after EOF counted");
     // And none of it is held, then or in the next half second (while the
-    // relay's pump has them).
+    // relay's pump has them). The well-behaved load's own answers (about
+    // 100 B each, a few in flight) may sit in the spool for a moment; one
+    // 16 KiB chunk of the 3.3 MB would not fit under that.
     let watch = Instant::now();
     while watch.elapsed() < Duration::from_millis(500) {
         let stats = rig.burrow.stats().await;
         let spooled = stats["spool_memory_bytes"].as_u64().unwrap()
             + stats["spool_disk_bytes"].as_u64().unwrap();
-        assert_eq!(spooled, 0, "3.3 MB sent after EOF were spooled: {stats}");
+        assert!(
+            spooled < 16 << 10,
+            "3.3 MB sent after EOF were spooled ({spooled} B): {stats}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
