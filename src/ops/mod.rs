@@ -1,6 +1,7 @@
 //! The operator's endpoints on the stats listener (loopback only): the
 //! JSON stats ([`stats`]), Prometheus metrics ([`metrics`]), the admin API
-//! ([`admin`]) and the live dashboard ([`dashboard`]).
+//! ([`admin`]), plans and usage ([`usage`]) and the live dashboard
+//! ([`dashboard`]).
 //!
 //! Every request passes two checks first: the peer must be a loopback
 //! address (bound wider by mistake or not, strangers never see the
@@ -13,6 +14,7 @@ pub mod dashboard;
 pub mod health;
 pub mod metrics;
 pub mod stats;
+pub mod usage;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -49,6 +51,8 @@ pub struct Ops {
     cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Who inspects what (`inspector_connections` in the stats).
     inspect_watchers: Arc<crate::inspect::capture::Watchers>,
+    /// Per-user plans and usage, when configured.
+    plans: Option<Arc<crate::plans::Plans>>,
 }
 
 /// The node's shared parts the operator's endpoints read.
@@ -61,6 +65,7 @@ pub struct Parts {
     pub history: Arc<dashboard::History>,
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     pub inspect_watchers: Arc<crate::inspect::capture::Watchers>,
+    pub plans: Option<Arc<crate::plans::Plans>>,
 }
 
 impl Ops {
@@ -76,6 +81,7 @@ impl Ops {
             block_duration: config.limits.block_duration,
             cluster: parts.cluster,
             inspect_watchers: parts.inspect_watchers,
+            plans: parts.plans,
         }
     }
 }
@@ -116,6 +122,9 @@ async fn handle(ops: &Ops, req: Request<Incoming>, peer: SocketAddr) -> Response
     }
     if path == "/" {
         return stats::response(ops, req.uri().query());
+    }
+    if let Some(response) = usage::handle(ops, &req).await {
+        return response;
     }
     match admin::handle(ops, req).await {
         Some(response) => response,
