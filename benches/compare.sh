@@ -30,6 +30,12 @@
 #   KEEP_TMP      (0)   1: keep the temporary directory (all configs and logs)
 #   BURROW_ARGS   ()    extra burrow flags, appended (A/B a lever, e.g.
 #                       BURROW_ARGS="--channel-pool-size 0")
+#   BULK_ONLY     (0)   1: measure only the 100 MiB download and upload (no
+#                       wrk runs; the warm-up is one 100 MiB download)
+#   RUSSH_TUNNEL_BIN () the russh client (benches/russh_tunnel.rs); unset:
+#                       `cargo build --profile fastrel --bench russh_tunnel`
+#   ASYNCSSH_PYTHON () a python with asyncssh; unset: a virtualenv made once
+#                       in BENCH_CACHE/asyncssh-venv (`pip install asyncssh`)
 #
 # Targets (every one on 127.0.0.1; the origin is nginx serving /1k, /100m and
 # reading a 100 MiB POST on /upload; every ssh client is stock OpenSSH with
@@ -56,8 +62,21 @@
 #                    request over the cluster link to node 1 (CPU and RSS
 #                    count both nodes)
 #
+# The other tunnel clients, only when named in ONLY (the alias `clients` is
+# sshd-N, burrow-https-N and all of these); CLIENT is one of russh (an
+# in-process russh client: benches/russh_tunnel.rs), asyncssh and paramiko
+# (tests/scripts/*_tunnel.py), plink (putty-tools), dbclient (dropbear-bin),
+# each with its own default cipher choice:
+#   sshd-CLIENT         → port opened by `sshd -R` for CLIENT (no session,
+#                       like -N; logs in with the client key)
+#   burrow-https-CLIENT → burrow HTTPS (HTTP/1.1), CLIENT's tunnel (random@,
+#                       keyless, with the session where the URL is printed)
+# Bulk speed per client, as BENCHMARKS.md records it:
+#   BULK_ONLY=1 ONLY=clients,sandhole,burrow-https,burrow-http-pty,sshd-pty ROUNDS=5 benches/compare.sh
+#
 # Measured per target and round: req/s (wrk -t2 -c64 -dDURATION), p99 latency
-# (wrk -t1 -c1 --latency), 100 MiB download and upload (curl), server CPU per
+# (wrk -t1 -c1 --latency), 100 MiB download and upload (curl; with the CPU
+# seconds the server and the tunnel client used for each), server CPU per
 # request (utime+stime deltas from /proc/PID/stat of the server processes over
 # the throughput run ÷ the requests wrk counted) and server RSS (VmRSS, VmHWM).
 # Non-2xx answers and socket errors are counted and shown.
@@ -77,7 +96,7 @@ set -euo pipefail
 
 # Knobs as the caller set them, to print the exact command.
 CALLER_ENV=""
-for v in DURATION LAT_DURATION ROUNDS WARMUP ONLY BURROW_BIN SANDHOLE SANDHOLE_BIN SANDHOLE_LOG BENCH_CACHE BURROW_ARGS; do
+for v in DURATION LAT_DURATION ROUNDS WARMUP ONLY BULK_ONLY BURROW_BIN SANDHOLE SANDHOLE_BIN SANDHOLE_LOG BENCH_CACHE BURROW_ARGS RUSSH_TUNNEL_BIN ASYNCSSH_PYTHON; do
     if [[ -n ${!v:-} ]]; then CALLER_ENV+="$v=\"${!v}\" "; fi
 done
 INVOCATION="${CALLER_ENV}$0${*:+ $*}"
@@ -89,17 +108,34 @@ WARMUP=${WARMUP:-2}
 SANDHOLE=${SANDHOLE:-1}
 BENCH_CACHE=${BENCH_CACHE:-$HOME/.cache/burrow-bench}
 KEEP_TMP=${KEEP_TMP:-0}
+BULK_ONLY=${BULK_ONLY:-0}
 export PATH="$PATH:/usr/sbin:/sbin"
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 HELPER="$ROOT/benches/compare_report.py"
-ALL_TARGETS=(origin sshd-pty sshd-N nginx-sshd sandhole burrow-http-pty burrow-http-N burrow-https burrow-https-N burrow-h2 burrow-h2-m10 cluster-owner cluster-via)
+DEFAULT_TARGETS=(origin sshd-pty sshd-N nginx-sshd sandhole burrow-http-pty burrow-http-N burrow-https burrow-https-N burrow-h2 burrow-h2-m10 cluster-owner cluster-via)
+# The other tunnel clients (bulk speed per client): each through `sshd -R`
+# and through burrow HTTPS, in pairs. Only run when named in ONLY (or with
+# the alias `clients`).
+CLIENT_NAMES=(russh asyncssh paramiko plink dbclient)
+SSHD_CLIENTS=()
+BURROW_CLIENTS=()
+CLIENT_PAIRS=()
+for c in "${CLIENT_NAMES[@]}"; do
+    SSHD_CLIENTS+=("sshd-$c")
+    BURROW_CLIENTS+=("burrow-https-$c")
+    CLIENT_PAIRS+=("sshd-$c" "burrow-https-$c")
+done
+ALL_TARGETS=("${DEFAULT_TARGETS[@]}" "${CLIENT_PAIRS[@]}")
+# ONLY=clients: OpenSSH -N and every other client, through sshd -R and burrow HTTPS.
+CLIENTS_ALIAS=(sshd-N burrow-https-N "${CLIENT_PAIRS[@]}")
+SSHD_ALL=(sshd-pty sshd-N nginx-sshd "${SSHD_CLIENTS[@]}")
 # Groups of targets that share a set-up: the one burrow process serves
 # BURROW_PTY through the pty client's tunnel and BURROW_N through the -N
 # client's; H2 needs h2load; CLUSTER runs its own two nodes.
 BURROW_PTY=(burrow-http-pty burrow-https burrow-h2 burrow-h2-m10)
 BURROW_N=(burrow-http-N burrow-https-N)
-BURROW_ONE=("${BURROW_PTY[@]}" "${BURROW_N[@]}")
+BURROW_ONE=("${BURROW_PTY[@]}" "${BURROW_N[@]}" "${BURROW_CLIENTS[@]}")
 H2=(burrow-h2 burrow-h2-m10)
 CLUSTER=(cluster-owner cluster-via)
 DOMAIN=bench.test
@@ -120,14 +156,18 @@ done
 # ---------------------------------------------------------------- targets
 declare -A WANT=()
 if [[ -n ${ONLY:-} ]]; then
+    only=()
     for t in ${ONLY//,/ }; do
+        if [[ $t == clients ]]; then only+=("${CLIENTS_ALIAS[@]}"); else only+=("$t"); fi
+    done
+    for t in "${only[@]}"; do
         found=0
         for a in "${ALL_TARGETS[@]}"; do [[ $a == "$t" ]] && found=1; done
-        ((found)) || die "ONLY: unknown target '$t' (known: ${ALL_TARGETS[*]})"
+        ((found)) || die "ONLY: unknown target '$t' (known: ${ALL_TARGETS[*]}; alias: clients)"
         WANT[$t]=1
     done
 else
-    for a in "${ALL_TARGETS[@]}"; do WANT[$a]=1; done
+    for a in "${DEFAULT_TARGETS[@]}"; do WANT[$a]=1; done
 fi
 TARGETS=()
 for a in "${ALL_TARGETS[@]}"; do [[ -n ${WANT[$a]:-} ]] && TARGETS+=("$a"); done
@@ -246,11 +286,11 @@ if wanted_any "${H2[@]}" && ! ensure h2load nghttp2-client; then
         skip "$t" "h2load not found and could not be installed (apt-get install nghttp2-client)"
     done
 fi
-if wanted_any sshd-pty sshd-N nginx-sshd; then
+if wanted_any "${SSHD_ALL[@]}"; then
     if [[ ! -x $SSHD_BIN ]]; then ensure sshd openssh-server || true; fi
     if [[ ! -x $SSHD_BIN ]] && command -v sshd >/dev/null 2>&1; then SSHD_BIN=$(command -v sshd); fi
     if [[ ! -x $SSHD_BIN ]]; then
-        for t in sshd-pty sshd-N nginx-sshd; do
+        for t in "${SSHD_ALL[@]}"; do
             skip "$t" "OpenSSH sshd not found and could not be installed (apt-get install openssh-server)"
         done
     fi
@@ -258,15 +298,66 @@ fi
 if wanted_any "${CLUSTER[@]}" && ! ensure redis-server redis-server; then
     for t in "${CLUSTER[@]}"; do skip "$t" "redis-server not found and could not be installed (apt-get install redis-server)"; done
 fi
-if wanted_any sshd-pty sshd-N nginx-sshd "${BURROW_ONE[@]}" sandhole "${CLUSTER[@]}"; then
+if wanted_any "${SSHD_ALL[@]}" "${BURROW_ONE[@]}" sandhole "${CLUSTER[@]}"; then
     command -v ssh >/dev/null 2>&1 || ensure ssh openssh-client || die "the OpenSSH client (ssh) is required"
     command -v ssh-keygen >/dev/null 2>&1 || die "ssh-keygen is required"
 fi
 # The privilege separation directory the Debian sshd needs (normally made by
 # its service unit).
-if wanted_any sshd-pty sshd-N nginx-sshd && [[ ! -d /run/sshd ]]; then
+if wanted_any "${SSHD_ALL[@]}" && [[ ! -d /run/sshd ]]; then
     if [[ $(id -u) == 0 ]]; then
         mkdir -p /run/sshd && chmod 0755 /run/sshd
+    fi
+fi
+
+# ---------------------------------------------------------------- the other clients
+# skip_client CLIENT REASON: skip both of its targets.
+skip_client() { skip "sshd-$1" "$2"; skip "burrow-https-$1" "$2"; }
+client_wanted() { wanted_any "sshd-$1" "burrow-https-$1"; }
+PARAMIKO_PY=/usr/bin/python3
+if client_wanted paramiko && ! "$PARAMIKO_PY" -c 'import paramiko' 2>/dev/null; then
+    if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y python3-paramiko >&2 || true
+    fi
+    "$PARAMIKO_PY" -c 'import paramiko' 2>/dev/null ||
+        skip_client paramiko "$PARAMIKO_PY cannot import paramiko (apt-get install python3-paramiko)"
+fi
+if client_wanted plink && ! { ensure plink putty-tools && ensure puttygen putty-tools; }; then
+    skip_client plink "plink/puttygen not found and could not be installed (apt-get install putty-tools)"
+fi
+if client_wanted dbclient && ! { ensure dbclient dropbear-bin && ensure dropbearconvert dropbear-bin; }; then
+    skip_client dbclient "dbclient/dropbearconvert not found and could not be installed (apt-get install dropbear-bin)"
+fi
+# asyncssh: ASYNCSSH_PYTHON, or a virtualenv made once in BENCH_CACHE.
+if client_wanted asyncssh; then
+    if [[ -z ${ASYNCSSH_PYTHON:-} ]]; then
+        ASYNCSSH_PYTHON="$BENCH_CACHE/asyncssh-venv/bin/python"
+        if ! "$ASYNCSSH_PYTHON" -c 'import asyncssh' 2>/dev/null; then
+            log "asyncssh: python3 -m venv $BENCH_CACHE/asyncssh-venv; pip install asyncssh"
+            mkdir -p "$BENCH_CACHE"
+            { python3 -m venv "$BENCH_CACHE/asyncssh-venv" &&
+                timeout 600 "$BENCH_CACHE/asyncssh-venv/bin/pip" install -q asyncssh; } >&2 || true
+        fi
+    fi
+    "$ASYNCSSH_PYTHON" -c 'import asyncssh' 2>/dev/null ||
+        skip_client asyncssh "$ASYNCSSH_PYTHON cannot import asyncssh (pip install asyncssh failed?)"
+fi
+# russh: benches/russh_tunnel.rs, built with the fastrel profile (release
+# without LTO) unless RUSSH_TUNNEL_BIN names a build.
+if client_wanted russh; then
+    if [[ -z ${RUSSH_TUNNEL_BIN:-} ]]; then
+        if command -v cargo >/dev/null 2>&1; then
+            log "building the russh client: cargo build --profile fastrel --bench russh_tunnel (in $ROOT)"
+            RUSSH_TUNNEL_BIN=$(cd "$ROOT" && cargo build --profile fastrel --bench russh_tunnel --message-format json 2>/dev/null |
+                python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["target"]["name"] == "russh_tunnel" and m.get("executable"):
+        print(m["executable"])' | tail -1 || true)
+        fi
+    fi
+    if [[ -z ${RUSSH_TUNNEL_BIN:-} || ! -x $RUSSH_TUNNEL_BIN ]]; then
+        skip_client russh "no russh client binary (cargo build --profile fastrel --bench russh_tunnel failed, or RUSSH_TUNNEL_BIN is not executable)"
     fi
 fi
 
@@ -355,6 +446,21 @@ HEADER="$TMP/header.md"
     if [[ -n $SH_BIN ]]; then echo "- sandhole: $(version_of "$SH_BIN" --version) (\`$SH_BIN\`)"; fi
     echo "- load: \`wrk -t2 -c64 -d${DURATION}s\` on /1k (1 KiB); p99: \`wrk -t1 -c1 -d${LAT_DURATION}s --latency\`; bulk: one \`curl\` GET of /100m and POST of 100 MiB to /upload; h2: \`h2load -t2 -c64 -m1 -D $DURATION\` (and \`-m10\`)"
     echo "- every ssh client: \`ssh -c chacha20-poly1305@openssh.com\` with a throwaway ed25519 key, one connection per tunnel; ${ROUNDS} round(s), order reversed every other round, ${WARMUP}s warm-up per target"
+    if wanted_any "${CLIENT_PAIRS[@]}"; then
+        echo "- other clients (their default ciphers): $(for c in "${CLIENT_NAMES[@]}"; do
+            client_wanted "$c" || continue
+            case $c in
+            russh) printf 'russh %s (%s); ' "$(grep -A1 '^name = "russh"$' "$ROOT/Cargo.lock" | sed -n 's/version = "\(.*\)"/\1/p')" "${RUSSH_TUNNEL_BIN:-}" ;;
+            asyncssh) printf 'asyncssh %s; ' "$("$ASYNCSSH_PYTHON" -c 'import asyncssh; print(asyncssh.__version__)' 2>/dev/null)" ;;
+            paramiko) printf 'paramiko %s; ' "$("$PARAMIKO_PY" -c 'import paramiko; print(paramiko.__version__)' 2>/dev/null)" ;;
+            plink) printf '%s; ' "$(plink -V 2>&1 | head -1)" ;;
+            dbclient) printf '%s; ' "$(dpkg-query -W -f '${Package} ${Version}' dropbear-bin 2>/dev/null || echo dbclient)" ;;
+            esac
+        done)"
+    fi
+    if [[ $BULK_ONLY == 1 ]]; then
+        echo "- BULK_ONLY=1: only the 100 MiB transfers (one curl each, HTTP/1.1); the warm-up is one 100 MiB download per target"
+    fi
     echo
 } >"$HEADER"
 cat "$HEADER"
@@ -368,16 +474,80 @@ SSH_OPTS=(-F /dev/null -c chacha20-poly1305@openssh.com -i "$TMP/client_key"
     -o UserKnownHostsFile=/dev/null -o ExitOnForwardFailure=yes
     -o ServerAliveInterval=0 -o ConnectTimeout=10)
 ME=$(id -un)
+
+# The client key in PuTTY's and Dropbear's formats, for their logins to sshd.
+if wanted sshd-plink; then
+    puttygen "$TMP/client_key" -O private -o "$TMP/client_key.ppk" >/dev/null 2>&1 ||
+        skip sshd-plink "puttygen could not convert the client key"
+fi
+if wanted sshd-dbclient; then
+    dropbearconvert openssh dropbear "$TMP/client_key" "$TMP/client_key.dropbear" >/dev/null 2>&1 ||
+        skip sshd-dbclient "dropbearconvert could not convert the client key"
+fi
+
+# client_cmd CLIENT sshd|burrow SSH_PORT REMOTE_PORT HOST_KEY_FILE: sets CMD
+# to the command line of CLIENT with a remote forward to the origin: to
+# sshd on 127.0.0.1:REMOTE_PORT as the current user with the client key (no
+# session, like -N); to burrow as random@ on port 80 (keyless, with the
+# session where burrow prints the URL). HOST_KEY_FILE: the server's private
+# host key, for the clients that check it. Every client keeps its own HOME.
+CMD=()
+client_cmd() {
+    local c=$1 server=$2 port=$3 rport=$4 hostkey=$5 fp pub home="$TMP/home/$1-$2"
+    mkdir -p "$home"
+    fp=$(ssh-keygen -lf "$hostkey" | cut -d' ' -f2)
+    pub=$(ssh-keygen -y -f "$hostkey" | cut -d' ' -f1-2)
+    local -a py=(--port "$port" --host-key "$pub" --origin-port "$P_ORIGIN" --hold)
+    if [[ $server == sshd ]]; then
+        py+=(--user "$ME" --key "$TMP/client_key" --remote-host 127.0.0.1 --remote-port "$rport")
+    else
+        py+=(--user random)
+    fi
+    case $c in
+    russh)
+        CMD=("$RUSSH_TUNNEL_BIN" --port "$port" --origin-port "$P_ORIGIN")
+        if [[ $server == sshd ]]; then
+            CMD+=(--user "$ME" --key "$TMP/client_key" --remote-host 127.0.0.1 --remote-port "$rport")
+        else
+            CMD+=(--user random --remote-port 80 --session)
+        fi
+        ;;
+    asyncssh) CMD=(env PYTHONWARNINGS=ignore "$ASYNCSSH_PYTHON" -u "$ROOT/tests/scripts/asyncssh_tunnel.py" "${py[@]}") ;;
+    paramiko) CMD=(env PYTHONWARNINGS=ignore "$PARAMIKO_PY" -u "$ROOT/tests/scripts/paramiko_tunnel.py" "${py[@]}") ;;
+    plink)
+        CMD=(env HOME="$home" plink -batch -noagent -hostkey "$fp" -P "$port")
+        if [[ $server == sshd ]]; then
+            CMD+=(-N -i "$TMP/client_key.ppk" -R "127.0.0.1:$rport:127.0.0.1:$P_ORIGIN" "$ME@127.0.0.1")
+        else
+            CMD+=(-R "80:127.0.0.1:$P_ORIGIN" random@127.0.0.1)
+        fi
+        ;;
+    dbclient)
+        CMD=(env HOME="$home" dbclient -T -y -p "$port")
+        if [[ $server == sshd ]]; then
+            CMD+=(-N -i "$TMP/client_key.dropbear" -R "127.0.0.1:$rport:127.0.0.1:$P_ORIGIN" "$ME@127.0.0.1")
+        else
+            CMD+=(-R "80:127.0.0.1:$P_ORIGIN" random@127.0.0.1)
+        fi
+        ;;
+    esac
+}
 # nginx started as root would run its workers as nobody, who cannot read the
 # 0700 temp dir: keep them as the current user.
 NGINX_USER=""
 [[ $(id -u) == 0 ]] && NGINX_USER="user $ME $(id -gn);"
 
-# 11 free ports, distinct from each other: origin, front nginx, sshd, the two
-# sshd remote ports, sandhole ssh/http/https, spares.
-read -r P_ORIGIN P_FRONT P_SSHD P_RPTY P_RN P_SH_SSH P_SH_HTTP P_SH_HTTPS P_REDIS P_LINK1 P_LINK2 _ < <(helper ports 13)
+# Free ports, distinct from each other: origin, front nginx, sshd, the two
+# sshd remote ports, sandhole ssh/http/https, redis, cluster links, spares,
+# and the sshd remote ports of the other clients.
+read -r P_ORIGIN P_FRONT P_SSHD P_RPTY P_RN P_SH_SSH P_SH_HTTP P_SH_HTTPS P_REDIS P_LINK1 P_LINK2 _ _ \
+    P_R_RUSSH P_R_ASYNCSSH P_R_PARAMIKO P_R_PLINK P_R_DBCLIENT < <(helper ports 18)
+# the sshd -R port of each other client
+declare -A P_R=([russh]=$P_R_RUSSH [asyncssh]=$P_R_ASYNCSSH [paramiko]=$P_R_PARAMIKO
+    [plink]=$P_R_PLINK [dbclient]=$P_R_DBCLIENT)
 
-declare -A URL=() HOSTH=() PIDS_OF=()
+# CLIENT_OF: the tunnel client's PID of each target (its CPU is shown too).
+declare -A URL=() HOSTH=() PIDS_OF=() CLIENT_OF=()
 
 # nginx_http_common DIR: the http{} lines both nginx instances share: long
 # keep-alive for the load generators, and every temp path inside DIR.
@@ -441,7 +611,7 @@ log "origin nginx on 127.0.0.1:$P_ORIGIN"
 
 # ---------------------------------------------------------------- sshd, its clients, front nginx
 SSHD_PID=
-if wanted_any sshd-pty sshd-N nginx-sshd; then
+if wanted_any "${SSHD_ALL[@]}"; then
     mkdir -p "$TMP/sshd"
     ssh-keygen -q -t ed25519 -N '' -C burrow-bench-sshd -f "$TMP/sshd/host_ed25519"
     cat >"$TMP/sshd/sshd_config" <<EOF
@@ -462,16 +632,18 @@ PermitTTY yes
 PrintMotd no
 PrintLastLog no
 UseDNS no
-Ciphers chacha20-poly1305@openssh.com
+# chacha20 for the OpenSSH clients (they ask for it with -c); AES for the
+# clients without it (paramiko): each client gets what it would prefer.
+Ciphers chacha20-poly1305@openssh.com,aes128-gcm@openssh.com,aes256-gcm@openssh.com,aes128-ctr,aes192-ctr,aes256-ctr
 ClientAliveInterval 0
 EOF
     if ! sshd_err=$("$SSHD_BIN" -t -f "$TMP/sshd/sshd_config" -p "$P_SSHD" 2>&1); then
-        for t in sshd-pty sshd-N nginx-sshd; do skip "$t" "sshd rejects the throwaway config: $sshd_err"; done
+        for t in "${SSHD_ALL[@]}"; do skip "$t" "sshd rejects the throwaway config: $sshd_err"; done
     else
         spawn "$TMP/logs/sshd.log" server "$SSHD_BIN" -D -e -f "$TMP/sshd/sshd_config" -p "$P_SSHD"
         SSHD_PID=$SPAWNED
         if ! wait_port "$P_SSHD" 10 "$SSHD_PID"; then
-            for t in sshd-pty sshd-N nginx-sshd; do skip "$t" "sshd did not start: $(tail -3 "$TMP/logs/sshd.log")"; done
+            for t in "${SSHD_ALL[@]}"; do skip "$t" "sshd did not start: $(tail -3 "$TMP/logs/sshd.log")"; done
             SSHD_PID=
         fi
     fi
@@ -480,6 +652,7 @@ EOF
         if wanted_any sshd-pty nginx-sshd; then
             spawn "$TMP/logs/sshd-client-pty.log" client ssh "${SSH_OPTS[@]}" -tt -p "$P_SSHD" \
                 -R "127.0.0.1:$P_RPTY:127.0.0.1:$P_ORIGIN" "$ME@127.0.0.1" sleep 1000000
+            CLIENT_OF[sshd-pty]=$SPAWNED
             if wait_200 "http://127.0.0.1:$P_RPTY/1k" "" 20; then
                 URL[sshd-pty]="http://127.0.0.1:$P_RPTY"
             else
@@ -489,6 +662,7 @@ EOF
         if wanted sshd-N; then
             spawn "$TMP/logs/sshd-client-N.log" client ssh "${SSH_OPTS[@]}" -N -p "$P_SSHD" \
                 -R "127.0.0.1:$P_RN:127.0.0.1:$P_ORIGIN" "$ME@127.0.0.1"
+            CLIENT_OF[sshd-N]=$SPAWNED
             if wait_200 "http://127.0.0.1:$P_RN/1k" "" 20; then
                 URL[sshd-N]="http://127.0.0.1:$P_RN"
             else
@@ -497,6 +671,20 @@ EOF
         fi
         PIDS_OF[sshd-pty]="sshd"
         PIDS_OF[sshd-N]="sshd"
+        for c in "${CLIENT_NAMES[@]}"; do
+            t=sshd-$c
+            wanted "$t" || continue
+            client_cmd "$c" sshd "$P_SSHD" "${P_R[$c]}" "$TMP/sshd/host_ed25519"
+            spawn "$TMP/logs/$t.log" client "${CMD[@]}"
+            CLIENT_OF[$t]=$SPAWNED
+            if wait_200 "http://127.0.0.1:${P_R[$c]}/1k" "" 30; then
+                URL[$t]="http://127.0.0.1:${P_R[$c]}"
+                PIDS_OF[$t]="sshd"
+                log "$c → sshd -R 127.0.0.1:${P_R[$c]}"
+            else
+                skip "$t" "$c did not get a working forward from sshd: $(tail -3 "$TMP/logs/$t.log" | tr -d '\r')"
+            fi
+        done
     fi
     if wanted nginx-sshd; then
         mkdir -p "$TMP/front"
@@ -551,14 +739,21 @@ B_STATS=
 # cleanup knows its PID) and set B_HOST to its tunnel's host name.
 B_HOST=
 burrow_client() {
-    local name=$1 mode=$2 i
+    local name=$1 mode=$2
     local -a extra=(-N)
     [[ $mode == pty ]] && extra=(-tt)
-    B_HOST=
-    spawn "$TMP/logs/$name.log" client ssh "${SSH_OPTS[@]}" "${extra[@]}" -p "$B_SSH" \
+    burrow_spawn "$name" ssh "${SSH_OPTS[@]}" "${extra[@]}" -p "$B_SSH" \
         -R "80:127.0.0.1:$P_ORIGIN" "random@127.0.0.1"
-    for ((i = 0; i < 150; i++)); do
-        B_HOST=$(grep -aoE "https://[a-z0-9-]+\.$DOMAIN" "$TMP/logs/$name.log" | head -1 | sed 's#https://##' || true)
+}
+# burrow_spawn LOGNAME CMD...: start a client and set B_HOST to the host name
+# of the URL it prints.
+burrow_spawn() {
+    local name=$1 i
+    shift
+    B_HOST=
+    spawn "$TMP/logs/$name.log" client "$@"
+    for ((i = 0; i < 300; i++)); do
+        B_HOST=$(grep -aoE "https://[a-z0-9-]+\.$DOMAIN" "$TMP/logs/$name.log" 2>/dev/null | head -1 | sed 's#https://##' || true)
         [[ -n $B_HOST ]] && return 0
         kill -0 "$SPAWNED" 2>/dev/null || break
         sleep 0.1
@@ -574,6 +769,10 @@ if wanted_any "${BURROW_ONE[@]}"; then
         --max-inflight-per-visitor 100000 --max-inflight-per-tunnel 100000
         --max-body-size 1GiB --max-conns-per-minute 1000)
     [[ $HAS_HTTP_MODE == 1 ]] && B_ARGS+=(--http-mode proxy)
+    # every client tunnel comes from 127.0.0.1 (the default allows 3 per IP)
+    if "$BURROW_BIN" --help 2>/dev/null | grep -q -- '--max-tunnels-per-ip'; then
+        B_ARGS+=(--max-tunnels-per-ip 0)
+    fi
     # shellcheck disable=SC2206 # word splitting of the extra flags is wanted
     B_ARGS+=(${BURROW_ARGS:-})
     # burrow's default log level (no per-request lines), whatever the caller's RUST_LOG.
@@ -593,7 +792,7 @@ if wanted_any "${BURROW_ONE[@]}"; then
     B_STATS=$(sed -E 's/.* stats=127\.0\.0\.1:([0-9]+).*/\1/' <<<"$ready")
     log "$ready"
     if wanted_any "${BURROW_PTY[@]}"; then
-        if burrow_client burrow-client-pty pty && B_HOST_PTY=$B_HOST &&
+        if burrow_client burrow-client-pty pty && B_HOST_PTY=$B_HOST && CLIENT_OF[burrow-https]=$SPAWNED &&
             wait_200 "https://127.0.0.1:$B_HTTPS/1k" "$B_HOST_PTY" 20; then
             log "burrow pty tunnel: $B_HOST_PTY"
             URL[burrow-http-pty]="http://127.0.0.1:$B_HTTP"
@@ -614,7 +813,7 @@ if wanted_any "${BURROW_ONE[@]}"; then
         fi
     fi
     if wanted_any "${BURROW_N[@]}"; then
-        if burrow_client burrow-client-N N && B_HOST_N=$B_HOST &&
+        if burrow_client burrow-client-N N && B_HOST_N=$B_HOST && CLIENT_OF[burrow-https-N]=$SPAWNED &&
             wait_200 "https://127.0.0.1:$B_HTTPS/1k" "$B_HOST_N" 20; then
             log "burrow -N tunnel: $B_HOST_N"
             URL[burrow-http-N]="http://127.0.0.1:$B_HTTP"
@@ -627,7 +826,23 @@ if wanted_any "${BURROW_ONE[@]}"; then
             done
         fi
     fi
+    for c in "${CLIENT_NAMES[@]}"; do
+        t=burrow-https-$c
+        wanted "$t" || continue
+        client_cmd "$c" burrow "$B_SSH" 80 "$TMP/burrow/host_key"
+        if burrow_spawn "$t" "${CMD[@]}" && CLIENT_OF[$t]=$SPAWNED &&
+            wait_200 "https://127.0.0.1:$B_HTTPS/1k" "$B_HOST" 20; then
+            log "burrow $c tunnel: $B_HOST"
+            URL[$t]="https://127.0.0.1:$B_HTTPS"
+            HOSTH[$t]=$B_HOST
+        else
+            skip "$t" "$c got no working tunnel: $(tail -3 "$TMP/logs/$t.log" | tr -d '\r')"
+        fi
+    done
     for t in "${BURROW_ONE[@]}"; do PIDS_OF[$t]=$BURROW_PID; done
+    CLIENT_OF[burrow-http-pty]=${CLIENT_OF[burrow-https]:-}
+    for t in "${H2[@]}"; do CLIENT_OF[$t]=${CLIENT_OF[burrow-https]:-}; done
+    CLIENT_OF[burrow-http-N]=${CLIENT_OF[burrow-https-N]:-}
 fi
 
 # ---------------------------------------------------------------- a two-node cluster and its client
@@ -738,6 +953,7 @@ if wanted sandhole && [[ -n $SH_BIN ]]; then
         done
         if [[ -n $SH_HOST ]] && wait_200 "http://127.0.0.1:$P_SH_HTTP/1k" "$SH_HOST" 20; then
             log "sandhole on ssh 127.0.0.1:$P_SH_SSH http 127.0.0.1:$P_SH_HTTP, tunnel $SH_HOST"
+            CLIENT_OF[sandhole]=$SH_CLIENT
             URL[sandhole]="http://127.0.0.1:$P_SH_HTTP"
             HOSTH[sandhole]=$SH_HOST
             PIDS_OF[sandhole]=$SH_PID
@@ -783,10 +999,11 @@ measure() { # measure TARGET ROUND
         if is_h2 "$t"; then c+=(--http2); else c+=(--http1.1); fi
     fi
     local out="$TMP/out/$t.r$r"
-    local pids c0 c1 tck rps reqs p99 errs rss hwm
+    local pids c0 c1 tck rps reqs p99 errs rss hwm summary=""
 
-    # throughput and CPU per request
     pids=$(server_pids "$t")
+    if [[ $BULK_ONLY != 1 ]]; then
+    # throughput and CPU per request
     # shellcheck disable=SC2086
     read -r c0 tck < <(helper cpu $pids)
     if is_h2 "$t"; then
@@ -809,7 +1026,7 @@ measure() { # measure TARGET ROUND
     record "$t" rss_mib "$r" "$(awk -v x="$rss" 'BEGIN { printf "%.2f", x / 1024 }')"
     record "$t" hwm_mib "$r" "$(awk -v x="$hwm" 'BEGIN { printf "%.2f", x / 1024 }')"
     [[ $errs == 0 ]] || log "  $t: $errs errors in the throughput run (see below)"
-    local summary="$rps req/s"
+    summary="$rps req/s"
 
     # p99 with one connection (wrk only)
     if ! is_h2 "$t"; then
@@ -819,15 +1036,30 @@ measure() { # measure TARGET ROUND
         record "$t" errors "$r" "$errs"
         summary+=", p99 $p99 ms"
     fi
+    fi # BULK_ONLY
+
+    # CPU seconds of the server and of the tunnel client over each transfer
+    local cpids="" s0 s1 k0 k1
+    [[ -n ${CLIENT_OF[$t]:-} ]] && cpids=$(helper tree "${CLIENT_OF[$t]}")
 
     # 100 MiB download
     local res code size speed
+    # shellcheck disable=SC2086
+    read -r s0 tck < <(helper cpu $pids)
+    # shellcheck disable=SC2086
+    read -r k0 _ < <(helper cpu $cpids)
     res=$(curl "${c[@]}" "${h[@]}" -w '%{http_code} %{size_download} %{speed_download}' "$base/100m" || true)
+    # shellcheck disable=SC2086
+    read -r s1 _ < <(helper cpu $pids)
+    # shellcheck disable=SC2086
+    read -r k1 _ < <(helper cpu $cpids)
+    record "$t" dl_srv_cpu_s "$r" "$(awk -v a="$s0" -v b="$s1" -v k="$tck" 'BEGIN { printf "%.2f", (b - a) / k }')"
+    [[ -n $cpids ]] && record "$t" dl_cli_cpu_s "$r" "$(awk -v a="$k0" -v b="$k1" -v k="$tck" 'BEGIN { printf "%.2f", (b - a) / k }')"
     read -r code size speed <<<"$res"
     if [[ $code == 200 && $size == "$BIG_BYTES" ]]; then
         speed=$(awk -v s="$speed" -v m="$MIB" 'BEGIN { printf "%.1f", s / m }')
         record "$t" dl_mibs "$r" "$speed"
-        summary+=", down $speed MiB/s"
+        summary+="${summary:+, }down $speed MiB/s"
     else
         log "  $t: 100 MiB download failed: HTTP ${code:-none}, ${size:-0} bytes"
         record "$t" errors "$r" 1
@@ -836,8 +1068,18 @@ measure() { # measure TARGET ROUND
     # 100 MiB upload; the origin's log must show the whole body was read
     local before after logged
     before=$(upload_lines)
+    # shellcheck disable=SC2086
+    read -r s0 tck < <(helper cpu $pids)
+    # shellcheck disable=SC2086
+    read -r k0 _ < <(helper cpu $cpids)
     res=$(curl "${c[@]}" "${h[@]}" -H 'Expect:' -H 'Content-Type: application/octet-stream' \
         --data-binary "@$TMP/www/100m" -w '%{http_code} %{size_upload} %{speed_upload}' "$base/upload" || true)
+    # shellcheck disable=SC2086
+    read -r s1 _ < <(helper cpu $pids)
+    # shellcheck disable=SC2086
+    read -r k1 _ < <(helper cpu $cpids)
+    record "$t" ul_srv_cpu_s "$r" "$(awk -v a="$s0" -v b="$s1" -v k="$tck" 'BEGIN { printf "%.2f", (b - a) / k }')"
+    [[ -n $cpids ]] && record "$t" ul_cli_cpu_s "$r" "$(awk -v a="$k0" -v b="$k1" -v k="$tck" 'BEGIN { printf "%.2f", (b - a) / k }')"
     read -r code size speed <<<"$res"
     sleep 0.1
     after=$(upload_lines)
@@ -851,14 +1093,18 @@ measure() { # measure TARGET ROUND
         log "  $t: 100 MiB upload failed: HTTP ${code:-none}, ${size:-0} bytes sent, origin read ${logged} bytes"
         record "$t" errors "$r" 1
     fi
-    log "  $t round $r: $summary"
+    log "  $t round $r: $summary (load $(cut -d' ' -f1 /proc/loadavg))"
+    record "$t" load1 "$r" "$(cut -d' ' -f1 /proc/loadavg)"
 }
 
 warm() { # warm TARGET
     local t=$1 host=${HOSTH[$1]:-}
     local -a h=() a=()
     [[ -n $host ]] && h=(-H "Host: $host") && a=(-H ":authority: $host")
-    if is_h2 "$t"; then
+    if [[ $BULK_ONLY == 1 ]]; then
+        # one 100 MiB download: the tunnel, its windows and buffers in use once
+        curl -sk -o /dev/null --max-time 120 "${h[@]}" "${URL[$t]}/100m" || true
+    elif is_h2 "$t"; then
         h2load -t1 -c8 -m"$(h2_streams "$t")" -D "$WARMUP" "${a[@]}" "${URL[$t]}/1k" >/dev/null 2>&1 || true
     else
         wrk -t1 -c8 -d"${WARMUP}s" "${h[@]}" "${URL[$t]}/1k" >/dev/null 2>&1 || true
@@ -882,7 +1128,7 @@ done
 
 # ---------------------------------------------------------------- report
 META="$TMP/meta.tsv"
-printf 'rounds\t%s\ntargets\t%s\n' "$ROUNDS" "${TARGETS[*]}" >"$META"
+printf 'rounds\t%s\ntargets\t%s\nbulk_only\t%s\n' "$ROUNDS" "${TARGETS[*]}" "$BULK_ONLY" >"$META"
 REPORT="$TMP/report.md"
 {
     cat "$HEADER"

@@ -169,6 +169,17 @@ TARGETS = [
     ("cluster-owner", "**cluster**: straight to the node holding the tunnel (HTTP, pty client)", None),
     ("cluster-via", "**cluster**: through the other node (cluster link), same tunnel", None),
 ]
+# The other tunnel clients: (name, label); targets sshd-NAME and burrow-https-NAME.
+CLIENTS = [
+    ("russh", "russh (in-process, benches/russh_tunnel.rs)"),
+    ("asyncssh", "asyncssh (tests/scripts/asyncssh_tunnel.py)"),
+    ("paramiko", "paramiko (tests/scripts/paramiko_tunnel.py)"),
+    ("plink", "PuTTY plink"),
+    ("dbclient", "Dropbear dbclient"),
+]
+for _name, _label in CLIENTS:
+    TARGETS.append((f"sshd-{_name}", f"OpenSSH `sshd -R` raw port, {_label} client", None))
+    TARGETS.append((f"burrow-https-{_name}", f"**burrow HTTPS**, {_label} client", None))
 SANDHOLE_REF_RPS = 6500.0
 
 METRICS = ["rps", "p99_ms", "dl_mibs", "ul_mibs", "cpu_us", "rss_mib", "hwm_mib"]
@@ -217,6 +228,8 @@ def _fmt(v, kind):
         return f"{v:.1f}"
     if kind == "ratio":
         return f"{v:.2f}×"
+    if kind == "cpu":
+        return f"{v:.2f}"
     return str(v)
 
 
@@ -332,46 +345,136 @@ def cmd_report(results, meta):
         ok = None if math.isnan(r) else (r >= bound if op == "≥" else r <= bound)
         check(desc, _fmt(r, "ratio") + note, ok, f"{op} {bound}×")
 
+    bulk_only = info.get("bulk_only") == "1"
     # issue 17: the hot path against the do-it-yourself stack and the byte limit
-    ratio_check("HTTP req/s vs nginx → sshd -R", "burrow-http-pty", "nginx-sshd", "rps", "≥", 1.2)
-    ratio_check("HTTP req/s vs raw sshd -R (pty)", "burrow-http-pty", "sshd-pty", "rps", "≥", 0.85)
-    ratio_check("HTTPS h1 req/s vs HTTP (pty)", "burrow-https", "burrow-http-pty", "rps", "≥", 0.9)
-    ratio_check("HTTP/2 (h2load -m1) req/s vs HTTPS h1", "burrow-h2", "burrow-https", "rps", "≥", 0.9)
-    if "burrow-h2-m10" in selected and "burrow-h2-m10" not in skips:
-        check("HTTP/2 (h2load -m10) req/s, reported", _fmt(m("burrow-h2-m10", "rps"), "rps"), None, "reported")
-    ratio_check("server CPU per request vs raw sshd -R (pty)", "burrow-http-pty", "sshd-pty", "cpu_us", "≤", 1.6)
-    ratio_check("server CPU per request vs nginx → sshd -R", "burrow-http-pty", "nginx-sshd", "cpu_us", "≤", 0.7)
-    ratio_check("100 MiB download vs raw sshd -R (pty)", "burrow-http-pty", "sshd-pty", "dl_mibs", "≥", 1.0)
-    ratio_check("100 MiB upload vs raw sshd -R (pty)", "burrow-http-pty", "sshd-pty", "ul_mibs", "≥", 1.0)
-    for t, label in [
-        ("burrow-http-pty", "HTTP, pty"),
-        ("burrow-http-N", "HTTP, -N"),
-        ("burrow-https", "HTTPS, pty"),
-        ("burrow-https-N", "HTTPS, -N"),
-    ]:
-        if t in selected and t not in skips:
-            v = _median(data, t, "p99_ms")
-            check(f"p99 1 conn, {label} client", _fmt(v, "ms") + " ms",
-                  None if math.isnan(v) else v < 2.0, "< 2 ms")
-        else:
-            check(f"p99 1 conn, {label} client", "not measured", None, "< 2 ms")
-    # issue 15: the cluster link
-    ratio_check("cluster: req/s through another node vs the owner", "cluster-via", "cluster-owner", "rps", "≥", 0.8)
-    if all(t in selected and t not in skips for t in ("cluster-via", "cluster-owner")):
-        added = _median(data, "cluster-via", "p99_ms") - _median(data, "cluster-owner", "p99_ms")
-        check("cluster: p99 added by another node", _fmt(added, "ms") + " ms",
-              None if math.isnan(added) else added <= 1.0, "≤ 1 ms")
-    ratio_check("cluster: 100 MiB down through another node", "cluster-via", "cluster-owner", "dl_mibs", "≥", 0.8)
-    ratio_check("cluster: 100 MiB up through another node", "cluster-via", "cluster-owner", "ul_mibs", "≥", 0.8)
+    if not bulk_only:
+        ratio_check("HTTP req/s vs nginx → sshd -R", "burrow-http-pty", "nginx-sshd", "rps", "≥", 1.2)
+        ratio_check("HTTP req/s vs raw sshd -R (pty)", "burrow-http-pty", "sshd-pty", "rps", "≥", 0.85)
+        ratio_check("HTTPS h1 req/s vs HTTP (pty)", "burrow-https", "burrow-http-pty", "rps", "≥", 0.9)
+        ratio_check("HTTP/2 (h2load -m1) req/s vs HTTPS h1", "burrow-h2", "burrow-https", "rps", "≥", 0.9)
+        if "burrow-h2-m10" in selected and "burrow-h2-m10" not in skips:
+            check("HTTP/2 (h2load -m10) req/s, reported", _fmt(m("burrow-h2-m10", "rps"), "rps"), None, "reported")
+        ratio_check("server CPU per request vs raw sshd -R (pty)", "burrow-http-pty", "sshd-pty", "cpu_us", "≤", 1.6)
+        ratio_check("server CPU per request vs nginx → sshd -R", "burrow-http-pty", "nginx-sshd", "cpu_us", "≤", 0.7)
+        ratio_check("100 MiB download vs raw sshd -R (pty)", "burrow-http-pty", "sshd-pty", "dl_mibs", "≥", 1.0)
+        ratio_check("100 MiB upload vs raw sshd -R (pty)", "burrow-http-pty", "sshd-pty", "ul_mibs", "≥", 1.0)
+        for t, label in [
+            ("burrow-http-pty", "HTTP, pty"),
+            ("burrow-http-N", "HTTP, -N"),
+            ("burrow-https", "HTTPS, pty"),
+            ("burrow-https-N", "HTTPS, -N"),
+        ]:
+            if t in selected and t not in skips:
+                v = _median(data, t, "p99_ms")
+                check(f"p99 1 conn, {label} client", _fmt(v, "ms") + " ms",
+                      None if math.isnan(v) else v < 2.0, "< 2 ms")
+            else:
+                check(f"p99 1 conn, {label} client", "not measured", None, "< 2 ms")
+        # issue 15: the cluster link
+        ratio_check("cluster: req/s through another node vs the owner", "cluster-via", "cluster-owner", "rps", "≥", 0.8)
+        if all(t in selected and t not in skips for t in ("cluster-via", "cluster-owner")):
+            added = _median(data, "cluster-via", "p99_ms") - _median(data, "cluster-owner", "p99_ms")
+            check("cluster: p99 added by another node", _fmt(added, "ms") + " ms",
+                  None if math.isnan(added) else added <= 1.0, "≤ 1 ms")
+        ratio_check("cluster: 100 MiB down through another node", "cluster-via", "cluster-owner", "dl_mibs", "≥", 0.8)
+        ratio_check("cluster: 100 MiB up through another node", "cluster-via", "cluster-owner", "ul_mibs", "≥", 0.8)
+    # issue 26: bulk speed per client
+    bulk_rows = [("OpenSSH `ssh -N`", "burrow-https-N", "sshd-N")] + [
+        (label.split(" (")[0], f"burrow-https-{name}", f"sshd-{name}") for name, label in CLIENTS
+    ]
+    bulk_rows = [r for r in bulk_rows if r[1] in selected or r[2] in selected]
+    if bulk_rows:
+        for desc, b, sd in bulk_rows:
+            for k, what in (("dl_mibs", "download"), ("ul_mibs", "upload")):
+                ratio_check(f"{desc}: 100 MiB {what} vs the same client through sshd -R", b, sd, k, "≥", 0.9)
+    if "sandhole" in selected and "sandhole" not in skips:
+        for b, desc in (("burrow-https-N", "HTTPS, -N"), ("burrow-https", "HTTPS, pty"), ("burrow-http-pty", "HTTP, pty")):
+            if b in selected:
+                ratio_check(f"OpenSSH 100 MiB download vs sandhole (HTTP, pty): burrow {desc}", b, "sandhole", "dl_mibs", "≥", 1.0)
     w("### The issue's targets\n")
     w("| target | measured | needed | verdict |")
     w("|---|---:|---|---|")
     out.extend(checks)
     w("")
+    if bulk_rows:
+        w(_bulk_table(data, skips, selected, bulk_rows, rounds))
     if skips:
         w("Skipped: " + "; ".join(f"`{t}`: {why}" for t, why in skips.items()))
         w("")
     print("\n".join(out))
+
+
+def _spread(data, target, metric, kind="mibs"):
+    """median (min–max) of the rounds."""
+    vals = [v for v in data.get(target, {}).get(metric, []) if not math.isnan(v)]
+    if not vals:
+        return "—"
+    med = statistics.median(vals)
+    if len(vals) == 1:
+        return _fmt(med, kind)
+    return f"{_fmt(med, kind)} ({_fmt(min(vals), kind)}–{_fmt(max(vals), kind)})"
+
+
+def _bulk_table(data, skips, selected, rows, rounds):
+    out = []
+    w = out.append
+    w(f"### Bulk speed per client: one 100 MiB transfer each, MiB/s, median (min–max) of {rounds} round(s)\n")
+    w(
+        "| client | burrow HTTPS down | burrow HTTPS up | `sshd -R` down | `sshd -R` up "
+        "| ratio down | ratio up | CPU s down: burrow · its client / sshd · its client "
+        "| CPU s up: burrow · its client / sshd · its client |"
+    )
+    w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+    def cell(t, k, kind="mibs"):
+        if t not in selected:
+            return "not run"
+        if t in skips:
+            return f"*skipped: {skips[t]}*"
+        return _spread(data, t, k, kind)
+
+    def cpu(t, d):
+        if t not in selected or t in skips:
+            return "—"
+        srv = _median(data, t, f"{d}_srv_cpu_s")
+        cli = _median(data, t, f"{d}_cli_cpu_s")
+        return f"{_fmt(srv, 'cpu')} · {_fmt(cli, 'cpu')}"
+
+    for desc, b, sd in rows:
+        rd = _ratio(_median(data, b, "dl_mibs"), _median(data, sd, "dl_mibs"))
+        ru = _ratio(_median(data, b, "ul_mibs"), _median(data, sd, "ul_mibs"))
+        w(
+            f"| {desc} | {cell(b, 'dl_mibs')} | {cell(b, 'ul_mibs')} | {cell(sd, 'dl_mibs')} "
+            f"| {cell(sd, 'ul_mibs')} | {_fmt(rd, 'ratio')} | {_fmt(ru, 'ratio')} "
+            f"| {cpu(b, 'dl')} / {cpu(sd, 'dl')} | {cpu(b, 'ul')} / {cpu(sd, 'ul')} |"
+        )
+    for t, desc in (
+        ("sandhole", "sandhole 0.10 HTTP, OpenSSH pty client"),
+        ("burrow-https", "burrow HTTPS, OpenSSH pty client"),
+        ("burrow-http-pty", "burrow HTTP, OpenSSH pty client"),
+        ("sshd-pty", "`sshd -R`, OpenSSH pty client"),
+    ):
+        if t in selected:
+            w(
+                f"| {desc} | {cell(t, 'dl_mibs')} | {cell(t, 'ul_mibs')} | | | | "
+                f"| {cpu(t, 'dl')} | {cpu(t, 'ul')} |"
+            )
+    loads = [v for t in data for v in data[t].get("load1", [])]
+    w("")
+    w(
+        "Ratio = burrow ÷ `sshd -R`, of the medians. CPU s = CPU seconds (utime+stime) "
+        "the server process(es) and the tunnel client's processes used during that one "
+        "transfer (medians). One curl per transfer (HTTP/1.1; HTTPS with -k to burrow, "
+        "plain HTTP to the sshd -R port and sandhole)."
+        + (
+            f" Load average (1 min) at the measurements: median {statistics.median(loads):.1f}, "
+            f"{min(loads):.1f}–{max(loads):.1f}."
+            if loads
+            else ""
+        )
+    )
+    w("")
+    return "\n".join(out)
 
 
 def main():

@@ -1,6 +1,7 @@
 //! Micro-benchmarks for the pure code on every proxied request: routing a
-//! Host header to a tunnel name, validating a DNS label, and rewriting the
-//! visitor's request into the one the local app gets.
+//! Host header to a tunnel name, validating a DNS label, rewriting the
+//! visitor's request into the one the local app gets, and what sign-in adds
+//! to a request that carries a valid session.
 //!
 //! Run: `cargo bench --bench micro` (add a filter such as `route` to run
 //! part of it; `-- --quick` for a fast, rougher pass).
@@ -11,6 +12,10 @@ use std::net::SocketAddr;
 use burrow::edge::router::route;
 use burrow::http::rewrite::to_origin_request;
 use burrow::http::Scheme;
+use burrow::identity::{Identity, LoginPolicy, Policies};
+use burrow::login::assertion::Signer;
+use burrow::login::tokens::{self, Sealer, Session};
+use burrow::store::secret::Secret;
 use burrow::subdomain::is_valid_label;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::{Method, Request, Version};
@@ -170,10 +175,67 @@ fn bench_to_origin_request(c: &mut Criterion) {
     group.finish();
 }
 
+/// What the sign-in gate does for a request with a valid session, beyond
+/// what every request does: find the cookie, open it (AES-256-GCM and
+/// JSON), judge the policy, and make the three headers the app gets (the
+/// `X-Burrow-Identity` assertion from the per-session cache). A tunnel
+/// without `login=` only builds an empty policy list and asks whether it is
+/// required (`no_login`).
+fn bench_sign_in(c: &mut Criterion) {
+    let root = Secret::from_bytes([7; 32]);
+    let sealer = Sealer::new(&root);
+    let signer = Signer::new(&root, "login.tunnel.example").unwrap();
+    let host = "happy-tiger-1a2b3c4d.tunnel.example";
+    let session = Session {
+        identity: Identity {
+            provider: "default".into(),
+            subject: "248289761001".into(),
+            email: Some("alice@example.com".into()),
+            email_verified: true,
+            name: Some("Alice Example".into()),
+            groups: vec!["eng".into(), "ops".into()],
+        },
+        id: tokens::random_id(),
+        expires: tokens::now() + 3600,
+    };
+    let cookie = format!(
+        "_ga=GA1.2.3; __Host-burrow_session={}; theme=dark",
+        sealer.seal_session(host, &session)
+    );
+    let mut headers = http::HeaderMap::new();
+    headers.insert(http::header::COOKIE, cookie.parse().unwrap());
+    let policy = LoginPolicy::parse("*@example.com,group:eng", &[]).unwrap();
+    signer.assertion(host, &session); // warm the cache, as the first request does
+
+    let mut group = c.benchmark_group("sign_in");
+    group.bench_function("valid_session", |b| {
+        b.iter(|| {
+            let policies = Policies::new([policy.clone()]);
+            let token = burrow::http::cookies::cookie(black_box(&headers), "__Host-burrow_session")
+                .unwrap();
+            let session = sealer.open_session(black_box(host), token).unwrap();
+            assert!(policies.required() && policies.allow(&session.identity));
+            let who = &session.identity;
+            let user = http::HeaderValue::from_str(&who.label()).unwrap();
+            let name = http::HeaderValue::from_str(who.name.as_deref().unwrap()).unwrap();
+            let assertion = http::HeaderValue::from_str(&signer.assertion(host, &session)).unwrap();
+            black_box((user, name, assertion))
+        })
+    });
+    group.bench_function("no_login", |b| {
+        b.iter(|| {
+            let policies = Policies::new([None::<LoginPolicy>, None, None].into_iter().flatten());
+            black_box(policies.required())
+        })
+    });
+    group.finish();
+}
+
 criterion_group!(
     benches,
     bench_route,
     bench_is_valid_label,
-    bench_to_origin_request
+    bench_to_origin_request,
+    bench_sign_in
 );
 criterion_main!(benches);

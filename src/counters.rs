@@ -149,6 +149,54 @@ pub struct Traffic {
     /// Requests answered with a 5xx (by the app, or by burrow when the app
     /// could not be reached).
     pub errors: AtomicU64,
+    /// Who reached the app signed in (tunnels behind `login=` only).
+    pub signed_in: SignedIn,
+}
+
+/// The visitors most recently let through sign-in, newest first, for the
+/// admin API: at most [`SignedIn::KEPT`] of them, so a tunnel visited by
+/// thousands of people keeps a bounded list.
+#[derive(Default)]
+pub struct SignedIn(std::sync::Mutex<std::collections::VecDeque<Visit>>);
+
+/// One signed-in visitor of a tunnel.
+#[derive(Clone, Debug)]
+pub struct Visit {
+    /// Their label: the e-mail, else the provider's name for them.
+    pub user: String,
+    /// Requests of theirs that reached the app.
+    pub requests: u64,
+    /// When the last one did.
+    pub last_seen: std::time::SystemTime,
+}
+
+impl SignedIn {
+    /// How many visitors a tunnel remembers.
+    pub const KEPT: usize = 16;
+
+    /// `user` reached the app once more.
+    pub fn saw(&self, user: &str) {
+        let mut visits = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::SystemTime::now();
+        let mut visit = match visits.iter().position(|v| v.user == user) {
+            Some(at) => visits.remove(at).expect("a position in range"),
+            None => Visit {
+                user: user.to_string(),
+                requests: 0,
+                last_seen: now,
+            },
+        };
+        visit.requests = visit.requests.saturating_add(1);
+        visit.last_seen = now;
+        visits.push_front(visit);
+        visits.truncate(Self::KEPT);
+    }
+
+    /// The visitors, newest first.
+    pub fn recent(&self) -> Vec<Visit> {
+        let visits = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        visits.iter().cloned().collect()
+    }
 }
 
 /// How an SSH connection ended up.
@@ -170,6 +218,8 @@ pub enum OpenFailure {
     Refused,
     Timeout,
     Gone,
+    /// A limit of the client's connection (counted as a refusal too).
+    Limited,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -272,6 +322,7 @@ impl Counters {
             OpenFailure::Refused => "refused",
             OpenFailure::Timeout => "timeout",
             OpenFailure::Gone => "gone",
+            OpenFailure::Limited => "limited",
         };
         self.metrics
             .channel_open_failures
@@ -398,5 +449,29 @@ impl Totals {
             bytes_in: self.bytes_in.saturating_sub(earlier.bytes_in),
             bytes_out: self.bytes_out.saturating_sub(earlier.bytes_out),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signed_in_visitors_are_kept_newest_first_and_bounded() {
+        let signed_in = SignedIn::default();
+        signed_in.saw("alice@example.com");
+        signed_in.saw("bob@example.com");
+        signed_in.saw("alice@example.com");
+        let recent = signed_in.recent();
+        assert_eq!(recent.len(), 2);
+        assert_eq!(recent[0].user, "alice@example.com");
+        assert_eq!(recent[0].requests, 2);
+        assert_eq!(recent[1].requests, 1);
+        for n in 0..40 {
+            signed_in.saw(&format!("visitor{n}@example.com"));
+        }
+        let recent = signed_in.recent();
+        assert_eq!(recent.len(), SignedIn::KEPT);
+        assert_eq!(recent[0].user, "visitor39@example.com");
     }
 }

@@ -149,7 +149,9 @@ async fn read_proxy_header(stream: &mut TcpStream) -> std::io::Result<Option<Soc
     }
 }
 
-enum Length {
+/// How much of a PROXY header has arrived (`pub(crate)` for
+/// `crate::fuzzing`, which drives the reader with arbitrary bytes).
+pub(crate) enum Length {
     NotAHeader,
     NeedMore,
     Complete(usize),
@@ -163,7 +165,7 @@ fn invalid(why: &str) -> std::io::Error {
 }
 
 /// How long the header at the start of `seen` is.
-fn header_length(seen: &[u8]) -> std::io::Result<Length> {
+pub(crate) fn header_length(seen: &[u8]) -> std::io::Result<Length> {
     let is_prefix = |full: &[u8]| seen.len() < full.len() && full.starts_with(seen);
     if is_prefix(V2_SIGNATURE) || is_prefix(V1_PREFIX) {
         return Ok(Length::NeedMore);
@@ -193,7 +195,9 @@ fn header_length(seen: &[u8]) -> std::io::Result<Length> {
     Ok(Length::NotAHeader)
 }
 
-fn parse(header: &[u8]) -> std::io::Result<Option<SocketAddr>> {
+/// The client a complete header (exactly [`header_length`]'s bytes)
+/// names; `Ok(None)` for `UNKNOWN`/`LOCAL`.
+pub(crate) fn parse(header: &[u8]) -> std::io::Result<Option<SocketAddr>> {
     use ppp::{v1, v2, HeaderResult};
     match HeaderResult::parse(header) {
         HeaderResult::V1(Ok(h)) => Ok(match h.addresses {

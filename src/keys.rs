@@ -51,6 +51,23 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// A key listed on several lines holds what every line grants it (the
+    /// owner tables count each line, so its grant must too); the first
+    /// line's comment names it.
+    /// A `login=` or `plan=` on any line binds every tunnel of the key
+    /// (the file rejects lines that ask for different ones).
+    fn merge(&mut self, more: Grant) {
+        self.names.extend(more.names);
+        self.ports.extend(more.ports);
+        self.connect.extend(more.connect);
+        if self.login.is_none() {
+            self.login = more.login;
+        }
+        if self.plan.is_none() {
+            self.plan = more.plan;
+        }
+    }
+
     /// Whether `connect=` lets this key reach the private alias `name`.
     pub fn may_connect(&self, name: &str) -> bool {
         self.connect
@@ -99,6 +116,26 @@ impl KeysFile {
             }
             let (fp, grant) =
                 parse_line(line, providers).map_err(|e| anyhow!("line {}: {e}", index + 1))?;
+            let listed = file.by_fingerprint.get(&fp);
+            if let (Some(listed), Some(login)) =
+                (listed.and_then(|g| g.login.as_ref()), &grant.login)
+            {
+                if listed != login {
+                    bail!(
+                        "line {}: this key is listed above with another login= policy",
+                        index + 1
+                    );
+                }
+            }
+            if let (Some(listed), Some(plan)) = (listed.and_then(|g| g.plan.as_ref()), &grant.plan)
+            {
+                if listed != plan {
+                    bail!(
+                        "line {}: this key is listed above with another plan= ({listed})",
+                        index + 1
+                    );
+                }
+            }
             if let Some(plan) = &grant.plan {
                 file.plans.push((index + 1, plan.clone()));
             }
@@ -127,7 +164,12 @@ impl KeysFile {
         for port in &grant.ports {
             self.port_owners.entry(*port).or_default().push(fp.clone());
         }
-        self.by_fingerprint.insert(fp, grant);
+        match self.by_fingerprint.get_mut(&fp) {
+            Some(listed) => listed.merge(grant),
+            None => {
+                self.by_fingerprint.insert(fp, grant);
+            }
+        }
     }
 
     /// Checks every `plan=` against the plans defined (`known`): the first
@@ -444,6 +486,43 @@ mod tests {
         assert!(file.check_plans(|p| p == "team" || p == "free").is_ok());
         let err = file.check_plans(|p| p == "team").unwrap_err().to_string();
         assert!(err.contains("line 2") && err.contains("\"free\""), "{err}");
+        let two = format!("names=x {KEY_A}\nplan=team {KEY_A}\n");
+        let file = KeysFile::parse(&two).unwrap();
+        assert_eq!(
+            file.grant(&fp(KEY_A)).unwrap().plan.as_deref(),
+            Some("team")
+        );
+        let clash = format!("plan=team {KEY_A}\nplan=free {KEY_A}\n");
+        let err = KeysFile::parse(&clash).unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("plan="), "{err}");
+    }
+
+    #[test]
+    fn a_key_on_several_lines_holds_what_every_line_grants() {
+        let text = format!("names=api,connect=db {KEY_A}\nnames=web,ports=5432 {KEY_A}\n");
+        let file = KeysFile::parse(&text).unwrap();
+        let a = file.grant(&fp(KEY_A)).unwrap();
+        assert_eq!(a.names, ["api", "web"]);
+        assert_eq!(a.ports, [5432]);
+        assert!(a.may_connect("db"));
+        assert_eq!(file.owners("api"), [fp(KEY_A)]);
+        assert_eq!(a.comment, "alice@laptop");
+        assert_eq!(file.len(), 1);
+    }
+
+    #[test]
+    fn a_login_on_any_line_of_a_key_binds_the_key() {
+        let text = format!("names=api {KEY_A}\nnames=web,login=*@example.com {KEY_A}\n");
+        let file = KeysFile::parse(&text).unwrap();
+        let a = file.grant(&fp(KEY_A)).unwrap();
+        assert_eq!(a.names, ["api", "web"]);
+        let login = a.login.as_ref().expect("the second line's login=");
+        assert_eq!(login.text(), "*@example.com");
+        let same = format!("login=*@example.com {KEY_A}\nnames=web,login=*@example.com {KEY_A}\n");
+        assert!(KeysFile::parse(&same).is_ok());
+        let other = format!("login=*@example.com {KEY_A}\nnames=web,login=group:eng {KEY_A}\n");
+        let err = KeysFile::parse(&other).unwrap_err().to_string();
+        assert!(err.contains("line 2"), "{err}");
     }
 
     #[test]

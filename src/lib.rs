@@ -32,7 +32,10 @@ pub mod config;
 pub mod counters;
 pub mod custom;
 pub mod edge;
+pub mod escape;
 pub mod forwarded;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod identity;
 pub mod inspect;
@@ -78,10 +81,12 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     let shutdown = Shutdown::new();
     let inputs = Inputs::read(&config, &shutdown)?;
     let plans = inputs.plans.clone();
+    let secrets = ops::auth::Secrets::read(&config.admin)?;
     let listeners = Listeners::bind(&config).await?;
     listen::raise_open_files_limit();
     let host_key = ssh::load_or_create_host_key(&config.host_key)?;
     let state = state::State::open(&config.state_dir)?;
+    let admin = secrets.into_auth(&state.dir)?;
     let addrs = listeners.addrs();
     let core = Core::new(&config, &inputs, &addrs, &shutdown);
     let cluster = join_cluster(&config, &core, &inputs).await?;
@@ -92,7 +97,7 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     };
     share_certificates(&core, &inputs, cluster.as_deref());
     let login = sign_in(&config, (&core, &inputs, cluster.as_deref()), &name_secret)?;
-    let identity = (host_key, name_secret);
+    let identity = (host_key, name_secret, admin);
     let layers = Layers::new(
         &config,
         (&core, &inputs, cluster.as_ref(), login),
@@ -358,7 +363,7 @@ impl Layers {
             Option<Arc<login::Login>>,
         ),
         addrs: &BoundAddrs,
-        (host_key, name_secret): (russh::keys::PrivateKey, Vec<u8>),
+        (host_key, name_secret, admin): (russh::keys::PrivateKey, Vec<u8>, ops::auth::AdminAuth),
     ) -> Layers {
         let ssh_parts = ssh::Parts {
             registry: Arc::clone(&core.registry),
@@ -417,6 +422,7 @@ impl Layers {
             cluster: cluster.cloned(),
             inspect_watchers: Arc::clone(&core.inspector.watchers),
             plans: inputs.plans.clone(),
+            auth: admin,
         };
         let reload = reload::Reload {
             keys: Arc::clone(&inputs.keys),

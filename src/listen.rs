@@ -6,10 +6,13 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UnixListener};
 use tokio::sync::mpsc;
+
+use crate::config::StatsAddr;
 
 /// How long to wait after a failed accept.
 const BACK_OFF: Duration = Duration::from_millis(50);
@@ -77,20 +80,35 @@ pub struct Listeners {
     pub ssh: TcpListener,
     pub http: TcpListener,
     pub https: TcpListener,
-    pub stats: TcpListener,
+    pub stats: StatsListener,
     /// The cluster link (`--cluster-listen`), in a cluster.
     pub cluster: Option<TcpListener>,
     /// The load balancer's health check (`--health-addr`), if asked for.
     pub health: Option<TcpListener>,
 }
 
+/// The stats listener: TCP (loopback peers only) or a Unix socket.
+pub enum StatsListener {
+    Tcp(TcpListener),
+    Unix(UnixListener, SocketFile),
+}
+
+/// A Unix socket's path, removed when the listener goes.
+pub struct SocketFile(pub PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Where each listener is bound (ports may be 0 in the flags).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct BoundAddrs {
     pub ssh: SocketAddr,
     pub http: SocketAddr,
     pub https: SocketAddr,
-    pub stats: SocketAddr,
+    pub stats: StatsAddr,
 }
 
 impl BoundAddrs {
@@ -113,7 +131,10 @@ impl Listeners {
             ssh: bind("--ssh-addr", config.ssh_addr).await?,
             http: bind("--http-addr", config.http_addr).await?,
             https: bind("--https-addr", config.https_addr).await?,
-            stats: bind("--stats-addr", config.stats_addr).await?,
+            stats: match &config.stats_addr {
+                StatsAddr::Tcp(addr) => StatsListener::Tcp(bind("--stats-addr", *addr).await?),
+                StatsAddr::Unix(path) => bind_unix(path)?,
+            },
             cluster: match config
                 .cluster
                 .cluster_listen
@@ -135,7 +156,10 @@ impl Listeners {
             ssh: local(&self.ssh),
             http: local(&self.http),
             https: local(&self.https),
-            stats: local(&self.stats),
+            stats: match &self.stats {
+                StatsListener::Tcp(listener) => StatsAddr::Tcp(local(listener)),
+                StatsListener::Unix(_, file) => StatsAddr::Unix(file.0.clone()),
+            },
         }
     }
 }
@@ -145,6 +169,27 @@ async fn bind(flag: &str, addr: SocketAddr) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .with_context(|| format!("{flag} {addr}: cannot listen"))
+}
+
+/// Binds the stats listener's Unix socket, mode 0660 (owner and group:
+/// file permissions decide who may connect). A socket left by a previous
+/// run is replaced; any other file there is an error.
+fn bind_unix(path: &Path) -> anyhow::Result<StatsListener> {
+    use anyhow::Context;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let flag = || format!("--stats-addr unix:{}", path.display());
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            anyhow::bail!("{}: the path exists and is not a socket", flag());
+        }
+        std::fs::remove_file(path).with_context(|| format!("{}: cannot replace", flag()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("{}: cannot listen", flag()))?;
+    let file = SocketFile(path.to_path_buf());
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("{}: cannot set mode 0660", flag()))?;
+    Ok(StatsListener::Unix(listener, file))
 }
 
 /// Every tunnel holds one SSH socket and every visitor one more: the usual

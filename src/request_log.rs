@@ -29,6 +29,7 @@ use governor::DefaultDirectRateLimiter;
 use tokio::sync::{mpsc, watch, Notify};
 
 use crate::config::RequestLogArgs;
+use crate::escape::{escape, json_safe, shorten_to};
 
 /// Paths longer than this many characters are shortened in the middle.
 const PATH_WIDTH: usize = 64;
@@ -373,8 +374,9 @@ fn status_colour(status: u16) -> &'static str {
     }
 }
 
-/// Appends the line(s) for `event` to `out`.
-fn render(event: &Event, style: Style, out: &mut String) {
+/// Appends the line(s) for `event` to `out` (`pub(crate)` for
+/// `crate::fuzzing`, which checks that nothing unsafe gets through).
+pub(crate) fn render(event: &Event, style: Style, out: &mut String) {
     if style.json {
         out.push_str(&json(event));
         out.push_str("\r\n");
@@ -513,78 +515,10 @@ fn json(event: &Event) -> String {
     json_safe(&object.to_string())
 }
 
-/// serde_json leaves bidi/format characters as they are; a JSON line read
-/// on a terminal must not carry them either, so they become `\uXXXX`
-/// escapes (the decoded value is unchanged).
-fn json_safe(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if is_unsafe(c) {
-            let mut units = [0u16; 2];
-            for unit in c.encode_utf16(&mut units) {
-                let _ = write!(out, "\\u{unit:04x}");
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-/// Characters that must never reach a terminal as they are: controls (C0,
-/// DEL, C1: escape sequences start there) and Unicode format characters
-/// (bidi overrides and isolates, zero-width and invisible characters).
-pub fn is_unsafe(c: char) -> bool {
-    c.is_control()
-        || matches!(c,
-            '\u{00AD}' | '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
-            | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{206F}'
-            | '\u{FEFF}' | '\u{FFF9}'..='\u{FFFB}' | '\u{1D173}'..='\u{1D17A}'
-            | '\u{E0000}'..='\u{E007F}')
-}
-
-/// `text` with every unsafe character as a visible `\u{…}` escape
-/// (borrowed unchanged when it has none, as for nearly every request).
-pub fn escape(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(is_unsafe) {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len() + 16);
-    push_escaped(&mut out, text.chars());
-    Cow::Owned(out)
-}
-
-/// Appends `chars` to `out`, each unsafe one as its escape. A display unit
-/// is one character, its escape kept whole, so shortening by characters
-/// never cuts an escape in half.
-fn push_escaped(out: &mut String, chars: impl Iterator<Item = char>) {
-    for c in chars {
-        if is_unsafe(c) {
-            let _ = write!(out, "\\u{{{:x}}}", c as u32);
-        } else {
-            out.push(c);
-        }
-    }
-}
-
 /// The escaped path, shortened in the middle to [`PATH_WIDTH`] units: the
 /// start says where, the end says which.
 pub fn shorten(path: &str) -> Cow<'_, str> {
     shorten_to(path, PATH_WIDTH)
-}
-
-fn shorten_to(text: &str, width: usize) -> Cow<'_, str> {
-    let units = text.chars().count();
-    if units <= width {
-        return escape(text);
-    }
-    let head = width * 2 / 3;
-    let tail = width - head - 1;
-    let mut out = String::with_capacity(width + 16);
-    push_escaped(&mut out, text.chars().take(head));
-    out.push('…');
-    push_escaped(&mut out, text.chars().skip(units - tail));
-    Cow::Owned(out)
 }
 
 /// `HH:MM:SS` in UTC, written where it is shown.
@@ -617,6 +551,7 @@ fn took(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::escape::is_unsafe;
 
     #[test]
     fn escapes_controls_and_bidi() {

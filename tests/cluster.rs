@@ -30,23 +30,6 @@ use tokio::net::{TcpListener, TcpStream};
 /// A generous bound for anything that should happen "at once".
 const SOON: Duration = Duration::from_secs(10);
 
-/// `ssh -R 80:…` (pty, so the banner and the request log show) to node `i`.
-fn tunnel_to(cluster: &Cluster, i: usize, origin: &Origin, key: Option<&SshKeyPair>) -> Ssh {
-    let forward = format!("80:127.0.0.1:{}", origin.port);
-    let host = node_ip(i).to_string();
-    let args = ["-tt", "-R", forward.as_str()];
-    let spec = SshSpec {
-        port: cluster.shared.ports.ssh,
-        args: &args,
-        host: &host,
-        ..SshSpec::default()
-    };
-    match key {
-        Some(key) => spec.spawn_with_key(key),
-        None => spec.spawn(),
-    }
-}
-
 /// GETs `path` of `host` through node `via`; the response, or a panic
 /// naming the node.
 async fn get_via(cluster: &Cluster, via: usize, host: &str, path: &str) -> reqwest::Response {
@@ -83,7 +66,7 @@ async fn wait_status(cluster: &Cluster, via: usize, host: &str, want: u16, withi
 async fn served_through_every_node_http1_http2_and_the_real_visitor() {
     let cluster = Cluster::start(3, &[]).await;
     let origin = Origin::start("owner").await;
-    let ssh = tunnel_to(&cluster, 1, &origin, None);
+    let ssh = cluster.tunnel_to(1, &origin, None);
     let host = ssh.url().await.host();
     for via in [1, 2, 3] {
         let resp = expect_status(get_via(&cluster, via, &host, "/hello").await, 200, "hello").await;
@@ -135,7 +118,7 @@ async fn served_through_every_node_http1_http2_and_the_real_visitor() {
 async fn served_websocket_and_100_mib_both_ways_through_another_node() {
     let cluster = Cluster::start(2, &[]).await;
     let origin = Origin::start("bulk").await;
-    let ssh = tunnel_to(&cluster, 1, &origin, None);
+    let ssh = cluster.tunnel_to(1, &origin, None);
     let host = ssh.url().await.host();
     // WebSocket through node 2.
     let (mut ws, _) = cluster.node(2).ws_connect(&host, "/ws").await;
@@ -315,7 +298,7 @@ async fn served_tls_passthrough_through_another_node() {
 async fn served_a_malformed_body_through_another_node_is_a_400() {
     let cluster = Cluster::start(2, &[]).await;
     let origin = Origin::start("owner").await;
-    let ssh = tunnel_to(&cluster, 1, &origin, None);
+    let ssh = cluster.tunnel_to(1, &origin, None);
     let host = ssh.url().await.host();
     let tls = common::tls_config_accept_any();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
@@ -340,7 +323,7 @@ async fn served_a_malformed_body_through_another_node_is_a_400() {
 async fn served_per_tunnel_rate_limit_holds_across_nodes() {
     let cluster = Cluster::start(3, &["--tunnel-rate", "1/m", "--tunnel-burst", "4"]).await;
     let origin = Origin::start("limited").await;
-    let ssh = tunnel_to(&cluster, 1, &origin, None);
+    let ssh = cluster.tunnel_to(1, &origin, None);
     let host = ssh.url().await.host();
     let mut statuses = Vec::new();
     for i in 0..9 {
@@ -370,10 +353,10 @@ async fn names_takeover_across_nodes() {
     let cluster = Cluster::start(2, &[]).await;
     let key = SshKeyPair::generate();
     let (first_app, second_app) = (Origin::start("first").await, Origin::start("second").await);
-    let mut first = tunnel_to(&cluster, 1, &first_app, Some(&key));
+    let mut first = cluster.tunnel_to(1, &first_app, Some(&key));
     let host = first.url().await.host();
     let started = Instant::now();
-    let second = tunnel_to(&cluster, 2, &second_app, Some(&key));
+    let second = cluster.tunnel_to(2, &second_app, Some(&key));
     assert_eq!(
         second.url().await.host(),
         host,
@@ -403,9 +386,9 @@ async fn names_round_robin_across_clients_on_two_nodes() {
         Origin::start("on-node-1").await,
         Origin::start("on-node-2").await,
     );
-    let first = tunnel_to(&cluster, 1, &a, Some(&key));
+    let first = cluster.tunnel_to(1, &a, Some(&key));
     let host = first.url().await.host();
-    let second = tunnel_to(&cluster, 2, &b, Some(&key));
+    let second = cluster.tunnel_to(2, &b, Some(&key));
     assert_eq!(second.url().await.host(), host);
     first
         .stdout
@@ -467,7 +450,8 @@ async fn wait_holder(cluster: &Cluster, host: &str) -> usize {
                 node_ip(i),
                 cluster.shared.ports.stats
             );
-            let stats: serde_json::Value = json(reqwest::get(url).await.unwrap()).await;
+            let token = cluster.node(i).admin_token();
+            let stats: serde_json::Value = json(admin_get(url, &token).await).await;
             let names = stats["subdomains"].as_array().cloned().unwrap_or_default();
             if names.iter().any(|n| n == name.as_str()) {
                 return i;
@@ -482,7 +466,7 @@ async fn wait_holder(cluster: &Cluster, host: &str) -> usize {
 async fn faults_graceful_stop_releases_names_at_once() {
     let mut cluster = Cluster::start(2, &[]).await;
     let origin = Origin::start("leaving").await;
-    let ssh = tunnel_to(&cluster, 1, &origin, None);
+    let ssh = cluster.tunnel_to(1, &origin, None);
     let host = ssh.url().await.host();
     expect_status(get_via(&cluster, 2, &host, "/hello").await, 200, "before").await;
     let mut node = cluster.stop(1).unwrap();
@@ -503,7 +487,7 @@ async fn faults_graceful_stop_releases_names_at_once() {
 async fn faults_a_dead_nodes_names_answer_503_then_free() {
     let mut cluster = Cluster::start(2, &[]).await;
     let origin = Origin::start("dead").await;
-    let ssh = tunnel_to(&cluster, 1, &origin, None);
+    let ssh = cluster.tunnel_to(1, &origin, None);
     let host = ssh.url().await.host();
     expect_status(get_via(&cluster, 2, &host, "/hello").await, 200, "before").await;
     let mut node = cluster.stop(1).unwrap();
@@ -544,7 +528,7 @@ async fn faults_a_dead_nodes_names_answer_503_then_free() {
 async fn faults_redis_killed_then_restarted_empty() {
     let mut cluster = Cluster::start(2, &[]).await;
     let origin = Origin::start("steady").await;
-    let ssh = tunnel_to(&cluster, 1, &origin, None);
+    let ssh = cluster.tunnel_to(1, &origin, None);
     let host = ssh.url().await.host();
     expect_status(get_via(&cluster, 2, &host, "/hello").await, 200, "before").await;
     cluster.redis.kill();
@@ -558,7 +542,7 @@ async fn faults_redis_killed_then_restarted_empty() {
         .await;
     // A new tunnel is accepted meanwhile (on its node).
     let late_origin = Origin::start("late").await;
-    let late = tunnel_to(&cluster, 2, &late_origin, None);
+    let late = cluster.tunnel_to(2, &late_origin, None);
     let late_host = late.url().await.host();
     expect_status(
         get_via(&cluster, 2, &late_host, "/whoami").await,
@@ -584,7 +568,7 @@ async fn faults_redis_killed_then_restarted_empty() {
 async fn ops_a_ban_on_one_node_holds_on_the_others() {
     let cluster = Cluster::start(3, &[]).await;
     let origin = Origin::start("banned").await;
-    let ssh = tunnel_to(&cluster, 1, &origin, None);
+    let ssh = cluster.tunnel_to(1, &origin, None);
     let host = ssh.url().await.host();
     let visitor: IpAddr = "127.0.0.7".parse().unwrap();
     let ban = reqwest::Client::new()
@@ -593,6 +577,7 @@ async fn ops_a_ban_on_one_node_holds_on_the_others() {
             node_ip(2),
             cluster.shared.ports.stats
         ))
+        .bearer_auth(cluster.node(2).admin_token())
         .header("content-type", "application/json")
         .body(r#"{"ip": "127.0.0.7", "duration_secs": 600}"#)
         .send()
@@ -623,7 +608,7 @@ async fn ops_a_ban_on_one_node_holds_on_the_others() {
             node_ip(via),
             cluster.shared.ports.stats
         );
-        let bans = json(reqwest::get(url).await.unwrap()).await;
+        let bans = json(admin_get(url, &cluster.node(via).admin_token()).await).await;
         assert_eq!(bans[0]["ip"], "127.0.0.7", "node {via}: {bans}");
     }
     // Others are still served.
@@ -639,15 +624,15 @@ async fn ops_a_ban_on_one_node_holds_on_the_others() {
 async fn ops_admin_lists_and_kicks_across_nodes() {
     let cluster = Cluster::start(3, &[]).await;
     let (a, b) = (Origin::start("a").await, Origin::start("b").await);
-    let on_one = tunnel_to(&cluster, 1, &a, None);
-    let on_two = tunnel_to(&cluster, 2, &b, None);
+    let on_one = cluster.tunnel_to(1, &a, None);
+    let on_two = cluster.tunnel_to(2, &b, None);
     let (one, two) = (on_one.url().await.host(), on_two.url().await.host());
     let url = format!(
         "http://{}:{}/tunnels",
         node_ip(3),
         cluster.shared.ports.stats
     );
-    let list = json(reqwest::get(url).await.unwrap()).await;
+    let list = json(admin_get(url, &cluster.node(3).admin_token()).await).await;
     let entries = list.as_array().unwrap();
     let node_of = |host: &str| {
         let name = host.split('.').next().unwrap();
@@ -666,6 +651,7 @@ async fn ops_admin_lists_and_kicks_across_nodes() {
             node_ip(3),
             cluster.shared.ports.stats
         ))
+        .bearer_auth(cluster.node(3).admin_token())
         .send()
         .await
         .unwrap();
@@ -720,7 +706,7 @@ async fn faults_partitioned_node_loses_its_name_to_a_newer_claim() {
     cluster.nodes.push(Some(two));
     let key = SshKeyPair::generate();
     let (old_app, new_app) = (Origin::start("old").await, Origin::start("new").await);
-    let mut old = tunnel_to(&cluster, 1, &old_app, Some(&key));
+    let mut old = cluster.tunnel_to(1, &old_app, Some(&key));
     let host = old.url().await.host();
     // Node 1 loses Redis; its heartbeat expires (3 s); the same key
     // reconnects to node 2 and claims the name there.
@@ -736,7 +722,7 @@ async fn faults_partitioned_node_loses_its_name_to_a_newer_claim() {
                 .any(|n| n["id"] == "node-1" && n["alive"] == false)
         })
         .await;
-    let new = tunnel_to(&cluster, 2, &new_app, Some(&key));
+    let new = cluster.tunnel_to(2, &new_app, Some(&key));
     assert_eq!(new.url().await.host(), host);
     let served = get_via(&cluster, 2, &host, "/whoami")
         .await
@@ -784,7 +770,7 @@ async fn faults_a_broken_link_gives_a_fast_502_then_recovers() {
     let two = cluster.launch(2, &[]).await;
     cluster.nodes.push(Some(two));
     let origin = Origin::start("far").await;
-    let ssh = tunnel_to(&cluster, 1, &origin, None);
+    let ssh = cluster.tunnel_to(1, &origin, None);
     let host = ssh.url().await.host();
     expect_status(get_via(&cluster, 2, &host, "/hello").await, 200, "before").await;
     wire.cut();
@@ -816,7 +802,7 @@ async fn faults_a_broken_link_gives_a_fast_502_then_recovers() {
 async fn ops_tunnels_per_ip_count_across_nodes() {
     let cluster = Cluster::start(2, &["--max-tunnels-per-ip", "1"]).await;
     let origin = Origin::start("one-only").await;
-    let first = tunnel_to(&cluster, 1, &origin, None);
+    let first = cluster.tunnel_to(1, &origin, None);
     first.url().await;
     // The same IP on node 2: over the cluster-wide limit.
     let forward = format!("80:127.0.0.1:{}", origin.port);
@@ -844,7 +830,7 @@ async fn ops_tunnels_per_ip_count_across_nodes() {
 async fn ops_health_answers_draining_while_a_node_stops() {
     let mut cluster = Cluster::start(1, &["--shutdown-grace", "20s"]).await;
     let origin = Origin::start("slow").await;
-    let ssh = tunnel_to(&cluster, 1, &origin, None);
+    let ssh = cluster.tunnel_to(1, &origin, None);
     let host = ssh.url().await.host();
     let health = format!(
         "http://{}:{}/health",
@@ -1026,4 +1012,14 @@ async fn a_private_alias_failing_on_another_node_is_an_open_failure() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "-W went through");
     assert!(stderr.contains(failure), "{stderr}");
+}
+
+/// `GET url` on a node's stats listener with its admin token.
+async fn admin_get(url: String, token: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(&url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
 }

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use burrow::store::{CertKind, Claim, ClaimOutcome, NodeInfo, Store, StoredCert, Target};
 use cluster_harness::{node_ip, Backend, Cluster};
-use common::{Origin, Ssh, SshSpec};
+use common::{Origin, Ssh};
 use redis_topology::{
     poll, Flavor, Server, Setup, Topology, BURROW_ACL, BURROW_SENTINEL_ACL, DOWN_AFTER_MS,
 };
@@ -49,20 +49,6 @@ const NODE_TTL: &str = "10s";
 const LOAD_PACE: Duration = Duration::from_millis(50);
 /// One request of the load may take this long before it counts as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// `ssh -R 80:…` (a fresh throwaway key) to node `i`.
-fn tunnel_to<B: Backend>(cluster: &Cluster<B>, i: usize, origin: &Origin) -> Ssh {
-    let forward = format!("80:127.0.0.1:{}", origin.port);
-    let host = node_ip(i).to_string();
-    let args = ["-tt", "-R", forward.as_str()];
-    SshSpec {
-        port: cluster.shared.ports.ssh,
-        args: &args,
-        host: &host,
-        ..SshSpec::default()
-    }
-    .spawn()
-}
 
 /// Waits (bounded) until `host` answers `want` through node `via`.
 async fn wait_status<B: Backend>(
@@ -257,7 +243,15 @@ async fn held_by_nodes<B: Backend>(cluster: &Cluster<B>) -> BTreeMap<String, Str
         node_ip(1),
         cluster.shared.ports.stats
     );
-    let body = reqwest::get(url).await.unwrap().bytes().await.unwrap();
+    let body = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(cluster.node(1).admin_token())
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     let list: serde_json::Value = serde_json::from_slice(&body).unwrap();
     list.as_array()
         .unwrap()
@@ -379,7 +373,7 @@ impl Failover {
     /// A new tunnel on `node`, served through both nodes; its host.
     async fn open(&mut self, node: usize) -> String {
         let origin = Origin::start(&format!("on-{node}")).await;
-        let ssh = tunnel_to(&self.cluster, node, &origin);
+        let ssh = self.cluster.tunnel_to(node, &origin, None);
         let url = ssh.url().await;
         served_by_both(&self.cluster, &url.host()).await;
         self.expected
@@ -619,7 +613,7 @@ async fn tls_private_ca_and_a_wrong_ca_is_refused() {
         cluster.nodes.push(Some(node));
     }
     let origin = Origin::start("tls").await;
-    let ssh = tunnel_to(&cluster, 1, &origin);
+    let ssh = cluster.tunnel_to(1, &origin, None);
     served_by_both(&cluster, &ssh.url().await.host()).await;
 
     let other = cluster.shared.dir.path().join("other-ca.pem");
@@ -674,7 +668,7 @@ async fn acl_least_privilege(flavor: Flavor, test: &str) {
     assert!(server.url().contains("burrow:"), "{}", server.url());
     let cluster = Cluster::start_on(server, 2, &[]).await;
     let origin = Origin::start("acl").await;
-    let ssh = tunnel_to(&cluster, 1, &origin);
+    let ssh = cluster.tunnel_to(1, &origin, None);
     let host = ssh.url().await.host();
     served_by_both(&cluster, &host).await;
     ban_on_node_2_holds_on_node_1(&cluster, &host).await;
@@ -756,6 +750,7 @@ async fn ban_on_node_2_holds_on_node_1<B: Backend>(cluster: &Cluster<B>, host: &
     let url = format!("http://{}:{}/bans", node_ip(2), cluster.shared.ports.stats);
     let ban = reqwest::Client::new()
         .post(url)
+        .bearer_auth(cluster.node(2).admin_token())
         .header("content-type", "application/json")
         .body(r#"{"ip": "127.0.0.7", "duration_secs": 600}"#)
         .send()

@@ -37,7 +37,13 @@ fn stats_url(burrow: &Burrow, path: &str) -> String {
 
 async fn get_json(burrow: &Burrow, path: &str) -> Value {
     let url = stats_url(burrow, path);
-    let resp = burrow.http_client().get(&url).send().await.unwrap();
+    let resp = burrow
+        .http_client()
+        .get(&url)
+        .bearer_auth(burrow.admin_token())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200, "GET {url}");
     let text = resp.text().await.expect("body");
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("GET {url}: JSON {text:?}: {e}"))
@@ -139,6 +145,7 @@ async fn dashboard_refuses_foreign_hosts_and_sets_security_headers() {
         ] {
             let resp = client
                 .get(stats_url(&burrow, path))
+                .bearer_auth(burrow.admin_token())
                 .header("host", &host)
                 .send()
                 .await
@@ -156,7 +163,12 @@ async fn dashboard_refuses_foreign_hosts_and_sets_security_headers() {
         ("/dashboard/app.js", "text/javascript"),
         ("/dashboard/style.css", "text/css"),
     ] {
-        let resp = client.get(stats_url(&burrow, path)).send().await.unwrap();
+        let resp = client
+            .get(stats_url(&burrow, path))
+            .bearer_auth(burrow.admin_token())
+            .send()
+            .await
+            .unwrap();
         assert_eq!(resp.status(), 200, "GET {path}");
         let header = |name: &str| {
             resp.headers()
@@ -189,6 +201,7 @@ async fn dashboard_refuses_foreign_hosts_and_sets_security_headers() {
 
     let resp = client
         .post(stats_url(&burrow, "/dashboard"))
+        .bearer_auth(burrow.admin_token())
         .send()
         .await
         .unwrap();
@@ -239,6 +252,7 @@ async fn chromium_dashboard_shows_live_data() {
     let resp = burrow
         .http_client()
         .post(stats_url(&burrow, "/bans"))
+        .bearer_auth(burrow.admin_token())
         .header("content-type", "application/json")
         .body(json!({ "ip": BANNED_IP, "duration_secs": 3600, "reason": BAN_REASON }).to_string())
         .send()
@@ -251,6 +265,7 @@ async fn chromium_dashboard_shows_live_data() {
     // Chromium here resolves only localhost names (see tests/common/browser.rs).
     let page = format!("http://localhost:{}/dashboard", burrow.addrs.stats.port());
     step("open the dashboard", c.goto(&page)).await;
+    sign_in(&c, &burrow.admin_token()).await;
     let seen = wait_for_page(&c, &tunnel.name, |v| {
         v["requests"].as_u64() >= Some(16)
             && v["errors"].as_u64() >= Some(4)
@@ -344,6 +359,7 @@ async fn chromium_dashboard_shows_the_cluster_nodes() {
     // Node 1 listens on 127.0.0.1, which Chromium reaches as localhost.
     let page = format!("http://localhost:{}/dashboard", cluster.shared.ports.stats);
     step("open the dashboard", c.goto(&page)).await;
+    sign_in(&c, &cluster.node(1).admin_token()).await;
     let deadline = Instant::now() + PAGE_WAIT;
     let seen = loop {
         let seen = step("read the nodes", c.execute(READ_NODES, vec![])).await;
@@ -371,6 +387,71 @@ async fn chromium_dashboard_shows_the_cluster_nodes() {
     let png = step("screenshot", c.screenshot()).await;
     save_screenshot("dashboard-cluster.png", &png);
     browser.close().await;
+}
+
+/// What the sign-in form shows.
+const READ_SIGN_IN: &str = r#"
+    const form = document.getElementById("sign-in");
+    const error = document.getElementById("sign-in-error");
+    return { form: form !== null, error: error ? error.textContent : "",
+             dashboard: document.getElementById("tunnels") !== null };
+"#;
+
+/// Waits (bounded) until the page shows what `ready` wants.
+async fn wait_for(c: &fantoccini::Client, script: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + PAGE_WAIT;
+    loop {
+        let seen = step("read the page", c.execute(script, vec![])).await;
+        if ready(&seen) {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the page never showed what was expected: {seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Types `token` into the dashboard's sign-in form and submits it.
+async fn type_token(c: &fantoccini::Client, token: &str) {
+    let input = step(
+        "find the token field",
+        c.find(fantoccini::Locator::Id("token")),
+    )
+    .await;
+    step("clear the token field", input.clear()).await;
+    step("type the token", input.send_keys(token)).await;
+    let button = step(
+        "find the button",
+        c.find(fantoccini::Locator::Id("sign-in-button")),
+    )
+    .await;
+    step("submit the token", button.click()).await;
+}
+
+/// The dashboard asks for the admin token (a form, not the data): a wrong
+/// one is refused on the form, the right one opens the dashboard.
+async fn sign_in(c: &fantoccini::Client, token: &str) {
+    wait_for(c, READ_SIGN_IN, |v| {
+        v["form"] == true && v["dashboard"] == false
+    })
+    .await;
+    type_token(c, "not-the-admin-token").await;
+    let seen = wait_for(c, READ_SIGN_IN, |v| {
+        v["error"].as_str().is_some_and(|e| !e.is_empty())
+    })
+    .await;
+    assert!(
+        seen["error"]
+            .as_str()
+            .unwrap()
+            .contains("the token is wrong"),
+        "{seen}"
+    );
+    assert_eq!(seen["dashboard"], false, "{seen}");
+    type_token(c, token).await;
+    wait_for(c, READ_SIGN_IN, |v| v["dashboard"] == true).await;
 }
 
 /// Polls the page (bounded) until `ready` holds for what it shows.

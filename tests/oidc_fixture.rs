@@ -19,6 +19,8 @@ mod browser;
 mod common;
 #[path = "common/oidc.rs"]
 mod oidc;
+#[path = "common/signin.rs"]
+mod signin;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -284,28 +286,6 @@ fn form_action(html: &str, form_id: &str) -> String {
     let a = tag.find("action=\"").expect("form action") + "action=\"".len();
     let action = &tag[a..];
     action[..action.find('"').unwrap()].replace("&amp;", "&")
-}
-
-/// The action and the hidden fields of the first form in `html`.
-fn hidden_form(html: &str) -> (String, Vec<(String, String)>) {
-    let attr = |tag: &str, name: &str| -> Option<String> {
-        let key = format!("{name}=\"");
-        let start = tag.find(&key)? + key.len();
-        let rest = &tag[start..];
-        Some(rest[..rest.find('"')?].replace("&amp;", "&"))
-    };
-    let form = html.find("<form").expect("a form");
-    let tag = &html[form..form + html[form..].find('>').unwrap()];
-    let action = attr(tag, "action").expect("form action");
-    let fields = html[form..]
-        .split("<input")
-        .skip(1)
-        .filter_map(|t| {
-            let tag = &t[..t.find('>')?];
-            Some((attr(tag, "name")?, attr(tag, "value").unwrap_or_default()))
-        })
-        .collect();
-    (action, fields)
 }
 
 fn assert_login_form(landing: &Landing) {
@@ -786,7 +766,7 @@ async fn sessions_are_real() {
     let Landing::Page { url, html } = &landing else {
         panic!("expected the self-posting logout page, got {landing:?}")
     };
-    let (action, fields) = hidden_form(html);
+    let (action, fields) = signin::hidden_form(html);
     let target = url.join(&action).unwrap();
     assert_eq!(target.path(), "/session/end/confirm", "{html}");
     let req = rp.http.post(target.clone()).form(&fields);

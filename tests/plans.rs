@@ -73,13 +73,12 @@ async fn usage(burrow: &Burrow, key: Option<&SshKeyPair>, json: bool) -> String 
     ssh.stdout.text()
 }
 
-/// The stats listener's `path`, as (status, JSON).
+/// The stats listener's `path` with the admin token, as (status, JSON).
 async fn admin(burrow: &Burrow, method: &str, path: &str) -> (u16, serde_json::Value) {
     let url = format!("http://{}{path}", burrow.addrs.stats);
     let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
     let resp = burrow
-        .http_client()
-        .request(method, &url)
+        .admin(method, path)
         .header("content-type", "application/json")
         .send()
         .await

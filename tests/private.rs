@@ -269,7 +269,9 @@ async fn ssh_local_forward_reaches_a_private_service_and_the_admin_api_sees_it()
     assert_eq!(origin.hits("/hello"), 1);
 
     // The admin API lists it as `private` and can kick it.
-    let list: serde_json::Value = reqwest::get(format!("http://{}/tunnels", burrow.addrs.stats))
+    let list: serde_json::Value = burrow
+        .admin(reqwest::Method::GET, "/tunnels")
+        .send()
         .await
         .unwrap()
         .text()
@@ -302,6 +304,7 @@ async fn ssh_local_forward_reaches_a_private_service_and_the_admin_api_sees_it()
             "http://{}/tunnels/private%3Adb%3A5432",
             burrow.addrs.stats
         ))
+        .bearer_auth(burrow.admin_token())
         .send()
         .await
         .unwrap();

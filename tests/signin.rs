@@ -9,7 +9,11 @@
 
 #[path = "common/browser.rs"]
 mod browser;
+#[path = "common/cluster.rs"]
+mod cluster_harness;
 mod common;
+#[path = "common/dns.rs"]
+mod dns;
 #[path = "common/oidc.rs"]
 mod oidc;
 #[path = "common/signin.rs"]
@@ -116,6 +120,133 @@ async fn signed_in_visitor_reaches_the_app_which_verifies_who_they_are() {
         )
         .await;
     assert_eq!(app_headers(&forged)["x-burrow-user"], "alice@example.com");
+
+    // The operator's tunnel list shows who reached the app.
+    let tunnels = si.burrow.admin_tunnels().await;
+    let listed = tunnels
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| host.starts_with(&format!("{}.", t["name"].as_str().unwrap())))
+        .unwrap_or_else(|| panic!("{host} not in {tunnels}"));
+    assert_eq!(listed["signed_in"][0]["user"], "alice@example.com");
+    assert_eq!(listed["signed_in"][0]["requests"], 2);
+    assert!(listed["signed_in"][0]["last_seen"].is_string());
+}
+
+/// The owner sees who each request came from: the request log line and
+/// the inspector entry (`ssh -L …:localhost:4040`, `inspect=on`) name the
+/// signed-in visitor; a request without a session names nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_log_and_inspector_name_the_signed_in_visitor() {
+    let Some(si) = SignIn::start("log_and_inspector", &[]).await else {
+        return;
+    };
+    let origin = Origin::start("signin-inspected").await;
+    let inspector = dead_port();
+    let ssh = Ssh::spawn_cmd(
+        &si.burrow,
+        &[
+            "-R",
+            &format!("80:127.0.0.1:{}", origin.port),
+            "-L",
+            &format!("127.0.0.1:{inspector}:localhost:4040"),
+        ],
+        &["--", "login=*@example.com", "inspect=on"],
+    );
+    let host = ssh.url().await.host();
+    let mut alice = Visitor::new();
+    let hop = alice.sign_in(&si.url(&host, "/whoami"), "alice").await;
+    assert_eq!(hop.status, 200, "{}", hop.body);
+    let line = ssh
+        .stdout
+        .wait_for(Duration::from_secs(10), |text| {
+            text.lines()
+                .find(|l| l.contains("GET") && l.contains("/whoami") && l.contains("200"))
+                .map(str::to_string)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("no log line: {e}: {}", ssh.all_output()));
+    assert!(line.contains("alice@example.com"), "{line}");
+
+    let url = format!("http://127.0.0.1:{inspector}/api/entries");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let entries = loop {
+        let got = reqwest::get(&url).await;
+        if let Ok(resp) = got {
+            let seen: Value = resp.json().await.unwrap();
+            let entries = seen["entries"].as_array().cloned().unwrap_or_default();
+            if entries
+                .iter()
+                .any(|e| e["path"] == "/whoami" && e["status"] == 200)
+            {
+                break entries;
+            }
+        }
+        assert!(Instant::now() < deadline, "no inspector entry for /whoami");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let served = entries
+        .iter()
+        .find(|e| e["path"] == "/whoami" && e["status"] == 200)
+        .unwrap();
+    assert_eq!(served["user"], "alice@example.com");
+    assert_eq!(served["by_burrow"], false);
+    let anonymous = entries
+        .iter()
+        .find(|e| e["path"] == "/whoami" && e["status"] != 200)
+        .expect("the first, anonymous request is captured too");
+    assert!(anonymous["user"].is_null(), "{anonymous}");
+    assert_eq!(anonymous["by_burrow"], true);
+}
+
+/// A custom domain signs in like a tunnel name: the sign-in host accepts
+/// it as a return target (it is bound here), the one-time code lands on
+/// the custom name, whose own host-only cookie then lets alice in; a
+/// session of the custom name is no session on another tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_custom_domain_signs_in_like_a_tunnel_name() {
+    let dns = dns::Dns::start().await;
+    let resolver = dns.addr.to_string();
+    let extra = ["--dns-resolver", resolver.as_str(), "--dns-timeout", "5s"];
+    let Some(si) = SignIn::start("custom_domain", &extra).await else {
+        return;
+    };
+    let origin = Origin::start("signin-custom").await;
+    let key = SshKeyPair::generate();
+    let name = "app.example.org";
+    dns.prove(name, &key).await;
+    let spec = format!("{name}:80:127.0.0.1:{}", origin.port);
+    let ssh = SshSpec {
+        port: si.burrow.ssh_port(),
+        args: &["-R", &spec],
+        remote_cmd: &["--", "login=*@example.com"],
+        ..SshSpec::default()
+    }
+    .spawn_with_key(&key);
+    let url = si.burrow.https_url(name, "");
+    ssh.stdout
+        .wait_contains(&url, Duration::from_secs(15))
+        .await
+        .unwrap_or_else(|e| panic!("no custom tunnel: {e}: {}", ssh.all_output()));
+    let (_other, other_host) = tunnel(&si, &origin, &["login=*@example.com"]).await;
+
+    let mut alice = Visitor::new();
+    alice.through(std::net::IpAddr::from([127, 0, 0, 1]));
+    let hop = alice.sign_in(&si.url(name, "/whoami"), "alice").await;
+    assert_eq!(hop.status, 200, "{}: {}", hop.url, hop.body);
+    assert_eq!(hop.body, "signin-custom");
+    assert_eq!(hop.url.host_str(), Some(name));
+    let session = alice
+        .cookie(name, SESSION)
+        .expect("the custom name's cookie");
+    let mut replay = Visitor::new();
+    replay.navigates = false;
+    let cookie = format!("{SESSION}={session}");
+    let elsewhere = replay
+        .http_get_with(&si.url(&other_host, "/whoami"), &[("cookie", &cookie)])
+        .await;
+    assert_eq!(elsewhere.status, 401, "{}", elsewhere.body);
 }
 
 /// Someone who can sign in but is not on the list gets a 403 page saying
@@ -740,8 +871,10 @@ async fn login_without_a_provider_is_refused() {
 
 /// The whole flow in Chromium: the tunnel sends the browser to the
 /// provider's login form, alice signs in, the app's page shows who she is;
-/// the request log line carries her address; she signs out with the
-/// button; dave, not on the list, gets the 403 page.
+/// the request log line carries her address; the page came over HTTP/2
+/// and a WebSocket from it works; she signs out with the button; on a
+/// tunnel only for bob she gets the 403 page naming her, and signs in as
+/// bob from its "sign in as someone else" link.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_whole_flow_in_chromium() {
     use browser::*;
@@ -754,6 +887,7 @@ async fn the_whole_flow_in_chromium() {
     };
     let origin = Origin::start("signin-chromium").await;
     let (ssh, host) = tunnel(&si, &origin, &["login=*@example.com"]).await;
+    let (_ssh_b, only_bob) = tunnel(&si, &origin, &["login=bob@example.org"]).await;
     let b = Browser::start(&browser_bins).await;
     let c = b.client();
     step("open the tunnel", c.goto(&si.url(&host, "/headers"))).await;
@@ -801,6 +935,30 @@ async fn the_whole_flow_in_chromium() {
         .wait_contains("alice@example.com", Duration::from_secs(10))
         .await
         .expect("the request log names the signed-in visitor");
+    // The page came over HTTP/2, and a WebSocket from it carries the
+    // session too.
+    let protocol = step(
+        "protocol",
+        c.execute(
+            "return performance.getEntriesByType('navigation')[0].nextHopProtocol",
+            vec![],
+        ),
+    )
+    .await;
+    assert_eq!(protocol, "h2");
+    let echoed = step(
+        "a WebSocket",
+        c.execute_async(
+            "const done = arguments[arguments.length - 1];
+             const ws = new WebSocket(location.origin.replace('https:', 'wss:') + '/ws');
+             ws.onopen = () => ws.send('ping');
+             ws.onmessage = (e) => done(e.data);
+             ws.onclose = (e) => done('closed ' + e.code);",
+            vec![],
+        ),
+    )
+    .await;
+    assert_eq!(echoed, "ping");
     // Sign out with the button.
     step(
         "the sign-out page",
@@ -828,8 +986,139 @@ async fn the_whole_flow_in_chromium() {
             .for_element(Locator::XPath("//*[contains(., 'x-burrow-user')]")),
     )
     .await;
+    // Tunnel B lets in only bob: alice, signed in at the provider, gets
+    // the 403 page naming her, and signs in as bob from it.
+    step("tunnel B", c.goto(&si.url(&only_bob, "/headers"))).await;
+    step(
+        "the 403 page",
+        c.wait()
+            .for_element(Locator::XPath("//h1[contains(., 'Not for you')]")),
+    )
+    .await;
+    let text = step("the 403 page's text", c.find(Locator::Css("body"))).await;
+    let text = step("text", text.text()).await;
+    assert!(
+        text.contains("You are signed in as alice@example.com"),
+        "{text}"
+    );
+    step(
+        "sign in as someone else",
+        step(
+            "the link",
+            c.find(Locator::LinkText("Sign in as someone else")),
+        )
+        .await
+        .click(),
+    )
+    .await;
+    fill("bob").await;
+    let page = step(
+        "tunnel B as bob",
+        c.wait()
+            .for_element(Locator::XPath("//*[contains(., 'x-burrow-user')]")),
+    )
+    .await;
+    let text = step("tunnel B's page", page.text()).await;
+    assert!(text.contains("bob@example.org"), "{text}");
+    let current = step("url", c.current_url()).await;
+    assert_eq!(current.host_str(), Some(only_bob.as_str()));
     b.close().await;
-    let mut dave = Visitor::new();
-    let hop = dave.sign_in(&si.url(&host, "/headers"), "dave").await;
-    assert_eq!(hop.status, 403);
+}
+
+// ---------------------------------------------------------------------------
+// In a cluster
+// ---------------------------------------------------------------------------
+
+/// Two nodes with one provider: a visitor who signed in through node 1 is
+/// served through node 2 without signing in again (sessions are sealed
+/// with keys from the cluster secret); a sign-in started on node 1 can
+/// finish with its callback on node 2; a one-time code redeemed on node 1
+/// is refused on node 2 (single use through Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_codes_hold_across_the_cluster() {
+    use cluster_harness::{node_ip, Cluster};
+    let Some(bins) = oidc::node_or_skip("signin_cluster") else {
+        return;
+    };
+    let op = oidc::OidcProvider::start_with(
+        &bins,
+        oidc::OidcConfig {
+            host: Some("localhost".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let dir = TempDir::new("burrow-signin-cluster");
+    let secret_file = dir.path().join("client_secret");
+    let mut client = oidc::OidcClient::for_burrow(signin::CLIENT_ID, 0);
+    std::fs::write(&secret_file, &client.secret).unwrap();
+    let secret_path = secret_file.display().to_string();
+    let flags = [
+        "--oidc-issuer",
+        op.issuer(),
+        "--oidc-client-id",
+        signin::CLIENT_ID,
+        "--oidc-client-secret-file",
+        &secret_path,
+        "--oidc-scopes",
+        "openid,email,profile,groups",
+    ];
+    let cluster = Cluster::start(2, &flags).await;
+    let https = cluster.shared.ports.https;
+    client.redirect_uris = vec![format!("https://login.localhost:{https}/callback")];
+    op.set_clients(std::slice::from_ref(&client)).await;
+
+    let origin = Origin::start("signin-cluster").await;
+    let forward = format!("80:127.0.0.1:{}", origin.port);
+    let node_1 = node_ip(1).to_string();
+    let args = ["-R", forward.as_str()];
+    let ssh = SshSpec {
+        port: cluster.shared.ports.ssh,
+        args: &args,
+        remote_cmd: &["--", "login=*@example.com,bob@example.org"],
+        host: &node_1,
+        ..SshSpec::default()
+    }
+    .spawn();
+    let host = ssh.url().await.host();
+    let url = |path: &str| cluster.https_url(&host, path);
+    // The name is known cluster-wide once node 2 routes it.
+    let mut probe = Visitor::new();
+    probe.through(node_ip(2));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while probe.get(&url("/whoami")).await.status != 302 {
+        assert!(Instant::now() < deadline, "node 2 never routed {host}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // Signed in through node 1, served through node 2.
+    let mut alice = Visitor::new();
+    alice.through(node_ip(1));
+    let hop = alice.sign_in(&url("/headers"), "alice").await;
+    assert_eq!(app_headers(&hop)["x-burrow-user"], "alice@example.com");
+    alice.through(node_ip(2));
+    let hop = alice.get(&url("/headers")).await;
+    assert_eq!(app_headers(&hop)["x-burrow-user"], "alice@example.com");
+
+    // Started on node 1, the callback lands on node 2, the code is
+    // redeemed on node 2.
+    let mut bob = Visitor::new();
+    bob.through(node_ip(1));
+    let callback = bob.sign_in_until_callback(&url("/whoami"), "bob").await;
+    bob.through(node_ip(2));
+    let hop = bob.get(callback.as_str()).await;
+    let code_url = hop.location().unwrap_or_else(|| panic!("no code: {hop:?}"));
+    assert_eq!(code_url.path(), "/.burrow/login");
+    let redeemed = bob.get(code_url.as_str()).await;
+    assert_eq!(redeemed.status, 303, "{}", redeemed.body);
+    let hop = bob.get(&url("/headers")).await;
+    assert_eq!(app_headers(&hop)["x-burrow-user"], "bob@example.org");
+
+    // The same code replayed on node 1 is refused: used already.
+    let mut replay = Visitor::new();
+    replay.through(node_ip(1));
+    let second = replay.get(code_url.as_str()).await;
+    assert_eq!(second.status, 403, "{}", second.body);
+    assert!(second.body.contains("used already"), "{}", second.body);
+    drop(ssh);
 }

@@ -426,6 +426,7 @@ async fn malformed_request_body_is_the_visitors_fault() {
     let tunnels = burrow
         .http_client()
         .get(&url)
+        .bearer_auth(burrow.admin_token())
         .send()
         .await
         .unwrap()

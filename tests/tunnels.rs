@@ -733,7 +733,10 @@ struct AdminResp {
 async fn admin(burrow: &Burrow, method: &str, path: &str, body: Option<&str>) -> AdminResp {
     let url = format!("http://{}{path}", burrow.addrs.stats);
     let method_v = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
-    let mut req = burrow.http_client().request(method_v, &url);
+    let mut req = burrow
+        .http_client()
+        .request(method_v, &url)
+        .bearer_auth(burrow.admin_token());
     if let Some(b) = body {
         req = req
             .header("content-type", "application/json")
@@ -2076,6 +2079,7 @@ async fn admin_refuses_cross_site_posts_and_foreign_hosts() {
     let resp = burrow
         .http_client()
         .post(&url)
+        .bearer_auth(burrow.admin_token())
         .header("content-type", "text/plain")
         .body(r#"{"ip":"127.0.0.9","duration_secs":60}"#)
         .send()
@@ -2095,6 +2099,7 @@ async fn admin_refuses_cross_site_posts_and_foreign_hosts() {
             let resp = burrow
                 .http_client()
                 .get(format!("http://{}{path}", burrow.addrs.stats))
+                .bearer_auth(burrow.admin_token())
                 .header("host", &host)
                 .send()
                 .await

@@ -14,7 +14,7 @@ use crate::config::Balance;
 use crate::limits::ip_key;
 use crate::limits::ssh::Block;
 use crate::store::{parse_member_id, Claim, ClaimOutcome, Stored};
-use crate::tunnel::directory::{Directory, Forwarded, Member, Members, Verdict};
+use crate::tunnel::directory::{Directory, Forwarded, LinkBody, Member, Members, Sent, Verdict};
 use crate::tunnel::registry::RESERVED_WAIT;
 use crate::tunnel::{unix_ms, BoxFuture, ByteStream, ClaimError, Kind, OpenError, Tunnel};
 
@@ -29,6 +29,30 @@ pub(super) struct Cached {
 }
 
 impl Cluster {
+    /// What a stream (or request) to `node` came to, and whether that
+    /// node is failing: a link that failed marks it, an answer clears it.
+    fn stream_outcome<T>(
+        &self,
+        node: &str,
+        outcome: Result<T, StreamError>,
+    ) -> Result<T, OpenError> {
+        match outcome {
+            Ok(done) => {
+                self.nodes.recovered(node);
+                Ok(done)
+            }
+            // The node answered: it is not the one failing.
+            Err(StreamError::Refused(why)) => {
+                self.nodes.recovered(node);
+                Err(OpenError::Refused(why))
+            }
+            Err(StreamError::Link(err)) => {
+                self.nodes.mark_failing(node);
+                Err(OpenError::Refused(err.to_string()))
+            }
+        }
+    }
+
     /// Forgets cached routes through `node` (it died).
     pub(super) fn forget_routes_via(&self, node: &str) {
         let prefix = format!("{node}/");
@@ -281,21 +305,25 @@ impl Directory for Cluster {
             let Some(at) = self.nodes.link(node) else {
                 return Err(OpenError::Refused(format!("node {node} is not alive")));
             };
-            match self.links.open(node, &at, key, forwarded).await {
-                Ok(stream) => {
-                    self.nodes.recovered(node);
-                    Ok(stream)
-                }
-                // The node answered: it is not the one failing.
-                Err(StreamError::Refused(why)) => {
-                    self.nodes.recovered(node);
-                    Err(OpenError::Refused(why))
-                }
-                Err(StreamError::Link(err)) => {
-                    self.nodes.mark_failing(node);
-                    Err(OpenError::Refused(err.to_string()))
-                }
-            }
+            let opened = self.links.open(node, &at, key, forwarded).await;
+            self.stream_outcome(node, opened)
+        })
+    }
+
+    fn send<'a>(
+        &'a self,
+        key: &'a str,
+        member: &'a Member,
+        forwarded: Forwarded,
+        request: hyper::Request<LinkBody>,
+    ) -> BoxFuture<'a, Result<Sent, OpenError>> {
+        Box::pin(async move {
+            let node = &*member.node;
+            let Some(at) = self.nodes.link(node) else {
+                return Err(OpenError::Refused(format!("node {node} is not alive")));
+            };
+            let sent = self.links.send(node, &at, key, forwarded, request).await;
+            self.stream_outcome(node, sent)
         })
     }
 

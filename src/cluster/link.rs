@@ -1,13 +1,23 @@
 //! The inter-node link: HTTP/2 over mutual TLS (see `super::tls`), one
-//! connection per pair of nodes, reused by everything. Each forwarded unit
-//! (one HTTP request, one WebSocket, one TCP connection) is one HTTP/2
-//! CONNECT stream, carrying bytes both ways; its headers say what it
-//! carries and for whom. Streams are read through spools on both ends
-//! ([`crate::pipe::spooled`]), so a slow reader never holds the
-//! connection's flow-control window and cannot stall the other streams.
+//! connection per pair of nodes, reused by everything.
 //!
-//! Plain HTTP/2 requests on the link serve the operator's cluster-wide
-//! views (a node's tunnels, closing one), see `super::serve`.
+//! - A visitor's HTTP request (no upgrade) is one plain HTTP/2 request on
+//!   the link ([`Links::send`]): the visitor's method, URI and headers,
+//!   plus headers saying for whom ([`header`]; a visitor's own copies of
+//!   them are replaced here); the answer is the owner's response, its
+//!   body read through a spool ([`crate::pipe::spooled_body`]).
+//! - Everything else (a WebSocket or other upgrade, one TCP connection, a
+//!   passed-through TLS connection) is one HTTP/2 CONNECT stream carrying
+//!   bytes both ways ([`Links::open`]), read through spools on both ends
+//!   ([`crate::pipe::spooled`]).
+//!
+//! Either way a slow reader never holds the connection's flow-control
+//! window and cannot stall the other streams. A peer that only knows
+//! streams (an older version: it answers the probe [`REQUESTS_PATH`] with
+//! 404) gets requests on streams too.
+//!
+//! Other plain HTTP/2 requests serve the operator's cluster-wide views (a
+//! node's tunnels, closing one), see `crate::edge::link`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,7 +36,8 @@ use super::tls::{LinkTls, LINK_NAME};
 use crate::http::Body;
 use crate::pipe::spool::Budget;
 use crate::pipe::spooled::Spooled;
-use crate::tunnel::directory::{Carry, Forwarded};
+use crate::pipe::spooled_body::SpooledBody;
+use crate::tunnel::directory::{Carry, Forwarded, Sent};
 use crate::tunnel::ByteStream;
 
 /// HTTP/2 stream window: one SSH window's worth (streams are drained into
@@ -42,6 +53,12 @@ pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest wait for a peer to accept a stream.
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest header block on the link, either way: a visitor's headers
+/// (the edge bounds them, `--max-header-size`) plus the link's own.
+pub const MAX_HEADER_LIST: u32 = 1024 * 1024;
+/// Asked once per connection: a node that carries HTTP requests as
+/// requests answers 200, an older one 404.
+pub const REQUESTS_PATH: &str = "/link/requests";
 /// Back-off after a failed connect: doubles per failure, up to the max.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
@@ -58,6 +75,10 @@ pub mod header {
     pub const LOCAL: &str = "burrow-local";
     /// The node that opened the stream.
     pub const FROM: &str = "burrow-from";
+
+    /// Every one of them: a visitor's copies never cross the link, and
+    /// the serving node removes them before the request goes on.
+    pub const ALL: [&str; 5] = [CARRY, KEY, VISITOR, LOCAL, FROM];
 }
 
 /// Why a stream to a peer could not be opened, in words for the page the
@@ -103,13 +124,21 @@ impl std::fmt::Display for Endpoint {
 /// One peer's connection, and its back-off after failures.
 #[derive(Default)]
 struct Peer {
-    sender: Option<SendRequest<Body>>,
+    sender: Option<Sender>,
     /// Where the sender connects; another endpoint means a new connection.
     at: Endpoint,
     failures: u32,
     retry_at: Option<Instant>,
     /// The last failure was logged (logged once until it works again).
     logged: bool,
+}
+
+/// A connection to a peer, and whether the peer takes HTTP requests as
+/// requests (else only streams).
+#[derive(Clone)]
+struct Sender {
+    send: SendRequest<Body>,
+    requests: bool,
 }
 
 /// The client side: streams to other nodes.
@@ -151,6 +180,51 @@ impl Links {
         }
     }
 
+    /// Sends a visitor's HTTP request for `key` to `node` as a request of
+    /// its own; gives it back if `node` only takes streams. Only getting a
+    /// connection is bounded here: the answer takes what the owner's proxy
+    /// lets it take.
+    pub async fn send(
+        &self,
+        node: &str,
+        at: &Endpoint,
+        key: &str,
+        forwarded: Forwarded,
+        mut request: Request<Body>,
+    ) -> Result<Sent, StreamError> {
+        let sender = match tokio::time::timeout(OPEN_TIMEOUT, self.sender(node, at)).await {
+            Ok(sender) => sender.map_err(StreamError::Link)?,
+            Err(_) => {
+                let why = format!("node {node} did not answer");
+                return Err(StreamError::Link(LinkError(why)));
+            }
+        };
+        if !sender.requests {
+            return Ok(Sent::Unsupported(request));
+        }
+        set_headers(request.headers_mut(), &self.me, key, forwarded);
+        let mut send = sender.send;
+        match send.send_request(request).await {
+            Ok(response) => {
+                let spool = Arc::clone(&self.spool);
+                Ok(Sent::Answered(response.map(|body| {
+                    SpooledBody::new(body, spool)
+                        .map_err(Into::into)
+                        .boxed_unsync()
+                })))
+            }
+            // The connection broke: the node (or the way to it) failed.
+            Err(err) if send.is_closed() => {
+                self.peers.forget(node);
+                let why = format!("the link to node {node} broke: {err}");
+                Err(StreamError::Link(LinkError(why)))
+            }
+            // Only this request failed (its body broke, or the node reset
+            // it): the node works.
+            Err(err) => Err(StreamError::Refused(format!("node {node}: {err}"))),
+        }
+    }
+
     async fn try_open(
         &self,
         node: &str,
@@ -158,7 +232,7 @@ impl Links {
         key: &str,
         forwarded: Forwarded,
     ) -> Result<ByteStream, StreamError> {
-        let mut sender = self.sender(node, at).await.map_err(StreamError::Link)?;
+        let mut sender = self.sender(node, at).await.map_err(StreamError::Link)?.send;
         let request = connect_request(&self.me, key, forwarded);
         let response = sender.send_request(request).await.map_err(|err| {
             self.peers.forget(node);
@@ -191,7 +265,7 @@ impl Links {
         at: &Endpoint,
         request: Request<Body>,
     ) -> Result<(StatusCode, Bytes), LinkError> {
-        let mut sender = self.sender(node, at).await?;
+        let mut sender = self.sender(node, at).await?.send;
         let exchange = async {
             let response = sender.send_request(request).await?;
             let status = response.status();
@@ -210,7 +284,7 @@ impl Links {
 
     /// A ready connection to `node`, made if needed (one at a time; failed
     /// peers are not dialled again before their back-off is over).
-    async fn sender(&self, node: &str, at: &Endpoint) -> Result<SendRequest<Body>, LinkError> {
+    async fn sender(&self, node: &str, at: &Endpoint) -> Result<Sender, LinkError> {
         if let Some(sender) = self.peers.ready(node, at)? {
             return Ok(sender);
         }
@@ -228,7 +302,7 @@ impl Links {
         }
     }
 
-    async fn connect(&self, addr: &str) -> Result<SendRequest<Body>, String> {
+    async fn connect(&self, addr: &str) -> Result<Sender, String> {
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
@@ -245,6 +319,7 @@ impl Links {
             .keep_alive_interval(PING_EVERY)
             .keep_alive_timeout(PING_TIMEOUT)
             .keep_alive_while_idle(true)
+            .max_header_list_size(MAX_HEADER_LIST)
             .handshake(TokioIo::new(tls))
             .await
             .map_err(|e| format!("HTTP/2 with {addr} failed: {e}"))?;
@@ -253,7 +328,19 @@ impl Links {
                 tracing::debug!(error = %err, "cluster link connection ended");
             }
         });
-        Ok(sender)
+        let requests = takes_requests(sender.clone())
+            .await
+            .map_err(|e| format!("HTTP/2 with {addr} failed: {e}"))?;
+        if !requests {
+            tracing::info!(
+                addr,
+                "cluster peer takes HTTP on streams only (an older version)"
+            );
+        }
+        Ok(Sender {
+            send: sender,
+            requests,
+        })
     }
 }
 
@@ -264,12 +351,12 @@ struct Peers(Mutex<HashMap<String, Peer>>);
 impl Peers {
     /// The current connection to `node` if it can take a stream; `Err`
     /// while the peer is backing off.
-    fn ready(&self, node: &str, at: &Endpoint) -> Result<Option<SendRequest<Body>>, LinkError> {
+    fn ready(&self, node: &str, at: &Endpoint) -> Result<Option<Sender>, LinkError> {
         let peers = self.0.lock().expect("peers lock");
         let Some(peer) = peers.get(node).filter(|p| p.at == *at) else {
             return Ok(None);
         };
-        if let Some(sender) = peer.sender.as_ref().filter(|s| s.is_ready()) {
+        if let Some(sender) = peer.sender.as_ref().filter(|s| s.send.is_ready()) {
             return Ok(Some(sender.clone()));
         }
         if let Some(retry_at) = peer.retry_at.filter(|at| Instant::now() < *at) {
@@ -282,7 +369,7 @@ impl Peers {
         Ok(None)
     }
 
-    fn connected(&self, node: &str, at: &Endpoint, sender: SendRequest<Body>) {
+    fn connected(&self, node: &str, at: &Endpoint, sender: Sender) {
         let mut peers = self.0.lock().expect("peers lock");
         let peer = peers.entry(node.to_string()).or_default();
         if peer.logged {
@@ -328,28 +415,56 @@ impl Peers {
     }
 }
 
-/// The CONNECT request that opens a stream for `key`.
-fn connect_request(me: &str, key: &str, forwarded: Forwarded) -> Request<Body> {
+/// Whether the peer behind `sender` takes HTTP requests as requests.
+async fn takes_requests(mut sender: SendRequest<Body>) -> Result<bool, hyper::Error> {
+    let probe = Request::builder()
+        .method(Method::GET)
+        .uri(REQUESTS_PATH)
+        .body(empty())
+        .expect("a valid request");
+    let response = sender.send_request(probe).await?;
+    Ok(response.status() == StatusCode::OK)
+}
+
+/// The CONNECT request that opens a stream for `key` (`pub(crate)` for
+/// `crate::fuzzing`'s write → read round trip).
+pub(crate) fn connect_request(me: &str, key: &str, forwarded: Forwarded) -> Request<Body> {
+    let mut request = Request::builder()
+        .method(Method::CONNECT)
+        .uri(format!("{LINK_NAME}:443"))
+        .body(empty())
+        .expect("a valid CONNECT request");
+    set_headers(request.headers_mut(), me, key, forwarded);
+    request
+}
+
+/// States whom a stream or request is for, replacing any copies (a
+/// visitor's request may come with its own).
+fn set_headers(headers: &mut hyper::HeaderMap, me: &str, key: &str, forwarded: Forwarded) {
     let carry = match forwarded.carry {
         Carry::Http { https: true } => "https",
         Carry::Http { https: false } => "http",
         Carry::Raw => "raw",
     };
     let value = |text: String| HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static(""));
-    Request::builder()
-        .method(Method::CONNECT)
-        .uri(format!("{LINK_NAME}:443"))
-        .header(header::CARRY, carry)
-        .header(header::KEY, value(key.to_string()))
-        .header(header::VISITOR, value(forwarded.visitor.to_string()))
-        .header(header::LOCAL, value(forwarded.local.to_string()))
-        .header(header::FROM, value(me.to_string()))
-        .body(empty())
-        .expect("a valid CONNECT request")
+    strip_headers(headers);
+    headers.insert(header::CARRY, HeaderValue::from_static(carry));
+    headers.insert(header::KEY, value(key.to_string()));
+    headers.insert(header::VISITOR, value(forwarded.visitor.to_string()));
+    headers.insert(header::LOCAL, value(forwarded.local.to_string()));
+    headers.insert(header::FROM, value(me.to_string()));
 }
 
-/// What the receiving end reads from a stream's CONNECT request.
-pub fn forwarded_of(request: &Request<hyper::body::Incoming>) -> Option<(String, Forwarded)> {
+/// Removes the link's own headers (see [`header::ALL`]).
+pub fn strip_headers(headers: &mut hyper::HeaderMap) {
+    for name in header::ALL {
+        headers.remove(name);
+    }
+}
+
+/// What the receiving end reads from a stream's CONNECT request (or a
+/// forwarded request's headers).
+pub fn forwarded_of<B>(request: &Request<B>) -> Option<(String, Forwarded)> {
     let get = |name: &str| request.headers().get(name)?.to_str().ok();
     let carry = match get(header::CARRY)? {
         "https" => Carry::Http { https: true },
@@ -401,7 +516,9 @@ mod tests {
         let peers = Peers::default();
         assert!(matches!(peers.ready("b", &at(1)), Ok(None)), "dial");
         peers.failed("b", &at(1), "refused".into());
-        let err = peers.ready("b", &at(1)).expect_err("backing off");
+        let Err(err) = peers.ready("b", &at(1)) else {
+            panic!("backing off");
+        };
         assert!(err.0.contains("retrying in"), "{err}");
     }
 
@@ -419,8 +536,137 @@ mod tests {
             "dial the new one"
         );
         peers.failed("b", &at(2), "refused".into());
-        peers
-            .ready("b", &at(2))
-            .expect_err("its own back-off, from the start");
+        assert!(
+            peers.ready("b", &at(2)).is_err(),
+            "its own back-off, from the start"
+        );
+    }
+
+    /// A link peer that answers the probe with `probe` and any other
+    /// request with the link headers it got, as `name=value|value …`.
+    async fn peer(tls: &LinkTls, probe: StatusCode) -> Endpoint {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.server));
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(socket).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |req: Request<_>| async move {
+                        let status = match req.uri().path() {
+                            REQUESTS_PATH => probe,
+                            _ => StatusCode::OK,
+                        };
+                        let _: &hyper::body::Incoming = req.body();
+                        let seen: Vec<String> = header::ALL
+                            .iter()
+                            .map(|name| {
+                                let values: Vec<&str> = req
+                                    .headers()
+                                    .get_all(*name)
+                                    .iter()
+                                    .map(|v| v.to_str().unwrap_or("?"))
+                                    .collect();
+                                format!("{name}={}", values.join("|"))
+                            })
+                            .collect();
+                        let mut response = hyper::Response::new(seen.join(" "));
+                        *response.status_mut() = status;
+                        Ok::<_, std::convert::Infallible>(response)
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        Endpoint {
+            addr,
+            incarnation: 1,
+        }
+    }
+
+    fn links(tls: &LinkTls) -> Links {
+        let budget = Budget::new(crate::pipe::spool::SpoolLimits {
+            memory_per_stream: 1 << 20,
+            disk_per_stream: 0,
+            memory_total: 1 << 24,
+            disk_total: 0,
+            dir: std::env::temp_dir(),
+        });
+        Links::new(tls, "node-a", budget)
+    }
+
+    fn link_tls() -> (tempfile::TempDir, LinkTls) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        crate::store::secret::init(&file, false).unwrap();
+        let secret = crate::store::secret::Secret::load(&file).unwrap();
+        (dir, LinkTls::new(&secret).unwrap())
+    }
+
+    fn forwarded() -> Forwarded {
+        Forwarded {
+            carry: Carry::Http { https: true },
+            visitor: "127.0.0.9:5000".parse().unwrap(),
+            local: "127.0.0.2:443".parse().unwrap(),
+        }
+    }
+
+    /// A visitor's request that brings the link's headers of its own.
+    fn forged_request() -> Request<Body> {
+        Request::builder()
+            .uri("https://name.example.com/x")
+            .header(header::VISITOR, "10.6.6.6:666")
+            .header(header::VISITOR, "10.6.6.7:667")
+            .header(header::CARRY, "raw")
+            .header(header::KEY, "someone-else")
+            .header(header::FROM, "node-9")
+            .body(empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_visitors_link_headers_are_replaced_by_the_links_own() {
+        let (_dir, tls) = link_tls();
+        let at = peer(&tls, StatusCode::OK).await;
+        let links = links(&tls);
+        let sent = links
+            .send("b", &at, "name", forwarded(), forged_request())
+            .await;
+        let Ok(Sent::Answered(response)) = sent else {
+            panic!("the peer takes requests");
+        };
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let seen = String::from_utf8_lossy(&body);
+        assert_eq!(
+            seen,
+            "burrow-carry=https burrow-key=name burrow-visitor=127.0.0.9:5000 \
+             burrow-local=127.0.0.2:443 burrow-from=node-a"
+        );
+    }
+
+    /// Version skew: a node that only knows streams answers the probe
+    /// 404; the request comes back untouched, to go on a stream.
+    #[tokio::test]
+    async fn a_peer_that_only_takes_streams_gets_the_request_back() {
+        let (_dir, tls) = link_tls();
+        let at = peer(&tls, StatusCode::NOT_FOUND).await;
+        let links = links(&tls);
+        let request = Request::builder()
+            .uri("https://name.example.com/x")
+            .header("x-app", "1")
+            .body(empty())
+            .unwrap();
+        let sent = links.send("b", &at, "name", forwarded(), request).await;
+        let Ok(Sent::Unsupported(back)) = sent else {
+            panic!("the old peer gets no request");
+        };
+        assert_eq!(back.uri(), "https://name.example.com/x");
+        assert_eq!(back.headers()["x-app"], "1");
+        assert!(header::ALL.iter().all(|h| !back.headers().contains_key(*h)));
     }
 }

@@ -152,6 +152,61 @@ pub struct LimitArgs {
     pub tcp_bandwidth: u64,
 }
 
+/// What one authenticated SSH connection may make the server hold or do.
+/// A request past one of these (or against the protocol) is refused and is
+/// a strike; `--max-violations-per-connection` strikes end the connection.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Limits per SSH connection (0 = unlimited)")]
+pub struct ConnectionArgs {
+    /// `tcpip-forward` requests (`-R`) one SSH connection may make over its
+    /// life, granted or refused: each one costs a name choice, a claim and a
+    /// line to the user. 0 = unlimited.
+    #[arg(long, env = "MAX_FORWARDS_PER_CONNECTION", default_value_t = 32)]
+    pub max_forwards_per_connection: u32,
+
+    /// Session and `direct-tcpip` (`-L`, `-J`) channel opens per SSH
+    /// connection per minute, accepted or refused (a bucket of this many,
+    /// refilled over the minute). 0 = unlimited.
+    #[arg(long, env = "MAX_CHANNEL_OPENS_PER_MINUTE", default_value_t = 300)]
+    pub max_channel_opens_per_minute: u32,
+
+    /// `direct-tcpip` channels (the inspector, private aliases) one SSH
+    /// connection may have open at once, counting those being answered.
+    /// Each one holds a task and a spool. 0 = unlimited.
+    #[arg(long, env = "MAX_DIRECT_CHANNELS_PER_CONNECTION", default_value_t = 64)]
+    pub max_direct_channels_per_connection: u32,
+
+    /// Channel opens towards one SSH client (one per visitor connection)
+    /// waiting for its answer at once; beyond it visitors get a 503 at once.
+    /// Each one holds a task until the client answers. 0 = unlimited.
+    #[arg(long, env = "MAX_PENDING_OPENS_PER_CONNECTION", default_value_t = 512)]
+    pub max_pending_opens_per_connection: u32,
+
+    /// Requests on the session channel of one SSH connection over its life
+    /// (pty-req, env, exec, shell, subsystem, x11; not window-change or
+    /// signal, which cost nothing). 0 = unlimited.
+    #[arg(long, env = "MAX_SESSION_REQUESTS", default_value_t = 64)]
+    pub max_session_requests: u32,
+
+    /// Longest SSH command (the options after the host) read as options.
+    #[arg(long, env = "MAX_COMMAND_SIZE", default_value = "4KiB", value_parser = parse_size)]
+    pub max_command_size: u64,
+
+    /// Requests one SSH connection makes past these limits, or against the
+    /// protocol (cancelling a forward it never held, a second exec, data
+    /// after EOF), before it is disconnected; the disconnect counts as one
+    /// violation towards --violations-before-block. 0 = never disconnect.
+    #[arg(long, env = "MAX_VIOLATIONS_PER_CONNECTION", default_value_t = 20)]
+    pub max_violations_per_connection: u32,
+
+    /// A channel open the client has not answered for this long makes the
+    /// server ask the client for an answer; a client that does not answer
+    /// that either within this long (a key exchange it never finishes, a
+    /// socket it stopped reading) is disconnected. 0 = never.
+    #[arg(long, env = "CLIENT_ANSWER_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub client_answer_timeout: Duration,
+}
+
 /// Buffers for visitors who read slower than the app sends.
 #[derive(clap::Args, Debug, Clone)]
 #[command(next_help_heading = "Spool (slow visitors)")]

@@ -5,6 +5,7 @@
 //! Parsing errors are reduced to one line that names the flag and the cause.
 
 mod acme;
+mod admin;
 mod cluster;
 mod inspect;
 mod limits;
@@ -20,9 +21,12 @@ use anyhow::{bail, Result};
 use clap::Parser;
 
 pub use self::acme::{AcmeArgs, CustomDomainArgs, LETSENCRYPT, LETSENCRYPT_STAGING};
+pub use self::admin::{parse_stats_addr, AdminArgs, StatsAddr};
 pub use self::cluster::{valid_node_id, ClusterArgs, ClusterCommand};
 pub use self::inspect::InspectArgs;
-pub use self::limits::{LimitArgs, PoolArgs, RequestLogArgs, SpoolArgs, WarningArgs};
+pub use self::limits::{
+    ConnectionArgs, LimitArgs, PoolArgs, RequestLogArgs, SpoolArgs, WarningArgs,
+};
 pub use self::login::{read_secret, LoginArgs};
 pub use self::parse::{
     parse_cidr, parse_duration, parse_port_ranges, parse_rate, parse_resolver, parse_size,
@@ -62,10 +66,11 @@ pub struct Config {
     #[arg(long, env = "SSH_ON_HTTPS", value_enum, default_value_t = Switch::On)]
     pub ssh_on_https: Switch,
 
-    /// Address of the JSON stats endpoint. Only loopback peers are answered,
-    /// whatever it is bound to.
-    #[arg(long, env = "STATS_ADDR", default_value = "127.0.0.1:9090")]
-    pub stats_addr: SocketAddr,
+    /// Address of the JSON stats endpoint, the admin API and the dashboard:
+    /// HOST:PORT (only loopback peers are answered, whatever it is bound
+    /// to) or unix:/PATH (a Unix socket, mode 0660).
+    #[arg(long, env = "STATS_ADDR", default_value = "127.0.0.1:9090", value_parser = parse_stats_addr)]
+    pub stats_addr: StatsAddr,
 
     /// SSH host key (OpenSSH format). An ed25519 key is generated there, mode
     /// 0600, when the file does not exist.
@@ -159,7 +164,13 @@ pub struct Config {
     pub access_log: bool,
 
     #[command(flatten)]
+    pub admin: AdminArgs,
+
+    #[command(flatten)]
     pub limits: LimitArgs,
+
+    #[command(flatten)]
+    pub connection: ConnectionArgs,
 
     #[command(flatten)]
     pub spool: SpoolArgs,
@@ -314,8 +325,13 @@ impl Config {
             );
         }
         self.domain = domain;
-        if self.auth_mode == AuthMode::Keys && self.keys_file.is_none() {
-            bail!("--auth-mode keys needs --keys-file: without it nobody could connect");
+        if self.auth_mode == AuthMode::Keys
+            && self.keys_file.is_none()
+            && self.login.auth_url.is_none()
+        {
+            bail!(
+                "--auth-mode keys needs --keys-file or --auth-url: without one nobody could connect"
+            );
         }
         let mut reserved = Vec::new();
         for name in &self.reserved_names {

@@ -125,14 +125,16 @@ async fn ssh_or_tls(edge: &Edge, stream: TcpStream, peer: SocketAddr) -> Option<
     };
     let mut first = [0u8; 1];
     match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
-        Ok(Ok(1)) if first[0] == b'S' => {
-            if !ssh.give(stream, peer) {
-                tracing::warn!(%peer, "SSH on the HTTPS port: the SSH server is not taking connections");
+        Ok(Ok(n)) => match sniff(&first[..n.min(1)]) {
+            Sniffed::Ssh => {
+                if !ssh.give(stream, peer) {
+                    tracing::warn!(%peer, "SSH on the HTTPS port: the SSH server is not taking connections");
+                }
+                None
             }
-            None
-        }
-        Ok(Ok(1)) => Some(stream),
-        Ok(Ok(_)) => None,
+            Sniffed::Tls => Some(stream),
+            Sniffed::Closed => None,
+        },
         Ok(Err(err)) => {
             tracing::debug!(%peer, error = %err, "https connection failed before its first byte");
             None
@@ -141,6 +143,28 @@ async fn ssh_or_tls(edge: &Edge, stream: TcpStream, peer: SocketAddr) -> Option<
             tracing::debug!(%peer, "tls handshake timed out");
             None
         }
+    }
+}
+
+/// What the first bytes on :443 are, with `--ssh-on-https`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sniffed {
+    /// `S`: an SSH identification line (`SSH-2.0-…`).
+    Ssh,
+    /// Anything else goes to TLS, whose ClientHello reader refuses what is
+    /// not a TLS record (0x16).
+    Tls,
+    /// Nothing: the connection closed before its first byte.
+    Closed,
+}
+
+/// The decision of [`ssh_or_tls`] on the bytes peeked (pure, so the fuzz
+/// target `sniff` can check it).
+pub fn sniff(peeked: &[u8]) -> Sniffed {
+    match peeked.first() {
+        Some(b'S') => Sniffed::Ssh,
+        Some(_) => Sniffed::Tls,
+        None => Sniffed::Closed,
     }
 }
 

@@ -1,8 +1,10 @@
 //! The cluster link's serving side: another node's visitors enter here,
-//! and are served as this node's own. A stream carrying HTTP runs through this node's edge (so
-//! the tunnel's options, limits, warning page and request log apply here,
-//! where its client is), a raw stream through its relays; plain requests
-//! answer the operator's cluster-wide views.
+//! and are served as this node's own. A forwarded HTTP request (a plain
+//! HTTP/2 request of the link) or a stream carrying HTTP (an upgrade, or a
+//! node that only knows streams) runs through this node's edge (so the
+//! tunnel's options, limits, warning page and request log apply here,
+//! where its client is), a raw stream through its relays; other plain
+//! requests answer the operator's cluster-wide views.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -12,14 +14,15 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::{Method, Request, Response, StatusCode, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 use super::Edge;
 use crate::cluster::link::{
-    self, Views, CONNECTION_WINDOW, PING_EVERY, PING_TIMEOUT, STREAM_WINDOW,
+    self, Views, CONNECTION_WINDOW, MAX_HEADER_LIST, PING_EVERY, PING_TIMEOUT, REQUESTS_PATH,
+    STREAM_WINDOW,
 };
 use crate::http::{Body, LocalAddr, Scheme};
 use crate::pipe::relay::{Relays, Upstream};
@@ -79,6 +82,7 @@ impl LinkServer {
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_concurrent_streams(None)
+            .max_header_list_size(MAX_HEADER_LIST)
             .keep_alive_interval(PING_EVERY)
             .keep_alive_timeout(PING_TIMEOUT)
             .serve_connection(TokioIo::new(tls), service);
@@ -88,12 +92,19 @@ impl LinkServer {
         }
     }
 
-    /// A stream (CONNECT) or one of the operator's views.
+    /// A stream (CONNECT), a forwarded request, or one of the operator's
+    /// views.
     async fn request(self: Arc<Self>, req: Request<Incoming>) -> Response<Body> {
         if req.method() == Method::CONNECT {
             return self.stream(req).await;
         }
+        if req.headers().contains_key(link::header::CARRY) {
+            return self.forwarded(req).await;
+        }
         let path = req.uri().path().to_string();
+        if path == REQUESTS_PATH {
+            return answer(StatusCode::OK, Vec::new());
+        }
         match (req.method().clone(), path.strip_prefix("/tunnels")) {
             (Method::GET, Some("")) => answer(StatusCode::OK, self.views.tunnels()),
             (Method::DELETE, Some(name)) if name.starts_with('/') => {
@@ -103,6 +114,26 @@ impl LinkServer {
             }
             _ => answer(StatusCode::NOT_FOUND, b"{}".to_vec()),
         }
+    }
+
+    /// A visitor's HTTP request another node forwarded as a request of
+    /// the link: served as if the visitor had come here (this node's own
+    /// tunnels only), as an HTTP/1.1 request like the visitor's was before
+    /// requests travelled as requests. Its body is the link stream's own:
+    /// no second parse, no copy.
+    async fn forwarded(&self, mut req: Request<Incoming>) -> Response<Body> {
+        let Some((_, forwarded)) = link::forwarded_of(&req) else {
+            return answer(StatusCode::BAD_REQUEST, b"{}".to_vec());
+        };
+        let Carry::Http { https } = forwarded.carry else {
+            return answer(StatusCode::BAD_REQUEST, b"{}".to_vec());
+        };
+        link::strip_headers(req.headers_mut());
+        *req.version_mut() = Version::HTTP_11;
+        req.extensions_mut()
+            .insert(LocalAddr(Some(forwarded.local)));
+        let scheme = if https { Scheme::Https } else { Scheme::Http };
+        self.edge.request_here(req, forwarded.visitor, scheme).await
     }
 
     /// Accepts a stream and serves it in its own task. A raw connection's

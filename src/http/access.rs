@@ -82,8 +82,9 @@ fn unauthorized(name: &str, request_headers: &HeaderMap) -> Response<Body> {
     response
 }
 
-/// `Authorization: Basic …` decoded into user and password.
-fn credentials(headers: &HeaderMap) -> Option<(String, String)> {
+/// `Authorization: Basic …` decoded into user and password (`pub(crate)`
+/// for `crate::fuzzing`).
+pub(crate) fn credentials(headers: &HeaderMap) -> Option<(String, String)> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, encoded) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("basic") {

@@ -1,10 +1,16 @@
 //! A request for a tunnel held on another node of the cluster: it goes to
-//! that node over a link stream, as HTTP/1.1, and that node serves it as
-//! its own (options, limits, warning page, request log all apply there).
-//! This node only carries it: the visitor's request as it came (HTTP/2
-//! translated), the response as it comes back, an upgrade turned into a
-//! relay. One stream per request, so a browser's HTTP/2 connection can
-//! reach tunnels on several nodes.
+//! that node over the link, and that node serves it as its own (options,
+//! limits, warning page, request log all apply there). This node only
+//! carries it.
+//!
+//! A request without an upgrade travels as a plain HTTP/2 request of the
+//! link (HTTP/2 form: the host in the URI, hop-by-hop headers gone), the
+//! response comes back on the same stream ([`Remote::send`]). An upgrade
+//! (WebSocket), and any request for a node that only takes streams (an
+//! older version), takes a stream instead: the request as HTTP/1.1, the
+//! response as it comes back, the upgrade turned into a relay. Either way
+//! one link stream per request, so a browser's HTTP/2 connection can reach
+//! tunnels on several nodes.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +18,7 @@ use std::sync::Arc;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
-use hyper::{Request, Response, StatusCode, Uri, Version};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::TokioIo;
 
 use super::metered::{Cut, MeteredBody, Stopped};
@@ -20,7 +26,7 @@ use super::{pages, rewrite, Body, Scheme};
 use crate::counters::COUNTERS;
 use crate::pipe::relay::{self, RelayLimits};
 use crate::shutdown::Shutdown;
-use crate::tunnel::directory::{Carry, Forwarded};
+use crate::tunnel::directory::{Carry, Forwarded, Sent};
 use crate::tunnel::route::Remote;
 
 /// Retry-After for a tunnel whose node cannot be reached: its client is
@@ -42,15 +48,37 @@ pub async fn forward(
         visitor,
         local,
     };
+    let wants_upgrade = rewrite::wants_upgrade(&req);
+    let upgrade = wants_upgrade.then(|| hyper::upgrade::on(&mut req));
+    let headers = pages::negotiation_headers(req.headers());
+    // A visitor's malformed body is the visitor's fault, not the node's.
+    let cut = Arc::new(Cut::default());
+    let broken = |cut: &Cut, why: &str| match cut.get() {
+        Some(Stopped::Broken(why)) => pages::malformed_body(why).render(&headers),
+        _ => unreachable_with(&headers, &remote.member.node, why),
+    };
+    let mut req = req.map(|body| {
+        MeteredBody::new(body)
+            .watch(Arc::clone(&cut))
+            .boxed_unsync()
+    });
+    if to_h2_form(&mut req, wants_upgrade, scheme) {
+        req = match remote.send(forwarded, req).await {
+            Ok(Sent::Answered(response)) => return response,
+            Ok(Sent::Unsupported(request)) => request,
+            Err(err) => {
+                tracing::debug!(key = %remote.key, node = %remote.member.node, error = ?err, "forwarding failed");
+                return broken(&cut, &err.to_string());
+            }
+        };
+    }
     let stream = match remote.open(forwarded).await {
         Ok(stream) => stream,
         Err(err) => {
             tracing::debug!(key = %remote.key, node = %remote.member.node, error = ?err, "forwarding failed");
-            return unreachable_with(req.headers(), &remote.member.node, &err.to_string());
+            return unreachable_with(&headers, &remote.member.node, &err.to_string());
         }
     };
-    let upgrade = rewrite::wants_upgrade(&req).then(|| hyper::upgrade::on(&mut req));
-    let headers = pages::negotiation_headers(req.headers());
     let (mut sender, conn) = match hyper::client::conn::http1::Builder::new()
         .handshake::<_, Body>(TokioIo::new(stream))
         .await
@@ -63,21 +91,10 @@ pub async fn forward(
             tracing::debug!(error = %err, "forwarded connection ended");
         }
     });
-    // A visitor's malformed body is the visitor's fault, not the node's.
-    let cut = Arc::new(Cut::default());
-    let request = to_link_request(req).map(|body| {
-        MeteredBody::new(body)
-            .watch(Arc::clone(&cut))
-            .boxed_unsync()
-    });
+    let request = to_link_request(req, wants_upgrade);
     let mut response = match sender.send_request(request).await {
         Ok(response) => response,
-        Err(err) => {
-            return match cut.get() {
-                Some(Stopped::Broken(why)) => pages::malformed_body(why).render(&headers),
-                _ => unreachable_with(&headers, &remote.member.node, &err.to_string()),
-            }
-        }
+        Err(err) => return broken(&cut, &err.to_string()),
     };
     if let (StatusCode::SWITCHING_PROTOCOLS, Some(visitor_side)) = (response.status(), upgrade) {
         let node_side = hyper::upgrade::on(&mut response);
@@ -86,15 +103,47 @@ pub async fn forward(
     response.map(|body| body.map_err(Into::into).boxed_unsync())
 }
 
+/// Puts the visitor's request in the form of a request of the link
+/// (HTTP/2): the host in the URI (HTTP/1.1 carries it in `Host`),
+/// hop-by-hop headers gone. `false`, and the request untouched, when it
+/// cannot travel so: an upgrade, a CONNECT, a host that is no URI
+/// authority.
+fn to_h2_form(req: &mut Request<Body>, upgrade: bool, scheme: Scheme) -> bool {
+    if upgrade || req.method() == Method::CONNECT {
+        return false;
+    }
+    let authority = match req.uri().authority() {
+        Some(authority) => authority.as_str().to_string(),
+        None => match req.headers().get(header::HOST).map(|h| h.to_str()) {
+            Some(Ok(host)) => host.to_string(),
+            _ => return false,
+        },
+    };
+    let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
+    let Ok(uri) = Uri::builder()
+        .scheme(scheme.as_str())
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+    else {
+        return false;
+    };
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_2;
+    let headers = req.headers_mut();
+    rewrite::strip_hop_by_hop(headers, false);
+    headers.remove(header::HOST);
+    true
+}
+
 /// The visitor's request as HTTP/1.1 for the other node: origin-form, the
 /// host in `Host` (HTTP/2 carries it in `:authority`), hop-by-hop headers
 /// gone (an upgrade's kept). Forwarding headers are left to the node that
 /// serves it: it states the visitor's address itself.
-fn to_link_request(mut req: Request<Incoming>) -> Request<Incoming> {
+fn to_link_request(mut req: Request<Body>, upgrade: bool) -> Request<Body> {
     let authority = req.uri().authority().map(|a| a.as_str().to_string());
     let path = req.uri().path_and_query().map_or("/", |pq| pq.as_str());
     *req.uri_mut() = Uri::try_from(path).unwrap_or_else(|_| Uri::from_static("/"));
-    let upgrade = rewrite::wants_upgrade(&req);
     *req.version_mut() = Version::HTTP_11;
     let headers = req.headers_mut();
     rewrite::strip_hop_by_hop(headers, upgrade);

@@ -239,8 +239,16 @@ pub fn set_page_headers(headers: &mut HeaderMap) {
 /// A JSON answer of the operator's endpoints (stats, admin API, dashboard
 /// data): never cached, never sniffed.
 pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
-    let body = serde_json::to_string(value).expect("JSON answers serialize");
-    json_text(status, body)
+    json_text(status, json_body(value))
+}
+
+/// The text of a [`json`] answer (the fuzz target `render` checks it).
+/// Visitors' strings are in it (the inspector's paths, headers, bodies):
+/// controls (DEL and C1 too) and bidi/format characters are `\uXXXX`
+/// escapes, as in the request log's JSON lines, so the answer is safe on a
+/// terminal (`curl`) and decodes to the same values.
+pub fn json_body(value: &impl serde::Serialize) -> String {
+    crate::escape::json_safe(&serde_json::to_string(value).expect("JSON answers serialize"))
 }
 
 /// [`json`] for a body already serialized.
@@ -498,5 +506,14 @@ mod tests {
         let text = page.plain();
         assert!(text.contains("    ssh -R 80:localhost:3000 t.example"));
         assert!(escape("<a href='x'>&</a>").find('<').is_none());
+    }
+
+    #[test]
+    fn json_answers_escape_controls_and_bidi_characters() {
+        let path = "/a\u{7f}b\u{9b}31m\u{202e}gnp.exe";
+        let body = json_body(&serde_json::json!({ "path": path }));
+        assert!(!body.chars().any(crate::escape::is_unsafe), "{body}");
+        let back: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(back["path"], path);
     }
 }

@@ -479,6 +479,9 @@ fn failed(
 fn app_failed(tunnel: &Tunnel, host: &str, err: SendError) -> pages::Page {
     match err {
         SendError::Open(OpenError::Timeout) => pages::channel_timeout(host),
+        SendError::Open(OpenError::Limited(refusal)) => {
+            pages::limited(StatusCode::SERVICE_UNAVAILABLE, &refusal)
+        }
         SendError::Open(err) => {
             tracing::debug!(subdomain = %tunnel.key(), error = ?err, "stream open failed");
             let hint = format!("the client's -R {} forward", tunnel.bind().port);

@@ -160,30 +160,34 @@ fn vouch<B>(req: &mut Request<B>) {
     }
 }
 
-/// Removes burrow's own cookies (warning page, sign-in) from what the app
-/// sees.
-fn strip_burrow_cookies(headers: &mut HeaderMap) {
-    let ours = |v: &HeaderValue| v.to_str().is_ok_and(|v| v.contains("burrow_"));
-    if !headers.get_all(header::COOKIE).iter().any(ours) {
-        return;
-    }
-    let values: Vec<String> = headers
+/// Removes burrow's own cookies (warning page, sign-in) from what the app sees
+/// (`pub(crate)` for `crate::fuzzing`).
+///
+/// Works on the bytes: a cookie value that is not ASCII (obs-text, UTF-8)
+/// is the app's all the same and goes through untouched.
+pub(crate) fn strip_burrow_cookies(headers: &mut HeaderMap) {
+    let ours = |pair: &[u8]| {
+        let name = pair.split(|b| *b == b'=').next().unwrap_or(pair);
+        is_burrow_cookie(&String::from_utf8_lossy(name))
+    };
+    let pairs = |v: &HeaderValue| -> Vec<Vec<u8>> {
+        v.as_bytes()
+            .split(|b| *b == b';')
+            .map(|pair| pair.trim_ascii().to_vec())
+            .filter(|pair| !pair.is_empty())
+            .collect()
+    };
+    let all: Vec<Vec<u8>> = headers
         .get_all(header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(str::to_string)
+        .flat_map(pairs)
         .collect();
-    let kept: Vec<&str> = values
-        .iter()
-        .flat_map(|v| v.split(';'))
-        .map(str::trim)
-        .filter(|pair| {
-            let name = pair.split_once('=').map_or(*pair, |(k, _)| k);
-            !pair.is_empty() && !is_burrow_cookie(name)
-        })
-        .collect();
+    if !all.iter().any(|pair| ours(pair)) {
+        return;
+    }
+    let kept: Vec<&[u8]> = all.iter().map(Vec::as_slice).filter(|p| !ours(p)).collect();
     headers.remove(header::COOKIE);
-    if let Ok(value) = HeaderValue::from_str(&kept.join("; ")) {
+    if let Ok(value) = HeaderValue::from_bytes(&kept.join(&b"; "[..])) {
         if !kept.is_empty() {
             headers.insert(header::COOKIE, value);
         }
@@ -222,5 +226,25 @@ mod tests {
         strip_hop_by_hop(&mut h, true);
         assert_eq!(h[header::CONNECTION], "upgrade");
         assert_eq!(h[header::UPGRADE], "websocket");
+    }
+
+    #[test]
+    fn stripping_burrow_cookies_keeps_the_apps_non_ascii_cookies() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("burrow_warned_api=1; a=1"),
+        );
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_bytes(b"name=caf\xc3\xa9").unwrap(),
+        );
+        strip_burrow_cookies(&mut h);
+        let cookies: Vec<&[u8]> = h
+            .get_all(header::COOKIE)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect();
+        assert_eq!(cookies, [&b"a=1; name=caf\xc3\xa9"[..]]);
     }
 }

@@ -214,8 +214,8 @@ async fn wait_for_entry(inspector: &Inspector, conn: ConnId, after: u64) {
 
 /// Whether `Host` names this machine's loopback (any port: `-L 5000:…`
 /// works too). Anything else is a page on some other site that resolved
-/// its name to 127.0.0.1.
-fn loopback_host(headers: &HeaderMap) -> bool {
+/// its name to 127.0.0.1. (`pub(crate)` for `crate::fuzzing`.)
+pub(crate) fn loopback_host(headers: &HeaderMap) -> bool {
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     let Some((name, port)) = host.and_then(split_host) else {
         return false;

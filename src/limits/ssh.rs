@@ -220,8 +220,26 @@ impl IpGuard {
         Refusal::new("max-conns-per-minute", message).retry_after(wait)
     }
 
-    /// Counts a violation for `key`; blocks it when the count is reached.
+    /// Counts a violation for `key` and refuses the connection; blocks the
+    /// key when the count is reached.
     fn violation(&self, key: IpAddr, refusal: Refusal, before_version: bool) -> Admission {
+        let newly_blocked = self.count_violation(key, &refusal);
+        Admission::Refused {
+            refusal,
+            newly_blocked,
+            before_version,
+        }
+    }
+
+    /// Counts a violation of `ip` made on a connection it already has (one
+    /// ended for what it did: `--max-violations-per-connection`); the block,
+    /// when this one tipped the IP into one.
+    pub fn violated(&self, ip: IpAddr, refusal: &Refusal) -> Option<Block> {
+        self.count_violation(ip_key(ip), refusal)
+    }
+
+    /// Counts a violation for `key`: the block, when the count is reached.
+    fn count_violation(&self, key: IpAddr, refusal: &Refusal) -> Option<Block> {
         let now = Instant::now();
         let count = {
             let mut entry = self.violations.entry(key).or_insert((0, now));
@@ -232,20 +250,13 @@ impl IpGuard {
             entry.1 = now;
             entry.0
         };
-        let newly_blocked = (self.violations_before_block > 0
-            && count >= self.violations_before_block)
-            .then(|| {
-                self.violations.remove(&key);
-                self.block(
-                    key,
-                    format!("{count} violations: last one {}", refusal.limit),
-                )
-            });
-        Admission::Refused {
-            refusal,
-            newly_blocked,
-            before_version,
-        }
+        (self.violations_before_block > 0 && count >= self.violations_before_block).then(|| {
+            self.violations.remove(&key);
+            self.block(
+                key,
+                format!("{count} violations: last one {}", refusal.limit),
+            )
+        })
     }
 
     /// Blocks `ip` for the configured duration.

@@ -68,7 +68,8 @@ impl Login {
         let Some(session) = session else {
             return Guarded::Answer(self.to_sign_in(&at, &policies, &req));
         };
-        at.seen.set_user(session.identity.label());
+        let user = session.identity.label();
+        at.seen.set_user(user.clone());
         if !policies.allow(&session.identity) {
             let again = self.start_url(&url_of(&at, &req), true);
             let sign_out = LOGOUT_PATH;
@@ -81,7 +82,8 @@ impl Login {
             );
             return Guarded::Answer(page);
         }
-        Guarded::Pass(self.vouch(&host, &session, req))
+        at.tunnel.traffic().signed_in.saw(&user);
+        Guarded::Pass(self.vouch(&host, &session, &user, req))
     }
 
     /// A visitor without a session: a navigation goes to sign in, anything
@@ -109,6 +111,7 @@ impl Login {
         &self,
         host: &str,
         session: &Session,
+        user: &str,
         mut req: Request<Incoming>,
     ) -> Request<Incoming> {
         let who = &session.identity;
@@ -118,7 +121,7 @@ impl Login {
                 vouched.push((HeaderName::from_static(name), value));
             }
         };
-        add("x-burrow-user", &who.label());
+        add("x-burrow-user", user);
         if let Some(name) = &who.name {
             add("x-burrow-user-name", name);
         }

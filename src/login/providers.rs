@@ -11,7 +11,6 @@
 //!
 //! A bad line refuses the file with its line number.
 
-use std::net::IpAddr;
 use std::path::Path;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -115,20 +114,29 @@ fn read_file(path: &Path) -> Result<Vec<Provider>> {
     let context = || format!("--login-providers {}", path.display());
     let text =
         std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", context()))?;
+    parse_text(&text, |file| read_secret("the secret file", file))
+        .map_err(|e| anyhow!("{}: {e}", context()))
+}
+
+/// The providers of a file's `text`; `secret` reads a line's SECRET_FILE
+/// (`pub(crate)` for `crate::fuzzing`, which reads none).
+pub(crate) fn parse_text(
+    text: &str,
+    secret: impl Fn(&Path) -> Result<String>,
+) -> Result<Vec<Provider>> {
     let mut out = Vec::new();
     for (index, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let provider =
-            parse_line(line).map_err(|e| anyhow!("{}: line {}: {e}", context(), index + 1))?;
+        let provider = parse_line(line, &secret).map_err(|e| anyhow!("line {}: {e}", index + 1))?;
         out.push(provider);
     }
     Ok(out)
 }
 
-fn parse_line(line: &str) -> Result<Provider> {
+fn parse_line(line: &str, secret: impl Fn(&Path) -> Result<String>) -> Result<Provider> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let [name, issuer, client_id, secret_file, options @ ..] = words.as_slice() else {
         bail!("expected NAME ISSUER CLIENT_ID SECRET_FILE [scopes=…] [groups=CLAIM]");
@@ -140,7 +148,7 @@ fn parse_line(line: &str) -> Result<Provider> {
         name: name.to_string(),
         issuer: check_issuer(issuer).map_err(|e| anyhow!(e))?,
         client_id: client_id.to_string(),
-        client_secret: read_secret("the secret file", Path::new(secret_file))?,
+        client_secret: secret(Path::new(secret_file))?,
         scopes: SCOPES.iter().map(|s| s.to_string()).collect(),
         groups_claim: GROUPS.into(),
     };
@@ -162,27 +170,36 @@ fn parse_line(line: &str) -> Result<Provider> {
 }
 
 /// An issuer URL must be `https://`, except on a loopback address (local
-/// testing): the ID tokens and the client secret travel to it.
+/// testing): the ID tokens and the client secret travel to it. The host is
+/// the one a URL parser (the HTTP client's) finds, so userinfo
+/// (`http://localhost:80@example.com`) cannot pass for it; an issuer with
+/// userinfo is refused altogether.
 pub fn check_issuer(issuer: &str) -> Result<String, String> {
+    use openidconnect::url::{Host, Url};
     let url = issuer.trim().trim_end_matches('/');
-    if url.starts_with("https://") {
-        return Ok(url.to_string());
+    if url.contains(|c: char| c.is_whitespace() || c.is_control()) {
+        return Err(format!("{url:?}: an issuer URL has no spaces or controls"));
     }
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Err(format!("{url:?}: the issuer must be an https:// URL"));
+    let parsed = Url::parse(url)
+        .map_err(|e| format!("{url:?}: the issuer must be an https:// URL ({e})"))?;
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(format!(
+            "{url:?}: the issuer URL must not carry a user or password"
+        ));
+    }
+    let loopback = match parsed.host() {
+        Some(Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
     };
-    let authority = rest.split('/').next().unwrap_or_default();
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
-    };
-    let loopback = host.eq_ignore_ascii_case("localhost")
-        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    match loopback {
-        true => Ok(url.to_string()),
-        false => Err(format!(
+    match parsed.scheme() {
+        "https" if parsed.host().is_some() => Ok(url.to_string()),
+        "http" if loopback => Ok(url.to_string()),
+        "http" => Err(format!(
             "{url:?}: the issuer must be https:// (plain http only on a loopback address)"
         )),
+        _ => Err(format!("{url:?}: the issuer must be an https:// URL")),
     }
 }
 
@@ -199,6 +216,43 @@ mod tests {
         assert!(check_issuer("http://id.example.com").is_err());
         assert!(check_issuer("http://127.0.0.1.evil.com").is_err());
         assert!(check_issuer("ftp://x").is_err());
+    }
+
+    /// Found by writing the `login_providers` fuzz target: the check took
+    /// whatever followed `http://` up to the last `:` for the host, so
+    /// userinfo that named localhost let plain http reach another host.
+    #[test]
+    fn userinfo_does_not_pass_for_a_loopback_issuer() {
+        for issuer in [
+            "http://localhost:80@id.example.com",
+            "http://127.0.0.1:1@id.example.com/realms/x",
+            "http://[::1]:9000@id.example.com",
+            "https://user:pw@id.example.com",
+            "https://",
+        ] {
+            assert!(check_issuer(issuer).is_err(), "{issuer}");
+        }
+        assert_eq!(
+            check_issuer("http://127.0.0.1:9000/realms/x/").as_deref(),
+            Ok("http://127.0.0.1:9000/realms/x")
+        );
+    }
+
+    /// Found by the fuzz target login_providers: `https://a/b \n/\x0b`
+    /// came back with its inner whitespace (the URL parser drops newlines
+    /// and tabs, so the provider saw another issuer than the one shown),
+    /// and checking the answer again changed it.
+    #[test]
+    fn an_issuer_with_spaces_or_controls_is_refused() {
+        for issuer in [
+            "https://a/b \n/\u{b}",
+            "https://a/\tb",
+            "https://a b",
+            "https://a/\u{7f}",
+        ] {
+            assert!(check_issuer(issuer).is_err(), "{issuer:?}");
+        }
+        assert_eq!(check_issuer(" https://a/b/ ").as_deref(), Ok("https://a/b"));
     }
 
     #[test]

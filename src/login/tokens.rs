@@ -15,6 +15,7 @@
 //! the authenticated data), nor a code as a session or the other way
 //! round; tampering fails the tag.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -22,7 +23,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::Identity;
-use crate::store::secret::Secret;
+use crate::store::secret::{Sealing, Secret};
 
 /// How long a sign-in may take at the provider.
 pub const STATE_LIFETIME: u64 = 600;
@@ -82,12 +83,12 @@ pub struct Session {
 
 /// Seals and opens the tokens.
 #[derive(Clone)]
-pub struct Sealer(Secret);
+pub struct Sealer(Arc<Sealing>);
 
 impl Sealer {
     /// Tokens from `root` (the stable-name secret).
     pub fn new(root: &Secret) -> Sealer {
-        Sealer(root.child("sign-in tokens"))
+        Sealer(Arc::new(root.child("sign-in tokens").sealing()))
     }
 
     pub fn seal_state(&self, state: &State) -> String {
@@ -204,5 +205,31 @@ mod tests {
         let token = sealer(1).seal_session("a", &old);
         assert_eq!(sealer(1).open_session("a", &token), None);
         assert_eq!(sealer(1).open_session("a", "not base64 !"), None);
+    }
+
+    #[test]
+    fn an_expired_code_or_state_does_not_open() {
+        let code = |expires| Code {
+            identity: alice(),
+            path: "/".into(),
+            id: random_id(),
+            expires,
+        };
+        let fresh = sealer(1).seal_code("a", &code(now() + CODE_LIFETIME));
+        assert!(sealer(1).open_code("a", &fresh).is_some());
+        let stale = sealer(1).seal_code("a", &code(now() - 1));
+        assert_eq!(sealer(1).open_code("a", &stale), None);
+        let state = |expires| State {
+            binding: random_id(),
+            verifier: random_id(),
+            nonce: random_id(),
+            back_to: "https://a/".into(),
+            provider: "default".into(),
+            expires,
+        };
+        let stale = sealer(1).seal_state(&state(now() - 1));
+        assert_eq!(sealer(1).open_state(&stale), None);
+        let fresh = sealer(1).seal_state(&state(now() + STATE_LIFETIME));
+        assert!(sealer(1).open_state(&fresh).is_some());
     }
 }

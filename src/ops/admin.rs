@@ -87,6 +87,17 @@ struct TunnelInfo {
     /// In a cluster: the node whose client it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     node: Option<String>,
+    /// Behind sign-in: who reached the app lately, newest first.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    signed_in: Vec<SignedInInfo>,
+}
+
+/// One signed-in visitor in `GET /tunnels`.
+#[derive(Serialize)]
+struct SignedInInfo {
+    user: String,
+    requests: u64,
+    last_seen: String,
 }
 
 /// Every tunnel: this node's, and in a cluster every node's.
@@ -139,6 +150,16 @@ fn describe(ops: &Ops, tunnel: &Tunnel) -> TunnelInfo {
         open_connections: tunnel.gate().open(),
         clients: ops.registry.clients(tunnel.key()),
         node: ops.cluster.as_ref().map(|c| c.node_id().to_string()),
+        signed_in: traffic
+            .signed_in
+            .recent()
+            .into_iter()
+            .map(|v| SignedInInfo {
+                user: v.user,
+                requests: v.requests,
+                last_seen: rfc3339(v.last_seen),
+            })
+            .collect(),
     }
 }
 
@@ -299,6 +320,8 @@ fn rfc3339(time: SystemTime) -> String {
 }
 
 /// Percent-decodes a path segment (`tcp%3A20001`, `2001%3Adb8%3A%3A1`).
+/// Only `%` and two hex digits is an escape (`u8::from_str_radix` alone
+/// would also take a sign: `%+a` is not a newline).
 pub fn decode(segment: &str) -> String {
     let bytes = segment.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -306,6 +329,7 @@ pub fn decode(segment: &str) -> String {
     while i < bytes.len() {
         let hex = bytes
             .get(i + 1..i + 3)
+            .filter(|h| h.iter().all(u8::is_ascii_hexdigit))
             .and_then(|h| std::str::from_utf8(h).ok())
             .and_then(|h| u8::from_str_radix(h, 16).ok());
         match (bytes[i], hex) {
@@ -377,5 +401,12 @@ mod tests {
         assert_eq!(decode("2001%3adb8%3A%3A1"), "2001:db8::1");
         assert_eq!(decode("plain-name"), "plain-name");
         assert_eq!(decode("bad%zz"), "bad%zz");
+    }
+
+    #[test]
+    fn a_percent_with_a_sign_is_not_an_escape() {
+        assert_eq!(decode("%+a"), "%+a");
+        assert_eq!(decode("a%+0b"), "a%+0b");
+        assert_eq!(decode("%2B"), "+");
     }
 }

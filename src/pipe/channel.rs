@@ -100,6 +100,9 @@ async fn pump(
     spool: Arc<Spool>,
     done: CancellationToken,
 ) {
+    // Nothing may follow the client's EOF (RFC 4254 §5.3): a stream that
+    // has ended stays ended, whatever a broken client sends after it.
+    let mut ended = false;
     loop {
         let msg = tokio::select! {
             biased;
@@ -107,6 +110,7 @@ async fn pump(
             msg = read.wait() => msg,
         };
         match msg {
+            Some(ChannelMsg::Data { .. }) if ended => {}
             Some(ChannelMsg::Data { data }) => {
                 if let Err(full) = spool.push(data).await {
                     tracing::warn!(limit = full.limit, "reader too slow, stream cut: {full}");
@@ -114,7 +118,10 @@ async fn pump(
                     break;
                 }
             }
-            Some(ChannelMsg::Eof) => spool.finish(),
+            Some(ChannelMsg::Eof) => {
+                ended = true;
+                spool.finish();
+            }
             // russh has already answered the client's close.
             Some(ChannelMsg::Close) | None => {
                 spool.finish();

@@ -5,6 +5,8 @@
 //!   never stalls the SSH connection it shares);
 //! - [`relay`]: byte relays (WebSocket, raw TCP, TLS passthrough), their
 //!   limits, the PROXY header;
+//! - [`spooled`], [`spooled_body`]: a cluster link stream, or an HTTP body
+//!   of it, read through a spool the same way;
 //! - [`rewind`]: a stream read from after bytes already read from it;
 //! - [`tcp`]: the public TCP ports of raw tunnels and their accept loops.
 
@@ -13,4 +15,5 @@ pub mod relay;
 pub mod rewind;
 pub mod spool;
 pub mod spooled;
+pub mod spooled_body;
 pub mod tcp;

@@ -169,6 +169,19 @@ struct Spill {
     charged: u64,
 }
 
+impl Spill {
+    /// Reads the next unread part of the file, off the async threads.
+    fn read_next(&self) -> JoinHandle<io::Result<Bytes>> {
+        let len = (self.written - self.read).min(FILE_READ_CHUNK) as usize;
+        let (file, offset) = (Arc::clone(&self.file), self.read);
+        tokio::task::spawn_blocking(move || {
+            let mut bytes = vec![0; len];
+            file.read_exact_at(&mut bytes, offset)?;
+            Ok(Bytes::from(bytes))
+        })
+    }
+}
+
 enum End {
     Eof,
     Cut(String),
@@ -310,8 +323,14 @@ impl Spool {
     /// it goes away.
     pub fn cut(&self, why: &Full) {
         self.budget.cut.fetch_add(1, Ordering::Relaxed);
+        self.abort(why.to_string());
+    }
+
+    /// Ends the stream with an error now, like [`Spool::cut`], for a
+    /// sender that failed (not counted as a spool that was full).
+    pub fn abort(&self, why: String) {
         let mut state = self.lock();
-        state.end = Some(End::Cut(why.to_string()));
+        state.end = Some(End::Cut(why));
         let freed = std::mem::take(&mut state.memory_len);
         state.memory.clear();
         self.budget.memory.fetch_sub(freed, Ordering::Relaxed);
@@ -352,6 +371,63 @@ impl SpoolReader {
         }
     }
 
+    /// The next chunk as the sender pushed it (no copy while it is in
+    /// memory), or `None` at the end: for bodies, which move `Bytes`.
+    pub fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<io::Result<Bytes>>> {
+        loop {
+            if !self.leftover.is_empty() {
+                return Poll::Ready(Some(Ok(std::mem::take(&mut self.leftover))));
+            }
+            if let Some(task) = self.pending.as_mut() {
+                let read = ready!(Pin::new(task).poll(cx));
+                self.pending = None;
+                self.leftover = self.file_read(read)?;
+                continue;
+            }
+            let mut state = self.spool.lock();
+            if let Some(End::Cut(why)) = &state.end {
+                let err = io::Error::new(io::ErrorKind::ConnectionAborted, why.clone());
+                return Poll::Ready(Some(Err(err)));
+            }
+            if let Some(chunk) = state.memory.pop_front() {
+                let k = chunk.len() as u64;
+                state.memory_len -= k;
+                self.spool.budget.memory.fetch_sub(k, Ordering::Relaxed);
+                return Poll::Ready(Some(Ok(chunk)));
+            }
+            if let Some(spill) = state.spill.as_ref().filter(|s| s.read < s.written) {
+                self.pending = Some(spill.read_next());
+                continue;
+            }
+            if state.end.is_some() {
+                return Poll::Ready(None);
+            }
+            state.waker = Some(cx.waker().clone());
+            return Poll::Pending;
+        }
+    }
+
+    /// Accounts for a finished read from the spill file; the bytes read.
+    fn file_read(
+        &mut self,
+        read: Result<io::Result<Bytes>, tokio::task::JoinError>,
+    ) -> io::Result<Bytes> {
+        let bytes = read.map_err(io::Error::other)??;
+        let drained = {
+            let mut state = self.spool.lock();
+            if let Some(spill) = state.spill.as_mut() {
+                spill.read += bytes.len() as u64;
+            }
+            state.release_drained(&self.spool.budget)
+        };
+        if let Some(file) = drained {
+            // Closing the last handle of an unlinked file frees its
+            // blocks and page cache: slow for a large file.
+            tokio::task::spawn_blocking(move || drop(file));
+        }
+        Ok(bytes)
+    }
+
     pub fn poll_read(
         &mut self,
         cx: &mut Context<'_>,
@@ -367,20 +443,7 @@ impl SpoolReader {
             if let Some(task) = self.pending.as_mut() {
                 let read = ready!(Pin::new(task).poll(cx));
                 self.pending = None;
-                let bytes = read.map_err(io::Error::other)??;
-                let drained = {
-                    let mut state = self.spool.lock();
-                    if let Some(spill) = state.spill.as_mut() {
-                        spill.read += bytes.len() as u64;
-                    }
-                    state.release_drained(&self.spool.budget)
-                };
-                if let Some(file) = drained {
-                    // Closing the last handle of an unlinked file frees its
-                    // blocks and page cache: slow for a large file.
-                    tokio::task::spawn_blocking(move || drop(file));
-                }
-                self.leftover = bytes;
+                self.leftover = self.file_read(read)?;
                 continue;
             }
             let mut state = self.spool.lock();
@@ -405,14 +468,7 @@ impl SpoolReader {
                 return Poll::Ready(Ok(()));
             }
             if let Some(spill) = state.spill.as_ref().filter(|s| s.read < s.written) {
-                let len = (spill.written - spill.read).min(FILE_READ_CHUNK) as usize;
-                let (file, offset) = (Arc::clone(&spill.file), spill.read);
-                drop(state);
-                self.pending = Some(tokio::task::spawn_blocking(move || {
-                    let mut bytes = vec![0; len];
-                    file.read_exact_at(&mut bytes, offset)?;
-                    Ok(Bytes::from(bytes))
-                }));
+                self.pending = Some(spill.read_next());
                 continue;
             }
             if state.end.is_some() {

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use russh::server::{ChannelOpenHandle, Msg};
 use russh::{Channel, ChannelOpenFailure};
 
+use super::quota::Held;
 use super::Server;
 use crate::counters::{Traffic, COUNTERS};
 use crate::pipe::channel::ChannelIo;
@@ -72,15 +73,18 @@ impl Refusal {
 }
 
 /// Answers one `direct-tcpip` open (in its own task: it may wait for the
-/// cluster directory, and a russh callback must not).
+/// cluster directory, and a russh callback must not). The task holds the
+/// channel's slot among the connection's `direct-tcpip` channels until it
+/// ends.
 pub fn open(
     server: Arc<Server>,
     request: Request,
-    channel: Channel<Msg>,
+    (channel, slot): (Channel<Msg>, Held),
     reply: ChannelOpenHandle,
 ) {
     let shutdown = server.shutdown.clone();
     shutdown.spawn(async move {
+        let _slot = slot;
         if crate::inspect::is_inspector(&request.host, request.port) {
             let inspector = Arc::clone(&server.inspect);
             let io = accept(&server, channel, reply).await;

@@ -1,15 +1,31 @@
 //! A socket with a kill switch: once its token is cancelled every read and
 //! write fails, which ends the russh session that owns the socket. russh
 //! offers no way to abort a session from outside, and a disconnect message
-//! cannot help when the client ignores it or stalls the key exchange.
+//! cannot help when the client ignores it or stalls the key exchange: so a
+//! connection is ended by [`disconnect_then_kill`].
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
+use russh::server::Handle;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
+
+/// How long a disconnected client gets before its socket is cut.
+const KILL_GRACE: Duration = Duration::from_secs(1);
+
+/// Sends a disconnect with `reason` through `handle`, and cuts the socket
+/// (cancels `kill`) if the connection is still there after a grace period:
+/// a client that ignores it, or a stalled key exchange that cannot carry it.
+pub async fn disconnect_then_kill(handle: Handle, kill: CancellationToken, reason: String) {
+    let send = handle.disconnect(russh::Disconnect::ByApplication, reason, "en".into());
+    let _ = tokio::time::timeout(KILL_GRACE, send).await;
+    tokio::time::sleep(KILL_GRACE).await;
+    kill.cancel();
+}
 
 /// A socket that fails every read and write once its token is cancelled,
 /// which ends the russh session that owns it.

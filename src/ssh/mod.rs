@@ -9,15 +9,20 @@
 //! - [`session`]: the connection as the tunnel core sees it (its
 //!   [`crate::tunnel::Client`]): channels, options, notices;
 //! - [`banner`]: every line the user reads, as text or `output=json`;
+//! - [`quota`]: what one connection may make the server hold or do, and
+//!   the strikes of a client that keeps asking past it;
+//! - [`answer`]: a client that stops answering the server;
 //! - [`killable`]: cutting a connection that ignores a disconnect;
 //! - [`usage`]: a user's plan and usage, as the banner and `-- usage` show it.
 
+mod answer;
 mod auth;
 pub mod banner;
 mod direct;
 mod forward;
 pub mod handler;
 mod killable;
+mod quota;
 mod read_ahead;
 pub mod session;
 mod settle;
@@ -38,7 +43,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use self::session::Session;
-use crate::config::{AuthMode, Config, LimitArgs, RequestLogArgs};
+use crate::config::{AuthMode, Config, ConnectionArgs, LimitArgs, RequestLogArgs};
 use crate::counters::{SshOutcome, COUNTERS};
 use crate::custom::CustomDomains;
 use crate::forwarded::TrustedProxies;
@@ -57,6 +62,8 @@ use crate::tunnel::{Client, ConnId, Notice, Registry};
 pub struct Server {
     registry: Arc<Registry>,
     limits: LimitArgs,
+    /// What one connection may make the server hold or do.
+    connection: ConnectionArgs,
     /// The live request log's settings.
     request_log: RequestLogArgs,
     auth_mode: AuthMode,
@@ -171,6 +178,7 @@ impl Server {
         Server {
             registry: parts.registry,
             limits: config.limits.clone(),
+            connection: config.connection.clone(),
             request_log: config.request_log.clone(),
             auth_mode: config.auth_mode,
             reserved_names: config.reserved_names.clone(),
@@ -392,7 +400,12 @@ async fn serve_connection(
     permit: Option<HandshakePermit>,
     refused: Option<String>,
 ) {
-    let session = Arc::new(Session::new(id, peer.ip(), Arc::clone(&server.spool)));
+    let parts = session::Parts {
+        spool: Arc::clone(&server.spool),
+        refusals: Arc::clone(&server.refusals),
+        limits: &server.connection,
+    };
+    let session = Arc::new(Session::new(id, peer.ip(), parts));
     server
         .registry
         .add_client(Arc::clone(&session) as Arc<dyn Client>);

@@ -6,7 +6,11 @@
 //!
 //! Nothing here waits on russh's session loop from inside it: notices are
 //! written from their own task, and closing a connection sends the
-//! disconnect, then cuts the socket if the client ignores it.
+//! disconnect, then cuts the socket if the client ignores it. A channel
+//! open waits for the client in a task of its own, holding one of the
+//! connection's pending-open slots ([`super::quota`]); one left unanswered
+//! too long makes the connection ask the client for any answer at all
+//! ([`super::answer`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,8 +20,12 @@ use std::time::Duration;
 use russh::server::{Handle, Msg};
 use russh::{ChannelId, ChannelWriteHalf};
 
+use super::answer::Probe;
 use super::banner;
-use crate::config::RequestLogArgs;
+use super::killable::disconnect_then_kill;
+use super::quota::Quota;
+use crate::config::{ConnectionArgs, RequestLogArgs};
+use crate::limits::{Refusal, Refusals, Side};
 use crate::pipe::channel::ChannelIo;
 use crate::pipe::spool::Budget;
 use crate::plans::Account;
@@ -28,8 +36,6 @@ use crate::tunnel::{Bind, BoxFuture, ByteStream, Client, ConnId, Notice, OpenErr
 /// How long a closed session's client gets to leave by itself before the
 /// connection is cut.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
-/// How long a disconnected client gets before its socket is cut.
-const KILL_GRACE: Duration = Duration::from_secs(1);
 
 /// One SSH connection.
 pub struct Session {
@@ -55,10 +61,31 @@ pub struct Session {
     account: OnceLock<Arc<Account>>,
     /// Cancelled when the connection ends (its tasks stop).
     gone: tokio_util::sync::CancellationToken,
+    /// What the connection may make the server hold or do.
+    quota: Quota,
+    /// Where the connection's refusals are recorded, as its client's.
+    refusals: Arc<Refusals>,
+    /// `--client-answer-timeout`: how long an open may wait before the
+    /// client is asked for an answer ([`Probe`]).
+    answer_timeout: Duration,
+    /// A question to the client is out ([`Probe`]).
+    asking: Arc<AtomicBool>,
+}
+
+/// What a connection's [`Session`] is built from, besides its id and IP.
+pub struct Parts<'a> {
+    pub spool: Arc<Budget>,
+    pub refusals: Arc<Refusals>,
+    pub limits: &'a ConnectionArgs,
 }
 
 impl Session {
-    pub fn new(id: ConnId, ip: IpAddr, spool: Arc<Budget>) -> Self {
+    pub fn new(id: ConnId, ip: IpAddr, parts: Parts<'_>) -> Self {
+        let Parts {
+            spool,
+            refusals,
+            limits,
+        } = parts;
         Session {
             id,
             ip,
@@ -72,6 +99,32 @@ impl Session {
             spool,
             account: OnceLock::new(),
             gone: Default::default(),
+            quota: Quota::new(limits),
+            refusals,
+            answer_timeout: limits.client_answer_timeout,
+            asking: Arc::default(),
+        }
+    }
+
+    /// The connection's per-connection limits.
+    pub fn quota(&self) -> &Quota {
+        &self.quota
+    }
+
+    /// The connection's refusals: counted and logged as the client's.
+    pub fn refused(&self, refusal: &Refusal, what: &str) {
+        self.refusals.refuse(refusal, self.ip, Side::Client, what);
+    }
+
+    /// Watches channel opens towards the client through `handle`.
+    fn probe(&self, handle: Handle) -> Probe {
+        Probe {
+            timeout: self.answer_timeout,
+            handle,
+            kill: self.kill.clone(),
+            refusals: Arc::clone(&self.refusals),
+            ip: self.ip,
+            asking: Arc::clone(&self.asking),
         }
     }
 
@@ -244,17 +297,6 @@ impl Session {
     }
 }
 
-async fn disconnect_then_kill(
-    handle: Handle,
-    kill: tokio_util::sync::CancellationToken,
-    reason: String,
-) {
-    let send = handle.disconnect(russh::Disconnect::ByApplication, reason, "en".into());
-    let _ = tokio::time::timeout(KILL_GRACE, send).await;
-    tokio::time::sleep(KILL_GRACE).await;
-    kill.cancel();
-}
-
 impl Client for Session {
     fn id(&self) -> ConnId {
         Session::id(self)
@@ -274,11 +316,17 @@ impl Client for Session {
         let (spool, traffic) = (Arc::clone(&self.spool), Arc::clone(traffic));
         let account = self.account.get().cloned();
         let (address, port) = (bind.address.clone(), bind.port);
+        let slot = self.quota.pending_open().inspect_err(|refusal| {
+            self.refused(refusal, "channel open");
+        });
         Box::pin(async move {
             let handle = handle.ok_or(OpenError::Gone)?;
+            let slot = slot.map_err(OpenError::Limited)?;
+            let probe = self.probe(handle.clone());
             // In a task of its own: a visitor who gives up while the client
             // is still connecting to its app must not leave the channel,
-            // once confirmed, open with nobody to close it.
+            // once confirmed, open with nobody to close it. It holds its
+            // slot until the client answers (or its connection goes).
             let opened = tokio::spawn(async move {
                 let open = handle.channel_open_forwarded_tcpip(
                     address,
@@ -286,7 +334,9 @@ impl Client for Session {
                     visitor.ip().to_string(),
                     u32::from(visitor.port()),
                 );
-                Ok(ChannelIo::new(open.await?, spool, traffic, account))
+                let channel = probe.watch(open).await;
+                drop(slot);
+                Ok(ChannelIo::new(channel?, spool, traffic, account))
             });
             match opened.await.map_err(|_| OpenError::Gone)? {
                 Ok(io) => Ok(Box::new(io) as ByteStream),

@@ -90,22 +90,50 @@ impl Secret {
     /// Encrypts `plain` (AES-256-GCM, a random nonce in front), bound to
     /// `context` (what the value is, e.g. its Redis key).
     pub fn seal(&self, context: &str, plain: &[u8]) -> Vec<u8> {
-        let key = self.sealing_key();
+        self.sealing().seal(context, plain)
+    }
+
+    /// Decrypts what [`Secret::seal`] made for the same `context`; `None`
+    /// when it was sealed with another secret or altered.
+    pub fn open(&self, context: &str, sealed: &[u8]) -> Option<Vec<u8>> {
+        self.sealing().open(context, sealed)
+    }
+
+    /// The sealing key, derived once: for values sealed and opened on
+    /// every request (sign-in cookies), where deriving it each time would
+    /// cost more than the AES itself.
+    pub fn sealing(&self) -> Sealing {
+        Sealing(self.sealing_key())
+    }
+
+    fn sealing_key(&self) -> LessSafeKey {
+        let bytes = self.derive("redis sealing key");
+        let key = UnboundKey::new(&AES_256_GCM, &bytes).expect("32 bytes is an AES-256 key");
+        LessSafeKey::new(key)
+    }
+}
+
+/// A [`Secret`]'s sealing key, ready to use (see [`Secret::sealing`]).
+pub struct Sealing(LessSafeKey);
+
+impl Sealing {
+    /// As [`Secret::seal`].
+    pub fn seal(&self, context: &str, plain: &[u8]) -> Vec<u8> {
         let nonce_bytes: [u8; NONCE_LEN] = rand::random();
         let mut data = plain.to_vec();
-        key.seal_in_place_append_tag(
-            Nonce::assume_unique_for_key(nonce_bytes),
-            Aad::from(context.as_bytes()),
-            &mut data,
-        )
-        .expect("sealing into a Vec cannot fail");
+        self.0
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce_bytes),
+                Aad::from(context.as_bytes()),
+                &mut data,
+            )
+            .expect("sealing into a Vec cannot fail");
         let mut out = nonce_bytes.to_vec();
         out.extend_from_slice(&data);
         out
     }
 
-    /// Decrypts what [`Secret::seal`] made for the same `context`; `None`
-    /// when it was sealed with another secret or altered.
+    /// As [`Secret::open`].
     pub fn open(&self, context: &str, sealed: &[u8]) -> Option<Vec<u8>> {
         if sealed.len() < NONCE_LEN {
             return None;
@@ -114,16 +142,10 @@ impl Secret {
         let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
         let mut data = data.to_vec();
         let plain = self
-            .sealing_key()
+            .0
             .open_in_place(nonce, Aad::from(context.as_bytes()), &mut data)
             .ok()?;
         Some(plain.to_vec())
-    }
-
-    fn sealing_key(&self) -> LessSafeKey {
-        let bytes = self.derive("redis sealing key");
-        let key = UnboundKey::new(&AES_256_GCM, &bytes).expect("32 bytes is an AES-256 key");
-        LessSafeKey::new(key)
     }
 }
 

@@ -9,6 +9,10 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::{Request, Response};
+
 use super::{BoxFuture, ByteStream, ClaimError, ConnId, OpenError, Tunnel};
 use crate::config::Balance;
 use crate::limits::ssh::Block;
@@ -67,6 +71,19 @@ pub struct Forwarded {
     pub local: SocketAddr,
 }
 
+/// The body of an HTTP request or response carried to another node (the
+/// same type as the edge's `http::Body`).
+pub type LinkBody = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// What became of an HTTP request sent to another node.
+pub enum Sent {
+    /// That node's answer (its body read through a spool here).
+    Answered(Response<LinkBody>),
+    /// That node only takes streams (an older version): the request, back
+    /// untouched, to be carried on a stream instead.
+    Unsupported(Request<LinkBody>),
+}
+
 /// A cluster-wide claim that went through.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Verdict {
@@ -112,6 +129,18 @@ pub trait Directory: Send + Sync + 'static {
         member: &'a Member,
         forwarded: Forwarded,
     ) -> BoxFuture<'a, Result<ByteStream, OpenError>>;
+
+    /// Sends one HTTP request (no upgrade) for `key` to `member`'s node as
+    /// a request of its own on the link, which that node serves as
+    /// `forwarded` says; the request's headers are the visitor's, HTTP/2
+    /// form (the host in the URI).
+    fn send<'a>(
+        &'a self,
+        key: &'a str,
+        member: &'a Member,
+        forwarded: Forwarded,
+        request: Request<LinkBody>,
+    ) -> BoxFuture<'a, Result<Sent, OpenError>>;
 
     /// Opening a stream to `node` failed: pass its clients over for a while.
     fn node_failed(&self, node: &str);

@@ -118,6 +118,8 @@ pub enum OpenError {
     Timeout,
     /// The client's connection is gone.
     Gone,
+    /// A limit of the client's connection said no (already recorded).
+    Limited(crate::limits::Refusal),
 }
 
 /// In the words an error page or an SSH open failure shows.
@@ -128,6 +130,7 @@ impl std::fmt::Display for OpenError {
             OpenError::Refused(_) => f.write_str("refused"),
             OpenError::Timeout => f.write_str("no answer"),
             OpenError::Gone => f.write_str("the connection is gone"),
+            OpenError::Limited(refusal) => write!(f, "{}: {}", refusal.limit, refusal.message),
         }
     }
 }
@@ -403,6 +406,7 @@ impl Tunnel {
             OpenError::Refused(_) => OpenFailure::Refused,
             OpenError::Timeout => OpenFailure::Timeout,
             OpenError::Gone => OpenFailure::Gone,
+            OpenError::Limited(_) => OpenFailure::Limited,
         });
         Err(failure)
     }

@@ -250,10 +250,13 @@ pub fn parse_for(command: &str, providers: Option<&[String]>) -> Result<Command,
         match key {
             "host" => options.host = Some(parse_host(value)?),
             "auth" => {
+                // The user is shown in the banner: nothing that could paint
+                // or reorder the terminal.
                 let (user, password) = value
                     .split_once(':')
                     .filter(|(u, p)| !u.is_empty() && !p.is_empty())
-                    .ok_or("auth= needs USER:PASS, both non-empty")?;
+                    .filter(|(u, _)| !u.chars().any(crate::escape::is_unsafe))
+                    .ok_or("auth= needs USER:PASS, both non-empty, the user printable")?;
                 options.auth = Some(BasicAuth::new(user, password));
             }
             "allow" => {
@@ -339,7 +342,11 @@ fn parse_host(value: &str) -> Result<String, String> {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|p| p > 0));
+    // Digits only: `u16::from_str` also takes a sign (`+80`), which is no
+    // port in a Host header.
+    let port_ok = port.is_none_or(|p| {
+        p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok_and(|p| p > 0)
+    });
     if name_ok && port_ok {
         Ok(value.to_ascii_lowercase())
     } else {
@@ -353,7 +360,10 @@ fn parse_cors(value: &str) -> Result<Cors, String> {
     }
     let mut origins = Vec::new();
     for origin in value.split(',').filter(|o| !o.is_empty()) {
+        // An origin is ASCII (browsers send IDNs as punycode), so no
+        // non-ASCII control or bidi character reaches the banner.
         let valid = (origin.starts_with("https://") || origin.starts_with("http://"))
+            && origin.is_ascii()
             && !origin.ends_with('/')
             && origin.len() <= 253
             && !origin
@@ -454,6 +464,26 @@ mod tests {
         }
         let too_many = format!("allow={}", vec!["10.0.0.1"; MAX_ALLOW + 1].join(","));
         assert!(parse(&too_many).is_err());
+    }
+
+    #[test]
+    fn a_host_port_is_digits_only() {
+        assert!(parse("host=localhost:+5173").is_err());
+        assert!(parse("host=localhost:5173").is_ok());
+    }
+
+    #[test]
+    fn the_banner_summary_never_carries_control_or_bidi_characters() {
+        for bad in [
+            "auth=\u{202e}ann:pw",
+            "auth=a\u{9b}31m:pw",
+            "cors=https://\u{202e}app.example",
+            "cors=https://app.example\u{9b}",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        let o = options("auth=ann:\u{202e}pw cors=https://app.example");
+        assert!(!o.summary().chars().any(crate::escape::is_unsafe));
     }
 
     #[test]

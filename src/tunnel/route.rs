@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::directory::{Directory, Forwarded, Member, Members};
+use super::directory::{Directory, Forwarded, LinkBody, Member, Members, Sent};
 use super::registry::{Pick, Registry};
 use super::{ByteStream, Kind, OpenError, Tunnel, OPTIONS_WAIT};
 use crate::config::Balance;
@@ -46,6 +46,17 @@ impl Remote {
     pub async fn open(&self, forwarded: Forwarded) -> Result<ByteStream, OpenError> {
         let (key, member) = (&self.key, &self.member);
         self.directory.open(key, member, forwarded).await
+    }
+
+    /// Sends one HTTP request to the member's node (see
+    /// [`Directory::send`]).
+    pub async fn send(
+        &self,
+        forwarded: Forwarded,
+        request: hyper::Request<LinkBody>,
+    ) -> Result<Sent, OpenError> {
+        let (key, member) = (&self.key, &self.member);
+        self.directory.send(key, member, forwarded, request).await
     }
 }
 

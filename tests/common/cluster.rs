@@ -13,7 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    burrow_bin, free_port_range, tls_config_pinned, Alpn, Burrow, TempDir, TestCert,
+    burrow_bin, free_port_range, tls_config_pinned, Alpn, Burrow, Origin, Ssh, SshKeyPair, SshSpec,
+    TempDir, TestCert,
 };
 
 /// How long Redis and HAProxy get to come up.
@@ -216,6 +217,24 @@ impl Cluster<Redis> {
 }
 
 impl<B: Backend> Cluster<B> {
+    /// `ssh -R 80:…` (pty, so the banner and the request log show) to
+    /// node `i`, with `key` or a fresh throwaway one.
+    pub fn tunnel_to(&self, i: usize, origin: &Origin, key: Option<&SshKeyPair>) -> Ssh {
+        let forward = format!("80:127.0.0.1:{}", origin.port);
+        let host = node_ip(i).to_string();
+        let args = ["-tt", "-R", forward.as_str()];
+        let spec = SshSpec {
+            port: self.shared.ports.ssh,
+            args: &args,
+            host: &host,
+            ..SshSpec::default()
+        };
+        match key {
+            Some(key) => spec.spawn_with_key(key),
+            None => spec.spawn(),
+        }
+    }
+
     /// `n` nodes with `extra` flags each, on `redis`.
     pub async fn start_on(redis: B, n: usize, extra: &[&str]) -> Cluster<B> {
         Cluster::assemble(redis, n, extra, Ports::free(n.max(3)), NodeCerts::Test).await

@@ -381,7 +381,10 @@ pub struct ReadyLine {
     pub ssh: SocketAddr,
     pub http: SocketAddr,
     pub https: SocketAddr,
+    /// The stats listener over TCP (`0.0.0.0:0` when it is a Unix socket).
     pub stats: SocketAddr,
+    /// The stats listener's Unix socket (`stats=unix:/PATH`), if it is one.
+    pub stats_unix: Option<PathBuf>,
     pub domain: String,
 }
 
@@ -397,7 +400,11 @@ pub fn parse_ready_line(line: &str) -> Option<ReadyLine> {
         ssh: kv.get("ssh")?.parse().ok()?,
         http: kv.get("http")?.parse().ok()?,
         https: kv.get("https")?.parse().ok()?,
-        stats: kv.get("stats")?.parse().ok()?,
+        stats: match kv.get("stats")?.strip_prefix("unix:") {
+            Some(_) => SocketAddr::from(([0, 0, 0, 0], 0)),
+            None => kv.get("stats")?.parse().ok()?,
+        },
+        stats_unix: kv.get("stats")?.strip_prefix("unix:").map(PathBuf::from),
         domain: kv.get("domain")?.clone(),
     })
 }
@@ -411,6 +418,30 @@ pub struct Burrow {
     pub stdout: OutputBuf,
     pub stderr: OutputBuf,
     exit: Option<ExitStatus>,
+    /// Where burrow keeps its admin token (`--admin-token-file`, or
+    /// `admin_token` in its state directory).
+    pub admin_token_file: PathBuf,
+}
+
+/// Where a burrow started with `args` and `env` in `dir` keeps its admin
+/// token.
+fn admin_token_file(dir: &Path, args: &[String], env: &[(&str, &str)]) -> PathBuf {
+    let flag = |name: &str, var: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+            .or_else(|| {
+                env.iter()
+                    .find(|(k, _)| *k == var)
+                    .map(|(_, v)| v.to_string())
+            })
+            .map(|p| dir.join(p))
+    };
+    flag("--admin-token-file", "ADMIN_TOKEN_FILE").unwrap_or_else(|| {
+        flag("--state-dir", "STATE_DIR")
+            .unwrap_or_else(|| dir.join("state"))
+            .join("admin_token")
+    })
 }
 
 /// The only environment burrow gets in tests: every flag has an env
@@ -527,10 +558,15 @@ impl Burrow {
             }
         };
         assert_eq!(addrs.domain, domain, "ready line domain");
-        for a in [addrs.ssh, addrs.http, addrs.https, addrs.stats] {
+        let stats = addrs.stats_unix.is_none().then_some(addrs.stats);
+        for a in [addrs.ssh, addrs.http, addrs.https]
+            .into_iter()
+            .chain(stats)
+        {
             assert!(a.ip().is_loopback(), "listener not on loopback: {a}");
             assert_ne!(a.port(), 0, "ready line must show the bound port");
         }
+        let admin_token_file = admin_token_file(dir.path(), args, env);
         Burrow {
             child: Some(child),
             dir,
@@ -539,6 +575,7 @@ impl Burrow {
             stdout,
             stderr,
             exit: None,
+            admin_token_file,
         }
     }
 
@@ -636,9 +673,48 @@ impl Burrow {
         self.stats_path("/").await
     }
 
-    /// `GET /?subdomains=true` on the stats listener, parsed.
+    /// `GET /?subdomains=true` on the stats listener, parsed (the names
+    /// reveal users: it needs the admin token).
     pub async fn stats_with_subdomains(&self) -> serde_json::Value {
-        self.stats_path("/?subdomains=true").await
+        let url = format!("http://{}/?subdomains=true", self.addrs.stats);
+        let resp = self
+            .admin(reqwest::Method::GET, "/?subdomains=true")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+        assert_eq!(resp.status(), 200, "stats status for {url}");
+        let text = resp.text().await.expect("stats body");
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("stats JSON {text:?}: {e}"))
+    }
+
+    /// The admin token burrow wrote (or was given), read from its file.
+    pub fn admin_token(&self) -> String {
+        let text = std::fs::read_to_string(&self.admin_token_file).unwrap_or_else(|e| {
+            panic!(
+                "read the admin token {}: {e}",
+                self.admin_token_file.display()
+            )
+        });
+        text.lines().next().unwrap_or_default().trim().to_string()
+    }
+
+    /// A request for `path` on the stats listener (over TCP) carrying the
+    /// admin token.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http_client()
+            .request(method, format!("http://{}{path}", self.addrs.stats))
+            .bearer_auth(self.admin_token())
+    }
+
+    /// `GET /tunnels` on the admin API, parsed.
+    pub async fn admin_tunnels(&self) -> serde_json::Value {
+        let resp = self
+            .admin(reqwest::Method::GET, "/tunnels")
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET /tunnels: {e}"));
+        assert_eq!(resp.status(), 200, "GET /tunnels");
+        resp.json().await.expect("the tunnel list is JSON")
     }
 
     /// `GET /metrics` on the stats listener, as text.

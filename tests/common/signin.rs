@@ -9,7 +9,9 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, ACCEPT, COOKIE, LOCATION, SET_COOKIE};
@@ -144,6 +146,18 @@ impl Visitor {
             jar: HashMap::new(),
             navigates: true,
         }
+    }
+
+    /// From now on reaches every `*.localhost` name (tunnels, the sign-in
+    /// host) at `ip` — one node of a cluster — and the provider, on
+    /// `localhost` itself, at 127.0.0.1. Cookies are kept.
+    pub fn through(&mut self, ip: IpAddr) {
+        self.http = base_client_builder()
+            .dns_resolver(Arc::new(NodeResolver(ip)))
+            .danger_accept_invalid_certs(true)
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
     }
 
     /// The cookie `name` this visitor holds for `host`.
@@ -313,6 +327,22 @@ impl Visitor {
         let next = posted.location().expect("the login form redirects");
         let (last, stopped) = self.follow(next.as_str(), is_callback).await;
         stopped.unwrap_or_else(|| panic!("never sent to the callback: {last:?}"))
+    }
+}
+
+/// `*.localhost` at a node's address, `localhost` at 127.0.0.1.
+struct NodeResolver(IpAddr);
+
+impl reqwest::dns::Resolve for NodeResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let ip = match name.as_str().ends_with(".localhost") {
+            true => self.0,
+            false => IpAddr::from([127, 0, 0, 1]),
+        };
+        Box::pin(async move {
+            let addrs: reqwest::dns::Addrs = Box::new(std::iter::once(SocketAddr::new(ip, 0)));
+            Ok(addrs)
+        })
     }
 }
 

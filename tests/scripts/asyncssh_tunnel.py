@@ -23,6 +23,11 @@ def parse_args():
     p.add_argument("--user", default="test")
     p.add_argument("--key", help="an OpenSSH ed25519 private key; none: log in keyless")
     p.add_argument("--origin-port", type=int, required=True, help="where forwarded connections go")
+    # benches/compare.sh: the same client against OpenSSH's sshd (a plain
+    # remote forward on a free port), and run until killed.
+    p.add_argument("--remote-host", default="", help="the forward's bind address (default: burrow's \"\")")
+    p.add_argument("--remote-port", type=int, default=80, help="the forward's port (default 80)")
+    p.add_argument("--hold", action="store_true", help="run until killed, not until stdin closes")
     return p.parse_args()
 
 
@@ -62,9 +67,11 @@ async def main():
         connect_timeout=10,
         **login_options(args),
     ) as conn:
-        await conn.forward_remote_port("", 80, "127.0.0.1", args.origin_port)
+        await conn.forward_remote_port(args.remote_host, args.remote_port, "127.0.0.1", args.origin_port)
         process = await conn.create_process(term_type=None, encoding=None)
         output = asyncio.create_task(copy_session_output(process))
+        if args.hold:
+            await asyncio.Event().wait()  # until killed
         await stdin_closed()
         output.cancel()
 

@@ -24,6 +24,11 @@ def parse_args():
     p.add_argument("--user", default="test")
     p.add_argument("--key", help="an OpenSSH ed25519 private key; none: log in keyless")
     p.add_argument("--origin-port", type=int, required=True, help="where forwarded connections go")
+    # benches/compare.sh: the same client against OpenSSH's sshd (a plain
+    # remote forward on a free port), and run until killed.
+    p.add_argument("--remote-host", default="", help="the forward's bind address (default: burrow's \"\")")
+    p.add_argument("--remote-port", type=int, default=80, help="the forward's port (default 80)")
+    p.add_argument("--hold", action="store_true", help="run until killed, not until stdin closes")
     return p.parse_args()
 
 
@@ -102,10 +107,12 @@ def main():
     def on_forwarded(channel, _origin, _server):
         threading.Thread(target=serve_forwarded, args=(channel, args.origin_port), daemon=True).start()
 
-    transport.request_port_forward("", 80, handler=on_forwarded)
+    transport.request_port_forward(args.remote_host, args.remote_port, handler=on_forwarded)
     session = transport.open_session(timeout=10)
     session.invoke_shell()
     threading.Thread(target=copy_session_output, args=(session,), daemon=True).start()
+    if args.hold:
+        threading.Event().wait()  # until killed
     sys.stdin.read()  # until stdin closes
     transport.close()
 

@@ -61,6 +61,11 @@
 
   async function getJson(path) {
     const response = await fetch(path, { cache: "no-store", credentials: "same-origin" });
+    if (response.status === 401) {
+      // The admin token changed (or the cookie expired): ask for it again.
+      window.location.reload();
+      throw new Error("the admin token is needed again");
+    }
     if (!response.ok) throw new Error(path + ": HTTP " + response.status);
     return response.json();
   }

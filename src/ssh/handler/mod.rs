@@ -5,6 +5,10 @@
 //! `direct-tcpip` answered: the request inspector), and refuses the rest
 //! politely.
 //!
+//! Every request first passes the connection's own rules ([`guard`]: its
+//! limits, [`super::quota`], and the protocol); a request refused there is
+//! a strike, and the last strike ends the connection.
+//!
 //! Two russh rules shape this file:
 //! - Callbacks run inside russh's session loop, so they never await a
 //!   [`russh::server::Handle`] call that needs the loop to answer; they only
@@ -14,12 +18,16 @@
 //!   input arrives through [`Handler::data`] instead, so no queue can fill up
 //!   and stall the connection.
 
+mod guard;
+
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use russh::server::{Auth, ChannelOpenHandle, Handler, Msg, Session as Russh};
 use russh::{Channel, ChannelId, ChannelOpenFailure, Pty};
 
+use self::guard::protocol;
 use super::auth::Login;
 use super::banner::{self, Line};
 use super::forward::Forwards;
@@ -48,8 +56,17 @@ pub struct ClientHandler {
     /// only make sense there.
     pty: bool,
     banner_shown: bool,
-    /// Lines produced before the session channel could show them.
+    /// Lines produced before the session channel could show them (at most
+    /// a line or two per forward request, which the quota bounds).
     pending: Vec<Line>,
+    /// The options (an exec, or a shell without them) were given: they are
+    /// the connection's, once.
+    options_given: bool,
+    /// Channels the client sent EOF on, until they close: data after it
+    /// breaks the protocol.
+    eof: HashSet<ChannelId>,
+    /// The connection is being ended for what it did: nothing more counts.
+    ending: bool,
 }
 
 impl ClientHandler {
@@ -72,6 +89,9 @@ impl ClientHandler {
             pty: false,
             banner_shown: false,
             pending: Vec::new(),
+            options_given: false,
+            eof: HashSet::new(),
+            ending: false,
         }
     }
 
@@ -166,6 +186,20 @@ impl ClientHandler {
         session.exit_status_request(channel, status)?;
         session.eof(channel)?;
         session.close(channel)
+    }
+
+    /// The options could not be taken (`line` says why): the usage, and
+    /// the session ends with status 2.
+    fn refuse_options(
+        &mut self,
+        channel: ChannelId,
+        line: Line,
+        session: &mut Russh,
+    ) -> Result<(), russh::Error> {
+        self.session.settle();
+        let text = format!("{}{}", line.text(), banner::crlf(options::USAGE));
+        session.extended_data(channel, 1, text.into_bytes())?;
+        self.end_session(channel, 2, session)
     }
 
     /// Closes every tunnel of this connection.
@@ -298,6 +332,11 @@ impl Handler for ClientHandler {
             return Ok(false);
         }
         self.session.set_handle(session.handle());
+        if let Err(refusal) = self.session.quota().forward() {
+            self.say(session, banner::limit_error(&refusal));
+            self.strike(&refusal, "forward");
+            return Ok(false);
+        }
         // Boxed: russh keeps each callback's future inside its session
         // future, which lives as long as the connection; inline, this one
         // (name choice, limits, the claim, the cluster directory) would
@@ -324,7 +363,14 @@ impl Handler for ClientHandler {
         port: u32,
         _session: &mut Russh,
     ) -> Result<bool, Self::Error> {
-        Ok(self.forwards.cancel(address, port))
+        if self.forwards.cancel(address, port) {
+            return Ok(true);
+        }
+        let text = format!(
+            "cancel-tcpip-forward for {address}:{port}, which this connection does not hold"
+        );
+        self.strike(&protocol(&text), "forward");
+        Ok(false)
     }
 
     async fn channel_open_session(
@@ -333,6 +379,10 @@ impl Handler for ClientHandler {
         reply: ChannelOpenHandle,
         session: &mut Russh,
     ) -> Result<(), Self::Error> {
+        if let Err(refusal) = self.session.quota().channel_open() {
+            self.refuse_open(refusal, "session channel", reply).await;
+            return Ok(());
+        }
         if self.channel.is_some() {
             reply.reject(ChannelOpenFailure::ResourceShortage).await;
             return Ok(());
@@ -362,6 +412,14 @@ impl Handler for ClientHandler {
         reply: ChannelOpenHandle,
         _session: &mut Russh,
     ) -> Result<(), Self::Error> {
+        let quota = self.session.quota();
+        let slot = match quota.channel_open().and_then(|()| quota.direct_channel()) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                self.refuse_open(refusal, "direct-tcpip", reply).await;
+                return Ok(());
+            }
+        };
         let request = super::direct::Request {
             host: host_to_connect.to_string(),
             port: port_to_connect,
@@ -369,7 +427,7 @@ impl Handler for ClientHandler {
             conn: self.session_id(),
             key: self.forwards.key().map(|k| k.fingerprint.clone()),
         };
-        super::direct::open(Arc::clone(&self.server), request, channel, reply);
+        super::direct::open(Arc::clone(&self.server), request, (channel, slot), reply);
         Ok(())
     }
 
@@ -384,6 +442,9 @@ impl Handler for ClientHandler {
         _modes: &[(Pty, u32)],
         session: &mut Russh,
     ) -> Result<(), Self::Error> {
+        if !self.admit_request(channel, session)? {
+            return Ok(());
+        }
         self.pty = true;
         self.session.log_in_colour();
         session.channel_success(channel)
@@ -396,6 +457,9 @@ impl Handler for ClientHandler {
         _value: &str,
         session: &mut Russh,
     ) -> Result<(), Self::Error> {
+        if !self.admit_request(channel, session)? {
+            return Ok(());
+        }
         session.channel_success(channel)
     }
 
@@ -404,6 +468,9 @@ impl Handler for ClientHandler {
         channel: ChannelId,
         session: &mut Russh,
     ) -> Result<(), Self::Error> {
+        if !self.admit_request(channel, session)? || !self.first_options(channel, session)? {
+            return Ok(());
+        }
         session.channel_success(channel)?;
         self.session.settle();
         self.show_banner(channel, session);
@@ -416,8 +483,17 @@ impl Handler for ClientHandler {
         data: &[u8],
         session: &mut Russh,
     ) -> Result<(), Self::Error> {
-        let command = String::from_utf8_lossy(data);
+        if !self.admit_request(channel, session)? || !self.first_options(channel, session)? {
+            return Ok(());
+        }
         session.channel_success(channel)?;
+        let command = match self.session.quota().command(data) {
+            Ok(command) => String::from_utf8_lossy(command),
+            Err(refusal) => {
+                self.strike(&refusal, "session request");
+                return self.refuse_options(channel, banner::limit_error(&refusal), session);
+            }
+        };
         match options::parse_for(&command, self.server.signin_providers()) {
             Ok(Command::Options(options)) => {
                 self.session.set_options(*options);
@@ -437,15 +513,8 @@ impl Handler for ClientHandler {
                 self.end_session(channel, 0, session)
             }
             Err(message) => {
-                self.session.settle();
                 tracing::info!(conn = self.session_id(), ip = %self.peer.ip(), reason = %message, "options refused");
-                let text = format!(
-                    "{}{}",
-                    Line::error(message).text(),
-                    banner::crlf(options::USAGE)
-                );
-                session.extended_data(channel, 1, text.into_bytes())?;
-                self.end_session(channel, 2, session)
+                self.refuse_options(channel, Line::error(message), session)
             }
         }
     }
@@ -456,6 +525,9 @@ impl Handler for ClientHandler {
         name: &str,
         session: &mut Russh,
     ) -> Result<(), Self::Error> {
+        if !self.admit_request(channel, session)? {
+            return Ok(());
+        }
         tracing::debug!(
             conn = self.session_id(),
             subsystem = name,
@@ -473,6 +545,9 @@ impl Handler for ClientHandler {
         _x11_screen_number: u32,
         session: &mut Russh,
     ) -> Result<(), Self::Error> {
+        if !self.admit_request(channel, session)? {
+            return Ok(());
+        }
         session.channel_failure(channel)
     }
 
@@ -482,9 +557,44 @@ impl Handler for ClientHandler {
         data: &[u8],
         session: &mut Russh,
     ) -> Result<(), Self::Error> {
+        if !self.data_allowed(channel, data.len(), session) {
+            return Ok(());
+        }
         if Some(channel) == self.channel && data.iter().any(|b| STOP_BYTES.contains(b)) {
             self.stop(channel, session);
         }
+        Ok(())
+    }
+
+    /// Extended data from a client means nothing to burrow (the relays
+    /// drop it), but keeps to the same rules as data.
+    async fn extended_data(
+        &mut self,
+        channel: ChannelId,
+        _code: u32,
+        data: &[u8],
+        session: &mut Russh,
+    ) -> Result<(), Self::Error> {
+        self.data_allowed(channel, data.len(), session);
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Russh,
+    ) -> Result<(), Self::Error> {
+        self.eof.insert(channel);
+        Ok(())
+    }
+
+    async fn window_adjusted(
+        &mut self,
+        _channel: ChannelId,
+        new_size: u32,
+        _session: &mut Russh,
+    ) -> Result<(), Self::Error> {
+        self.check_window(new_size);
         Ok(())
     }
 
@@ -493,6 +603,7 @@ impl Handler for ClientHandler {
         channel: ChannelId,
         _session: &mut Russh,
     ) -> Result<(), Self::Error> {
+        self.eof.remove(&channel);
         if Some(channel) == self.channel {
             self.channel = None;
             self.session.set_channel(None);

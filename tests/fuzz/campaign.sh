@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# A long fuzzing campaign: every target (or those named) at once, each for
+# SECONDS of wall-clock time, at the lowest priority; a crash is written
+# to tests/fuzz/artifacts/TARGET/ and that target starts again for the
+# time left. Prints a markdown table for BENCHMARKS.md ("Fuzzing").
+#
+#   tests/fuzz/campaign.sh [-t SECONDS] [-b BIN_DIR] [-o NAME] [TARGET...]
+#
+# Defaults: 1800 s, every target, a fresh build; -b runs the binaries in
+# BIN_DIR as they are (no build: e.g. those of an earlier commit), -o
+# names the run (its logs in tests/fuzz/scratch/campaign-NAME/).
+#
+# Builds as run.sh does, then runs copies of the binaries (a rebuild during
+# the campaign does not touch them). Per target: wall time, the CPU time it
+# really got (user + system, /usr/bin/time), the
+# executions, cov and ft from libFuzzer's last stats line, the scratch
+# corpus (tests/fuzz/scratch/TARGET) and the crashes written. Targets run
+# side by side: on a machine with fewer cores than targets they share
+# them, and the CPU column says how much each got.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+cd "$here"
+
+seconds=1800
+bin_dir=""
+name="$(date -u +%Y%m%dT%H%M)"
+targets=()
+while (($#)); do
+    case "$1" in
+        -t) seconds="$2"; shift ;;
+        -b) bin_dir="$2"; shift ;;
+        -o) name="$2"; shift ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+        *) targets+=("$1") ;;
+    esac
+    shift
+done
+if ((${#targets[@]} == 0)); then
+    for file in fuzz_targets/*.rs; do
+        targets+=("$(basename "$file" .rs)")
+    done
+fi
+
+if [ -z "$bin_dir" ]; then
+    cargo +nightly fuzz build --fuzz-dir "$here" --sanitizer none --debug-assertions >&2
+    bin_dir="$here/target/x86_64-unknown-linux-gnu/release"
+fi
+run="$here/scratch/campaign-$name"
+mkdir -p "$run/bin" artifacts
+for target in "${targets[@]}"; do
+    cp "$bin_dir/$target" "$run/bin/"
+    mkdir -p "scratch/$target" "artifacts/$target"
+done
+
+echo "== $(date -u +%FT%TZ): ${#targets[@]} targets, ${seconds} s each, side by side on $(nproc) cores" >&2
+# One target: libFuzzer until SECONDS have passed; after a crash (written
+# to artifacts/TARGET/) it starts again for the time left.
+campaign() {
+    local target="$1" log="$run/$1.log" end=$(($(date +%s) + seconds)) left
+    : >"$log"
+    while left=$((end - $(date +%s))); ((left > 5)); do
+        "$run/bin/$target" -timeout=10 -rss_limit_mb=2048 -max_total_time="$left" \
+            -print_final_stats=1 -artifact_prefix="artifacts/$target/" \
+            "scratch/$target" "corpus/$target" >>"$log" 2>&1 && break
+    done
+}
+export -f campaign
+export run seconds
+pids=()
+for target in "${targets[@]}"; do
+    /usr/bin/time -v -o "$run/$target.time" nice -n 19 bash -c "campaign $target" &
+    pids+=($!)
+done
+for pid in "${pids[@]}"; do
+    wait "$pid" || true
+done
+echo "== $(date -u +%FT%TZ): done" >&2
+
+# libFuzzer's stats lines (`#N ... cov: C ft: F corp: K/...`) and, per
+# run, `stat::number_of_executed_units: N`.
+field() { grep -E '^#[0-9]+' "$1" | tail -1 | grep -oE "$2: [0-9]+" | awk '{print $2}'; }
+table="| target | wall | CPU s | executions | exec/CPU s | cov | ft | corpus | crashes |
+|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+for target in "${targets[@]}"; do
+    log="$run/$target.log"
+    runs="$(grep -oE 'stat::number_of_executed_units: *[0-9]+' "$log" | awk '{n+=$2} END{print n+0}')"
+    wall="$(grep -oE 'Elapsed \(wall clock\) time.*: .*' "$run/$target.time" | awk '{print $NF}')"
+    user="$(grep -oE 'User time \(seconds\): [0-9.]+' "$run/$target.time" | awk '{print $NF}')"
+    sys="$(grep -oE 'System time \(seconds\): [0-9.]+' "$run/$target.time" | awk '{print $NF}')"
+    cpu="$(awk -v u="$user" -v s="$sys" 'BEGIN{printf "%.0f", u+s}')"
+    speed="$(awk -v r="$runs" -v c="$cpu" 'BEGIN{printf "%.0f", (c>0 ? r/c : 0)}')"
+    crashes="$(find "artifacts/$target" -maxdepth 1 -newer "$run/bin/$target" \
+        \( -name 'crash-*' -o -name 'timeout-*' -o -name 'oom-*' \) | wc -l)"
+    corpus="$(find "scratch/$target" -type f | wc -l)"
+    table+="
+| $target | $wall | $cpu | $runs | $speed | $(field "$log" cov) | $(field "$log" ft) | $corpus | $crashes |"
+done
+echo "$table" | tee "$run/summary.md"
