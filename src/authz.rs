@@ -9,7 +9,7 @@
 //! (the key fields for a key login, `password` for a password login,
 //! neither for a keyless one) and follows the answer: `200` with
 //! `{"allow": true, "names": [...], "ports": [...], "connect": [...],
-//! "login": "..."}` grants exactly what a keys-file line can grant, checked
+//! "login": "...", "plan": "team"}` grants exactly what a keys-file line can grant, checked
 //! by the same code ([`crate::keys::RawGrant`]) and applied by the same
 //! grant rule ([`crate::tunnel::names::Grants`]); `403`, or
 //! `{"allow": false, "message": "..."}`, refuses with that message. A
@@ -65,6 +65,9 @@ struct Answer {
     connect: Vec<String>,
     #[serde(default)]
     login: Option<String>,
+    /// The key's plan (`--plans-file`); unknown or absent: `default`.
+    #[serde(default)]
+    plan: Option<String>,
 }
 
 /// The refusal when the service cannot be asked.
@@ -208,6 +211,7 @@ impl AuthUrl {
             ports: answer.ports.iter().map(|p| p.to_string()).collect(),
             connect: answer.connect,
             login: answer.login.into_iter().collect(),
+            plan: answer.plan.into_iter().collect(),
         };
         raw.grant(&self.providers)
             .map_err(|e| anyhow!("its grant is not valid: {e:#}"))
@@ -250,6 +254,19 @@ pub fn operator_policy(
         return grant.login.clone();
     }
     auth_url?.grant(fp)?.login
+}
+
+/// The plan the operator gives key `fp` (`None`: the default plan): its
+/// keys-file line's `plan=`, else `--auth-url`'s answer's.
+pub fn operator_plan(
+    keys: &crate::keys::Keys,
+    auth_url: Option<&AuthUrl>,
+    fp: &str,
+) -> Option<String> {
+    if let Some(grant) = keys.current().grant(fp) {
+        return grant.plan.clone();
+    }
+    auth_url?.grant(fp)?.plan
 }
 
 /// What an answer is remembered by: the key, or the user and password

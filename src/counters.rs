@@ -102,6 +102,10 @@ pub struct Metrics {
     pub private_connections: Family<Labels, Counter>,
     /// How long visitors waited for a new tunnel's options.
     pub options_hold: Histogram,
+    /// Refusals by a user's plan, by plan and limit (`max-tunnels`,
+    /// `transfer`, `requests`): plan names come from the plans file, so the
+    /// cardinality is bounded by it.
+    pub quota_refusals: Family<Vec<(&'static str, String)>, Counter>,
 }
 
 impl Default for Metrics {
@@ -128,6 +132,7 @@ impl Default for Metrics {
             private_connections: Family::default(),
             // 1 ms … ~8 s.
             options_hold: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
+            quota_refusals: Family::default(),
         }
     }
 }
@@ -247,6 +252,18 @@ impl Counters {
         self.metrics
             .refusals
             .get_or_create(&vec![("limit", limit)])
+            .inc();
+    }
+
+    /// A user's plan refused something (`limit`: `max-tunnels`,
+    /// `transfer`, `requests`).
+    pub fn quota_refused(&self, plan: &str, limit: &str) {
+        self.metrics
+            .quota_refusals
+            .get_or_create(&vec![
+                ("plan", plan.to_string()),
+                ("limit", limit.to_string()),
+            ])
             .inc();
     }
 

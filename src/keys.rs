@@ -18,7 +18,9 @@
 //! may reach through SSH: labels, `*` matching any run of characters, e.g.
 //! `connect=db,fleet-*`) and `login` (a sign-in policy every tunnel of the
 //! key carries, e.g. `login=*@example.com,group:eng`; see
-//! [`crate::identity`]). A malformed line rejects the whole file
+//! [`crate::identity`]) and `plan` (the key's plan, from `--plans-file`,
+//! e.g. `plan=team`; see [`crate::plans`]). A malformed line, or a plan
+//! that is not defined, rejects the whole file
 //! with its line number, and the previous file stays in force.
 
 use std::collections::HashMap;
@@ -43,6 +45,8 @@ pub struct Grant {
     /// Who may visit this key's tunnels (`login=`): they always carry it,
     /// whatever their owner asks for.
     pub login: Option<LoginPolicy>,
+    /// The key's plan (`plan=`), if the line names one.
+    pub plan: Option<String>,
     pub comment: String,
 }
 
@@ -50,14 +54,17 @@ impl Grant {
     /// A key listed on several lines holds what every line grants it (the
     /// owner tables count each line, so its grant must too); the first
     /// line's comment names it.
-    /// A `login=` on any line binds every tunnel of the key (the file
-    /// rejects lines that ask for different ones).
+    /// A `login=` or `plan=` on any line binds every tunnel of the key
+    /// (the file rejects lines that ask for different ones).
     fn merge(&mut self, more: Grant) {
         self.names.extend(more.names);
         self.ports.extend(more.ports);
         self.connect.extend(more.connect);
         if self.login.is_none() {
             self.login = more.login;
+        }
+        if self.plan.is_none() {
+            self.plan = more.plan;
         }
     }
 
@@ -78,6 +85,9 @@ pub struct KeysFile {
     by_fingerprint: HashMap<String, Grant>,
     name_owners: HashMap<String, Vec<String>>,
     port_owners: HashMap<u16, Vec<String>>,
+    /// The plans lines name, with their line numbers (checked against the
+    /// plans in force).
+    plans: Vec<(usize, String)>,
 }
 
 /// `SHA256:…` of a key, as `ssh-keygen -lf` prints it.
@@ -106,16 +116,28 @@ impl KeysFile {
             }
             let (fp, grant) =
                 parse_line(line, providers).map_err(|e| anyhow!("line {}: {e}", index + 1))?;
-            if let (Some(listed), Some(login)) = (
-                file.by_fingerprint.get(&fp).and_then(|g| g.login.as_ref()),
-                &grant.login,
-            ) {
+            let listed = file.by_fingerprint.get(&fp);
+            if let (Some(listed), Some(login)) =
+                (listed.and_then(|g| g.login.as_ref()), &grant.login)
+            {
                 if listed != login {
                     bail!(
                         "line {}: this key is listed above with another login= policy",
                         index + 1
                     );
                 }
+            }
+            if let (Some(listed), Some(plan)) = (listed.and_then(|g| g.plan.as_ref()), &grant.plan)
+            {
+                if listed != plan {
+                    bail!(
+                        "line {}: this key is listed above with another plan= ({listed})",
+                        index + 1
+                    );
+                }
+            }
+            if let Some(plan) = &grant.plan {
+                file.plans.push((index + 1, plan.clone()));
             }
             file.insert(fp, grant);
         }
@@ -147,6 +169,15 @@ impl KeysFile {
             None => {
                 self.by_fingerprint.insert(fp, grant);
             }
+        }
+    }
+
+    /// Checks every `plan=` against the plans defined (`known`): the first
+    /// unknown one is an error naming its line.
+    pub fn check_plans(&self, known: impl Fn(&str) -> bool) -> Result<()> {
+        match self.plans.iter().find(|(_, plan)| !known(plan)) {
+            Some((line, plan)) => bail!("line {line}: plan {plan:?} is not defined (--plans-file)"),
+            None => Ok(()),
         }
     }
 
@@ -208,7 +239,8 @@ fn parse_options(options: &str, providers: &[String]) -> Result<Grant> {
                     "ports" => "ports",
                     "connect" => "connect",
                     "login" => "login",
-                    other => bail!("unknown option {other:?} (known: names, ports, connect, login)"),
+                    "plan" => "plan",
+                    other => bail!("unknown option {other:?} (known: names, ports, connect, login, plan)"),
                 });
                 (current.expect("just set"), value)
             }
@@ -225,6 +257,7 @@ fn parse_options(options: &str, providers: &[String]) -> Result<Grant> {
                 "names" => &mut raw.names,
                 "ports" => &mut raw.ports,
                 "connect" => &mut raw.connect,
+                "plan" => &mut raw.plan,
                 _ => &mut raw.login,
             };
             list.push(value.to_string());
@@ -242,6 +275,8 @@ pub struct RawGrant {
     pub connect: Vec<String>,
     /// Items of one `login=` policy.
     pub login: Vec<String>,
+    /// The plan (one name).
+    pub plan: Vec<String>,
 }
 
 impl RawGrant {
@@ -270,6 +305,14 @@ impl RawGrant {
                 .filter(|p| *p > 0)
                 .ok_or_else(|| anyhow!("ports: {value:?} is not a port number 1-65535"))?;
             grant.ports.push(port);
+        }
+        match self.plan.as_slice() {
+            [] => {}
+            [plan] => {
+                crate::plans::model::valid_name(plan)?;
+                grant.plan = Some(plan.clone());
+            }
+            _ => bail!("plan: one plan per key"),
         }
         if !self.login.is_empty() {
             let policy =
@@ -314,6 +357,8 @@ pub struct Keys {
     providers: Vec<String>,
     current: RwLock<Arc<KeysFile>>,
     stamp: Mutex<Option<(SystemTime, u64)>>,
+    /// The plans `plan=` may name (`None`: not checked yet).
+    plan_names: RwLock<Option<Vec<String>>>,
 }
 
 fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
@@ -339,7 +384,23 @@ impl Keys {
             providers: providers.to_vec(),
             stamp: Mutex::new(path.and_then(stamp)),
             current: RwLock::new(Arc::new(file)),
+            plan_names: RwLock::new(None),
         })
+    }
+
+    /// Sets the plans `plan=` may name (the plans in force), checking the
+    /// file in force against them: an error names the first line whose
+    /// plan is not among them (and leaves the previous names in force).
+    pub fn set_plans(&self, names: Vec<String>) -> Result<()> {
+        let what = || match &self.path {
+            Some(path) => format!("--keys-file {}", path.display()),
+            None => "--keys-file".to_string(),
+        };
+        self.current()
+            .check_plans(|plan| names.iter().any(|n| n == plan))
+            .with_context(what)?;
+        *self.plan_names.write().expect("plan names lock") = Some(names);
+        Ok(())
     }
 
     pub fn current(&self) -> Arc<KeysFile> {
@@ -364,6 +425,10 @@ impl Keys {
             .with_context(|| format!("{}: cannot read", path.display()))?;
         let file = KeysFile::parse_for(&text, &self.providers)
             .with_context(|| path.display().to_string())?;
+        if let Some(names) = &*self.plan_names.read().expect("plan names lock") {
+            file.check_plans(|plan| names.iter().any(|n| n == plan))
+                .with_context(|| path.display().to_string())?;
+        }
         let file = Arc::new(file);
         *self.current.write().expect("keys lock") = Arc::clone(&file);
         Ok(file)
@@ -407,6 +472,29 @@ mod tests {
             assert!(!a.may_connect(name), "{name}");
         }
         assert!(KeysFile::parse(&format!("connect=bad_name {KEY_A}")).is_err());
+    }
+
+    #[test]
+    fn plans_are_named_and_checked() {
+        let text = format!("plan=team {KEY_A}\nnames=x,plan=free {KEY_B}\n");
+        let file = KeysFile::parse(&text).unwrap();
+        assert_eq!(
+            file.grant(&fp(KEY_A)).unwrap().plan.as_deref(),
+            Some("team")
+        );
+        assert_eq!(file.grant(&fp(KEY_B)).unwrap().names, ["x"]);
+        assert!(file.check_plans(|p| p == "team" || p == "free").is_ok());
+        let err = file.check_plans(|p| p == "team").unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("\"free\""), "{err}");
+        let two = format!("names=x {KEY_A}\nplan=team {KEY_A}\n");
+        let file = KeysFile::parse(&two).unwrap();
+        assert_eq!(
+            file.grant(&fp(KEY_A)).unwrap().plan.as_deref(),
+            Some("team")
+        );
+        let clash = format!("plan=team {KEY_A}\nplan=free {KEY_A}\n");
+        let err = KeysFile::parse(&clash).unwrap_err().to_string();
+        assert!(err.contains("line 2") && err.contains("plan="), "{err}");
     }
 
     #[test]
@@ -455,6 +543,8 @@ mod tests {
             ("names=api".to_string(), "no public key"),
             (format!("ports=99999 {KEY_A}"), "port"),
             (format!("names=\"api {KEY_A}"), "line 1"),
+            (format!("plan=Team {KEY_A}"), "plan name"),
+            (format!("plan=a,b {KEY_A}"), "one plan per key"),
         ] {
             let err = format!("{:#}", KeysFile::parse(&text).unwrap_err());
             assert!(err.contains(needle), "{text:?}: {err}");

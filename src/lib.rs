@@ -18,7 +18,8 @@
 //!   the link between nodes);
 //! - leaves every layer uses: [`config`], [`counters`], [`limits`],
 //!   [`listen`], [`shutdown`], [`request_log`], [`subdomain`], [`keys`],
-//!   [`forwarded`], [`state`], [`tls`], [`systemd`]; and the certificate
+//!   [`forwarded`], [`state`], [`tls`], [`systemd`], [`plans`] (per-user
+//!   quotas and usage); and the certificate
 //!   side: [`acme`], [`custom`], [`reload`].
 //!
 //! [`run`] binds every listener first (so a bad flag fails before anything
@@ -44,6 +45,7 @@ pub mod listen;
 pub mod login;
 pub mod ops;
 pub mod pipe;
+pub mod plans;
 pub mod reload;
 pub mod request_log;
 pub mod shutdown;
@@ -78,6 +80,7 @@ const CLOSE_TIME: Duration = Duration::from_secs(2);
 pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()> {
     let shutdown = Shutdown::new();
     let inputs = Inputs::read(&config, &shutdown)?;
+    let plans = inputs.plans.clone();
     let secrets = ops::auth::Secrets::read(&config.admin)?;
     let listeners = Listeners::bind(&config).await?;
     listen::raise_open_files_limit();
@@ -115,12 +118,16 @@ pub async fn run(config: Config, signal: impl Future<Output = ()>) -> Result<()>
     // Installed now so it only sees signals sent from here on.
     let second = shutdown::signal().context("cannot install signal handlers")?;
     tokio::select! {
-        _ = drain(config.shutdown_grace, &shutdown, cluster.as_deref()) => Ok(()),
+        _ = drain(config.shutdown_grace, &shutdown, cluster.as_deref()) => {}
         _ = second => {
             tracing::warn!("second signal: exiting now");
+            plans.iter().for_each(|p| p.save_logged());
             std::process::exit(1);
         }
     }
+    // Last, once the connections closed: their last bytes count.
+    plans.iter().for_each(|p| p.save_logged());
+    Ok(())
 }
 
 /// What is read before anything is bound or written: certificates, the
@@ -138,6 +145,8 @@ struct Inputs {
     operator: identity::Operator,
     /// `--auth-url`, when set.
     auth_url: Option<Arc<authz::AuthUrl>>,
+    /// Per-user plans and their usage, when configured.
+    plans: Option<Arc<plans::Plans>>,
     /// Installed early, so a SIGHUP never kills the process.
     hangup: tokio::signal::unix::Signal,
 }
@@ -169,6 +178,12 @@ impl Inputs {
             required,
         };
         let auth_url = authz::AuthUrl::new(&config.login, names, Arc::clone(&refusals))?;
+        let plans = plans::Plans::load(&config.plans, &config.state_dir)?;
+        let plan_names = plans.as_ref().map_or_else(
+            || vec![plans::DEFAULT_PLAN.to_string()],
+            |p| p.current().names(),
+        );
+        keys.set_plans(plan_names)?;
         Ok(Inputs {
             certs,
             keys,
@@ -178,6 +193,7 @@ impl Inputs {
             providers,
             operator,
             auth_url,
+            plans,
             hangup: reload::hangup_signal()?,
         })
     }
@@ -362,6 +378,7 @@ impl Layers {
             trusted: core.trusted.clone(),
             spool: Arc::clone(&core.spool),
             inspect: Arc::clone(&core.inspector),
+            plans: inputs.plans.clone(),
             shutdown: core.shutdown.clone(),
         };
         let ssh = ssh::Server::new(config, ssh_parts, host_key, Arc::from(name_secret));
@@ -404,6 +421,7 @@ impl Layers {
             history: Arc::clone(&history),
             cluster: cluster.cloned(),
             inspect_watchers: Arc::clone(&core.inspector.watchers),
+            plans: inputs.plans.clone(),
             auth: admin,
         };
         let reload = reload::Reload {
@@ -414,6 +432,7 @@ impl Layers {
             tcp_ports: config.tcp_ports.clone(),
             keys_only: config.auth_mode == AuthMode::Keys,
             auth_url: inputs.auth_url.clone(),
+            plans: inputs.plans.clone(),
         };
         Layers {
             ssh: Arc::new(ssh),
@@ -453,6 +472,11 @@ fn serve(
         });
         shutdown.spawn(edge::link::serve(listener, link));
         shutdown.spawn(Arc::clone(cluster).run(shutdown.clone()));
+        if let Some(plans) = &inputs.plans {
+            plans.share(Arc::clone(cluster) as Arc<dyn plans::Shared>);
+            let usage = Arc::clone(cluster).share_usage(Arc::clone(plans), shutdown.clone());
+            shutdown.spawn(usage);
+        }
     }
     if let Some(listener) = listeners.health {
         shutdown.spawn(ops::health::serve(listener, shutdown.clone()));
@@ -480,6 +504,10 @@ fn serve(
         shutdown.clone(),
     ));
     shutdown.spawn(trim::run(config.memory_trim_interval, shutdown.clone()));
+    if let Some(plans) = &inputs.plans {
+        let interval = config.plans.usage_save_interval;
+        shutdown.spawn(Arc::clone(plans).keep_saved(interval, shutdown.clone()));
+    }
     shutdown.spawn(prune_sign_in(
         (layers.login, inputs.auth_url),
         shutdown.clone(),

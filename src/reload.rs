@@ -1,5 +1,6 @@
 //! Reloading without a restart: on SIGHUP, and whenever the files change on
-//! disk (checked every second), the keys file and the TLS certificate are
+//! disk (checked every second), the keys file, the plans file and the TLS
+//! certificate are
 //! loaded again and take effect for what comes next; nothing open is
 //! dropped. A broken new file is rejected with a log line and the previous
 //! one stays in force. systemd hears RELOADING/READY around a SIGHUP.
@@ -30,6 +31,8 @@ pub struct Reload {
     pub keys_only: bool,
     /// `--auth-url`'s grants count in the grant rule too.
     pub auth_url: Option<Arc<crate::authz::AuthUrl>>,
+    /// `--plans-file`, when plans are configured.
+    pub plans: Option<Arc<crate::plans::Plans>>,
 }
 
 /// How often the files are checked for changes on disk.
@@ -55,6 +58,13 @@ pub async fn watch(reload: Reload, mut hangup: tokio::signal::unix::Signal, shut
         if forced {
             tracing::info!("SIGHUP: reloading the keys file and the TLS certificate");
             systemd::reloading();
+        }
+        let plans_changed = reload
+            .plans
+            .as_ref()
+            .is_some_and(|p| p.path().is_some() && (forced || p.changed_on_disk()));
+        if plans_changed {
+            reload.reload_plans();
         }
         if reload.keys.path.is_some() && (forced || reload.keys.changed_on_disk()) {
             reload.reload_keys();
@@ -91,6 +101,29 @@ impl Reload {
             }
             Err(err) => {
                 tracing::warn!(error = %format!("{err:#}"), "keys file rejected; the previous one stays in force");
+            }
+        }
+    }
+
+    /// The plans file again: rejected (the old plans kept) when it is
+    /// broken or drops a plan the keys file names.
+    fn reload_plans(&self) {
+        let Some(plans) = &self.plans else { return };
+        let keys = self.keys.current();
+        let checked = plans.reload(|set| {
+            keys.check_plans(|name| set.contains(name))
+                .map_err(|e| anyhow::anyhow!("the keys file: {e:#}"))
+        });
+        match checked {
+            Ok(set) => {
+                let names = set.names();
+                tracing::info!(plans = names.len(), "plans file reloaded");
+                if let Err(err) = self.keys.set_plans(names) {
+                    tracing::warn!(error = %format!("{err:#}"), "plans and keys file disagree");
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %format!("{err:#}"), "plans file rejected; the previous one stays in force");
             }
         }
     }

@@ -10,6 +10,7 @@
 //!   follows a Redis outage; `events`: the event channel applied here;
 //!   `reconcile`: what follows the primary moving (Sentinel failover);
 //! - [`nodes`]: the node table read from the heartbeats;
+//! - `usage`: plans' usage per user, flushed to Redis every second;
 //! - [`tls`]: the link's mutual TLS; [`link`]: HTTP/2 streams to other
 //!   nodes (their serving side is `crate::edge::link`, above the edge);
 //! - this module: [`Cluster`], the node's membership — joining, the
@@ -27,6 +28,7 @@ pub mod link;
 pub mod nodes;
 mod reconcile;
 pub mod tls;
+mod usage;
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -11,6 +11,7 @@ mod inspect;
 mod limits;
 mod login;
 mod parse;
+mod plans;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -31,6 +32,7 @@ pub use self::parse::{
     parse_cidr, parse_duration, parse_port_ranges, parse_rate, parse_resolver, parse_size,
     PortRanges, Rate,
 };
+pub use self::plans::PlanArgs;
 
 /// The validated server configuration.
 #[derive(Parser, Debug, Clone)]
@@ -187,6 +189,9 @@ pub struct Config {
 
     #[command(flatten)]
     pub login: LoginArgs,
+
+    #[command(flatten)]
+    pub plans: PlanArgs,
 
     #[command(flatten)]
     pub acme: AcmeArgs,

@@ -37,6 +37,9 @@ pub struct Page {
     /// Why burrow answered, in words for the tunnel's owner (their request
     /// log); `None` when there is nothing to explain.
     pub why: Option<String>,
+    /// Fields an API client (`Accept: application/json`) gets besides
+    /// `status`, `error` (the title) and `message` (the text).
+    pub fields: Vec<(&'static str, serde_json::Value)>,
 }
 
 impl Page {
@@ -46,7 +49,14 @@ impl Page {
             title: title.into(),
             blocks: Vec::new(),
             why: None,
+            fields: Vec::new(),
         }
+    }
+
+    /// A field for the JSON rendering.
+    pub fn field(mut self, name: &'static str, value: impl Into<serde_json::Value>) -> Self {
+        self.fields.push((name, value.into()));
+        self
     }
 
     /// The reason the tunnel's owner sees under this request's log line.
@@ -86,14 +96,19 @@ impl Page {
         self
     }
 
-    /// Renders as HTML when the client accepts it, else as plain text.
+    /// Renders as HTML when the client accepts it, as JSON for API clients
+    /// (`Accept: application/json` without HTML), else as plain text.
     pub fn render(self, request_headers: &HeaderMap) -> Response<Body> {
-        let html = request_headers
+        let accept = request_headers
             .get(ACCEPT)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|accept| accept.contains("text/html"));
+            .unwrap_or_default();
+        let html = accept.contains("text/html");
+        let json = !html && accept.contains("application/json");
         let (content_type, body) = if html {
             ("text/html; charset=utf-8", self.html())
+        } else if json {
+            ("application/json", self.json())
         } else {
             ("text/plain; charset=utf-8", self.plain())
         };
@@ -106,6 +121,26 @@ impl Page {
             .extensions_mut()
             .insert(crate::request_log::Answered(self.why));
         response
+    }
+
+    fn json(&self) -> String {
+        let texts: Vec<&str> = self
+            .blocks
+            .iter()
+            .filter_map(|b| match b {
+                Block::Text(text) => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        let mut value = serde_json::json!({
+            "status": self.status.as_u16(),
+            "error": self.title,
+            "message": texts.join(" "),
+        });
+        for (name, field) in &self.fields {
+            value[*name] = field.clone();
+        }
+        value.to_string()
     }
 
     fn plain(&self) -> String {
@@ -380,6 +415,9 @@ pub fn request_idle(host: &str, idle: std::time::Duration) -> Page {
 
 /// A visitor limit refused the request.
 pub fn limited(status: StatusCode, refusal: &crate::limits::Refusal) -> Page {
+    if matches!(refusal.limit, "transfer" | "requests") {
+        return quota_used_up(status, refusal);
+    }
     let title = if status == StatusCode::SERVICE_UNAVAILABLE {
         "Tunnel busy"
     } else {
@@ -398,6 +436,29 @@ pub fn limited(status: StatusCode, refusal: &crate::limits::Refusal) -> Page {
         ));
     if let Some(secs) = refusal.retry_secs() {
         page = page.text(format!("Try again in {secs} s. (limit: {})", refusal.limit));
+    }
+    page
+}
+
+/// The tunnel owner's plan quota is used up until it resets.
+fn quota_used_up(status: StatusCode, refusal: &crate::limits::Refusal) -> Page {
+    let mut page = Page::new(status, "Quota used up")
+        .text(format!(
+            "Quota used up for this tunnel: {}.",
+            refusal.message
+        ))
+        .why(format!(
+            "plan quota ({}): {}",
+            refusal.limit, refusal.message
+        ))
+        .field("limit", refusal.limit)
+        .field("quota", refusal.limit);
+    if let Some(secs) = refusal.retry_secs() {
+        let resets = std::time::SystemTime::now() + std::time::Duration::from_secs(secs);
+        page = page.field("retry_after", secs).field(
+            "resets",
+            humantime::format_rfc3339_seconds(resets).to_string(),
+        );
     }
     page
 }

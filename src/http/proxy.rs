@@ -298,6 +298,9 @@ impl Proxy {
             Ok(slot) => slot,
             Err(refusal) => return refused(refusal, &req),
         };
+        if let Err(refusal) = plan_admits(tunnel) {
+            return refused(refusal, &req);
+        }
         let max_body = self.limits.max_body_size;
         if max_body > 0 && content_length(req.headers()).is_some_and(|len| len > max_body) {
             return Gates::Answer(pages::too_large(max_body).render(req.headers()));
@@ -409,7 +412,14 @@ impl Proxy {
             let origin_upgrade = hyper::upgrade::on(&mut response);
             let upgrades = (visitor_upgrade, origin_upgrade);
             let observed = observed.as_ref().and_then(|o| o.websocket());
-            websocket::relay(&self.shutdown, limits, upgrades, ws_slot, (log, observed));
+            let quota = tunnel.client().account();
+            websocket::relay(
+                &self.shutdown,
+                (limits, quota),
+                upgrades,
+                ws_slot,
+                (log, observed),
+            );
         }
         // The visitor's body may still break after the head came back.
         response.extensions_mut().insert(log::RequestCut(cut));
@@ -489,4 +499,15 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
+}
+
+/// The tunnel owner's plan: a used-up transfer or request quota refuses
+/// the request (429 naming the quota and when it resets); else it counts.
+fn plan_admits(tunnel: &Tunnel) -> Result<(), Refusal> {
+    let Some(account) = tunnel.client().account() else {
+        return Ok(());
+    };
+    account.admit_request().inspect_err(|refusal| {
+        crate::counters::COUNTERS.quota_refused(&account.plan().name, refusal.limit);
+    })
 }

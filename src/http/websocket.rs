@@ -18,7 +18,7 @@ use crate::shutdown::Shutdown;
 /// waits for (it ends at the latest when shutdown's last phase begins).
 pub fn relay(
     shutdown: &Shutdown,
-    limits: &LimitArgs,
+    (limits, quota): (&LimitArgs, Option<std::sync::Arc<crate::plans::Account>>),
     (visitor, origin): (OnUpgrade, OnUpgrade),
     slot: Slot,
     (log, observed): (WebSocketLog, Option<WebSocketEnd>),
@@ -29,6 +29,7 @@ pub fn relay(
         idle: limits.websocket_idle_timeout,
         flags: "websocket",
         bandwidth: None,
+        quota,
     };
     let stop = shutdown.clone();
     shutdown.spawn(async move {
@@ -50,7 +51,10 @@ pub fn relay(
         tracing::debug!(end = %end.describe(&limits), "upgraded connection ended");
         // Only a limit is burrow's doing; a visitor or app that hangs up,
         // politely or not, is not.
-        let cut = matches!(end, RelayEnd::TooManyBytes | RelayEnd::Idle);
+        let cut = matches!(
+            end,
+            RelayEnd::TooManyBytes | RelayEnd::Idle | RelayEnd::Quota
+        );
         let why = cut.then(|| format!("WebSocket {}", end.describe(&limits)));
         if let Some(end) = observed {
             let load =

@@ -8,6 +8,8 @@
 //! DELETE /bans/{ip}        lift a block
 //! ```
 //!
+//! (and, with plans, `/usage`: see [`super::usage`]).
+//!
 //! Answers are JSON; errors are `{"error": "…"}` with a fitting status.
 //! `POST` needs `Content-Type: application/json`, which a web page cannot
 //! send cross-origin without a preflight that nothing here answers.
@@ -344,15 +346,15 @@ pub fn decode(segment: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
+pub(super) fn json(status: StatusCode, value: &impl Serialize) -> Response<Body> {
     pages::json(status, value)
 }
 
-fn error(status: StatusCode, message: &str) -> Response<Body> {
+pub(super) fn error(status: StatusCode, message: &str) -> Response<Body> {
     pages::json_error(status, message)
 }
 
-fn not_allowed(allow: &'static str) -> Response<Body> {
+pub(super) fn not_allowed(allow: &'static str) -> Response<Body> {
     let mut response = error(
         StatusCode::METHOD_NOT_ALLOWED,
         &format!("method not allowed here; use {allow}"),

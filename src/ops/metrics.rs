@@ -58,6 +58,11 @@ pub fn render(ops: &Ops) -> String {
         m.refusals.clone(),
     );
     registry.register(
+        "quota_refusals",
+        "Refusals by a user's plan, by plan and limit",
+        m.quota_refusals.clone(),
+    );
+    registry.register(
         "channel_open_failures",
         "forwarded-tcpip channels the SSH client did not open, by reason",
         m.channel_open_failures.clone(),
@@ -83,6 +88,7 @@ pub fn render(ops: &Ops) -> String {
     register_state(&mut registry, ops);
     register_custom_certs(&mut registry, ops);
     register_cluster(&mut registry, ops);
+    super::usage::register_metrics(&mut registry, ops);
     let mut text = String::new();
     prometheus_client::encoding::text::encode(&mut text, &registry)
         .expect("writing to a String cannot fail");

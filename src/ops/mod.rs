@@ -1,6 +1,7 @@
 //! The operator's endpoints on the stats listener (loopback only): the
 //! JSON stats ([`stats`]), Prometheus metrics ([`metrics`]), the admin API
-//! ([`admin`]) and the live dashboard ([`dashboard`]).
+//! ([`admin`]), plans and usage ([`usage`]) and the live dashboard
+//! ([`dashboard`]).
 //!
 //! Every request passes three checks first: the peer must be a loopback
 //! address (bound wider by mistake or not, strangers never see the
@@ -16,6 +17,7 @@ pub mod health;
 pub mod metrics;
 pub mod stats;
 mod unix;
+pub mod usage;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -52,6 +54,8 @@ pub struct Ops {
     cluster: Option<Arc<crate::cluster::Cluster>>,
     /// Who inspects what (`inspector_connections` in the stats).
     inspect_watchers: Arc<crate::inspect::capture::Watchers>,
+    /// Per-user plans and usage, when configured.
+    plans: Option<Arc<crate::plans::Plans>>,
     /// The admin and metrics tokens.
     auth: auth::AdminAuth,
 }
@@ -66,6 +70,7 @@ pub struct Parts {
     pub history: Arc<dashboard::History>,
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
     pub inspect_watchers: Arc<crate::inspect::capture::Watchers>,
+    pub plans: Option<Arc<crate::plans::Plans>>,
     pub auth: auth::AdminAuth,
 }
 
@@ -82,6 +87,7 @@ impl Ops {
             block_duration: config.limits.block_duration,
             cluster: parts.cluster,
             inspect_watchers: parts.inspect_watchers,
+            plans: parts.plans,
             auth: parts.auth,
         }
     }
@@ -153,6 +159,9 @@ async fn handle(ops: &Ops, req: Request<Incoming>, peer: Peer) -> Response<Body>
     }
     if path == "/" {
         return stats::response(ops, req.uri().query());
+    }
+    if let Some(response) = usage::handle(ops, &req).await {
+        return response;
     }
     match admin::handle(ops, req).await {
         Some(response) => response,

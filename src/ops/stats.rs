@@ -67,6 +67,14 @@ struct Snapshot {
     /// last heartbeat, and whether Redis answers.
     #[serde(skip_serializing_if = "Option::is_none")]
     cluster: Option<super::cluster::ClusterStats>,
+    /// With plans: per plan, this node's accounts, their transfer and
+    /// requests this period, and how many are at a quota.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    plans: Option<std::collections::BTreeMap<String, super::usage::PlanStats>>,
+    /// With plans: the top 10 accounts by transfer this period (the
+    /// dashboard's table).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_users: Option<Vec<crate::plans::Usage>>,
 }
 
 #[derive(Serialize)]
@@ -128,6 +136,8 @@ fn snapshot(ops: &Ops, with_subdomains: bool) -> Snapshot {
             .map(|acme| acme.expiries().into_iter().collect()),
         acme_orders: ops.acme.as_ref().map(|acme| acme.ordered()),
         cluster: ops.cluster.as_deref().map(super::cluster::stats),
+        plans: super::usage::stats(ops),
+        top_users: ops.plans.is_some().then(|| super::usage::top(ops, 10)),
     }
 }
 

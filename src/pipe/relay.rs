@@ -46,6 +46,8 @@ pub enum RelayEnd {
     Idle,
     /// A read or write failed.
     Error,
+    /// The tunnel owner's plan's transfer quota is used up.
+    Quota,
 }
 
 /// The limits of one relay.
@@ -59,6 +61,9 @@ pub struct RelayLimits {
     pub flags: &'static str,
     /// The tunnel whose bandwidth budget the bytes are spent from.
     pub bandwidth: Option<Arc<TunnelGate>>,
+    /// The tunnel owner's plan account: the relay ends when its transfer
+    /// quota is used up.
+    pub quota: Option<Arc<crate::plans::Account>>,
 }
 
 impl RelayEnd {
@@ -72,6 +77,13 @@ impl RelayEnd {
             ),
             RelayEnd::Idle => format!("idle for {} ({flags}-idle-timeout)", human(limits.idle)),
             RelayEnd::Error => "connection error".into(),
+            RelayEnd::Quota => match &limits.quota {
+                Some(account) => format!(
+                    "closed: the {} plan's transfer quota is used up",
+                    account.plan().name
+                ),
+                None => "closed: the transfer quota is used up".into(),
+            },
         }
     }
 }
@@ -104,7 +116,13 @@ where
     let forward = pump(&mut a_read, &mut b_write, limits, &activity, &moved.a_to_b);
     let backward = pump(&mut b_read, &mut a_write, limits, &activity, &moved.b_to_a);
     let idle = idle_expired(&activity, limits.idle);
-    tokio::pin!(forward, backward, idle);
+    let quota = async {
+        match &limits.quota {
+            Some(account) => account.transfer_used_up().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(forward, backward, idle, quota);
     // The first direction to end decides, unless it merely closed: then the
     // other direction may still finish (half-close).
     let rest: Pin<&mut (dyn Future<Output = RelayEnd> + Send)> = tokio::select! {
@@ -121,10 +139,12 @@ where
             forward
         }
         _ = &mut idle => return RelayEnd::Idle,
+        _ = &mut quota => return RelayEnd::Quota,
     };
     tokio::select! {
         end = rest => end,
         _ = idle => RelayEnd::Idle,
+        _ = quota => RelayEnd::Quota,
     }
 }
 
@@ -252,6 +272,7 @@ impl Relays {
             idle: self.idle,
             flags: "tcp",
             bandwidth: tunnel.as_ref().map(|t| Arc::clone(t.gate())),
+            quota: tunnel.as_ref().and_then(|t| t.client().account()),
         };
         let closed = async {
             match &tunnel {
@@ -263,7 +284,11 @@ impl Relays {
         // once, not when the connection ends by itself.
         tokio::select! {
             end = relay(stream, io, &limits) => {
-                tracing::debug!(%visitor, end = %end.describe(&limits), "relayed connection ended");
+                if end == RelayEnd::Quota {
+                    tracing::info!(%visitor, end = %end.describe(&limits), "relayed connection closed");
+                } else {
+                    tracing::debug!(%visitor, end = %end.describe(&limits), "relayed connection ended");
+                }
             }
             _ = self.ip_guard.until_blocked(visitor.ip()) => {
                 tracing::debug!(%visitor, "relayed connection cut: the visitor was blocked");
@@ -326,6 +351,14 @@ impl Relays {
                     return Err(Unserved::Limited(refusal.message));
                 }
             };
+            if let Some(account) = tunnel.client().account() {
+                if let Err(refusal) = account.admit_request() {
+                    COUNTERS.quota_refused(&account.plan().name, refusal.limit);
+                    self.refusals
+                        .refuse(&refusal, visitor.ip(), Side::Visitor, key);
+                    return Err(Unserved::Limited(refusal.message));
+                }
+            }
             match tunnel.open(visitor).await {
                 Ok(io) => {
                     COUNTERS.connection_relayed(tunnel.traffic());

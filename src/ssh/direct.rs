@@ -118,6 +118,8 @@ async fn accept(server: &Server, channel: Channel<Msg>, reply: ChannelOpenHandle
         channel,
         Arc::clone(&server.spool),
         Arc::new(Traffic::default()),
+        // The device's side is the one accounted (its owner's plan).
+        None,
     )
 }
 

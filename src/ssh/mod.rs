@@ -12,7 +12,8 @@
 //! - [`quota`]: what one connection may make the server hold or do, and
 //!   the strikes of a client that keeps asking past it;
 //! - [`answer`]: a client that stops answering the server;
-//! - [`killable`]: cutting a connection that ignores a disconnect.
+//! - [`killable`]: cutting a connection that ignores a disconnect;
+//! - [`usage`]: a user's plan and usage, as the banner and `-- usage` show it.
 
 mod answer;
 mod auth;
@@ -25,6 +26,7 @@ mod quota;
 mod read_ahead;
 pub mod session;
 mod settle;
+mod usage;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -93,6 +95,8 @@ pub struct Server {
     spool: Arc<Budget>,
     /// The request inspector connections open with `-L 4040:localhost:4040`.
     inspect: Arc<crate::inspect::Inspector>,
+    /// Per-user plans and accounts, when configured.
+    plans: Option<Arc<crate::plans::Plans>>,
     shutdown: Shutdown,
 }
 
@@ -110,6 +114,7 @@ pub struct Parts {
     pub trusted: TrustedProxies,
     pub spool: Arc<Budget>,
     pub inspect: Arc<crate::inspect::Inspector>,
+    pub plans: Option<Arc<crate::plans::Plans>>,
     pub shutdown: Shutdown,
 }
 
@@ -135,6 +140,24 @@ impl Server {
         let key = owner.and_then(|fp| crate::authz::operator_policy(&self.keys, auth_url, fp));
         let all = [signin.required.clone(), key, options.login.clone()];
         crate::identity::Policies::new(all.into_iter().flatten())
+    }
+
+    /// The plan account of a user: key `fp`, or (keyless) the client's
+    /// `ip`; `None` without plans.
+    fn account(
+        &self,
+        fp: Option<&str>,
+        ip: std::net::IpAddr,
+    ) -> Option<Arc<crate::plans::Account>> {
+        let plans = self.plans.as_ref()?;
+        Some(match fp {
+            Some(fp) => {
+                let auth_url = self.auth_url.as_deref();
+                let plan = crate::authz::operator_plan(&self.keys, auth_url, fp);
+                plans.account(&crate::plans::key_account(fp), plan.as_deref())
+            }
+            None => plans.account(&crate::plans::ip_account(ip), None),
+        })
     }
 
     /// What `--auth-url` granted the keys it allowed (empty without it).
@@ -172,6 +195,7 @@ impl Server {
             russh: russh_config(host_key, config.login.auth_url.is_some()),
             spool: parts.spool,
             inspect: parts.inspect,
+            plans: parts.plans,
             shutdown: parts.shutdown,
         }
     }

@@ -28,6 +28,7 @@ use crate::config::{ConnectionArgs, RequestLogArgs};
 use crate::limits::{Refusal, Refusals, Side};
 use crate::pipe::channel::ChannelIo;
 use crate::pipe::spool::Budget;
+use crate::plans::Account;
 use crate::request_log::{Event, RequestLog, Terminal};
 use crate::tunnel::options::{Output, TunnelOptions};
 use crate::tunnel::{Bind, BoxFuture, ByteStream, Client, ConnId, Notice, OpenError, Traffic};
@@ -56,6 +57,10 @@ pub struct Session {
     log: OnceLock<RequestLog>,
     /// Memory and disk for data the visitors of its channels read slowly.
     spool: Arc<Budget>,
+    /// The user's plan account (when plans are configured), from login.
+    account: OnceLock<Arc<Account>>,
+    /// Cancelled when the connection ends (its tasks stop).
+    gone: tokio_util::sync::CancellationToken,
     /// What the connection may make the server hold or do.
     quota: Quota,
     /// Where the connection's refusals are recorded, as its client's.
@@ -92,6 +97,8 @@ impl Session {
             channel: Mutex::new(None),
             log: OnceLock::new(),
             spool,
+            account: OnceLock::new(),
+            gone: Default::default(),
             quota: Quota::new(limits),
             refusals,
             answer_timeout: limits.client_answer_timeout,
@@ -119,6 +126,44 @@ impl Session {
             ip: self.ip,
             asking: Arc::clone(&self.asking),
         }
+    }
+
+    /// The user's plan account, once logged in (with plans configured).
+    pub fn account(&self) -> Option<&Arc<Account>> {
+        self.account.get()
+    }
+
+    /// Puts the connection on `account`: its bytes count there, and the
+    /// account's quota alerts reach this connection as `NOTICE:` lines.
+    pub fn set_account(self: &Arc<Self>, account: Arc<Account>) {
+        let mut alerts = account.alerts();
+        if self.account.set(account).is_err() {
+            return;
+        }
+        let session = Arc::downgrade(self);
+        let gone = self.gone.clone();
+        tokio::spawn(async move {
+            let mut told = *alerts.borrow_and_update();
+            loop {
+                tokio::select! {
+                    _ = gone.cancelled() => return,
+                    changed = alerts.changed() => if changed.is_err() { return },
+                }
+                let now = *alerts.borrow_and_update();
+                let Some(session) = session.upgrade() else {
+                    return;
+                };
+                for line in super::usage::quota_notices(told, now, session.account.get()) {
+                    session.say(&line);
+                }
+                told = now;
+            }
+        });
+    }
+
+    /// The connection ended: its tasks stop.
+    pub fn ended(&self) {
+        self.gone.cancel();
     }
 
     /// Cancelled to cut the connection's socket.
@@ -269,6 +314,7 @@ impl Client for Session {
     ) -> BoxFuture<'a, Result<ByteStream, OpenError>> {
         let handle = self.handle.get().cloned();
         let (spool, traffic) = (Arc::clone(&self.spool), Arc::clone(traffic));
+        let account = self.account.get().cloned();
         let (address, port) = (bind.address.clone(), bind.port);
         let slot = self.quota.pending_open().inspect_err(|refusal| {
             self.refused(refusal, "channel open");
@@ -290,7 +336,7 @@ impl Client for Session {
                 );
                 let channel = probe.watch(open).await;
                 drop(slot);
-                Ok(ChannelIo::new(channel?, spool, traffic))
+                Ok(ChannelIo::new(channel?, spool, traffic, account))
             });
             match opened.await.map_err(|_| OpenError::Gone)? {
                 Ok(io) => Ok(Box::new(io) as ByteStream),
@@ -333,6 +379,10 @@ impl Client for Session {
 
     fn has_log(&self) -> bool {
         self.log.get().is_some()
+    }
+
+    fn account(&self) -> Option<Arc<Account>> {
+        self.account.get().cloned()
     }
 }
 

@@ -2,7 +2,7 @@
 //! the typed operations on it, one file per concern — [`names`] (claims and
 //! lookups), [`nodes`] (heartbeats and the node table), [`bans`] (bans and
 //! counters), [`certs`] (certificates, the ACME account, HTTP-01 answers),
-//! [`values`] (raw values and locks) — plus [`secret`], the cluster secret
+//! [`values`] (raw values and locks), [`usage`] (plans' usage per user) — plus [`secret`], the cluster secret
 //! that seals what must not be read from Redis, and [`shared`], the
 //! certificates every node serves. Where Redis is: [`target`] (what
 //! `--cluster-redis` names), `primary` (the connection to the primary),
@@ -34,6 +34,8 @@
 //! {burrow}:acme:lock:NAME    the node ordering NAME now (its token; expires)
 //! {burrow}:acme:http01:TOKEN  a pending HTTP-01 challenge's key authorization (expires)
 //! {burrow}:login:code:ID     a sign-in one-time code that was spent (expires with it)
+//! {burrow}:usage:ACCOUNT:LIMIT:START  a plan account's transfer or requests in a period
+//! {burrow}:usage:bw:ACCOUNT  hash NODE → when it last moved the account's bytes
 //! {burrow}:events            pub/sub channel: JSON events (names, bans, kicks, certificates)
 //! ```
 //!
@@ -52,6 +54,7 @@ pub mod secret;
 pub mod shared;
 pub mod subscription;
 pub mod target;
+pub mod usage;
 pub mod values;
 
 use std::path::Path;

@@ -73,7 +73,7 @@ pub async fn run(registry: Arc<Registry>, limits: Limits, shutdown: Shutdown) {
 
 fn check(registry: &Registry, tunnel: &Tunnel, limits: Limits) {
     let age = tunnel.created().elapsed();
-    let Limits { idle, lifetime } = limits;
+    let Limits { idle, lifetime } = plan_limits(tunnel, limits);
     if !lifetime.is_zero() && age >= lifetime {
         return registry.close(tunnel, &Expiry::Lifetime(lifetime).describe());
     }
@@ -92,6 +92,18 @@ fn check(registry: &Registry, tunnel: &Tunnel, limits: Limits) {
             url: registry.url(tunnel),
             left: lifetime.saturating_sub(age),
         });
+    }
+}
+
+/// The server's limits, or the owner's plan's where it sets its own.
+fn plan_limits(tunnel: &Tunnel, limits: Limits) -> Limits {
+    let Some(account) = tunnel.client().account() else {
+        return limits;
+    };
+    let plan = account.plan();
+    Limits {
+        idle: plan.tunnel_idle_timeout.unwrap_or(limits.idle),
+        lifetime: plan.tunnel_max_lifetime.unwrap_or(limits.lifetime),
     }
 }
 

@@ -167,6 +167,11 @@ pub trait Client: Send + Sync + 'static {
     fn log(&self, event: Event, answered: bool);
     /// Whether anyone reads the request log (no need to build events else).
     fn has_log(&self) -> bool;
+    /// The user's plan account, when plans are configured (quotas and
+    /// bandwidth follow the user, not the tunnel).
+    fn account(&self) -> Option<Arc<crate::plans::Account>> {
+        None
+    }
 }
 
 /// How long visitors wait for a new tunnel's options (they arrive with the

@@ -44,6 +44,8 @@ Options (apply to every tunnel of the connection):
                           (anyone who can sign in), PROVIDER:... with several providers.
                           Your app gets X-Burrow-User, X-Burrow-User-Name and a signed
                           X-Burrow-Identity (verify it with https://LOGIN_HOST/.well-known/jwks.json)
+  usage                   print your plan and what is left of its quotas, and exit
+                          (with output=json: as a JSON event)
   help                    print this and exit
 ";
 
@@ -215,6 +217,9 @@ fn parse_fingerprint(text: &str) -> Result<String, String> {
 pub enum Command {
     Options(Box<TunnelOptions>),
     Help,
+    /// `usage`: print the user's plan and usage (as JSON with
+    /// `output=json`) and exit.
+    Usage(Output),
 }
 
 /// Parses the SSH command, with no sign-in providers configured. `Err` is
@@ -227,8 +232,13 @@ pub fn parse(command: &str) -> Result<Command, String> {
 /// the names its items may use as `PROVIDER:`).
 pub fn parse_for(command: &str, providers: Option<&[String]>) -> Result<Command, String> {
     let mut options = TunnelOptions::default();
+    let mut usage = false;
     for word in command.split_whitespace() {
         if word == "--" {
+            continue;
+        }
+        if word == "usage" {
+            usage = true;
             continue;
         }
         if matches!(word, "help" | "--help" | "-h") {
@@ -316,6 +326,9 @@ pub fn parse_for(command: &str, providers: Option<&[String]>) -> Result<Command,
             other => return Err(format!("unknown option {other:?}")),
         }
     }
+    if usage {
+        return Ok(Command::Usage(options.output));
+    }
     Ok(Command::Options(Box::new(options)))
 }
 
@@ -376,7 +389,7 @@ mod tests {
     fn options(command: &str) -> TunnelOptions {
         match parse(command).unwrap() {
             Command::Options(o) => *o,
-            Command::Help => panic!("help"),
+            Command::Help | Command::Usage(_) => panic!("not options"),
         }
     }
 
@@ -425,6 +438,11 @@ mod tests {
     #[test]
     fn help_and_errors() {
         assert!(matches!(parse("help"), Ok(Command::Help)));
+        assert!(matches!(parse("usage"), Ok(Command::Usage(Output::Text))));
+        assert!(matches!(
+            parse("-- usage output=json"),
+            Ok(Command::Usage(Output::Json))
+        ));
         for bad in [
             "colour=red",
             "auth=nopass",

@@ -108,6 +108,7 @@
     drawChart($("chart-errors"), series, "errors");
     renderTunnels();
     renderNodes();
+    renderUsers();
     renderBans();
     document.body.dataset.refreshes = String(state.refreshes);
   }
@@ -333,6 +334,22 @@
     }));
     $("nodes-count").textContent = "(" + nodes.length + ")";
     $("nodes-redis").textContent = "· Redis " + cluster.redis;
+  }
+
+  // With plans: the accounts that moved the most this period.
+  function renderUsers() {
+    const users = (state.stats && state.stats.top_users) || null;
+    $("users-panel").hidden = users === null;
+    if (users === null) return;
+    const body = $("users").tBodies[0];
+    body.replaceChildren(...users.map((u) => {
+      const tr = el("tr");
+      const quota = u.transfer ? bytes(u.transfer.limit) + "/" + u.transfer.period : "";
+      const resets = u.transfer ? u.transfer.resets_date : (u.requests ? u.requests.resets_date : "");
+      tr.append(cell(u.account, "account"), cell(u.plan, ""), cell(bytes(u.transfer_used), "num"),
+        cell(quota, "num"), cell(num(u.requests_used), "num"), cell(resets, ""));
+      return tr;
+    }));
   }
 
   function renderBans() {

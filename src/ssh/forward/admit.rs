@@ -3,7 +3,9 @@
 //! node's), refusals recorded through the one refusal path.
 
 use super::Forwards;
+use crate::counters::COUNTERS;
 use crate::limits::{Refusal, Side};
+use crate::plans::Limit;
 use crate::ssh::banner::{self, Line};
 
 impl Forwards {
@@ -60,6 +62,45 @@ impl Forwards {
                 .refusals
                 .refuse(&refusal, ip, Side::Client, "forward");
             banner::limit_error(&refusal)
+        })?;
+        self.check_plan().map_err(|refusal| {
+            let ip = self.ip;
+            self.server
+                .refusals
+                .refuse(&refusal, ip, Side::Client, "forward");
+            banner::limit_error(&refusal)
         })
+    }
+
+    /// The user's plan: its concurrent tunnels (on this node), and its
+    /// quotas (a used-up quota refuses new tunnels until it resets).
+    fn check_plan(&self) -> Result<(), Refusal> {
+        let Some(account) = self.session.account() else {
+            return Ok(());
+        };
+        let plan = account.plan();
+        let refused = |refusal: Refusal| {
+            let limit = refusal.limit.trim_start_matches("plan-");
+            COUNTERS.quota_refused(&plan.name, limit);
+            Err(refusal)
+        };
+        for limit in [Limit::Transfer, Limit::Requests] {
+            if let Some(refusal) = account.exhausted(limit) {
+                return refused(refusal);
+            }
+        }
+        if plan.max_tunnels > 0 {
+            let open = self.server.registry.tunnels_of_account(account);
+            if open >= plan.max_tunnels as usize {
+                return refused(Refusal::new(
+                    "plan-max-tunnels",
+                    format!(
+                        "the {} plan allows {} tunnels at once and you have {open}; close one first",
+                        plan.name, plan.max_tunnels
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }

@@ -154,6 +154,9 @@ impl ClientHandler {
         if names.clone().next().is_some() && options.tls != options::Tls::Passthrough {
             text.push_str(&banner::inspector_hint());
         }
+        if let Some(account) = self.session.account() {
+            text.push_str(&super::usage::banner_line(account));
+        }
         let summary = options.summary();
         if !summary.is_empty() {
             text.push_str(&banner::line(&format!("  Options: {summary}")));
@@ -248,6 +251,7 @@ impl ClientHandler {
 
 impl Drop for ClientHandler {
     fn drop(&mut self) {
+        self.session.ended();
         self.close_tunnels("ssh connection closed");
     }
 }
@@ -307,6 +311,14 @@ impl Handler for ClientHandler {
         }
         COUNTERS.ssh_outcome(SshOutcome::Accepted);
         self.session.set_authenticated();
+        let fp = self.forwards.key().map(|k| k.fingerprint.clone());
+        let ip = crate::tunnel::Client::ip(&*self.session);
+        if let (Some(account), Some(plans)) =
+            (self.server.account(fp.as_deref(), ip), &self.server.plans)
+        {
+            plans.refresh(&account).await;
+            self.session.set_account(account);
+        }
         Ok(())
     }
 
@@ -491,6 +503,13 @@ impl Handler for ClientHandler {
             Ok(Command::Help) => {
                 self.session.settle();
                 session.data(channel, banner::crlf(options::USAGE).into_bytes())?;
+                self.end_session(channel, 0, session)
+            }
+            Ok(Command::Usage(output)) => {
+                self.session.settle();
+                let json = output == options::Output::Json;
+                let text = super::usage::command(self.session.account(), json);
+                session.data(channel, text.into_bytes())?;
                 self.end_session(channel, 0, session)
             }
             Err(message) => {

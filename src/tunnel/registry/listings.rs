@@ -64,6 +64,19 @@ impl Registry {
             .collect()
     }
 
+    /// How many live tunnels here are served for plan account `account`.
+    pub fn tunnels_of_account(&self, account: &Arc<crate::plans::Account>) -> usize {
+        self.tunnels
+            .iter()
+            .flat_map(|g| g.members.clone())
+            .filter(|t| {
+                t.client()
+                    .account()
+                    .is_some_and(|a| Arc::ptr_eq(&a, account))
+            })
+            .count()
+    }
+
     /// The live tunnels of connection `conn`.
     pub fn tunnels_of(&self, conn: ConnId) -> Vec<Arc<Tunnel>> {
         let mut mine = self.tunnels();

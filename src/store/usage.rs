@@ -1,0 +1,105 @@
+//! Per-user usage shared by the nodes (plans): each node adds what it
+//! counted since its last flush, in one pipeline a second for all its
+//! active accounts, and reads back the cluster-wide totals and how many
+//! nodes move the account's bytes now (the bandwidth share). So Redis work
+//! grows with the accounts active on a node, not with requests or bytes.
+//!
+//! ```text
+//! {burrow}:usage:ACCOUNT:LIMIT:START   the count of LIMIT (transfer, requests) in the
+//!                                      period starting START (unix s); expires a day
+//!                                      after the period
+//! {burrow}:usage:bw:ACCOUNT            hash NODE → unix ms it last moved the account's
+//!                                      bytes (expires after 10 s)
+//! ```
+
+use anyhow::Result;
+
+use super::{key, Store};
+
+/// How long a node counts as moving an account's bytes after it said so.
+pub const ACTIVE_MS: u64 = 3_000;
+
+/// One account's flush: what this node adds, per limit.
+pub struct Flush {
+    pub account: String,
+    /// (period start, period end, amount to add) for transfer, then
+    /// requests.
+    pub counts: [(u64, u64, u64); 2],
+    /// This node moved the account's bytes since the last flush.
+    pub active: bool,
+}
+
+/// What Redis answered for one account.
+pub struct Totals {
+    /// Cluster-wide transfer and requests of the periods flushed.
+    pub counts: [u64; 2],
+    /// Nodes moving the account's bytes now (at least 1 when `active`).
+    pub nodes: u32,
+}
+
+const LIMITS: [&str; 2] = ["transfer", "requests"];
+
+fn counter(account: &str, limit: &str, start: u64) -> String {
+    key(&format!("usage:{account}:{limit}:{start}"))
+}
+
+impl Store {
+    /// Adds every account's counts and reads back the totals, in one
+    /// pipeline.
+    pub async fn flush_usage(
+        &self,
+        node: &str,
+        now_ms: u64,
+        batch: &[Flush],
+    ) -> Result<Vec<Totals>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for flush in batch {
+            for (limit, (start, end, add)) in LIMITS.iter().zip(flush.counts) {
+                let name = counter(&flush.account, limit, start);
+                pipe.incr(&name, add);
+                pipe.expire_at(&name, (end + 86_400) as i64).ignore();
+            }
+            let bw = key(&format!("usage:bw:{}", flush.account));
+            if flush.active {
+                pipe.hset(&bw, node, now_ms).ignore();
+                pipe.pexpire(&bw, 10_000).ignore();
+            }
+            pipe.hgetall(&bw);
+        }
+        type Answer = (u64, u64, std::collections::HashMap<String, u64>);
+        let answers: Vec<Answer> = {
+            let flat: Vec<redis::Value> = pipe.query_async(&mut self.conn()).await?;
+            flat.chunks(3)
+                .map(|c| redis::from_redis_value(redis::Value::Array(c.to_vec())))
+                .collect::<Result<_, _>>()?
+        };
+        Ok(answers
+            .into_iter()
+            .zip(batch)
+            .map(|((transfer, requests, stamps), flush)| {
+                let fresh = stamps
+                    .values()
+                    .filter(|ms| now_ms.saturating_sub(**ms) < ACTIVE_MS)
+                    .count() as u32;
+                Totals {
+                    counts: [transfer, requests],
+                    nodes: fresh.max(u32::from(flush.active)),
+                }
+            })
+            .collect())
+    }
+
+    /// Forgets an account's usage in the periods starting at `starts`
+    /// (transfer, requests).
+    pub async fn reset_usage(&self, account: &str, starts: [u64; 2]) -> Result<()> {
+        let mut pipe = redis::pipe();
+        for (limit, start) in LIMITS.iter().zip(starts) {
+            pipe.del(counter(account, limit, start)).ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn()).await?;
+        Ok(())
+    }
+}
