@@ -123,19 +123,7 @@ struct Scenario {
 fn nothing(_: &Machine, _: &mut Walk) {}
 
 /// What a scenario does not change: `Scenario { name, env, check,
-/// ..DEFAULTS }` is a whole one. For instance, once plans exist:
-///
-/// ```ignore
-/// const PLANS: Scenario = Scenario {
-///     name: "burrow-plans",
-///     env: &["PLANS_FILE=/etc/burrow/plans.toml"],
-///     prepare: |m, _| m.write("/etc/burrow/plans.toml", PLANS.as_bytes(), 0o644),
-///     check: |m, _| { m.sh("test -s /var/lib/private/burrow/usage/..."); },
-///     ..DEFAULTS
-/// };
-/// #[test]
-/// fn unit_runs_with_plans() { run(&PLANS); }
-/// ```
+/// ..DEFAULTS }` is a whole one ([`PLANS`] is one).
 const DEFAULTS: Scenario = Scenario {
     name: "",
     env: &[],
@@ -370,6 +358,94 @@ const OIDC_SIGN_IN: Scenario = Scenario {
     check: oidc_check,
     ..DEFAULTS
 };
+
+/// Plans (README "Plans and quotas"): a plans file in /etc/burrow, a
+/// transfer quota and a bandwidth for everyone. burrow counts alice's bytes,
+/// writes them to `STATE_DIR/usage.json` under `ProtectSystem=strict`
+/// within `USAGE_SAVE_INTERVAL`, takes a changed plans file on `systemctl
+/// reload`, and reads the usage back after `systemctl restart`.
+const PLANS: Scenario = Scenario {
+    name: "burrow-plans",
+    env: &[
+        "!TLS_CERT",
+        "!TLS_KEY",
+        "PLANS_FILE=/etc/burrow/plans",
+        "USAGE_SAVE_INTERVAL=1s",
+    ],
+    warnings: &["serving a self-signed certificate"],
+    prepare: |m, _| {
+        m.write(
+            "/etc/burrow/plans",
+            b"default bandwidth=64MiB/s transfer=1GiB/day max-tunnels=5\n",
+            0o644,
+        );
+    },
+    check: |m, walk| {
+        // alice's tunnel (the walk's first) moves 32 MiB.
+        let host = &walk.hosts[0];
+        m.sh(&format!(
+            "curl -sSfk --max-time 30 -o /dev/null --resolve {host}:443:127.0.0.1 \
+             https://{host}/big.bin"
+        ));
+        let used = plan_usage(m, "alice", GIB);
+        assert!(used >= BIG, "-- usage says alice used {used} B of {BIG}");
+        // The file in the state directory catches up within the interval.
+        let fingerprint = m.sh("ssh-keygen -l -f /root/.ssh/alice.pub | cut -d' ' -f2");
+        let file = "/var/lib/private/burrow/usage.json";
+        let deadline = Instant::now() + WAIT;
+        while !m
+            .exec(&format!("grep -q '{}' {file}", fingerprint.trim()))
+            .status
+            .success()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{file} never recorded alice's usage: {}",
+                m.sh(&format!("cat {file} 2>&1 || true"))
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    },
+    before_reload: |m, _| {
+        m.write(
+            "/etc/burrow/plans",
+            b"default bandwidth=64MiB/s transfer=2GiB/day max-tunnels=5\n",
+            0o644,
+        );
+    },
+    after_reload: |m, _| {
+        let used = plan_usage(m, "alice", 2 * GIB);
+        assert!(used >= BIG, "the reload lost alice's usage ({used} B)");
+    },
+    after_restart: |m, _| {
+        // Written at the stop, read back at the start.
+        let used = plan_usage(m, "alice", 2 * GIB);
+        assert!(used >= BIG, "the restart lost alice's usage ({used} B)");
+    },
+    ..DEFAULTS
+};
+
+/// big.bin, the origin's large file.
+const BIG: u64 = 32 << 20;
+const GIB: u64 = 1 << 30;
+
+/// `ssh HOST -- usage output=json` with `key`: checks the default plan's
+/// transfer quota is `limit` (the plans file in force); the bytes used.
+fn plan_usage(m: &Machine, key: &str, limit: u64) -> u64 {
+    let text = m.sh(&format!(
+        "ssh -i /root/.ssh/{key} {SSH_OPTIONS} -p 22 localhost -- usage output=json"
+    ));
+    let event: serde_json::Value = serde_json::from_str(text.trim())
+        .unwrap_or_else(|e| panic!("-- usage printed no JSON ({e}): {text}"));
+    assert_eq!(event["plan"], "default", "{text}");
+    assert_eq!(event["transfer"]["limit"].as_u64(), Some(limit), "{text}");
+    event["transfer"]["used"].as_u64().expect("transfer.used")
+}
+
+#[test]
+fn unit_keeps_plans_usage_in_its_state_directory() {
+    run(&PLANS);
+}
 
 #[test]
 fn unit_asks_an_auth_url_on_loopback() {
