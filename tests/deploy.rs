@@ -406,6 +406,9 @@ fn env_example_values_start_a_server() {
     let dir = tempfile::tempdir().expect("temp dir");
     let keys_file = dir.path().join("keys");
     std::fs::write(&keys_file, "").expect("write keys file");
+    let plans_file = dir.path().join("plans");
+    std::fs::write(&plans_file, "default bandwidth=1MiB/s transfer=1GiB/day\n")
+        .expect("write plans file");
     let spool = dir.path().join("spool");
     std::fs::create_dir(&spool).expect("spool dir");
 
@@ -441,6 +444,7 @@ fn env_example_values_start_a_server() {
         ("STATE_DIR", path(&dir.path().join("state"))),
         ("HOST_KEY_PATH", path(&dir.path().join("host_key"))),
         ("KEYS_FILE", path(&keys_file)),
+        ("PLANS_FILE", path(&plans_file)),
         ("SPOOL_DIR", path(&spool)),
         ("HEALTH_ADDR", "127.0.0.1:0".to_owned()),
     ] {
