@@ -16,10 +16,11 @@
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use subtle::ConstantTimeEq;
 
+use super::opened::Visit;
 use super::tokens::{self, Session};
 use super::{pages, Login};
 use crate::http::cookies::{cookie, SESSION_COOKIE};
@@ -63,27 +64,30 @@ impl Login {
                 crate::http::pages::not_found(at.host).render(&Default::default()),
             );
         }
-        let session = cookie(req.headers(), SESSION_COOKIE)
-            .and_then(|token| self.sealer.open_session(&host, token));
-        let Some(session) = session else {
+        let visit = cookie(req.headers(), SESSION_COOKIE).and_then(|token| {
+            let open = || Visit::open(&self.sealer, &self.signer, &host, token);
+            self.opened.get(&host, token, tokens::now(), open)
+        });
+        let Some(visit) = visit else {
             return Guarded::Answer(self.to_sign_in(&at, &policies, &req));
         };
-        let user = session.identity.label();
-        at.seen.set_user(user.clone());
-        if !policies.allow(&session.identity) {
+        at.seen.set_user(visit.user.clone());
+        if !policies.allow(&visit.session.identity) {
             let again = self.start_url(&url_of(&at, &req), true);
             let sign_out = LOGOUT_PATH;
-            let who = session.identity.label();
             let page = pages::not_allowed(
-                &who,
+                &visit.user,
                 &policies.describe(),
                 (&again, sign_out),
                 req.headers(),
             );
             return Guarded::Answer(page);
         }
-        at.tunnel.traffic().signed_in.saw(&user);
-        Guarded::Pass(self.vouch(&host, &session, &user, req))
+        at.tunnel.traffic().signed_in.saw(&visit.user);
+        // The request as the app gets it: who the visitor is, vouched for.
+        let mut req = req;
+        req.extensions_mut().insert(Vouched(visit.headers.clone()));
+        Guarded::Pass(req)
     }
 
     /// A visitor without a session: a navigation goes to sign in, anything
@@ -104,30 +108,6 @@ impl Login {
         } else {
             pages::required_json(&start, &policies.describe())
         }
-    }
-
-    /// The request as the app gets it: who the visitor is, vouched for.
-    fn vouch(
-        &self,
-        host: &str,
-        session: &Session,
-        user: &str,
-        mut req: Request<Incoming>,
-    ) -> Request<Incoming> {
-        let who = &session.identity;
-        let mut vouched = Vec::with_capacity(3);
-        let mut add = |name: &'static str, value: &str| {
-            if let Ok(value) = HeaderValue::from_bytes(value.as_bytes()) {
-                vouched.push((HeaderName::from_static(name), value));
-            }
-        };
-        add("x-burrow-user", user);
-        if let Some(name) = &who.name {
-            add("x-burrow-user-name", name);
-        }
-        add("x-burrow-identity", &self.signer.assertion(host, session));
-        req.extensions_mut().insert(Vouched(vouched));
-        req
     }
 
     /// `/.burrow/login` and `/.burrow/logout`; `None` for other paths.

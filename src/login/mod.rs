@@ -27,6 +27,7 @@ pub mod assertion;
 pub mod gate;
 pub mod host;
 pub mod oidc;
+pub mod opened;
 mod pages;
 pub mod providers;
 pub mod tokens;
@@ -72,6 +73,8 @@ pub struct Login {
     auth_url: Option<Arc<AuthUrl>>,
     sealer: Sealer,
     signer: assertion::Signer,
+    /// Session cookies opened in the last few seconds.
+    opened: opened::Opened,
     spent: Spent,
     /// Sign-in requests per visitor (`--login-rate` a minute).
     limiter: DefaultKeyedRateLimiter<IpAddr>,
@@ -122,6 +125,7 @@ impl Login {
         Ok(Some(Arc::new(Login {
             domain: config.domain.clone(),
             signer: assertion::Signer::new(&root, &format!("{host}{port_suffix}"))?,
+            opened: opened::Opened::default(),
             sealer: Sealer::new(&root),
             host,
             port_suffix,
@@ -185,8 +189,9 @@ impl Login {
     pub fn prune(&self) {
         self.limiter.retain_recent();
         self.signer.prune();
+        let now = tokens::now();
+        self.opened.prune(now);
         if let Spent::Local(spent) = &self.spent {
-            let now = tokens::now();
             spent.retain(|_, expires| *expires > now);
         }
     }
