@@ -3,6 +3,8 @@
 //! active accounts, and reads back the cluster-wide totals and how many
 //! nodes move the account's bytes now (the bandwidth share). So Redis work
 //! grows with the accounts active on a node, not with requests or bytes.
+//! Accounts a node holds (a connection is open) but that moved nothing
+//! there are read back in one MGET, less often.
 //!
 //! ```text
 //! {burrow}:usage:ACCOUNT:LIMIT:START   the count of LIMIT (transfer, requests) in the
@@ -59,6 +61,12 @@ impl Store {
         for flush in batch {
             for (limit, (start, end, add)) in LIMITS.iter().zip(flush.counts) {
                 let name = counter(&flush.account, limit, start);
+                if add == 0 {
+                    // Nothing to add: read it (an INCRBY 0 would make the
+                    // key, without its expiry, and cost two commands).
+                    pipe.get(&name);
+                    continue;
+                }
                 pipe.incr(&name, add);
                 pipe.expire_at(&name, (end + 86_400) as i64).ignore();
             }
@@ -69,7 +77,11 @@ impl Store {
             }
             pipe.hgetall(&bw);
         }
-        type Answer = (u64, u64, std::collections::HashMap<String, u64>);
+        type Answer = (
+            Option<u64>,
+            Option<u64>,
+            std::collections::HashMap<String, u64>,
+        );
         let answers: Vec<Answer> = {
             let flat: Vec<redis::Value> = pipe.query_async(&mut self.conn()).await?;
             flat.chunks(3)
@@ -85,10 +97,36 @@ impl Store {
                     .filter(|ms| now_ms.saturating_sub(**ms) < ACTIVE_MS)
                     .count() as u32;
                 Totals {
-                    counts: [transfer, requests],
+                    counts: [transfer.unwrap_or(0), requests.unwrap_or(0)],
                     nodes: fresh.max(u32::from(flush.active)),
                 }
             })
+            .collect())
+    }
+
+    /// The cluster-wide transfer and requests of accounts this node holds
+    /// but that moved nothing here (`(account, [period starts])`): one
+    /// MGET for all of them.
+    pub async fn read_usage(&self, accounts: &[(String, [u64; 2])]) -> Result<Vec<[u64; 2]>> {
+        if accounts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let names: Vec<String> = accounts
+            .iter()
+            .flat_map(|(account, starts)| {
+                LIMITS
+                    .iter()
+                    .zip(starts)
+                    .map(|(limit, start)| counter(account, limit, *start))
+            })
+            .collect();
+        let values: Vec<Option<u64>> = redis::cmd("MGET")
+            .arg(&names)
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(values
+            .chunks(2)
+            .map(|c| [c[0].unwrap_or(0), c.get(1).copied().flatten().unwrap_or(0)])
             .collect())
     }
 
