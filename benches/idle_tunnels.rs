@@ -20,9 +20,9 @@
 //! 127.0.0.1, 127.0.0.2, … (one cluster, one shared host key and secret),
 //! opens the tunnels round-robin over them, and also measures Redis: its
 //! memory per tunnel (`used_memory`) and the commands per second it
-//! serves at rest (`total_commands_processed` over `REST_SECS`), before
-//! any tunnel and with all of them open (independent of the count is the
-//! target).
+//! serves at rest (`total_commands_processed` over `REST_SECS`, and the
+//! top commands from `INFO commandstats`), before any tunnel and with all
+//! of them open (independent of the count is the target).
 //!
 //! Environment:
 //! - `BURROW_BIN` — the binary (default `target/release/burrow`)
@@ -36,16 +36,52 @@
 //! - `MAX_KIB_PER_TUNNEL` — the pass/fail threshold (default 100)
 //! - `NODES` — burrow nodes (default 1: no cluster, no Redis)
 //! - `REST_SECS` — how long Redis's commands are counted at rest (default 60)
-//! - `REDIS_BIN` — the redis-server binary (default `redis-server`)
+//! - `REDIS_BIN` — the redis-server binary (default `redis-server`;
+//!   valkey-server works too)
+//! - `KEYED` — 1: every connection logs in with a freshly generated ed25519
+//!   key of its own (user `bench`) instead of keyless as `random`, so every
+//!   tunnel is its own account, and asks for a name of its own (`t1`, `t2`,
+//!   …; keyless clients cannot choose names) (default 0)
+//! - `BURROW_ARGS` — extra flags for every node, split on whitespace and
+//!   appended last, e.g. a default plan so that usage is counted per key:
+//!   `--default-plan-transfer 1TiB/month --default-plan-requests 100000000/month`
+//! - `LOAD_SECS` — with `KEYED=1`: after the measurements at rest, send
+//!   HTTP requests through every tunnel for this long and count Redis's
+//!   commands per second under load (default 0: no load). The nodes then
+//!   also get `--http-mode proxy`, `--no-browser-warning` and visitor limits
+//!   out of the way; the requests go to their plain HTTP ports, round-robin
+//!   over the tunnels (`Host: NAME.DOMAIN`) and over the nodes (with N
+//!   nodes, N−1 in N go through another node's cluster link to the node
+//!   that holds the tunnel), each on a connection of its own
+//!   (`Connection: close`); this process answers every forwarded channel
+//!   with a fixed `200 ok`. Prints the requests per second achieved, the
+//!   tunnels (keys) that served at least one request, Redis's commands per
+//!   second over the window and the top commands by calls (`INFO
+//!   commandstats`)
+//! - `LOAD_RPS` — requests per second to aim at, in all (default 2000)
+//! - `LOAD_INFLIGHT` — requests in flight at most (default 64)
+//!
+//! Issue 28's figure, Redis commands per second at rest and under load with
+//! 1,000 active keys (one tunnel each, a per-key plan so usage is counted):
+//!
+//! ```sh
+//! cargo build --profile fastrel
+//! NODES=2 TUNNELS=1000 KEYED=1 LOAD_SECS=30 REST_SECS=30 \
+//!   BURROW_BIN=target/fastrel/burrow \
+//!   BURROW_ARGS="--default-plan-transfer 1TiB/month --default-plan-requests 100000000/month" \
+//!   cargo bench --profile fastrel --bench idle_tunnels
+//! ```
 //!
 //! Exits 0 on pass, 1 on any failure, with a line saying which step failed.
 //! Not run by `cargo test`: without cargo bench's `--bench` argument it only
 //! prints how to run it.
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -93,6 +129,14 @@ struct Settings {
     max_kib_per_tunnel: f64,
     nodes: usize,
     rest: Duration,
+    /// `KEYED=1`: a fresh key (and a name of its own) per connection.
+    keyed: bool,
+    /// `BURROW_ARGS`, split on whitespace.
+    burrow_args: Vec<String>,
+    /// `LOAD_SECS`: zero for no load.
+    load: Duration,
+    load_rps: u64,
+    load_inflight: usize,
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> Result<T, Fail> {
@@ -122,6 +166,20 @@ fn settings() -> Result<Settings, Fail> {
     if tunnels == 0 || concurrency == 0 {
         return Err("TUNNELS and CONCURRENCY must be at least 1".into());
     }
+    let keyed = env_or("KEYED", 0u8)? != 0;
+    let load = Duration::from_secs(env_or("LOAD_SECS", 0)?);
+    let load_rps: u64 = env_or("LOAD_RPS", 2000)?;
+    let load_inflight: usize = env_or("LOAD_INFLIGHT", 64)?;
+    if !load.is_zero() && !keyed {
+        return Err(
+            "LOAD_SECS needs KEYED=1: keyless tunnels get random names this \
+             benchmark cannot address"
+                .into(),
+        );
+    }
+    if !load.is_zero() && (load_rps == 0 || load_inflight == 0) {
+        return Err("LOAD_RPS and LOAD_INFLIGHT must be at least 1".into());
+    }
     Ok(Settings {
         bin,
         tunnels,
@@ -132,6 +190,15 @@ fn settings() -> Result<Settings, Fail> {
         max_kib_per_tunnel: env_or("MAX_KIB_PER_TUNNEL", 100.0)?,
         nodes: env_or("NODES", 1usize)?.max(1),
         rest: Duration::from_secs(env_or("REST_SECS", 60)?),
+        keyed,
+        burrow_args: std::env::var("BURROW_ARGS")
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(String::from)
+            .collect(),
+        load,
+        load_rps,
+        load_inflight,
     })
 }
 
@@ -202,6 +269,10 @@ struct Burrow {
     dir: PathBuf,
     ssh: SocketAddr,
     stats: SocketAddr,
+    /// The plain HTTP port (served with `--http-mode proxy`, under load).
+    http: SocketAddr,
+    /// `domain=` of the ready line: tunnels are `NAME.DOMAIN`.
+    domain: String,
 }
 
 impl Burrow {
@@ -235,6 +306,8 @@ impl Burrow {
             .args(["--max-handshakes-per-ip", "10000"])
             .args(["--max-handshakes", "10000"])
             .args(["--violations-before-block", "1000000"])
+            .args(load_flags(settings))
+            .args(&settings.burrow_args)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -253,6 +326,8 @@ impl Burrow {
             dir,
             ssh: SocketAddr::from(([127, 0, 0, 1], 0)),
             stats: SocketAddr::from(([127, 0, 0, 1], 0)),
+            http: SocketAddr::from(([127, 0, 0, 1], 0)),
+            domain: String::new(),
         };
         // A thread reads stdout for the whole run, so burrow never blocks
         // on a full pipe; the first `burrow ready:` line comes back here.
@@ -281,6 +356,12 @@ impl Burrow {
         };
         burrow.ssh = ready_addr(&line, "ssh")?;
         burrow.stats = ready_addr(&line, "stats")?;
+        burrow.http = ready_addr(&line, "http")?;
+        burrow.domain = line
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("domain="))
+            .unwrap_or("localhost")
+            .to_string();
         println!("{line}");
         Ok(burrow)
     }
@@ -323,6 +404,32 @@ impl Drop for Burrow {
         let _ = child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The flags a load run adds: tunnels served on plain HTTP, and no browser
+/// interstitial or per-visitor limit in the way (every request comes from
+/// 127.0.0.1), as benches/compare.sh runs its cluster targets.
+fn load_flags(settings: &Settings) -> Vec<&'static str> {
+    if settings.load.is_zero() {
+        return Vec::new();
+    }
+    vec![
+        "--http-mode",
+        "proxy",
+        "--no-browser-warning",
+        "--visitor-rate",
+        "1000000/s",
+        "--visitor-burst",
+        "1000000",
+        "--tunnel-rate",
+        "1000000/s",
+        "--tunnel-burst",
+        "1000000",
+        "--max-inflight-per-visitor",
+        "100000",
+        "--max-inflight-per-tunnel",
+        "100000",
+    ]
 }
 
 /// A fresh scratch directory under the system's temp dir.
@@ -470,12 +577,24 @@ impl Redis {
 
     /// `INFO` through redis-cli (redis-tools, installed with the server).
     fn info(&self) -> Result<String, Fail> {
+        self.info_section(None)
+    }
+
+    /// `INFO [SECTION]` through redis-cli.
+    fn info_section(&self, section: Option<&str>) -> Result<String, Fail> {
         let out = Command::new("redis-cli")
             .args(["-p", &self.port.to_string(), "INFO"])
+            .args(section)
             .output()
             .map_err(|e| format!("redis-cli: {e}"))?;
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        match out.status.success() && text.contains("redis_version") {
+        // A section alone has no `redis_version`, only its `# Name` heading.
+        let expected = if section.is_some() {
+            "# "
+        } else {
+            "redis_version"
+        };
+        match out.status.success() && text.contains(expected) {
             true => Ok(text),
             false => Err(format!("redis-cli INFO: {text}")),
         }
@@ -488,6 +607,19 @@ impl Redis {
             .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
             .and_then(|v| v.trim().parse().ok())
             .ok_or_else(|| format!("no {name} in Redis INFO"))
+    }
+
+    /// Calls per command so far (`INFO commandstats`), by name.
+    fn command_calls(&self) -> Result<HashMap<String, u64>, Fail> {
+        let info = self.info_section(Some("commandstats"))?;
+        Ok(info
+            .lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
+                Some((name.to_string(), calls.trim().parse().ok()?))
+            })
+            .collect())
     }
 
     /// Commands per second Redis serves over `secs` (our own INFO calls
@@ -575,8 +707,18 @@ async fn active_tunnels(stats: SocketAddr) -> Result<u64, Fail> {
 }
 
 /// The client side of one idle tunnel: trusts any host key (burrow's is
-/// generated for the run) and never expects channels.
-struct Idle;
+/// generated for the run). Idle tunnels see no channels; under load
+/// (`LOAD_SECS`) it answers every forwarded one with a fixed `200 ok`.
+struct Idle {
+    /// Requests this tunnel answered.
+    served: Arc<AtomicU64>,
+}
+
+/// What this process answers every request with.
+const RESPONSE: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+/// Budget for one forwarded channel (request head in, response out, close)
+/// and for one request of the load, end to end.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl client::Handler for Idle {
     type Error = russh::Error;
@@ -587,33 +729,114 @@ impl client::Handler for Idle {
     ) -> Result<bool, Self::Error> {
         Ok(true)
     }
+
+    async fn server_channel_open_forwarded_tcpip(
+        &mut self,
+        channel: russh::Channel<client::Msg>,
+        _connected_address: &str,
+        _connected_port: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: client::ChannelOpenHandle,
+        _session: &mut client::Session,
+    ) -> Result<(), Self::Error> {
+        reply.accept().await;
+        let served = Arc::clone(&self.served);
+        // Its own task: the handler must return at once, and the channel is
+        // read to its end (an unread channel stalls the whole connection);
+        // dropping the stream closes it.
+        tokio::spawn(async move {
+            let mut stream = channel.into_stream();
+            let answer = async {
+                let mut head = Vec::with_capacity(512);
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = stream.read(&mut buf).await?;
+                    if n == 0 || head.len() > 64 * 1024 {
+                        return Ok(false);
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                }
+                stream.write_all(RESPONSE).await?;
+                stream.shutdown().await?;
+                // Whatever else comes (burrow's EOF and close), unread.
+                while stream.read(&mut buf).await? > 0 {}
+                Ok::<_, std::io::Error>(true)
+            };
+            if let Ok(Ok(true)) = tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
+                served.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        Ok(())
+    }
 }
 
-/// Opens one tunnel: connect, `none` auth as `random`, `tcpip-forward`.
+/// One open tunnel: its connection, the name it asked for (`KEYED`), the
+/// requests it answered.
+struct Tunnel {
+    handle: client::Handle<Idle>,
+    name: Option<String>,
+    served: Arc<AtomicU64>,
+}
+
+/// Names for keyed tunnels, unique over the run (a closed tunnel's name
+/// is not asked for again in a later round).
+static NEXT_NAME: AtomicUsize = AtomicUsize::new(1);
+
+/// Opens one tunnel: connect, then `none` auth as `random` and
+/// `tcpip-forward localhost:80`, or (`keyed`) a fresh ed25519 key and
+/// `tcpip-forward tN:80`, a name of its own.
 async fn open_tunnel(
     config: Arc<client::Config>,
     addr: SocketAddr,
-) -> Result<client::Handle<Idle>, Fail> {
+    keyed: bool,
+) -> Result<Tunnel, Fail> {
+    let served = Arc::new(AtomicU64::new(0));
+    let idle = Idle {
+        served: Arc::clone(&served),
+    };
     let setup = async {
-        let mut handle = client::connect(config, addr, Idle)
+        let mut handle = client::connect(config, addr, idle)
             .await
             .map_err(|e| format!("connect/key exchange: {e}"))?;
-        match handle.authenticate_none("random").await {
-            Ok(client::AuthResult::Success) => {}
-            Ok(client::AuthResult::Failure { .. }) => {
-                return Err("`none` authentication as `random` was refused".to_string())
+        if !keyed {
+            match handle.authenticate_none("random").await {
+                Ok(client::AuthResult::Success) => {}
+                Ok(client::AuthResult::Failure { .. }) => {
+                    return Err("`none` authentication as `random` was refused".to_string())
+                }
+                Err(e) => return Err(format!("authentication: {e}")),
             }
+            handle
+                .tcpip_forward("localhost", 80)
+                .await
+                .map_err(|e| format!("tcpip-forward refused: {e}"))?;
+            return Ok((handle, None));
+        }
+        let key =
+            russh::keys::PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
+                .map_err(|e| format!("cannot generate an ed25519 key: {e}"))?;
+        let key = russh::keys::PrivateKeyWithHashAlg::new(Arc::new(key), None);
+        match handle.authenticate_publickey("bench", key).await {
+            Ok(auth) if auth.success() => {}
+            Ok(_) => return Err("public key authentication was refused".to_string()),
             Err(e) => return Err(format!("authentication: {e}")),
         }
+        let name = format!("t{}", NEXT_NAME.fetch_add(1, Ordering::Relaxed));
         handle
-            .tcpip_forward("localhost", 80)
+            .tcpip_forward(name.as_str(), 80)
             .await
-            .map_err(|e| format!("tcpip-forward refused: {e}"))?;
-        Ok(handle)
+            .map_err(|e| format!("tcpip-forward {name}:80 refused: {e}"))?;
+        Ok((handle, Some(name)))
     };
-    tokio::time::timeout(PER_TUNNEL_TIMEOUT, setup)
+    let (handle, name) = tokio::time::timeout(PER_TUNNEL_TIMEOUT, setup)
         .await
-        .unwrap_or_else(|_| Err(format!("no tunnel within {PER_TUNNEL_TIMEOUT:?}")))
+        .unwrap_or_else(|_| Err(format!("no tunnel within {PER_TUNNEL_TIMEOUT:?}")))?;
+    Ok(Tunnel {
+        handle,
+        name,
+        served,
+    })
 }
 
 /// Opens `count` tunnels, `concurrency` at a time, into `into`, taking
@@ -622,7 +845,8 @@ async fn open_tunnels(
     count: usize,
     concurrency: usize,
     addrs: &[SocketAddr],
-    into: &mut Vec<client::Handle<Idle>>,
+    keyed: bool,
+    into: &mut Vec<Tunnel>,
 ) -> Result<(), Fail> {
     let config = Arc::new(client::Config {
         // Idle means idle: no client keepalives, only burrow's own.
@@ -632,7 +856,7 @@ async fn open_tunnels(
         ..client::Config::default()
     });
     let mut results = stream::iter(0..count)
-        .map(|i| open_tunnel(Arc::clone(&config), addrs[i % addrs.len()]))
+        .map(|i| open_tunnel(Arc::clone(&config), addrs[i % addrs.len()], keyed))
         .buffer_unordered(concurrency);
     let mut errors = Vec::new();
     let mut failed = 0usize;
@@ -718,10 +942,24 @@ async fn measure(settings: &Settings, fleet: &Fleet) -> Result<bool, Fail> {
     let first = (n / 10).max(1).min(n);
     let mut handles = Vec::with_capacity(n);
     let started = Instant::now();
-    open_tunnels(first, settings.concurrency, &addrs, &mut handles).await?;
+    open_tunnels(
+        first,
+        settings.concurrency,
+        &addrs,
+        settings.keyed,
+        &mut handles,
+    )
+    .await?;
     wait_for_count(fleet, first).await?;
     let at_first = fleet.memory()?;
-    open_tunnels(n - first, settings.concurrency, &addrs, &mut handles).await?;
+    open_tunnels(
+        n - first,
+        settings.concurrency,
+        &addrs,
+        settings.keyed,
+        &mut handles,
+    )
+    .await?;
     let establish = started.elapsed();
     wait_for_count(fleet, n).await?;
     println!(
@@ -774,6 +1012,9 @@ async fn measure(settings: &Settings, fleet: &Fleet) -> Result<bool, Fail> {
     if let (Some(redis), Some(idle)) = (&fleet.redis, redis_before) {
         pass &= redis_per_tunnel(redis, settings, idle).await?;
     }
+    if !settings.load.is_zero() {
+        pass &= load(settings, fleet, &handles).await?;
+    }
     if !settings.hold.is_zero() {
         pass &= hold(settings, fleet, &handles).await?;
     }
@@ -801,7 +1042,14 @@ async fn measure(settings: &Settings, fleet: &Fleet) -> Result<bool, Fail> {
     // every round, memory merely kept by the allocator gets reused.
     for round in 2..=settings.rounds {
         let mut handles = Vec::with_capacity(n);
-        open_tunnels(n, settings.concurrency, &addrs, &mut handles).await?;
+        open_tunnels(
+            n,
+            settings.concurrency,
+            &addrs,
+            settings.keyed,
+            &mut handles,
+        )
+        .await?;
         wait_for_count(fleet, n).await?;
         tokio::time::sleep(settings.settle).await;
         let open = fleet.memory()?;
@@ -828,14 +1076,46 @@ struct RedisRest {
 }
 
 async fn redis_at_rest(redis: &Redis, rest: Duration, label: &str) -> Result<RedisRest, Fail> {
+    let calls_before = redis.command_calls()?;
     let per_sec = redis.commands_per_sec(rest).await?;
+    let calls_after = redis.command_calls()?;
     let memory = redis.field("used_memory")?;
     println!(
         "Redis at rest, {label}: {per_sec:.2} commands/s over {} s, used_memory {}",
         rest.as_secs(),
         kib(memory as f64 / 1024.0)
     );
+    println!(
+        "  top commands: {}",
+        top_commands(&calls_before, calls_after, rest.as_secs_f64().max(1.0))
+    );
     Ok(RedisRest { memory, per_sec })
+}
+
+/// The ten commands Redis served most between two `INFO commandstats`
+/// readings, with calls per second over `secs`: `NAME CALLS (N/s), …`.
+/// Three `INFO` calls of this benchmark's own fall between such readings
+/// (the first of them, and the two `total_commands_processed` readings);
+/// they are taken out.
+fn top_commands(before: &HashMap<String, u64>, after: HashMap<String, u64>, secs: f64) -> String {
+    let mut top: Vec<(String, u64)> = after
+        .into_iter()
+        .map(|(name, calls)| {
+            let ours = if name == "info" { 3 } else { 0 };
+            let delta = calls.saturating_sub(before.get(&name).copied().unwrap_or(0) + ours);
+            (name, delta)
+        })
+        .filter(|(_, delta)| *delta > 0)
+        .collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    if top.is_empty() {
+        return "(none)".into();
+    }
+    top.iter()
+        .take(10)
+        .map(|(name, calls)| format!("{name} {calls} ({:.2}/s)", *calls as f64 / secs))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Redis with every tunnel open, against `idle` (before any): memory per
@@ -867,11 +1147,7 @@ async fn redis_per_tunnel(
 /// Keeps every tunnel open and silent for `HOLD_SECS`, checking that
 /// burrow's keepalives keep them all (none closed on our side, all counted
 /// on burrow's).
-async fn hold(
-    settings: &Settings,
-    fleet: &Fleet,
-    handles: &[client::Handle<Idle>],
-) -> Result<bool, Fail> {
+async fn hold(settings: &Settings, fleet: &Fleet, handles: &[Tunnel]) -> Result<bool, Fail> {
     let n = settings.tunnels;
     println!();
     println!(
@@ -887,7 +1163,7 @@ async fn hold(
             break;
         }
         tokio::time::sleep((end - now).min(Duration::from_secs(15))).await;
-        let closed = handles.iter().filter(|h| h.is_closed()).count();
+        let closed = handles.iter().filter(|t| t.handle.is_closed()).count();
         let seen = fleet.active_tunnels().await?;
         let rss = fleet.memory()?.rss;
         println!(
@@ -908,4 +1184,183 @@ async fn hold(
         }
     );
     Ok(ok)
+}
+
+/// One request of the load: `GET /` for `host` on `http`, on a connection of
+/// its own; `Ok` on a `200` with the body `ok`.
+async fn one_request(http: SocketAddr, host: &str) -> Result<(), Fail> {
+    let exchange = async {
+        let mut socket = tokio::net::TcpStream::connect(http).await?;
+        socket.set_nodelay(true)?;
+        let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+        socket.write_all(request.as_bytes()).await?;
+        let mut response = Vec::with_capacity(512);
+        socket.read_to_end(&mut response).await?;
+        Ok::<_, std::io::Error>(response)
+    };
+    let response = tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+        .await
+        .map_err(|_| format!("{host} via {http}: no answer within {REQUEST_TIMEOUT:?}"))?
+        .map_err(|e| format!("{host} via {http}: {e}"))?;
+    let text = String::from_utf8_lossy(&response);
+    if text.starts_with("HTTP/1.1 200") && text.ends_with("\r\n\r\nok") {
+        return Ok(());
+    }
+    let status = text.lines().next().unwrap_or("(empty response)");
+    Err(format!("{host} via {http}: {status}"))
+}
+
+/// `LOAD_SECS` of HTTP requests through every tunnel, round-robin over the
+/// tunnels and the nodes (a tunnel's requests go to every node in turn),
+/// `LOAD_RPS` in all with at most `LOAD_INFLIGHT` in flight. Prints the
+/// requests per second achieved, the tunnels that served at least one
+/// (its key's usage counted) and Redis's commands per second over the
+/// window, with the top commands. Fails when more than 1% of the requests
+/// failed.
+async fn load(settings: &Settings, fleet: &Fleet, tunnels: &[Tunnel]) -> Result<bool, Fail> {
+    let domain = &fleet.nodes[0].domain;
+    let hosts: Vec<String> = tunnels
+        .iter()
+        .filter_map(|t| t.name.as_ref())
+        .map(|name| format!("{name}.{domain}"))
+        .collect();
+    if hosts.len() != tunnels.len() || hosts.is_empty() {
+        return Err("load: every tunnel needs a name of its own (KEYED=1)".into());
+    }
+    let targets: Vec<SocketAddr> = fleet.nodes.iter().map(|n| n.http).collect();
+    // One request first, so that a misconfiguration fails with its answer.
+    one_request(targets[0], &hosts[0])
+        .await
+        .map_err(|e| format!("load: the first request failed: {e}"))?;
+    let hosts = Arc::new(hosts);
+    let targets = Arc::new(targets);
+    let n = hosts.len();
+    println!();
+    println!(
+        "load: {} requests/s aimed at ({} in flight at most) through {n} tunnels on {} node(s) for {} s",
+        settings.load_rps,
+        settings.load_inflight,
+        targets.len(),
+        settings.load.as_secs()
+    );
+    let served_before: Vec<u64> = tunnels
+        .iter()
+        .map(|t| t.served.load(Ordering::Relaxed))
+        .collect();
+    let redis_before = match &fleet.redis {
+        Some(redis) => Some((
+            redis.command_calls()?,
+            redis.field("total_commands_processed")?,
+        )),
+        None => None,
+    };
+
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let first_errors = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let inflight = Arc::new(tokio::sync::Semaphore::new(settings.load_inflight));
+    let start = tokio::time::Instant::now();
+    let end = start + settings.load;
+    let mut issued = 0u64;
+    'window: loop {
+        let now = tokio::time::Instant::now();
+        if now >= end {
+            break;
+        }
+        let due = ((now - start).as_secs_f64() * settings.load_rps as f64) as u64;
+        while issued < due {
+            let permit = tokio::select! {
+                permit = Arc::clone(&inflight).acquire_owned() => permit.expect("never closed"),
+                _ = tokio::time::sleep_until(end) => break 'window,
+            };
+            let k = issued as usize;
+            let host_index = k % n;
+            let http = targets[(k / n + k) % targets.len()];
+            let hosts = Arc::clone(&hosts);
+            let (ok, failed, first_errors) = (
+                Arc::clone(&ok),
+                Arc::clone(&failed),
+                Arc::clone(&first_errors),
+            );
+            tokio::spawn(async move {
+                match one_request(http, &hosts[host_index]).await {
+                    Ok(()) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        let mut errors = first_errors.lock().expect("errors lock");
+                        if errors.len() < SHOWN_ERRORS {
+                            errors.push(e);
+                        }
+                    }
+                }
+                drop(permit);
+            });
+            issued += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let window = start.elapsed();
+    let answered_in_window = ok.load(Ordering::Relaxed);
+    let redis_after = match &fleet.redis {
+        Some(redis) => Some((
+            redis.field("total_commands_processed")?,
+            redis.command_calls()?,
+        )),
+        None => None,
+    };
+    // Let the requests in flight finish (each is bounded by its timeout).
+    let _all = tokio::time::timeout(
+        REQUEST_TIMEOUT + Duration::from_secs(1),
+        inflight.acquire_many(settings.load_inflight as u32),
+    )
+    .await;
+    let ok = ok.load(Ordering::Relaxed);
+    let failed = failed.load(Ordering::Relaxed);
+    let active = tunnels
+        .iter()
+        .zip(&served_before)
+        .filter(|(t, before)| t.served.load(Ordering::Relaxed) > **before)
+        .count();
+    let secs = window.as_secs_f64();
+    let rps = answered_in_window as f64 / secs;
+    println!(
+        "requests           {issued} sent, {ok} answered 200, {failed} failed; {rps:.0} requests/s answered over {secs:.1} s"
+    );
+    println!(
+        "active keys        {active} of {n} tunnels (each its own key) served at least one request"
+    );
+    let mut pass = ok > 0 && failed * 100 <= issued;
+    for e in first_errors.lock().expect("errors lock").iter() {
+        println!("  failed: {e}");
+    }
+    if let (Some((calls_before, total_before)), Some((total_after, calls_after))) =
+        (redis_before, redis_after)
+    {
+        // The INFO reading `total_before` counts in the delta; the three
+        // INFO calls between the two commandstats readings count in theirs.
+        let commands = total_after.saturating_sub(total_before + 1);
+        let per_sec = commands as f64 / secs;
+        println!(
+            "Redis under load   {per_sec:.2} commands/s over {secs:.1} s ({commands} commands) at {rps:.0} requests/s, {active} active keys, {} node(s)",
+            targets.len()
+        );
+        println!(
+            "Redis top commands {}",
+            top_commands(&calls_before, calls_after, secs)
+        );
+    } else {
+        println!("Redis under load   (no Redis: NODES=1)");
+    }
+    pass &= fleet.active_tunnels().await? == n as u64;
+    println!(
+        "load result        {}",
+        if pass {
+            "PASS (≤ 1% of requests failed, every tunnel still up)"
+        } else {
+            "FAIL (over 1% of requests failed, none answered, or tunnels dropped)"
+        }
+    );
+    Ok(pass)
 }
