@@ -10,7 +10,7 @@
 //! into the current period), and the hot path is one `fetch_update` and a
 //! comparison with the cached end of the period.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -180,33 +180,41 @@ fn level_of(used: u64, amount: u64) -> u8 {
 
 /// A debt-allowing token bucket: a chunk of any size may be spent when the
 /// bucket is not in debt, and the debt is waited off; so the average rate
-/// is exact whatever the chunk sizes.
+/// is exact whatever the chunk sizes. Its tokens are the account's
+/// `credit` (an atomic): moving bytes only subtracts from it, and the
+/// bucket is locked and refilled only once the credit is spent, so the
+/// data path reads no clock and takes no lock while there is credit.
+/// Refilling late is generous by at most one burst after an idle spell.
 struct Bucket {
     /// The plan's rate over the nodes moving the account's bytes.
     rate: f64,
     burst: f64,
-    tokens: f64,
     last: Instant,
 }
 
 impl Bucket {
     fn new(rate: f64) -> Bucket {
         // A tenth of a second's worth (at least 16 KiB): over 10 s that is
-        // at most 1% above the rate.
+        // at most 1% above the rate (2% after an idle spell).
         let burst = (rate / 10.0).max(16_384.0);
         Bucket {
             rate,
             burst,
-            tokens: burst,
             last: Instant::now(),
         }
     }
 
-    fn refill(&mut self) {
+    /// Adds the tokens earned since the last refill to `credit`, up to a
+    /// burst.
+    fn refill(&mut self, credit: &AtomicI64) {
         let now = Instant::now();
         let elapsed = now.duration_since(self.last).as_secs_f64();
         self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        let earned = (elapsed * self.rate) as i64;
+        let burst = self.burst as i64;
+        let _ = credit.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+            Some(c.saturating_add(earned).min(burst))
+        });
     }
 }
 
@@ -215,20 +223,22 @@ pub struct Account {
     id: String,
     plan: RwLock<Arc<Plan>>,
     bucket: Mutex<Option<Bucket>>,
+    /// The bucket's tokens, in bytes (negative: in debt).
+    credit: AtomicI64,
     /// Whether the plan shapes bandwidth (the one load the hot path does
     /// when it does not).
-    shaped: std::sync::atomic::AtomicBool,
+    shaped: AtomicBool,
     transfer: Meter,
     requests: Meter,
     roll: Mutex<()>,
     alerts: watch::Sender<Alert>,
     /// Usage changed since the state file was written.
-    dirty: std::sync::atomic::AtomicBool,
+    dirty: AtomicBool,
     /// Nodes moving the account's bytes now (cluster; 1 alone): each gets
     /// this share of the plan's bandwidth.
     share: std::sync::atomic::AtomicU32,
     /// Bytes moved here since the last cluster flush looked.
-    moved: AtomicU64,
+    moved: AtomicBool,
 }
 
 impl Account {
@@ -237,6 +247,7 @@ impl Account {
             id,
             plan: RwLock::new(Arc::new(Plan::default())),
             bucket: Mutex::new(None),
+            credit: AtomicI64::new(0),
             shaped: Default::default(),
             transfer: Meter::default(),
             requests: Meter::default(),
@@ -244,7 +255,7 @@ impl Account {
             alerts: watch::Sender::new(Alert::default()),
             dirty: Default::default(),
             share: std::sync::atomic::AtomicU32::new(1),
-            moved: AtomicU64::new(0),
+            moved: AtomicBool::new(false),
         };
         account.set_plan(plan);
         account
@@ -267,6 +278,8 @@ impl Account {
         let mut bucket = self.bucket.lock().expect("bucket lock");
         let share = f64::from(self.share.load(Ordering::Relaxed).max(1));
         *bucket = (plan.bandwidth > 0).then(|| Bucket::new(plan.bandwidth as f64 / share));
+        let burst = bucket.as_ref().map_or(0, |b| b.burst as i64);
+        self.credit.store(burst, Ordering::Relaxed);
         self.shaped.store(plan.bandwidth > 0, Ordering::Relaxed);
         *self.plan.write().expect("plan lock") = Arc::clone(&plan);
         drop(bucket);
@@ -288,12 +301,20 @@ impl Account {
         }
     }
 
-    /// Counts `n` (bytes or requests) against `limit`.
+    /// Counts `n` (bytes or requests) against `limit`, in the period
+    /// current now.
     fn count(&self, limit: Limit, n: u64) {
         let quota = self.quota(limit);
         let meter = self.meter(limit);
         meter.roll(period_of(quota), unix_now(), &self.roll);
-        self.dirty.store(true, Ordering::Relaxed);
+        self.add(limit, quota, n);
+    }
+
+    /// Counts `n` against `limit` in the period it was last rolled to (by
+    /// a request, a flush or the periodic save, every few seconds).
+    fn add(&self, limit: Limit, quota: Option<Quota>, n: u64) {
+        let meter = self.meter(limit);
+        set_once(&self.dirty);
         let Some(quota) = quota else {
             saturating_add(&meter.pending, n);
             return;
@@ -306,27 +327,28 @@ impl Account {
         }
     }
 
-    /// Bytes moved (either direction).
+    /// Bytes moved (either direction). On the data path: no clock, no
+    /// lock, and shared cache lines written only where a count changes
+    /// (the period rolls with each request and every few seconds).
     pub fn bytes(&self, n: u64) {
-        self.count(Limit::Transfer, n);
-        self.moved.fetch_add(1, Ordering::Relaxed);
+        self.add(Limit::Transfer, self.quota(Limit::Transfer), n);
+        set_once(&self.moved);
         if self.shaped.load(Ordering::Relaxed) {
-            if let Some(bucket) = self.bucket.lock().expect("bucket lock").as_mut() {
-                bucket.refill();
-                bucket.tokens -= n as f64;
-            }
+            let n = i64::try_from(n).unwrap_or(i64::MAX);
+            self.credit.fetch_sub(n, Ordering::Relaxed);
         }
     }
 
     /// How long to wait before moving more bytes (`None`: go now).
     pub fn bandwidth_wait(&self) -> Option<Duration> {
-        if !self.shaped.load(Ordering::Relaxed) {
+        if !self.shaped.load(Ordering::Relaxed) || self.credit.load(Ordering::Relaxed) >= 0 {
             return None;
         }
         let mut bucket = self.bucket.lock().expect("bucket lock");
         let bucket = bucket.as_mut()?;
-        bucket.refill();
-        (bucket.tokens < 0.0).then(|| Duration::from_secs_f64(-bucket.tokens / bucket.rate))
+        bucket.refill(&self.credit);
+        let credit = self.credit.load(Ordering::Relaxed);
+        (credit < 0).then(|| Duration::from_secs_f64(-(credit as f64) / bucket.rate))
     }
 
     /// Whether `limit`'s quota is used up this period, and if so the
@@ -398,7 +420,7 @@ impl Account {
 
     /// Whether bytes moved here since the last call (cluster flush).
     pub fn take_moved(&self) -> bool {
-        self.moved.swap(0, Ordering::Relaxed) > 0
+        self.moved.swap(false, Ordering::Relaxed)
     }
 
     /// Shares the plan's bandwidth with `nodes` nodes (cluster): this
@@ -410,10 +432,13 @@ impl Account {
         }
         let bandwidth = self.plan().bandwidth;
         if let Some(bucket) = self.bucket.lock().expect("bucket lock").as_mut() {
-            bucket.refill();
+            bucket.refill(&self.credit);
             bucket.rate = bandwidth as f64 / f64::from(nodes);
             bucket.burst = (bucket.rate / 10.0).max(16_384.0);
-            bucket.tokens = bucket.tokens.min(bucket.burst);
+            let burst = bucket.burst as i64;
+            let _ = self
+                .credit
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some(c.min(burst)));
         }
     }
 
@@ -464,6 +489,14 @@ impl Account {
 /// counted, and shown, even where nothing limits it).
 fn period_of(quota: Option<Quota>) -> Period {
     quota.map_or(Period::Month, |q| q.period)
+}
+
+/// Sets `flag`, writing its cache line only when it was clear (the data
+/// path sets it on every chunk; the flush or save clears it now and then).
+fn set_once(flag: &AtomicBool) {
+    if !flag.load(Ordering::Relaxed) {
+        flag.store(true, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]
