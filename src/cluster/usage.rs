@@ -97,6 +97,7 @@ impl Cluster {
                         (requests.0, requests.1, busy.pending[1]),
                     ],
                     active: busy.active,
+                    shaped: busy.account.plan().bandwidth > 0,
                 }
             })
             .collect();

@@ -11,7 +11,8 @@
 //!                                      period starting START (unix s); expires a day
 //!                                      after the period
 //! {burrow}:usage:bw:ACCOUNT            hash NODE → unix ms it last moved the account's
-//!                                      bytes (expires after 10 s)
+//!                                      bytes (expires after 10 s; only for plans that
+//!                                      limit bandwidth)
 //! ```
 
 use anyhow::Result;
@@ -29,6 +30,9 @@ pub struct Flush {
     pub counts: [(u64, u64, u64); 2],
     /// This node moved the account's bytes since the last flush.
     pub active: bool,
+    /// The plan limits bandwidth: the nodes moving the account's bytes
+    /// are stamped and counted (else nothing is shared but the counts).
+    pub shaped: bool,
 }
 
 /// What Redis answered for one account.
@@ -70,6 +74,9 @@ impl Store {
                 pipe.incr(&name, add);
                 pipe.expire_at(&name, (end + 86_400) as i64).ignore();
             }
+            if !flush.shaped {
+                continue;
+            }
             let bw = key(&format!("usage:bw:{}", flush.account));
             if flush.active {
                 pipe.hset(&bw, node, now_ms).ignore();
@@ -77,31 +84,34 @@ impl Store {
             }
             pipe.hgetall(&bw);
         }
-        type Answer = (
-            Option<u64>,
-            Option<u64>,
-            std::collections::HashMap<String, u64>,
-        );
-        let answers: Vec<Answer> = {
-            let flat: Vec<redis::Value> = pipe.query_async(&mut self.conn()).await?;
-            flat.chunks(3)
-                .map(|c| redis::from_redis_value(redis::Value::Array(c.to_vec())))
-                .collect::<Result<_, _>>()?
+        let flat: Vec<redis::Value> = pipe.query_async(&mut self.conn()).await?;
+        // Two counts per account, then its stamps when it is shaped.
+        let mut answers = flat.into_iter();
+        let mut next = || {
+            answers
+                .next()
+                .ok_or_else(|| anyhow::anyhow!("a short pipeline answer"))
         };
-        Ok(answers
-            .into_iter()
-            .zip(batch)
-            .map(|((transfer, requests, stamps), flush)| {
-                let fresh = stamps
+        let mut totals = Vec::with_capacity(batch.len());
+        for flush in batch {
+            let transfer: Option<u64> = redis::from_redis_value(next()?)?;
+            let requests: Option<u64> = redis::from_redis_value(next()?)?;
+            let nodes = if flush.shaped {
+                let stamps: std::collections::HashMap<String, u64> =
+                    redis::from_redis_value(next()?)?;
+                stamps
                     .values()
                     .filter(|ms| now_ms.saturating_sub(**ms) < ACTIVE_MS)
-                    .count() as u32;
-                Totals {
-                    counts: [transfer.unwrap_or(0), requests.unwrap_or(0)],
-                    nodes: fresh.max(u32::from(flush.active)),
-                }
-            })
-            .collect())
+                    .count() as u32
+            } else {
+                1
+            };
+            totals.push(Totals {
+                counts: [transfer.unwrap_or(0), requests.unwrap_or(0)],
+                nodes: nodes.max(u32::from(flush.active)),
+            });
+        }
+        Ok(totals)
     }
 
     /// The cluster-wide transfer and requests of accounts this node holds
