@@ -1,6 +1,6 @@
 //! `tunnel/options.rs`: the SSH command's per-tunnel options (`-- host=…
 //! auth=… allow=… cors=… allow-keys=… output= qr= tls= proxy= inspect=
-//! help`). The input is the command as the client sent it.
+//! help`, `usage`). The input is the command as the client sent it.
 //!
 //! Properties: never panics; parsing is deterministic; what it accepts
 //! renders in the banner (`summary()`) without control, bidi or format
@@ -29,6 +29,16 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(options.summary(), again.summary());
         }
         Ok(Command::Help) => {}
+        Ok(Command::Usage(output)) => {
+            assert!(
+                command.split_whitespace().any(|w| w == "usage"),
+                "usage is only ever asked for by the word usage"
+            );
+            let Ok(Command::Usage(again)) = again else {
+                panic!("parse is deterministic");
+            };
+            assert_eq!(output, again);
+        }
         Err(message) => assert!(!message.is_empty()),
     }
     for word in command.split_whitespace() {
