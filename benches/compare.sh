@@ -28,6 +28,11 @@
 #                       (`cargo install sandhole --version '^0.10'`); a failed
 #                       build is remembered there: SANDHOLE_REBUILD=1 retries
 #   KEEP_TMP      (0)   1: keep the temporary directory (all configs and logs)
+#   PERF_DIR      ()    a directory: `perf record -g` each server process (each
+#                       node of a cluster apart) during every throughput run,
+#                       to PERF_DIR/TARGET.rROUND.PID.data (PERF_FREQ, 499 Hz;
+#                       build with frame pointers for call graphs, see
+#                       BENCHMARKS.md)
 #   BURROW_ARGS   ()    extra burrow flags, appended (A/B a lever, e.g.
 #                       BURROW_ARGS="--channel-pool-size 0")
 #   BULK_ONLY     (0)   1: measure only the 100 MiB download and upload (no
@@ -1006,6 +1011,17 @@ measure() { # measure TARGET ROUND
     # throughput and CPU per request
     # shellcheck disable=SC2086
     read -r c0 tck < <(helper cpu $pids)
+    local -a perfs=()
+    if [[ -n ${PERF_DIR:-} ]]; then
+        local p
+        mkdir -p "$PERF_DIR"
+        for p in ${PIDS_OF[$t]}; do
+            [[ $p == sshd ]] && p=$SSHD_PID
+            perf record -q -F "${PERF_FREQ:-499}" -g -p "$p" -o "$PERF_DIR/$t.r$r.$p.data" \
+                -- sleep "$DURATION" >"$PERF_DIR/$t.r$r.$p.log" 2>&1 &
+            perfs+=($!)
+        done
+    fi
     if is_h2 "$t"; then
         h2load -t2 -c64 -m"$(h2_streams "$t")" -D "$DURATION" "${a[@]}" "$base/1k" >"$out.load" 2>&1 || true
         # shellcheck disable=SC2086
@@ -1017,6 +1033,7 @@ measure() { # measure TARGET ROUND
         read -r c1 _ < <(helper cpu $pids)
         read -r rps reqs _ errs < <(helper wrk "$out.load")
     fi
+    ((${#perfs[@]} == 0)) || wait "${perfs[@]}" || true
     # shellcheck disable=SC2086
     read -r rss hwm < <(helper mem $pids)
     record "$t" rps "$r" "$rps"

@@ -69,10 +69,14 @@ fn run_command(command: &Command) -> ExitCode {
 
 /// Logs to stderr, as text or JSON lines, at the level `RUST_LOG` asks for.
 fn init_logging(format: LogFormat) {
-    // rustls warns about what visitors send (an IP address as SNI, say):
-    // noise an operator cannot act on.
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"));
+    // rustls warns about what visitors send (an IP address as SNI, say),
+    // and russh's session loop about every channel request it does not
+    // know (PuTTY sends `winadj@putty.projects.tartarus.org` with each
+    // window adjustment: a line per ~1 MiB, and any client could flood
+    // the log so): noise an operator cannot act on.
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,rustls=error,russh::server::encrypted=error")
+    });
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -453,6 +453,40 @@ async fn plink_with_a_ppk_key_gets_its_stable_url_that_serves_and_goes_on_discon
     check_native(&setup, plink(&setup, &login), &login).await;
 }
 
+/// PuTTY asks `winadj@putty.projects.tartarus.org` with every window
+/// adjustment it sends (to time the round trip); russh refuses it, as it
+/// should, but logged each at WARN: one log line per ~1 MiB a visitor
+/// uploads. burrow's default log filter keeps russh's session loop to
+/// errors, so a large upload through plink leaves nothing in the log.
+#[tokio::test]
+async fn plink_uploads_leave_no_log_line_per_window_adjustment() {
+    let setup = Setup::start("plink-upload").await;
+    let login = Login::Keyless;
+    let mut client = plink(&setup, &login);
+    let url = setup.assert_serves(&client, &login).await;
+    let body = vec![b'u'; 16 << 20];
+    let resp = setup
+        .burrow
+        .https_client_no_timeout()
+        .post(setup.burrow.https_url(&url.host(), "/echo"))
+        .body(body.clone())
+        .send();
+    let resp = tokio::time::timeout(Duration::from_secs(60), resp)
+        .await
+        .expect("a 16 MiB upload within 60 s")
+        .expect("POST /echo through plink's tunnel");
+    let resp = expect_status(resp, 200, "POST /echo").await;
+    let echoed = resp.bytes().await.expect("the echoed body");
+    assert!(echoed.len() == body.len(), "echoed {} bytes", echoed.len());
+    let log = setup.burrow.stderr.text();
+    assert!(
+        !log.contains("unknown channel request"),
+        "plink's winadj requests reached the log:\n{log}"
+    );
+    client.kill();
+    setup.assert_removed(&url).await;
+}
+
 #[tokio::test]
 async fn dbclient_keyless_gets_a_url_that_serves_and_goes_on_disconnect() {
     let setup = Setup::start("dbclient-keyless").await;

@@ -641,8 +641,6 @@ impl Burrow {
         self.client_with(Alpn::Http2)
     }
 
-    /// Like [`Burrow::https_client`] but without a total request timeout
-    /// (for long downloads; bound those with `tokio::time::timeout`).
     /// `GET https://HOST:PORT{path}` with [`Burrow::https_client`].
     pub async fn get(&self, host: &str, path: &str) -> reqwest::Response {
         self.https_client()
@@ -652,6 +650,8 @@ impl Burrow {
             .unwrap_or_else(|e| panic!("GET https://{host}{path}: {e:?}"))
     }
 
+    /// Like [`Burrow::https_client`] but without a total request timeout
+    /// (for long downloads; bound those with `tokio::time::timeout`).
     pub fn https_client_no_timeout(&self) -> reqwest::Client {
         reqwest::Client::builder()
             .no_proxy()
