@@ -49,10 +49,7 @@ pub async fn read_client_hello<S: AsyncRead + Unpin>(stream: &mut S) -> io::Resu
         }
         match acceptor.accept() {
             Ok(Some(accepted)) => {
-                let server_name = accepted
-                    .client_hello()
-                    .server_name()
-                    .map(|name| name.to_ascii_lowercase());
+                let server_name = accepted.client_hello().server_name().and_then(one_form);
                 return Ok(ClientHello { bytes, server_name });
             }
             Ok(None) if bytes.len() < MAX_HELLO => {}
@@ -60,6 +57,15 @@ pub async fn read_client_hello<S: AsyncRead + Unpin>(stream: &mut S) -> io::Resu
             Err((err, _)) => return Err(io::Error::new(io::ErrorKind::InvalidData, err)),
         }
     }
+}
+
+/// The SNI in one form: lower case, without the trailing dot RFC 6066 §3
+/// says a client must not send (rustls accepts it; `name.` and `name` are
+/// the same host), so every reader of [`ClientHello::server_name`] sees
+/// the name the router, the certificates and the logs use.
+fn one_form(name: &str) -> Option<String> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    (!name.is_empty()).then(|| name.to_ascii_lowercase())
 }
 
 /// Sends the `unrecognized_name` alert; the caller then drops the stream.
@@ -117,6 +123,22 @@ mod tests {
         rewound.read_exact(&mut replay).await.unwrap();
         assert_eq!(&replay[..hello.len()], &hello[..]);
         assert_eq!(&replay[hello.len()..], b"after");
+    }
+
+    /// Found by the `sni` fuzz target: a hello whose SNI ends in a dot
+    /// came out with the dot (and `name.` is no name the router, the
+    /// certificates or the logs otherwise see).
+    #[tokio::test]
+    async fn a_trailing_dot_in_the_sni_is_dropped() {
+        let mut hello = client_hello("MyName.example.tes");
+        let at = hello
+            .windows(18)
+            .position(|w| w.eq_ignore_ascii_case(b"myname.example.tes"))
+            .expect("the SNI in the hello");
+        // Same length, so every length field stays right.
+        hello[at..at + 18].copy_from_slice(b"MyName.example.te.");
+        let read = read_client_hello(&mut &hello[..]).await.unwrap();
+        assert_eq!(read.server_name.as_deref(), Some("myname.example.te"));
     }
 
     #[tokio::test]
