@@ -450,7 +450,11 @@ fn set_headers(headers: &mut hyper::HeaderMap, me: &str, key: &str, forwarded: F
     strip_headers(headers);
     headers.insert(header::CARRY, HeaderValue::from_static(carry));
     headers.insert(header::KEY, value(key.to_string()));
-    headers.insert(header::VISITOR, value(forwarded.visitor.to_string()));
+    // The visitor's address and port change with every connection:
+    // never indexed, so HPACK does not churn its table with them.
+    let mut visitor = value(forwarded.visitor.to_string());
+    visitor.set_sensitive(true);
+    headers.insert(header::VISITOR, visitor);
     headers.insert(header::LOCAL, value(forwarded.local.to_string()));
     headers.insert(header::FROM, value(me.to_string()));
 }

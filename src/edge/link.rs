@@ -73,9 +73,12 @@ impl LinkServer {
             .map_err(|_| anyhow::anyhow!("TLS handshake timed out"))?
             .map_err(|e| anyhow::anyhow!("TLS handshake failed (another cluster secret?): {e}"))?;
         let me = Arc::clone(&self);
+        // Boxed: hyper's h2 server moves each stream's service future into
+        // a task of its own; the request path's state is large, a box is
+        // a pointer.
         let service = service_fn(move |req| {
             let me = Arc::clone(&me);
-            async move { Ok::<_, Infallible>(me.request(req).await) }
+            Box::pin(async move { Ok::<_, Infallible>(me.request(req).await) })
         });
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
