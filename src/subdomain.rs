@@ -109,6 +109,19 @@ pub fn is_valid_domain(domain: &str) -> bool {
     !domain.is_empty() && domain.len() <= 253 && domain.split('.').all(is_valid_label)
 }
 
+/// A DNS name in the one form burrow compares: lower case, without the
+/// trailing dot of a fully qualified name (`Name.Example.` is
+/// `name.example`).
+pub fn dns_name(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// A Host header's (or `:authority`'s) name: its port dropped, then
+/// [`dns_name`].
+pub fn bare_host(host: &str) -> String {
+    dns_name(strip_port(host))
+}
+
 /// `host:port` → `host`, leaving IPv6 literals (`[::1]:443`) intact.
 pub fn strip_port(host: &str) -> &str {
     if let Some(end) = host.strip_prefix('[').and_then(|h| h.find(']')) {

@@ -26,6 +26,7 @@ use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
 use crate::config::Config;
+use crate::subdomain::dns_name;
 
 /// The certificate served now, and where it came from.
 #[derive(Debug)]
@@ -115,28 +116,23 @@ impl Certs {
     /// the next handshake on (replacing an older one: renewals go through
     /// here too).
     pub fn set_named(&self, name: &str, certified: Arc<CertifiedKey>) {
-        self.named.insert(name_key(name), certified);
+        self.named.insert(dns_name(name), certified);
     }
 
     /// The certificate served for SNI `name` now, if one is set for it.
     pub fn named(&self, name: &str) -> Option<Arc<CertifiedKey>> {
-        self.named.get(&name_key(name)).map(|c| Arc::clone(&c))
+        self.named.get(&dns_name(name)).map(|c| Arc::clone(&c))
     }
 
     /// Stops serving `name`'s own certificate.
     pub fn remove_named(&self, name: &str) {
-        self.named.remove(&name_key(name));
+        self.named.remove(&dns_name(name));
     }
 
     /// The end-entity certificate served now.
     pub fn current(&self) -> CertificateDer<'static> {
         self.current.read().expect("certs lock").cert[0].clone()
     }
-}
-
-/// Names as the map keys them: lower case, without a trailing dot.
-fn name_key(name: &str) -> String {
-    name.trim_end_matches('.').to_ascii_lowercase()
 }
 
 fn stamp(cert: &Path, key: &Path) -> Option<Stamp> {

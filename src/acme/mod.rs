@@ -321,7 +321,7 @@ impl Acme {
     /// keeps it renewed. For custom domains: call only for names whose
     /// ownership is verified. Refused beyond `--acme-issue-rate`.
     pub async fn issue_single(self: &Arc<Self>, name: &str) -> Result<Arc<CertifiedKey>> {
-        let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+        let name = crate::subdomain::dns_name(name.trim());
         if !crate::subdomain::is_valid_domain(&name) || !name.contains('.') {
             bail!("{name:?} is not a DNS name a certificate can be issued for");
         }

@@ -178,7 +178,7 @@ impl Acme {
     /// stored, installed here (and renewed from here too, under the lock).
     pub async fn issued_elsewhere(self: &Arc<Self>, name: &str) -> Option<Arc<CertifiedKey>> {
         let shared = self.shared.get()?;
-        let managed = Acme::single(&name.trim_end_matches('.').to_ascii_lowercase());
+        let managed = Acme::single(&crate::subdomain::dns_name(name));
         if let Err(err) = self.adopt(shared, &managed).await {
             tracing::debug!(name, error = %format!("{err:#}"), "no certificate from the cluster");
         }

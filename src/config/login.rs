@@ -110,7 +110,7 @@ impl LoginArgs {
             bail!("--login-required needs a sign-in provider (--oidc-issuer or --login-providers)");
         }
         if let Some(host) = &self.login_host {
-            let host = host.trim().trim_end_matches('.').to_ascii_lowercase();
+            let host = crate::subdomain::dns_name(host.trim());
             let under = host
                 .strip_suffix(domain)
                 .and_then(|l| l.strip_suffix('.'))

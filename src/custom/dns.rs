@@ -113,7 +113,7 @@ impl Verifier {
     async fn check_points_here(&self, resolver: &TokioResolver, name: &str) -> Result<(), String> {
         let cname = match resolver.lookup(fqdn(name), RecordType::CNAME).await {
             Ok(lookup) => lookup.answers().iter().find_map(|r| match &r.data {
-                RData::CNAME(target) => Some(plain(&target.0.to_ascii())),
+                RData::CNAME(target) => Some(crate::subdomain::dns_name(&target.0.to_ascii())),
                 _ => None,
             }),
             Err(_) => None,
@@ -219,11 +219,6 @@ fn tune(options: &mut ResolverOpts, args: &CustomDomainArgs) {
 /// `name.`: fully qualified, so no search domain is ever appended.
 fn fqdn(name: &str) -> String {
     format!("{}.", name.trim_end_matches('.'))
-}
-
-/// A name from DNS, lowercase and without the trailing dot.
-fn plain(name: &str) -> String {
-    name.trim_end_matches('.').to_ascii_lowercase()
 }
 
 /// Each TXT record's strings joined (long values are split into 255-byte

@@ -57,9 +57,7 @@ impl CustomDomains {
     /// The registry key of a Host or SNI value that names a custom domain
     /// bound right now, else `None` (a foreign name that stays foreign).
     pub fn bound_name(&self, host: &str) -> Option<String> {
-        let name = subdomain::strip_port(host)
-            .trim_end_matches('.')
-            .to_ascii_lowercase();
+        let name = subdomain::bare_host(host);
         if !subdomain::is_custom_name(&name, &self.registry.public().domain) {
             return None;
         }
@@ -77,9 +75,7 @@ impl CustomDomains {
         if !self.enabled {
             return None;
         }
-        let name = subdomain::strip_port(host)
-            .trim_end_matches('.')
-            .to_ascii_lowercase();
+        let name = subdomain::bare_host(host);
         if !subdomain::is_custom_name(&name, &self.registry.public().domain) {
             return None;
         }

@@ -59,13 +59,12 @@ pub async fn read_client_hello<S: AsyncRead + Unpin>(stream: &mut S) -> io::Resu
     }
 }
 
-/// The SNI in one form: lower case, without the trailing dot RFC 6066 §3
-/// says a client must not send (rustls accepts it; `name.` and `name` are
-/// the same host), so every reader of [`ClientHello::server_name`] sees
-/// the name the router, the certificates and the logs use.
+/// The SNI in one form ([`crate::subdomain::dns_name`]): rustls accepts
+/// the trailing dot RFC 6066 §3 says a client must not send, and `name.`
+/// is the host `name`, so every reader of [`ClientHello::server_name`]
+/// sees the name the router, the certificates and the logs use.
 fn one_form(name: &str) -> Option<String> {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    (!name.is_empty()).then(|| name.to_ascii_lowercase())
+    Some(crate::subdomain::dns_name(name)).filter(|name| !name.is_empty())
 }
 
 /// Sends the `unrecognized_name` alert; the caller then drops the stream.

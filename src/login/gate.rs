@@ -55,7 +55,7 @@ impl Login {
             let url = format!("https://{}{}", at.host, path_and_query(&req));
             return Guarded::Answer(pages::redirect(&url));
         }
-        let host = bare_host(at.host);
+        let host = crate::subdomain::bare_host(at.host);
         if req.uri().path().starts_with(OWN_PATHS) {
             if let Some(answer) = self.own_path(&at, &host, req).await {
                 return Guarded::Answer(answer);
@@ -214,14 +214,6 @@ impl Login {
         }
         response
     }
-}
-
-/// The host without its port, lowercase (what cookies and codes are bound
-/// to, and an assertion's audience).
-pub fn bare_host(host: &str) -> String {
-    crate::subdomain::strip_port(host)
-        .trim_end_matches('.')
-        .to_ascii_lowercase()
 }
 
 /// The URL the visitor asked for (over HTTPS).

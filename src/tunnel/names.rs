@@ -126,7 +126,7 @@ pub fn requested(address: &str, domain: &str) -> Result<Requested, String> {
         "::1",
         "[::1]",
     ];
-    let address = address.trim().trim_end_matches('.').to_ascii_lowercase();
+    let address = subdomain::dns_name(address.trim());
     if GENERIC.contains(&address.as_str()) {
         return Ok(Requested::Default);
     }

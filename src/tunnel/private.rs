@@ -46,7 +46,7 @@ pub fn name_of(key: &str) -> &str {
 /// (`localhost`, an IP address, another domain, port 0).
 pub fn alias(host: &str, port: u32, domain: &str) -> Option<Alias> {
     let port = u16::try_from(port).ok().filter(|p| *p > 0)?;
-    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    let host = crate::subdomain::dns_name(host);
     let name = match host.strip_suffix(domain) {
         Some(rest) => rest.strip_suffix('.')?,
         None => host.as_str(),
