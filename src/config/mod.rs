@@ -386,6 +386,45 @@ mod tests {
         assert!(parse_size("big").is_err());
     }
 
+    /// humantime 2.4 panics when its running total carries past u64::MAX
+    /// seconds (chronotope/humantime#66); found by the `config_values`
+    /// fuzz target (seed `config_values/regression-duration-carry`).
+    #[test]
+    fn a_duration_past_u64_seconds_is_refused_not_a_panic() {
+        for text in [
+            "18446744073709551615s 1000000000ns",
+            "18446744073709551615s 999999999ns 1ns",
+            "18446744073709551615s 1000000000ns x",
+            "18446744073709551615.1s900ms5.1s900ms",
+        ] {
+            let refused = parse_duration(text).unwrap_err();
+            assert!(
+                refused.contains("too long") || refused.contains("not a duration"),
+                "{text}: {refused}"
+            );
+        }
+        assert!(parse_duration("18446744073709551615s 1000000000ns")
+            .unwrap_err()
+            .contains("must stay under 2^64 seconds"));
+        let most = parse_duration("18446744073709551614s 999999999ns 1ns").unwrap();
+        assert_eq!(most, Duration::from_secs(u64::MAX));
+    }
+
+    #[test]
+    fn a_duration_of_several_parts_adds_them_and_names_the_bad_one() {
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(
+            parse_duration("1h 30m 5s").unwrap(),
+            Duration::from_secs(5405)
+        );
+        assert_eq!(parse_duration("1.5h").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("2 m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86400));
+        let refused = parse_duration("1h 3x").unwrap_err();
+        assert!(refused.contains("in \"3x\""), "{refused}");
+        assert!(!parse_duration("soon").unwrap_err().contains(" in "));
+    }
+
     #[test]
     fn cidrs() {
         assert!(parse_cidr("203.0.113.0/24").is_ok());

@@ -122,13 +122,56 @@ pub fn parse_rate(text: &str) -> Result<Rate, String> {
 }
 
 /// `90s`, `2m`, `1h30m`; a bare number is seconds.
+///
+/// humantime 2.4 panics instead of failing when its running total carries
+/// into a second past `u64::MAX` (chronotope/humantime#66, found by the
+/// `config_values` fuzz target), so each part (`1h`, `30m`, …) is parsed
+/// on its own first, where no carry can happen, and the parts are summed
+/// with a checked add. Only a text whose parts all parse and fit goes to
+/// humantime whole, which then cannot overflow.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if let Ok(seconds) = text.parse::<u64>() {
         return Ok(Duration::from_secs(seconds));
     }
-    humantime::parse_duration(text)
-        .map_err(|e| format!("{text:?} is not a duration like 90s or 2h: {e}"))
+    let mut total = Duration::ZERO;
+    for part in duration_parts(text) {
+        let part = humantime::parse_duration(part).map_err(|e| {
+            let within = if part == text {
+                String::new()
+            } else {
+                format!(" in {part:?}")
+            };
+            format!("{text:?} is not a duration like 90s or 2h:{within} {e}")
+        })?;
+        total = total.checked_add(part).ok_or_else(|| {
+            format!("{text:?} is too long a duration: it must stay under 2^64 seconds")
+        })?;
+    }
+    let whole = humantime::parse_duration(text)
+        .map_err(|e| format!("{text:?} is not a duration like 90s or 2h: {e}"))?;
+    debug_assert_eq!(whole, total, "{text:?}: the parts do not add up");
+    Ok(whole)
+}
+
+/// Splits a duration where humantime starts a new part: at a digit whose
+/// previous non-space character is a unit's letter (`1h30m`, `1h 30m`).
+fn duration_parts(text: &str) -> impl Iterator<Item = &str> {
+    let mut after_unit = false;
+    let mut starts = vec![0];
+    for (at, c) in text.char_indices() {
+        if c.is_ascii_digit() && after_unit {
+            starts.push(at);
+        }
+        if !c.is_whitespace() {
+            after_unit = c.is_alphabetic();
+        }
+    }
+    let ends = starts.clone().into_iter().skip(1).chain([text.len()]);
+    starts
+        .into_iter()
+        .zip(ends)
+        .map(|(start, end)| &text[start..end])
 }
 
 /// `64KiB`, `128MiB`, `1GiB`, `500kB`; a bare number is bytes.
