@@ -12,7 +12,8 @@
 //! - [`gate`]: the proxy's guard (cookie, policy, 401/403/redirect, the
 //!   `/.burrow/` endpoints on a tunnel's host);
 //! - [`host`]: the sign-in host (`/start`, `/callback`, the JWKS);
-//! - [`pages`]: what visitors read.
+//! - [`pages`]: what visitors read;
+//! - [`return_to`]: where a sign-in may send a visitor back to.
 //!
 //! The flow: a visitor without a session is sent to
 //! `https://LOGIN_HOST/start?return=URL`, which sends them to the provider
@@ -30,6 +31,7 @@ pub mod oidc;
 pub mod opened;
 mod pages;
 pub mod providers;
+pub mod return_to;
 pub mod tokens;
 
 use std::net::IpAddr;
@@ -215,32 +217,14 @@ impl Login {
     /// server's tunnels (a label under the domain, or a bound custom
     /// domain): nothing else is ever a redirect target.
     async fn tunnel_host(&self, url: &str) -> Option<(String, String)> {
-        let rest = url.strip_prefix("https://")?;
-        let (authority, path) = match rest.find('/') {
-            Some(at) => (&rest[..at], &rest[at..]),
-            None => (rest, "/"),
+        let server = return_to::Server {
+            domain: &self.domain,
+            port_suffix: &self.port_suffix,
+            login_host: &self.host,
         };
-        if authority.contains('@') || path.starts_with("//") || path.contains('\\') {
-            return None;
-        }
-        let host = crate::subdomain::strip_port(authority).to_ascii_lowercase();
-        let port = authority
-            .get(authority.len().min(host.len())..)
-            .unwrap_or_default();
-        if !port.is_empty() && port != self.port_suffix {
-            return None;
-        }
-        if self.is_host(&host) {
-            return None;
-        }
-        let label = host
-            .strip_suffix(&self.domain)
-            .and_then(|l| l.strip_suffix('.'));
-        let ours = match label {
-            Some(label) => crate::subdomain::is_valid_label(label),
-            None => self.custom.bound_anywhere(&host).await.is_some(),
-        };
-        ours.then(|| (host, path.to_string()))
+        let to = return_to::read(url, server)?;
+        let ours = to.under_domain || self.custom.bound_anywhere(&to.host).await.is_some();
+        ours.then(|| (to.host, to.path.to_string()))
     }
 }
 
