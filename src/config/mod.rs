@@ -426,6 +426,19 @@ mod tests {
     }
 
     #[test]
+    fn a_bare_zero_after_another_part_needs_a_unit_as_humantime_says() {
+        // Found by the config_values fuzz target: humantime reads "0"
+        // alone as zero, but "1h0" as an error (the 0 has no unit).
+        assert_eq!(parse_duration("0").unwrap(), Duration::ZERO);
+        assert_eq!(parse_duration("0s").unwrap(), Duration::ZERO);
+        for text in ["1h0", "1h 0", "5m0 "] {
+            let refused = parse_duration(text).unwrap_err();
+            assert!(refused.contains("time unit needed"), "{text:?}: {refused}");
+            assert!(humantime::parse_duration(text.trim()).is_err(), "{text:?}");
+        }
+    }
+
+    #[test]
     fn cidrs() {
         assert!(parse_cidr("203.0.113.0/24").is_ok());
         assert!(parse_cidr("2001:db8::/32").is_ok());

@@ -135,14 +135,8 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     }
     let mut total = Duration::ZERO;
     for part in duration_parts(text) {
-        let part = humantime::parse_duration(part).map_err(|e| {
-            let within = if part == text {
-                String::new()
-            } else {
-                format!(" in {part:?}")
-            };
-            format!("{text:?} is not a duration like 90s or 2h:{within} {e}")
-        })?;
+        let part = duration_part(part, text)
+            .map_err(|e| format!("{text:?} is not a duration like 90s or 2h: {e}"))?;
         total = total.checked_add(part).ok_or_else(|| {
             format!("{text:?} is too long a duration: it must stay under 2^64 seconds")
         })?;
@@ -155,6 +149,27 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "{text:?}"
     );
     Ok(total)
+}
+
+/// One part of a duration (`1h`, `30m`) as humantime reads it; the error
+/// names the part when it is not the whole text. humantime reads a bare
+/// `0` as zero only when it is the whole text: after another part (`1h0`)
+/// it needs a unit like any other number.
+fn duration_part(part: &str, text: &str) -> Result<Duration, String> {
+    if part == text {
+        return humantime::parse_duration(part).map_err(|e| e.to_string());
+    }
+    let unit_needed = humantime::DurationError::UnknownUnit {
+        start: 0,
+        end: 0,
+        unit: String::new(),
+        value: 0,
+    };
+    match part.trim() {
+        "0" => Err(unit_needed),
+        _ => humantime::parse_duration(part),
+    }
+    .map_err(|e| format!("in {part:?}: {e}"))
 }
 
 /// Splits a duration where humantime starts a new part: at a digit whose
