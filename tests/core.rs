@@ -385,6 +385,11 @@ async fn http_redirects_to_https() {
             .unwrap();
         let resp = expect_status(resp, 301, &format!("http://{host}{path}")).await;
         let loc = header(&resp, "location").unwrap_or("<none>");
+        assert_eq!(
+            header(&resp, "content-type"),
+            Some("text/plain; charset=utf-8"),
+            "the redirect's text says what it is"
+        );
         if host.bytes().any(|b| b.is_ascii_uppercase()) {
             // The host may come back lower-cased; path and query must not.
             assert!(

@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue, HOST, LOCATION};
+use hyper::header::{HeaderValue, HOST};
 use hyper::{Request, Response, StatusCode};
 use tokio::net::TcpListener;
 
@@ -80,14 +80,7 @@ async fn is_tunnel(edge: &Edge, req: &Request<Incoming>) -> (bool, std::time::Du
 
 async fn handle(edge: &Edge, req: &Request<Incoming>) -> Response<Body> {
     match location(edge, req).await {
-        Some(location) => {
-            let text = format!("Moved to {}\n", location.to_str().unwrap_or_default());
-            let mut response = Response::new(pages::full(text));
-            *response.status_mut() = StatusCode::MOVED_PERMANENTLY;
-            response.headers_mut().insert(LOCATION, location);
-            pages::set_page_headers(response.headers_mut());
-            response
-        }
+        Some(location) => pages::redirect(StatusCode::MOVED_PERMANENTLY, location),
         None => pages::foreign_host(edge.router.domain()).render(req.headers()),
     }
 }

@@ -6,7 +6,7 @@
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderValue, ACCEPT};
+use hyper::header::{HeaderValue, ACCEPT, CONTENT_TYPE, LOCATION};
 use hyper::{HeaderMap, Response, StatusCode};
 
 use super::Body;
@@ -234,6 +234,23 @@ pub fn set_page_headers(headers: &mut HeaderMap) {
         HeaderValue::from_static("strict-origin-when-cross-origin"),
     );
     headers.insert("cache-control", HeaderValue::from_static("no-store"));
+}
+
+/// A redirect to `location` (the 301 from :80 to HTTPS, the sign-in's
+/// 302s), with a line of text saying where for a client that does not
+/// follow it.
+pub fn redirect(status: StatusCode, location: HeaderValue) -> Response<Body> {
+    let text = format!("Moved to {}\n", location.to_str().unwrap_or_default());
+    let mut response = Response::new(full(text));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(LOCATION, location);
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    set_page_headers(headers);
+    response
 }
 
 /// A JSON answer of the operator's endpoints (stats, admin API, dashboard

@@ -2,7 +2,7 @@
 //! browsers, text for the rest), and the JSON answer API clients get
 //! instead of a redirect.
 
-use hyper::header::{HeaderValue, LOCATION, RETRY_AFTER};
+use hyper::header::{HeaderValue, RETRY_AFTER};
 use hyper::{HeaderMap, Response, StatusCode};
 
 use crate::http::pages::{self, Page};
@@ -10,13 +10,17 @@ use crate::http::Body;
 
 /// 302 to `url` (a navigation sent to sign in, or back to the tunnel).
 pub fn redirect(url: &str) -> Response<Body> {
-    let mut response = Response::new(pages::full(format!("Moved to {url}\n")));
-    *response.status_mut() = StatusCode::FOUND;
-    if let Ok(location) = HeaderValue::from_str(url) {
-        response.headers_mut().insert(LOCATION, location);
+    match HeaderValue::from_str(url) {
+        Ok(location) => pages::redirect(StatusCode::FOUND, location),
+        // Every URL here is one burrow serialised (no controls in it);
+        // should one not be, say so rather than send a 302 to nowhere.
+        Err(_) => Page::new(StatusCode::INTERNAL_SERVER_ERROR, "Sign-in failed")
+            .text("The sign-in's next address could not be sent.")
+            .why(format!(
+                "sign-in: a redirect to {url:?} is not a header value"
+            ))
+            .render(&HeaderMap::new()),
     }
-    pages::set_page_headers(response.headers_mut());
-    response
 }
 
 /// 401 for a request that is no page navigation (fetch, XHR, a WebSocket,
@@ -102,4 +106,28 @@ pub fn choose(links: &[(String, String)], headers: &HeaderMap) -> Response<Body>
         page = page.link(name.clone(), url.clone());
     }
     page.render(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::{CONTENT_TYPE, LOCATION};
+
+    #[test]
+    fn a_redirect_is_a_302_with_its_location_and_says_so_in_plain_text() {
+        let url = "https://id.example.com/auth?state=abc";
+        let response = redirect(url);
+        assert_eq!(response.status(), StatusCode::FOUND);
+        let headers = response.headers();
+        assert_eq!(headers[LOCATION], url);
+        assert_eq!(headers[CONTENT_TYPE], "text/plain; charset=utf-8");
+        assert_eq!(headers["cache-control"], "no-store");
+    }
+
+    #[test]
+    fn a_url_that_is_no_header_value_is_an_error_page_not_a_302_to_nowhere() {
+        let response = redirect("https://a.example/\nSet-Cookie: x=1");
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(response.headers().get(LOCATION).is_none());
+    }
 }
