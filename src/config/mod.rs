@@ -426,6 +426,22 @@ mod tests {
     }
 
     #[test]
+    fn parts_whose_nanoseconds_pass_u64_still_add_up_exactly() {
+        // Found by the config_values fuzz target: humantime sums the
+        // nanoseconds of the parts in a u64 and refuses the whole text,
+        // though the duration (about 584 years) fits.
+        let text = "5ns18446744073709551614ns";
+        assert_eq!(
+            parse_duration(text).unwrap(),
+            Duration::new(18_446_744_073, 709_551_619)
+        );
+        assert_eq!(
+            humantime::parse_duration(text),
+            Err(humantime::DurationError::NumberOverflow)
+        );
+    }
+
+    #[test]
     fn a_bare_zero_after_another_part_needs_a_unit_as_humantime_says() {
         // Found by the config_values fuzz target: humantime reads "0"
         // alone as zero, but "1h0" as an error (the 0 has no unit).
