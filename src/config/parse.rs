@@ -166,17 +166,17 @@ fn duration_part(part: &str, text: &str) -> Result<Duration, String> {
     if part == text {
         return humantime::parse_duration(part).map_err(|e| e.to_string());
     }
-    let unit_needed = humantime::DurationError::UnknownUnit {
-        start: 0,
-        end: 0,
-        unit: String::new(),
-        value: 0,
-    };
-    match part.trim() {
-        "0" => Err(unit_needed),
+    let read = match part.trim() {
+        // humantime's own "time unit needed" (its error for `1h0`).
+        "0" => Err(humantime::DurationError::UnknownUnit {
+            start: 0,
+            end: 0,
+            unit: String::new(),
+            value: 0,
+        }),
         _ => humantime::parse_duration(part),
-    }
-    .map_err(|e| format!("in {part:?}: {e}"))
+    };
+    read.map_err(|e| format!("in {part:?}: {e}"))
 }
 
 /// Splits a duration where humantime starts a new part: at a digit whose
