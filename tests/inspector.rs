@@ -533,17 +533,21 @@ async fn the_oldest_entries_are_dropped_at_the_caps() {
     .await;
     assert_eq!(paths(&entries), ["/hello?n=3", "/hello?n=4", "/hello?n=5"]);
 
-    // Three responses of 8000 bytes: two fit in 20 KiB, not three.
+    // Three responses of 8000 bytes: two fit in 20 KiB, not three. An
+    // entry is kept when its response has ended, which can be just after
+    // the client has read the last byte: each one is waited for before the
+    // next request, so that "oldest" is the order they were sent in.
+    let mut entries = Vec::new();
     for n in 1..=3 {
-        let resp = burrow.get(&host, &format!("/bytes?n=8000&i={n}")).await;
+        let path = format!("/bytes?n=8000&i={n}");
+        let resp = burrow.get(&host, &path).await;
         assert_eq!(resp.bytes().await.unwrap().len(), 8000);
+        entries = poll(WAIT, &format!("the entry of {path}"), || async {
+            let entries = me.entries().await;
+            (entries.last().map(|e| e["path"].clone()) == Some(json!(path))).then_some(entries)
+        })
+        .await;
     }
-    let entries = poll(WAIT, "the big ones", || async {
-        let entries = me.entries().await;
-        (entries.last().map(|e| e["path"].clone()) == Some(json!("/bytes?n=8000&i=3")))
-            .then_some(entries)
-    })
-    .await;
     assert_eq!(paths(&entries), ["/bytes?n=8000&i=2", "/bytes?n=8000&i=3"]);
     let detail = me.get(&format!("/api/entries/{}", entries[1]["id"])).await;
     assert_eq!(detail["response"]["body"]["kind"], "binary");
