@@ -269,6 +269,9 @@ pub fn base_client_builder() -> reqwest::ClientBuilder {
 // Burrow process
 // ---------------------------------------------------------------------------
 
+/// How long an exited process's output may take to be read to its end.
+const OUTPUT_DRAIN: Duration = Duration::from_secs(5);
+
 /// Shared, growing text buffer filled by a reader thread.
 #[derive(Clone, Default)]
 pub struct OutputBuf {
@@ -331,6 +334,14 @@ impl OutputBuf {
                 return Err(format!("<timeout after {timeout:?}> {}", self.text()));
             }
         }
+    }
+
+    /// Waits (bounded) until the reader has seen the end of the stream, so
+    /// that the text is all the process wrote. A process that has exited
+    /// closes its pipes, but its reader thread may not have read the last
+    /// lines yet.
+    pub async fn wait_closed(&self, timeout: Duration) {
+        let _ = self.wait_for(timeout, |_| None::<()>).await;
     }
 
     /// Waits for `needle` to appear in the text.
@@ -801,6 +812,10 @@ impl Burrow {
         let child = self.child.as_mut()?;
         let st = wait_child(child, timeout).await;
         self.exit = st;
+        if st.is_some() {
+            self.stdout.wait_closed(OUTPUT_DRAIN).await;
+            self.stderr.wait_closed(OUTPUT_DRAIN).await;
+        }
         st
     }
 
@@ -894,9 +909,8 @@ pub async fn run_burrow_expect_exit(args: &[&str]) -> FailedRun {
             err.text()
         );
     };
-    // Let the reader threads drain the pipes (they end at EOF).
-    let _ = err.wait_for(Duration::from_secs(2), |_| None::<()>).await;
-    let _ = out.wait_for(Duration::from_secs(2), |_| None::<()>).await;
+    err.wait_closed(OUTPUT_DRAIN).await;
+    out.wait_closed(OUTPUT_DRAIN).await;
     FailedRun {
         status,
         stderr: err.text(),
@@ -1139,6 +1153,10 @@ impl Ssh {
     pub async fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         if self.exit.is_none() {
             self.exit = wait_child(&mut self.child, timeout).await;
+            if self.exit.is_some() {
+                self.stdout.wait_closed(OUTPUT_DRAIN).await;
+                self.stderr.wait_closed(OUTPUT_DRAIN).await;
+            }
         }
         self.exit
     }
