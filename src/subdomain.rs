@@ -61,19 +61,23 @@ pub fn stable_name(secret: &[u8], key_blob: &[u8]) -> String {
 }
 
 /// Whether `name` (lowercase, no trailing dot) is a custom name as a bind
-/// address may ask for one: at least two valid labels, not an IP address,
-/// and neither `domain` nor a name under it.
+/// address may ask for one: at least two valid labels that a browser reads
+/// as this very name ([`browser_reads_as_is`]: not an IP address), and
+/// neither `domain` nor a name under it.
 pub fn is_custom_name(name: &str, domain: &str) -> bool {
-    // A numeric last label is an IP address, never a host name.
-    let numeric_tld = name
-        .rsplit('.')
-        .next()
-        .is_some_and(|tld| tld.bytes().all(|b| b.is_ascii_digit()));
     name.contains('.')
-        && !numeric_tld
         && is_valid_domain(name)
+        && browser_reads_as_is(name)
         && name != domain
         && !name.ends_with(&format!(".{domain}"))
+}
+
+/// Whether a browser reads `host` (lowercase) as this very domain name
+/// (WHATWG's host parser, the `url` crate): not as an IPv4 address (a last
+/// label that is a number: `1.2.3.4`, `a.0x7f`, `a.1`), and not as a
+/// broken or other name (an `xn--` label that is no valid punycode).
+pub fn browser_reads_as_is(host: &str) -> bool {
+    matches!(url::Host::parse(host), Ok(url::Host::Domain(name)) if name == host)
 }
 
 /// Whether `name` has exactly the shape [`random_name`] produces, with words

@@ -807,6 +807,17 @@ async fn requested_names_grants_and_refusals() {
         .await;
     assert_serves(&client, &burrow, "free-name", "names-req-b").await;
 
+    // What is no name at all: refused, with what a name may be. Among
+    // them, what a browser would read as an IPv4 address or not at all.
+    for bad in ["my_app", "app.0x7f", "app.example.1", "xn--zz.example.org"] {
+        let r = ssh(&burrow, Ident::Key(&k2), &["-R", &fwd(Some(bad), &b)], &[]);
+        r.wait_out(&format!(
+            "ERROR: \"{bad}\" is not a name this server can give: use a DNS label"
+        ))
+        .await;
+        assert!(urls_in(&r.out.text()).is_empty(), "{}", r.output());
+    }
+
     // Anonymous clients asking for a name get a random one and a note.
     let anon = ssh(
         &burrow,

@@ -190,5 +190,10 @@ mod tests {
         assert!(!is_custom_name("a..example.org", d));
         assert!(!is_custom_name("a_b.example.org", d));
         assert!(!is_custom_name("192.168.1.5", d));
+        // What a browser reads as an IPv4 address, or cannot read at all.
+        assert!(!is_custom_name("app.0x7f", d));
+        assert!(!is_custom_name("app.example.1", d));
+        assert!(!is_custom_name("xn--zz.example.org", d));
+        assert!(is_custom_name("xn--bcher-kva.example.org", d));
     }
 }

@@ -44,7 +44,8 @@ pub fn read<'a>(url: &'a str, server: Server<'_>) -> Option<ReturnTo<'a>> {
     }
     let host = crate::subdomain::strip_port(authority).to_ascii_lowercase();
     let port = &authority[host.len()..];
-    let name_ok = crate::subdomain::is_valid_domain(&host) && read_alike(&host);
+    let name_ok =
+        crate::subdomain::is_valid_domain(&host) && crate::subdomain::browser_reads_as_is(&host);
     if port != server.port_suffix || !name_ok || host == server.login_host {
         return None;
     }
@@ -61,14 +62,6 @@ pub fn read<'a>(url: &'a str, server: Server<'_>) -> Option<ReturnTo<'a>> {
         path,
         under_domain,
     })
-}
-
-/// Whether a browser reads `host` as this very domain name (WHATWG's
-/// host parser, the `url` crate): not as an IPv4 address (a last label
-/// that is a number: `1.2.3.4`, `a.0x7f`), and not as a broken or other
-/// name (an `xn--` label that is no valid punycode).
-fn read_alike(host: &str) -> bool {
-    matches!(url::Host::parse(host), Ok(url::Host::Domain(name)) if name == host)
 }
 
 #[cfg(test)]

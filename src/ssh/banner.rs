@@ -343,7 +343,7 @@ pub fn name_in_use(name: &str) -> Line {
 
 pub fn invalid_name(address: &str) -> Line {
     Line::error(format!(
-        "{address:?} is not a name this server can give: use a DNS label (a-z, 0-9, '-', at most 63), e.g. -R myapp:80:localhost:3000"
+        "{address:?} is not a name this server can give: use a DNS label (a-z, 0-9, '-', at most 63), e.g. -R myapp:80:localhost:3000, or a domain name of yours, e.g. -R app.example.org:80:localhost:3000"
     ))
 }
 
