@@ -291,12 +291,70 @@ async fn duplicate_forward_on_one_connection_refused() {
         .wait_contains("remote port forwarding failed", URL_TIMEOUT)
         .await
         .expect("the second identical -R 80 must be refused");
+    // The session says why, and what to do instead.
+    ssh.stdout
+        .wait_contains(
+            "ERROR: -R localhost:80 is already forwarded on this connection and OpenSSH could \
+             not tell the two apart; use -R 0:localhost:PORT for another tunnel",
+            URL_TIMEOUT,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("no reason for the refusal: {e}"));
     let s = burrow.stats_with_subdomains().await;
     assert_eq!(s["active_tunnels"].as_u64(), Some(1), "{s}");
     assert_eq!(subdomains(&s), vec![url.name.clone()]);
     let resp = burrow.get(&url.host(), "/whoami").await;
     let resp = expect_status(resp, 200, "").await;
     assert_eq!(resp.text().await.unwrap(), "origin-A", "first -R 80 wins");
+}
+
+/// `ssh HOST` without -R: the session says there is no tunnel yet and
+/// how to ask for one. The line on when tunnels close follows the limits:
+/// none at all, or the defaults (2 h idle, 24 h at most, with the time).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_says_how_to_ask_and_when_tunnels_close() {
+    let unlimited =
+        Burrow::start(&["--tunnel-idle-timeout", "0", "--tunnel-max-lifetime", "0"]).await;
+    let bare = Ssh::spawn(&unlimited, &[]);
+    for line in [
+        "burrow: connected, but no tunnel yet.",
+        "Ask for one with -R, e.g.  ssh -R 80:localhost:3000 <this host>",
+        "Lasts as long as this SSH connection stays open.",
+    ] {
+        bare.stdout
+            .wait_contains(line, URL_TIMEOUT)
+            .await
+            .unwrap_or_else(|e| panic!("no {line:?}: {e}"));
+    }
+    assert_eq!(unlimited.stats().await["active_tunnels"].as_u64(), Some(0));
+
+    let (_burrow, _origin, ssh, _url) = tunnel_setup("expiry").await;
+    let a_day_on = std::time::SystemTime::now() + Duration::from_secs(24 * 3600);
+    let line = ssh
+        .stdout
+        .wait_for(URL_TIMEOUT, |text| {
+            text.lines()
+                .find(|l| l.contains("Closes after"))
+                .map(str::to_string)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("no expiry line: {e}"));
+    assert!(
+        line.contains("Closes after 2 h without traffic, and at the latest 24 h after it opened ("),
+        "{line:?}"
+    );
+    // The latest close, to the second, in UTC: a day after the tunnel opened.
+    let at = line
+        .split_once("opened (")
+        .and_then(|(_, rest)| rest.split_once(" UTC)."))
+        .map(|(at, _)| at.replace(' ', "T") + "Z")
+        .unwrap_or_else(|| panic!("no time in {line:?}"));
+    let at = humantime::parse_rfc3339(&at).unwrap_or_else(|e| panic!("{at}: {e}"));
+    let off = at.duration_since(a_day_on).unwrap_or_else(|e| e.duration());
+    assert!(
+        off < Duration::from_secs(60),
+        "{line:?} is {off:?} from a day after"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -419,6 +419,40 @@ async fn a_device_whose_service_is_down_is_an_open_failure() {
     );
 }
 
+/// An alias another key's connection holds is refused to a second key,
+/// in the session, with what to do; the holder keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alias_held_by_another_key_is_refused_with_why() {
+    let burrow = Burrow::start(&[]).await;
+    let origin = Origin::start("dev").await;
+    let forward = format!("pi-5:22:127.0.0.1:{}", origin.port);
+    let (owner, other) = (SshKeyPair::generate(), SshKeyPair::generate());
+    let _device = device(&burrow, &owner, &forward);
+    wait_private(&burrow, 1).await;
+    let second = SshSpec {
+        port: burrow.ssh_port(),
+        args: &["-R", &forward],
+        ..SshSpec::default()
+    }
+    .spawn_with_key(&other);
+    second
+        .stdout
+        .wait_contains(
+            "ERROR: the private alias pi-5:22 is held by another connection; pick another name, \
+             or connect with the key that holds it",
+            SOON,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("second key not refused: {e} {}", second.all_output()));
+    assert_eq!(burrow.stats().await["private_tunnels"], 1);
+    let out = stdio_forward_http(&burrow, &owner.path, "pi-5:22").await;
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains(HELLO),
+        "the holder still serves it: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyless_clients_can_neither_bind_nor_connect() {
     let burrow = Burrow::start(&[]).await;

@@ -963,6 +963,44 @@ async fn tcp_requested_in_use_out_of_range_and_random_ports() {
     assert_eq!(resp.text().await.unwrap(), "tcp-ports-http");
 }
 
+/// When every port of the range is taken, a TCP forward is refused with
+/// the range and when to try again; the holders keep their ports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_range_exhausted_is_refused_with_the_range() {
+    let range = free_port_range(2);
+    let burrow = start_tcp(range, &[]).await;
+    let app = TcpApp::start("tcp-full").await;
+    let holders: Vec<Ssh> = (0..2)
+        .map(|_| Ssh::spawn(&burrow, &["-R", &fwd("tcp:0", app.port)]))
+        .collect();
+    let mut ports = Vec::new();
+    for holder in &holders {
+        ports.push(allocated_port(holder, &burrow, app.port).await);
+    }
+    ports.sort_unstable();
+    assert_eq!(ports, [range.first, range.last]);
+
+    let second = Ssh::spawn(&burrow, &["-R", &fwd("tcp:0", app.port)]);
+    let line = wait_line(&second, &burrow, "ERROR: ", "TCP port").await;
+    assert!(
+        line.contains(&format!(
+            "no free TCP port left in this server's range ({}-{}); try again later",
+            range.first, range.last
+        )),
+        "{line}"
+    );
+    second
+        .stderr
+        .wait_contains("remote port forwarding failed", TEXT_WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("OpenSSH was told too: {e}"));
+    for port in ports {
+        open_visitor(LOOPBACK, port, &app)
+            .await
+            .unwrap_or_else(|e| panic!("a holder's port {port}: {e}"));
+    }
+}
+
 /// A key that owns a port (keys file `ports=`) gets exactly it, also after
 /// reconnecting; another key asking for it gets another port and a note;
 /// random allocation never hands it out.
