@@ -1783,12 +1783,114 @@ async fn option_basic_auth() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("Retry-After: {:?}", resp.headers()));
     assert!(retry >= 1, "Retry-After {retry}");
+    let page = resp.text().await.unwrap();
+    assert!(
+        page.contains("auth-attempts-rate") && page.contains("10 in a row, then 6/m"),
+        "the page names the limit and its rule: {page}"
+    );
+    // Locked out, the right password is refused too: a guesser cannot
+    // tell a hit from a miss faster than the limit.
+    let resp = client
+        .get(url("/hello"))
+        .basic_auth("ann", Some("s3cr3t"))
+        .send()
+        .await
+        .unwrap();
+    expect_status(resp, 429, "the right password while locked out").await;
     assert_eq!(origin.hits("/hello"), 0, "no wrong attempt reached the app");
     assert_eq!(
         origin.hits("/headers"),
         1,
         "preflight must not reach the app"
     );
+}
+
+/// `--auth-attempts-burst` and `--auth-attempts-rate` are the operator's:
+/// the lock-out ends when the next attempt is due (then the right password
+/// gets through), each refusal is counted, and a rate of 0 turns it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_attempt_limits_are_configurable() {
+    let dir = TempDir::new("burrow-names-auth-limits");
+    let burrow = start(
+        &dir.path().join("state"),
+        &["--auth-attempts-burst", "2", "--auth-attempts-rate", "1/s"],
+    )
+    .await;
+    let origin = Origin::start("names-auth-limits").await;
+    let client = burrow.https_client_h1();
+    let k = Key::with_comment("k");
+    let c = ssh(
+        &burrow,
+        Ident::Key(&k),
+        &["-R", &fwd(None, &origin)],
+        &["--", "auth=ann:s3cr3t"],
+    );
+    let u = c.url().await;
+    let url = burrow.https_url(&format!("{}.{DOMAIN}", u.name), "/hello");
+    let attempt = |password: &'static str| {
+        client
+            .get(url.clone())
+            .basic_auth("ann", Some(password))
+            .send()
+    };
+    for i in 1..=2 {
+        expect_status(attempt("wrong").await.unwrap(), 401, &format!("wrong {i}")).await;
+    }
+    let resp = expect_status(attempt("wrong").await.unwrap(), 429, "third wrong").await;
+    let page = resp.text().await.unwrap();
+    assert!(page.contains("2 in a row, then 1/s"), "{page}");
+    let locked = Instant::now();
+    expect_status(attempt("s3cr3t").await.unwrap(), 429, "right, locked out").await;
+    // The next attempt is due a second after the lock-out began.
+    loop {
+        let status = attempt("s3cr3t").await.unwrap().status().as_u16();
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 429);
+        assert!(
+            locked.elapsed() < Duration::from_secs(5),
+            "still locked out after {:?}",
+            locked.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        origin.hits("/hello"),
+        1,
+        "only the right password got through"
+    );
+    let metrics = burrow.metrics().await;
+    let refused = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("burrow_refusals_total{") && l.contains("limit=\"auth-attempts-rate\"")
+        })
+        .unwrap_or_else(|| panic!("no auth-attempts-rate refusals counted:\n{metrics}"));
+    let count: u64 = refused.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(count >= 2, "{refused}");
+    drop(c);
+
+    // A rate of 0: no limit, every wrong password is a 401.
+    let burrow = start(&dir.path().join("state0"), &["--auth-attempts-rate", "0"]).await;
+    let client = burrow.https_client_h1();
+    let c = ssh(
+        &burrow,
+        Ident::Key(&k),
+        &["-R", &fwd(None, &origin)],
+        &["--", "auth=ann:s3cr3t"],
+    );
+    let u = c.url().await;
+    let url = burrow.https_url(&format!("{}.{DOMAIN}", u.name), "/hello");
+    for i in 1..=15 {
+        let resp = client
+            .get(url.clone())
+            .basic_auth("ann", Some("wrong"))
+            .send()
+            .await
+            .unwrap();
+        expect_status(resp, 401, &format!("unlimited, wrong {i}")).await;
+    }
 }
 
 /// `allow=`: visitors outside get 403, before any rate limit; listed ones

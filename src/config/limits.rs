@@ -67,6 +67,17 @@ pub struct LimitArgs {
     #[arg(long, env = "TUNNEL_BURST", default_value_t = 400)]
     pub tunnel_burst: u32,
 
+    /// Wrong Basic-auth passwords (`auth=`) per visitor per tunnel once the
+    /// burst is spent; over it, every password is refused with a 429 (the
+    /// right one too) until the next attempt is due. 0 = unlimited.
+    #[arg(long, env = "AUTH_ATTEMPTS_RATE", default_value = "6/m", value_parser = parse_rate)]
+    pub auth_attempts_rate: Rate,
+
+    /// Wrong Basic-auth passwords in a row per visitor per tunnel before
+    /// `--auth-attempts-rate` applies.
+    #[arg(long, env = "AUTH_ATTEMPTS_BURST", default_value_t = 10)]
+    pub auth_attempts_burst: u32,
+
     /// Concurrent requests per visitor per tunnel (over → 429). 0 = unlimited.
     #[arg(long, env = "MAX_INFLIGHT_PER_VISITOR", default_value_t = 256)]
     pub max_inflight_per_visitor: u32,

@@ -12,6 +12,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::pages::{self, Page};
 use super::Body;
+use crate::limits::Refusal;
 use crate::tunnel::options::TunnelOptions;
 use crate::tunnel::Tunnel;
 
@@ -23,6 +24,8 @@ const CORS_MAX_AGE: &str = "600";
 /// What the access checks decided.
 pub enum Access {
     Answer(Response<Body>),
+    /// Over a limit: the proxy's limits phase answers (and counts) it.
+    Refused(Refusal, Request<Incoming>),
     Pass(Request<Incoming>),
 }
 
@@ -43,25 +46,24 @@ pub fn check(
         return Access::Answer(response);
     }
     if let Some(auth) = &options.auth {
-        match credentials(req.headers()) {
+        let gate = tunnel.gate();
+        let given = credentials(req.headers());
+        // While locked out, no password is checked: a right one is refused
+        // like a wrong one, so guessing goes no faster than the limit.
+        if let (Some(_), Err(refusal)) = (&given, gate.auth_allowed(visitor.ip())) {
+            return Access::Refused(refusal, req);
+        }
+        match given {
             Some((user, password)) if auth.verify(&user, &password) => {
                 req.headers_mut().remove(header::AUTHORIZATION);
             }
-            given => {
-                if given.is_some() {
-                    if let Err(refusal) = tunnel.gate().auth_failure(visitor.ip()) {
-                        let mut response = pages::limited(StatusCode::TOO_MANY_REQUESTS, &refusal)
-                            .render(req.headers());
-                        if let Some(secs) = refusal.retry_secs() {
-                            response
-                                .headers_mut()
-                                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-                        }
-                        return Access::Answer(response);
-                    }
+            Some(_) => {
+                if let Err(refusal) = gate.auth_failure(visitor.ip()) {
+                    return Access::Refused(refusal, req);
                 }
                 return Access::Answer(unauthorized(tunnel.key(), req.headers()));
             }
+            None => return Access::Answer(unauthorized(tunnel.key(), req.headers())),
         }
     }
     Access::Pass(req)

@@ -440,7 +440,8 @@ pub fn limited(status: StatusCode, refusal: &crate::limits::Refusal) -> Page {
     } else {
         "Too many requests"
     };
-    let who = if refusal.limit.contains("visitor") {
+    // Wrong passwords are counted per visitor too.
+    let who = if refusal.limit.contains("visitor") || refusal.limit == "auth-attempts-rate" {
         "this visitor"
     } else {
         "your tunnel"

@@ -257,9 +257,13 @@ impl Proxy {
         req: Request<Incoming>,
         visitor: &Visitor<'_>,
     ) -> Gates {
+        let refused = |refusal, req: &Request<Incoming>| {
+            Gates::Answer(self.refused(tunnel, visitor.addr, &refusal, req.headers()))
+        };
         // access
         let mut req = match access::check(tunnel, options, req, visitor.addr) {
             Access::Answer(response) => return Gates::Answer(response),
+            Access::Refused(refusal, req) => return refused(refusal, &req),
             Access::Pass(req) => req,
         };
         // guards
@@ -291,9 +295,6 @@ impl Proxy {
         };
         // limits
         let ip = visitor.addr.ip();
-        let refused = |refusal, req: &Request<Incoming>| {
-            Gates::Answer(self.refused(tunnel, visitor.addr, &refusal, req.headers()))
-        };
         let slot = match tunnel.gate().admit_request(ip) {
             Ok(slot) => slot,
             Err(refusal) => return refused(refusal, &req),

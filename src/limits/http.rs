@@ -10,7 +10,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use governor::clock::Clock;
@@ -23,10 +23,6 @@ use crate::config::{LimitArgs, Rate};
 /// visitors without a request in flight share one overflow bucket until
 /// pruning frees room.
 pub const MAX_TRACKED_VISITORS: usize = 1024;
-/// Failed Basic-auth attempts allowed in a row per visitor.
-const AUTH_FAILURE_BURST: NonZeroU32 = NonZeroU32::new(10).expect("non-zero");
-/// After the burst, one more attempt per this period.
-const AUTH_FAILURE_PERIOD: Duration = Duration::from_secs(10);
 
 /// The key all untracked visitors share.
 const OVERFLOW: IpAddr = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
@@ -47,11 +43,77 @@ pub struct TunnelGate {
     connections: Counts,
     /// `--tcp-bandwidth`: KiB per second for relayed connections.
     bandwidth: Option<DefaultDirectRateLimiter>,
-    /// Failed Basic-auth attempts per visitor (`auth=`): burst
-    /// [`AUTH_FAILURE_BURST`], then one per [`AUTH_FAILURE_PERIOD`].
-    auth_failures: DefaultKeyedRateLimiter<IpAddr>,
+    /// Wrong Basic-auth passwords per visitor (`auth=`); `None` when
+    /// `--auth-attempts-rate` is 0.
+    auth_attempts: Option<AuthAttempts>,
     /// Last time a request or WebSocket started or ended (tunnel idle timeout).
     pub activity: Activity,
+}
+
+/// Wrong Basic-auth passwords per visitor: a bucket of
+/// `--auth-attempts-burst`, refilled at `--auth-attempts-rate`. A visitor
+/// who has spent it is locked out until its next attempt is due, and while
+/// locked out no password is checked, the right one included: a guesser
+/// cannot tell a hit from a refusal faster than the rate allows.
+struct AuthAttempts {
+    /// Wrong passwords per visitor (`ip_key`).
+    failures: DefaultKeyedRateLimiter<IpAddr>,
+    /// Visitors locked out, and until when (only those: pruned as they
+    /// expire).
+    locked: DashMap<IpAddr, Instant>,
+    /// The rule as the refusal states it: `10 in a row, then 6/m`.
+    rule: String,
+}
+
+impl AuthAttempts {
+    fn new(limits: &LimitArgs) -> Option<AuthAttempts> {
+        let (rate, burst) = (limits.auth_attempts_rate, limits.auth_attempts_burst);
+        Some(AuthAttempts {
+            failures: keyed_limiter(bucket_quota(rate, burst)?),
+            locked: small_map(),
+            rule: format!("{} in a row, then {rate}", burst.max(1)),
+        })
+    }
+
+    fn refusal(&self, wait: Duration) -> Refusal {
+        Refusal::new(
+            "auth-attempts-rate",
+            format!(
+                "Too many wrong passwords from this visitor ({}); no password is checked until the next attempt is due.",
+                self.rule
+            ),
+        )
+        .retry_after(wait)
+    }
+
+    fn allowed(&self, visitor: IpAddr) -> Result<(), Refusal> {
+        let key = ip_key(visitor);
+        let now = Instant::now();
+        let until = self.locked.get(&key).map(|until| *until);
+        match until {
+            Some(until) if until > now => Err(self.refusal(until - now)),
+            Some(_) => {
+                self.locked.remove_if(&key, |_, until| *until <= now);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn failed(&self, visitor: IpAddr) -> Result<(), Refusal> {
+        let key = ip_key(visitor);
+        self.failures.check_key(&key).map_err(|not_until| {
+            let wait = not_until.wait_time_from(self.failures.clock().now());
+            self.locked.insert(key, Instant::now() + wait);
+            self.refusal(wait)
+        })
+    }
+
+    fn prune(&self) {
+        self.failures.retain_recent();
+        let now = Instant::now();
+        self.locked.retain(|_, until| *until > now);
+    }
 }
 
 /// Shards of each per-tunnel map. DashMap's default grows with the CPU
@@ -196,11 +258,7 @@ impl TunnelGate {
             websockets: Counts::default(),
             connections: Counts::default(),
             bandwidth: bandwidth_limiter(limits.tcp_bandwidth),
-            auth_failures: keyed_limiter(
-                Quota::with_period(AUTH_FAILURE_PERIOD)
-                    .expect("non-zero period")
-                    .allow_burst(AUTH_FAILURE_BURST),
-            ),
+            auth_attempts: AuthAttempts::new(limits),
             activity: Activity::default(),
         }
     }
@@ -305,22 +363,20 @@ impl TunnelGate {
         }
     }
 
-    /// Records a failed Basic-auth attempt; `Err` once the visitor has used
-    /// up its attempts.
+    /// `Err` while `visitor` is locked out for wrong Basic-auth passwords:
+    /// then no password is checked.
+    pub fn auth_allowed(&self, visitor: IpAddr) -> Result<(), Refusal> {
+        self.auth_attempts
+            .as_ref()
+            .map_or(Ok(()), |attempts| attempts.allowed(visitor))
+    }
+
+    /// Records a wrong Basic-auth password; `Err` once the visitor has
+    /// used up its attempts (it is locked out until the next is due).
     pub fn auth_failure(&self, visitor: IpAddr) -> Result<(), Refusal> {
-        self.auth_failures
-            .check_key(&ip_key(visitor))
-            .map_err(|not_until| {
-                Refusal::new(
-                    "auth-attempts",
-                    format!(
-                    "Too many wrong passwords from this visitor: {} attempts, then one every {} s.",
-                    AUTH_FAILURE_BURST,
-                    AUTH_FAILURE_PERIOD.as_secs()
-                ),
-                )
-                .retry_after(not_until.wait_time_from(self.auth_failures.clock().now()))
-            })
+        self.auth_attempts
+            .as_ref()
+            .map_or(Ok(()), |attempts| attempts.failed(visitor))
     }
 
     /// Requests and WebSockets open right now.
@@ -334,7 +390,9 @@ impl TunnelGate {
             limiter.retain_recent();
             limiter.shrink_to_fit();
         }
-        self.auth_failures.retain_recent();
+        if let Some(attempts) = &self.auth_attempts {
+            attempts.prune();
+        }
     }
 }
 
