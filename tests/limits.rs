@@ -1500,6 +1500,34 @@ async fn request_idle_timeout_cuts_stalled_requests_only() {
 // HTTP side: connection-level limits (slow-loris, head size, keep-alive)
 // ---------------------------------------------------------------------------
 
+/// `--tls-handshake-timeout`: a visitor on :443 that sends nothing, or a
+/// ClientHello it never finishes, is cut when the time is up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_handshake_timeout_cuts_silent_and_stalled_handshakes() {
+    let burrow = Burrow::start(&["--tls-handshake-timeout", "2s"]).await;
+    let connect = || tokio::net::TcpStream::connect(("127.0.0.1", burrow.https_port()));
+    let silent = async {
+        let mut tcp = connect().await.unwrap();
+        let start = Instant::now();
+        let (bytes, closed) = read_until_closed(&mut tcp, Duration::from_secs(10)).await;
+        let closed = closed.expect("a silent connection still open after 10 s");
+        assert_between(closed - start, 1.5, 4.5, "silent connection closed");
+        assert!(bytes.is_empty(), "{bytes:?}");
+    };
+    // A handshake record header announcing 512 bytes, then a few of them.
+    let stalled = async {
+        let mut tcp = connect().await.unwrap();
+        let start = Instant::now();
+        tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+            .await
+            .unwrap();
+        let (_, closed) = read_until_closed(&mut tcp, Duration::from_secs(10)).await;
+        let closed = closed.expect("a stalled ClientHello still open after 10 s");
+        assert_between(closed - start, 1.5, 4.5, "stalled ClientHello closed");
+    };
+    tokio::join!(silent, stalled);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_timeout_and_max_header_size() {
     let burrow = Burrow::start(&[

@@ -118,6 +118,12 @@ pub struct LimitArgs {
     #[arg(long, env = "HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
 
+    /// Time a visitor on :443 gets to send its first byte, its ClientHello
+    /// and finish the TLS handshake (each step from the last). 0 = never
+    /// cut.
+    #[arg(long, env = "TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub tls_handshake_timeout: Duration,
+
     /// Largest request head (request line and headers) on :80 and :443.
     #[arg(long, env = "MAX_HEADER_SIZE", default_value = "64KiB", value_parser = parse_size)]
     pub max_header_size: u64,

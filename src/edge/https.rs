@@ -25,10 +25,6 @@ use crate::http::watchdog::{ConnWatch, WatchedIo};
 use crate::http::{accept_loop, HeldForOptions, LocalAddr, Scheme};
 use crate::pipe::rewind::Rewind;
 
-/// Time a client gets to finish the TLS handshake (and, before that, to
-/// send its ClientHello).
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// Serves HTTPS (HTTP/1.1 with upgrades, and HTTP/2) until shutdown. Each
 /// connection's SNI is read first ([`super::sni`]): `tls=passthrough`
 /// tunnels get the raw bytes, names outside the domain an alert.
@@ -67,7 +63,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, edge: 
                 let held = std::sync::Mutex::new(Some(HeldForOptions(held)));
                 // A fresh limit: routing may have waited for a new tunnel.
                 let handshake =
-                    tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                    tokio::time::timeout(limits.tls_handshake_timeout, acceptor.accept(stream));
                 let tls = match handshake.await {
                     Ok(Ok(tls)) => tls,
                     Ok(Err(err)) => {
@@ -124,7 +120,8 @@ async fn ssh_or_tls(edge: &Edge, stream: TcpStream, peer: SocketAddr) -> Option<
         return Some(stream);
     };
     let mut first = [0u8; 1];
-    match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+    let limit = edge.conn_limits.tls_handshake_timeout;
+    match tokio::time::timeout(limit, stream.peek(&mut first)).await {
         Ok(Ok(n)) => match sniff(&first[..n.min(1)]) {
             Sniffed::Ssh => {
                 if !ssh.give(stream, peer) {
@@ -178,7 +175,8 @@ async fn route_by_sni(
     peer: SocketAddr,
 ) -> Option<(Rewind<TcpStream>, Duration)> {
     let read = sni::read_client_hello(&mut stream);
-    let hello = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, read).await {
+    let limit = edge.conn_limits.tls_handshake_timeout;
+    let hello = match tokio::time::timeout(limit, read).await {
         Ok(Ok(hello)) => hello,
         Ok(Err(err)) => {
             tracing::debug!(%peer, error = %err, "no valid ClientHello");

@@ -75,6 +75,8 @@ const MIN_HEADER_BUFFER: usize = 8192;
 /// The connection-level limits of a visitor listener.
 #[derive(Clone)]
 pub struct ConnLimits {
+    /// `--tls-handshake-timeout` (:443), `Duration::MAX` for never.
+    pub tls_handshake_timeout: Duration,
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub max_header_size: usize,
@@ -84,7 +86,9 @@ pub struct ConnLimits {
 
 impl ConnLimits {
     pub fn new(limits: &LimitArgs, trusted: TrustedProxies) -> Self {
+        let never_if_zero = |d: Duration| if d.is_zero() { Duration::MAX } else { d };
         ConnLimits {
+            tls_handshake_timeout: never_if_zero(limits.tls_handshake_timeout),
             header_timeout: limits.header_timeout,
             keepalive_timeout: limits.keepalive_timeout,
             max_header_size: usize::try_from(limits.max_header_size).unwrap_or(usize::MAX),
