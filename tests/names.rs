@@ -651,14 +651,10 @@ async fn random_user_gets_throwaway_name() {
     assert_serves(&client, &burrow, &u3.name, "names-random").await;
 }
 
-/// SERVER BUG (kept on purpose, fails today): `ssh -N -R 80:… random@HOST`
-/// gets a throwaway random name that is never shown anywhere. `random@` is
-/// accepted at the "none" step, so no keyboard-interactive instructions and
-/// no authentication banner carry the URL, and with -N there is no session
-/// banner either: the tunnel is live under a name nobody can learn. The
-/// README promises the URL on stderr for `-N` ("printed (on stderr) before
-/// login completes"); keyed clients are the documented exception, but their
-/// name is stable and can be learnt from a session, a throwaway one cannot.
+/// `ssh -N -R 80:… random@HOST` gets a throwaway random name, and with -N
+/// there is no session banner to show it: the URL is printed on stderr
+/// before login completes (as the README promises for `-N`), keyed or
+/// not, so the tunnel is never live under a name nobody can learn.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_user_with_dash_n_is_shown_its_url() {
     let dir = TempDir::new("burrow-names-random-n");
