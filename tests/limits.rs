@@ -488,6 +488,44 @@ async fn ssh_handshake_timeout_drops_unauthenticated_connections() {
     ssh.url().await;
 }
 
+/// `--ssh-keepalive-interval` and `--ssh-keepalive-max`: a client that
+/// stops answering (SIGSTOPped: its socket stays open, nothing comes back)
+/// is closed with its tunnels after interval × (max + 1); a live client
+/// that sends nothing for longer than that keeps its tunnel, because it
+/// answers the keepalives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ssh_keepalives_close_a_vanished_client_and_keep_an_idle_one() {
+    let burrow =
+        Burrow::start(&["--ssh-keepalive-interval", "1s", "--ssh-keepalive-max", "2"]).await;
+    let origin = Origin::start("keepalive").await;
+    let idle = Ssh::spawn(&burrow, &["-R", &fwd(&origin)]);
+    let idle_url = idle.url().await;
+    let idle_since = Instant::now();
+    let gone = Ssh::spawn(&burrow, &["-R", &fwd(&origin)]);
+    gone.url().await;
+    burrow
+        .wait_stat("active_tunnels", 2, Duration::from_secs(5))
+        .await;
+
+    gone.signal("STOP");
+    let stopped = Instant::now();
+    burrow
+        .wait_stat("active_tunnels", 1, Duration::from_secs(15))
+        .await;
+    gone.signal("CONT");
+    // Three unanswered seconds: the keepalives at 1 s and 2 s, then the
+    // one that is one too many.
+    assert_between(stopped.elapsed(), 2.0, 8.0, "a vanished client closed");
+
+    // The idle client has said nothing of its own for longer than the
+    // silence the server allows (1 s × (2 + 2)); its answers kept it.
+    let idle_for = Duration::from_secs(6);
+    tokio::time::sleep(idle_for.saturating_sub(idle_since.elapsed())).await;
+    let resp = burrow.get(&idle_url.host(), "/hello").await;
+    expect_status(resp, 200, "an idle client that answers keepalives").await;
+    assert_eq!(burrow.stats().await["active_tunnels"].as_u64(), Some(1));
+}
+
 /// A one-connection TCP relay to `target` that passes the client's version
 /// line and key exchange through, then withholds everything the client sends
 /// after its NEWKEYS (so authentication never reaches the server). The

@@ -42,6 +42,18 @@ pub struct LimitArgs {
     #[arg(long, env = "HANDSHAKE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
+    /// How long an SSH client may say nothing before burrow asks whether
+    /// it is still there (an SSH keepalive). 0 = never ask: a vanished
+    /// client then holds its tunnels until TCP gives up on it.
+    #[arg(long, env = "SSH_KEEPALIVE_INTERVAL", default_value = "15s", value_parser = parse_duration)]
+    pub ssh_keepalive_interval: Duration,
+
+    /// Keepalives in a row a client may leave unanswered; one more and the
+    /// connection (with its tunnels) is closed: 15 s × (4 + 1) = 75 s by
+    /// default to notice a vanished client.
+    #[arg(long, env = "SSH_KEEPALIVE_MAX", default_value_t = 4)]
+    pub ssh_keepalive_max: u32,
+
     /// Concurrent tunnels per client IP. 0 = unlimited.
     #[arg(long, env = "MAX_TUNNELS_PER_IP", default_value_t = 3)]
     pub max_tunnels_per_ip: u32,

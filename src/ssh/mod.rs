@@ -192,7 +192,7 @@ impl Server {
             refusals: parts.refusals,
             trusted: parts.trusted,
             name_secret,
-            russh: russh_config(host_key, config.login.auth_url.is_some()),
+            russh: russh_config(host_key, config.login.auth_url.is_some(), &config.limits),
             spool: parts.spool,
             inspect: parts.inspect,
             plans: parts.plans,
@@ -201,20 +201,26 @@ impl Server {
     }
 }
 
-/// Server keepalive period: a client that answers nothing for this long is
-/// sent a keepalive request.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(15);
-/// Unanswered keepalives before the connection is declared dead
-/// (15 s × 5 = 75 s to notice a vanished client).
-const KEEPALIVE_MAX: usize = 4;
-/// Hard ceiling on silence. A live client answers every keepalive, so this
-/// only fires for peers that stopped talking altogether; it replaces russh's
-/// 600 s default, which would otherwise kill idle `-N` tunnels.
-const INACTIVITY_TIMEOUT: Duration = Duration::from_secs(90);
+/// How the server notices a vanished client: a keepalive after
+/// `interval` of silence, the connection closed after `max` of them go
+/// unanswered (`--ssh-keepalive-interval`, `--ssh-keepalive-max`). A hard
+/// ceiling on silence of one interval more replaces russh's 600 s default,
+/// which would otherwise be the only bound when keepalives are off; a live
+/// client answers every keepalive, so it only fires for peers that stopped
+/// talking altogether.
+fn keepalive(interval: Duration, max: u32) -> (Option<Duration>, usize, Option<Duration>) {
+    if interval.is_zero() {
+        return (None, 0, None);
+    }
+    let silence = interval.saturating_mul(max.saturating_add(2));
+    (Some(interval), max as usize, Some(silence))
+}
 
 /// Builds the russh configuration around the host key.
 /// `passwords`: `--auth-url` judges passwords too.
-fn russh_config(host_key: PrivateKey, passwords: bool) -> Arc<RusshConfig> {
+fn russh_config(host_key: PrivateKey, passwords: bool, limits: &LimitArgs) -> Arc<RusshConfig> {
+    let (keepalive_interval, keepalive_max, inactivity_timeout) =
+        keepalive(limits.ssh_keepalive_interval, limits.ssh_keepalive_max);
     let mut methods = vec![
         MethodKind::None,
         MethodKind::PublicKey,
@@ -228,9 +234,9 @@ fn russh_config(host_key: PrivateKey, passwords: bool) -> Arc<RusshConfig> {
         server_id: SshId::Standard(format!("SSH-2.0-burrow_{}", env!("CARGO_PKG_VERSION")).into()),
         methods,
         keys: vec![host_key],
-        keepalive_interval: Some(KEEPALIVE_INTERVAL),
-        keepalive_max: KEEPALIVE_MAX,
-        inactivity_timeout: Some(INACTIVITY_TIMEOUT),
+        keepalive_interval,
+        keepalive_max,
+        inactivity_timeout,
         // Anonymous logins are accepted, so there is nothing to slow down.
         auth_rejection_time: Duration::from_millis(100),
         auth_rejection_time_initial: Some(Duration::ZERO),
