@@ -51,8 +51,9 @@ pub const PING_EVERY: Duration = Duration::from_secs(10);
 pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for a TCP connect, TLS and HTTP/2 handshake to a peer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Longest wait for a peer to accept a stream.
-const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a peer to answer on the link (a connection for a
+/// request, or an operator's view).
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest header block on the link, either way: a visitor's headers
 /// (the edge bounds them, `--max-header-size`) plus the link's own.
 pub const MAX_HEADER_LIST: u32 = 1024 * 1024;
@@ -149,16 +150,24 @@ pub struct Links {
     /// Connections are being made (one at a time per peer).
     connecting: tokio::sync::Mutex<()>,
     spool: Arc<Budget>,
+    /// Longest wait for a peer to accept a stream: the peer's own open of
+    /// the client's stream (`--stream-open-timeout`, which answers first
+    /// and says why) plus a connect.
+    open_timeout: Duration,
 }
 
 impl Links {
-    pub fn new(tls: &LinkTls, me: &str, spool: Arc<Budget>) -> Links {
+    /// `stream_open`: `--stream-open-timeout` (0: as long as it takes).
+    pub fn new(tls: &LinkTls, me: &str, spool: Arc<Budget>, stream_open: Duration) -> Links {
+        let open_timeout =
+            crate::limits::zero_is_never(stream_open).saturating_add(CONNECT_TIMEOUT);
         Links {
             tls: tokio_rustls::TlsConnector::from(Arc::clone(&tls.client)),
             me: me.to_string(),
             peers: Peers::default(),
             connecting: tokio::sync::Mutex::new(()),
             spool,
+            open_timeout,
         }
     }
 
@@ -170,12 +179,13 @@ impl Links {
         key: &str,
         forwarded: Forwarded,
     ) -> Result<ByteStream, StreamError> {
-        let opened = tokio::time::timeout(OPEN_TIMEOUT, self.try_open(node, at, key, forwarded));
+        let opened =
+            tokio::time::timeout(self.open_timeout, self.try_open(node, at, key, forwarded));
         match opened.await {
             Ok(result) => result,
             Err(_) => Err(StreamError::Link(LinkError(format!(
                 "node {node} did not accept the stream within {}",
-                crate::limits::human(OPEN_TIMEOUT)
+                crate::limits::human(self.open_timeout)
             )))),
         }
     }
@@ -192,7 +202,7 @@ impl Links {
         forwarded: Forwarded,
         mut request: Request<Body>,
     ) -> Result<Sent, StreamError> {
-        let sender = match tokio::time::timeout(OPEN_TIMEOUT, self.sender(node, at)).await {
+        let sender = match tokio::time::timeout(ANSWER_TIMEOUT, self.sender(node, at)).await {
             Ok(sender) => sender.map_err(StreamError::Link)?,
             Err(_) => {
                 let why = format!("node {node} did not answer");
@@ -272,7 +282,7 @@ impl Links {
             let body = response.into_body().collect().await?.to_bytes();
             Ok::<_, hyper::Error>((status, body))
         };
-        match tokio::time::timeout(OPEN_TIMEOUT, exchange).await {
+        match tokio::time::timeout(ANSWER_TIMEOUT, exchange).await {
             Ok(Ok(answer)) => Ok(answer),
             Ok(Err(err)) => {
                 self.peers.forget(node);
@@ -601,7 +611,7 @@ mod tests {
             disk_total: 0,
             dir: std::env::temp_dir(),
         });
-        Links::new(tls, "node-a", budget)
+        Links::new(tls, "node-a", budget, Duration::from_secs(10))
     }
 
     fn link_tls() -> (tempfile::TempDir, LinkTls) {

@@ -133,7 +133,12 @@ impl Cluster {
         let tls = tls::LinkTls::new(&secret)?;
         let cluster = Arc::new_cyclic(|me| Cluster {
             me: me.clone(),
-            links: Links::new(&tls, &node, Arc::clone(&parts.spool)),
+            links: Links::new(
+                &tls,
+                &node,
+                Arc::clone(&parts.spool),
+                config.limits.stream_open_timeout,
+            ),
             incarnation: rand::random::<u64>() >> 1 | 1,
             advertise,
             secret,

@@ -130,6 +130,12 @@ pub struct LimitArgs {
     #[arg(long, env = "HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_timeout: Duration,
 
+    /// How long a visitor's request or connection waits for the SSH client
+    /// to open a stream to its app (the client's answer to the channel
+    /// open); then 504. 0 = as long as the client's connection lasts.
+    #[arg(long, env = "STREAM_OPEN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub stream_open_timeout: Duration,
+
     /// Time a visitor on :443 gets to send its first byte, its ClientHello
     /// and finish the TLS handshake (each step from the last). 0 = never
     /// cut.

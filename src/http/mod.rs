@@ -86,9 +86,8 @@ pub struct ConnLimits {
 
 impl ConnLimits {
     pub fn new(limits: &LimitArgs, trusted: TrustedProxies) -> Self {
-        let never_if_zero = |d: Duration| if d.is_zero() { Duration::MAX } else { d };
         ConnLimits {
-            tls_handshake_timeout: never_if_zero(limits.tls_handshake_timeout),
+            tls_handshake_timeout: crate::limits::zero_is_never(limits.tls_handshake_timeout),
             header_timeout: limits.header_timeout,
             keepalive_timeout: limits.keepalive_timeout,
             max_header_size: usize::try_from(limits.max_header_size).unwrap_or(usize::MAX),

@@ -384,10 +384,11 @@ pub fn tunnel_moving(host: &str) -> Page {
         .text("Try again in a few seconds.")
 }
 
-pub fn channel_timeout(host: &str) -> Page {
+pub fn channel_timeout(host: &str, limit: std::time::Duration) -> Page {
+    let limit = crate::limits::human(limit);
     Page::new(StatusCode::GATEWAY_TIMEOUT, "The tunnel did not answer")
-        .text(format!("The SSH client behind {host} did not open a connection to its local app within 10 seconds."))
-        .why("your ssh client did not open a connection to the local app within 10 s")
+        .text(format!("The SSH client behind {host} did not open a connection to its local app within {limit} (stream-open-timeout)."))
+        .why(format!("your ssh client did not open a connection to the local app within {limit} (stream-open-timeout)"))
 }
 
 pub fn too_large(limit: u64) -> Page {

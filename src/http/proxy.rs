@@ -479,7 +479,7 @@ fn failed(
 /// The page for a request the app (or the stream to it) failed.
 fn app_failed(tunnel: &Tunnel, host: &str, err: SendError) -> pages::Page {
     match err {
-        SendError::Open(OpenError::Timeout) => pages::channel_timeout(host),
+        SendError::Open(OpenError::Timeout) => pages::channel_timeout(host, tunnel.open_timeout()),
         SendError::Open(OpenError::Limited(refusal)) => {
             pages::limited(StatusCode::SERVICE_UNAVAILABLE, &refusal)
         }

@@ -205,6 +205,16 @@ pub async fn housekeep(
     }
 }
 
+/// A timeout flag's value as a bound for `tokio::time::timeout`: 0 means
+/// never, which is `Duration::MAX` there (tokio's far future).
+pub fn zero_is_never(limit: Duration) -> Duration {
+    if limit.is_zero() {
+        Duration::MAX
+    } else {
+        limit
+    }
+}
+
 /// `90 s`, `2 min`, `1 h 5 min`: durations in messages people read.
 /// `1.2 MB`: sizes as people read them (decimal units).
 pub fn human_bytes(bytes: u64) -> String {

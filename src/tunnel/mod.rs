@@ -51,10 +51,6 @@ pub use registry::{ClaimError, Registry};
 /// Identifies one client connection for the lifetime of the process.
 pub type ConnId = u64;
 
-/// How long a stream open may wait for the client's answer before the
-/// visitor gets 504.
-pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// How long a client that failed to open a stream is passed over while
 /// other clients serve its name.
 pub const SKIP_AFTER_FAILURE: Duration = Duration::from_secs(30);
@@ -114,7 +110,7 @@ pub enum OpenError {
     /// The client answered with a failure (usually: nothing listens on the
     /// local port, so its connect() was refused), in its own words.
     Refused(String),
-    /// The client did not answer within [`OPEN_TIMEOUT`].
+    /// The client did not answer within [`Tunnel::open_timeout`].
     Timeout,
     /// The client's connection is gone.
     Gone,
@@ -143,7 +139,7 @@ pub trait Client: Send + Sync + 'static {
     fn ip(&self) -> IpAddr;
     /// Opens a byte stream to the client's forward `bind`, with `visitor`
     /// as its originator; its bytes are counted into `traffic`. The caller
-    /// bounds the wait ([`OPEN_TIMEOUT`]).
+    /// bounds the wait ([`Tunnel::open_timeout`]).
     fn open<'a>(
         &'a self,
         bind: &'a Bind,
@@ -254,6 +250,9 @@ pub struct Tunnel {
     claimed_ms: u64,
     /// Per-protocol state that lives as long as the tunnel.
     extensions: Extensions,
+    /// How long [`Tunnel::open`] waits for the client's answer
+    /// (`--stream-open-timeout`; `Duration::MAX` for as long as it takes).
+    open_timeout: Duration,
 }
 
 impl Tunnel {
@@ -280,7 +279,13 @@ impl Tunnel {
             closed: CancellationToken::new(),
             claimed_ms: unix_ms(SystemTime::now()),
             extensions: Extensions::default(),
+            open_timeout: crate::limits::zero_is_never(limits.stream_open_timeout),
         }
+    }
+
+    /// How long a stream open waits for the client's answer.
+    pub fn open_timeout(&self) -> Duration {
+        self.open_timeout
     }
 
     /// When it claimed its key (unix ms).
@@ -389,11 +394,11 @@ impl Tunnel {
     }
 
     /// Opens a byte stream to the client's app, naming `visitor` as the
-    /// originator; counted, and bounded by [`OPEN_TIMEOUT`].
+    /// originator; counted, and bounded by [`Tunnel::open_timeout`].
     pub async fn open(&self, visitor: SocketAddr) -> Result<ByteStream, OpenError> {
         let started = Instant::now();
         let open = self.client.open(&self.bind, visitor, &self.traffic);
-        let failure = match tokio::time::timeout(OPEN_TIMEOUT, open).await {
+        let failure = match tokio::time::timeout(self.open_timeout, open).await {
             Ok(Ok(stream)) => {
                 COUNTERS.stream_opened(started.elapsed());
                 *self.skip_until.lock().expect("skip lock") = None;
