@@ -48,10 +48,10 @@ pub struct LimitArgs {
     #[arg(long, env = "SSH_KEEPALIVE_INTERVAL", default_value = "15s", value_parser = parse_duration)]
     pub ssh_keepalive_interval: Duration,
 
-    /// Keepalives in a row a client may leave unanswered; one more and the
-    /// connection (with its tunnels) is closed: 15 s × (4 + 1) = 75 s by
-    /// default to notice a vanished client.
-    #[arg(long, env = "SSH_KEEPALIVE_MAX", default_value_t = 4)]
+    /// Keepalives in a row a client may leave unanswered (at least 1); one
+    /// more and the connection (with its tunnels) is closed: 15 s × (4 + 1)
+    /// = 75 s by default to notice a vanished client.
+    #[arg(long, env = "SSH_KEEPALIVE_MAX", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     pub ssh_keepalive_max: u32,
 
     /// Concurrent tunnels per client IP. 0 = unlimited.

@@ -495,6 +495,23 @@ mod tests {
         assert_eq!(config.custom.dns_timeout, Duration::from_secs(5));
         assert_eq!(config.custom.custom_cert_rate.per_second, 10.0 / 3600.0);
         assert_eq!(config.custom.custom_cert_burst, 5);
+        // Limits that were constants before they were flags keep their values.
+        assert_eq!(config.limits.tls_handshake_timeout, Duration::from_secs(10));
+        assert_eq!(config.limits.stream_open_timeout, Duration::from_secs(10));
+        assert_eq!(
+            config.limits.ssh_keepalive_interval,
+            Duration::from_secs(15)
+        );
+        assert_eq!(config.limits.ssh_keepalive_max, 4);
+        assert_eq!(config.limits.auth_attempts_rate.per_second, 0.1);
+        assert_eq!(config.limits.auth_attempts_burst, 10);
+    }
+
+    #[test]
+    fn a_client_gets_at_least_one_keepalive() {
+        let err = Config::try_parse_from(["burrow", "--ssh-keepalive-max", "0"]).unwrap_err();
+        assert!(err.to_string().contains("--ssh-keepalive-max"), "{err}");
+        assert!(Config::try_parse_from(["burrow", "--ssh-keepalive-max", "1"]).is_ok());
     }
 
     #[test]
