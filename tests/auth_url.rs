@@ -166,18 +166,6 @@ fn forward_to(origin: &Origin, name: Option<&str>) -> String {
     }
 }
 
-/// How many logins `--auth-url` refused for being unreachable, per the
-/// metrics.
-async fn unavailable_refusals(burrow: &Burrow) -> u64 {
-    let metrics = burrow.metrics().await;
-    metrics
-        .lines()
-        .find(|l| l.starts_with("burrow_refusals_total{") && l.contains("limit=\"auth-url\""))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 /// The service allows alice with the name `team-app`, allows bob with
 /// nothing of his own, and refuses mallory with a message: alice gets her
 /// name, bob is refused it (it belongs to another key), mallory's terminal
@@ -296,7 +284,7 @@ async fn an_unavailable_service_refuses_with_a_clear_line() {
             started.elapsed()
         );
     }
-    assert_eq!(unavailable_refusals(&burrow).await, 4);
+    assert_eq!(burrow.refusals("auth-url").await, 4);
 
     // Nothing listens at the URL.
     let gone = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -310,7 +298,7 @@ async fn an_unavailable_service_refuses_with_a_clear_line() {
         output.contains(&format!("burrow: {UNAVAILABLE}")),
         "{output}"
     );
-    assert_eq!(unavailable_refusals(&burrow).await, 1);
+    assert_eq!(burrow.refusals("auth-url").await, 1);
 }
 
 /// An answer is reused for the same key within `--auth-url-ttl`: a second

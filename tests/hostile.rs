@@ -934,16 +934,6 @@ async fn ended(client: &RusshClient) {
     let _ = client.wait_closed(WAIT).await;
 }
 
-/// The value of burrow's `burrow_refusals_total{limit="LIMIT"}`.
-fn refusals_of(metrics: &str, limit: &str) -> u64 {
-    let needle = format!("burrow_refusals_total{{limit=\"{limit}\"}} ");
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&needle))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 /// Data after EOF on a channel relayed to a private alias (whose device
 /// keeps its side open, so the relay lives on half-closed) never reaches
 /// the reader, so no spool holds it — before the fix it was spooled
@@ -963,7 +953,7 @@ async fn data_after_eof_or_close_goes_nowhere() {
     // One round trip: burrow's session has taken every packet before it,
     // and counted each one after the EOF as against the protocol.
     patient.handle().send_ping().await.expect("ping");
-    let protocol = refusals_of(&rig.burrow.metrics().await, "protocol");
+    let protocol = rig.burrow.refusals("protocol").await;
     assert!(protocol >= 200, "{protocol} packets after EOF counted");
     // And none of it is held, then or in the next half second (while the
     // relay's pump has them). The well-behaved load's own answers (about

@@ -401,6 +401,27 @@ async fn wait_serves(
     }
 }
 
+/// A client with `key` forwarding to `origin`, with the per-tunnel
+/// `options` as its command, and its URL.
+async fn with_options(
+    burrow: &Burrow,
+    key: &Key,
+    origin: &Origin,
+    options: &[&str],
+) -> (Client, TUrl) {
+    let command: Vec<&str> = std::iter::once("--")
+        .chain(options.iter().copied())
+        .collect();
+    let client = ssh(
+        burrow,
+        Ident::Key(key),
+        &["-R", &fwd(None, origin)],
+        &command,
+    );
+    let url = client.url().await;
+    (client, url)
+}
+
 /// Asserts tunnel `name` does not exist (404).
 async fn assert_no_tunnel(client: &reqwest::Client, burrow: &Burrow, name: &str) {
     let (status, body) = whoami(client, burrow, name).await;
@@ -1678,13 +1699,7 @@ async fn option_host_header() {
     let origin = Origin::start("names-host").await;
     let client = burrow.https_client();
     let k = Key::with_comment("k");
-    let c = ssh(
-        &burrow,
-        Ident::Key(&k),
-        &["-R", &fwd(None, &origin)],
-        &["--", "host=localhost:5173"],
-    );
-    let u = c.url().await;
+    let (c, u) = with_options(&burrow, &k, &origin, &["host=localhost:5173"]).await;
     c.wait_out("Options: Host header localhost:5173").await;
     let resp = expect_status(
         get(&client, &burrow, &u.name, "/headers").await,
@@ -1711,13 +1726,13 @@ async fn option_basic_auth() {
     let origin = Origin::start("names-auth").await;
     let client = burrow.https_client_h1();
     let k = Key::with_comment("k");
-    let c = ssh(
+    let (_c, u) = with_options(
         &burrow,
-        Ident::Key(&k),
-        &["-R", &fwd(None, &origin)],
-        &["--", "auth=ann:s3cr3t", "cors=https://app.example"],
-    );
-    let u = c.url().await;
+        &k,
+        &origin,
+        &["auth=ann:s3cr3t", "cors=https://app.example"],
+    )
+    .await;
     let url = |path: &str| burrow.https_url(&format!("{}.{DOMAIN}", u.name), path);
 
     // No credentials.
@@ -1815,13 +1830,7 @@ async fn auth_attempt_limits_are_configurable() {
     let origin = Origin::start("names-auth-limits").await;
     let client = burrow.https_client_h1();
     let k = Key::with_comment("k");
-    let c = ssh(
-        &burrow,
-        Ident::Key(&k),
-        &["-R", &fwd(None, &origin)],
-        &["--", "auth=ann:s3cr3t"],
-    );
-    let u = c.url().await;
+    let (c, u) = with_options(&burrow, &k, &origin, &["auth=ann:s3cr3t"]).await;
     let url = burrow.https_url(&format!("{}.{DOMAIN}", u.name), "/hello");
     let attempt = |password: &'static str| {
         client
@@ -1856,27 +1865,17 @@ async fn auth_attempt_limits_are_configurable() {
         1,
         "only the right password got through"
     );
-    let metrics = burrow.metrics().await;
-    let refused = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("burrow_refusals_total{") && l.contains("limit=\"auth-attempts-rate\"")
-        })
-        .unwrap_or_else(|| panic!("no auth-attempts-rate refusals counted:\n{metrics}"));
-    let count: u64 = refused.rsplit(' ').next().unwrap().parse().unwrap();
-    assert!(count >= 2, "{refused}");
+    let refused = burrow.refusals("auth-attempts-rate").await;
+    assert!(
+        refused >= 2,
+        "{refused} auth-attempts-rate refusals counted"
+    );
     drop(c);
 
     // A rate of 0: no limit, every wrong password is a 401.
     let burrow = start(&dir.path().join("state0"), &["--auth-attempts-rate", "0"]).await;
     let client = burrow.https_client_h1();
-    let c = ssh(
-        &burrow,
-        Ident::Key(&k),
-        &["-R", &fwd(None, &origin)],
-        &["--", "auth=ann:s3cr3t"],
-    );
-    let u = c.url().await;
+    let (_c, u) = with_options(&burrow, &k, &origin, &["auth=ann:s3cr3t"]).await;
     let url = burrow.https_url(&format!("{}.{DOMAIN}", u.name), "/hello");
     for i in 1..=15 {
         let resp = client
@@ -1906,26 +1905,14 @@ async fn option_allow_list() {
     let k1 = Key::with_comment("k1");
     let k2 = Key::with_comment("k2");
 
-    let outside = ssh(
-        &burrow,
-        Ident::Key(&k1),
-        &["-R", &fwd(None, &origin)],
-        &["--", "allow=10.0.0.0/8"],
-    );
-    let u1 = outside.url().await;
+    let (_outside, u1) = with_options(&burrow, &k1, &origin, &["allow=10.0.0.0/8"]).await;
     for i in 0..5 {
         let resp = get(&client, &burrow, &u1.name, "/hello").await;
         expect_status(resp, 403, &format!("visitor outside allow= (#{i})")).await;
     }
     assert_eq!(origin.hits("/hello"), 0);
 
-    let inside = ssh(
-        &burrow,
-        Ident::Key(&k2),
-        &["-R", &fwd(None, &origin)],
-        &["--", "allow=10.0.0.0/8,127.0.0.1"],
-    );
-    let u2 = inside.url().await;
+    let (_inside, u2) = with_options(&burrow, &k2, &origin, &["allow=10.0.0.0/8,127.0.0.1"]).await;
     let resp = get(&client, &burrow, &u2.name, "/hello").await;
     let resp = expect_status(resp, 200, "127.0.0.1 is listed").await;
     assert_eq!(resp.text().await.unwrap(), HELLO);
@@ -1943,13 +1930,7 @@ async fn option_cors() {
     let k1 = Key::with_comment("k1");
     let k2 = Key::with_comment("k2");
 
-    let listed = ssh(
-        &burrow,
-        Ident::Key(&k1),
-        &["-R", &fwd(None, &origin)],
-        &["--", "cors=https://app.example"],
-    );
-    let u = listed.url().await;
+    let (_listed, u) = with_options(&burrow, &k1, &origin, &["cors=https://app.example"]).await;
     let url = |name: &str, path: &str| burrow.https_url(&format!("{name}.{DOMAIN}"), path);
     let preflight = |name: &str, from: &str| {
         client
@@ -2005,13 +1986,7 @@ async fn option_cors() {
     assert_eq!(resp.text().await.unwrap(), HELLO);
 
     // cors=*: any origin, never with credentials.
-    let star = ssh(
-        &burrow,
-        Ident::Key(&k2),
-        &["-R", &fwd(None, &origin)],
-        &["--", "cors=*"],
-    );
-    let us = star.url().await;
+    let (_star, us) = with_options(&burrow, &k2, &origin, &["cors=*"]).await;
     let resp = preflight(&us.name, "https://anything.example")
         .await
         .unwrap();

@@ -46,24 +46,26 @@ pub fn check(
         return Access::Answer(response);
     }
     if let Some(auth) = &options.auth {
-        let gate = tunnel.gate();
-        let given = credentials(req.headers());
+        let Some((user, password)) = credentials(req.headers()) else {
+            return Access::Answer(unauthorized(tunnel.key(), req.headers()));
+        };
         // While locked out, no password is checked: a right one is refused
         // like a wrong one, so guessing goes no faster than the limit.
-        if let (Some(_), Err(refusal)) = (&given, gate.auth_allowed(visitor.ip())) {
-            return Access::Refused(refusal, req);
-        }
-        match given {
-            Some((user, password)) if auth.verify(&user, &password) => {
+        let gate = tunnel.gate();
+        let checked = gate
+            .auth_allowed(visitor.ip())
+            .map(|()| auth.verify(&user, &password));
+        match checked {
+            Ok(true) => {
                 req.headers_mut().remove(header::AUTHORIZATION);
             }
-            Some(_) => {
+            Ok(false) => {
                 if let Err(refusal) = gate.auth_failure(visitor.ip()) {
                     return Access::Refused(refusal, req);
                 }
                 return Access::Answer(unauthorized(tunnel.key(), req.headers()));
             }
-            None => return Access::Answer(unauthorized(tunnel.key(), req.headers())),
+            Err(refusal) => return Access::Refused(refusal, req),
         }
     }
     Access::Pass(req)

@@ -86,17 +86,12 @@ impl AuthAttempts {
         .retry_after(wait)
     }
 
+    /// A lock-out that has passed is left for [`AuthAttempts::prune`].
     fn allowed(&self, visitor: IpAddr) -> Result<(), Refusal> {
-        let key = ip_key(visitor);
-        let now = Instant::now();
-        let until = self.locked.get(&key).map(|until| *until);
-        match until {
-            Some(until) if until > now => Err(self.refusal(until - now)),
-            Some(_) => {
-                self.locked.remove_if(&key, |_, until| *until <= now);
-                Ok(())
-            }
-            None => Ok(()),
+        let until = self.locked.get(&ip_key(visitor)).map(|until| *until);
+        match until.and_then(|until| until.checked_duration_since(Instant::now())) {
+            Some(wait) if !wait.is_zero() => Err(self.refusal(wait)),
+            _ => Ok(()),
         }
     }
 

@@ -741,6 +741,17 @@ impl Burrow {
         resp.text().await.expect("metrics body")
     }
 
+    /// `burrow_refusals_total{limit="LIMIT"}` now (0 before the first).
+    pub async fn refusals(&self, limit: &str) -> u64 {
+        let needle = format!("burrow_refusals_total{{limit=\"{limit}\"}} ");
+        self.metrics()
+            .await
+            .lines()
+            .find_map(|l| l.strip_prefix(&needle))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     async fn stats_path(&self, path: &str) -> serde_json::Value {
         let url = format!("http://{}{path}", self.addrs.stats);
         let resp = self
