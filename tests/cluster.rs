@@ -786,12 +786,16 @@ async fn faults_a_broken_link_gives_a_fast_502_then_recovers() {
         let page = resp.text().await.unwrap();
         assert!(page.contains("node-1"), "the page names the node: {page}");
     }
+    // The log line may reach the harness's reader a moment after the 502s.
     let down = cluster
         .node(2)
         .stderr
-        .text()
-        .matches("cluster link down")
-        .count();
+        .wait_for(Duration::from_secs(5), |text| {
+            let n = text.matches("cluster link down").count();
+            (n > 0).then_some(n)
+        })
+        .await
+        .unwrap_or_else(|text| panic!("no 'cluster link down' logged:\n{text}"));
     assert_eq!(down, 1, "logged once:\n{}", cluster.node(2).stderr.text());
     wire.restore().await;
     wait_status(&cluster, 2, &host, 200, Duration::from_secs(15)).await;
